@@ -1,0 +1,426 @@
+// JSONSchema: a small JSON Schema draft 2020-12 validator for the keywords carespool's schema.json needs.
+//
+// What it trusts: the schema comes from the operator's repository (schema.json); instances come from
+// partners and are never trusted. What it never does: ignore a keyword it does not implement. A schema
+// that uses one is refused when it is compiled, with the keyword and its place named.
+
+public import Foundation
+
+/// Why a schema cannot be used.
+package struct SchemaError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// JSON pointer of the offending place in the schema document.
+    package var pointer: String
+    package var reason: String
+    /// The unsupported keyword, when that is the reason.
+    package var keyword: String?
+
+    package var description: String { "schema \(pointer.isEmpty ? "/" : pointer): \(reason)" }
+}
+
+/// One validation failure: where in the instance, and which rule.
+package struct ValidationError: Sendable, Equatable {
+    /// JSON pointer into the instance ("" is the whole instance).
+    package var pointer: String
+    /// The rule broken, e.g. `"2025-01-10 12:30" is not an RFC 3339 date-time`.
+    package var message: String
+}
+
+/// A compiled schema. Build once at start, validate many instances concurrently.
+package struct JSONSchema: Sendable {
+    /// Keywords this validator implements.
+    package static let supportedKeywords: Set<String> = [
+        "type", "required", "properties", "additionalProperties", "enum", "const", "minLength", "maxLength",
+        "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "items", "prefixItems",
+        "minItems", "maxItems", "allOf", "anyOf", "oneOf", "not", "$ref", "$defs",
+    ]
+    /// Annotation keywords with no effect on validation.
+    package static let annotationKeywords: Set<String> = [
+        "$schema", "$comment", "title", "description", "default", "examples", "deprecated", "readOnly",
+        "writeOnly",
+    ]
+    /// Values of `format` that are asserted.
+    package static let supportedFormats: Set<String> = ["date-time", "date"]
+
+    private let nodes: [Node]
+    private let root: Int
+
+    /// Compiles `document`, refusing any keyword outside ``supportedKeywords``.
+    package init(document: JSONValue) throws(SchemaError) {
+        var compiler = Compiler(document: document)
+        root = try compiler.compile(document, pointer: "", isRoot: true)
+        nodes = compiler.nodes.map { $0! }
+    }
+
+    /// Compiles the subschema at `pointer` (e.g. `/$defs/appointment_event`) of `document`, with `$ref`s
+    /// resolved against the whole document. Every subschema of the document is checked for support.
+    package init(document: JSONValue, entry pointer: String) throws(SchemaError) {
+        var compiler = Compiler(document: document)
+        _ = try compiler.compile(document, pointer: "", isRoot: true)
+        guard let target = Compiler.resolve(pointer: pointer, in: document) else {
+            throw SchemaError(pointer: pointer, reason: "no schema at this pointer")
+        }
+        root = try compiler.compile(target, pointer: pointer, isRoot: false)
+        nodes = compiler.nodes.map { $0! }
+    }
+
+    /// Validates `instance`; an empty result means valid.
+    package func validate(_ instance: JSONValue) -> [ValidationError] {
+        var errors: [ValidationError] = []
+        validate(instance, node: root, pointer: "", errors: &errors)
+        return errors
+    }
+
+    /// Whether `instance` is valid.
+    package func isValid(_ instance: JSONValue) -> Bool {
+        var errors: [ValidationError] = []
+        validate(instance, node: root, pointer: "", errors: &errors)
+        return errors.isEmpty
+    }
+
+    private func validate(_ value: JSONValue, node index: Int, pointer: String, errors: inout [ValidationError]) {
+        let node = nodes[index]
+        if let always = node.boolean {
+            if !always { errors.append(.init(pointer: pointer, message: "no value is allowed here")) }
+            return
+        }
+        if let ref = node.ref { validate(value, node: ref, pointer: pointer, errors: &errors) }
+        if let types = node.types {
+            let actual = value.typeName
+            let ok = types.contains { $0 == actual || ($0 == "number" && actual == "integer") }
+            if !ok {
+                let expected = types.count == 1 ? types[0] : types.joined(separator: " or ")
+                errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) is not of type \(expected)"))
+                return
+            }
+        }
+        if let constant = node.constValue, value != constant {
+            errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) is not \(constant.compactText)"))
+        }
+        if let options = node.enumValues, !options.contains(where: { $0 == value }) {
+            let list = options.map { $0.compactText }.joined(separator: ", ")
+            errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) is not one of \(list)"))
+        }
+        switch value {
+        case .string(let s):
+            validateString(s, node: node, pointer: pointer, errors: &errors)
+        case .number(let text):
+            if let x = Double(text) { validateNumber(x, node: node, pointer: pointer, errors: &errors) }
+        case .object(let members):
+            validateObject(members, node: node, pointer: pointer, errors: &errors)
+        case .array(let items):
+            validateArray(items, node: node, pointer: pointer, errors: &errors)
+        default: break
+        }
+        for sub in node.allOf { validate(value, node: sub, pointer: pointer, errors: &errors) }
+        if !node.anyOf.isEmpty, !node.anyOf.contains(where: { matches(value, $0) }) {
+            errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) matches none of the anyOf schemas"))
+        }
+        if !node.oneOf.isEmpty {
+            let count = node.oneOf.reduce(0) { $0 + (matches(value, $1) ? 1 : 0) }
+            if count != 1 {
+                errors.append(
+                    .init(pointer: pointer, message: "\(Self.describe(value)) matches \(count) of the oneOf schemas, not 1")
+                )
+            }
+        }
+        if let not = node.not, matches(value, not) {
+            errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) must not match the schema in not"))
+        }
+    }
+
+    private func matches(_ value: JSONValue, _ node: Int) -> Bool {
+        var errors: [ValidationError] = []
+        validate(value, node: node, pointer: "", errors: &errors)
+        return errors.isEmpty
+    }
+
+    private func validateString(_ s: String, node: Node, pointer: String, errors: inout [ValidationError]) {
+        if node.minLength != nil || node.maxLength != nil {
+            let length = s.unicodeScalars.count
+            if let min = node.minLength, Double(length) < min {
+                errors.append(
+                    .init(pointer: pointer, message: "\(Self.describe(.string(s))) is shorter than \(Self.number(min)) characters")
+                )
+            }
+            if let max = node.maxLength, Double(length) > max {
+                errors.append(
+                    .init(pointer: pointer, message: "string of \(length) characters is longer than \(Self.number(max))")
+                )
+            }
+        }
+        if let pattern = node.pattern, !pattern.matches(s) {
+            errors.append(
+                .init(pointer: pointer, message: "\(Self.describe(.string(s))) does not match pattern \(JSONValue.quoted(pattern.source))")
+            )
+        }
+        if let format = node.format {
+            let ok = format == "date-time" ? RFC3339.isDateTime(s) : RFC3339.isDate(s)
+            if !ok {
+                let name = format == "date-time" ? "an RFC 3339 date-time" : "an RFC 3339 date"
+                errors.append(.init(pointer: pointer, message: "\(Self.describe(.string(s))) is not \(name)"))
+            }
+        }
+    }
+
+    private func validateNumber(_ x: Double, node: Node, pointer: String, errors: inout [ValidationError]) {
+        if let min = node.minimum, x < min {
+            errors.append(.init(pointer: pointer, message: "\(Self.number(x)) is less than the minimum \(Self.number(min))"))
+        }
+        if let max = node.maximum, x > max {
+            errors.append(.init(pointer: pointer, message: "\(Self.number(x)) is greater than the maximum \(Self.number(max))"))
+        }
+        if let min = node.exclusiveMinimum, x <= min {
+            errors.append(
+                .init(pointer: pointer, message: "\(Self.number(x)) is not greater than the exclusive minimum \(Self.number(min))")
+            )
+        }
+        if let max = node.exclusiveMaximum, x >= max {
+            errors.append(
+                .init(pointer: pointer, message: "\(Self.number(x)) is not less than the exclusive maximum \(Self.number(max))")
+            )
+        }
+    }
+
+    private func validateObject(_ members: [JSONMember], node: Node, pointer: String, errors: inout [ValidationError]) {
+        for name in node.required where !members.contains(where: { $0.key == name }) {
+            errors.append(.init(pointer: pointer + "/" + Self.escape(name), message: "required property is missing"))
+        }
+        for member in members {
+            let childPointer = pointer + "/" + Self.escape(member.key)
+            if let property = node.properties.first(where: { $0.name == member.key }) {
+                validate(member.value, node: property.node, pointer: childPointer, errors: &errors)
+            } else if let additional = node.additionalProperties {
+                if nodes[additional].boolean == false {
+                    errors.append(.init(pointer: childPointer, message: "property is not allowed"))
+                } else {
+                    validate(member.value, node: additional, pointer: childPointer, errors: &errors)
+                }
+            }
+        }
+    }
+
+    private func validateArray(_ items: [JSONValue], node: Node, pointer: String, errors: inout [ValidationError]) {
+        if let min = node.minItems, Double(items.count) < min {
+            errors.append(.init(pointer: pointer, message: "array of \(items.count) items has fewer than \(Self.number(min))"))
+        }
+        if let max = node.maxItems, Double(items.count) > max {
+            errors.append(.init(pointer: pointer, message: "array of \(items.count) items has more than \(Self.number(max))"))
+        }
+        for (index, item) in items.enumerated() {
+            let childPointer = pointer + "/" + String(index)
+            if index < node.prefixItems.count {
+                validate(item, node: node.prefixItems[index], pointer: childPointer, errors: &errors)
+            } else if let each = node.items {
+                if nodes[each].boolean == false {
+                    errors.append(.init(pointer: childPointer, message: "no item is allowed at this index"))
+                } else {
+                    validate(item, node: each, pointer: childPointer, errors: &errors)
+                }
+            }
+        }
+    }
+
+    /// Escapes a property name for a JSON pointer (RFC 6901).
+    package static func escape(_ token: String) -> String {
+        guard token.contains("~") || token.contains("/") else { return token }
+        return token.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
+    }
+
+    /// A short description of a value for messages: strings quoted and cut at 80 characters.
+    package static func describe(_ value: JSONValue) -> String {
+        switch value {
+        case .string(let s):
+            let cut = s.unicodeScalars.count > 80 ? String(String.UnicodeScalarView(s.unicodeScalars.prefix(80))) + "…" : s
+            return JSONValue.quoted(cut)
+        case .object: return "an object"
+        case .array: return "an array"
+        default: return value.compactText
+        }
+    }
+
+    private static func number(_ x: Double) -> String {
+        x.rounded() == x && abs(x) < 1e15 ? String(Int(x)) : String(x)
+    }
+}
+
+/// A compiled subschema.
+private struct Node: Sendable {
+    var boolean: Bool?
+    var ref: Int?
+    var types: [String]?
+    var required: [String] = []
+    var properties: [(name: String, node: Int)] = []
+    var additionalProperties: Int?
+    var enumValues: [JSONValue]?
+    var constValue: JSONValue?
+    var minLength: Double?
+    var maxLength: Double?
+    var pattern: Pattern?
+    var format: String?
+    var minimum: Double?
+    var maximum: Double?
+    var exclusiveMinimum: Double?
+    var exclusiveMaximum: Double?
+    var items: Int?
+    var prefixItems: [Int] = []
+    var minItems: Double?
+    var maxItems: Double?
+    var allOf: [Int] = []
+    var anyOf: [Int] = []
+    var oneOf: [Int] = []
+    var not: Int?
+}
+
+/// An ECMA-262 `pattern`, matched unanchored. NSRegularExpression is immutable and safe to share.
+private struct Pattern: @unchecked Sendable {
+    let source: String
+    let regex: NSRegularExpression
+
+    func matches(_ s: String) -> Bool {
+        regex.firstMatch(in: s, range: NSRange(s.startIndex..., in: s)) != nil
+    }
+}
+
+private struct Compiler {
+    let document: JSONValue
+    var nodes: [Node?] = []
+    var byPointer: [String: Int] = [:]
+
+    init(document: JSONValue) { self.document = document }
+
+    static func resolve(pointer: String, in document: JSONValue) -> JSONValue? {
+        if pointer.isEmpty { return document }
+        guard pointer.hasPrefix("/") else { return nil }
+        var current = document
+        for raw in pointer.dropFirst().split(separator: "/", omittingEmptySubsequences: false) {
+            let token = raw.replacingOccurrences(of: "~1", with: "/").replacingOccurrences(of: "~0", with: "~")
+            switch current {
+            case .object: guard let next = current[token] else { return nil }; current = next
+            case .array(let items):
+                guard let i = Int(token), i >= 0, i < items.count else { return nil }
+                current = items[i]
+            default: return nil
+            }
+        }
+        return current
+    }
+
+    mutating func compile(_ schema: JSONValue, pointer: String, isRoot: Bool) throws(SchemaError) -> Int {
+        if let existing = byPointer[pointer] { return existing }
+        let index = nodes.count
+        nodes.append(nil)
+        byPointer[pointer] = index
+        var node = Node()
+        switch schema {
+        case .bool(let b):
+            node.boolean = b
+            nodes[index] = node
+            return index
+        case .object(let members):
+            for member in members {
+                let key = member.key
+                let value = member.value
+                let here = pointer + "/" + JSONSchema.escape(key)
+                if JSONSchema.annotationKeywords.contains(key) { continue }
+                if key == "$id" && isRoot { continue }
+                guard JSONSchema.supportedKeywords.contains(key) else {
+                    throw SchemaError(pointer: here, reason: "keyword \(JSONValue.quoted(key)) is not supported", keyword: key)
+                }
+                switch key {
+                case "type":
+                    let names: [String]
+                    switch value {
+                    case .string(let s): names = [s]
+                    case .array(let items): names = items.compactMap(\.stringValue)
+                    default: throw SchemaError(pointer: here, reason: "type must be a string or an array of strings")
+                    }
+                    let known: Set = ["null", "boolean", "object", "array", "number", "integer", "string"]
+                    guard names.allSatisfy(known.contains) else {
+                        throw SchemaError(pointer: here, reason: "unknown type name")
+                    }
+                    node.types = names
+                case "required":
+                    guard case .array(let items) = value else {
+                        throw SchemaError(pointer: here, reason: "required must be an array of strings")
+                    }
+                    node.required = items.compactMap(\.stringValue)
+                case "properties":
+                    guard case .object(let props) = value else {
+                        throw SchemaError(pointer: here, reason: "properties must be an object")
+                    }
+                    for prop in props {
+                        let sub = try compile(prop.value, pointer: here + "/" + JSONSchema.escape(prop.key), isRoot: false)
+                        node.properties.append((prop.key, sub))
+                    }
+                case "additionalProperties": node.additionalProperties = try compile(value, pointer: here, isRoot: false)
+                case "enum":
+                    guard case .array(let items) = value else { throw SchemaError(pointer: here, reason: "enum must be an array") }
+                    node.enumValues = items
+                case "const": node.constValue = value
+                case "minLength": node.minLength = try number(value, here)
+                case "maxLength": node.maxLength = try number(value, here)
+                case "minimum": node.minimum = try number(value, here)
+                case "maximum": node.maximum = try number(value, here)
+                case "exclusiveMinimum": node.exclusiveMinimum = try number(value, here)
+                case "exclusiveMaximum": node.exclusiveMaximum = try number(value, here)
+                case "minItems": node.minItems = try number(value, here)
+                case "maxItems": node.maxItems = try number(value, here)
+                case "pattern":
+                    guard let source = value.stringValue else { throw SchemaError(pointer: here, reason: "pattern must be a string") }
+                    guard let regex = try? NSRegularExpression(pattern: source) else {
+                        throw SchemaError(pointer: here, reason: "pattern is not a valid regular expression")
+                    }
+                    node.pattern = Pattern(source: source, regex: regex)
+                case "format":
+                    guard let name = value.stringValue else { throw SchemaError(pointer: here, reason: "format must be a string") }
+                    guard JSONSchema.supportedFormats.contains(name) else {
+                        throw SchemaError(pointer: here, reason: "format \(JSONValue.quoted(name)) is not supported", keyword: "format")
+                    }
+                    node.format = name
+                case "items": node.items = try compile(value, pointer: here, isRoot: false)
+                case "prefixItems": node.prefixItems = try list(value, here)
+                case "allOf": node.allOf = try list(value, here)
+                case "anyOf": node.anyOf = try list(value, here)
+                case "oneOf": node.oneOf = try list(value, here)
+                case "not": node.not = try compile(value, pointer: here, isRoot: false)
+                case "$defs":
+                    guard case .object(let defs) = value else { throw SchemaError(pointer: here, reason: "$defs must be an object") }
+                    for def in defs {
+                        _ = try compile(def.value, pointer: here + "/" + JSONSchema.escape(def.key), isRoot: false)
+                    }
+                case "$ref":
+                    guard let target = value.stringValue, target.hasPrefix("#") else {
+                        throw SchemaError(pointer: here, reason: "only local $ref (\"#...\") is supported", keyword: "$ref")
+                    }
+                    let targetPointer = String(target.dropFirst()).removingPercentEncoding ?? ""
+                    guard let resolved = Compiler.resolve(pointer: targetPointer, in: document) else {
+                        throw SchemaError(pointer: here, reason: "$ref \(JSONValue.quoted(target)) does not resolve", keyword: "$ref")
+                    }
+                    node.ref = try compile(resolved, pointer: targetPointer, isRoot: targetPointer.isEmpty)
+                default:
+                    throw SchemaError(pointer: here, reason: "keyword \(JSONValue.quoted(key)) is not supported", keyword: key)
+                }
+            }
+            nodes[index] = node
+            return index
+        default:
+            throw SchemaError(pointer: pointer, reason: "a schema must be an object or a boolean")
+        }
+    }
+
+    private func number(_ value: JSONValue, _ pointer: String) throws(SchemaError) -> Double {
+        guard let x = value.doubleValue else { throw SchemaError(pointer: pointer, reason: "must be a number") }
+        return x
+    }
+
+    private mutating func list(_ value: JSONValue, _ pointer: String) throws(SchemaError) -> [Int] {
+        guard case .array(let items) = value, !items.isEmpty else {
+            throw SchemaError(pointer: pointer, reason: "must be a non-empty array of schemas")
+        }
+        var result: [Int] = []
+        for (i, item) in items.enumerated() {
+            result.append(try compile(item, pointer: pointer + "/" + String(i), isRoot: false))
+        }
+        return result
+    }
+}

@@ -1,0 +1,157 @@
+// JSONValue: an exact, order-preserving JSON document model.
+//
+// Trusts nothing: the parser reads bytes from partners and webhooks. It never reads files and never
+// logs. Numbers keep their source text (so `1.0` and `1` round-trip as written) and booleans never
+// compare equal to numbers, which Foundation's bridging gets wrong.
+
+/// One member of a JSON object, in document order.
+package struct JSONMember: Sendable, Equatable {
+    package var key: String
+    package var value: JSONValue
+
+    package init(key: String, value: JSONValue) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// A parsed JSON value.
+package indirect enum JSONValue: Sendable {
+    case null
+    case bool(Bool)
+    /// The number's text exactly as written in the document.
+    case number(String)
+    case string(String)
+    case array([JSONValue])
+    case object([JSONMember])
+
+    /// The member named `key` of an object, or nil.
+    package subscript(key: String) -> JSONValue? {
+        guard case .object(let members) = self else { return nil }
+        for member in members where member.key == key { return member.value }
+        return nil
+    }
+
+    /// The numeric value of a number, or nil.
+    package var doubleValue: Double? {
+        guard case .number(let text) = self else { return nil }
+        return Double(text)
+    }
+
+    /// The string value, or nil.
+    package var stringValue: String? {
+        guard case .string(let text) = self else { return nil }
+        return text
+    }
+
+    /// A JSON Schema type name for this value ("integer" for numbers with no fractional part).
+    package var typeName: String {
+        switch self {
+        case .null: "null"
+        case .bool: "boolean"
+        case .number(let text):
+            if let double = Double(text), double.rounded(.towardZero) == double, double.isFinite {
+                "integer"
+            } else {
+                "number"
+            }
+        case .string: "string"
+        case .array: "array"
+        case .object: "object"
+        }
+    }
+}
+
+extension JSONValue: Equatable {
+    /// JSON Schema equality: numbers by value, objects regardless of member order, booleans never equal numbers.
+    package static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
+        switch (lhs, rhs) {
+        case (.null, .null): return true
+        case (.bool(let a), .bool(let b)): return a == b
+        case (.number(let a), .number(let b)):
+            if a == b { return true }
+            guard let x = Double(a), let y = Double(b) else { return false }
+            return x == y
+        case (.string(let a), .string(let b)):
+            // Compare scalars, not grapheme clusters: "é" precomposed and decomposed differ in JSON.
+            return a.unicodeScalars.elementsEqual(b.unicodeScalars)
+        case (.array(let a), .array(let b)):
+            return a.count == b.count && zip(a, b).allSatisfy { $0 == $1 }
+        case (.object(let a), .object(let b)):
+            guard a.count == b.count else { return false }
+            for member in a {
+                guard
+                    let other = b.first(where: { $0.key.unicodeScalars.elementsEqual(member.key.unicodeScalars) }),
+                    other.value == member.value
+                else { return false }
+            }
+            return true
+        default: return false
+        }
+    }
+}
+
+extension JSONValue {
+    /// Compact JSON text; numbers as written, members in document order.
+    package var compactText: String {
+        var out = ""
+        write(to: &out)
+        return out
+    }
+
+    private func write(to out: inout String) {
+        switch self {
+        case .null: out += "null"
+        case .bool(let b): out += b ? "true" : "false"
+        case .number(let text): out += text
+        case .string(let s): JSONValue.writeString(s, to: &out)
+        case .array(let items):
+            out += "["
+            for (index, item) in items.enumerated() {
+                if index > 0 { out += "," }
+                item.write(to: &out)
+            }
+            out += "]"
+        case .object(let members):
+            out += "{"
+            for (index, member) in members.enumerated() {
+                if index > 0 { out += "," }
+                JSONValue.writeString(member.key, to: &out)
+                out += ":"
+                member.value.write(to: &out)
+            }
+            out += "}"
+        }
+    }
+
+    /// Appends `s` as a JSON string literal.
+    package static func writeString(_ s: String, to out: inout String) {
+        out += "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            default:
+                if scalar.value < 0x20 {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        out += "\""
+    }
+
+    /// A JSON string literal for `s`.
+    package static func quoted(_ s: String) -> String {
+        var out = ""
+        writeString(s, to: &out)
+        return out
+    }
+}

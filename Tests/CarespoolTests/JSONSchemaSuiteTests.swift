@@ -1,0 +1,77 @@
+import Foundation
+import JSONSchema
+import Testing
+
+/// The official JSON-Schema-Test-Suite (draft 2020-12 subset in ../shared/testdata), run whole.
+///
+/// Every group either compiles and passes every one of its cases, or is refused at compile time with the
+/// unsupported keyword named. The refused groups are listed exactly below, so a group that starts or stops
+/// being refused fails this test.
+@Suite struct JSONSchemaSuiteTests {
+    static let suiteDirectory = TestPaths.testdata.appendingPathComponent("json-schema-test-suite/tests/draft2020-12")
+
+    static let files: [String] = {
+        let fm = FileManager.default
+        var names = (try? fm.contentsOfDirectory(atPath: suiteDirectory.path)) ?? []
+        names = names.filter { $0.hasSuffix(".json") }
+        let formats = (try? fm.contentsOfDirectory(atPath: suiteDirectory.appendingPathComponent("optional/format").path)) ?? []
+        names += formats.filter { $0.hasSuffix(".json") }.map { "optional/format/" + $0 }
+        return names.sorted()
+    }()
+
+    /// Groups refused because they need a keyword (or `$ref` form) this validator does not implement.
+    static let expectedRefusals: Set<String> = [
+        "additionalProperties.json: additionalProperties being false does not allow other properties",
+        "additionalProperties.json: non-ASCII pattern with additionalProperties",
+        "additionalProperties.json: additionalProperties with propertyNames",
+        "additionalProperties.json: dependentSchemas with additionalProperties",
+        "allOf.json: allOf combined with anyOf, oneOf",
+        "defs.json: validate definition against metaschema",
+        "not.json: collect annotations inside a 'not', even if collection is disabled",
+        "properties.json: properties, patternProperties, additionalProperties interaction",
+    ]
+
+    @Test func suiteHasAllTwentySixFiles() {
+        #expect(Self.files.count == 26)
+    }
+
+    @Test(arguments: files)
+    func everyCasePassesOrTheGroupIsRefusedWithTheKeywordNamed(file: String) throws {
+        let data = try Data(contentsOf: Self.suiteDirectory.appendingPathComponent(file))
+        let groups = try JSONParser.parse(Array(data))
+        guard case .array(let list) = groups else {
+            Issue.record("\(file) is not an array")
+            return
+        }
+        var cases = 0
+        for group in list {
+            let description = group["description"]?.stringValue ?? "?"
+            let schemaDocument = try #require(group["schema"])
+            guard case .array(let tests) = try #require(group["tests"]) else { continue }
+            let schema: JSONSchema
+            do {
+                schema = try JSONSchema(document: schemaDocument)
+            } catch {
+                let isRefRefusal = file == "ref.json" && error.keyword != nil
+                #expect(
+                    Self.expectedRefusals.contains("\(file): \(description)") || isRefRefusal,
+                    "\(file): \(description) refused: \(error)"
+                )
+                #expect(error.keyword != nil, "refusal must name the keyword: \(error)")
+                continue
+            }
+            #expect(!Self.expectedRefusals.contains("\(file): \(description)"), "\(file): \(description) was expected to be refused")
+            for test in tests {
+                let data = try #require(test["data"])
+                guard case .bool(let valid) = try #require(test["valid"]) else { continue }
+                cases += 1
+                let errors = schema.validate(data)
+                #expect(
+                    errors.isEmpty == valid,
+                    "\(file): \(description): \(test["description"]?.stringValue ?? "?"): expected valid=\(valid), got \(errors)"
+                )
+            }
+        }
+        #expect(cases > 0 || file == "defs.json", "\(file): no case ran")
+    }
+}
