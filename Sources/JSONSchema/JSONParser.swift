@@ -17,7 +17,7 @@ package struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertib
 /// successive values from one buffer (JSON arrays element by element).
 package struct JSONParser {
     private let bytes: [UInt8]
-    private(set) var index: Int
+    package private(set) var index: Int
     private var depthLimit = 512
 
     package init(bytes: [UInt8], start: Int = 0) {

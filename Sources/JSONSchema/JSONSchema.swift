@@ -4,7 +4,7 @@
 // partners and are never trusted. What it never does: ignore a keyword it does not implement. A schema
 // that uses one is refused when it is compiled, with the keyword and its place named.
 
-public import Foundation
+import Foundation
 
 /// Why a schema cannot be used.
 package struct SchemaError: Error, Sendable, Equatable, CustomStringConvertible {

@@ -1,1 +1,385 @@
+// Spool: the spool directory's layout and every move a file makes through it.
+//
+// The ONLY code that renames spool files. Knows files and folders, never payloads or the database.
+// Trusts nothing it finds in an inbox: names are opaque bytes, and only regular files are ever opened
+// (a symlink, FIFO, socket, device or directory is never followed or read).
+//
+// Layout (DESIGN.md, with processing/ split by kind so that recovery knows a claimed file's kind):
+//   tmp/                       our own writes, fsynced, then renamed into place
+//   inbox/<kind>/              producers drop files here; we only ever rename out of it
+//   processing/<kind>/         claimed files: <id>--<original name>
+//   done/<kind>/<yyyy-mm-dd>/  <id>--<original name>
+//   failed/<kind>/             <id>--<original name>, <same>.error.json, <same>.rejected.<ext>
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A spool directory tree.
+package struct Spool: Sendable {
+    /// An inbox folder and the kind of data dropped into it.
+    package struct Inbox: Sendable, Hashable {
+        package var path: String
+        package var kind: String
+
+        package init(path: String, kind: String) {
+            self.path = path
+            self.kind = kind
+        }
+    }
+
+    /// What a scan found in an inbox.
+    package struct Entry: Sendable, Equatable {
+        package var name: String
+        package var type: FileType
+        package var size: Int64
+        /// Modification time in nanoseconds since the epoch.
+        package var mtime: Int64
+        package var inode: UInt64
+    }
+
+    /// A file's type as lstat(2) sees it (symlinks are never followed).
+    package enum FileType: String, Sendable {
+        case regular, directory, symlink, fifo, socket, characterDevice = "character device",
+            blockDevice = "block device", unknown
+
+        init(mode: mode_t) {
+            switch mode & S_IFMT {
+            case S_IFREG: self = .regular
+            case S_IFDIR: self = .directory
+            case S_IFLNK: self = .symlink
+            case S_IFIFO: self = .fifo
+            case S_IFSOCK: self = .socket
+            case S_IFCHR: self = .characterDevice
+            case S_IFBLK: self = .blockDevice
+            default: self = .unknown
+            }
+        }
+    }
+
+    /// A file claimed into processing/.
+    package struct Claimed: Sendable, Hashable {
+        package var id: String
+        package var kind: String
+        package var originalName: String
+        /// Its path under processing/.
+        package var path: String
+        /// Its name under processing/, `<id>--<original name>`.
+        package var spoolName: String { id + "--" + originalName }
+    }
+
+    /// Where a finished file goes.
+    package enum Destination: Sendable {
+        /// done/<kind>/<day>/, `day` as yyyy-mm-dd.
+        case done(day: String)
+        case failed
+    }
+
+    /// A file's content, or why it has none.
+    package enum Content: Sendable {
+        case regular([UInt8])
+        case notRegular(FileType)
+    }
+
+    /// The spool's root folder.
+    package let root: String
+    /// The spool's own inboxes, one per kind, plus any extra folders mapped to a kind.
+    package let inboxes: [Inbox]
+    package let kinds: [String]
+
+    /// - Parameters:
+    ///   - root: the spool folder.
+    ///   - kinds: the data kinds; each gets `inbox/<kind>/` and its processing, done and failed folders.
+    ///   - extraInboxes: more folders to watch (an SFTP partner's upload folder), each mapped to a kind.
+    package init(root: String, kinds: [String], extraInboxes: [Inbox] = []) {
+        let trimmed = root.count > 1 && root.hasSuffix("/") ? String(root.dropLast()) : root
+        self.root = trimmed
+        self.kinds = kinds
+        self.inboxes = kinds.map { Inbox(path: trimmed + "/inbox/" + $0, kind: $0) } + extraInboxes
+    }
+
+    package var tmpPath: String { root + "/tmp" }
+    package func processingPath(_ kind: String) -> String { root + "/processing/" + kind }
+    package func donePath(_ kind: String) -> String { root + "/done/" + kind }
+    package func failedPath(_ kind: String) -> String { root + "/failed/" + kind }
+    package func inboxPath(_ kind: String) -> String { root + "/inbox/" + kind }
+
+    /// Creates every folder of the layout that is missing.
+    package func prepare() throws(SpoolError) {
+        var folders = [root, tmpPath, root + "/inbox", root + "/processing", root + "/done", root + "/failed"]
+        for kind in kinds {
+            folders += [inboxPath(kind), processingPath(kind), donePath(kind), failedPath(kind)]
+        }
+        folders += inboxes.map(\.path)
+        for folder in folders { try Self.makeDirectory(folder) }
+    }
+
+    /// Whether `name` is a writer's name for an incomplete file: a dotfile (rsync's `.name.XXXXXX`),
+    /// `*.tmp`, `*.part`, `*.filepart` or `*~`.
+    package static func isIncompleteName(_ name: String) -> Bool {
+        name.hasPrefix(".") || name.hasSuffix(".tmp") || name.hasSuffix(".part") || name.hasSuffix(".filepart")
+            || name.hasSuffix("~")
+    }
+
+    /// The entries of `folder` a claimer may look at: incomplete names skipped, types from lstat(2).
+    package func scan(_ folder: String) throws(SpoolError) -> [Entry] {
+        guard let dir = opendir(folder) else { throw SpoolError("scan", folder, errno) }
+        defer { closedir(dir) }
+        var entries: [Entry] = []
+        let dirFD = dirfd(dir)
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name == "." || name == ".." || Self.isIncompleteName(name) { continue }
+            var st = stat()
+            guard fstatat(dirFD, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
+            entries.append(
+                Entry(
+                    name: name,
+                    type: FileType(mode: st.st_mode),
+                    size: Int64(st.st_size),
+                    mtime: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
+                    inode: UInt64(st.st_ino)
+                )
+            )
+        }
+        return entries
+    }
+
+    /// Claims `name` from `inbox` by renaming it into processing/<kind>/ as `<id>--<name>`.
+    /// Returns nil when the file is gone (another claimer won, or the writer renamed it away).
+    package func claim(_ name: String, from inbox: Inbox, id: String) throws(SpoolError) -> Claimed? {
+        let kept = Self.fitName(name, prefixBytes: id.utf8.count + 2)
+        let target = processingPath(inbox.kind) + "/" + id + "--" + kept
+        if rename(inbox.path + "/" + name, target) != 0 {
+            let code = errno
+            if code == ENOENT { return nil }
+            throw SpoolError("claim", inbox.path + "/" + name, code)
+        }
+        return Claimed(id: id, kind: inbox.kind, originalName: kept, path: target)
+    }
+
+    /// Files already in processing/<kind>/ (left by a crash, or waiting for a retry), in id order.
+    package func claimedFiles(kind: String) throws(SpoolError) -> [Claimed] {
+        let folder = processingPath(kind)
+        return try scanAll(folder).compactMap { name -> Claimed? in
+            guard let split = name.firstRange(of: "--") else { return nil }
+            let id = String(name[..<split.lowerBound])
+            let original = String(name[split.upperBound...])
+            return Claimed(id: id, kind: kind, originalName: original, path: folder + "/" + name)
+        }.sorted { $0.id < $1.id }
+    }
+
+    /// Reads a claimed file. Only a regular file is opened, with O_NOFOLLOW, and checked again by fstat(2).
+    package func read(_ file: Claimed) throws(SpoolError) -> Content {
+        var st = stat()
+        guard lstat(file.path, &st) == 0 else { throw SpoolError("read", file.path, errno) }
+        let type = FileType(mode: st.st_mode)
+        guard type == .regular else { return .notRegular(type) }
+        let fd = open(file.path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        if fd < 0 {
+            let code = errno
+            if code == ELOOP { return .notRegular(.symlink) }
+            throw SpoolError("read", file.path, code)
+        }
+        defer { close(fd) }
+        guard fstat(fd, &st) == 0 else { throw SpoolError("read", file.path, errno) }
+        guard FileType(mode: st.st_mode) == .regular else { return .notRegular(FileType(mode: st.st_mode)) }
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        var filled = 0
+        while true {
+            if filled == bytes.count { bytes.append(contentsOf: [UInt8](repeating: 0, count: max(4096, filled))) }
+            let n = bytes.withUnsafeMutableBytes { raw in
+                Glibc.read(fd, raw.baseAddress! + filled, raw.count - filled)
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SpoolError("read", file.path, errno)
+            }
+            if n == 0 { break }
+            filled += n
+        }
+        bytes.removeSubrange(filled...)
+        return .regular(bytes)
+    }
+
+    /// Finishes a claimed file: writes its sidecars (each `<id>--<name><suffix>` in failed/<kind>/, by
+    /// tmp + fsync + rename), then renames the file into `destination`. Returns the folders whose entries
+    /// changed; pass them to ``syncDirectories(_:)`` (once per batch) to make the moves durable.
+    package func finish(
+        _ file: Claimed,
+        to destination: Destination,
+        sidecars: [(suffix: String, bytes: [UInt8])]
+    ) throws(SpoolError) -> Set<String> {
+        var touched: Set<String> = []
+        let failed = failedPath(file.kind)
+        for sidecar in sidecars {
+            let target = failed + "/" + file.spoolName + sidecar.suffix
+            try writeFileDurably(bytes: sidecar.bytes, temporaryName: file.id + sidecar.suffix, target: target)
+            touched.insert(failed)
+        }
+        let folder: String
+        switch destination {
+        case .done(let day):
+            folder = donePath(file.kind) + "/" + day
+            try Self.makeDirectory(folder)
+        case .failed:
+            folder = failed
+        }
+        if rename(file.path, folder + "/" + file.spoolName) != 0 {
+            throw SpoolError("finish", file.path, errno)
+        }
+        touched.insert(folder)
+        touched.insert(processingPath(file.kind))
+        return touched
+    }
+
+    /// Writes `bytes` to tmp/<temporaryName>, fsyncs it, and renames it to `target` (replacing it).
+    package func writeFileDurably(bytes: [UInt8], temporaryName: String, target: String) throws(SpoolError) {
+        let temporary = tmpPath + "/" + temporaryName
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SpoolError("write", temporary, errno) }
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { raw in write(fd, raw.baseAddress! + written, raw.count - written) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let code = errno
+                close(fd)
+                unlink(temporary)
+                throw SpoolError("write", temporary, code)
+            }
+            written += n
+        }
+        if fdatasync(fd) != 0 {
+            let code = errno
+            close(fd)
+            unlink(temporary)
+            throw SpoolError("fsync", temporary, code)
+        }
+        close(fd)
+        if rename(temporary, target) != 0 {
+            let code = errno
+            unlink(temporary)
+            throw SpoolError("rename", target, code)
+        }
+    }
+
+    /// Drops `bytes` into an inbox as a producer should: tmp/, fdatasync, rename into the inbox, fsync
+    /// the inbox. Never replaces a file of the same name (link + unlink), and returns the name used.
+    package func drop(bytes: [UInt8], into inbox: Inbox, name: String) throws(SpoolError) {
+        let temporary = ".drop-" + name
+        let path = tmpPath + "/" + temporary
+        try writeFileDurably(bytes: bytes, temporaryName: temporary + ".w", target: path)
+        try Self.moveWithoutReplacing(path, to: inbox.path + "/" + name)
+        try Self.syncDirectory(inbox.path)
+    }
+
+    /// Moves `failed/<kind>/<id>--<name>` back to `inbox/<kind>/<name>` for another try, never replacing
+    /// a file of that name in the inbox. Its `.error.json` and `.rejected.*` sidecars are removed.
+    package func requeue(id: String) throws(SpoolError) -> (kind: String, name: String)? {
+        for kind in kinds {
+            let folder = failedPath(kind)
+            for name in try scanAll(folder) where name.hasPrefix(id + "--") {
+                if name.hasSuffix(".error.json") || name.contains(".rejected.") { continue }
+                let original = String(name.dropFirst(id.count + 2))
+                try Self.moveWithoutReplacing(folder + "/" + name, to: inboxPath(kind) + "/" + original)
+                for sidecar in try scanAll(folder) where sidecar.hasPrefix(name + ".") {
+                    unlink(folder + "/" + sidecar)
+                }
+                try Self.syncDirectory(inboxPath(kind))
+                try Self.syncDirectory(folder)
+                return (kind, original)
+            }
+        }
+        return nil
+    }
+
+    /// fsyncs each folder, making renames into and out of it durable.
+    package func syncDirectories(_ folders: Set<String>) throws(SpoolError) {
+        for folder in folders.sorted() { try Self.syncDirectory(folder) }
+    }
+
+    /// Every name in `folder`, dotfiles included ("." and ".." excluded).
+    package func scanAll(_ folder: String) throws(SpoolError) -> [String] {
+        guard let dir = opendir(folder) else {
+            if errno == ENOENT { return [] }
+            throw SpoolError("list", folder, errno)
+        }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// rename(2) that never replaces: link(2) fails on an existing name, then the old name is unlinked.
+    package static func moveWithoutReplacing(_ from: String, to: String) throws(SpoolError) {
+        if link(from, to) != 0 { throw SpoolError("move", to, errno) }
+        if unlink(from) != 0 { throw SpoolError("move", from, errno) }
+    }
+
+    package static func syncDirectory(_ folder: String) throws(SpoolError) {
+        let fd = open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw SpoolError("fsync", folder, errno) }
+        defer { close(fd) }
+        if fsync(fd) != 0 { throw SpoolError("fsync", folder, errno) }
+    }
+
+    static func makeDirectory(_ path: String) throws(SpoolError) {
+        if mkdir(path, 0o755) != 0 {
+            let code = errno
+            if code == EEXIST { return }
+            if code == ENOENT {
+                let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+                guard !parent.isEmpty, parent != path else { throw SpoolError("mkdir", path, code) }
+                try makeDirectory(parent)
+                if mkdir(path, 0o755) != 0 && errno != EEXIST { throw SpoolError("mkdir", path, errno) }
+                return
+            }
+            throw SpoolError("mkdir", path, code)
+        }
+    }
+
+    /// Cuts `name` so that `<id>--<name>` plus the longest sidecar suffix fits in NAME_MAX (255 bytes).
+    static func fitName(_ name: String, prefixBytes: Int) -> String {
+        let limit = 255 - prefixBytes - ".rejected.ndjson".utf8.count
+        guard name.utf8.count > limit else { return name }
+        var cut = ""
+        for scalar in name.unicodeScalars {
+            if cut.utf8.count + String(scalar).utf8.count > limit { break }
+            cut.unicodeScalars.append(scalar)
+        }
+        return cut
+    }
+}
+
+/// A failed file-system operation: which, on what path, and errno.
+package struct SpoolError: Error, Sendable, CustomStringConvertible {
+    package var operation: String
+    package var path: String
+    package var code: Int32
+
+    package init(_ operation: String, _ path: String, _ code: Int32) {
+        self.operation = operation
+        self.path = path
+        self.code = code
+    }
+
+    /// Trouble that is no verdict on the file (disk full, I/O error, no permission yet): retry later.
+    package var isTransient: Bool {
+        [EIO, ENOSPC, EDQUOT, ENOMEM, EMFILE, ENFILE, EAGAIN, EINTR, EBUSY, EACCES, EPERM, EROFS].contains(code)
+    }
+
+    /// The errno name and text, e.g. `ENOSPC (No space left on device)`.
+    package var reason: String {
+        String(cString: strerror(code))
+    }
+
+    package var description: String { "\(operation) \(path): \(reason)" }
+}

@@ -1,1 +1,149 @@
+// Watcher: inotify on the inbox folders, turned into "look at this folder now" hints.
+//
+// Knows directories and names, never payloads. Every event is only a hint: the processor rescans the
+// folder and decides. Raw inotify through Glibc (inotify_init1 / inotify_add_watch), a non-blocking fd
+// polled on a thread of its own, feeding an AsyncStream of wake-ups. It also wakes the stream every
+// `tick` so the processor's timers (settle checks, periodic rescans, retries) run without a second clock.
 
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Synchronization
+
+/// What the watcher saw since the last ``Watcher/drain()``.
+package struct WatchHints: Sendable {
+    /// `<folder>/<name>` of files closed after writing or renamed in: complete, claim them at once.
+    package var complete: Set<String> = []
+    /// Folders with any event (a create included): look at them.
+    package var folders: Set<String> = []
+    /// The kernel dropped events (IN_Q_OVERFLOW) or a watch went away: rescan everything.
+    package var overflow = false
+}
+
+/// Watches folders with inotify on its own thread.
+package final class Watcher: Sendable {
+    private let fd: Int32
+    private let stopPipe: (read: Int32, write: Int32)
+    private let folders: [Int32: String]
+    private let hints = Mutex(WatchHints())
+    private let tick: Duration
+    private let continuation: AsyncStream<Void>.Continuation
+    /// Yields whenever there are hints to drain, and at least every `tick`. Ends after ``stop()``.
+    package let wakeups: AsyncStream<Void>
+
+    /// Starts watching `folders` for IN_CLOSE_WRITE, IN_MOVED_TO and IN_CREATE (sftp-server's link()).
+    package init(folders paths: [String], tick: Duration = .milliseconds(200)) throws(WatcherError) {
+        let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        guard fd >= 0 else { throw WatcherError(operation: "inotify_init1", path: nil, code: errno) }
+        var folders: [Int32: String] = [:]
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ONLYDIR)
+        for path in paths {
+            let wd = inotify_add_watch(fd, path, mask)
+            guard wd >= 0 else {
+                let code = errno
+                close(fd)
+                throw WatcherError(operation: "inotify_add_watch", path: path, code: code)
+            }
+            folders[wd] = path
+        }
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else {
+            close(fd)
+            throw WatcherError(operation: "pipe2", path: nil, code: errno)
+        }
+        for end in pipeFDs {
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+        }
+        self.fd = fd
+        self.folders = folders
+        self.stopPipe = (pipeFDs[0], pipeFDs[1])
+        self.tick = tick
+        (wakeups, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let thread = Thread { [self] in self.loop() }
+        thread.name = "carespool-inotify"
+        thread.start()
+    }
+
+    /// Takes the hints gathered so far.
+    package func drain() -> WatchHints {
+        hints.withLock { current in
+            let taken = current
+            current = WatchHints()
+            return taken
+        }
+    }
+
+    /// Stops the thread and ends ``wakeups``.
+    package func stop() {
+        var byte: UInt8 = 1
+        _ = write(stopPipe.write, &byte, 1)
+    }
+
+    private func loop() {
+        let tickMillis = Int32(tick.components.seconds * 1_000 + tick.components.attoseconds / 1_000_000_000_000_000)
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        var pfds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0)]
+        while true {
+            let ready = poll(&pfds, 2, tickMillis)
+            if ready < 0 && errno != EINTR { break }
+            if pfds[1].revents != 0 { break }
+            if pfds[0].revents != 0 { readEvents(into: &buffer) }
+            continuation.yield()
+        }
+        continuation.finish()
+        close(fd)
+        close(stopPipe.read)
+        close(stopPipe.write)
+    }
+
+    private func readEvents(into buffer: inout [UInt8]) {
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if n <= 0 { return }
+            var found = WatchHints()
+            buffer.withUnsafeBytes { raw in
+                var offset = 0
+                while offset + 16 <= n {
+                    let wd = raw.loadUnaligned(fromByteOffset: offset, as: Int32.self)
+                    let mask = raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)
+                    let length = Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self))
+                    let nameBytes = UnsafeRawBufferPointer(rebasing: raw[(offset + 16)..<(offset + 16 + length)])
+                    offset += 16 + length
+                    if mask & UInt32(IN_Q_OVERFLOW) != 0 || mask & UInt32(IN_IGNORED) != 0 {
+                        found.overflow = true
+                        continue
+                    }
+                    guard let folder = folders[wd] else { continue }
+                    let name = String(decoding: nameBytes.prefix(while: { $0 != 0 }), as: UTF8.self)
+                    if name.hasPrefix(".") || name.hasSuffix(".tmp") || name.hasSuffix(".part")
+                        || name.hasSuffix(".filepart") || name.hasSuffix("~")
+                    {
+                        continue
+                    }
+                    found.folders.insert(folder)
+                    if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO) != 0 {
+                        found.complete.insert(folder + "/" + name)
+                    }
+                }
+            }
+            hints.withLock { current in
+                current.complete.formUnion(found.complete)
+                current.folders.formUnion(found.folders)
+                current.overflow = current.overflow || found.overflow
+            }
+        }
+    }
+}
+
+/// An inotify call failed.
+package struct WatcherError: Error, Sendable, CustomStringConvertible {
+    package var operation: String
+    package var path: String?
+    package var code: Int32
+
+    package var description: String {
+        "\(operation)\(path.map { " " + $0 } ?? ""): \(String(cString: strerror(code)))"
+    }
+}

@@ -1,0 +1,91 @@
+package import JSONSchema
+
+/// One appointment event, valid against schema.json's `appointment_event`.
+package struct AppointmentEvent: Sendable, Equatable {
+    package var eventType: String
+    package var appointmentID: String
+    package var patientID: String
+    /// The event time as sent.
+    package var timestamp: String
+    /// The event time in UTC, `YYYY-MM-DDTHH:MM:SS.fffffffffZ`: sorts by instant; part of the natural key.
+    package var instant: String
+    package var notes: String?
+}
+
+/// Reads appointment event files: a JSON object, an array of objects, or NDJSON.
+package struct AppointmentsReader: Sendable {
+    private let schema: JSONSchema
+
+    /// - Parameter schema: the compiled `appointment_event` schema.
+    package init(schema: JSONSchema) { self.schema = schema }
+
+    package func read(_ bytes: [UInt8]) -> ParsedFile<AppointmentEvent> {
+        let (raws, fileProblem) = JSONRecords.split(bytes)
+        if let fileProblem { return ParsedFile(items: [], fileProblem: fileProblem) }
+        let items = raws.map { raw -> Item<AppointmentEvent> in
+            Item(number: raw.number, line: raw.line, text: raw.text, result: map(raw))
+        }
+        return ParsedFile(items: items, fileProblem: nil)
+    }
+
+    private func map(_ raw: JSONRecords.Raw) -> Result<AppointmentEvent, Problems> {
+        let value: JSONValue
+        switch raw.value {
+        case .failure(let error):
+            return .failure(
+                Problems([RecordProblem(record: raw.number, line: raw.line, pointer: nil, message: "not valid JSON: \(error.reason) (column \(error.column))")])
+            )
+        case .success(let v): value = v
+        }
+        let errors = schema.validate(value)
+        if !errors.isEmpty {
+            return .failure(
+                Problems(errors.map { RecordProblem(record: raw.number, line: raw.line, pointer: $0.pointer, message: $0.message) })
+            )
+        }
+        // The schema guarantees these fields and their types.
+        let timestamp = value["timestamp"]?.stringValue ?? ""
+        guard let instant = RFC3339.normalizedDateTime(timestamp) else {
+            return .failure(
+                Problems([RecordProblem(record: raw.number, line: raw.line, pointer: "/timestamp", message: "\(JSONSchema.describe(.string(timestamp))) is not an RFC 3339 date-time")])
+            )
+        }
+        return .success(
+            AppointmentEvent(
+                eventType: value["event_type"]?.stringValue ?? "",
+                appointmentID: value["appointment_id"]?.stringValue ?? "",
+                patientID: value["patient_id"]?.stringValue ?? "",
+                timestamp: timestamp,
+                instant: instant,
+                notes: value["notes"]?.stringValue
+            )
+        )
+    }
+}
+
+/// The compiled schemas of every kind, from schema.json.
+package struct Catalog: Sendable {
+    package let appointments: AppointmentsReader
+
+    /// Compiles every kind's `$defs` entry; refuses a schema with an unsupported keyword, naming it.
+    package init(schemaDocument: JSONValue) throws(KindsError) {
+        do {
+            appointments = AppointmentsReader(
+                schema: try JSONSchema(document: schemaDocument, entry: "/$defs/" + Kind.appointments.schemaDefinition)
+            )
+        } catch {
+            throw KindsError(description: "schema.json \(error.description)")
+        }
+    }
+
+    /// Reads and compiles schema.json from `bytes`.
+    package init(schemaBytes: [UInt8]) throws(KindsError) {
+        let document: JSONValue
+        do {
+            document = try JSONParser.parse(schemaBytes)
+        } catch {
+            throw KindsError(description: "schema.json is not valid JSON: \(error.description)")
+        }
+        try self.init(schemaDocument: document)
+    }
+}

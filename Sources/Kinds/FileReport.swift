@@ -1,0 +1,120 @@
+import JSONSchema
+
+/// A file's verdict.
+package enum Outcome: String, Sendable, CaseIterable, Codable {
+    /// Everything stored (records seen before skipped).
+    case accepted
+    /// Byte-identical to an earlier file, or every record already stored: nothing new.
+    case duplicate
+    /// Good records stored; the bad ones go to the `.rejected` sidecar.
+    case partial
+    /// Nothing stored: unreadable, unparseable, not a regular file, or no valid record.
+    case rejected
+}
+
+/// What happened to one file: the `.error.json` sidecar, `carespool validate --json`, and the ledger's
+/// `report` column all carry this shape.
+package struct FileReport: Sendable, Equatable {
+    package var outcome: Outcome
+    package var stored: Int
+    package var duplicates: Int
+    package var rejected: Int
+    package var errors: [RecordProblem]
+    /// The earlier file with the same bytes, for a duplicate found by sha256.
+    package var duplicateOf: String?
+
+    package init(
+        outcome: Outcome,
+        stored: Int = 0,
+        duplicates: Int = 0,
+        rejected: Int = 0,
+        errors: [RecordProblem] = [],
+        duplicateOf: String? = nil
+    ) {
+        self.outcome = outcome
+        self.stored = stored
+        self.duplicates = duplicates
+        self.rejected = rejected
+        self.errors = errors
+        self.duplicateOf = duplicateOf
+    }
+
+    /// The outcome that the counts imply.
+    package static func outcome(stored: Int, duplicates: Int, rejected: Int) -> Outcome {
+        if rejected > 0 { return stored + duplicates > 0 ? .partial : .rejected }
+        if stored == 0 && duplicates > 0 { return .duplicate }
+        return stored > 0 ? .accepted : .rejected
+    }
+
+    /// Record numbers that were rejected, ascending.
+    package var rejectedRecords: [Int] {
+        Array(Set(errors.compactMap(\.record))).sorted()
+    }
+
+    /// A one-line summary for the ledger's `error` column, nil when nothing went wrong.
+    package var summary: String? {
+        guard let first = errors.first else { return nil }
+        let more = errors.count > 1 ? " (and \(errors.count - 1) more)" : ""
+        switch outcome {
+        case .partial: return "\(rejected) of \(stored + duplicates + rejected) records rejected; \(first.text)\(more)"
+        default: return first.text + more
+        }
+    }
+
+    /// The report as a JSON object, with `file` naming the file when given.
+    package func json(fileID: String? = nil, originalName: String? = nil, kind: String? = nil) -> String {
+        var members: [JSONMember] = []
+        if let fileID { members.append(.init(key: "id", value: .string(fileID))) }
+        if let kind { members.append(.init(key: "kind", value: .string(kind))) }
+        if let originalName { members.append(.init(key: "original_name", value: .string(originalName))) }
+        members.append(.init(key: "outcome", value: .string(outcome.rawValue)))
+        members.append(
+            .init(
+                key: "counts",
+                value: .object([
+                    .init(key: "stored", value: .number(String(stored))),
+                    .init(key: "duplicates", value: .number(String(duplicates))),
+                    .init(key: "rejected", value: .number(String(rejected))),
+                ])
+            )
+        )
+        if let duplicateOf { members.append(.init(key: "duplicate_of", value: .string(duplicateOf))) }
+        let errorValues: [JSONValue] = errors.map { problem in
+            .object([
+                .init(key: "record", value: problem.record.map { .number(String($0)) } ?? .null),
+                .init(key: "line", value: problem.line.map { .number(String($0)) } ?? .null),
+                .init(key: "pointer", value: problem.pointer.map { .string($0) } ?? .null),
+                .init(key: "message", value: .string(problem.message)),
+            ])
+        }
+        members.append(.init(key: "errors", value: .array(errorValues)))
+        return JSONValue.object(members).compactText
+    }
+
+    /// Reads a report back from ``json(fileID:originalName:kind:)``'s text.
+    package init?(json text: String) {
+        guard let value = try? JSONParser.parse(text), let outcomeText = value["outcome"]?.stringValue,
+            let outcome = Outcome(rawValue: outcomeText)
+        else { return nil }
+        func int(_ v: JSONValue?) -> Int? { v?.doubleValue.map { Int($0) } }
+        self.outcome = outcome
+        stored = int(value["counts"]?["stored"]) ?? 0
+        duplicates = int(value["counts"]?["duplicates"]) ?? 0
+        rejected = int(value["counts"]?["rejected"]) ?? 0
+        duplicateOf = value["duplicate_of"]?.stringValue
+        var errors: [RecordProblem] = []
+        if case .array(let list) = value["errors"] {
+            for item in list {
+                errors.append(
+                    RecordProblem(
+                        record: int(item["record"]),
+                        line: int(item["line"]),
+                        pointer: item["pointer"]?.stringValue,
+                        message: item["message"]?.stringValue ?? ""
+                    )
+                )
+            }
+        }
+        self.errors = errors
+    }
+}

@@ -1,0 +1,120 @@
+package import JSONSchema
+
+/// Splits a JSON file into records: one object, an array of objects, or NDJSON (one value per line).
+package enum JSONRecords {
+    /// A record before validation.
+    package struct Raw: Sendable {
+        package var number: Int
+        package var line: Int
+        package var text: String
+        package var value: Result<JSONValue, JSONParseError>
+    }
+
+    /// The records of `bytes`, or a problem with the whole file.
+    package static func split(_ input: [UInt8]) -> (records: [Raw], fileProblem: RecordProblem?) {
+        var bytes = input
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
+        var parser = JSONParser(bytes: bytes)
+        parser.skipWhitespace()
+        guard let first = parser.currentByte else {
+            return ([], RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no records"))
+        }
+        if first == UInt8(ascii: "[") {
+            return splitArray(bytes)
+        }
+        // One JSON value filling the file (pretty-printed objects included), else NDJSON.
+        if let whole = try? JSONParser.parse(bytes) {
+            let line = JSONParser.line(of: startOffset(bytes), in: bytes)
+            return ([Raw(number: 1, line: line, text: whole.compactText, value: .success(whole))], nil)
+        }
+        return splitLines(bytes)
+    }
+
+    private static func startOffset(_ bytes: [UInt8]) -> Int {
+        var parser = JSONParser(bytes: bytes)
+        parser.skipWhitespace()
+        return parser.index
+    }
+
+    private static func splitArray(_ bytes: [UInt8]) -> ([Raw], RecordProblem?) {
+        do {
+            let value = try JSONParser.parse(bytes)
+            guard case .array(let elements) = value else { return ([], nil) }
+            // Line of each element: walk the array once more, noting where each element starts.
+            var lines: [Int] = []
+            lines.reserveCapacity(elements.count)
+            var parser = JSONParser(bytes: bytes)
+            parser.skipWhitespace()
+            parser.advance()
+            var line = 1
+            var lineCountedTo = 0
+            for _ in elements {
+                parser.skipWhitespace()
+                while lineCountedTo < parser.index {
+                    if bytes[lineCountedTo] == 0x0A { line += 1 }
+                    lineCountedTo += 1
+                }
+                lines.append(line)
+                _ = try parser.parseValue(depth: 1)
+                parser.skipWhitespace()
+                parser.advance()  // ',' or ']'
+            }
+            var records: [Raw] = []
+            records.reserveCapacity(elements.count)
+            for (i, element) in elements.enumerated() {
+                records.append(Raw(number: i + 1, line: lines[i], text: element.compactText, value: .success(element)))
+            }
+            if records.isEmpty {
+                return ([], RecordProblem(record: nil, line: nil, pointer: nil, message: "the array is empty: no records"))
+            }
+            return (records, nil)
+        } catch {
+            return (
+                [],
+                RecordProblem(record: nil, line: error.line, pointer: nil, message: "not valid JSON: \(error.description)")
+            )
+        }
+    }
+
+    private static func splitLines(_ bytes: [UInt8]) -> ([Raw], RecordProblem?) {
+        var records: [Raw] = []
+        var lineNumber = 0
+        var start = 0
+        while start <= bytes.count {
+            lineNumber += 1
+            var end = start
+            while end < bytes.count && bytes[end] != 0x0A { end += 1 }
+            var contentEnd = end
+            if contentEnd > start && bytes[contentEnd - 1] == 0x0D { contentEnd -= 1 }
+            let slice = Array(bytes[start..<contentEnd])
+            if !slice.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) {
+                let number = records.count + 1
+                do {
+                    let value = try JSONParser.parse(slice)
+                    records.append(Raw(number: number, line: lineNumber, text: value.compactText, value: .success(value)))
+                } catch {
+                    var located = error
+                    located.line = lineNumber
+                    records.append(
+                        Raw(
+                            number: number,
+                            line: lineNumber,
+                            text: String(decoding: slice, as: UTF8.self),
+                            value: .failure(located)
+                        )
+                    )
+                }
+            }
+            start = end + 1
+        }
+        if records.isEmpty {
+            return ([], RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no records"))
+        }
+        if records.allSatisfy({ if case .failure = $0.value { true } else { false } }), records.count == 1,
+            case .failure(let error) = records[0].value
+        {
+            return ([], RecordProblem(record: nil, line: error.line, pointer: nil, message: "not valid JSON: \(error.description)"))
+        }
+        return (records, nil)
+    }
+}

@@ -1,0 +1,88 @@
+// Kinds: the payload kinds carespool ingests: parse, validate and map bytes to records.
+//
+// Trusts nothing in the bytes. Knows payloads only: it never touches the file system or the database,
+// and never logs (its errors quote field values, so they go to sidecars and the ledger, never to logs).
+
+import JSONSchema
+
+/// A kind of data, with its inbox folder name.
+package enum Kind: String, CaseIterable, Sendable, Codable {
+    case appointments
+
+    /// The `$defs` entry of schema.json that describes one record of this kind.
+    package var schemaDefinition: String {
+        switch self {
+        case .appointments: "appointment_event"
+        }
+    }
+
+    /// The extension of the `.rejected.<ext>` sidecar that holds this kind's rejected records.
+    package var rejectedExtension: String {
+        switch self {
+        case .appointments: "ndjson"
+        }
+    }
+}
+
+/// A problem with a file or one of its records: where, and which rule.
+package struct RecordProblem: Sendable, Equatable, Codable {
+    /// 1-based record number in the file, nil when the problem is the file's.
+    package var record: Int?
+    /// 1-based line in the file where the record (or the problem) starts, when known.
+    package var line: Int?
+    /// JSON pointer into the record, when the problem is one field.
+    package var pointer: String?
+    /// The rule broken; may quote the offending value, so never log it.
+    package var message: String
+
+    package init(record: Int?, line: Int?, pointer: String?, message: String) {
+        self.record = record
+        self.line = line
+        self.pointer = pointer
+        self.message = message
+    }
+
+    /// One line for people: `record 3 /timestamp: "2025-01-10 12:30" is not an RFC 3339 date-time`.
+    package var text: String {
+        var parts: [String] = []
+        if let record { parts.append("record \(record)") }
+        if let line { parts.append("(line \(line))") }
+        if let pointer { parts.append(pointer.isEmpty ? "/" : pointer) }
+        return parts.isEmpty ? message : parts.joined(separator: " ") + ": " + message
+    }
+}
+
+/// One record of a file: its place, its text for a `.rejected` file, and either the value or its problems.
+package struct Item<Record: Sendable>: Sendable {
+    /// 1-based record number.
+    package var number: Int
+    /// 1-based line where the record starts.
+    package var line: Int
+    /// The record as one line of NDJSON (its source line when it was not valid JSON).
+    package var text: String
+    package var result: Result<Record, Problems>
+}
+
+/// The problems of one record (an `Error` so that it fits `Result`).
+package struct Problems: Error, Sendable {
+    package var list: [RecordProblem]
+    package init(_ list: [RecordProblem]) { self.list = list }
+}
+
+/// What a reader made of a whole file.
+package struct ParsedFile<Record: Sendable>: Sendable {
+    /// Every record in file order.
+    package var items: [Item<Record>]
+    /// Set when the file as a whole cannot be read: nothing in it is stored.
+    package var fileProblem: RecordProblem?
+
+    package init(items: [Item<Record>], fileProblem: RecordProblem?) {
+        self.items = items
+        self.fileProblem = fileProblem
+    }
+}
+
+/// Why schema.json cannot be used.
+package struct KindsError: Error, Sendable, CustomStringConvertible {
+    package var description: String
+}

@@ -1,0 +1,479 @@
+// Pipeline: the processor service (Postfix's qmgr): recover, discover, claim, process, finish.
+//
+// Ties the stages together and owns the order of steps that makes a file's life crash-safe:
+//   claim (rename into processing/) → read, digest, parse, validate → ONE transaction with the records
+//   and the ledger rows of a batch (group commit) → sidecars (tmp + rename) → rename into done/ or
+//   failed/ → fsync the folders. A crash anywhere leaves the file in processing/, and recovery finishes it
+//   from its ledger row or processes it again; record writes are idempotent on natural keys.
+// Trusts nothing in the files. Logs ids, kinds, outcomes, counts and timings only: never a name or value.
+
+import Crypto
+import Dispatch
+package import Kinds
+package import Logging
+import ServiceLifecycle
+package import Spool
+package import Store
+import Synchronization
+import Watcher
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the processor discovers and batches files. Every key has a default.
+package struct PipelineConfiguration: Sendable {
+    /// A file found by a rescan (no close/rename event) is claimed once its size and mtime have held
+    /// still this long. Default 2 s.
+    package var settle: Duration
+    /// Full rescan of every inbox, the safety net under inotify. Default 5 s.
+    package var rescanInterval: Duration
+    /// Most files claimed and committed in one transaction. Default 512.
+    package var batchSize: Int
+    /// First and longest wait before retrying a file after transient trouble. Defaults 1 s and 60 s.
+    package var retryInitial: Duration
+    package var retryMax: Duration
+    /// How often the watcher wakes the processor without events. Default 200 ms.
+    package var tick: Duration
+
+    package init(
+        settle: Duration = .seconds(2),
+        rescanInterval: Duration = .seconds(5),
+        batchSize: Int = 512,
+        retryInitial: Duration = .seconds(1),
+        retryMax: Duration = .seconds(60),
+        tick: Duration = .milliseconds(200)
+    ) {
+        self.settle = settle
+        self.rescanInterval = rescanInterval
+        self.batchSize = batchSize
+        self.retryInitial = retryInitial
+        self.retryMax = retryMax
+        self.tick = tick
+    }
+}
+
+/// The processor service: runs until graceful shutdown, then finishes the batch in hand and returns.
+package final class Processor: Service {
+    private let engine: Engine
+    private let spool: Spool
+    private let configuration: PipelineConfiguration
+    private let queue = DispatchQueue(label: "carespool.pipeline")
+
+    package init(
+        spool: Spool,
+        database: AppDatabase,
+        catalog: Catalog,
+        configuration: PipelineConfiguration = .init(),
+        logger: Logger
+    ) {
+        self.spool = spool
+        self.configuration = configuration
+        self.engine = Engine(
+            spool: spool,
+            database: database,
+            catalog: catalog,
+            configuration: configuration,
+            logger: logger
+        )
+    }
+
+    package func run() async throws {
+        try spool.prepare()
+        try await onQueue { try self.engine.recover() }
+        let watcher = try Watcher(folders: spool.inboxes.map(\.path), tick: configuration.tick)
+        let engine = self.engine
+        await withGracefulShutdownHandler {
+            for await _ in watcher.wakeups {
+                let hints = watcher.drain()
+                do {
+                    try await onQueue { try engine.step(hints) }
+                } catch {
+                    engine.logger.error("processing step failed", metadata: ["error": "\(error)"])
+                }
+                if engine.stopping.load(ordering: .relaxed) { break }
+            }
+        } onGracefulShutdown: {
+            engine.stopping.store(true, ordering: .relaxed)
+            watcher.stop()
+        }
+        watcher.stop()
+    }
+
+    private func onQueue<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.async { continuation.resume(with: Result { try work() }) }
+        }
+    }
+}
+
+/// The processor's state; used only on the processor's serial queue.
+final class Engine: @unchecked Sendable {
+    let spool: Spool
+    let database: AppDatabase
+    let catalog: Catalog
+    let configuration: PipelineConfiguration
+    let logger: Logger
+    let ids = IDGenerator()
+    let stopping = Atomic<Bool>(false)
+
+    /// Files that had a close-after-write or rename-in event: claim without waiting to settle.
+    private var complete: Set<String> = []
+    /// Last observation of each unsettled file: `<folder>/<name>` → (size, mtime, inode).
+    private var observed: [String: (size: Int64, mtime: Int64, inode: UInt64)] = [:]
+    private var nextRescan: Int64 = 0
+    /// Claimed files waiting to be processed (recovered, or due for a retry).
+    private var queued: [Spool.Claimed] = []
+    private var retries: [String: Retry] = [:]
+
+    struct Retry {
+        var file: Spool.Claimed
+        var attempts: Int
+        var due: Int64
+        var lastError: String
+    }
+
+    init(spool: Spool, database: AppDatabase, catalog: Catalog, configuration: PipelineConfiguration, logger: Logger) {
+        self.spool = spool
+        self.database = database
+        self.catalog = catalog
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Queues every file left in processing/ by an earlier run: each is finished from its ledger row if it
+    /// has one, and processed again otherwise.
+    func recover() throws {
+        for kind in spool.kinds {
+            queued += try spool.claimedFiles(kind: kind)
+        }
+        if !queued.isEmpty {
+            logger.notice("recovering files left in processing", metadata: ["files.count": "\(queued.count)"])
+        }
+        writeRetryState()
+    }
+
+    /// One wake-up: look at the inboxes the hints name (all of them when a rescan is due), claim what is
+    /// ready, and process it in batches until nothing is ready or shutdown was requested.
+    func step(_ hints: WatchHints) throws {
+        let now = Clock.nowNanos()
+        complete.formUnion(hints.complete)
+        var folders = hints.folders
+        if hints.overflow || now >= nextRescan {
+            folders = Set(spool.inboxes.map(\.path))
+            nextRescan = now + configuration.rescanInterval.nanoseconds
+        }
+        for key in observed.keys {
+            if let slash = key.lastIndex(of: "/") { folders.insert(String(key[..<slash])) }
+        }
+        var ready: [(Spool.Inbox, String)] = []
+        for inbox in spool.inboxes where folders.contains(inbox.path) {
+            let entries: [Spool.Entry]
+            do {
+                entries = try spool.scan(inbox.path)
+            } catch {
+                logger.error("cannot scan inbox", metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.reason)"])
+                continue
+            }
+            var present = Set<String>()
+            for entry in entries {
+                let key = inbox.path + "/" + entry.name
+                present.insert(key)
+                if entry.type != .regular || complete.contains(key) {
+                    ready.append((inbox, entry.name))
+                    continue
+                }
+                let seen = (entry.size, entry.mtime, entry.inode)
+                if let before = observed[key], before == seen, now - entry.mtime >= configuration.settle.nanoseconds {
+                    ready.append((inbox, entry.name))
+                } else {
+                    observed[key] = seen
+                }
+            }
+            // Forget what vanished from this folder.
+            let prefix = inbox.path + "/"
+            for key in observed.keys where key.hasPrefix(prefix) && !present.contains(key) {
+                observed[key] = nil
+            }
+            complete = complete.filter { !$0.hasPrefix(prefix) || present.contains($0) }
+        }
+        // Retries that are due.
+        for (id, retry) in retries where retry.due <= now {
+            queued.append(retry.file)
+            retries[id] = nil
+        }
+        var start = 0
+        while start < ready.count || !queued.isEmpty {
+            if stopping.load(ordering: .relaxed) { break }
+            var batch: [Spool.Claimed] = []
+            var claimedAt: [String: Int64] = [:]
+            let room = configuration.batchSize
+            while !queued.isEmpty && batch.count < room {
+                let file = queued.removeFirst()
+                batch.append(file)
+                claimedAt[file.id] = Clock.nowNanos()
+            }
+            while start < ready.count && batch.count < room {
+                let (inbox, name) = ready[start]
+                start += 1
+                let key = inbox.path + "/" + name
+                complete.remove(key)
+                observed[key] = nil
+                do {
+                    if let claimed = try spool.claim(name, from: inbox, id: ids.next()) {
+                        batch.append(claimed)
+                        claimedAt[claimed.id] = Clock.nowNanos()
+                    }
+                } catch {
+                    logger.error("cannot claim file", metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.reason)"])
+                }
+            }
+            if batch.isEmpty { break }
+            process(batch, claimedAt: claimedAt)
+        }
+        writeRetryState()
+    }
+
+    /// Reads, commits and finishes one batch of claimed files.
+    private func process(_ batch: [Spool.Claimed], claimedAt: [String: Int64]) {
+        let receivedAt = Clock.timestamp()
+        var prepared: [(file: Spool.Claimed, prepared: PreparedFile, content: [UInt8]?)] = []
+        for file in batch {
+            guard let kind = Kind(rawValue: file.kind) else { continue }
+            do {
+                let content = try spool.read(file)
+                prepared.append(prepare(file, kind: kind, content: content, receivedAt: receivedAt))
+            } catch {
+                if error.code == ENOENT {
+                    logger.warning("claimed file vanished", metadata: ["file.id": "\(file.id)"])
+                } else {
+                    scheduleRetry(file, reason: error.description)
+                }
+            }
+        }
+        guard !prepared.isEmpty else { return }
+        let committed: [CommittedFile]
+        do {
+            committed = try database.commit(prepared.map(\.prepared), finishedAt: Clock.timestamp())
+        } catch {
+            if error.isTransient || prepared.count == 1 {
+                for entry in prepared { scheduleRetry(entry.file, reason: error.description) }
+                return
+            }
+            // Not transient: commit one by one so that one file cannot hold back the others.
+            for entry in prepared { process([entry.file], claimedAt: claimedAt) }
+            return
+        }
+        var touched = Set<String>()
+        var finished: [(Spool.Claimed, CommittedFile)] = []
+        for (entry, result) in zip(prepared, committed) {
+            do {
+                touched.formUnion(try finish(entry.file, entry.prepared, result))
+                finished.append((entry.file, result))
+            } catch {
+                scheduleRetry(entry.file, reason: error.description)
+            }
+        }
+        do {
+            try spool.syncDirectories(touched)
+        } catch {
+            logger.error("cannot fsync spool folders", metadata: ["error": "\(error.reason)"])
+        }
+        let now = Clock.nowNanos()
+        for (file, result) in finished {
+            let report = result.report
+            let millis = Double(now - (claimedAt[file.id] ?? now)) / 1_000_000
+            logger.info(
+                "file finished",
+                metadata: [
+                    "file.id": "\(file.id)",
+                    "file.kind": "\(file.kind)",
+                    "file.outcome": "\(report.outcome.rawValue)",
+                    "file.stored": "\(report.stored)",
+                    "file.duplicates": "\(report.duplicates)",
+                    "file.rejected": "\(report.rejected)",
+                    "file.ms": "\(Int(millis.rounded()))",
+                ]
+            )
+        }
+    }
+
+    private func prepare(
+        _ file: Spool.Claimed,
+        kind: Kind,
+        content: Spool.Content,
+        receivedAt: String
+    ) -> (file: Spool.Claimed, prepared: PreparedFile, content: [UInt8]?) {
+        switch content {
+        case .notRegular(let type):
+            let problem = RecordProblem(
+                record: nil,
+                line: nil,
+                pointer: nil,
+                message: "not a regular file (\(type.rawValue)): never opened or followed"
+            )
+            let prepared = PreparedFile(
+                id: file.id,
+                kind: kind,
+                originalName: file.originalName,
+                sha256: String(repeating: "0", count: 64),
+                size: 0,
+                receivedAt: receivedAt,
+                content: .unreadable(problem)
+            )
+            return (file, prepared, nil)
+        case .regular(let bytes):
+            let digest = SHA256.hash(data: bytes).map { byte in
+                let hex = String(byte, radix: 16)
+                return byte < 16 ? "0" + hex : hex
+            }.joined()
+            let parsed: PreparedFile.Content
+            switch kind {
+            case .appointments: parsed = .appointments(catalog.appointments.read(bytes))
+            }
+            let prepared = PreparedFile(
+                id: file.id,
+                kind: kind,
+                originalName: file.originalName,
+                sha256: digest,
+                size: bytes.count,
+                receivedAt: receivedAt,
+                content: parsed
+            )
+            return (file, prepared, bytes)
+        }
+    }
+
+    /// Writes the sidecars a verdict needs and moves the file to done/ or failed/.
+    private func finish(_ file: Spool.Claimed, _ prepared: PreparedFile, _ result: CommittedFile) throws(SpoolError)
+        -> Set<String>
+    {
+        let report = result.report
+        var sidecars: [(suffix: String, bytes: [UInt8])] = []
+        if report.outcome == .partial || report.outcome == .rejected {
+            let json = report.json(fileID: file.id, originalName: file.originalName, kind: file.kind) + "\n"
+            sidecars.append((".error.json", Array(json.utf8)))
+        }
+        if report.outcome == .partial, let kind = Kind(rawValue: file.kind) {
+            let numbers = Set(report.rejectedRecords)
+            var lines = ""
+            switch prepared.content {
+            case .appointments(let parsed):
+                for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
+            case .unreadable: break
+            }
+            sidecars.append((".rejected." + kind.rejectedExtension, Array(lines.utf8)))
+        }
+        let day = String(result.finishedAt.prefix(10))
+        let destination: Spool.Destination = report.outcome == .rejected ? .failed : .done(day: day)
+        return try spool.finish(file, to: destination, sidecars: sidecars)
+    }
+
+    private func scheduleRetry(_ file: Spool.Claimed, reason: String) {
+        let attempts = (retries[file.id]?.attempts ?? 0) + 1
+        let base = configuration.retryInitial.nanoseconds
+        let delay = min(configuration.retryMax.nanoseconds, base << min(attempts - 1, 20))
+        retries[file.id] = Retry(file: file, attempts: attempts, due: Clock.nowNanos() + delay, lastError: reason)
+        logger.warning(
+            "transient trouble, file stays in processing",
+            metadata: ["file.id": "\(file.id)", "file.kind": "\(file.kind)", "retry.attempt": "\(attempts)"]
+        )
+    }
+
+    private var lastRetryState: String?
+
+    /// Publishes the files waiting for a retry to `processing/retrying.json` for `carespool status`.
+    private func writeRetryState() {
+        var lines: [String] = []
+        for retry in retries.values.sorted(by: { $0.file.id < $1.file.id }) {
+            lines.append(
+                "{\"id\":\(quoted(retry.file.id)),\"kind\":\(quoted(retry.file.kind)),\"attempts\":\(retry.attempts),"
+                    + "\"last_error\":\(quoted(retry.lastError))}"
+            )
+        }
+        let text = "[" + lines.joined(separator: ",") + "]\n"
+        guard text != lastRetryState else { return }
+        do {
+            try spool.writeFileDurably(
+                bytes: Array(text.utf8),
+                temporaryName: ".retrying.json",
+                target: spool.root + "/processing/retrying.json"
+            )
+            lastRetryState = text
+        } catch {
+            logger.error("cannot write retry state", metadata: ["error": "\(error.reason)"])
+        }
+    }
+
+    private func quoted(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            default:
+                if scalar.value < 0x20 { out += " " } else { out.unicodeScalars.append(scalar) }
+            }
+        }
+        return out + "\""
+    }
+}
+
+/// Wall-clock helpers.
+enum Clock {
+    static func nowNanos() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+
+    /// UTC `yyyy-mm-ddThh:mm:ss.sssZ`.
+    static func timestamp() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var t = ts.tv_sec
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        func pad(_ v: Int32, _ w: Int) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, w - s.count)) + s
+        }
+        return pad(parts.tm_year + 1900, 4) + "-" + pad(parts.tm_mon + 1, 2) + "-" + pad(parts.tm_mday, 2) + "T"
+            + pad(parts.tm_hour, 2) + ":" + pad(parts.tm_min, 2) + ":" + pad(parts.tm_sec, 2) + "."
+            + pad(Int32(ts.tv_nsec / 1_000_000), 3) + "Z"
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
+    }
+}
+
+/// A dry run for partners: what processing `bytes` as `kind` would store and reject, and why, against an
+/// empty in-memory database with the same schema. Writes nothing to any spool or database on disk.
+package func dryRun(bytes: [UInt8], kind: Kind, catalog: Catalog) throws -> FileReport {
+    let database = try AppDatabase.inMemory()
+    let content: PreparedFile.Content
+    switch kind {
+    case .appointments: content = .appointments(catalog.appointments.read(bytes))
+    }
+    let digest = SHA256.hash(data: bytes).map { String(format2: $0) }.joined()
+    let file = PreparedFile(
+        id: "dry-run",
+        kind: kind,
+        originalName: "dry-run",
+        sha256: digest,
+        size: bytes.count,
+        receivedAt: Clock.timestamp(),
+        content: content
+    )
+    return try database.commit([file], finishedAt: Clock.timestamp())[0].report
+}
+
+extension String {
+    fileprivate init(format2 byte: UInt8) {
+        let hex = String(byte, radix: 16)
+        self = byte < 16 ? "0" + hex : hex
+    }
+}

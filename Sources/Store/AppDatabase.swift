@@ -1,0 +1,360 @@
+// Store: carespool's SQLite database through GRDB: frozen migrations, the `files` ledger, per-kind writes.
+//
+// Trusts the records it is handed (Kinds validated them). Every write is one invariant-preserving
+// transaction: the records of a batch of files and their ledger rows commit together or not at all.
+// Never logs, and keeps statement arguments out of errors (`publicStatementArguments` stays false).
+
+package import GRDB
+package import Kinds
+
+/// The database: a `Sendable` value over a GRDB writer, as in GRDB's demo `AppDatabase`.
+package struct AppDatabase: Sendable {
+    package let writer: any DatabaseWriter
+
+    /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous = FULL`, so that a
+    /// commit is on disk before any file is moved to done/ or failed/.
+    package static func open(path: String, readonly: Bool = false) throws -> AppDatabase {
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        config.readonly = readonly
+        config.publicStatementArguments = false
+        config.prepareDatabase { db in
+            if !db.configuration.readonly {
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+            }
+        }
+        if readonly {
+            return try AppDatabase(DatabaseQueue(path: path, configuration: config))
+        }
+        return try AppDatabase(DatabasePool(path: path, configuration: config))
+    }
+
+    /// An in-memory database with the same schema (for `carespool validate`, which writes nothing).
+    package static func inMemory() throws -> AppDatabase {
+        try AppDatabase(DatabaseQueue())
+    }
+
+    package init(_ writer: any DatabaseWriter) throws {
+        self.writer = writer
+        if !writer.configuration.readonly {
+            try Self.migrator.migrate(writer)
+        }
+    }
+
+    /// Migrations are frozen once shipped: add new ones, never edit these.
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: files ledger, appointment events and state") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE files (
+                        id            TEXT PRIMARY KEY NOT NULL,
+                        kind          TEXT NOT NULL,
+                        original_name TEXT NOT NULL,
+                        sha256        TEXT NOT NULL CHECK (length(sha256) = 64),
+                        size          INTEGER NOT NULL CHECK (size >= 0),
+                        received_at   TEXT NOT NULL,
+                        finished_at   TEXT NOT NULL,
+                        outcome       TEXT NOT NULL CHECK (outcome IN ('accepted', 'duplicate', 'partial', 'rejected')),
+                        stored        INTEGER NOT NULL DEFAULT 0,
+                        duplicates    INTEGER NOT NULL DEFAULT 0,
+                        rejected      INTEGER NOT NULL DEFAULT 0,
+                        error         TEXT,
+                        report        TEXT NOT NULL
+                    ) STRICT;
+                    CREATE INDEX files_by_sha256 ON files (kind, sha256);
+                    CREATE INDEX files_by_outcome ON files (outcome, finished_at);
+
+                    CREATE TABLE appointment_events (
+                        seq            INTEGER PRIMARY KEY,
+                        appointment_id TEXT NOT NULL,
+                        instant        TEXT NOT NULL,
+                        timestamp      TEXT NOT NULL,
+                        event_type     TEXT NOT NULL CHECK (event_type IN
+                                           ('appointment.scheduled', 'appointment.cancelled', 'appointment.updated')),
+                        patient_id     TEXT NOT NULL,
+                        notes          TEXT,
+                        file_id        TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED,
+                        record         INTEGER NOT NULL,
+                        UNIQUE (appointment_id, instant)
+                    ) STRICT;
+
+                    CREATE TABLE appointments (
+                        appointment_id  TEXT PRIMARY KEY NOT NULL,
+                        patient_id      TEXT NOT NULL,
+                        status          TEXT NOT NULL CHECK (status IN ('scheduled', 'cancelled')),
+                        notes           TEXT,
+                        event_type      TEXT NOT NULL,
+                        event_instant   TEXT NOT NULL,
+                        event_timestamp TEXT NOT NULL,
+                        file_id         TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED
+                    ) STRICT;
+                    """
+            )
+        }
+        return migrator
+    }
+}
+
+/// A file ready for its transaction: identity, digest, and what its kind's reader made of it.
+package struct PreparedFile: Sendable {
+    package enum Content: Sendable {
+        case appointments(ParsedFile<AppointmentEvent>)
+        /// Not readable as its kind at all (not a regular file): rejected as a whole.
+        case unreadable(RecordProblem)
+    }
+
+    package var id: String
+    package var kind: Kind
+    package var originalName: String
+    package var sha256: String
+    package var size: Int
+    package var receivedAt: String
+    package var content: Content
+
+    package init(
+        id: String,
+        kind: Kind,
+        originalName: String,
+        sha256: String,
+        size: Int,
+        receivedAt: String,
+        content: Content
+    ) {
+        self.id = id
+        self.kind = kind
+        self.originalName = originalName
+        self.sha256 = sha256
+        self.size = size
+        self.receivedAt = receivedAt
+        self.content = content
+    }
+}
+
+/// The verdict on a file, as committed.
+package struct CommittedFile: Sendable {
+    package var report: FileReport
+    package var finishedAt: String
+    /// True when the ledger already had this file's row (a replay after a crash): nothing was written.
+    package var replayed: Bool
+}
+
+/// Why the store failed.
+package struct StoreError: Error, Sendable, CustomStringConvertible {
+    /// Busy, locked, full or I/O trouble: no verdict on the files, try again later.
+    package var isTransient: Bool
+    package var description: String
+
+    init(_ error: any Error) {
+        if let db = error as? DatabaseError {
+            let transient: [ResultCode] = [
+                .SQLITE_BUSY, .SQLITE_LOCKED, .SQLITE_FULL, .SQLITE_IOERR, .SQLITE_NOMEM, .SQLITE_CANTOPEN,
+                .SQLITE_PROTOCOL, .SQLITE_READONLY,
+            ]
+            isTransient = transient.contains(db.resultCode)
+            description = "SQLite error \(db.extendedResultCode.rawValue): \(db.message ?? "")"
+        } else {
+            isTransient = false
+            description = "\(error)"
+        }
+    }
+}
+
+extension AppDatabase {
+    /// Commits a batch of files in ONE transaction: each file's records and its ledger row (a group
+    /// commit). A file whose ledger row already exists is not written again; its stored verdict is
+    /// returned. Throws ``StoreError`` (transient or not) and then nothing of the batch is stored.
+    package func commit(_ files: [PreparedFile], finishedAt: String) throws(StoreError) -> [CommittedFile] {
+        do {
+            return try writer.write { db in
+                var results: [CommittedFile] = []
+                results.reserveCapacity(files.count)
+                for file in files {
+                    results.append(try commitOne(file, finishedAt: finishedAt, db: db))
+                }
+                return results
+            }
+        } catch {
+            throw StoreError(error)
+        }
+    }
+
+    /// The ledger row of `id`, if the file has one.
+    package func ledgerReport(id: String) throws(StoreError) -> CommittedFile? {
+        do {
+            return try writer.read { db in try Self.existing(id: id, db: db) }
+        } catch {
+            throw StoreError(error)
+        }
+    }
+
+    private static func existing(id: String, db: Database) throws -> CommittedFile? {
+        guard
+            let row = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT report, finished_at FROM files WHERE id = ?"),
+                arguments: [id]
+            )
+        else { return nil }
+        let text: String = row["report"]
+        guard let report = FileReport(json: text) else { return nil }
+        return CommittedFile(report: report, finishedAt: row["finished_at"], replayed: true)
+    }
+
+    private func commitOne(_ file: PreparedFile, finishedAt: String, db: Database) throws -> CommittedFile {
+        if let done = try Self.existing(id: file.id, db: db) { return done }
+        var report: FileReport
+        switch file.content {
+        case .unreadable(let problem):
+            report = FileReport(outcome: .rejected, errors: [problem])
+        case .appointments(let parsed):
+            if let earlier = try Self.sameBytes(file, db: db) {
+                report = FileReport(outcome: .duplicate, duplicateOf: earlier)
+            } else if let problem = parsed.fileProblem {
+                report = FileReport(outcome: .rejected, errors: [problem])
+            } else {
+                report = try AppointmentWriter(db: db, fileID: file.id).write(parsed)
+            }
+        }
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome,
+                                   stored, duplicates, rejected, error, report)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """
+        ).execute(arguments: [
+            file.id, file.kind.rawValue, file.originalName, file.sha256, file.size, file.receivedAt, finishedAt,
+            report.outcome.rawValue, report.stored, report.duplicates, report.rejected, report.summary,
+            report.json(),
+        ])
+        return CommittedFile(report: report, finishedAt: finishedAt, replayed: false)
+    }
+
+    /// An earlier file of the same kind with the same bytes whose records were stored.
+    private static func sameBytes(_ file: PreparedFile, db: Database) throws -> String? {
+        try String.fetchOne(
+            db.cachedStatement(
+                sql: """
+                    SELECT id FROM files WHERE kind = ? AND sha256 = ? AND outcome IN ('accepted', 'partial', 'duplicate')
+                    ORDER BY id LIMIT 1
+                    """
+            ),
+            arguments: [file.kind.rawValue, file.sha256]
+        )
+    }
+}
+
+/// Writes appointment events: append-only events unique on (appointment_id, instant), and each
+/// appointment's current state derived from its newest event, so a late older event never wins.
+struct AppointmentWriter {
+    let db: Database
+    let fileID: String
+
+    func write(_ parsed: ParsedFile<AppointmentEvent>) throws -> FileReport {
+        var stored = 0
+        var duplicates = 0
+        var rejectedRecords = Set<Int>()
+        var errors: [RecordProblem] = []
+        var touched = Set<String>()
+        for item in parsed.items {
+            switch item.result {
+            case .failure(let problems):
+                rejectedRecords.insert(item.number)
+                errors += problems.list
+            case .success(let event):
+                let existing = try Row.fetchOne(
+                    db.cachedStatement(
+                        sql: """
+                            SELECT event_type, patient_id, notes, file_id FROM appointment_events
+                            WHERE appointment_id = ? AND instant = ?
+                            """
+                    ),
+                    arguments: [event.appointmentID, event.instant]
+                )
+                if let existing {
+                    let same =
+                        existing["event_type"] == event.eventType && existing["patient_id"] == event.patientID
+                        && (existing["notes"] as String?) == event.notes
+                    if same {
+                        duplicates += 1
+                    } else {
+                        rejectedRecords.insert(item.number)
+                        let earlier: String = existing["file_id"]
+                        errors.append(
+                            RecordProblem(
+                                record: item.number,
+                                line: item.line,
+                                pointer: nil,
+                                message:
+                                    "conflicts with the event stored from file \(earlier) under the same appointment_id and timestamp"
+                            )
+                        )
+                    }
+                    continue
+                }
+                try db.cachedStatement(
+                    sql: """
+                        INSERT INTO appointment_events
+                            (appointment_id, instant, timestamp, event_type, patient_id, notes, file_id, record)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                        """
+                ).execute(arguments: [
+                    event.appointmentID, event.instant, event.timestamp, event.eventType, event.patientID, event.notes,
+                    fileID, item.number,
+                ])
+                stored += 1
+                touched.insert(event.appointmentID)
+            }
+        }
+        for appointmentID in touched { try refreshState(appointmentID) }
+        let rejected = rejectedRecords.count
+        return FileReport(
+            outcome: FileReport.outcome(stored: stored, duplicates: duplicates, rejected: rejected),
+            stored: stored,
+            duplicates: duplicates,
+            rejected: rejected,
+            errors: errors
+        )
+    }
+
+    /// Sets the appointment's state from its newest event; status from its newest scheduled/cancelled event.
+    private func refreshState(_ appointmentID: String) throws {
+        try db.cachedStatement(
+            sql: """
+                INSERT OR REPLACE INTO appointments
+                    (appointment_id, patient_id, status, notes, event_type, event_instant, event_timestamp, file_id)
+                SELECT e.appointment_id, e.patient_id,
+                       COALESCE((SELECT CASE s.event_type WHEN 'appointment.cancelled' THEN 'cancelled' ELSE 'scheduled' END
+                                 FROM appointment_events s
+                                 WHERE s.appointment_id = e.appointment_id
+                                   AND s.event_type IN ('appointment.scheduled', 'appointment.cancelled')
+                                 ORDER BY s.instant DESC LIMIT 1), 'scheduled'),
+                       e.notes, e.event_type, e.instant, e.timestamp, e.file_id
+                FROM appointment_events e
+                WHERE e.appointment_id = ?
+                ORDER BY e.instant DESC LIMIT 1
+                """
+        ).execute(arguments: [appointmentID])
+    }
+}
+
+extension AppDatabase {
+    /// The newest rejected or partial files, newest first, with the ledger's columns as text.
+    package func lastFailures(limit: Int) throws -> [[String: String?]] {
+        try writer.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, kind, original_name, outcome, finished_at, error FROM files
+                    WHERE outcome IN ('rejected', 'partial') ORDER BY finished_at DESC, id DESC LIMIT ?
+                    """,
+                arguments: [limit]
+            ).map { row in
+                var out: [String: String?] = [:]
+                for column in ["id", "kind", "original_name", "outcome", "finished_at", "error"] {
+                    out[column] = row[column] as String?
+                }
+                return out
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+// carespool: the executable. Parses commands, builds the configuration once, bootstraps logging (the
+// only place that does), and runs the service group. Everything else lives in the library targets.
+
+import ArgumentParser
+import Foundation
+import Kinds
+import Logging
+import Pipeline
+import ServiceLifecycle
+import UnixSignals
+import Spool
+import Store
+
+@main
+struct Carespool: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "carespool",
+        abstract: "File-drop and spool daemon for healthcare integration data.",
+        subcommands: [Serve.self, Status.self, Validate.self, Retry.self]
+    )
+}
+
+/// Options every command that touches a spool shares.
+struct SpoolOptions: ParsableArguments {
+    @Option(help: "The spool folder.")
+    var spool: String = "spool"
+
+    @Option(help: "The SQLite database (default: <spool>/carespool.sqlite3).")
+    var db: String?
+
+    var databasePath: String { db ?? (spool + "/carespool.sqlite3") }
+}
+
+struct SchemaOption: ParsableArguments {
+    @Option(help: "The JSON Schema file with one $defs entry per record kind.")
+    var schema: String = "schema.json"
+
+    func catalog() throws -> Catalog {
+        guard let data = FileManager.default.contents(atPath: schema) else {
+            throw ValidationError("cannot read the schema file \(schema) (pass --schema FILE)")
+        }
+        do {
+            return try Catalog(schemaBytes: Array(data))
+        } catch {
+            throw ValidationError("\(schema): \(error.description)")
+        }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the daemon in the foreground: watch the inboxes, store, move files to done/ or failed/."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+    @OptionGroup var schemaOption: SchemaOption
+
+    @Option(help: "Milliseconds a file found by rescan must hold still (size and mtime) before it is claimed.")
+    var settleMs: Int = 2_000
+
+    @Option(help: "Milliseconds between full rescans of every inbox.")
+    var rescanMs: Int = 5_000
+
+    @Option(help: "Most files committed in one transaction.")
+    var batchSize: Int = 512
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "carespool")
+        let catalog = try schemaOption.catalog()
+        let spool = Spool(root: spoolOptions.spool, kinds: Kind.allCases.map(\.rawValue))
+        try spool.prepare()
+        let database = try AppDatabase.open(path: spoolOptions.databasePath)
+        let processor = Processor(
+            spool: spool,
+            database: database,
+            catalog: catalog,
+            configuration: PipelineConfiguration(
+                settle: .milliseconds(settleMs),
+                rescanInterval: .milliseconds(rescanMs),
+                batchSize: max(1, batchSize)
+            ),
+            logger: logger
+        )
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: processor)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        logger.notice("carespool serving", metadata: ["spool.inboxes": "\(spool.inboxes.count)"])
+        try await group.run()
+        logger.notice("carespool stopped")
+    }
+}
+
+struct Validate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Dry run for partners: what a file would store and reject, and why. Writes nothing.",
+        discussion: "Exit status: 0 when every record would be stored, 1 when any record or the file is rejected."
+    )
+
+    @Option(help: "The kind of data: \(Kind.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var kind: String
+
+    @Flag(help: "Print the report as JSON (the shape of the .error.json sidecar).")
+    var json = false
+
+    @OptionGroup var schemaOption: SchemaOption
+
+    @Argument(help: "The file to check.")
+    var file: String
+
+    func run() async throws {
+        guard let kind = Kind(rawValue: kind) else {
+            throw ValidationError("unknown kind \(self.kind); one of \(Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ValidationError("cannot read \(file)")
+        }
+        let catalog = try schemaOption.catalog()
+        let report = try dryRun(bytes: Array(data), kind: kind, catalog: catalog)
+        if json {
+            print(report.json())
+        } else {
+            print("\(file): \(report.outcome.rawValue)")
+            print("would store \(report.stored), skip \(report.duplicates) duplicates, reject \(report.rejected)")
+            for problem in report.errors { print("  \(problem.text)") }
+        }
+        if report.outcome == .partial || report.outcome == .rejected { throw ExitCode(1) }
+    }
+}
+
+struct Retry: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Move a failed file back into its inbox for another try (never replacing a file there)."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+
+    @Argument(help: "The file's id (the part of its name before '--').")
+    var id: String
+
+    func run() async throws {
+        let spool = Spool(root: spoolOptions.spool, kinds: Kind.allCases.map(\.rawValue))
+        do {
+            guard let moved = try spool.requeue(id: id) else {
+                throw ValidationError("no file with id \(id) in \(spool.root)/failed/")
+            }
+            print("requeued \(id) to \(spool.inboxPath(moved.kind))/\(moved.name)")
+        } catch let error as SpoolError {
+            throw ValidationError("cannot requeue \(id): \(error.description)")
+        }
+    }
+}

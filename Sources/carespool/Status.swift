@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import Kinds
+import Spool
+import Store
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Files per folder and kind, files waiting for a retry, and the last ten failures with reasons."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        let kinds = Kind.allCases.map(\.rawValue)
+        let spool = Spool(root: spoolOptions.spool, kinds: kinds)
+        var counts: [(folder: String, kind: String, files: Int)] = []
+        for kind in kinds {
+            counts.append(("inbox", kind, try spool.scan(spool.inboxPath(kind)).count))
+            counts.append(("processing", kind, try spool.scanAll(spool.processingPath(kind)).count))
+            var done = 0
+            for day in try spool.scanAll(spool.donePath(kind)) {
+                done += try spool.scanAll(spool.donePath(kind) + "/" + day).count
+            }
+            counts.append(("done", kind, done))
+            let failed = try spool.scanAll(spool.failedPath(kind)).filter { $0.hasSuffix(".error.json") }.count
+            counts.append(("failed", kind, failed))
+        }
+        let retrying = FileManager.default.contents(atPath: spool.root + "/processing/retrying.json")
+            .flatMap { String(decoding: $0, as: UTF8.self) }?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "[]"
+        var failures: [[String: String?]] = []
+        if FileManager.default.fileExists(atPath: spoolOptions.databasePath) {
+            let database = try AppDatabase.open(path: spoolOptions.databasePath, readonly: true)
+            failures = try database.lastFailures(limit: 10)
+        }
+        if json {
+            var out = "{\"folders\":["
+            out += counts.map { "{\"folder\":\"\($0.folder)\",\"kind\":\"\($0.kind)\",\"files\":\($0.files)}" }
+                .joined(separator: ",")
+            out += "],\"retrying\":" + (retrying.isEmpty ? "[]" : retrying) + ",\"last_failures\":["
+            out += failures.map { row in
+                "{" + ["id", "kind", "original_name", "outcome", "finished_at", "error"].map { key in
+                    let value = row[key] ?? nil
+                    return "\"\(key)\":" + (value.map { quote($0) } ?? "null")
+                }.joined(separator: ",") + "}"
+            }.joined(separator: ",")
+            out += "]}"
+            print(out)
+            return
+        }
+        print("folder      " + kinds.map { $0.padding(toLength: 14, withPad: " ", startingAt: 0) }.joined())
+        for folder in ["inbox", "processing", "done", "failed"] {
+            let row = kinds.map { kind in
+                String(counts.first { $0.folder == folder && $0.kind == kind }?.files ?? 0)
+                    .padding(toLength: 14, withPad: " ", startingAt: 0)
+            }
+            print(folder.padding(toLength: 12, withPad: " ", startingAt: 0) + row.joined())
+        }
+        print("retrying: " + (retrying == "[]" ? "none" : retrying))
+        print("last failures:")
+        if failures.isEmpty { print("  none") }
+        for row in failures {
+            let fields = ["finished_at", "id", "kind", "outcome", "original_name"].map { (row[$0] ?? nil) ?? "" }
+            print("  " + fields.joined(separator: "  "))
+            print("    " + ((row["error"] ?? nil) ?? ""))
+        }
+    }
+
+    private func quote(_ s: String) -> String {
+        let data = try? JSONSerialization.data(withJSONObject: [s], options: [.fragmentsAllowed])
+        let text = data.map { String(decoding: $0, as: UTF8.self) } ?? "[\"\"]"
+        return String(text.dropFirst().dropLast())
+    }
+}
