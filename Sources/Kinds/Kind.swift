@@ -42,13 +42,14 @@ package struct RecordProblem: Sendable, Equatable, Codable {
         self.message = message
     }
 
-    /// One line for people: `record 3 /timestamp: "2025-01-10 12:30" is not an RFC 3339 date-time`.
+    /// One line for people: `record 3 /timestamp: "2025-01-10 12:30" is not an RFC 3339 date-time (line 3)`.
     package var text: String {
         var parts: [String] = []
-        if let record { parts.append("record \(record)") }
-        if let line { parts.append("(line \(line))") }
+        if let record { parts.append("record \(record)") } else if let line { parts.append("line \(line)") }
         if let pointer { parts.append(pointer.isEmpty ? "/" : pointer) }
-        return parts.isEmpty ? message : parts.joined(separator: " ") + ": " + message
+        let located = parts.isEmpty ? message : parts.joined(separator: " ") + ": " + message
+        if let line, record != nil { return located + " (line \(line))" }
+        return located
     }
 }
 

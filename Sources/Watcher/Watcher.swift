@@ -19,6 +19,8 @@ package struct WatchHints: Sendable {
     package var folders: Set<String> = []
     /// The kernel dropped events (IN_Q_OVERFLOW) or a watch went away: rescan everything.
     package var overflow = false
+
+    package init() {}
 }
 
 /// Watches folders with inotify on its own thread.

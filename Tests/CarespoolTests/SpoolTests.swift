@@ -1,0 +1,135 @@
+import Foundation
+import Spool
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct SpoolTests {
+    func makeSpool(_ dir: TempDir) throws -> Spool {
+        let spool = Spool(root: dir.path + "/spool", kinds: ["appointments"])
+        try spool.prepare()
+        return spool
+    }
+
+    @Test func prepareCreatesTheLayout() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        _ = try makeSpool(dir)
+        for folder in ["tmp", "inbox/appointments", "processing/appointments", "done/appointments", "failed/appointments"] {
+            var isDirectory: ObjCBool = false
+            #expect(FileManager.default.fileExists(atPath: dir.path + "/spool/" + folder, isDirectory: &isDirectory))
+            #expect(isDirectory.boolValue, "\(folder)")
+        }
+    }
+
+    @Test(arguments: [
+        (".a.json.Xy12Z", true), ("a.json.tmp", true), ("a.part", true), ("a.filepart", true), ("a.json~", true),
+        ("a.json", false), ("tmp.json", false), ("partial.csv", false),
+    ])
+    func skipsWritersIncompleteNames(name: String, skipped: Bool) {
+        #expect(Spool.isIncompleteName(name) == skipped)
+    }
+
+    @Test func claimIsARenameThatOnlyOneClaimerWins() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        let inbox = spool.inboxes[0]
+        try Data("x".utf8).write(to: URL(fileURLWithPath: inbox.path + "/a.json"))
+        try Data("y".utf8).write(to: URL(fileURLWithPath: inbox.path + "/.a.json.partial"))
+        #expect(try spool.scan(inbox.path).map(\.name) == ["a.json"])
+        let first = try #require(try spool.claim("a.json", from: inbox, id: "id1"))
+        #expect(first.path == spool.processingPath("appointments") + "/id1--a.json")
+        #expect(try spool.claim("a.json", from: inbox, id: "id2") == nil)
+        #expect(try spool.claimedFiles(kind: "appointments").map(\.id) == ["id1"])
+    }
+
+    @Test func neverOpensWhatIsNotARegularFile() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        let inbox = spool.inboxes[0]
+        #expect(symlink("/etc/passwd", inbox.path + "/link.json") == 0)
+        #expect(mkfifo(inbox.path + "/fifo.json", 0o644) == 0)
+        #expect(mkdir(inbox.path + "/folder.json", 0o755) == 0)
+        let types = Dictionary(uniqueKeysWithValues: try spool.scan(inbox.path).map { ($0.name, $0.type) })
+        #expect(types == ["link.json": .symlink, "fifo.json": .fifo, "folder.json": .directory])
+        for (index, name) in ["link.json", "fifo.json", "folder.json"].enumerated() {
+            let claimed = try #require(try spool.claim(name, from: inbox, id: "id\(index)"))
+            guard case .notRegular(let type) = try spool.read(claimed) else {
+                Issue.record("\(name) was read")
+                continue
+            }
+            #expect(type == types[name])
+            _ = try spool.finish(claimed, to: .failed, sidecars: [(".error.json", Array("{}".utf8))])
+        }
+        let failed = try spool.scanAll(spool.failedPath("appointments")).sorted()
+        #expect(failed.count == 6)
+        #expect(try String(contentsOfFile: "/etc/passwd", encoding: .utf8).contains("root"))
+    }
+
+    @Test func finishWritesSidecarsAndMovesIntoTheDayFolder() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        let inbox = spool.inboxes[0]
+        try Data("x".utf8).write(to: URL(fileURLWithPath: inbox.path + "/a.json"))
+        let claimed = try #require(try spool.claim("a.json", from: inbox, id: "id1"))
+        #expect(try spool.read(claimed).bytes == Array("x".utf8))
+        let touched = try spool.finish(
+            claimed,
+            to: .done(day: "2026-11-23"),
+            sidecars: [(".error.json", Array("{}".utf8)), (".rejected.ndjson", Array("{}\n".utf8))]
+        )
+        try spool.syncDirectories(touched)
+        #expect(FileManager.default.fileExists(atPath: spool.donePath("appointments") + "/2026-11-23/id1--a.json"))
+        #expect(try spool.scanAll(spool.failedPath("appointments")).sorted() == ["id1--a.json.error.json", "id1--a.json.rejected.ndjson"])
+        #expect(try spool.scanAll(spool.tmpPath).isEmpty)
+        #expect(try spool.claimedFiles(kind: "appointments").isEmpty)
+    }
+
+    @Test func requeueNeverReplacesAFileInTheInbox() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        let inbox = spool.inboxes[0]
+        try Data("old".utf8).write(to: URL(fileURLWithPath: inbox.path + "/a.json"))
+        let claimed = try #require(try spool.claim("a.json", from: inbox, id: "id1"))
+        _ = try spool.finish(claimed, to: .failed, sidecars: [(".error.json", Array("{}".utf8))])
+        try Data("new".utf8).write(to: URL(fileURLWithPath: inbox.path + "/a.json"))
+        #expect(throws: SpoolError.self) { try spool.requeue(id: "id1") }
+        #expect(try String(contentsOfFile: inbox.path + "/a.json", encoding: .utf8) == "new")
+        unlink(inbox.path + "/a.json")
+        let moved = try spool.requeue(id: "id1")
+        #expect(moved?.name == "a.json")
+        #expect(try String(contentsOfFile: inbox.path + "/a.json", encoding: .utf8) == "old")
+        #expect(try spool.scanAll(spool.failedPath("appointments")).isEmpty)
+    }
+
+    @Test func dropIsDurableAndNeverReplaces() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        try spool.drop(bytes: Array("1".utf8), into: spool.inboxes[0], name: "w.json")
+        #expect(throws: SpoolError.self) { try spool.drop(bytes: Array("2".utf8), into: spool.inboxes[0], name: "w.json") }
+        #expect(try String(contentsOfFile: spool.inboxes[0].path + "/w.json", encoding: .utf8) == "1")
+    }
+
+    @Test func idsAreUniqueAndSortByTime() {
+        let ids = IDGenerator()
+        let made = (0..<10_000).map { _ in ids.next() }
+        #expect(Set(made).count == made.count)
+        #expect(made == made.sorted())
+        #expect(made[0].count == 36)
+        #expect(Array(made[0])[14] == "7")
+    }
+}
+
+extension Spool.Content {
+    var bytes: [UInt8]? {
+        if case .regular(let bytes) = self { return bytes }
+        return nil
+    }
+}
