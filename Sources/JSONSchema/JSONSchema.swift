@@ -119,7 +119,10 @@ package struct JSONSchema: Sendable {
             let count = node.oneOf.reduce(0) { $0 + (matches(value, $1) ? 1 : 0) }
             if count != 1 {
                 errors.append(
-                    .init(pointer: pointer, message: "\(Self.describe(value)) matches \(count) of the oneOf schemas, not 1")
+                    .init(
+                        pointer: pointer,
+                        message: "\(Self.describe(value)) matches \(count) of the oneOf schemas, not 1"
+                    )
                 )
             }
         }
@@ -139,18 +142,27 @@ package struct JSONSchema: Sendable {
             let length = s.unicodeScalars.count
             if let min = node.minLength, Double(length) < min {
                 errors.append(
-                    .init(pointer: pointer, message: "\(Self.describe(.string(s))) is shorter than \(Self.number(min)) characters")
+                    .init(
+                        pointer: pointer,
+                        message: "\(Self.describe(.string(s))) is shorter than \(Self.number(min)) characters"
+                    )
                 )
             }
             if let max = node.maxLength, Double(length) > max {
                 errors.append(
-                    .init(pointer: pointer, message: "string of \(length) characters is longer than \(Self.number(max))")
+                    .init(
+                        pointer: pointer,
+                        message: "string of \(length) characters is longer than \(Self.number(max))"
+                    )
                 )
             }
         }
         if let pattern = node.pattern, !pattern.matches(s) {
             errors.append(
-                .init(pointer: pointer, message: "\(Self.describe(.string(s))) does not match pattern \(JSONValue.quoted(pattern.source))")
+                .init(
+                    pointer: pointer,
+                    message: "\(Self.describe(.string(s))) does not match pattern \(JSONValue.quoted(pattern.source))"
+                )
             )
         }
         if let format = node.format {
@@ -164,19 +176,29 @@ package struct JSONSchema: Sendable {
 
     private func validateNumber(_ x: Double, node: Node, pointer: String, errors: inout [ValidationError]) {
         if let min = node.minimum, x < min {
-            errors.append(.init(pointer: pointer, message: "\(Self.number(x)) is less than the minimum \(Self.number(min))"))
+            errors.append(
+                .init(pointer: pointer, message: "\(Self.number(x)) is less than the minimum \(Self.number(min))")
+            )
         }
         if let max = node.maximum, x > max {
-            errors.append(.init(pointer: pointer, message: "\(Self.number(x)) is greater than the maximum \(Self.number(max))"))
+            errors.append(
+                .init(pointer: pointer, message: "\(Self.number(x)) is greater than the maximum \(Self.number(max))")
+            )
         }
         if let min = node.exclusiveMinimum, x <= min {
             errors.append(
-                .init(pointer: pointer, message: "\(Self.number(x)) is not greater than the exclusive minimum \(Self.number(min))")
+                .init(
+                    pointer: pointer,
+                    message: "\(Self.number(x)) is not greater than the exclusive minimum \(Self.number(min))"
+                )
             )
         }
         if let max = node.exclusiveMaximum, x >= max {
             errors.append(
-                .init(pointer: pointer, message: "\(Self.number(x)) is not less than the exclusive maximum \(Self.number(max))")
+                .init(
+                    pointer: pointer,
+                    message: "\(Self.number(x)) is not less than the exclusive maximum \(Self.number(max))"
+                )
             )
         }
     }
@@ -201,10 +223,14 @@ package struct JSONSchema: Sendable {
 
     private func validateArray(_ items: [JSONValue], node: Node, pointer: String, errors: inout [ValidationError]) {
         if let min = node.minItems, Double(items.count) < min {
-            errors.append(.init(pointer: pointer, message: "array of \(items.count) items has fewer than \(Self.number(min))"))
+            errors.append(
+                .init(pointer: pointer, message: "array of \(items.count) items has fewer than \(Self.number(min))")
+            )
         }
         if let max = node.maxItems, Double(items.count) > max {
-            errors.append(.init(pointer: pointer, message: "array of \(items.count) items has more than \(Self.number(max))"))
+            errors.append(
+                .init(pointer: pointer, message: "array of \(items.count) items has more than \(Self.number(max))")
+            )
         }
         for (index, item) in items.enumerated() {
             let childPointer = pointer + "/" + String(index)
@@ -230,7 +256,8 @@ package struct JSONSchema: Sendable {
     package static func describe(_ value: JSONValue) -> String {
         switch value {
         case .string(let s):
-            let cut = s.unicodeScalars.count > 80 ? String(String.UnicodeScalarView(s.unicodeScalars.prefix(80))) + "…" : s
+            let cut =
+                s.unicodeScalars.count > 80 ? String(String.UnicodeScalarView(s.unicodeScalars.prefix(80))) + "…" : s
             return JSONValue.quoted(cut)
         case .object: return "an object"
         case .array: return "an array"
@@ -324,7 +351,11 @@ private struct Compiler {
                 if JSONSchema.annotationKeywords.contains(key) { continue }
                 if key == "$id" && isRoot { continue }
                 guard JSONSchema.supportedKeywords.contains(key) else {
-                    throw SchemaError(pointer: here, reason: "keyword \(JSONValue.quoted(key)) is not supported", keyword: key)
+                    throw SchemaError(
+                        pointer: here,
+                        reason: "keyword \(JSONValue.quoted(key)) is not supported",
+                        keyword: key
+                    )
                 }
                 switch key {
                 case "type":
@@ -349,12 +380,19 @@ private struct Compiler {
                         throw SchemaError(pointer: here, reason: "properties must be an object")
                     }
                     for prop in props {
-                        let sub = try compile(prop.value, pointer: here + "/" + JSONSchema.escape(prop.key), isRoot: false)
+                        let sub = try compile(
+                            prop.value,
+                            pointer: here + "/" + JSONSchema.escape(prop.key),
+                            isRoot: false
+                        )
                         node.properties.append((prop.key, sub))
                     }
-                case "additionalProperties": node.additionalProperties = try compile(value, pointer: here, isRoot: false)
+                case "additionalProperties":
+                    node.additionalProperties = try compile(value, pointer: here, isRoot: false)
                 case "enum":
-                    guard case .array(let items) = value else { throw SchemaError(pointer: here, reason: "enum must be an array") }
+                    guard case .array(let items) = value else {
+                        throw SchemaError(pointer: here, reason: "enum must be an array")
+                    }
                     node.enumValues = items
                 case "const": node.constValue = value
                 case "minLength": node.minLength = try number(value, here)
@@ -366,15 +404,23 @@ private struct Compiler {
                 case "minItems": node.minItems = try number(value, here)
                 case "maxItems": node.maxItems = try number(value, here)
                 case "pattern":
-                    guard let source = value.stringValue else { throw SchemaError(pointer: here, reason: "pattern must be a string") }
+                    guard let source = value.stringValue else {
+                        throw SchemaError(pointer: here, reason: "pattern must be a string")
+                    }
                     guard let regex = try? NSRegularExpression(pattern: source) else {
                         throw SchemaError(pointer: here, reason: "pattern is not a valid regular expression")
                     }
                     node.pattern = Pattern(source: source, regex: regex)
                 case "format":
-                    guard let name = value.stringValue else { throw SchemaError(pointer: here, reason: "format must be a string") }
+                    guard let name = value.stringValue else {
+                        throw SchemaError(pointer: here, reason: "format must be a string")
+                    }
                     guard JSONSchema.supportedFormats.contains(name) else {
-                        throw SchemaError(pointer: here, reason: "format \(JSONValue.quoted(name)) is not supported", keyword: "format")
+                        throw SchemaError(
+                            pointer: here,
+                            reason: "format \(JSONValue.quoted(name)) is not supported",
+                            keyword: "format"
+                        )
                     }
                     node.format = name
                 case "items": node.items = try compile(value, pointer: here, isRoot: false)
@@ -384,21 +430,35 @@ private struct Compiler {
                 case "oneOf": node.oneOf = try list(value, here)
                 case "not": node.not = try compile(value, pointer: here, isRoot: false)
                 case "$defs":
-                    guard case .object(let defs) = value else { throw SchemaError(pointer: here, reason: "$defs must be an object") }
+                    guard case .object(let defs) = value else {
+                        throw SchemaError(pointer: here, reason: "$defs must be an object")
+                    }
                     for def in defs {
                         _ = try compile(def.value, pointer: here + "/" + JSONSchema.escape(def.key), isRoot: false)
                     }
                 case "$ref":
                     guard let target = value.stringValue, target.hasPrefix("#") else {
-                        throw SchemaError(pointer: here, reason: "only local $ref (\"#...\") is supported", keyword: "$ref")
+                        throw SchemaError(
+                            pointer: here,
+                            reason: "only local $ref (\"#...\") is supported",
+                            keyword: "$ref"
+                        )
                     }
                     let targetPointer = String(target.dropFirst()).removingPercentEncoding ?? ""
                     guard let resolved = Compiler.resolve(pointer: targetPointer, in: document) else {
-                        throw SchemaError(pointer: here, reason: "$ref \(JSONValue.quoted(target)) does not resolve", keyword: "$ref")
+                        throw SchemaError(
+                            pointer: here,
+                            reason: "$ref \(JSONValue.quoted(target)) does not resolve",
+                            keyword: "$ref"
+                        )
                     }
                     node.ref = try compile(resolved, pointer: targetPointer, isRoot: targetPointer.isEmpty)
                 default:
-                    throw SchemaError(pointer: here, reason: "keyword \(JSONValue.quoted(key)) is not supported", keyword: key)
+                    throw SchemaError(
+                        pointer: here,
+                        reason: "keyword \(JSONValue.quoted(key)) is not supported",
+                        keyword: key
+                    )
                 }
             }
             nodes[index] = node

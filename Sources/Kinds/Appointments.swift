@@ -33,21 +33,39 @@ package struct AppointmentsReader: Sendable {
         switch raw.value {
         case .failure(let error):
             return .failure(
-                Problems([RecordProblem(record: raw.number, line: raw.line, pointer: nil, message: "not valid JSON: \(error.reason) (column \(error.column))")])
+                Problems([
+                    RecordProblem(
+                        record: raw.number,
+                        line: raw.line,
+                        pointer: nil,
+                        message: "not valid JSON: \(error.reason) (column \(error.column))"
+                    )
+                ])
             )
         case .success(let v): value = v
         }
         let errors = schema.validate(value)
         if !errors.isEmpty {
             return .failure(
-                Problems(errors.map { RecordProblem(record: raw.number, line: raw.line, pointer: $0.pointer, message: $0.message) })
+                Problems(
+                    errors.map {
+                        RecordProblem(record: raw.number, line: raw.line, pointer: $0.pointer, message: $0.message)
+                    }
+                )
             )
         }
         // The schema guarantees these fields and their types.
         let timestamp = value["timestamp"]?.stringValue ?? ""
         guard let instant = RFC3339.normalizedDateTime(timestamp) else {
             return .failure(
-                Problems([RecordProblem(record: raw.number, line: raw.line, pointer: "/timestamp", message: "\(JSONSchema.describe(.string(timestamp))) is not an RFC 3339 date-time")])
+                Problems([
+                    RecordProblem(
+                        record: raw.number,
+                        line: raw.line,
+                        pointer: "/timestamp",
+                        message: "\(JSONSchema.describe(.string(timestamp))) is not an RFC 3339 date-time"
+                    )
+                ])
             )
         }
         return .success(

@@ -65,13 +65,20 @@ package enum JSONRecords {
                 records.append(Raw(number: i + 1, line: lines[i], text: element.compactText, value: .success(element)))
             }
             if records.isEmpty {
-                return ([], RecordProblem(record: nil, line: nil, pointer: nil, message: "the array is empty: no records"))
+                return (
+                    [], RecordProblem(record: nil, line: nil, pointer: nil, message: "the array is empty: no records")
+                )
             }
             return (records, nil)
         } catch {
             return (
                 [],
-                RecordProblem(record: nil, line: error.line, pointer: nil, message: "not valid JSON: \(error.description)")
+                RecordProblem(
+                    record: nil,
+                    line: error.line,
+                    pointer: nil,
+                    message: "not valid JSON: \(error.description)"
+                )
             )
         }
     }
@@ -91,7 +98,9 @@ package enum JSONRecords {
                 let number = records.count + 1
                 do {
                     let value = try JSONParser.parse(slice)
-                    records.append(Raw(number: number, line: lineNumber, text: value.compactText, value: .success(value)))
+                    records.append(
+                        Raw(number: number, line: lineNumber, text: value.compactText, value: .success(value))
+                    )
                 } catch {
                     var located = error
                     located.line = lineNumber
@@ -113,7 +122,15 @@ package enum JSONRecords {
         if records.allSatisfy({ if case .failure = $0.value { true } else { false } }), records.count == 1,
             case .failure(let error) = records[0].value
         {
-            return ([], RecordProblem(record: nil, line: error.line, pointer: nil, message: "not valid JSON: \(error.description)"))
+            return (
+                [],
+                RecordProblem(
+                    record: nil,
+                    line: error.line,
+                    pointer: nil,
+                    message: "not valid JSON: \(error.description)"
+                )
+            )
         }
         return (records, nil)
     }

@@ -18,7 +18,7 @@ import Synchronization
 import Watcher
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// How the processor discovers and batches files. Every key has a default.
@@ -172,7 +172,10 @@ final class Engine: @unchecked Sendable {
             do {
                 entries = try spool.scan(inbox.path)
             } catch {
-                logger.error("cannot scan inbox", metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.reason)"])
+                logger.error(
+                    "cannot scan inbox",
+                    metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.reason)"]
+                )
                 continue
             }
             var present = Set<String>()
@@ -225,7 +228,10 @@ final class Engine: @unchecked Sendable {
                         claimedAt[claimed.id] = Clock.nowNanos()
                     }
                 } catch {
-                    logger.error("cannot claim file", metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.reason)"])
+                    logger.error(
+                        "cannot claim file",
+                        metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.reason)"]
+                    )
                 }
             }
             if batch.isEmpty { break }

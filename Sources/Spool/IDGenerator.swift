@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Time-ordered unique ids: UUIDv7 (RFC 9562) in lowercase text, so that names sort by claim time.
 /// Monotonic within a process: ids made in the same millisecond count up in the random field.

@@ -12,7 +12,7 @@
 //   failed/<kind>/             <id>--<original name>, <same>.error.json, <same>.rejected.<ext>
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A spool directory tree.

@@ -5,11 +5,12 @@
 // polled on a thread of its own, feeding an AsyncStream of wake-ups. It also wakes the stream every
 // `tick` so the processor's timers (settle checks, periodic rescans, retries) run without a second clock.
 
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// What the watcher saw since the last ``Watcher/drain()``.
 package struct WatchHints: Sendable {
@@ -86,7 +87,10 @@ package final class Watcher: Sendable {
     private func loop() {
         let tickMillis = Int32(tick.components.seconds * 1_000 + tick.components.attoseconds / 1_000_000_000_000_000)
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-        var pfds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0)]
+        var pfds = [
+            pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0),
+        ]
         while true {
             let ready = poll(&pfds, 2, tickMillis)
             if ready < 0 && errno != EINTR { break }

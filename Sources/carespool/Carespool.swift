@@ -7,9 +7,9 @@ import Kinds
 import Logging
 import Pipeline
 import ServiceLifecycle
-import UnixSignals
 import Spool
 import Store
+import UnixSignals
 
 @main
 struct Carespool: AsyncParsableCommand {
@@ -122,7 +122,9 @@ struct Validate: AsyncParsableCommand {
 
     func run() async throws {
         guard let kind = Kind(rawValue: kind) else {
-            throw ValidationError("unknown kind \(self.kind); one of \(Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "unknown kind \(self.kind); one of \(Kind.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
         guard let data = FileManager.default.contents(atPath: file) else {
             throw ValidationError("cannot read \(file)")

@@ -29,7 +29,8 @@ struct Status: AsyncParsableCommand {
             let failed = try spool.scanAll(spool.failedPath(kind)).filter { $0.hasSuffix(".error.json") }.count
             counts.append(("failed", kind, failed))
         }
-        let retrying = FileManager.default.contents(atPath: spool.root + "/processing/retrying.json")
+        let retrying =
+            FileManager.default.contents(atPath: spool.root + "/processing/retrying.json")
             .flatMap { String(decoding: $0, as: UTF8.self) }?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "[]"
         var failures: [[String: String?]] = []
         if FileManager.default.fileExists(atPath: spoolOptions.databasePath) {
@@ -42,10 +43,11 @@ struct Status: AsyncParsableCommand {
                 .joined(separator: ",")
             out += "],\"retrying\":" + (retrying.isEmpty ? "[]" : retrying) + ",\"last_failures\":["
             out += failures.map { row in
-                "{" + ["id", "kind", "original_name", "outcome", "finished_at", "error"].map { key in
-                    let value = row[key] ?? nil
-                    return "\"\(key)\":" + (value.map { quote($0) } ?? "null")
-                }.joined(separator: ",") + "}"
+                "{"
+                    + ["id", "kind", "original_name", "outcome", "finished_at", "error"].map { key in
+                        let value = row[key] ?? nil
+                        return "\"\(key)\":" + (value.map { quote($0) } ?? "null")
+                    }.joined(separator: ",") + "}"
             }.joined(separator: ",")
             out += "]}"
             print(out)

@@ -7,8 +7,11 @@ func projectCatalog() throws -> Catalog {
     try Catalog(schemaBytes: [UInt8](Data(contentsOf: TestPaths.schemaJSON)))
 }
 
-func event(_ id: String, _ ts: String, type: String = "scheduled", patient: String = "P1", notes: String? = nil) -> String {
-    var text = "{\"event_type\":\"appointment.\(type)\",\"appointment_id\":\"\(id)\",\"patient_id\":\"\(patient)\",\"timestamp\":\"\(ts)\""
+func event(_ id: String, _ ts: String, type: String = "scheduled", patient: String = "P1", notes: String? = nil)
+    -> String
+{
+    var text =
+        "{\"event_type\":\"appointment.\(type)\",\"appointment_id\":\"\(id)\",\"patient_id\":\"\(patient)\",\"timestamp\":\"\(ts)\""
     if let notes { text += ",\"notes\":\"\(notes)\"" }
     return text + "}"
 }
@@ -19,9 +22,13 @@ func event(_ id: String, _ ts: String, type: String = "scheduled", patient: Stri
         let one = reader.read(Array(("  \n" + event("A", "2025-01-10T12:30:00Z")).utf8))
         #expect(one.items.count == 1)
         #expect(one.items[0].line == 2)
-        let array = reader.read(Array("[\n\(event("A", "2025-01-10T12:30:00Z")),\n\n  \(event("B", "2025-01-10T12:30:00Z"))\n]".utf8))
+        let array = reader.read(
+            Array("[\n\(event("A", "2025-01-10T12:30:00Z")),\n\n  \(event("B", "2025-01-10T12:30:00Z"))\n]".utf8)
+        )
         #expect(array.items.map(\.line) == [2, 4])
-        let ndjson = reader.read(Array("\(event("A", "2025-01-10T12:30:00Z"))\r\n\r\n\(event("B", "2025-01-10T12:30:00Z"))\n".utf8))
+        let ndjson = reader.read(
+            Array("\(event("A", "2025-01-10T12:30:00Z"))\r\n\r\n\(event("B", "2025-01-10T12:30:00Z"))\n".utf8)
+        )
         #expect(ndjson.items.map(\.line) == [1, 3])
         #expect(ndjson.items.allSatisfy { if case .success = $0.result { true } else { false } })
     }

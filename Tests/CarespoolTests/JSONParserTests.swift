@@ -85,7 +85,9 @@ import Testing
             Issue.record("compiled a schema with patternProperties")
         } catch {
             #expect(error.keyword == "patternProperties")
-            #expect(error.description == "schema /$defs/x/patternProperties: keyword \"patternProperties\" is not supported")
+            #expect(
+                error.description == "schema /$defs/x/patternProperties: keyword \"patternProperties\" is not supported"
+            )
         }
     }
 

@@ -14,7 +14,8 @@ import Testing
         let fm = FileManager.default
         var names = (try? fm.contentsOfDirectory(atPath: suiteDirectory.path)) ?? []
         names = names.filter { $0.hasSuffix(".json") }
-        let formats = (try? fm.contentsOfDirectory(atPath: suiteDirectory.appendingPathComponent("optional/format").path)) ?? []
+        let formats =
+            (try? fm.contentsOfDirectory(atPath: suiteDirectory.appendingPathComponent("optional/format").path)) ?? []
         names += formats.filter { $0.hasSuffix(".json") }.map { "optional/format/" + $0 }
         return names.sorted()
     }()
@@ -60,7 +61,10 @@ import Testing
                 #expect(error.keyword != nil, "refusal must name the keyword: \(error)")
                 continue
             }
-            #expect(!Self.expectedRefusals.contains("\(file): \(description)"), "\(file): \(description) was expected to be refused")
+            #expect(
+                !Self.expectedRefusals.contains("\(file): \(description)"),
+                "\(file): \(description) was expected to be refused"
+            )
             for test in tests {
                 let data = try #require(test["data"])
                 guard case .bool(let valid) = try #require(test["valid"]) else { continue }

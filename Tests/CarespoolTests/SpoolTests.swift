@@ -3,7 +3,7 @@ import Spool
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite struct SpoolTests {
@@ -17,7 +17,9 @@ import Glibc
         let dir = TempDir("spool")
         defer { dir.cleanup() }
         _ = try makeSpool(dir)
-        for folder in ["tmp", "inbox/appointments", "processing/appointments", "done/appointments", "failed/appointments"] {
+        for folder in [
+            "tmp", "inbox/appointments", "processing/appointments", "done/appointments", "failed/appointments",
+        ] {
             var isDirectory: ObjCBool = false
             #expect(FileManager.default.fileExists(atPath: dir.path + "/spool/" + folder, isDirectory: &isDirectory))
             #expect(isDirectory.boolValue, "\(folder)")
@@ -85,7 +87,11 @@ import Glibc
         )
         try spool.syncDirectories(touched)
         #expect(FileManager.default.fileExists(atPath: spool.donePath("appointments") + "/2026-11-23/id1--a.json"))
-        #expect(try spool.scanAll(spool.failedPath("appointments")).sorted() == ["id1--a.json.error.json", "id1--a.json.rejected.ndjson"])
+        #expect(
+            try spool.scanAll(spool.failedPath("appointments")).sorted() == [
+                "id1--a.json.error.json", "id1--a.json.rejected.ndjson",
+            ]
+        )
         #expect(try spool.scanAll(spool.tmpPath).isEmpty)
         #expect(try spool.claimedFiles(kind: "appointments").isEmpty)
     }
@@ -113,7 +119,9 @@ import Glibc
         defer { dir.cleanup() }
         let spool = try makeSpool(dir)
         try spool.drop(bytes: Array("1".utf8), into: spool.inboxes[0], name: "w.json")
-        #expect(throws: SpoolError.self) { try spool.drop(bytes: Array("2".utf8), into: spool.inboxes[0], name: "w.json") }
+        #expect(throws: SpoolError.self) {
+            try spool.drop(bytes: Array("2".utf8), into: spool.inboxes[0], name: "w.json")
+        }
         #expect(try String(contentsOfFile: spool.inboxes[0].path + "/w.json", encoding: .utf8) == "1")
     }
 

@@ -3,7 +3,7 @@ import Testing
 import Watcher
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Real inotify on a real folder.
