@@ -80,8 +80,13 @@ package final class Processor: Service {
 
     package func run() async throws {
         try spool.prepare()
-        try await onQueue { try self.engine.recover() }
         let watcher = try Watcher(folders: spool.inboxes.map(\.path), tick: configuration.tick)
+        do {
+            try await onQueue { try self.engine.recover() }
+        } catch {
+            watcher.stop()
+            throw error
+        }
         let engine = self.engine
         await withGracefulShutdownHandler {
             for await _ in watcher.wakeups {

@@ -1,0 +1,125 @@
+import Foundation
+import GRDB
+import Subprocess
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+#if canImport(System)
+    import System
+#else
+    import SystemPackage
+#endif
+
+/// Runs the real `carespool` binary built next to this test bundle.
+enum Daemon {
+    /// The `carespool` executable in the same build folder as the running test binary.
+    static let binary: String = {
+        let exe =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("carespool").path
+    }()
+
+    /// Starts `carespool serve` on `spool`, runs `body` with its pid while it runs, and returns what
+    /// `body` returned, how the daemon ended and everything it wrote to stderr. `body` must end the daemon
+    /// (SIGTERM or SIGKILL) before it returns.
+    static func serve<R: Sendable>(
+        spool: String,
+        arguments extra: [String] = [],
+        _ body: @escaping @Sendable (pid_t) async throws -> R
+    ) async throws -> (result: R, status: TerminationStatus, log: String) {
+        let arguments =
+            [
+                "serve", "--spool", spool, "--schema", TestPaths.schemaJSON.path, "--settle-ms", "300", "--rescan-ms",
+                "1000",
+            ] + extra
+        let outcome = try await run(
+            .path(FilePath(binary)),
+            arguments: Arguments(arguments),
+            input: .none,
+            output: .discarded,
+            error: .string(limit: 256 << 20)
+        ) { execution in
+            try await body(execution.processIdentifier.value)
+        }
+        return (outcome.closureResult, outcome.terminationStatus, outcome.standardError)
+    }
+
+    /// Runs a carespool command to its end; returns exit status, stdout and stderr.
+    static func command(_ arguments: [String]) async throws -> (status: TerminationStatus, out: String, err: String) {
+        let result = try await run(
+            .path(FilePath(binary)),
+            arguments: Arguments(arguments),
+            output: .string(limit: 16 << 20),
+            error: .string(limit: 16 << 20)
+        )
+        return (result.terminationStatus, result.standardOutput, result.standardError)
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+func eventually(timeout: Duration = .seconds(20), _ condition: () throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return try condition()
+}
+
+/// A spool folder's files, seen from outside as an operator sees them.
+struct SpoolView {
+    let root: String
+
+    func names(_ relative: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: root + "/" + relative)) ?? []).sorted()
+    }
+
+    /// Files under done/<kind>/<day>/.
+    func done(_ kind: String = "appointments") -> [String] {
+        names("done/" + kind).flatMap { day in names("done/\(kind)/\(day)") }.sorted()
+    }
+
+    /// Payload files in failed/<kind>/ (sidecars excluded).
+    func failed(_ kind: String = "appointments") -> [String] {
+        names("failed/" + kind).filter { !$0.hasSuffix(".error.json") && !$0.contains(".rejected.") }
+    }
+
+    func sidecars(_ kind: String = "appointments") -> [String] {
+        names("failed/" + kind).filter { $0.hasSuffix(".error.json") || $0.contains(".rejected.") }
+    }
+
+    func inbox(_ kind: String = "appointments") -> [String] { names("inbox/" + kind) }
+    func processing(_ kind: String = "appointments") -> [String] { names("processing/" + kind) }
+
+    /// The original name of a spooled file (`<id>--<name>`).
+    static func original(_ spoolName: String) -> String {
+        guard let range = spoolName.range(of: "--") else { return spoolName }
+        return String(spoolName[range.upperBound...])
+    }
+
+    func database() throws -> DatabaseQueue {
+        var config = Configuration()
+        config.readonly = true
+        return try DatabaseQueue(path: root + "/carespool.sqlite3", configuration: config)
+    }
+}
+
+/// Drops `text` into `folder` as rsync does: a dot-temp name in the same folder, then rename.
+func dropLikeRsync(_ text: String, into folder: String, name: String) throws {
+    let temporary = folder + "/." + name + ".Xa1b2C"
+    try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
+    guard rename(temporary, folder + "/" + name) == 0 else { throw CocoaError(.fileWriteUnknown) }
+}
+
+/// Waits until a starting daemon has laid out its spool (and so watches its inboxes).
+func waitUntilServing(_ spool: String) async throws {
+    let ready = await eventually { FileManager.default.fileExists(atPath: spool + "/processing/retrying.json") }
+    if !ready { throw DaemonNotReady(spool: spool) }
+}
+
+struct DaemonNotReady: Error {
+    let spool: String
+}

@@ -1,0 +1,260 @@
+import Foundation
+import GRDB
+import Subprocess
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The real `carespool serve` binary on a temporary spool: real inotify, real SQLite file, real renames.
+@Suite(.serialized) struct DaemonTests {
+    /// Values that must never reach a log line (I5).
+    static let secrets = ["PATIENT-7fz9", "Allergic to penicillin", "2031-05-06T07:08:09Z", "secret-name"]
+
+    @Test func rsyncStyleDropsEndInDoneAndTheDatabaseAndSigtermExitsZero() async throws {
+        let dir = TempDir("daemon")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool) { pid in
+            let view = SpoolView(root: spool)
+            try await waitUntilServing(spool)
+            for n in 0..<20 {
+                let text = event(
+                    "A\(n)",
+                    "2031-05-06T07:08:09Z",
+                    patient: "PATIENT-7fz9",
+                    notes: "Allergic to penicillin"
+                )
+                try dropLikeRsync(text, into: spool + "/inbox/appointments", name: "secret-name-\(n).json")
+            }
+            let bad =
+                event("B", "2025-01-10 12:30", patient: "PATIENT-7fz9") + "\n" + event("C", "2031-05-06T07:08:09Z")
+            try dropLikeRsync(bad, into: spool + "/inbox/appointments", name: "secret-name-bad.ndjson")
+            let finished = await eventually { view.done().count == 21 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result)
+        #expect(run.status == .exited(0))
+        #expect(view.inbox().isEmpty)
+        #expect(view.processing().isEmpty)
+        #expect(Set(view.done().map(SpoolView.original)).count == 21)
+        #expect(view.sidecars().count == 2)
+        let rejected = try #require(view.sidecars().first { $0.hasSuffix(".rejected.ndjson") })
+        let rejectedText = try String(contentsOfFile: spool + "/failed/appointments/" + rejected, encoding: .utf8)
+        #expect(rejectedText.contains("\"appointment_id\":\"B\""))
+        #expect(rejectedText.split(separator: "\n").count == 1)
+        let errorJSON = try String(
+            contentsOfFile: spool + "/failed/appointments/"
+                + rejected.replacingOccurrences(of: ".rejected.ndjson", with: ".error.json"),
+            encoding: .utf8
+        )
+        #expect(errorJSON.contains("\"pointer\":\"/timestamp\""))
+        #expect(errorJSON.contains("\"outcome\":\"partial\""))
+        let database = try view.database()
+        let counts = try await database.read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")!,
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM files WHERE outcome = 'accepted'")!,
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM files WHERE outcome = 'partial'")!
+            )
+        }
+        #expect(counts == (21, 20, 1))
+        // One log line per file, with ids, outcomes, counts and timings; never a value or a name (I5).
+        let lines = run.log.split(separator: "\n").filter { $0.contains("file finished") }
+        #expect(lines.count == 21)
+        #expect(lines.allSatisfy { $0.contains("file.id=") && $0.contains("file.outcome=") && $0.contains("file.ms=") })
+        for secret in Self.secrets {
+            #expect(!run.log.contains(secret), "log carries \(secret)")
+        }
+    }
+
+    @Test func aSlowWriterInPlaceIsClaimedOnlyWhenComplete() async throws {
+        let dir = TempDir("daemon")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let view = SpoolView(root: spool)
+        let events = (0..<12).map { event("S\($0)", "2025-01-10T12:30:00Z") }
+        let run = try await Daemon.serve(spool: spool, arguments: ["--settle-ms", "1000"]) { pid in
+            let view = SpoolView(root: spool)
+            try await waitUntilServing(spool)
+            // Written in place, as an SFTP server writes a client's upload: chunks over ~3 s, then closed.
+            let fd = open(spool + "/inbox/appointments/slow.ndjson", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            #expect(fd >= 0)
+            for line in events {
+                let bytes = Array((line + "\n").utf8)
+                let half = bytes.count / 2
+                _ = bytes[..<half].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                try await Task.sleep(for: .milliseconds(120))
+                _ = bytes[half...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                try await Task.sleep(for: .milliseconds(120))
+                #expect(view.done().isEmpty && view.failed().isEmpty, "claimed while being written")
+            }
+            close(fd)
+            let finished = await eventually { view.done().count == 1 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result)
+        #expect(run.status == .exited(0))
+        #expect(view.sidecars().isEmpty)
+        let stored = try await view.database().read { db in try Int.fetchOne(db, sql: "SELECT stored FROM files") }
+        #expect(stored == 12)
+    }
+
+    @Test func anSftpRenameByLinkAndUnlinkIsClaimedAfterItSettles() async throws {
+        let dir = TempDir("daemon")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool) { pid in
+            let view = SpoolView(root: spool)
+            try await waitUntilServing(spool)
+            let inbox = spool + "/inbox/appointments"
+            try Data(event("L", "2025-01-10T12:30:00Z").utf8).write(
+                to: URL(fileURLWithPath: inbox + "/up.json.filepart")
+            )
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(view.done().isEmpty, "a .filepart name was claimed")
+            #expect(link(inbox + "/up.json.filepart", inbox + "/up.json") == 0)
+            #expect(unlink(inbox + "/up.json.filepart") == 0)
+            let finished = await eventually { view.done().count == 1 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result)
+        #expect(view.done().map(SpoolView.original) == ["up.json"])
+    }
+
+    @Test func whatIsNotARegularFileGoesToFailedUnread() async throws {
+        let dir = TempDir("daemon")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let view = SpoolView(root: spool)
+        let target = dir.file("target.json")
+        try Data(event("T", "2025-01-10T12:30:00Z").utf8).write(to: URL(fileURLWithPath: target))
+        let run = try await Daemon.serve(spool: spool) { pid in
+            let view = SpoolView(root: spool)
+            try await waitUntilServing(spool)
+            let inbox = spool + "/inbox/appointments"
+            #expect(symlink(target, inbox + "/link.json") == 0)
+            #expect(mkfifo(inbox + "/pipe.json", 0o644) == 0)
+            #expect(mkdir(inbox + "/folder.json", 0o755) == 0)
+            try dropLikeRsync(event("G", "2025-01-10T12:30:00Z"), into: inbox, name: "good.json")
+            let finished = await eventually { view.failed().count == 3 && view.done().count == 1 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result)
+        #expect(run.status == .exited(0))
+        #expect(Set(view.failed().map(SpoolView.original)) == ["link.json", "pipe.json", "folder.json"])
+        for name in view.failed() {
+            let report = try String(
+                contentsOfFile: spool + "/failed/appointments/" + name + ".error.json",
+                encoding: .utf8
+            )
+            #expect(report.contains("not a regular file"), "\(name)")
+        }
+        let stored = try await view.database().read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events WHERE appointment_id = 'T'")
+        }
+        #expect(stored == 0)
+    }
+
+    @Test func atStartFilesLeftInProcessingAreFinishedFromTheLedgerOrProcessedAgain() async throws {
+        let dir = TempDir("daemon")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let view = SpoolView(root: spool)
+        // First run: one file is processed to done/.
+        _ = try await Daemon.serve(spool: spool) { pid in
+            let view = SpoolView(root: spool)
+            try await waitUntilServing(spool)
+            try dropLikeRsync(event("R1", "2025-01-10T12:30:00Z"), into: spool + "/inbox/appointments", name: "r1.json")
+            _ = await eventually { view.done().count == 1 }
+            kill(pid, SIGTERM)
+        }
+        // As if it crashed after its commit but before its rename: put it back into processing/.
+        let doneName = try #require(view.done().first)
+        let day = try #require(view.names("done/appointments").first)
+        #expect(
+            rename("\(spool)/done/appointments/\(day)/\(doneName)", "\(spool)/processing/appointments/\(doneName)") == 0
+        )
+        // And as if it crashed right after a claim: a file in processing/ with no ledger row.
+        try Data(event("R2", "2025-01-10T12:30:00Z").utf8).write(
+            to: URL(fileURLWithPath: spool + "/processing/appointments/01900000-0000-7000-8000-000000000001--r2.json")
+        )
+        let second = try await Daemon.serve(spool: spool) { pid in
+            let view = SpoolView(root: spool)
+            let finished = await eventually { view.done().count == 2 && view.processing().isEmpty }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(second.result)
+        #expect(view.done().map(SpoolView.original).sorted() == ["r1.json", "r2.json"])
+        let rows = try await view.database().read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM files")!,
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")!
+            )
+        }
+        #expect(rows == (2, 2))
+    }
+
+    @Test func statusValidateAndRetryCommands() async throws {
+        let dir = TempDir("daemon")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let view = SpoolView(root: spool)
+        let bad = dir.file("bad.ndjson")
+        try Data((event("V1", "2025-01-10T12:30:00Z") + "\n" + event("V2", "2025-01-10 12:30")).utf8)
+            .write(to: URL(fileURLWithPath: bad))
+        // validate: a dry run that writes nothing.
+        let validate = try await Daemon.command([
+            "validate", "--kind", "appointments", "--json", "--schema", TestPaths.schemaJSON.path, bad,
+        ])
+        #expect(validate.status == .exited(1))
+        let report = try JSONSerialization.jsonObject(with: Data(validate.out.utf8)) as? [String: Any]
+        #expect(report?["outcome"] as? String == "partial")
+        #expect((report?["counts"] as? [String: Int]) == ["stored": 1, "duplicates": 0, "rejected": 1])
+        let errors = report?["errors"] as? [[String: Any]]
+        #expect(errors?.count == 1)
+        #expect(errors?.first?["record"] as? Int == 2)
+        #expect(errors?.first?["line"] as? Int == 2)
+        #expect(errors?.first?["pointer"] as? String == "/timestamp")
+        #expect(errors?.first?["message"] as? String == "\"2025-01-10 12:30\" is not an RFC 3339 date-time")
+        #expect(!FileManager.default.fileExists(atPath: spool))
+
+        // A rejected file, then status, then retry after the partner's fix.
+        let run = try await Daemon.serve(spool: spool) { pid in
+            let view = SpoolView(root: spool)
+            try await waitUntilServing(spool)
+            try dropLikeRsync("{\"event_type\":", into: spool + "/inbox/appointments", name: "broken.json")
+            let failed = await eventually { view.failed().count == 1 }
+            let status = try await Daemon.command(["status", "--spool", spool, "--json"])
+            let failedName = view.failed().first ?? ""
+            let id = String(failedName.prefix(36))
+            // The operator fixes the file in place and requeues it.
+            try Data(event("F", "2025-01-10T12:30:00Z").utf8).write(
+                to: URL(fileURLWithPath: spool + "/failed/appointments/" + failedName)
+            )
+            let retry = try await Daemon.command(["retry", "--spool", spool, id])
+            let redone = await eventually { view.done().count == 1 }
+            kill(pid, SIGTERM)
+            return (failed, status, retry, redone)
+        }
+        #expect(run.result.0)
+        let status = try JSONSerialization.jsonObject(with: Data(run.result.1.out.utf8)) as? [String: Any]
+        let failures = status?["last_failures"] as? [[String: Any]]
+        #expect(failures?.count == 1)
+        #expect(failures?.first?["outcome"] as? String == "rejected")
+        #expect((failures?.first?["error"] as? String)?.contains("not valid JSON") == true)
+        let folders = status?["folders"] as? [[String: Any]]
+        #expect(folders?.contains { $0["folder"] as? String == "failed" && $0["files"] as? Int == 1 } == true)
+        #expect(run.result.2.status == .exited(0), "\(run.result.2.err)")
+        #expect(run.result.3)
+        #expect(view.failed().isEmpty && view.sidecars().isEmpty)
+    }
+}

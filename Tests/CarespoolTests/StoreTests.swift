@@ -1,0 +1,166 @@
+import Foundation
+import GRDB
+import Kinds
+import Store
+import Testing
+
+/// A real SQLite file per test.
+@Suite struct StoreTests {
+    let dir = TempDir("store")
+
+    func open() throws -> AppDatabase { try AppDatabase.open(path: dir.file("db.sqlite3")) }
+
+    func file(_ id: String, _ text: String, sha: String? = nil) throws -> PreparedFile {
+        let parsed = try projectCatalog().appointments.read(Array(text.utf8))
+        return PreparedFile(
+            id: id,
+            kind: .appointments,
+            originalName: id + ".ndjson",
+            sha256: sha ?? String(repeating: "a", count: 63) + String(id.last ?? "0"),
+            size: text.utf8.count,
+            receivedAt: "2026-11-23T00:00:00.000Z",
+            content: .appointments(parsed)
+        )
+    }
+
+    /// Every table's rows, for "nothing changed" checks.
+    func dump(_ database: AppDatabase) throws -> [String] {
+        try database.writer.read { db in
+            try Row.fetchAll(
+                db,
+                sql:
+                    "SELECT appointment_id, instant, event_type, patient_id, notes, file_id FROM appointment_events ORDER BY 1, 2"
+            )
+            .map(\.description)
+                + Row.fetchAll(db, sql: "SELECT * FROM appointments ORDER BY 1").map(\.description)
+        }
+    }
+
+    @Test func storesRecordsAndTheLedgerRowTogether() throws {
+        defer { dir.cleanup() }
+        let database = try open()
+        let text = [event("A", "2025-01-10T12:30:00Z"), event("B", "2025-01-10T12:30:00Z"), event("C", "bad")]
+            .joined(separator: "\n")
+        let result = try database.commit([try file("f1", text)], finishedAt: "2026-11-23T00:00:01.000Z")
+        #expect(result[0].report.outcome == .partial)
+        #expect(result[0].report.stored == 2)
+        #expect(result[0].report.rejected == 1)
+        let row = try database.writer.read { db in
+            try Row.fetchOne(
+                db,
+                sql: "SELECT outcome, stored, duplicates, rejected, error, sha256, size FROM files WHERE id = 'f1'"
+            )
+        }
+        #expect(row?["outcome"] == "partial")
+        #expect(row?["stored"] == 2)
+        #expect((row?["error"] as String?)?.hasPrefix("1 of 3 records rejected; record 3 /timestamp") == true)
+    }
+
+    @Test func replayingAFileIdOrItsRecordsChangesNothing() throws {
+        defer { dir.cleanup() }
+        let database = try open()
+        let text = [event("A", "2025-01-10T12:30:00Z"), event("B", "2025-01-11T12:30:00Z", type: "cancelled")]
+            .joined(separator: "\n")
+        _ = try database.commit([try file("f1", text)], finishedAt: "t1")
+        let before = try dump(database)
+        // The same file id again (recovery after a crash): its stored verdict, nothing written.
+        let replay = try database.commit([try file("f1", text)], finishedAt: "t2")
+        #expect(replay[0].replayed)
+        #expect(replay[0].report.stored == 2)
+        // The same records under new ids, many times: duplicates only.
+        for n in 2...5 {
+            let again = try database.commit(
+                [try file("f\(n)", text, sha: String(repeating: "b", count: 63) + "\(n)")],
+                finishedAt: "t"
+            )
+            #expect(again[0].report.outcome == .duplicate)
+            #expect(again[0].report.duplicates == 2)
+        }
+        #expect(try dump(database) == before)
+    }
+
+    @Test func aByteIdenticalFileIsADuplicateBySha256() throws {
+        defer { dir.cleanup() }
+        let database = try open()
+        let text = event("A", "2025-01-10T12:30:00Z")
+        _ = try database.commit([try file("f1", text, sha: String(repeating: "c", count: 64))], finishedAt: "t")
+        let second = try database.commit(
+            [try file("f2", text, sha: String(repeating: "c", count: 64))],
+            finishedAt: "t"
+        )
+        #expect(second[0].report.outcome == .duplicate)
+        #expect(second[0].report.duplicateOf == "f1")
+        #expect(second[0].report.duplicates == 0)
+    }
+
+    @Test func aDifferentEventUnderTheSameKeyIsAConflictNamingTheFirstFile() throws {
+        defer { dir.cleanup() }
+        let database = try open()
+        _ = try database.commit([try file("f1", event("A", "2025-01-10T12:30:00Z", notes: "one"))], finishedAt: "t")
+        // Same instant written with another offset: the same key.
+        let other = try database.commit(
+            [try file("f2", event("A", "2025-01-10T13:30:00+01:00", notes: "two"))],
+            finishedAt: "t"
+        )
+        #expect(other[0].report.outcome == .rejected)
+        #expect(
+            other[0].report.errors.map(\.message) == [
+                "conflicts with the event stored from file f1 under the same appointment_id and timestamp"
+            ]
+        )
+    }
+
+    @Test func anOlderEventArrivingLateNeverOverwritesANewerState() throws {
+        defer { dir.cleanup() }
+        let database = try open()
+        _ = try database.commit(
+            [try file("f1", event("A", "2025-01-12T09:00:00Z", type: "cancelled", notes: "new"))],
+            finishedAt: "t"
+        )
+        _ = try database.commit(
+            [try file("f2", event("A", "2025-01-10T09:00:00Z", type: "scheduled", notes: "old"))],
+            finishedAt: "t"
+        )
+        _ = try database.commit(
+            [try file("f3", event("A", "2025-01-11T09:00:00Z", type: "updated", notes: "mid"))],
+            finishedAt: "t"
+        )
+        let state = try database.writer.read { db in
+            try Row.fetchOne(
+                db,
+                sql: "SELECT status, notes, event_timestamp, file_id FROM appointments WHERE appointment_id = 'A'"
+            )
+        }
+        #expect(state?["status"] == "cancelled")
+        #expect(state?["notes"] == "new")
+        #expect(state?["file_id"] == "f1")
+        let events = try database.writer.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")
+        }
+        #expect(events == 3)
+    }
+
+    @Test func aBatchCommitsManyFilesInOneTransaction() throws {
+        defer { dir.cleanup() }
+        let database = try open()
+        let files = try (0..<50).map { n in
+            try file("g\(n)", event("A\(n)", "2025-01-10T12:30:00Z"), sha: String(format: "%064d", n))
+        }
+        let results = try database.commit(files, finishedAt: "t")
+        #expect(results.allSatisfy { $0.report.outcome == .accepted })
+        let count = try database.writer.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM files") }
+        #expect(count == 50)
+    }
+
+    @Test func theLedgerKeepsTheColumnsOperatorsQuery() throws {
+        defer { dir.cleanup() }
+        let database = try open()
+        let columns = try database.writer.read { db in try db.columns(in: "files").map(\.name) }
+        for name in [
+            "id", "kind", "original_name", "sha256", "size", "received_at", "finished_at", "outcome", "stored",
+            "duplicates", "rejected", "error",
+        ] {
+            #expect(columns.contains(name), "\(name)")
+        }
+    }
+}
