@@ -38,7 +38,7 @@ test: deps lint
 
 bench: deps
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool
-	bench/throughput.sh $(BENCH_BUILD)/release/carespool
+	python3 bench/bench.py $(BENCH_BUILD)/release/carespool
 
 clean:
 	rm -rf .build $(BENCH_BUILD)

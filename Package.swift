@@ -60,6 +60,8 @@ let package = Package(
             dependencies: [
                 "Pipeline", "Spool", "Watcher", "Kinds", "Store", "JSONSchema",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],

@@ -71,15 +71,7 @@ package enum JSONRecords {
             }
             return (records, nil)
         } catch {
-            return (
-                [],
-                RecordProblem(
-                    record: nil,
-                    line: error.line,
-                    pointer: nil,
-                    message: "not valid JSON: \(error.description)"
-                )
-            )
+            return ([], notJSON(error))
         }
     }
 
@@ -119,19 +111,14 @@ package enum JSONRecords {
         if records.isEmpty {
             return ([], RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no records"))
         }
-        if records.allSatisfy({ if case .failure = $0.value { true } else { false } }), records.count == 1,
-            case .failure(let error) = records[0].value
-        {
-            return (
-                [],
-                RecordProblem(
-                    record: nil,
-                    line: error.line,
-                    pointer: nil,
-                    message: "not valid JSON: \(error.description)"
-                )
-            )
+        // One line that is not JSON: the file is not JSON.
+        if records.count == 1, case .failure(let error) = records[0].value {
+            return ([], notJSON(error))
         }
         return (records, nil)
+    }
+
+    private static func notJSON(_ error: JSONParseError) -> RecordProblem {
+        RecordProblem(record: nil, line: error.line, pointer: nil, message: "not valid JSON: \(error.description)")
     }
 }

@@ -122,7 +122,9 @@ package struct Spool: Sendable {
     }
 
     /// The entries of `folder` a claimer may look at: incomplete names skipped, types from lstat(2).
-    package func scan(_ folder: String) throws(SpoolError) -> [Entry] {
+    /// With `withStat` false, entries whose type readdir(3) reports come without size and mtime (-1):
+    /// enough for names already known complete, and much cheaper for a full inbox.
+    package func scan(_ folder: String, withStat: Bool = true) throws(SpoolError) -> [Entry] {
         guard let dir = opendir(folder) else { throw SpoolError("scan", folder, errno) }
         defer { closedir(dir) }
         var entries: [Entry] = []
@@ -132,6 +134,22 @@ package struct Spool: Sendable {
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
             if name == "." || name == ".." || Self.isIncompleteName(name) { continue }
+            if !withStat, ent.pointee.d_type != UInt8(DT_UNKNOWN) {
+                // readdir's d_type is enough to tell a regular file; size and mtime are not needed.
+                let type: FileType =
+                    switch Int32(ent.pointee.d_type) {
+                    case Int32(DT_REG): .regular
+                    case Int32(DT_DIR): .directory
+                    case Int32(DT_LNK): .symlink
+                    case Int32(DT_FIFO): .fifo
+                    case Int32(DT_SOCK): .socket
+                    case Int32(DT_CHR): .characterDevice
+                    case Int32(DT_BLK): .blockDevice
+                    default: .unknown
+                    }
+                entries.append(Entry(name: name, type: type, size: -1, mtime: -1, inode: UInt64(ent.pointee.d_ino)))
+                continue
+            }
             var st = stat()
             guard fstatat(dirFD, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
             entries.append(
@@ -382,4 +400,19 @@ package struct SpoolError: Error, Sendable, CustomStringConvertible {
     }
 
     package var description: String { "\(operation) \(path): \(reason)" }
+}
+
+extension Spool {
+    /// One entry of `folder` with its lstat(2) type, size and mtime; nil when it is gone.
+    package func entry(_ folder: String, _ name: String) -> Entry? {
+        var st = stat()
+        guard lstat(folder + "/" + name, &st) == 0 else { return nil }
+        return Entry(
+            name: name,
+            type: FileType(mode: st.st_mode),
+            size: Int64(st.st_size),
+            mtime: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
+            inode: UInt64(st.st_ino)
+        )
+    }
 }

@@ -10,23 +10,45 @@ package import Kinds
 /// The database: a `Sendable` value over a GRDB writer, as in GRDB's demo `AppDatabase`.
 package struct AppDatabase: Sendable {
     package let writer: any DatabaseWriter
+    /// A connection of its own for WAL checkpoints, so that copying the WAL into the database file (and
+    /// that file's fsync) never runs inside a commit that files are waiting on. Nil in memory.
+    private let checkpointer: DatabaseQueue?
 
     /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous = FULL`, so that a
     /// commit is on disk before any file is moved to done/ or failed/.
-    package static func open(path: String, readonly: Bool = false) throws -> AppDatabase {
+    /// `busyTimeout`: how long a write waits for a lock held by another connection (an operator's
+    /// `sqlite3` session, say) before it fails as transient trouble. Default 10 s.
+    package static func open(path: String, readonly: Bool = false, busyTimeout: Duration = .seconds(10)) throws
+        -> AppDatabase
+    {
         var config = Configuration()
-        config.busyMode = .timeout(10)
+        config.busyMode = .timeout(
+            Double(busyTimeout.components.seconds) + Double(busyTimeout.components.attoseconds) / 1e18
+        )
         config.readonly = readonly
         config.publicStatementArguments = false
         config.prepareDatabase { db in
             if !db.configuration.readonly {
-                try db.execute(sql: "PRAGMA synchronous = FULL")
+                // Commits are on disk before any file moves; checkpoints are ours (see checkpoint()).
+                try db.execute(sql: "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0")
             }
         }
         if readonly {
             return try AppDatabase(DatabaseQueue(path: path, configuration: config))
         }
-        return try AppDatabase(DatabasePool(path: path, configuration: config))
+        let pool = try DatabasePool(path: path, configuration: config)
+        return try AppDatabase(pool, checkpointer: DatabaseQueue(path: path, configuration: config))
+    }
+
+    /// Copies committed WAL frames into the database file (PASSIVE: never blocks the writer or readers).
+    /// Run it often from a thread of its own; without it the WAL only grows.
+    package func checkpoint() throws(StoreError) {
+        guard let checkpointer else { return }
+        do {
+            try checkpointer.writeWithoutTransaction { db in try db.checkpoint(.passive) }
+        } catch {
+            throw StoreError(error)
+        }
     }
 
     /// An in-memory database with the same schema (for `carespool validate`, which writes nothing).
@@ -34,8 +56,9 @@ package struct AppDatabase: Sendable {
         try AppDatabase(DatabaseQueue())
     }
 
-    package init(_ writer: any DatabaseWriter) throws {
+    package init(_ writer: any DatabaseWriter, checkpointer: DatabaseQueue? = nil) throws {
         self.writer = writer
+        self.checkpointer = checkpointer
         if !writer.configuration.readonly {
             try Self.migrator.migrate(writer)
         }
@@ -78,6 +101,8 @@ package struct AppDatabase: Sendable {
                         record         INTEGER NOT NULL,
                         UNIQUE (appointment_id, instant)
                     ) STRICT;
+                    -- Foreign keys need their child index: without it every ledger insert scans the events.
+                    CREATE INDEX appointment_events_by_file ON appointment_events (file_id);
 
                     CREATE TABLE appointments (
                         appointment_id  TEXT PRIMARY KEY NOT NULL,
@@ -89,6 +114,7 @@ package struct AppDatabase: Sendable {
                         event_timestamp TEXT NOT NULL,
                         file_id         TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED
                     ) STRICT;
+                    CREATE INDEX appointments_by_file ON appointments (file_id);
                     """
             )
         }
@@ -111,6 +137,8 @@ package struct PreparedFile: Sendable {
     package var size: Int
     package var receivedAt: String
     package var content: Content
+    /// False for a file claimed by this run: its fresh id cannot have a ledger row, so none is looked up.
+    package var mayHaveLedgerRow: Bool
 
     package init(
         id: String,
@@ -119,7 +147,8 @@ package struct PreparedFile: Sendable {
         sha256: String,
         size: Int,
         receivedAt: String,
-        content: Content
+        content: Content,
+        mayHaveLedgerRow: Bool = true
     ) {
         self.id = id
         self.kind = kind
@@ -128,6 +157,7 @@ package struct PreparedFile: Sendable {
         self.size = size
         self.receivedAt = receivedAt
         self.content = content
+        self.mayHaveLedgerRow = mayHaveLedgerRow
     }
 }
 
@@ -201,7 +231,7 @@ extension AppDatabase {
     }
 
     private func commitOne(_ file: PreparedFile, finishedAt: String, db: Database) throws -> CommittedFile {
-        if let done = try Self.existing(id: file.id, db: db) { return done }
+        if file.mayHaveLedgerRow, let done = try Self.existing(id: file.id, db: db) { return done }
         var report: FileReport
         switch file.content {
         case .unreadable(let problem):
@@ -234,8 +264,9 @@ extension AppDatabase {
         try String.fetchOne(
             db.cachedStatement(
                 sql: """
-                    SELECT id FROM files WHERE kind = ? AND sha256 = ? AND outcome IN ('accepted', 'partial', 'duplicate')
-                    ORDER BY id LIMIT 1
+                    SELECT id FROM files INDEXED BY files_by_sha256
+                    WHERE kind = ? AND sha256 = ? AND outcome IN ('accepted', 'partial', 'duplicate')
+                    ORDER BY +id LIMIT 1
                     """
             ),
             arguments: [file.kind.rawValue, file.sha256]

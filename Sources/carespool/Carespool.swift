@@ -64,6 +64,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most files committed in one transaction.")
     var batchSize: Int = 512
 
+    @Option(help: "Milliseconds a database write waits for another connection's lock before it is retried later.")
+    var busyTimeoutMs: Int = 10_000
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -78,7 +81,10 @@ struct Serve: AsyncParsableCommand {
         let catalog = try schemaOption.catalog()
         let spool = Spool(root: spoolOptions.spool, kinds: Kind.allCases.map(\.rawValue))
         try spool.prepare()
-        let database = try AppDatabase.open(path: spoolOptions.databasePath)
+        let database = try AppDatabase.open(
+            path: spoolOptions.databasePath,
+            busyTimeout: .milliseconds(busyTimeoutMs)
+        )
         let processor = Processor(
             spool: spool,
             database: database,

@@ -203,6 +203,58 @@ import Testing
         #expect(rows == (2, 2))
     }
 
+    @Test func aLockedDatabaseIsTransientTroubleTheFileWaitsInProcessingAndIsRetried() async throws {
+        let dir = TempDir("daemon")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let run = try await Daemon.serve(spool: spool, arguments: ["--busy-timeout-ms", "200"]) { pid in
+            let view = SpoolView(root: spool)
+            try await waitUntilServing(spool)
+            // An operator's sqlite3 session holds the write lock for 2 s.
+            let database = spool + "/carespool.sqlite3"
+            let operatorSession = Task {
+                try await Subprocess.run(
+                    .name("sqlite3"),
+                    arguments: [database, "BEGIN EXCLUSIVE;", ".shell sleep 2", "COMMIT;"],
+                    output: .discarded,
+                    error: .string(limit: 1 << 16)
+                )
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            try dropLikeRsync(event("K", "2025-01-10T12:30:00Z"), into: spool + "/inbox/appointments", name: "k.json")
+            let waiting = await eventually {
+                let state = (try? String(contentsOfFile: spool + "/processing/retrying.json", encoding: .utf8)) ?? ""
+                return state.contains("SQLite error 5") && view.processing().count == 1
+            }
+            let status = try await Daemon.command(["status", "--spool", spool])
+            #expect(view.failed().isEmpty && view.done().isEmpty)
+            let session = try await operatorSession.value
+            #expect(session.terminationStatus == .exited(0), "\(session.standardError)")
+            let finished = await eventually { view.done().count == 1 && view.processing().isEmpty }
+            kill(pid, SIGTERM)
+            return (waiting, status.out, finished)
+        }
+        #expect(run.result.0, "the file did not wait in processing/ with its error")
+        #expect(run.result.1.contains("retrying: [{\"id\":"), "\(run.result.1)")
+        #expect(run.result.1.contains("database is locked"), "\(run.result.1)")
+        #expect(run.result.2)
+        #expect(run.status == .exited(0))
+        #expect(run.log.contains("transient trouble, file stays in processing"))
+    }
+
+    @Test func aSchemaWithAnUnsupportedKeywordIsRefusedAtStartNamingIt() async throws {
+        let dir = TempDir("daemon")
+        defer { dir.cleanup() }
+        let schema = dir.file("schema.json")
+        let text = try String(contentsOf: TestPaths.schemaJSON, encoding: .utf8)
+            .replacingOccurrences(of: "\"minLength\": 1,", with: "\"minLength\": 1, \"uniqueItems\": true,")
+        try Data(text.utf8).write(to: URL(fileURLWithPath: schema))
+        let result = try await Daemon.command(["serve", "--spool", dir.path + "/spool", "--schema", schema])
+        #expect(result.status != .exited(0))
+        #expect(result.err.contains("keyword \"uniqueItems\" is not supported"), "\(result.err)")
+        #expect(result.err.contains("/$defs/id64/uniqueItems"), "\(result.err)")
+    }
+
     @Test func statusValidateAndRetryCommands() async throws {
         let dir = TempDir("daemon")
         defer { dir.cleanup() }

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""carespool benchmark: throughput and drop->done latency of the real daemon.
+
+Usage: bench/bench.py path/to/carespool [--files 10000] [--rate 1000] [--seconds 10]
+
+Phase 1 drops N single-event files rsync-style (dot-temp name in the inbox, then rename) into a running
+daemon as fast as it can and reports files/s from the first drop to the last file in done/.
+Phase 2 drops files at a steady rate and reports p50/p99/max latency from each file's rename into the
+inbox to its rename into done/, observed with inotify (IN_MOVED_TO on done/appointments/<day>/).
+"""
+import argparse, ctypes, ctypes.util, datetime, os, shutil, signal, struct, subprocess, sys, tempfile, threading, time
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+IN_MOVED_TO = 0x80
+
+
+def event(n, tag):
+    return ('{"event_type":"appointment.scheduled","appointment_id":"%s-%d","patient_id":"P%d",'
+            '"timestamp":"2025-01-10T12:30:00Z","notes":"bench"}\n' % (tag, n, n)).encode()
+
+
+class DoneWatcher(threading.Thread):
+    """Records the arrival time of every name moved into `folder`."""
+
+    def __init__(self, folder):
+        super().__init__(daemon=True)
+        self.fd = libc.inotify_init()
+        if libc.inotify_add_watch(self.fd, folder.encode(), IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), "inotify_add_watch " + folder)
+        self.arrivals = {}
+        self.lock = threading.Lock()
+
+    def run(self):
+        while True:
+            data = os.read(self.fd, 1 << 20)
+            now = time.monotonic()
+            offset = 0
+            with self.lock:
+                while offset < len(data):
+                    wd, mask, cookie, length = struct.unpack_from("iIII", data, offset)
+                    name = data[offset + 16: offset + 16 + length].rstrip(b"\0").decode()
+                    offset += 16 + length
+                    original = name.split("--", 1)[1] if "--" in name else name
+                    self.arrivals[original] = now
+
+    def count(self, prefix):
+        with self.lock:
+            return sum(1 for k in self.arrivals if k.startswith(prefix))
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100.0 * (len(values) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--seconds", type=int, default=10)
+    args = ap.parse_args()
+
+    schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
+    roots = []
+
+    def start_daemon(label):
+        """A fresh spool and daemon; returns (daemon, inbox, watcher on done/<today>/)."""
+        root = tempfile.mkdtemp(prefix="carespool-bench-%s-" % label)
+        roots.append(root)
+        spool = os.path.join(root, "spool")
+        inbox = os.path.join(spool, "inbox", "appointments")
+        day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        done = os.path.join(spool, "done", "appointments", day)
+        os.makedirs(inbox)
+        os.makedirs(done)
+        log = open(os.path.join(root, "daemon.log"), "w")
+        daemon = subprocess.Popen([args.binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning"],
+                                  stderr=log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(spool, "processing", "retrying.json")):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                sys.exit("daemon did not start; see " + log.name)
+            time.sleep(0.01)
+        watcher = DoneWatcher(done)
+        watcher.start()
+        return daemon, inbox, watcher
+
+    def stop(daemon):
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        return daemon.returncode
+
+    daemons = []
+    try:
+        # Phase 1: throughput. rsync writes each file under a dot-temp name in the destination folder,
+        # then renames it. The temp files are written first (the daemon ignores dotfiles); the clock
+        # starts at the first rename and stops when the last file arrives in done/.
+        daemon, inbox, watcher = start_daemon("throughput")
+        daemons.append(daemon)
+        temps = []
+        for n in range(args.files):
+            temp = os.path.join(inbox, ".t%d.json.Xq9" % n)
+            with open(temp, "wb") as f:
+                f.write(event(n, "T"))
+            temps.append((temp, os.path.join(inbox, "t%d.json" % n)))
+        time.sleep(1)
+        start = time.monotonic()
+        for temp, final in temps:
+            os.rename(temp, final)
+        dropped = time.monotonic()
+        deadline = time.monotonic() + 300
+        while watcher.count("t") < args.files:
+            if time.monotonic() > deadline:
+                sys.exit("phase 1: only %d of %d files reached done/" % (watcher.count("t"), args.files))
+            time.sleep(0.005)
+        last = max(watcher.arrivals[k] for k in watcher.arrivals if k.startswith("t"))
+        throughput = args.files / (last - start)
+        status1 = stop(daemon)
+
+        # Phase 2: latency at a steady rate, on a fresh spool and daemon.
+        daemon, inbox, watcher = start_daemon("latency")
+        daemons.append(daemon)
+        total = args.rate * args.seconds
+        dropped_at = {}
+        begin = time.monotonic()
+        for n in range(total):
+            due = begin + n / args.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            name = "l%d.json" % n
+            temp = os.path.join(inbox, "." + name + ".Xq9")
+            with open(temp, "wb") as f:
+                f.write(event(n, "L"))
+            os.rename(temp, os.path.join(inbox, name))
+            dropped_at[name] = time.monotonic()
+        achieved = total / (time.monotonic() - begin)
+        deadline = time.monotonic() + 120
+        while watcher.count("l") < total:
+            if time.monotonic() > deadline:
+                sys.exit("phase 2: only %d of %d files reached done/" % (watcher.count("l"), total))
+            time.sleep(0.01)
+        latencies = [(watcher.arrivals[k] - dropped_at[k]) * 1000 for k in dropped_at]
+        if os.environ.get("BENCH_DEBUG"):
+            worst = sorted(((watcher.arrivals[k] - dropped_at[k]) * 1000, dropped_at[k] - begin, k) for k in dropped_at)
+            for lat, at, k in worst[-15:]:
+                print("slow: %s dropped at %.3f s, %.1f ms" % (k, at, lat))
+        status2 = stop(daemon)
+
+        print("carespool benchmark (%s, %d cores)" % (os.uname().machine, os.cpu_count()))
+        print("| measure | value |")
+        print("| --- | --- |")
+        print("| files (phase 1) | %d single-event files, rsync style (dot-temp written, then renamed) |" % args.files)
+        print("| rename time (phase 1) | %.2f s (%.0f files/s offered) |" % (dropped - start, args.files / (dropped - start)))
+        print("| throughput, first drop to last file in done/ | %.0f files/s |" % throughput)
+        print("| steady rate offered (phase 2, fresh spool) | %.0f files/s for %d s (%d files) |" % (achieved, args.seconds, total))
+        print("| drop->done latency p50 | %.1f ms |" % percentile(latencies, 50))
+        print("| drop->done latency p90 | %.1f ms |" % percentile(latencies, 90))
+        print("| drop->done latency p99 | %.1f ms |" % percentile(latencies, 99))
+        print("| drop->done latency max | %.1f ms |" % max(latencies))
+        print("| daemon exit status after SIGTERM | %d, %d |" % (status1, status2))
+    finally:
+        for daemon in daemons:
+            if daemon.poll() is None:
+                daemon.kill()
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
