@@ -30,6 +30,7 @@ package final class Watcher: Sendable {
     private let stopPipe: (read: Int32, write: Int32)
     private let folders: [Int32: String]
     private let hints = Mutex(WatchHints())
+    private let stopped = Atomic<Bool>(false)
     private let tick: Duration
     private let continuation: AsyncStream<Void>.Continuation
     /// Yields whenever there are hints to drain, and at least every `tick`. Ends after ``stop()``.
@@ -78,10 +79,16 @@ package final class Watcher: Sendable {
         }
     }
 
-    /// Stops the thread and ends ``wakeups``.
+    /// Stops the thread and ends ``wakeups``. Safe to call more than once.
     package func stop() {
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         var byte: UInt8 = 1
         _ = write(stopPipe.write, &byte, 1)
+    }
+
+    deinit {
+        // The thread holds `self` until its loop has ended, so no one can write to this end any more.
+        close(stopPipe.write)
     }
 
     private func loop() {
@@ -101,7 +108,6 @@ package final class Watcher: Sendable {
         continuation.finish()
         close(fd)
         close(stopPipe.read)
-        close(stopPipe.write)
     }
 
     private func readEvents(into buffer: inout [UInt8]) {
