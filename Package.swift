@@ -44,6 +44,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "Spool", swiftSettings: swiftSettings),
+        .target(
+            name: "WebhookSignatures",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
         .target(name: "Watcher", swiftSettings: swiftSettings),
         .target(name: "JSONSchema", swiftSettings: swiftSettings),
         .target(name: "Kinds", dependencies: ["JSONSchema"], swiftSettings: swiftSettings),
@@ -58,7 +63,7 @@ let package = Package(
         .testTarget(
             name: "CarespoolTests",
             dependencies: [
-                "Pipeline", "Spool", "Watcher", "Kinds", "Store", "JSONSchema",
+                "Pipeline", "Spool", "Watcher", "Kinds", "Store", "JSONSchema", "WebhookSignatures",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
