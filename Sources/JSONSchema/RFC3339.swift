@@ -59,6 +59,33 @@ package enum RFC3339 {
             + "Z"
     }
 
+    /// Milliseconds since the epoch of a valid date-time (a leap second counts as :59.999), or nil.
+    package static func epochMilliseconds(_ text: String) -> Int64? {
+        guard let utc = normalizedDateTime(text) else { return nil }
+        let b = Array(utc.utf8)
+        func n(_ at: Int, _ count: Int) -> Int {
+            var v = 0
+            for k in at..<(at + count) { v = v * 10 + Int(b[k] - 0x30) }
+            return v
+        }
+        let second = n(17, 2)
+        let days = daysFromCivil(n(0, 4), n(5, 2), n(8, 2))
+        let millis = second == 60 ? 999 : n(20, 3)
+        let seconds = days * 86_400 + n(11, 2) * 3_600 + n(14, 2) * 60 + min(second, 59)
+        return Int64(seconds) * 1_000 + Int64(millis)
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the epoch.
+    package static func format(epochMilliseconds value: Int64) -> String {
+        let millis = Int(((value % 1_000) + 1_000) % 1_000)
+        let total = Int((value - Int64(millis)) / 1_000)
+        let days = total >= 0 ? total / 86_400 : (total - 86_399) / 86_400
+        let secondOfDay = total - days * 86_400
+        let (y, m, d) = civilFromDays(days)
+        return pad(y, 4) + "-" + pad(m, 2) + "-" + pad(d, 2) + "T" + pad(secondOfDay / 3_600, 2) + ":"
+            + pad(secondOfDay % 3_600 / 60, 2) + ":" + pad(secondOfDay % 60, 2) + "." + pad(millis, 3) + "Z"
+    }
+
     /// Whether `text` is an RFC 3339 date-time with an offset.
     package static func isDateTime(_ text: String) -> Bool { normalizedDateTime(text) != nil }
 

@@ -84,12 +84,16 @@ package struct AppointmentsReader: Sendable {
 /// The compiled schemas of every kind, from schema.json.
 package struct Catalog: Sendable {
     package let appointments: AppointmentsReader
+    package let zoom: ZoomReader
 
     /// Compiles every kind's `$defs` entry; refuses a schema with an unsupported keyword, naming it.
     package init(schemaDocument: JSONValue) throws(KindsError) {
         do {
             appointments = AppointmentsReader(
                 schema: try JSONSchema(document: schemaDocument, entry: "/$defs/" + Kind.appointments.schemaDefinition)
+            )
+            zoom = ZoomReader(
+                schema: try JSONSchema(document: schemaDocument, entry: "/$defs/" + Kind.zoom.schemaDefinition)
             )
         } catch {
             throw KindsError(description: "schema.json \(error.description)")

@@ -22,6 +22,8 @@ package struct FileReport: Sendable, Equatable {
     package var errors: [RecordProblem]
     /// The earlier file with the same bytes, for a duplicate found by sha256.
     package var duplicateOf: String?
+    /// Records deliberately not stored, and why (e.g. Zoom's `endpoint.url_validation` challenges).
+    package var notes: [String] = []
 
     package init(
         outcome: Outcome,
@@ -40,10 +42,10 @@ package struct FileReport: Sendable, Equatable {
     }
 
     /// The outcome that the counts imply.
-    package static func outcome(stored: Int, duplicates: Int, rejected: Int) -> Outcome {
+    package static func outcome(stored: Int, duplicates: Int, rejected: Int, skipped: Int = 0) -> Outcome {
         if rejected > 0 { return stored + duplicates > 0 ? .partial : .rejected }
         if stored == 0 && duplicates > 0 { return .duplicate }
-        return stored > 0 ? .accepted : .rejected
+        return stored > 0 || skipped > 0 ? .accepted : .rejected
     }
 
     /// Record numbers that were rejected, ascending.
@@ -88,6 +90,7 @@ package struct FileReport: Sendable, Equatable {
             ])
         }
         members.append(.init(key: "errors", value: .array(errorValues)))
+        if !notes.isEmpty { members.append(.init(key: "notes", value: .array(notes.map { .string($0) }))) }
         return JSONValue.object(members).compactText
     }
 
@@ -116,5 +119,6 @@ package struct FileReport: Sendable, Equatable {
             }
         }
         self.errors = errors
+        if case .array(let list) = value["notes"] { notes = list.compactMap(\.stringValue) }
     }
 }

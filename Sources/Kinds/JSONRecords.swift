@@ -7,6 +7,8 @@ package enum JSONRecords {
         package var number: Int
         package var line: Int
         package var text: String
+        /// The record's bytes exactly as received (an array element's span, an NDJSON line, the object).
+        package var raw: String
         package var value: Result<JSONValue, JSONParseError>
     }
 
@@ -24,8 +26,12 @@ package enum JSONRecords {
         }
         // One JSON value filling the file (pretty-printed objects included), else NDJSON.
         if let whole = try? JSONParser.parse(bytes) {
-            let line = JSONParser.line(of: startOffset(bytes), in: bytes)
-            return ([Raw(number: 1, line: line, text: whole.compactText, value: .success(whole))], nil)
+            let start = startOffset(bytes)
+            var end = bytes.count
+            while end > start, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[end - 1]) { end -= 1 }
+            let line = JSONParser.line(of: start, in: bytes)
+            let raw = String(decoding: bytes[start..<end], as: UTF8.self)
+            return ([Raw(number: 1, line: line, text: whole.compactText, raw: raw, value: .success(whole))], nil)
         }
         return splitLines(bytes)
     }
@@ -42,7 +48,9 @@ package enum JSONRecords {
             guard case .array(let elements) = value else { return ([], nil) }
             // Line of each element: walk the array once more, noting where each element starts.
             var lines: [Int] = []
+            var spans: [Range<Int>] = []
             lines.reserveCapacity(elements.count)
+            spans.reserveCapacity(elements.count)
             var parser = JSONParser(bytes: bytes)
             parser.skipWhitespace()
             parser.advance()
@@ -55,14 +63,24 @@ package enum JSONRecords {
                     lineCountedTo += 1
                 }
                 lines.append(line)
+                let start = parser.index
                 _ = try parser.parseValue(depth: 1)
+                spans.append(start..<parser.index)
                 parser.skipWhitespace()
                 parser.advance()  // ',' or ']'
             }
             var records: [Raw] = []
             records.reserveCapacity(elements.count)
             for (i, element) in elements.enumerated() {
-                records.append(Raw(number: i + 1, line: lines[i], text: element.compactText, value: .success(element)))
+                records.append(
+                    Raw(
+                        number: i + 1,
+                        line: lines[i],
+                        text: element.compactText,
+                        raw: String(decoding: bytes[spans[i]], as: UTF8.self),
+                        value: .success(element)
+                    )
+                )
             }
             if records.isEmpty {
                 return (
@@ -90,8 +108,9 @@ package enum JSONRecords {
                 let number = records.count + 1
                 do {
                     let value = try JSONParser.parse(slice)
+                    let raw = String(decoding: slice, as: UTF8.self)
                     records.append(
-                        Raw(number: number, line: lineNumber, text: value.compactText, value: .success(value))
+                        Raw(number: number, line: lineNumber, text: value.compactText, raw: raw, value: .success(value))
                     )
                 } catch {
                     var located = error
@@ -101,6 +120,7 @@ package enum JSONRecords {
                             number: number,
                             line: lineNumber,
                             text: String(decoding: slice, as: UTF8.self),
+                            raw: String(decoding: slice, as: UTF8.self),
                             value: .failure(located)
                         )
                     )

@@ -8,18 +8,20 @@ import JSONSchema
 /// A kind of data, with its inbox folder name.
 package enum Kind: String, CaseIterable, Sendable, Codable {
     case appointments
+    case zoom
 
     /// The `$defs` entry of schema.json that describes one record of this kind.
     package var schemaDefinition: String {
         switch self {
         case .appointments: "appointment_event"
+        case .zoom: "zoom_event"
         }
     }
 
     /// The extension of the `.rejected.<ext>` sidecar that holds this kind's rejected records.
     package var rejectedExtension: String {
         switch self {
-        case .appointments: "ndjson"
+        case .appointments, .zoom: "ndjson"
         }
     }
 }

@@ -422,6 +422,7 @@ final class Engine: @unchecked Sendable {
             let parsed: PreparedFile.Content
             switch kind {
             case .appointments: parsed = .appointments(catalog.appointments.read(bytes))
+            case .zoom: parsed = .zoom(catalog.zoom.read(bytes))
             }
             let prepared = PreparedFile(
                 id: file.id,
@@ -452,6 +453,8 @@ final class Engine: @unchecked Sendable {
             var lines = ""
             switch prepared.content {
             case .appointments(let parsed):
+                for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
+            case .zoom(let parsed):
                 for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
             case .unreadable: break
             }
@@ -599,6 +602,7 @@ package func dryRun(bytes: [UInt8], kind: Kind, catalog: Catalog) throws -> File
     let content: PreparedFile.Content
     switch kind {
     case .appointments: content = .appointments(catalog.appointments.read(bytes))
+    case .zoom: content = .zoom(catalog.zoom.read(bytes))
     }
     let digest = SHA256.hash(data: bytes).map { String(format2: $0) }.joined()
     let file = PreparedFile(

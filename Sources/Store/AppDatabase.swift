@@ -118,6 +118,9 @@ package struct AppDatabase: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v2: zoom events, visit timelines and counters") { db in
+            try db.execute(sql: ZoomWriter.schema)
+        }
         return migrator
     }
 }
@@ -126,6 +129,7 @@ package struct AppDatabase: Sendable {
 package struct PreparedFile: Sendable {
     package enum Content: Sendable {
         case appointments(ParsedFile<AppointmentEvent>)
+        case zoom(ParsedFile<ZoomRecord>)
         /// Not readable as its kind at all (not a regular file): rejected as a whole.
         case unreadable(RecordProblem)
     }
@@ -243,6 +247,14 @@ extension AppDatabase {
                 report = FileReport(outcome: .rejected, errors: [problem])
             } else {
                 report = try AppointmentWriter(db: db, fileID: file.id).write(parsed)
+            }
+        case .zoom(let parsed):
+            if let earlier = try Self.sameBytes(file, db: db) {
+                report = FileReport(outcome: .duplicate, duplicateOf: earlier)
+            } else if let problem = parsed.fileProblem {
+                report = FileReport(outcome: .rejected, errors: [problem])
+            } else {
+                report = try ZoomWriter(db: db, fileID: file.id).write(parsed)
             }
         }
         try db.cachedStatement(
@@ -386,6 +398,76 @@ extension AppDatabase {
                 }
                 return out
             }
+        }
+    }
+}
+
+extension AppDatabase {
+    /// One visit of a Zoom meeting: its timeline and participants' intervals.
+    package struct ZoomVisit: Sendable {
+        package var visitUUID: String
+        package var meetingID: String
+        package var startedAt: String?
+        package var endedAt: String?
+        package var durationSeconds: Int?
+        package var maxLatencyMs: Double?
+        package var interpreterRequested: Bool
+        package var events: Int
+        package var intervals: [(participantID: String, participantName: String?, joinedAt: String?, leftAt: String?)]
+    }
+
+    /// The visits of meeting `id` (a meeting id, or one visit's uuid), oldest first.
+    package func zoomVisits(meeting id: String) throws -> [ZoomVisit] {
+        try writer.read { db in
+            let visits = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM zoom_visits WHERE meeting_id = ? OR visit_uuid = ?
+                    ORDER BY started_at IS NULL, started_at, visit_uuid
+                    """,
+                arguments: [id, id]
+            )
+            return try visits.map { row in
+                let uuid: String = row["visit_uuid"]
+                let intervals = try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT participant_id, participant_name, joined_at, left_at FROM zoom_visit_intervals
+                        WHERE visit_uuid = ? ORDER BY joined_at IS NULL, joined_at, participant_id
+                        """,
+                    arguments: [uuid]
+                ).map { interval in
+                    (
+                        participantID: interval["participant_id"] as String,
+                        participantName: interval["participant_name"] as String?,
+                        joinedAt: interval["joined_at"] as String?,
+                        leftAt: interval["left_at"] as String?
+                    )
+                }
+                return ZoomVisit(
+                    visitUUID: uuid,
+                    meetingID: row["meeting_id"],
+                    startedAt: row["started_at"],
+                    endedAt: row["ended_at"],
+                    durationSeconds: row["duration_seconds"],
+                    maxLatencyMs: row["max_latency_ms"],
+                    interpreterRequested: row["interpreter_requested"] == 1,
+                    events: row["events"],
+                    intervals: intervals
+                )
+            }
+        }
+    }
+
+    /// Zoom events received and inserted (duplicates excluded), per event name; they survive restarts.
+    package func zoomCounters() throws -> [(event: String, received: Int, inserted: Int)] {
+        try writer.read { db in
+            guard try db.tableExists("zoom_counters") else { return [] }
+            return try Row.fetchAll(
+                db,
+                sql: "SELECT event_name, received, inserted FROM zoom_counters ORDER BY event_name"
+            )
+            .map { ($0["event_name"], $0["received"], $0["inserted"]) }
         }
     }
 }

@@ -16,7 +16,7 @@ struct Carespool: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "carespool",
         abstract: "File-drop and spool daemon for healthcare integration data.",
-        subcommands: [Serve.self, Status.self, Validate.self, Retry.self]
+        subcommands: [Serve.self, Status.self, Validate.self, Retry.self, Query.self]
     )
 }
 

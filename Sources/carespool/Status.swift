@@ -33,9 +33,11 @@ struct Status: AsyncParsableCommand {
             FileManager.default.contents(atPath: spool.root + "/processing/retrying.json")
             .flatMap { String(decoding: $0, as: UTF8.self) }?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "[]"
         var failures: [[String: String?]] = []
+        var zoom: [(event: String, received: Int, inserted: Int)] = []
         if FileManager.default.fileExists(atPath: spoolOptions.databasePath) {
             let database = try AppDatabase.open(path: spoolOptions.databasePath, readonly: true)
             failures = try database.lastFailures(limit: 10)
+            zoom = try database.zoomCounters()
         }
         if json {
             var out = "{\"folders\":["
@@ -49,7 +51,11 @@ struct Status: AsyncParsableCommand {
                         return "\"\(key)\":" + (value.map { quote($0) } ?? "null")
                     }.joined(separator: ",") + "}"
             }.joined(separator: ",")
-            out += "]}"
+            out += "],\"zoom_events\":{\"received\":\(zoom.reduce(0) { $0 + $1.received }),"
+            out += "\"inserted\":\(zoom.reduce(0) { $0 + $1.inserted }),\"by_event\":["
+            out += zoom.map { "{\"event\":\(quote($0.event)),\"received\":\($0.received),\"inserted\":\($0.inserted)}" }
+                .joined(separator: ",")
+            out += "]}}"
             print(out)
             return
         }
@@ -62,6 +68,10 @@ struct Status: AsyncParsableCommand {
             print(folder.padding(toLength: 12, withPad: " ", startingAt: 0) + row.joined())
         }
         print("retrying: " + (retrying == "[]" ? "none" : retrying))
+        let received = zoom.reduce(0) { $0 + $1.received }
+        let inserted = zoom.reduce(0) { $0 + $1.inserted }
+        print("zoom events: received \(received), inserted \(inserted) (duplicates excluded)")
+        for counter in zoom { print("  \(counter.event): received \(counter.received), inserted \(counter.inserted)") }
         print("last failures:")
         if failures.isEmpty { print("  none") }
         for row in failures {

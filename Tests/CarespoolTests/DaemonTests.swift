@@ -310,3 +310,84 @@ import Testing
         #expect(view.failed().isEmpty && view.sidecars().isEmpty)
     }
 }
+
+/// Every file in ../shared/testdata/zoom/ through the real daemon.
+@Suite(.serialized) struct ZoomDaemonTests {
+    /// What each outside file is, and so how it must finish.
+    static func expectation(_ path: String) -> (outcome: String, stored: Int, pointer: String?) {
+        if path.hasPrefix("illustrative-agent-skills/") { return ("rejected", 0, "/event_ts") }  // no event_ts
+        if path.hasSuffix("request-headers.json") || path.hasSuffix("url_validation.response.json")
+            || path == "signature-vectors.json"
+        {
+            return ("rejected", 0, "/event")  // not Zoom events at all
+        }
+        if path.contains("url_validation") { return ("accepted", 0, nil) }  // skipped with a note
+        return ("accepted", 1, nil)
+    }
+
+    @Test func everyZoomTestdataFileIngestsAndReplaysAreDuplicates() async throws {
+        let dir = TempDir("zoomd")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let root = TestPaths.testdata.appendingPathComponent("zoom").path
+        let files = try FileManager.default.subpathsOfDirectory(atPath: root)
+            .filter { $0.hasSuffix(".json") || $0.hasSuffix(".body") }.sorted()
+        #expect(files.count == 21)
+        let names = files.map { $0.replacingOccurrences(of: "/", with: "__") }
+        let run = try await Daemon.serve(spool: spool) { pid in
+            let view = SpoolView(root: spool)
+            try await waitUntilServing(spool)
+            for (file, name) in zip(files, names) {
+                let text = try String(contentsOfFile: root + "/" + file, encoding: .utf8)
+                try dropLikeRsync(text, into: spool + "/inbox/zoom", name: name)
+            }
+            let first = await eventually { view.done("zoom").count + view.failed("zoom").count == files.count }
+            // Replays of the meeting.started deliveries under new names: duplicates.
+            for (file, name) in zip(files, names) where file.contains("captured-kancl/1-") {
+                let text = try String(contentsOfFile: root + "/" + file, encoding: .utf8)
+                try dropLikeRsync(text + "\n", into: spool + "/inbox/zoom", name: "replay-" + name)
+            }
+            let second = await eventually { view.done("zoom").count + view.failed("zoom").count == files.count + 1 }
+            let status = try await Daemon.command(["status", "--spool", spool, "--json"])
+            let query = try await Daemon.command([
+                "query", "zoom", "--spool", spool, "--meeting", "86431910364", "--json",
+            ])
+            kill(pid, SIGTERM)
+            return (first && second, status.out, query.out)
+        }
+        #expect(run.result.0)
+        #expect(run.status == .exited(0))
+        let rows = try await SpoolView(root: spool).database().read { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT original_name, outcome, stored, duplicates, report FROM files WHERE kind = 'zoom'"
+            )
+        }
+        for (file, name) in zip(files, names) {
+            let expected = Self.expectation(file)
+            let row = try #require(rows.first { ($0["original_name"] as String) == name }, "\(file)")
+            #expect(row["outcome"] == expected.outcome, "\(file)")
+            #expect(row["stored"] == expected.stored, "\(file)")
+            if let pointer = expected.pointer {
+                #expect((row["report"] as String).contains("\"pointer\":\"\(pointer)\""), "\(file)")
+            }
+        }
+        let replay = try #require(rows.first { ($0["original_name"] as String).hasPrefix("replay-") })
+        #expect(replay["outcome"] == "duplicate")
+        #expect(replay["duplicates"] == 1)
+        // The non-ASCII topic is stored byte for byte as delivered.
+        let raw = try await SpoolView(root: spool).database().read { db in
+            try String.fetchOne(db, sql: "SELECT raw_json FROM zoom_events WHERE meeting_id = '85393847045'")
+        }
+        let body = try String(
+            contentsOfFile: root + "/signature-bodies/zoomnet-meeting.started-nonascii.body",
+            encoding: .utf8
+        )
+        #expect(raw == body)
+        #expect(run.result.1.contains("\"zoom_events\":{\"received\":"))
+        let query = try JSONSerialization.jsonObject(with: Data(run.result.2.utf8)) as? [String: Any]
+        let visit = (query?["visits"] as? [[String: Any]])?.first
+        #expect(visit?["duration_seconds"] as? Int == 13)
+        #expect((visit?["participants"] as? [[String: Any]])?.count == 1)
+    }
+}
