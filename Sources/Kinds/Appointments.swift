@@ -28,6 +28,11 @@ package struct AppointmentsReader: Sendable {
         return ParsedFile(items: items, fileProblem: nil)
     }
 
+    /// One record: for streaming readers that split lines themselves.
+    package func record(_ raw: JSONRecords.Raw) -> Item<AppointmentEvent> {
+        Item(number: raw.number, line: raw.line, text: raw.text, result: map(raw))
+    }
+
     private func map(_ raw: JSONRecords.Raw) -> Result<AppointmentEvent, Problems> {
         let value: JSONValue
         switch raw.value {

@@ -101,30 +101,8 @@ package enum JSONRecords {
             lineNumber += 1
             var end = start
             while end < bytes.count && bytes[end] != 0x0A { end += 1 }
-            var contentEnd = end
-            if contentEnd > start && bytes[contentEnd - 1] == 0x0D { contentEnd -= 1 }
-            let slice = Array(bytes[start..<contentEnd])
-            if !slice.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) {
-                let number = records.count + 1
-                do {
-                    let value = try JSONParser.parse(slice)
-                    let raw = String(decoding: slice, as: UTF8.self)
-                    records.append(
-                        Raw(number: number, line: lineNumber, text: value.compactText, raw: raw, value: .success(value))
-                    )
-                } catch {
-                    var located = error
-                    located.line = lineNumber
-                    records.append(
-                        Raw(
-                            number: number,
-                            line: lineNumber,
-                            text: String(decoding: slice, as: UTF8.self),
-                            raw: String(decoding: slice, as: UTF8.self),
-                            value: .failure(located)
-                        )
-                    )
-                }
+            if let raw = record(line: bytes[start..<end], number: records.count + 1, lineNumber: lineNumber) {
+                records.append(raw)
             }
             start = end + 1
         }
@@ -136,6 +114,22 @@ package enum JSONRecords {
             return ([], notJSON(error))
         }
         return (records, nil)
+    }
+
+    /// One NDJSON line (without its line break) as record `number`; nil for a blank line.
+    package static func record(line: ArraySlice<UInt8>, number: Int, lineNumber: Int) -> Raw? {
+        var slice = Array(line)
+        if slice.last == 0x0D { slice.removeLast() }
+        if slice.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { return nil }
+        let raw = String(decoding: slice, as: UTF8.self)
+        do {
+            let value = try JSONParser.parse(slice)
+            return Raw(number: number, line: lineNumber, text: value.compactText, raw: raw, value: .success(value))
+        } catch {
+            var located = error
+            located.line = lineNumber
+            return Raw(number: number, line: lineNumber, text: raw, raw: raw, value: .failure(located))
+        }
     }
 
     private static func notJSON(_ error: JSONParseError) -> RecordProblem {

@@ -35,6 +35,9 @@ package struct PipelineConfiguration: Sendable {
     package var retryMax: Duration
     /// How often the watcher wakes the processor without events. Default 200 ms.
     package var tick: Duration
+    /// An NDJSON file larger than this is streamed: read in bounded chunks and committed in bounded
+    /// batches, so memory does not grow with the file. Default 8 MiB.
+    package var streamThreshold: Int
 
     package init(
         settle: Duration = .seconds(2),
@@ -42,7 +45,8 @@ package struct PipelineConfiguration: Sendable {
         batchSize: Int = 512,
         retryInitial: Duration = .seconds(1),
         retryMax: Duration = .seconds(60),
-        tick: Duration = .milliseconds(200)
+        tick: Duration = .milliseconds(200),
+        streamThreshold: Int = 8 << 20
     ) {
         self.settle = settle
         self.rescanInterval = rescanInterval
@@ -50,6 +54,7 @@ package struct PipelineConfiguration: Sendable {
         self.retryInitial = retryInitial
         self.retryMax = retryMax
         self.tick = tick
+        self.streamThreshold = streamThreshold
     }
 }
 
@@ -118,7 +123,7 @@ final class Engine: @unchecked Sendable {
     let spool: Spool
     let database: AppDatabase
     let catalog: Catalog
-    let configuration: PipelineConfiguration
+    var configuration: PipelineConfiguration
     let logger: Logger
     let ids = IDGenerator()
     let stopping = Atomic<Bool>(false)
@@ -288,7 +293,21 @@ final class Engine: @unchecked Sendable {
     }
 
     /// Reads, commits and finishes one batch of claimed files.
-    private func process(_ batch: [Spool.Claimed], claimedAt: [String: Int64]) {
+    private func process(_ all: [Spool.Claimed], claimedAt: [String: Int64]) {
+        // Large files are streamed, one at a time, outside the group commit.
+        let threshold = Int64(configuration.streamThreshold)
+        let large = all.filter { file in
+            guard let entry = spool.entry(spool.processingPath(file.kind), file.spoolName) else { return false }
+            return entry.type == .regular && entry.size > threshold
+        }
+        let largeIDs = Set(large.map(\.id))
+        let batch = all.filter { !largeIDs.contains($0.id) }
+        defer {
+            for file in large {
+                processLarge(file, claimedAt: claimedAt[file.id] ?? Clock.nowNanos())
+            }
+        }
+        guard !batch.isEmpty else { return }
         let receivedAt = Clock.timestamp()
         let t0 = Clock.nowNanos()
         // Read, digest, parse and validate: CPU-bound and independent per file, so spread over the cores.
@@ -369,26 +388,38 @@ final class Engine: @unchecked Sendable {
             ]
         )
         for (file, result) in finished {
-            let report = result.report
-            let millis = Double(now - (claimedAt[file.id] ?? now)) / 1_000_000
-            logger.info(
-                "file finished",
-                metadata: [
-                    "file.id": "\(file.id)",
-                    "file.kind": "\(file.kind)",
-                    "file.outcome": "\(report.outcome.rawValue)",
-                    "file.stored": "\(report.stored)",
-                    "file.duplicates": "\(report.duplicates)",
-                    "file.rejected": "\(report.rejected)",
-                    "file.ms": "\(Int(millis.rounded()))",
-                ]
-            )
+            logFinished(file, result.report, claimedAt: claimedAt[file.id] ?? now)
         }
+    }
+
+    /// A large file that is not NDJSON: read whole and committed on its own.
+    func processWhole(_ file: Spool.Claimed, claimedAt: Int64) {
+        let saved = configuration.streamThreshold
+        configuration.streamThreshold = Int.max
+        defer { configuration.streamThreshold = saved }
+        process([file], claimedAt: [file.id: claimedAt])
+    }
+
+    /// The one log line per file: ids, kind, outcome, counts and milliseconds, never a name or value.
+    func logFinished(_ file: Spool.Claimed, _ report: FileReport, claimedAt: Int64) {
+        let millis = Double(Clock.nowNanos() - claimedAt) / 1_000_000
+        logger.info(
+            "file finished",
+            metadata: [
+                "file.id": "\(file.id)",
+                "file.kind": "\(file.kind)",
+                "file.outcome": "\(report.outcome.rawValue)",
+                "file.stored": "\(report.stored)",
+                "file.duplicates": "\(report.duplicates)",
+                "file.rejected": "\(report.rejected)",
+                "file.ms": "\(Int(millis.rounded()))",
+            ]
+        )
     }
 
     typealias Prepared = (file: Spool.Claimed, prepared: PreparedFile, content: [UInt8]?)
 
-    private func prepare(
+    func prepare(
         _ file: Spool.Claimed,
         kind: Kind,
         content: Spool.Content,
@@ -456,7 +487,7 @@ final class Engine: @unchecked Sendable {
                 for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
             case .zoom(let parsed):
                 for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
-            case .unreadable: break
+            case .unreadable, .streamed: break
             }
             sidecars.append((".rejected." + kind.rejectedExtension, Array(lines.utf8)))
         }
@@ -465,7 +496,7 @@ final class Engine: @unchecked Sendable {
         return try spool.finish(file, to: destination, sidecars: sidecars)
     }
 
-    private func scheduleRetry(_ file: Spool.Claimed, reason: String) {
+    func scheduleRetry(_ file: Spool.Claimed, reason: String) {
         let attempts = (retries[file.id]?.attempts ?? 0) + 1
         let base = configuration.retryInitial.nanoseconds
         let delay = min(configuration.retryMax.nanoseconds, base << min(attempts - 1, 20))

@@ -416,3 +416,90 @@ extension Spool {
         )
     }
 }
+
+extension Spool {
+    /// Calls `body` with successive chunks (at most `chunkSize` bytes) of a claimed regular file, opened
+    /// with O_NOFOLLOW: memory stays bounded whatever the file's size.
+    package func readChunks(
+        _ file: Claimed,
+        chunkSize: Int = 1 << 20,
+        _ body: (ArraySlice<UInt8>) throws -> Void
+    ) throws -> Void {
+        let fd = open(file.path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { throw SpoolError("read", file.path, errno) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SpoolError("read", file.path, errno) }
+        guard FileType(mode: st.st_mode) == .regular else { throw SpoolError("read", file.path, EINVAL) }
+        var buffer = [UInt8](repeating: 0, count: chunkSize)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SpoolError("read", file.path, errno)
+            }
+            if n == 0 { return }
+            try body(buffer[0..<n])
+        }
+    }
+
+    /// A file being written under tmp/, to become a sidecar with ``finish(_:to:sidecars:sidecarFiles:)``.
+    package final class TemporaryFile {
+        package let name: String
+        private let fd: Int32
+        private let path: String
+
+        init(spool: Spool, name: String) throws(SpoolError) {
+            self.name = name
+            path = spool.tmpPath + "/" + name
+            fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw SpoolError("write", path, errno) }
+        }
+
+        package func append(_ bytes: [UInt8]) throws(SpoolError) {
+            var written = 0
+            while written < bytes.count {
+                let n = bytes.withUnsafeBytes { raw in write(fd, raw.baseAddress! + written, raw.count - written) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw SpoolError("write", path, errno)
+                }
+                written += n
+            }
+        }
+
+        /// fdatasyncs and closes the file.
+        package func close() throws(SpoolError) {
+            defer { Glibc.close(fd) }
+            if fdatasync(fd) != 0 { throw SpoolError("fsync", path, errno) }
+        }
+
+        /// Removes it (an abandoned attempt).
+        package func discard() {
+            Glibc.close(fd)
+            unlink(path)
+        }
+    }
+
+    /// A new temporary file `tmp/<name>` (replacing a leftover of the same name).
+    package func temporaryFile(_ name: String) throws(SpoolError) -> TemporaryFile {
+        try TemporaryFile(spool: self, name: name)
+    }
+
+    /// ``finish(_:to:sidecars:)`` with sidecars already written (and closed) as temporary files.
+    package func finish(
+        _ file: Claimed,
+        to destination: Destination,
+        sidecars: [(suffix: String, bytes: [UInt8])],
+        sidecarFiles: [(suffix: String, temporary: TemporaryFile)]
+    ) throws(SpoolError) -> Set<String> {
+        let failed = failedPath(file.kind)
+        for sidecar in sidecarFiles {
+            let target = failed + "/" + file.spoolName + sidecar.suffix
+            if rename(tmpPath + "/" + sidecar.temporary.name, target) != 0 { throw SpoolError("rename", target, errno) }
+        }
+        var touched = try finish(file, to: destination, sidecars: sidecars)
+        if !sidecarFiles.isEmpty { touched.insert(failed) }
+        return touched
+    }
+}

@@ -45,7 +45,7 @@ package struct AppDatabase: Sendable {
     package func checkpoint() throws(StoreError) {
         guard let checkpointer else { return }
         do {
-            try checkpointer.writeWithoutTransaction { db in try db.checkpoint(.passive) }
+            _ = try checkpointer.writeWithoutTransaction { db in try db.checkpoint(.passive) }
         } catch {
             throw StoreError(error)
         }
@@ -132,6 +132,9 @@ package struct PreparedFile: Sendable {
         case zoom(ParsedFile<ZoomRecord>)
         /// Not readable as its kind at all (not a regular file): rejected as a whole.
         case unreadable(RecordProblem)
+        /// A large file whose records were committed chunk by chunk (``AppDatabase/commitChunk(_:fileID:)``):
+        /// only its ledger row, with the totals, is left to write.
+        case streamed(FileReport)
     }
 
     package var id: String
@@ -195,6 +198,57 @@ package struct StoreError: Error, Sendable, CustomStringConvertible {
 }
 
 extension AppDatabase {
+    /// Records of one chunk of a large file in one transaction, without its ledger row (that comes last,
+    /// as a ``PreparedFile/Content/streamed(_:)`` file). A crash between chunks is safe: replaying the file
+    /// finds its own records (same file id and record number) and counts them stored, writing nothing.
+    package func commitChunk(_ chunk: Chunk, fileID: String) throws(StoreError) -> FileReport {
+        do {
+            // The file's ledger row comes last, so its records reference a row that does not exist yet:
+            // foreign keys are off for these transactions only (PRAGMA foreign_keys cannot change inside one).
+            return try writer.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA foreign_keys = OFF")
+                defer { try? db.execute(sql: "PRAGMA foreign_keys = ON") }
+                var report = FileReport(outcome: .accepted)
+                try db.inTransaction(.immediate) {
+                    switch chunk {
+                    case .appointments(let items): report = try AppointmentWriter(db: db, fileID: fileID).write(items)
+                    case .zoom(let items):
+                        report = try ZoomWriter(db: db, fileID: fileID, refreshVisits: false).write(items)
+                    }
+                    return .commit
+                }
+                return report
+            }
+        } catch {
+            throw StoreError(error)
+        }
+    }
+
+    /// The records of one chunk of a large file.
+    package enum Chunk: Sendable {
+        case appointments([Item<AppointmentEvent>])
+        case zoom([Item<ZoomRecord>])
+    }
+
+    /// An earlier file of `kind` with these bytes whose records were stored, other than `id`.
+    package func earlierFile(kind: Kind, sha256: String, excluding id: String) throws(StoreError) -> String? {
+        do {
+            return try writer.read { db in
+                try String.fetchOne(
+                    db,
+                    sql: """
+                        SELECT id FROM files INDEXED BY files_by_sha256
+                        WHERE kind = ? AND sha256 = ? AND outcome IN ('accepted', 'partial', 'duplicate') AND id != ?
+                        ORDER BY +id LIMIT 1
+                        """,
+                    arguments: [kind.rawValue, sha256, id]
+                )
+            }
+        } catch {
+            throw StoreError(error)
+        }
+    }
+
     /// Commits a batch of files in ONE transaction: each file's records and its ledger row (a group
     /// commit). A file whose ledger row already exists is not written again; its stored verdict is
     /// returned. Throws ``StoreError`` (transient or not) and then nothing of the batch is stored.
@@ -246,7 +300,7 @@ extension AppDatabase {
             } else if let problem = parsed.fileProblem {
                 report = FileReport(outcome: .rejected, errors: [problem])
             } else {
-                report = try AppointmentWriter(db: db, fileID: file.id).write(parsed)
+                report = try AppointmentWriter(db: db, fileID: file.id).write(parsed.items)
             }
         case .zoom(let parsed):
             if let earlier = try Self.sameBytes(file, db: db) {
@@ -254,8 +308,11 @@ extension AppDatabase {
             } else if let problem = parsed.fileProblem {
                 report = FileReport(outcome: .rejected, errors: [problem])
             } else {
-                report = try ZoomWriter(db: db, fileID: file.id).write(parsed)
+                report = try ZoomWriter(db: db, fileID: file.id).write(parsed.items)
             }
+        case .streamed(let totals):
+            report = totals
+            if file.kind == .zoom { try ZoomWriter(db: db, fileID: file.id).refreshVisitsOfFile() }
         }
         try db.cachedStatement(
             sql: """
@@ -292,13 +349,13 @@ struct AppointmentWriter {
     let db: Database
     let fileID: String
 
-    func write(_ parsed: ParsedFile<AppointmentEvent>) throws -> FileReport {
+    func write(_ items: [Item<AppointmentEvent>]) throws -> FileReport {
         var stored = 0
         var duplicates = 0
         var rejectedRecords = Set<Int>()
         var errors: [RecordProblem] = []
         var touched = Set<String>()
-        for item in parsed.items {
+        for item in items {
             switch item.result {
             case .failure(let problems):
                 rejectedRecords.insert(item.number)
@@ -307,7 +364,7 @@ struct AppointmentWriter {
                 let existing = try Row.fetchOne(
                     db.cachedStatement(
                         sql: """
-                            SELECT event_type, patient_id, notes, file_id FROM appointment_events
+                            SELECT event_type, patient_id, notes, file_id, record FROM appointment_events
                             WHERE appointment_id = ? AND instant = ?
                             """
                     ),
@@ -317,7 +374,10 @@ struct AppointmentWriter {
                     let same =
                         existing["event_type"] == event.eventType && existing["patient_id"] == event.patientID
                         && (existing["notes"] as String?) == event.notes
-                    if same {
+                    if same && existing["file_id"] == fileID && existing["record"] == item.number {
+                        // This very record, committed by an earlier chunk before a crash: ours, not a duplicate.
+                        stored += 1
+                    } else if same {
                         duplicates += 1
                     } else {
                         rejectedRecords.insert(item.number)

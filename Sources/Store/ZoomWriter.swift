@@ -9,6 +9,8 @@ import Kinds
 struct ZoomWriter {
     let db: Database
     let fileID: String
+    /// False for the chunks of a streamed file: its visits are refreshed once, with its ledger row.
+    var refreshVisits = true
 
     /// Migration v2's schema (frozen once shipped).
     static let schema = """
@@ -66,14 +68,14 @@ struct ZoomWriter {
         ) STRICT;
         """
 
-    func write(_ parsed: ParsedFile<ZoomRecord>) throws -> FileReport {
+    func write(_ items: [Item<ZoomRecord>]) throws -> FileReport {
         var stored = 0
         var duplicates = 0
         var skipped = 0
         var rejectedRecords = Set<Int>()
         var errors: [RecordProblem] = []
         var touched = Set<String>()
-        for item in parsed.items {
+        for item in items {
             switch item.result {
             case .failure(let problems):
                 rejectedRecords.insert(item.number)
@@ -82,6 +84,8 @@ struct ZoomWriter {
                 skipped += 1
             case .success(.event(let event)):
                 switch try insert(event, record: item.number) {
+                case .ours:
+                    stored += 1
                 case .inserted:
                     stored += 1
                     if let uuid = event.visitUUID { touched.insert(uuid) }
@@ -101,7 +105,9 @@ struct ZoomWriter {
                 }
             }
         }
-        for uuid in touched { try refreshVisit(uuid) }
+        if refreshVisits {
+            for uuid in touched { try refreshVisit(uuid) }
+        }
         var report = FileReport(
             outcome: FileReport.outcome(
                 stored: stored,
@@ -123,13 +129,15 @@ struct ZoomWriter {
     enum Insertion {
         case inserted, duplicate
         case conflict(String)
+        /// This very record, committed by an earlier chunk of this file before a crash.
+        case ours
     }
 
     private func insert(_ event: ZoomEvent, record: Int) throws -> Insertion {
         let existing = try Row.fetchOne(
             db.cachedStatement(
                 sql: """
-                    SELECT raw_json, file_id FROM zoom_events
+                    SELECT raw_json, file_id, record FROM zoom_events
                     WHERE meeting_id = ? AND ifnull(visit_uuid, '') = ? AND event_name = ? AND event_ts = ?
                       AND ifnull(participant_id, '') = ?
                     """
@@ -139,6 +147,9 @@ struct ZoomWriter {
             ]
         )
         var outcome = Insertion.inserted
+        if let existing, existing["file_id"] == fileID, existing["record"] == record {
+            return .ours  // counted when that chunk committed
+        }
         if let existing {
             let raw: String = existing["raw_json"]
             let same = raw == event.raw || (try? JSONParser.parse(raw)).map(ZoomReader.canonical) == event.value
@@ -166,6 +177,16 @@ struct ZoomWriter {
                 """
         ).execute(arguments: [event.name, inserted])
         return outcome
+    }
+
+    /// Recomputes the timelines of every visit that file `fileID` has events of.
+    func refreshVisitsOfFile() throws {
+        let uuids = try String.fetchAll(
+            db,
+            sql: "SELECT DISTINCT visit_uuid FROM zoom_events WHERE file_id = ? AND visit_uuid IS NOT NULL",
+            arguments: [fileID]
+        )
+        for uuid in uuids { try refreshVisit(uuid) }
     }
 
     /// Recomputes one visit's timeline from all of its events: the same set of events gives the same

@@ -64,6 +64,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most files committed in one transaction.")
     var batchSize: Int = 512
 
+    @Option(help: "Bytes above which an NDJSON file is streamed in bounded chunks instead of read whole.")
+    var streamThreshold: Int = 8 << 20
+
     @Option(help: "Milliseconds a database write waits for another connection's lock before it is retried later.")
     var busyTimeoutMs: Int = 10_000
 
@@ -92,7 +95,8 @@ struct Serve: AsyncParsableCommand {
             configuration: PipelineConfiguration(
                 settle: .milliseconds(settleMs),
                 rescanInterval: .milliseconds(rescanMs),
-                batchSize: max(1, batchSize)
+                batchSize: max(1, batchSize),
+                streamThreshold: max(0, streamThreshold)
             ),
             logger: logger
         )

@@ -1,0 +1,173 @@
+import Crypto
+import Kinds
+import Logging
+import Spool
+import Store
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Large NDJSON files: read in 1 MiB chunks, records committed 2,000 at a time, the ledger row last.
+/// Memory stays bounded whatever the file's size. A crash between chunks leaves the file in processing/
+/// with some of its records stored under its id; the replay finds them (same file id and record number),
+/// counts them stored and writes nothing twice.
+extension Engine {
+    static let chunkRecords = 2_000
+    /// Problems listed in a streamed file's report; beyond that they are counted and the `.rejected`
+    /// sidecar has every rejected record.
+    static let listedProblems = 1_000
+
+    func processLarge(_ file: Spool.Claimed, claimedAt: Int64) {
+        guard let kind = Kind(rawValue: file.kind) else { return }
+        do {
+            // Pass 1: sha256, and is it NDJSON (does its first line hold a whole JSON value)?
+            var hasher = SHA256()
+            var firstLine: [UInt8] = []
+            var firstLineDone = false
+            var size = 0
+            try spool.readChunks(file) { chunk in
+                hasher.update(data: chunk)
+                size += chunk.count
+                if !firstLineDone {
+                    if let newline = chunk.firstIndex(of: 0x0A) {
+                        firstLine += chunk[chunk.startIndex..<newline]
+                        firstLineDone = true
+                    } else {
+                        firstLine += chunk
+                        if firstLine.count > 16 << 20 { firstLineDone = true }
+                    }
+                }
+            }
+            let digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+            guard let first = JSONRecords.record(line: firstLine[...], number: 1, lineNumber: 1),
+                case .success = first.value
+            else {
+                // Not NDJSON (an array or one large object): read whole, like any other file.
+                processWhole(file, claimedAt: claimedAt)
+                return
+            }
+            let receivedAt = Clock.timestamp()
+            let rejectedFile = try spool.temporaryFile(file.id + ".rejected." + kind.rejectedExtension)
+            var totals: FileReport
+            if let earlier = try database.earlierFile(kind: kind, sha256: digest, excluding: file.id),
+                try database.ledgerReport(id: file.id) == nil
+            {
+                totals = FileReport(outcome: .duplicate, duplicateOf: earlier)
+            } else {
+                totals = try streamRecords(file, kind: kind, rejected: rejectedFile)
+            }
+            try rejectedFile.close()
+            let prepared = PreparedFile(
+                id: file.id,
+                kind: kind,
+                originalName: file.originalName,
+                sha256: digest,
+                size: size,
+                receivedAt: receivedAt,
+                content: .streamed(totals)
+            )
+            let result = try database.commit([prepared], finishedAt: Clock.timestamp())[0]
+            let report = result.report
+            var sidecars: [(suffix: String, bytes: [UInt8])] = []
+            var sidecarFiles: [(suffix: String, temporary: Spool.TemporaryFile)] = []
+            if report.outcome == .partial || report.outcome == .rejected {
+                let json = report.json(fileID: file.id, originalName: file.originalName, kind: file.kind) + "\n"
+                sidecars.append((".error.json", Array(json.utf8)))
+            }
+            if report.outcome == .partial {
+                sidecarFiles.append((".rejected." + kind.rejectedExtension, rejectedFile))
+            } else {
+                rejectedFile.discard()
+            }
+            let day = String(result.finishedAt.prefix(10))
+            let destination: Spool.Destination = report.outcome == .rejected ? .failed : .done(day: day)
+            let touched = try spool.finish(file, to: destination, sidecars: sidecars, sidecarFiles: sidecarFiles)
+            directorySync.schedule(touched)
+            logFinished(file, report, claimedAt: claimedAt)
+        } catch let error as SpoolError {
+            scheduleRetry(file, reason: error.description)
+        } catch let error as StoreError {
+            scheduleRetry(file, reason: error.description)
+        } catch {
+            scheduleRetry(file, reason: "\(error)")
+        }
+    }
+
+    /// Pass 2: every line parsed, validated and committed in chunks; rejected lines appended to `rejected`.
+    private func streamRecords(_ file: Spool.Claimed, kind: Kind, rejected: Spool.TemporaryFile) throws -> FileReport {
+        var totals = FileReport(outcome: .accepted)
+        var unlisted = 0
+        var pending: [JSONRecords.Raw] = []
+        var carry: [UInt8] = []
+        var lineNumber = 0
+        var number = 0
+
+        func flush() throws {
+            guard !pending.isEmpty else { return }
+            let chunkReport: FileReport
+            var rejectedText = ""
+            switch kind {
+            case .appointments:
+                let items = pending.map { catalog.appointments.record($0) }
+                chunkReport = try database.commitChunk(.appointments(items), fileID: file.id)
+                let numbers = Set(chunkReport.rejectedRecords)
+                for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
+            case .zoom:
+                let items = pending.map { catalog.zoom.record($0) }
+                chunkReport = try database.commitChunk(.zoom(items), fileID: file.id)
+                let numbers = Set(chunkReport.rejectedRecords)
+                for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
+            }
+            if !rejectedText.isEmpty { try rejected.append(Array(rejectedText.utf8)) }
+            totals.stored += chunkReport.stored
+            totals.duplicates += chunkReport.duplicates
+            totals.rejected += chunkReport.rejected
+            let room = max(0, Self.listedProblems - totals.errors.count)
+            totals.errors += chunkReport.errors.prefix(room)
+            unlisted += max(0, chunkReport.errors.count - room)
+            for note in chunkReport.notes where !totals.notes.contains(note) { totals.notes.append(note) }
+            pending.removeAll(keepingCapacity: true)
+        }
+
+        func take(_ line: ArraySlice<UInt8>) throws {
+            lineNumber += 1
+            guard let raw = JSONRecords.record(line: line, number: number + 1, lineNumber: lineNumber) else { return }
+            number += 1
+            pending.append(raw)
+            if pending.count >= Self.chunkRecords { try flush() }
+        }
+
+        try spool.readChunks(file) { chunk in
+            var start = chunk.startIndex
+            while let newline = chunk[start...].firstIndex(of: 0x0A) {
+                if carry.isEmpty {
+                    try take(chunk[start..<newline])
+                } else {
+                    carry += chunk[start..<newline]
+                    try take(carry[...])
+                    carry.removeAll(keepingCapacity: true)
+                }
+                start = newline + 1
+            }
+            carry += chunk[start...]
+        }
+        if !carry.isEmpty { try take(carry[...]) }
+        try flush()
+        if unlisted > 0 {
+            totals.notes.append(
+                "\(unlisted) more problems not listed here; every rejected record is in the .rejected file"
+            )
+        }
+        if number == 0 {
+            totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no records")]
+        }
+        totals.outcome = FileReport.outcome(
+            stored: totals.stored,
+            duplicates: totals.duplicates,
+            rejected: totals.rejected,
+            skipped: totals.notes.isEmpty ? 0 : 1
+        )
+        return totals
+    }
+}

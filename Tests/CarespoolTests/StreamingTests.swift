@@ -1,0 +1,150 @@
+import Foundation
+import GRDB
+import Subprocess
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+func peakResidentBytes(_ pid: pid_t) -> Int? {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let kilobytes = line.split(separator: " ").compactMap { Int($0) }.first
+        return kilobytes.map { $0 * 1024 }
+    }
+    return nil
+}
+
+/// Large NDJSON files stream through the real daemon: bounded memory, chunked commits, crash-safe counts.
+@Suite(.serialized) struct StreamingTests {
+    /// `count` Zoom events of about `padding` bytes each, as one NDJSON text; every `badEvery`th line broken.
+    static func export(count: Int, padding: Int = 0, badEvery: Int = 0) -> String {
+        var out = ""
+        out.reserveCapacity(count * (260 + padding))
+        let pad = String(repeating: "x", count: padding)
+        for n in 0..<count {
+            if badEvery > 0 && n % badEvery == badEvery - 1 {
+                out += "{\"event\":\"meeting.participant_joined\",\"event_ts\":\(n)\n"
+                continue
+            }
+            out += "{\"event\":\"meeting.participant_joined\",\"event_ts\":\(1_700_000_000_000 + n),\"payload\":"
+            out += "{\"account_id\":\"acc\",\"object\":{\"id\":\(80_000_000_000 + n % 500),\"uuid\":\"v\(n % 500)==\","
+            out +=
+                "\"participant\":{\"user_id\":\"u\(n)\",\"user_name\":\"P\(n)\",\"join_time\":\"2024-01-01T10:00:00Z\"},"
+            out += "\"topic\":\"\(pad)\"}}}\n"
+        }
+        return out
+    }
+
+    @Test func aFiftyMegabyteExportStreamsInBoundedMemory() async throws {
+        let dir = TempDir("stream")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let count = 100_000
+        let text = Self.export(count: count, padding: 270)
+        #expect(text.utf8.count > 50_000_000)
+        let staged = dir.file("export.ndjson")
+        try Data(text.utf8).write(to: URL(fileURLWithPath: staged))
+        let run = try await Daemon.serve(spool: spool) { pid in
+            try await waitUntilServing(spool)
+            let view = SpoolView(root: spool)
+            #expect(rename(staged, spool + "/inbox/zoom/export.ndjson") == 0)
+            let started = ContinuousClock.now
+            let finished = await eventually(timeout: .seconds(240)) { view.done("zoom").count == 1 }
+            let elapsed = ContinuousClock.now - started
+            let peak = peakResidentBytes(pid)
+            kill(pid, SIGTERM)
+            return (finished, peak, elapsed)
+        }
+        #expect(run.result.0)
+        let peak = try #require(run.result.1)
+        #expect(peak < 64 << 20, "peak resident memory \(peak / (1 << 20)) MiB")
+        print(
+            "streaming test: \(count) events, \(text.utf8.count >> 20) MiB, peak RSS \(peak >> 20) MiB, \(run.result.2)"
+        )
+        let (stored, rows) = try await SpoolView(root: spool).database().read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT stored FROM files WHERE kind = 'zoom'"),
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM zoom_events")
+            )
+        }
+        #expect(stored == count)
+        #expect(rows == count)
+    }
+
+    @Test func aStreamedFileWithBadLinesIsPartialAndItsRejectedFileHasExactlyThoseLines() async throws {
+        let dir = TempDir("stream")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let text = Self.export(count: 5_000, badEvery: 1_000) + "{\"event\":\"meeting.started\",\"event_ts\":1,\"pay"
+        let run = try await Daemon.serve(spool: spool, arguments: ["--stream-threshold", "4096"]) { pid in
+            try await waitUntilServing(spool)
+            let view = SpoolView(root: spool)
+            try dropLikeRsync(text, into: spool + "/inbox/zoom", name: "export.ndjson")
+            let finished = await eventually(timeout: .seconds(60)) { view.done("zoom").count == 1 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result)
+        let view = SpoolView(root: spool)
+        let rejectedName = try #require(view.sidecars("zoom").first { $0.hasSuffix(".rejected.ndjson") })
+        let rejected = try String(contentsOfFile: spool + "/failed/zoom/" + rejectedName, encoding: .utf8)
+        #expect(rejected.split(separator: "\n").count == 6)
+        let row = try await view.database().read { db in
+            try Row.fetchOne(db, sql: "SELECT outcome, stored, rejected, duplicates FROM files WHERE kind = 'zoom'")
+        }
+        #expect(row?["outcome"] == "partial")
+        #expect(row?["stored"] == 4_995)
+        #expect(row?["rejected"] == 6)
+        #expect(row?["duplicates"] == 0)
+    }
+
+    @Test func killMinus9MidStreamThenRestartStoresEveryEventOnceAndCountsThemOnce() async throws {
+        let dir = TempDir("stream")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let count = 40_000
+        let text = Self.export(count: count)
+        var killedMidStream = false
+        for attempt in 0..<4 where !killedMidStream {
+            let run = try await Daemon.serve(spool: spool, arguments: ["--stream-threshold", "4096"]) { pid in
+                try await waitUntilServing(spool)
+                if attempt == 0 { try dropLikeRsync(text, into: spool + "/inbox/zoom", name: "export.ndjson") }
+                // Wait until some chunks are committed, then kill.
+                _ = await eventually(timeout: .seconds(30)) {
+                    let rows = try? SpoolView(root: spool).database().read { db in
+                        try Int.fetchOne(db, sql: "SELECT count(*) FROM zoom_events")
+                    }
+                    return (rows ?? 0) ?? 0 >= 4_000
+                }
+                kill(pid, SIGKILL)
+            }
+            #expect(run.status == .signaled(SIGKILL))
+            killedMidStream = SpoolView(root: spool).processing("zoom").count == 1
+        }
+        #expect(killedMidStream, "the kill never landed mid-stream")
+        let view = SpoolView(root: spool)
+        let final = try await Daemon.serve(spool: spool, arguments: ["--stream-threshold", "4096"]) { pid in
+            let finished = await eventually(timeout: .seconds(120)) { view.done("zoom").count == 1 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(final.result)
+        let (row, events, received, inserted) = try await view.database().read { db in
+            (
+                try Row.fetchOne(db, sql: "SELECT outcome, stored, duplicates FROM files"),
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM zoom_events"),
+                try Int.fetchOne(db, sql: "SELECT sum(received) FROM zoom_counters"),
+                try Int.fetchOne(db, sql: "SELECT sum(inserted) FROM zoom_counters")
+            )
+        }
+        #expect(row?["outcome"] == "accepted")
+        #expect(row?["stored"] == count)
+        #expect(row?["duplicates"] == 0)
+        #expect(events == count)
+        #expect(received == count)
+        #expect(inserted == count)
+    }
+}
