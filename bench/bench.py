@@ -7,6 +7,8 @@ Phase 1 drops N single-event files rsync-style (dot-temp name in the inbox, then
 daemon as fast as it can and reports files/s from the first drop to the last file in done/.
 Phase 2 drops files at a steady rate and reports p50/p99/max latency from each file's rename into the
 inbox to its rename into done/, observed with inotify (IN_MOVED_TO on done/appointments/<day>/).
+Phase 3 renames a generated 50 MB Zoom NDJSON export into inbox/zoom/ and reports rows/s until it is in
+done/ and the daemon's peak resident memory (VmHWM).
 """
 import argparse, ctypes, ctypes.util, datetime, os, shutil, signal, struct, subprocess, sys, tempfile, threading, time
 
@@ -64,14 +66,14 @@ def main():
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
     roots = []
 
-    def start_daemon(label):
-        """A fresh spool and daemon; returns (daemon, inbox, watcher on done/<today>/)."""
+    def start_daemon(label, kind="appointments"):
+        """A fresh spool and daemon; returns (daemon, inbox, watcher on done/<kind>/<today>/)."""
         root = tempfile.mkdtemp(prefix="carespool-bench-%s-" % label)
         roots.append(root)
         spool = os.path.join(root, "spool")
-        inbox = os.path.join(spool, "inbox", "appointments")
+        inbox = os.path.join(spool, "inbox", kind)
         day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-        done = os.path.join(spool, "done", "appointments", day)
+        done = os.path.join(spool, "done", kind, day)
         os.makedirs(inbox)
         os.makedirs(done)
         log = open(os.path.join(root, "daemon.log"), "w")
@@ -148,6 +150,32 @@ def main():
                 print("slow: %s dropped at %.3f s, %.1f ms" % (k, at, lat))
         status2 = stop(daemon)
 
+        # Phase 3: a 50 MB Zoom NDJSON export, streamed; rows/s and the daemon's peak resident memory.
+        daemon, inbox, watcher = start_daemon("zoom-export", "zoom")
+        daemons.append(daemon)
+        staged = os.path.join(os.path.dirname(inbox), "..", "export.ndjson")
+        rows = 0
+        with open(staged, "w") as f:
+            pad = "x" * 270
+            while f.tell() < 50 * 1000 * 1000:
+                f.write('{"event":"meeting.participant_joined","event_ts":%d,"payload":{"account_id":"acc",'
+                        '"object":{"id":%d,"uuid":"v%d==","participant":{"user_id":"u%d","user_name":"P%d",'
+                        '"join_time":"2024-01-01T10:00:00Z"},"topic":"%s"}}}\n'
+                        % (1700000000000 + rows, 80000000000 + rows % 500, rows % 500, rows, rows, pad))
+                rows += 1
+            export_bytes = f.tell()
+        export_start = time.monotonic()
+        os.rename(staged, os.path.join(inbox, "export.ndjson"))
+        deadline = time.monotonic() + 600
+        while watcher.count("export") < 1:
+            if time.monotonic() > deadline:
+                sys.exit("phase 3: the export did not reach done/")
+            time.sleep(0.01)
+        export_seconds = watcher.arrivals["export.ndjson"] - export_start
+        with open("/proc/%d/status" % daemon.pid) as f:
+            peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        status3 = stop(daemon)
+
         print("carespool benchmark (%s, %d cores)" % (os.uname().machine, os.cpu_count()))
         print("| measure | value |")
         print("| --- | --- |")
@@ -159,7 +187,10 @@ def main():
         print("| drop->done latency p90 | %.1f ms |" % percentile(latencies, 90))
         print("| drop->done latency p99 | %.1f ms |" % percentile(latencies, 99))
         print("| drop->done latency max | %.1f ms |" % max(latencies))
-        print("| daemon exit status after SIGTERM | %d, %d |" % (status1, status2))
+        print("| Zoom NDJSON export (phase 3, streamed) | %d rows, %.1f MB |" % (rows, export_bytes / 1e6))
+        print("| export ingest | %.1f s, %.0f rows/s |" % (export_seconds, rows / export_seconds))
+        print("| daemon peak resident memory (VmHWM) during the export | %.1f MiB |" % (peak_kib / 1024.0))
+        print("| daemon exit status after SIGTERM | %d, %d, %d |" % (status1, status2, status3))
     finally:
         for daemon in daemons:
             if daemon.poll() is None:
