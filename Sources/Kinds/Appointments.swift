@@ -20,12 +20,7 @@ package struct AppointmentsReader: Sendable {
     package init(schema: JSONSchema) { self.schema = schema }
 
     package func read(_ bytes: [UInt8]) -> ParsedFile<AppointmentEvent> {
-        let (raws, fileProblem) = JSONRecords.split(bytes)
-        if let fileProblem { return ParsedFile(items: [], fileProblem: fileProblem) }
-        let items = raws.map { raw -> Item<AppointmentEvent> in
-            Item(number: raw.number, line: raw.line, text: raw.text, result: map(raw))
-        }
-        return ParsedFile(items: items, fileProblem: nil)
+        JSONRecords.read(bytes, map)
     }
 
     /// One record: for streaming readers that split lines themselves.
@@ -35,30 +30,11 @@ package struct AppointmentsReader: Sendable {
 
     private func map(_ raw: JSONRecords.Raw) -> Result<AppointmentEvent, Problems> {
         let value: JSONValue
-        switch raw.value {
-        case .failure(let error):
-            return .failure(
-                Problems([
-                    RecordProblem(
-                        record: raw.number,
-                        line: raw.line,
-                        pointer: nil,
-                        message: "not valid JSON: \(error.reason) (column \(error.column))"
-                    )
-                ])
-            )
+        switch JSONRecords.value(of: raw) {
+        case .failure(let problems): return .failure(problems)
         case .success(let v): value = v
         }
-        let errors = schema.validate(value)
-        if !errors.isEmpty {
-            return .failure(
-                Problems(
-                    errors.map {
-                        RecordProblem(record: raw.number, line: raw.line, pointer: $0.pointer, message: $0.message)
-                    }
-                )
-            )
-        }
+        if let problems = JSONRecords.violations(of: value, in: raw, against: schema) { return .failure(problems) }
         // The schema guarantees these fields and their types.
         let timestamp = value["timestamp"]?.stringValue ?? ""
         guard let instant = RFC3339.normalizedDateTime(timestamp) else {

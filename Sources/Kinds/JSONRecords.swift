@@ -132,6 +132,40 @@ package enum JSONRecords {
         }
     }
 
+    /// Reads a file's records and maps each: the shared shape of every JSON kind's reader.
+    package static func read<Record>(
+        _ bytes: [UInt8],
+        _ map: (Raw) -> Result<Record, Problems>
+    ) -> ParsedFile<Record> {
+        let (raws, fileProblem) = split(bytes)
+        if let fileProblem { return ParsedFile(items: [], fileProblem: fileProblem) }
+        return ParsedFile(
+            items: raws.map { Item(number: $0.number, line: $0.line, text: $0.text, result: map($0)) },
+            fileProblem: nil
+        )
+    }
+
+    /// The record's JSON value, or its parse error as the record's problem.
+    package static func value(of raw: Raw) -> Result<JSONValue, Problems> {
+        switch raw.value {
+        case .success(let value): return .success(value)
+        case .failure(let error):
+            let message = "not valid JSON: \(error.reason) (column \(error.column))"
+            return .failure(
+                Problems([RecordProblem(record: raw.number, line: raw.line, pointer: nil, message: message)])
+            )
+        }
+    }
+
+    /// `value`'s schema violations as the record's problems, nil when it is valid.
+    package static func violations(of value: JSONValue, in raw: Raw, against schema: JSONSchema) -> Problems? {
+        let errors = schema.validate(value)
+        if errors.isEmpty { return nil }
+        return Problems(
+            errors.map { RecordProblem(record: raw.number, line: raw.line, pointer: $0.pointer, message: $0.message) }
+        )
+    }
+
     private static func notJSON(_ error: JSONParseError) -> RecordProblem {
         RecordProblem(record: nil, line: error.line, pointer: nil, message: "not valid JSON: \(error.description)")
     }

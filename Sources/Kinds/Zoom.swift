@@ -45,12 +45,7 @@ package struct ZoomReader: Sendable {
     package init(schema: JSONSchema) { self.schema = schema }
 
     package func read(_ bytes: [UInt8]) -> ParsedFile<ZoomRecord> {
-        let (raws, fileProblem) = JSONRecords.split(bytes)
-        if let fileProblem { return ParsedFile(items: [], fileProblem: fileProblem) }
-        return ParsedFile(
-            items: raws.map { Item(number: $0.number, line: $0.line, text: $0.text, result: map($0)) },
-            fileProblem: nil
-        )
+        JSONRecords.read(bytes, map)
     }
 
     /// One record: for streaming readers that split lines themselves.
@@ -60,25 +55,12 @@ package struct ZoomReader: Sendable {
 
     private func map(_ raw: JSONRecords.Raw) -> Result<ZoomRecord, Problems> {
         let value: JSONValue
-        switch raw.value {
-        case .failure(let error):
-            let message = "not valid JSON: \(error.reason) (column \(error.column))"
-            return .failure(
-                Problems([RecordProblem(record: raw.number, line: raw.line, pointer: nil, message: message)])
-            )
+        switch JSONRecords.value(of: raw) {
+        case .failure(let problems): return .failure(problems)
         case .success(let v): value = v
         }
         if value["event"]?.stringValue == "endpoint.url_validation" { return .success(.urlValidation) }
-        let errors = schema.validate(value)
-        if !errors.isEmpty {
-            return .failure(
-                Problems(
-                    errors.map {
-                        RecordProblem(record: raw.number, line: raw.line, pointer: $0.pointer, message: $0.message)
-                    }
-                )
-            )
-        }
+        if let problems = JSONRecords.violations(of: value, in: raw, against: schema) { return .failure(problems) }
         let object = value["payload"]?["object"]
         let participant = object?["participant"]
         let name = value["event"]?.stringValue ?? ""
