@@ -51,7 +51,8 @@ let package = Package(
         ),
         .target(name: "Watcher", swiftSettings: swiftSettings),
         .target(name: "JSONSchema", swiftSettings: swiftSettings),
-        .target(name: "Kinds", dependencies: ["JSONSchema"], swiftSettings: swiftSettings),
+        .target(name: "CSV", swiftSettings: swiftSettings),
+        .target(name: "Kinds", dependencies: ["JSONSchema", "CSV"], swiftSettings: swiftSettings),
         .target(
             name: "Store",
             dependencies: [
@@ -63,7 +64,7 @@ let package = Package(
         .testTarget(
             name: "CarespoolTests",
             dependencies: [
-                "Pipeline", "Spool", "Watcher", "Kinds", "Store", "JSONSchema", "WebhookSignatures",
+                "Pipeline", "Spool", "Watcher", "Kinds", "Store", "JSONSchema", "WebhookSignatures", "CSV",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
