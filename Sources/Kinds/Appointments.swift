@@ -66,6 +66,7 @@ package struct AppointmentsReader: Sendable {
 package struct Catalog: Sendable {
     package let appointments: AppointmentsReader
     package let zoom: ZoomReader
+    package let intake: IntakeReader
 
     /// Compiles every kind's `$defs` entry; refuses a schema with an unsupported keyword, naming it.
     package init(schemaDocument: JSONValue) throws(KindsError) {
@@ -75,6 +76,9 @@ package struct Catalog: Sendable {
             )
             zoom = ZoomReader(
                 schema: try JSONSchema(document: schemaDocument, entry: "/$defs/" + Kind.zoom.schemaDefinition)
+            )
+            intake = IntakeReader(
+                schema: try JSONSchema(document: schemaDocument, entry: "/$defs/" + Kind.intake.schemaDefinition)
             )
         } catch {
             throw KindsError(description: "schema.json \(error.description)")

@@ -24,6 +24,8 @@ package struct FileReport: Sendable, Equatable {
     package var duplicateOf: String?
     /// Records deliberately not stored, and why (e.g. Zoom's `endpoint.url_validation` challenges).
     package var notes: [String] = []
+    /// Kind-specific counts, e.g. intake's `patients_created`, `patients_updated`, `visits_created`.
+    package var details: [String: Int] = [:]
 
     package init(
         outcome: Outcome,
@@ -91,6 +93,10 @@ package struct FileReport: Sendable, Equatable {
         }
         members.append(.init(key: "errors", value: .array(errorValues)))
         if !notes.isEmpty { members.append(.init(key: "notes", value: .array(notes.map { .string($0) }))) }
+        if !details.isEmpty {
+            let values = details.keys.sorted().map { JSONMember(key: $0, value: .number(String(details[$0]!))) }
+            members.append(.init(key: "details", value: .object(values)))
+        }
         return JSONValue.object(members).compactText
     }
 
@@ -120,5 +126,8 @@ package struct FileReport: Sendable, Equatable {
         }
         self.errors = errors
         if case .array(let list) = value["notes"] { notes = list.compactMap(\.stringValue) }
+        if case .object(let members) = value["details"] {
+            for member in members { details[member.key] = member.value.doubleValue.map { Int($0) } }
+        }
     }
 }

@@ -9,12 +9,14 @@ import JSONSchema
 package enum Kind: String, CaseIterable, Sendable, Codable {
     case appointments
     case zoom
+    case intake
 
     /// The `$defs` entry of schema.json that describes one record of this kind.
     package var schemaDefinition: String {
         switch self {
         case .appointments: "appointment_event"
         case .zoom: "zoom_event"
+        case .intake: "intake_record"
         }
     }
 
@@ -22,12 +24,13 @@ package enum Kind: String, CaseIterable, Sendable, Codable {
     package var rejectedExtension: String {
         switch self {
         case .appointments, .zoom: "ndjson"
+        case .intake: "csv"
         }
     }
 }
 
 /// A problem with a file or one of its records: where, and which rule.
-package struct RecordProblem: Sendable, Equatable, Codable {
+package struct RecordProblem: Error, Sendable, Equatable, Codable {
     /// 1-based record number in the file, nil when the problem is the file's.
     package var record: Int?
     /// 1-based line in the file where the record (or the problem) starts, when known.

@@ -1,3 +1,4 @@
+import CSV
 import Crypto
 import Kinds
 import Logging
@@ -40,9 +41,16 @@ extension Engine {
                 }
             }
             let digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
-            guard let first = JSONRecords.record(line: firstLine[...], number: 1, lineNumber: 1),
-                case .success = first.value
-            else {
+            let firstByte = firstLine.first { ![0x20, 0x09, 0x0D, 0xEF, 0xBB, 0xBF].contains($0) }
+            if kind == .intake {
+                // CSV is always streamed; a JSON array of intake records is read whole.
+                if firstByte == UInt8(ascii: "[") || firstByte == UInt8(ascii: "{") {
+                    processWhole(file, claimedAt: claimedAt)
+                    return
+                }
+            } else if JSONRecords.record(line: firstLine[...], number: 1, lineNumber: 1).map({
+                if case .success = $0.value { true } else { false }
+            }) != true {
                 // Not NDJSON (an array or one large object): read whole, like any other file.
                 processWhole(file, claimedAt: claimedAt)
                 return
@@ -54,6 +62,8 @@ extension Engine {
                 try database.ledgerReport(id: file.id) == nil
             {
                 totals = FileReport(outcome: .duplicate, duplicateOf: earlier)
+            } else if kind == .intake {
+                totals = try streamCSV(file, rejected: rejectedFile)
             } else {
                 totals = try streamRecords(file, kind: kind, rejected: rejectedFile)
             }
@@ -118,6 +128,8 @@ extension Engine {
                 chunkReport = try database.commitChunk(.zoom(items), fileID: file.id)
                 let numbers = Set(chunkReport.rejectedRecords)
                 for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
+            case .intake:
+                return  // CSV: streamCSV
             }
             if !rejectedText.isEmpty { try rejected.append(Array(rejectedText.utf8)) }
             totals.stored += chunkReport.stored
@@ -169,5 +181,104 @@ extension Engine {
             skipped: totals.notes.isEmpty ? 0 : 1
         )
         return totals
+    }
+
+    /// Pass 2 for an intake CSV: the header mapped, then rows validated and committed in chunks; rejected
+    /// rows go to the `.rejected.csv` sidecar as the original header plus `error` and `line` columns.
+    private func streamCSV(_ file: Spool.Claimed, rejected: Spool.TemporaryFile) throws -> FileReport {
+        var totals = FileReport(outcome: .accepted)
+        totals.details = ["patients_created": 0, "patients_updated": 0, "visits_created": 0]
+        var unlisted = 0
+        var reader = CSVReader()
+        var columns: IntakeColumns?
+        var headerRaw: [UInt8] = []
+        var wroteHeader = false
+        var fileProblem: RecordProblem?
+        var pending: [Item<IntakeRecord>] = []
+        var rows = 0
+        let today = String(Clock.timestamp().prefix(10))
+
+        func flush() throws {
+            guard !pending.isEmpty else { return }
+            let chunk = try database.commitChunk(.intake(pending), fileID: file.id)
+            let numbers = Set(chunk.rejectedRecords)
+            var out: [UInt8] = []
+            if !numbers.isEmpty && !wroteHeader {
+                out += headerRaw + Array(",error,line\n".utf8)
+                wroteHeader = true
+            }
+            for item in pending where numbers.contains(item.number) {
+                let message = chunk.errors.filter { $0.record == item.number }.map { problem in
+                    (problem.pointer.map { String($0.dropFirst()) + ": " } ?? "") + problem.message
+                }.joined(separator: "; ")
+                out += Array(item.text.utf8) + Array(("," + Self.csvField(message) + ",\(item.line)\n").utf8)
+            }
+            if !out.isEmpty { try rejected.append(out) }
+            totals.stored += chunk.stored
+            totals.duplicates += chunk.duplicates
+            totals.rejected += chunk.rejected
+            let room = max(0, Self.listedProblems - totals.errors.count)
+            totals.errors += chunk.errors.prefix(room)
+            unlisted += max(0, chunk.errors.count - room)
+            for (key, value) in chunk.details { totals.details[key, default: 0] += value }
+            pending.removeAll(keepingCapacity: true)
+        }
+
+        func take(_ record: CSVRecord) throws {
+            guard fileProblem == nil else { return }
+            guard let mapped = columns else {
+                headerRaw = record.raw
+                switch catalog.intake.columns(header: record) {
+                case .success(let found):
+                    columns = found
+                    if !found.extra.isEmpty {
+                        totals.notes.append("extra columns ignored: " + found.extra.joined(separator: ", "))
+                    }
+                case .failure(let problem): fileProblem = problem
+                }
+                return
+            }
+            // A blank line (one empty field) is no row.
+            if record.fields == [""] { return }
+            rows += 1
+            pending.append(catalog.intake.row(record, number: rows, columns: mapped, today: today))
+            if pending.count >= Self.chunkRecords { try flush() }
+        }
+
+        try spool.readChunks(file) { chunk in try reader.feed(chunk, take) }
+        try reader.finish(take)
+        if let fileProblem { return FileReport(outcome: .rejected, errors: [fileProblem]) }
+        if columns == nil {
+            return FileReport(
+                outcome: .rejected,
+                errors: [RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no header")]
+            )
+        }
+        try flush()
+        if unlisted > 0 {
+            totals.notes.append(
+                "\(unlisted) more problems not listed here; every rejected row is in the .rejected file"
+            )
+        }
+        if rows == 0 {
+            totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: "no rows after the header")]
+        }
+        totals.outcome = FileReport.outcome(
+            stored: totals.stored,
+            duplicates: totals.duplicates,
+            rejected: totals.rejected
+        )
+        return totals
+    }
+
+    /// A CSV field, quoted when it must be.
+    static func csvField(_ text: String) -> String {
+        guard text.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return text }
+        var quoted = "\""
+        for character in text {
+            quoted.append(character)
+            if character == "\"" { quoted.append("\"") }
+        }
+        return quoted + "\""
     }
 }

@@ -296,9 +296,12 @@ final class Engine: @unchecked Sendable {
     private func process(_ all: [Spool.Claimed], claimedAt: [String: Int64]) {
         // Large files are streamed, one at a time, outside the group commit.
         let threshold = Int64(configuration.streamThreshold)
+        let streamIntake = configuration.streamThreshold != Int.max
         let large = all.filter { file in
             guard let entry = spool.entry(spool.processingPath(file.kind), file.spoolName) else { return false }
-            return entry.type == .regular && entry.size > threshold
+            // Intake CSV is always streamed (processLarge reads a JSON array of intake records whole).
+            return entry.type == .regular
+                && (entry.size > threshold || (streamIntake && file.kind == Kind.intake.rawValue))
         }
         let largeIDs = Set(large.map(\.id))
         let batch = all.filter { !largeIDs.contains($0.id) }
@@ -403,18 +406,18 @@ final class Engine: @unchecked Sendable {
     /// The one log line per file: ids, kind, outcome, counts and milliseconds, never a name or value.
     func logFinished(_ file: Spool.Claimed, _ report: FileReport, claimedAt: Int64) {
         let millis = Double(Clock.nowNanos() - claimedAt) / 1_000_000
-        logger.info(
-            "file finished",
-            metadata: [
-                "file.id": "\(file.id)",
-                "file.kind": "\(file.kind)",
-                "file.outcome": "\(report.outcome.rawValue)",
-                "file.stored": "\(report.stored)",
-                "file.duplicates": "\(report.duplicates)",
-                "file.rejected": "\(report.rejected)",
-                "file.ms": "\(Int(millis.rounded()))",
-            ]
-        )
+        var metadata: Logger.Metadata = [
+            "file.id": "\(file.id)",
+            "file.kind": "\(file.kind)",
+            "file.outcome": "\(report.outcome.rawValue)",
+            "file.stored": "\(report.stored)",
+            "file.duplicates": "\(report.duplicates)",
+            "file.rejected": "\(report.rejected)",
+            "file.ms": "\(Int(millis.rounded()))",
+        ]
+        // Intake's summary: patients created and updated, visits created.
+        for (key, value) in report.details { metadata["file." + key] = "\(value)" }
+        logger.info("file finished", metadata: metadata)
     }
 
     typealias Prepared = (file: Spool.Claimed, prepared: PreparedFile, content: [UInt8]?)
@@ -454,6 +457,7 @@ final class Engine: @unchecked Sendable {
             switch kind {
             case .appointments: parsed = .appointments(catalog.appointments.read(bytes))
             case .zoom: parsed = .zoom(catalog.zoom.read(bytes))
+            case .intake: parsed = .intake(catalog.intake.read(bytes, today: String(receivedAt.prefix(10))))
             }
             let prepared = PreparedFile(
                 id: file.id,
@@ -487,9 +491,13 @@ final class Engine: @unchecked Sendable {
                 for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
             case .zoom(let parsed):
                 for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
+            case .intake(let parsed):
+                for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
             case .unreadable, .streamed: break
             }
-            sidecars.append((".rejected." + kind.rejectedExtension, Array(lines.utf8)))
+            // Records read from JSON are rejected as NDJSON, whatever the kind's CSV form.
+            let ext = kind == .intake ? "ndjson" : kind.rejectedExtension
+            sidecars.append((".rejected." + ext, Array(lines.utf8)))
         }
         let day = String(result.finishedAt.prefix(10))
         let destination: Spool.Destination = report.outcome == .rejected ? .failed : .done(day: day)
@@ -634,6 +642,14 @@ package func dryRun(bytes: [UInt8], kind: Kind, catalog: Catalog) throws -> File
     switch kind {
     case .appointments: content = .appointments(catalog.appointments.read(bytes))
     case .zoom: content = .zoom(catalog.zoom.read(bytes))
+    case .intake:
+        let today = String(Clock.timestamp().prefix(10))
+        let first = bytes.first { ![0x20, 0x09, 0x0A, 0x0D, 0xEF, 0xBB, 0xBF].contains($0) }
+        if first == UInt8(ascii: "[") || first == UInt8(ascii: "{") {
+            content = .intake(catalog.intake.read(bytes, today: today))
+        } else {
+            content = .intake(catalog.intake.readCSV(bytes, today: today))
+        }
     }
     let digest = SHA256.hash(data: bytes).map { String(format2: $0) }.joined()
     let file = PreparedFile(

@@ -121,6 +121,9 @@ package struct AppDatabase: Sendable {
         migrator.registerMigration("v2: zoom events, visit timelines and counters") { db in
             try db.execute(sql: ZoomWriter.schema)
         }
+        migrator.registerMigration("v3: intake patients, persons with history, visits") { db in
+            try db.execute(sql: IntakeWriter.schema)
+        }
         return migrator
     }
 }
@@ -130,6 +133,7 @@ package struct PreparedFile: Sendable {
     package enum Content: Sendable {
         case appointments(ParsedFile<AppointmentEvent>)
         case zoom(ParsedFile<ZoomRecord>)
+        case intake(ParsedFile<IntakeRecord>)
         /// Not readable as its kind at all (not a regular file): rejected as a whole.
         case unreadable(RecordProblem)
         /// A large file whose records were committed chunk by chunk (``AppDatabase/commitChunk(_:fileID:)``):
@@ -214,6 +218,7 @@ extension AppDatabase {
                     case .appointments(let items): report = try AppointmentWriter(db: db, fileID: fileID).write(items)
                     case .zoom(let items):
                         report = try ZoomWriter(db: db, fileID: fileID, refreshVisits: false).write(items)
+                    case .intake(let items): report = try IntakeWriter(db: db, fileID: fileID).write(items)
                     }
                     return .commit
                 }
@@ -228,6 +233,7 @@ extension AppDatabase {
     package enum Chunk: Sendable {
         case appointments([Item<AppointmentEvent>])
         case zoom([Item<ZoomRecord>])
+        case intake([Item<IntakeRecord>])
     }
 
     /// An earlier file of `kind` with these bytes whose records were stored, other than `id`.
@@ -309,6 +315,14 @@ extension AppDatabase {
                 report = FileReport(outcome: .rejected, errors: [problem])
             } else {
                 report = try ZoomWriter(db: db, fileID: file.id).write(parsed.items)
+            }
+        case .intake(let parsed):
+            if let earlier = try Self.sameBytes(file, db: db) {
+                report = FileReport(outcome: .duplicate, duplicateOf: earlier)
+            } else if let problem = parsed.fileProblem {
+                report = FileReport(outcome: .rejected, errors: [problem])
+            } else {
+                report = try IntakeWriter(db: db, fileID: file.id).write(parsed.items)
             }
         case .streamed(let totals):
             report = totals

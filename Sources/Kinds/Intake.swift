@@ -1,0 +1,188 @@
+package import CSV
+package import JSONSchema
+
+/// One patient intake row, valid against schema.json's `intake_record` and the rules beyond it.
+package struct IntakeRecord: Sendable, Equatable {
+    package var mrn: String
+    package var firstName: String
+    package var lastName: String
+    package var birthDate: String
+    package var visitAccountNumber: String
+    package var visitDate: String
+    package var reason: String?
+}
+
+/// Where each required column is in a CSV file's header.
+package struct IntakeColumns: Sendable {
+    /// The columns a file must have (matched case-insensitively after trimming), in schema order.
+    package static let required = [
+        "mrn", "first_name", "last_name", "birth_date", "visit_account_number", "visit_date", "reason",
+    ]
+    package let index: [String: Int]
+    /// Columns the header has beyond the required ones: ignored, and listed in the file's report.
+    package let extra: [String]
+}
+
+/// Reads intake files: CSV with a header row (streamed by the pipeline, row by row) or a JSON array.
+package struct IntakeReader: Sendable {
+    private let schema: JSONSchema
+
+    /// - Parameter schema: the compiled `intake_record` schema.
+    package init(schema: JSONSchema) { self.schema = schema }
+
+    /// Maps a CSV header; a missing required column is a problem with the whole file, naming the column.
+    package func columns(header: CSVRecord) -> Result<IntakeColumns, RecordProblem> {
+        guard let names = header.fields else {
+            let reason = header.error ?? "unreadable"
+            return .failure(RecordProblem(record: nil, line: header.line, pointer: nil, message: "header: \(reason)"))
+        }
+        var index: [String: Int] = [:]
+        var extra: [String] = []
+        for (position, name) in names.enumerated() {
+            let key = name.trimmingASCIIWhitespace().lowercased()
+            if IntakeColumns.required.contains(key), index[key] == nil {
+                index[key] = position
+            } else {
+                extra.append(name)
+            }
+        }
+        let missing = IntakeColumns.required.filter { index[$0] == nil }
+        if !missing.isEmpty {
+            let list = missing.joined(separator: ", ")
+            let noun = missing.count == 1 ? "column" : "columns"
+            return .failure(
+                RecordProblem(
+                    record: nil,
+                    line: header.line,
+                    pointer: nil,
+                    message: "missing required \(noun): \(list)"
+                )
+            )
+        }
+        return .success(IntakeColumns(index: index, extra: extra))
+    }
+
+    /// One CSV data row (`number` counts data rows from 1), checked against the schema and the rules.
+    package func row(_ record: CSVRecord, number: Int, columns: IntakeColumns, today: String) -> Item<IntakeRecord> {
+        let text = String(decoding: record.raw, as: UTF8.self)
+        func failure(_ message: String, _ pointer: String? = nil) -> Item<IntakeRecord> {
+            Item(
+                number: number,
+                line: record.line,
+                text: text,
+                result: .failure(
+                    Problems([RecordProblem(record: number, line: record.line, pointer: pointer, message: message)])
+                )
+            )
+        }
+        guard let fields = record.fields else { return failure(record.error ?? "unreadable row") }
+        let width = (columns.index.values.max() ?? 0) + 1
+        if fields.count < width {
+            return failure("row has \(fields.count) fields; the header needs at least \(width)")
+        }
+        var members: [JSONMember] = []
+        for name in IntakeColumns.required {
+            let value = fields[columns.index[name]!]
+            if name == "reason" && value.isEmpty { continue }
+            members.append(JSONMember(key: name, value: .string(value)))
+        }
+        let result = check(.object(members), number: number, line: record.line, today: today)
+        return Item(number: number, line: record.line, text: text, result: result)
+    }
+
+    /// A JSON array of intake records (the body of `POST /ingest`), or NDJSON.
+    package func read(_ bytes: [UInt8], today: String) -> ParsedFile<IntakeRecord> {
+        JSONRecords.read(bytes) { raw in
+            switch JSONRecords.value(of: raw) {
+            case .failure(let problems): .failure(problems)
+            case .success(let value): check(value, number: raw.number, line: raw.line, today: today)
+            }
+        }
+    }
+
+    private func check(_ value: JSONValue, number: Int, line: Int, today: String) -> Result<IntakeRecord, Problems> {
+        let errors = schema.validate(value)
+        if !errors.isEmpty {
+            return .failure(
+                Problems(
+                    errors.map { RecordProblem(record: number, line: line, pointer: $0.pointer, message: $0.message) }
+                )
+            )
+        }
+        let record = IntakeRecord(
+            mrn: value["mrn"]?.stringValue ?? "",
+            firstName: value["first_name"]?.stringValue ?? "",
+            lastName: value["last_name"]?.stringValue ?? "",
+            birthDate: value["birth_date"]?.stringValue ?? "",
+            visitAccountNumber: value["visit_account_number"]?.stringValue ?? "",
+            visitDate: value["visit_date"]?.stringValue ?? "",
+            reason: value["reason"]?.stringValue
+        )
+        var problems: [RecordProblem] = []
+        // Dates are YYYY-MM-DD (the schema checked), so text order is date order.
+        if record.birthDate > today {
+            problems.append(
+                RecordProblem(
+                    record: number,
+                    line: line,
+                    pointer: "/birth_date",
+                    message: "\(JSONValue.quoted(record.birthDate)) is in the future"
+                )
+            )
+        }
+        if record.birthDate > record.visitDate {
+            problems.append(
+                RecordProblem(
+                    record: number,
+                    line: line,
+                    pointer: "/birth_date",
+                    message:
+                        "\(JSONValue.quoted(record.birthDate)) is after visit_date \(JSONValue.quoted(record.visitDate))"
+                )
+            )
+        }
+        return problems.isEmpty ? .success(record) : .failure(Problems(problems))
+    }
+}
+
+extension String {
+    /// Without leading and trailing spaces and tabs.
+    func trimmingASCIIWhitespace() -> String {
+        var scalars = Substring(self)
+        while let first = scalars.first, first == " " || first == "\t" { scalars.removeFirst() }
+        while let last = scalars.last, last == " " || last == "\t" { scalars.removeLast() }
+        return String(scalars)
+    }
+}
+
+extension IntakeReader {
+    /// A whole CSV file in memory (the pipeline streams files instead; this serves `validate` and tests).
+    package func readCSV(_ bytes: [UInt8], today: String) -> ParsedFile<IntakeRecord> {
+        var reader = CSVReader()
+        var columns: IntakeColumns?
+        var problem: RecordProblem?
+        var items: [Item<IntakeRecord>] = []
+        let take: (CSVRecord) -> Void = { record in
+            guard problem == nil else { return }
+            guard let mapped = columns else {
+                switch self.columns(header: record) {
+                case .success(let found): columns = found
+                case .failure(let failure): problem = failure
+                }
+                return
+            }
+            if record.fields == [""] { return }
+            items.append(self.row(record, number: items.count + 1, columns: mapped, today: today))
+        }
+        reader.feed(bytes[...], take)
+        reader.finish(take)
+        if let problem { return ParsedFile(items: [], fileProblem: problem) }
+        if columns == nil {
+            return ParsedFile(
+                items: [],
+                fileProblem: RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no header")
+            )
+        }
+        return ParsedFile(items: items, fileProblem: nil)
+    }
+}
