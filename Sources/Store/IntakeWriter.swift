@@ -94,17 +94,19 @@ struct IntakeWriter {
                         continue
                     }
                 }
-                let (patientID, created, updated) = try upsertPatient(row, record: item.number)
-                if created { patientsCreated += 1 }
-                if updated { patientsUpdated += 1 }
                 if let visit {
+                    // A duplicate is skipped whole (its person fields too), so that processing rows again
+                    // changes nothing; this very row, committed by an earlier chunk before a crash, is ours.
                     if visit["file_id"] == fileID && visit["record"] == item.number {
-                        report.stored += 1  // this very row, committed by an earlier chunk before a crash
+                        report.stored += 1
                     } else {
                         report.duplicates += 1
                     }
                     continue
                 }
+                let (patientID, created, updated) = try upsertPatient(row, record: item.number)
+                if created { patientsCreated += 1 }
+                if updated { patientsUpdated += 1 }
                 try db.cachedStatement(
                     sql: """
                         INSERT INTO visits (visit_account_number, patient_id, visit_date, reason, file_id, record)

@@ -1,0 +1,248 @@
+import Foundation
+import GRDB
+import Kinds
+import Subprocess
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+let intakeHeader = "mrn,first_name,last_name,birth_date,visit_account_number,visit_date,reason"
+
+/// `count` intake rows; MRNs repeat (`repeatEvery`), visits are unique.
+func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> String {
+    var out = header + "\n"
+    out.reserveCapacity(count * 80)
+    for n in start..<(start + count) {
+        let mrn = n % 10 < 3 && n >= 10 ? "MRN\(n - 7)" : "MRN\(n)"  // 30% of rows repeat an earlier MRN
+        out +=
+            "\(mrn),First\(n % 97),Last\(n % 89),1980-01-\(String(format: "%02d", 1 + n % 28)),VAN\(n),2025-03-01,follow-up\n"
+    }
+    return out
+}
+
+/// Intake through the real daemon.
+@Suite(.serialized) struct IntakeDaemonTests {
+    func ingest(_ files: [(name: String, text: String)], arguments: [String] = []) async throws -> (SpoolView, String) {
+        let dir = TempDir("intake")
+        let spool = dir.path + "/spool"
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool, arguments: arguments) { pid in
+            try await waitUntilServing(spool)
+            var finished = true
+            for (index, file) in files.enumerated() {
+                try dropLikeRsync(file.text, into: spool + "/inbox/intake", name: file.name)
+                let done = await eventually(timeout: .seconds(120)) {
+                    view.done("intake").count + view.failed("intake").count == index + 1
+                }
+                finished = finished && done
+            }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result)
+        return (view, run.log)
+    }
+
+    @Test func goodRowsAreStoredBadRowsRejectedWithTheirLineAndTheFileIsPartial() async throws {
+        let rows = [
+            "\u{FEFF} MRN ,Last_Name,first_name,birth_date,visit_account_number,visit_date,reason,clinic",
+            "M1,Lee,Ann,1980-02-01,V1,2025-01-01,\"check, up\",north",
+            "M1,Li,Ann,1980-02-01,V2,2025-02-01,,north",
+            "M2,Kay,Bo,2031-01-01,V3,2025-01-01,,south",
+            "M3,,Cy,1990-02-30,V4,2025-01-01,,south",
+            "\"M4\",Dee,\"Di\nna\",1970-05-05,V5,2025-01-01,\"said \"\"hi\"\"\",east",
+            "",
+        ]
+        let text = rows.joined(separator: "\r\n") + "\n"
+        let (view, log) = try await ingest([("clinic.csv", text)])
+        let spool = view.root
+        #expect(view.done("intake").count == 1)
+        let rejectedName = try #require(view.sidecars("intake").first { $0.hasSuffix(".rejected.csv") })
+        let rejected = try String(contentsOfFile: spool + "/failed/intake/" + rejectedName, encoding: .utf8)
+        let lines = rejected.split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(
+            lines[0] == " MRN ,Last_Name,first_name,birth_date,visit_account_number,visit_date,reason,clinic,error,line"
+        )
+        #expect(
+            lines[1].hasPrefix(
+                "M2,Kay,Bo,2031-01-01,V3,2025-01-01,,south,\"birth_date: \"\"2031-01-01\"\" is in the future"
+            )
+        )
+        #expect(lines[1].hasSuffix(",4"))
+        #expect(lines[2].hasPrefix("M3,,Cy,1990-02-30"))
+        #expect(lines[2].contains("last_name: \"\"\"\" is shorter than 1 characters"))
+        #expect(lines[2].contains("birth_date: \"\"1990-02-30\"\" is not an RFC 3339 date"))
+        #expect(lines[2].hasSuffix(",5"))
+        let database = try view.database()
+        let (files, patients, persons, history, visits) = try await database.read { db in
+            (
+                try Row.fetchOne(db, sql: "SELECT outcome, stored, duplicates, rejected, report FROM files")!,
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM patients")!,
+                try Row.fetchAll(db, sql: "SELECT first_name, last_name FROM persons ORDER BY patient_id"),
+                try Row.fetchAll(db, sql: "SELECT field, old_value, new_value FROM person_history"),
+                try Row.fetchAll(db, sql: "SELECT visit_account_number, reason FROM visits ORDER BY id")
+            )
+        }
+        #expect(files["outcome"] == "partial")
+        #expect(files["stored"] == 3)
+        #expect(files["rejected"] == 2)
+        #expect((files["report"] as String).contains("extra columns ignored: clinic"))
+        #expect(patients == 2)
+        #expect(persons.map { $0["last_name"] as String } == ["Li", "Dee"])
+        #expect(persons.map { $0["first_name"] as String } == ["Ann", "Di\nna"])
+        #expect(
+            history.map { "\($0["field"] as String) \($0["old_value"] as String)->\($0["new_value"] as String)" } == [
+                "last_name Lee->Li"
+            ]
+        )
+        #expect(visits.map { $0["reason"] as String? } == ["check, up", nil, "said \"hi\""])
+        let line = try #require(log.split(separator: "\n").first { $0.contains("file finished") })
+        #expect(line.contains("file.patients_created=2"))
+        #expect(line.contains("file.patients_updated=1"))
+        #expect(line.contains("file.visits_created=3"))
+        #expect(!log.contains("Ann") && !log.contains("1980-02-01") && !log.contains("M1,"))
+    }
+
+    @Test func aMissingColumnRejectsTheFileNamingItAndRepeatsAreDuplicatesOrConflicts() async throws {
+        let missing = "mrn,first_name,last_name,birth_date,visit_date,reason\nM1,A,B,1980-01-01,2025-01-01,x\n"
+        let first = intakeHeader + "\nM1,A,B,1980-01-01,V1,2025-01-01,x\nM2,C,D,1981-01-01,V2,2025-01-01,\n"
+        let again = intakeHeader + "\nM1,A,B,1980-01-01,V1,2025-01-01,x\n"
+        let conflict = intakeHeader + "\nM9,A,B,1980-01-01,V2,2025-01-01,\nM1,A,B,1980-01-01,V1,2025-01-02,x\n"
+        let (view, _) = try await ingest([
+            ("missing.csv", missing), ("first.csv", first), ("again.csv", again), ("conflict.csv", conflict),
+        ])
+        let rows = try await view.database().read { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT original_name, outcome, stored, duplicates, rejected, report FROM files ORDER BY id"
+            )
+        }
+        #expect(rows.map { $0["outcome"] as String } == ["rejected", "accepted", "duplicate", "rejected"])
+        #expect((rows[0]["report"] as String).contains("missing required column: visit_account_number"))
+        #expect(rows[2]["duplicates"] == 1)
+        let conflictReport = rows[3]["report"] as String
+        #expect(conflictReport.contains("conflicts with the visit stored from file"))
+        #expect(rows[3]["rejected"] == 2)
+    }
+
+    @Test func invalidUTF8RejectsOnlyItsRowWithItsLine() throws {
+        let bytes =
+            Array((intakeHeader + "\nM1,A,B,1980-01-01,V7,2025-01-01,x\n").utf8) + [0x4D, 0xFF, 0x2C]
+            + Array("A,B,1980-01-01,V8,2025-01-01,\nM3,E,F,1982-01-01,V9,2025-01-01,\n".utf8)
+        let parsed = try projectCatalog().intake.readCSV(bytes, today: "2026-11-23")
+        #expect(parsed.items.count == 3)
+        guard case .failure(let problems) = parsed.items[1].result else {
+            Issue.record("accepted invalid UTF-8")
+            return
+        }
+        #expect(problems.list.map(\.text) == ["record 2: invalid UTF-8 (line 3)"])
+        #expect(parsed.items.filter { if case .success = $0.result { true } else { false } }.count == 2)
+    }
+
+    @Test func aJSONArrayOfIntakeRecordsIsTheSameRecords() async throws {
+        let json = """
+            [{"mrn":"J1","first_name":"A","last_name":"B","birth_date":"1980-01-01","visit_account_number":"JV1","visit_date":"2025-01-01","reason":null},
+             {"mrn":"J1","first_name":"A","last_name":"B","birth_date":"1980-01-01","visit_account_number":"JV2","visit_date":"2024-01-01"},
+             {"mrn":"J2","first_name":"","last_name":"B","birth_date":"1980-01-01","visit_account_number":"JV3","visit_date":"2025-01-01"}]
+            """
+        let (view, _) = try await ingest([("ingest.json", json)])
+        let row = try await view.database().read { db in
+            try Row.fetchOne(db, sql: "SELECT outcome, stored, rejected FROM files")
+        }
+        #expect(row?["outcome"] == "partial")
+        #expect(row?["stored"] == 2)
+        let sidecars = view.sidecars("intake")
+        #expect(sidecars.contains { $0.hasSuffix(".rejected.ndjson") })
+    }
+
+    @Test func aLargeFileStreamsInBoundedMemory() async throws {
+        let dir = TempDir("intake-big")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let count = 150_000
+        let staged = dir.file("big.csv")
+        try Data(intakeCSV(count: count).utf8).write(to: URL(fileURLWithPath: staged))
+        let run = try await Daemon.serve(spool: spool) { pid in
+            try await waitUntilServing(spool)
+            #expect(rename(staged, spool + "/inbox/intake/big.csv") == 0)
+            let finished = await eventually(timeout: .seconds(300)) { SpoolView(root: spool).done("intake").count == 1 }
+            let peak = peakResidentBytes(pid)
+            kill(pid, SIGTERM)
+            return (finished, peak)
+        }
+        #expect(run.result.0)
+        let peak = try #require(run.result.1)
+        #expect(peak < 64 << 20, "peak resident memory \(peak >> 20) MiB")
+        print("intake streaming test: \(count) rows, peak RSS \(peak >> 20) MiB")
+        let visits = try await SpoolView(root: spool).database().read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM visits")
+        }
+        #expect(visits == count)
+    }
+
+    @Test func killMinus9InTheMiddleOfABigFileThenRestartStoresEveryRowOnce() async throws {
+        let dir = TempDir("intake-crash")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let count = 40_000
+        let text = intakeCSV(count: count)
+        var killedMidFile = false
+        for attempt in 0..<4 where !killedMidFile {
+            let run = try await Daemon.serve(spool: spool) { pid in
+                try await waitUntilServing(spool)
+                if attempt == 0 { try dropLikeRsync(text, into: spool + "/inbox/intake", name: "big.csv") }
+                _ = await eventually(timeout: .seconds(60)) {
+                    let stored = try? SpoolView(root: spool).database().read { db in
+                        try Int.fetchOne(db, sql: "SELECT count(*) FROM visits")
+                    }
+                    return (stored ?? 0) ?? 0 >= 4_000
+                }
+                kill(pid, SIGKILL)
+            }
+            #expect(run.status == .signaled(SIGKILL))
+            killedMidFile = SpoolView(root: spool).processing("intake").count == 1
+        }
+        #expect(killedMidFile, "the kill never landed mid-file")
+        let view = SpoolView(root: spool)
+        let final = try await Daemon.serve(spool: spool) { pid in
+            let finished = await eventually(timeout: .seconds(180)) { view.done("intake").count == 1 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(final.result)
+        let (row, visits, patients, history) = try await view.database().read { db in
+            (
+                try Row.fetchOne(db, sql: "SELECT outcome, stored, duplicates, rejected, report FROM files"),
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM visits"),
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM patients"),
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM person_history")
+            )
+        }
+        #expect(row?["outcome"] == "accepted")
+        #expect(row?["stored"] == count)
+        #expect(row?["duplicates"] == 0)
+        #expect(visits == count)
+        let distinctMRNs = Set(
+            intakeCSV(count: count).split(separator: "\n").dropFirst().map { $0.split(separator: ",")[0] }
+        )
+        #expect(patients == distinctMRNs.count)
+        // Repeated MRNs carry other names: each change is in the history exactly once, replay or not.
+        let expectedChanges = try Self.expectedHistory(text)
+        #expect(history == expectedChanges)
+    }
+
+    /// Name/birth-date changes a file implies, applied in order.
+    static func expectedHistory(_ text: String) throws -> Int {
+        var people: [String: [String]] = [:]
+        var changes = 0
+        for line in text.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            let person = [f[1], f[2], f[3]]
+            if let old = people[f[0]] { changes += zip(old, person).filter { $0 != $1 }.count }
+            people[f[0]] = person
+        }
+        return changes
+    }
+}
