@@ -38,7 +38,8 @@ test: deps lint
 
 bench: deps
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool
-	python3 bench/bench.py $(BENCH_BUILD)/release/carespool
+	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product csv-parse-bench
+	python3 bench/bench.py $(BENCH_BUILD)/release/carespool --csv-parse-bench $(BENCH_BUILD)/release/csv-parse-bench
 
 clean:
 	rm -rf .build $(BENCH_BUILD)

@@ -52,6 +52,7 @@ let package = Package(
         .target(name: "Watcher", swiftSettings: swiftSettings),
         .target(name: "JSONSchema", swiftSettings: swiftSettings),
         .target(name: "CSV", swiftSettings: swiftSettings),
+        .executableTarget(name: "csv-parse-bench", dependencies: ["CSV"], swiftSettings: swiftSettings),
         .target(name: "Kinds", dependencies: ["JSONSchema", "CSV"], swiftSettings: swiftSettings),
         .target(
             name: "Store",

@@ -9,6 +9,8 @@ Phase 2 drops files at a steady rate and reports p50/p99/max latency from each f
 inbox to its rename into done/, observed with inotify (IN_MOVED_TO on done/appointments/<day>/).
 Phase 3 renames a generated 50 MB Zoom NDJSON export into inbox/zoom/ and reports rows/s until it is in
 done/ and the daemon's peak resident memory (VmHWM).
+Phase 4 generates a 1,000,000-row intake CSV (30% repeated MRNs), times `sqlite3 .import` of it into one
+raw table and carespool's full intake of it, and prints both rows/s, their ratio and the peak RSS.
 """
 import argparse, ctypes, ctypes.util, datetime, os, shutil, signal, struct, subprocess, sys, tempfile, threading, time
 
@@ -61,6 +63,8 @@ def main():
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--intake-rows", type=int, default=1000000)
+    ap.add_argument("--csv-parse-bench", help="path of the csv-parse-bench binary (parsing-only speed)")
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
@@ -176,6 +180,40 @@ def main():
             peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
         status3 = stop(daemon)
 
+        # Phase 4: intake. A 1,000,000-row CSV (30% of rows repeat an earlier MRN) into a raw table by
+        # `sqlite3 .import` (the near-limit: no validation, no normalisation), then carespool's full intake.
+        daemon, inbox, watcher = start_daemon("intake", "intake")
+        daemons.append(daemon)
+        work = os.path.dirname(os.path.dirname(os.path.dirname(inbox)))
+        csv_path = os.path.join(work, "intake.csv")
+        intake_rows = args.intake_rows
+        with open(csv_path, "w") as f:
+            f.write("mrn,first_name,last_name,birth_date,visit_account_number,visit_date,reason\n")
+            for n in range(intake_rows):
+                mrn = n - 7 if (n % 10 < 3 and n >= 10) else n
+                f.write("MRN%d,First%d,Last%d,1980-01-%02d,VAN%d,2025-03-01,follow-up visit\n"
+                        % (mrn, n % 97, n % 89, 1 + n % 28, n))
+        csv_bytes = os.path.getsize(csv_path)
+        parse_only = None
+        if args.csv_parse_bench:
+            out = subprocess.run([args.csv_parse_bench, csv_path], check=True, capture_output=True, text=True).stdout
+            parse_only = int(out.split("rows/s")[1].strip())
+        raw_db = os.path.join(work, "raw.sqlite3")
+        begin_import = time.monotonic()
+        subprocess.run(["sqlite3", raw_db, ".import --csv %s raw" % csv_path], check=True)
+        import_seconds = time.monotonic() - begin_import
+        intake_start = time.monotonic()
+        os.rename(csv_path, os.path.join(inbox, "intake.csv"))
+        deadline = time.monotonic() + 1200
+        while watcher.count("intake") < 1:
+            if time.monotonic() > deadline:
+                sys.exit("phase 4: the intake file did not reach done/")
+            time.sleep(0.02)
+        intake_seconds = watcher.arrivals["intake.csv"] - intake_start
+        with open("/proc/%d/status" % daemon.pid) as f:
+            intake_peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        status4 = stop(daemon)
+
         print("carespool benchmark (%s, %d cores)" % (os.uname().machine, os.cpu_count()))
         print("| measure | value |")
         print("| --- | --- |")
@@ -190,7 +228,16 @@ def main():
         print("| Zoom NDJSON export (phase 3, streamed) | %d rows, %.1f MB |" % (rows, export_bytes / 1e6))
         print("| export ingest | %.1f s, %.0f rows/s |" % (export_seconds, rows / export_seconds))
         print("| daemon peak resident memory (VmHWM) during the export | %.1f MiB |" % (peak_kib / 1024.0))
-        print("| daemon exit status after SIGTERM | %d, %d, %d |" % (status1, status2, status3))
+        import_rate = intake_rows / import_seconds
+        intake_rate = intake_rows / intake_seconds
+        print("| intake CSV (phase 4) | %d rows, %.1f MB, 30%% repeated MRNs |" % (intake_rows, csv_bytes / 1e6))
+        if parse_only is not None:
+            print("| CSV reader alone, parsing only (csv-parse-bench) | %d rows/s |" % parse_only)
+        print("| sqlite3 .import into one raw table | %.1f s, %.0f rows/s |" % (import_seconds, import_rate))
+        print("| carespool full intake (validate, normalise, dedupe) | %.1f s, %.0f rows/s |" % (intake_seconds, intake_rate))
+        print("| ratio carespool / sqlite3 .import | %.2f |" % (intake_rate / import_rate))
+        print("| daemon peak resident memory (VmHWM) during the intake | %.1f MiB |" % (intake_peak_kib / 1024.0))
+        print("| daemon exit status after SIGTERM | %d, %d, %d, %d |" % (status1, status2, status3, status4))
     finally:
         for daemon in daemons:
             if daemon.poll() is None:

@@ -248,7 +248,7 @@ package struct JSONSchema: Sendable {
 
     /// Escapes a property name for a JSON pointer (RFC 6901).
     package static func escape(_ token: String) -> String {
-        guard token.contains("~") || token.contains("/") else { return token }
+        guard token.utf8.contains(where: { $0 == 0x7E || $0 == 0x2F }) else { return token }
         return token.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
     }
 
