@@ -95,6 +95,8 @@ extension Engine {
             let touched = try spool.finish(file, to: destination, sidecars: sidecars, sidecarFiles: sidecarFiles)
             directorySync.schedule(touched)
             logFinished(file, report, claimedAt: claimedAt)
+        } catch let error as SpoolError where error.code == ENOENT {
+            logger.warning("claimed file vanished", metadata: ["file.id": "\(file.id)"])
         } catch let error as SpoolError {
             scheduleRetry(file, reason: error.description)
         } catch let error as StoreError {

@@ -448,6 +448,7 @@ extension Spool {
         package let name: String
         private let fd: Int32
         private let path: String
+        private var closed = false
 
         init(spool: Spool, name: String) throws(SpoolError) {
             self.name = name
@@ -470,14 +471,22 @@ extension Spool {
 
         /// fdatasyncs and closes the file.
         package func close() throws(SpoolError) {
+            guard !closed else { return }
+            closed = true
             defer { Glibc.close(fd) }
             if fdatasync(fd) != 0 { throw SpoolError("fsync", path, errno) }
         }
 
         /// Removes it (an abandoned attempt).
         package func discard() {
-            Glibc.close(fd)
+            if !closed { Glibc.close(fd) }
+            closed = true
             unlink(path)
+        }
+
+        deinit {
+            // An attempt that failed half-way: the descriptor is not leaked; the next attempt truncates the file.
+            if !closed { Glibc.close(fd) }
         }
     }
 
