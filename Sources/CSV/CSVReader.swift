@@ -131,16 +131,8 @@ package struct CSVReader {
                 }
             case .unquoted:
                 switch byte {
-                case 0x2C:
-                    raw.append(byte)
-                    fields.append(field)
-                    field = []
-                    state = .fieldStart
-                case 0x0D:
-                    state = .afterCR
-                case 0x0A:
-                    line += 1
-                    try endRecord(emit)
+                case 0x2C, 0x0D, 0x0A:
+                    try endField(byte, emit)
                 case 0x22:
                     raw.append(byte)
                     fail("quote inside unquoted field")
@@ -163,16 +155,8 @@ package struct CSVReader {
                     raw.append(byte)
                     field.append(byte)
                     state = .quoted
-                case 0x2C:
-                    raw.append(byte)
-                    fields.append(field)
-                    field = []
-                    state = .fieldStart
-                case 0x0D:
-                    state = .afterCR
-                case 0x0A:
-                    line += 1
-                    try endRecord(emit)
+                case 0x2C, 0x0D, 0x0A:
+                    try endField(byte, emit)
                 default:
                     raw.append(byte)
                     fail("character after closing quote")
@@ -181,6 +165,22 @@ package struct CSVReader {
             case .afterCR:
                 break
             }
+        }
+    }
+
+    /// A comma ends the field; a CR (awaiting its LF) or LF ends the record.
+    private mutating func endField(_ byte: UInt8, _ emit: (CSVRecord) throws -> Void) rethrows {
+        switch byte {
+        case 0x2C:
+            raw.append(byte)
+            fields.append(field)
+            field = []
+            state = .fieldStart
+        case 0x0D:
+            state = .afterCR
+        default:
+            line += 1
+            try endRecord(emit)
         }
     }
 

@@ -50,6 +50,27 @@ package struct FileReport: Sendable, Equatable {
         return stored > 0 || skipped > 0 ? .accepted : .rejected
     }
 
+    /// Adds a chunk's counts, problems (listing at most `limit` in all), notes and details to these totals.
+    /// Returns how many of the chunk's problems were not listed.
+    package mutating func absorb(_ chunk: FileReport, listing limit: Int) -> Int {
+        stored += chunk.stored
+        duplicates += chunk.duplicates
+        rejected += chunk.rejected
+        let room = max(0, limit - errors.count)
+        errors += chunk.errors.prefix(room)
+        for note in chunk.notes where !notes.contains(note) { notes.append(note) }
+        for (key, value) in chunk.details { details[key, default: 0] += value }
+        return max(0, chunk.errors.count - room)
+    }
+
+    /// Closes a streamed file's totals: the count of unlisted problems noted, the outcome set.
+    package mutating func close(unlisted: Int, skipped: Int = 0) {
+        if unlisted > 0 {
+            notes.append("\(unlisted) more problems not listed here; every rejected record is in the .rejected file")
+        }
+        outcome = Self.outcome(stored: stored, duplicates: duplicates, rejected: rejected, skipped: skipped)
+    }
+
     /// Record numbers that were rejected, ascending.
     package var rejectedRecords: [Int] {
         Array(Set(errors.compactMap(\.record))).sorted()

@@ -134,13 +134,7 @@ extension Engine {
                 return  // CSV: streamCSV
             }
             if !rejectedText.isEmpty { try rejected.append(Array(rejectedText.utf8)) }
-            totals.stored += chunkReport.stored
-            totals.duplicates += chunkReport.duplicates
-            totals.rejected += chunkReport.rejected
-            let room = max(0, Self.listedProblems - totals.errors.count)
-            totals.errors += chunkReport.errors.prefix(room)
-            unlisted += max(0, chunkReport.errors.count - room)
-            for note in chunkReport.notes where !totals.notes.contains(note) { totals.notes.append(note) }
+            unlisted += totals.absorb(chunkReport, listing: Self.listedProblems)
             pending.removeAll(keepingCapacity: true)
         }
 
@@ -168,20 +162,11 @@ extension Engine {
         }
         if !carry.isEmpty { try take(carry[...]) }
         try flush()
-        if unlisted > 0 {
-            totals.notes.append(
-                "\(unlisted) more problems not listed here; every rejected record is in the .rejected file"
-            )
-        }
         if number == 0 {
             totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no records")]
         }
-        totals.outcome = FileReport.outcome(
-            stored: totals.stored,
-            duplicates: totals.duplicates,
-            rejected: totals.rejected,
-            skipped: totals.notes.isEmpty ? 0 : 1
-        )
+        let skipped = totals.notes.contains { $0.contains("endpoint.url_validation") } ? 1 : 0
+        totals.close(unlisted: unlisted, skipped: skipped)
         return totals
     }
 
@@ -216,13 +201,7 @@ extension Engine {
                 out += Array(item.text.utf8) + Array(("," + Self.csvField(message) + ",\(item.line)\n").utf8)
             }
             if !out.isEmpty { try rejected.append(out) }
-            totals.stored += chunk.stored
-            totals.duplicates += chunk.duplicates
-            totals.rejected += chunk.rejected
-            let room = max(0, Self.listedProblems - totals.errors.count)
-            totals.errors += chunk.errors.prefix(room)
-            unlisted += max(0, chunk.errors.count - room)
-            for (key, value) in chunk.details { totals.details[key, default: 0] += value }
+            unlisted += totals.absorb(chunk, listing: Self.listedProblems)
             pending.removeAll(keepingCapacity: true)
         }
 
@@ -257,19 +236,10 @@ extension Engine {
             )
         }
         try flush()
-        if unlisted > 0 {
-            totals.notes.append(
-                "\(unlisted) more problems not listed here; every rejected row is in the .rejected file"
-            )
-        }
         if rows == 0 {
             totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: "no rows after the header")]
         }
-        totals.outcome = FileReport.outcome(
-            stored: totals.stored,
-            duplicates: totals.duplicates,
-            rejected: totals.rejected
-        )
+        totals.close(unlisted: unlisted)
         return totals
     }
 

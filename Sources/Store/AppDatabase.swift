@@ -301,28 +301,16 @@ extension AppDatabase {
         case .unreadable(let problem):
             report = FileReport(outcome: .rejected, errors: [problem])
         case .appointments(let parsed):
-            if let earlier = try Self.sameBytes(file, db: db) {
-                report = FileReport(outcome: .duplicate, duplicateOf: earlier)
-            } else if let problem = parsed.fileProblem {
-                report = FileReport(outcome: .rejected, errors: [problem])
-            } else {
-                report = try AppointmentWriter(db: db, fileID: file.id).write(parsed.items)
+            report = try Self.judge(file, parsed.fileProblem, db: db) {
+                try AppointmentWriter(db: db, fileID: file.id).write(parsed.items)
             }
         case .zoom(let parsed):
-            if let earlier = try Self.sameBytes(file, db: db) {
-                report = FileReport(outcome: .duplicate, duplicateOf: earlier)
-            } else if let problem = parsed.fileProblem {
-                report = FileReport(outcome: .rejected, errors: [problem])
-            } else {
-                report = try ZoomWriter(db: db, fileID: file.id).write(parsed.items)
+            report = try Self.judge(file, parsed.fileProblem, db: db) {
+                try ZoomWriter(db: db, fileID: file.id).write(parsed.items)
             }
         case .intake(let parsed):
-            if let earlier = try Self.sameBytes(file, db: db) {
-                report = FileReport(outcome: .duplicate, duplicateOf: earlier)
-            } else if let problem = parsed.fileProblem {
-                report = FileReport(outcome: .rejected, errors: [problem])
-            } else {
-                report = try IntakeWriter(db: db, fileID: file.id).write(parsed.items)
+            report = try Self.judge(file, parsed.fileProblem, db: db) {
+                try IntakeWriter(db: db, fileID: file.id).write(parsed.items)
             }
         case .streamed(let totals):
             report = totals
@@ -340,6 +328,19 @@ extension AppDatabase {
             report.json(),
         ])
         return CommittedFile(report: report, finishedAt: finishedAt, replayed: false)
+    }
+
+    /// A byte-identical earlier file makes a duplicate, a problem with the whole file a rejection;
+    /// otherwise `write` stores the records and says what happened.
+    private static func judge(
+        _ file: PreparedFile,
+        _ fileProblem: RecordProblem?,
+        db: Database,
+        write: () throws -> FileReport
+    ) throws -> FileReport {
+        if let earlier = try sameBytes(file, db: db) { return FileReport(outcome: .duplicate, duplicateOf: earlier) }
+        if let fileProblem { return FileReport(outcome: .rejected, errors: [fileProblem]) }
+        return try write()
     }
 
     /// An earlier file of the same kind with the same bytes whose records were stored.
