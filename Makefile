@@ -4,7 +4,7 @@
 #   make bench release build, throughput and latency benchmark (not part of make test)
 
 SWIFT        ?= swift
-APT_PACKAGES := libsqlite3-dev sqlite3
+APT_PACKAGES := libsqlite3-dev sqlite3 curl
 SPOOL        ?= spool
 BENCH_BUILD  := .build-release
 

@@ -81,7 +81,7 @@ def main():
         os.makedirs(inbox)
         os.makedirs(done)
         log = open(os.path.join(root, "daemon.log"), "w")
-        daemon = subprocess.Popen([args.binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning"],
+        daemon = subprocess.Popen([args.binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning", "--http", "off"],
                                   stderr=log)
         deadline = time.monotonic() + 30
         while not os.path.exists(os.path.join(spool, "processing", "retrying.json")):

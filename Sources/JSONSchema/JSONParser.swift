@@ -9,6 +9,8 @@ package struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertib
     package var column: Int
     /// What was wrong, without quoting the document.
     package var reason: String
+    /// 0-based byte offset of the offending byte.
+    package var offset: Int = 0
 
     package var description: String { "line \(line), column \(column): \(reason)" }
 }
@@ -76,7 +78,7 @@ package struct JSONParser {
             }
             i += 1
         }
-        return JSONParseError(line: line, column: end - lineStart + 1, reason: reason)
+        return JSONParseError(line: line, column: end - lineStart + 1, reason: reason, offset: end)
     }
 
     package mutating func parseValue(depth: Int) throws(JSONParseError) -> JSONValue {

@@ -477,6 +477,13 @@ extension Spool {
             if fdatasync(fd) != 0 { throw SpoolError("fsync", path, errno) }
         }
 
+        /// Closes the file without syncing it: a caller that syncs the whole filesystem later (group commit).
+        package func closeWithoutSync() throws(SpoolError) {
+            guard !closed else { return }
+            closed = true
+            if Glibc.close(fd) != 0 { throw SpoolError("close", path, errno) }
+        }
+
         /// Removes it (an abandoned attempt).
         package func discard() {
             if !closed { Glibc.close(fd) }

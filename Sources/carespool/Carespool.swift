@@ -3,6 +3,8 @@
 
 import ArgumentParser
 import Foundation
+import HTTPIngress
+import Hummingbird
 import Kinds
 import Logging
 import Pipeline
@@ -70,6 +72,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Milliseconds a database write waits for another connection's lock before it is retried later.")
     var busyTimeoutMs: Int = 10_000
 
+    @Option(help: "HTTP listen address HOST:PORT, or off.")
+    var http: String = "127.0.0.1:8080"
+
+    @Option(help: "A bearer token NAME:SECRET:ROUTES (routes: appointments, zoom, intake, or *); repeatable.")
+    var httpToken: [String] = []
+
+    @Option(help: "Zoom webhook secret token (give two during a rotation); repeatable.")
+    var zoomSecret: [String] = []
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -100,9 +111,13 @@ struct Serve: AsyncParsableCommand {
             ),
             logger: logger
         )
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: processor)]
+        if http != "off" {
+            services.append(.init(service: try httpApplication(spool: spool, database: database, logger: logger)))
+        }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: processor)],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
@@ -110,6 +125,52 @@ struct Serve: AsyncParsableCommand {
         logger.notice("carespool serving", metadata: ["spool.inboxes": "\(spool.inboxes.count)"])
         try await group.run()
         logger.notice("carespool stopped")
+    }
+}
+
+extension Serve {
+    /// The HTTP endpoint as a service of the group; refuses no-auth on a non-loopback address.
+    func httpApplication(spool: Spool, database: AppDatabase, logger: Logger) throws -> some Service {
+        guard let colon = http.lastIndex(of: ":"), let port = Int(http[http.index(after: colon)...]) else {
+            throw ValidationError("--http must be HOST:PORT or off, not \(http)")
+        }
+        let host = String(http[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        var tokens: [HTTPToken] = []
+        for spec in httpToken {
+            guard let token = HTTPToken(spec: spec) else {
+                throw ValidationError("--http-token must be NAME:SECRET:ROUTES (routes: appointments, zoom, intake, *)")
+            }
+            tokens.append(token)
+        }
+        let configuration = HTTPConfiguration(host: host, port: port, tokens: tokens, zoomSecrets: zoomSecret)
+        if let refusal = configuration.refusal { throw ValidationError(refusal) }
+        let router = buildRouter(configuration: configuration, spool: spool) {
+            await Self.health(spool: spool, database: database)
+        }
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: "carespool"),
+            logger: logger
+        )
+    }
+
+    /// Database reachable, Zoom events received and inserted, and queue depths.
+    static func health(spool: Spool, database: AppDatabase) async -> HealthReport {
+        let counters = try? database.zoomCounters()
+        func count(_ folder: (String) -> String, sidecarsOnly: Bool = false) -> Int {
+            spool.kinds.reduce(0) { total, kind in
+                let names = (try? spool.scanAll(folder(kind))) ?? []
+                return total + (sidecarsOnly ? names.filter { $0.hasSuffix(".error.json") }.count : names.count)
+            }
+        }
+        return HealthReport(
+            databaseUp: counters != nil,
+            received: counters?.reduce(0) { $0 + $1.received } ?? 0,
+            inserted: counters?.reduce(0) { $0 + $1.inserted } ?? 0,
+            inbox: count(spool.inboxPath),
+            processing: count(spool.processingPath),
+            failed: count(spool.failedPath, sidecarsOnly: true)
+        )
     }
 }
 

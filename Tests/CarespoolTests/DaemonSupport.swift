@@ -34,7 +34,7 @@ enum Daemon {
             [
                 "serve", "--spool", spool, "--schema", TestPaths.schemaJSON.path, "--settle-ms", "300", "--rescan-ms",
                 "1000",
-            ] + extra
+            ] + (extra.contains("--http") ? [] : ["--http", "off"]) + extra
         let outcome = try await run(
             .path(FilePath(binary)),
             arguments: Arguments(arguments),

@@ -1,0 +1,241 @@
+// HTTPIngress: the HTTP endpoint, whose only job is to write requests into the spool.
+//
+// Trusts nothing in a request. Checks at the door — auth, content type, size, well-formed JSON — then
+// writes the body durably into an inbox (DurableWriter) and answers 202 only once it is on disk.
+// Depends on Spool, never on Store: "HTTP only writes the spool" is enforced by the compiler. Logs ids,
+// routes and statuses only, never a body.
+
+import Crypto
+import HTTPTypes
+package import Hummingbird
+import JSONSchema
+import Logging
+import NIOCore
+package import Spool
+import WebhookSignatures
+
+/// A bearer token: its name (for logs and audit), the SHA-256 of its secret, the routes it may write.
+package struct HTTPToken: Sendable {
+    package var name: String
+    package var sha256: [UInt8]
+    package var routes: Set<String>
+
+    /// `NAME:SECRET:ROUTE[,ROUTE…]` with routes among appointments, zoom, intake (or `*`).
+    package init?(spec: String) {
+        let parts = spec.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty else { return nil }
+        name = String(parts[0])
+        sha256 = Array(SHA256.hash(data: Array(parts[1].utf8)))
+        let list = parts[2].split(separator: ",").map(String.init)
+        routes = Set(list.contains("*") ? ["appointments", "zoom", "intake"] : list)
+        guard !routes.isEmpty, routes.isSubset(of: ["appointments", "zoom", "intake"]) else { return nil }
+    }
+}
+
+/// The endpoint's settings. Every key has a default.
+package struct HTTPConfiguration: Sendable {
+    /// Where to listen. Default 127.0.0.1:8080.
+    package var host: String
+    package var port: Int
+    /// Body limits: webhooks 1 MiB, `POST /ingest` 64 MiB.
+    package var webhookBodyLimit: Int
+    package var ingestBodyLimit: Int
+    /// Bearer tokens; none means no bearer auth (then only loopback may be bound).
+    package var tokens: [HTTPToken]
+    /// Zoom secret tokens (two at once during a rotation): `x-zm-signature` is required when set.
+    package var zoomSecrets: [String]
+    /// How far `x-zm-request-timestamp` may be from now. Default 300 s.
+    package var timestampTolerance: Int
+
+    package init(
+        host: String = "127.0.0.1",
+        port: Int = 8080,
+        webhookBodyLimit: Int = 1 << 20,
+        ingestBodyLimit: Int = 64 << 20,
+        tokens: [HTTPToken] = [],
+        zoomSecrets: [String] = [],
+        timestampTolerance: Int = 300
+    ) {
+        self.host = host
+        self.port = port
+        self.webhookBodyLimit = webhookBodyLimit
+        self.ingestBodyLimit = ingestBodyLimit
+        self.tokens = tokens
+        self.zoomSecrets = zoomSecrets
+        self.timestampTolerance = timestampTolerance
+    }
+
+    /// Why this configuration must not start: no auth at all on a non-loopback address.
+    package var refusal: String? {
+        let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
+        if tokens.isEmpty && zoomSecrets.isEmpty && !loopback {
+            return "no bearer token or Zoom secret is configured: refusing to listen on \(host), only on loopback"
+        }
+        return nil
+    }
+}
+
+/// What `GET /health` reports; the executable supplies it (this module cannot read the database).
+package struct HealthReport: Sendable {
+    package var databaseUp: Bool
+    package var received: Int
+    package var inserted: Int
+    package var inbox: Int
+    package var processing: Int
+    package var failed: Int
+
+    package init(databaseUp: Bool, received: Int, inserted: Int, inbox: Int, processing: Int, failed: Int) {
+        self.databaseUp = databaseUp
+        self.received = received
+        self.inserted = inserted
+        self.inbox = inbox
+        self.processing = processing
+        self.failed = failed
+    }
+}
+
+/// The routes, for the application and for tests (`app.test(.router)`).
+package func buildRouter(
+    configuration: HTTPConfiguration,
+    spool: Spool,
+    health: @escaping @Sendable () async -> HealthReport,
+    now: @escaping @Sendable () -> Int = { Int(time(nil)) }
+) -> Router<BasicRequestContext> {
+    let writer = DurableWriter(spool: spool)
+    let router = Router(context: BasicRequestContext.self)
+    let routes: [(path: RouterPath, kind: String)] = [
+        ("/webhook/appointments", "appointments"), ("/zoom_events/events", "zoom"), ("/ingest", "intake"),
+    ]
+    for route in routes {
+        guard let inbox = spool.inboxes.first(where: { $0.kind == route.kind }) else { continue }
+        router.post(route.path) { request, context -> Response in
+            let ingress = Ingress(configuration: configuration, writer: writer, inbox: inbox, now: now)
+            return try await ingress.handle(request, context: context)
+        }
+    }
+    router.get("/health") { _, _ -> Response in
+        let report = await health()
+        let status: HTTPResponse.Status = report.databaseUp ? .ok : .serviceUnavailable
+        let body =
+            "{\"status\":\"\(report.databaseUp ? "ok" : "error")\",\"db\":\"\(report.databaseUp ? "up" : "down")\","
+            + "\"received\":\(report.received),\"inserted\":\(report.inserted),\"queues\":{\"inbox\":\(report.inbox),"
+            + "\"processing\":\(report.processing),\"failed\":\(report.failed)}}"
+        return Ingress.json(status, body)
+    }
+    return router
+}
+
+/// One route's door checks and the durable write.
+private struct Ingress {
+    let configuration: HTTPConfiguration
+    let writer: DurableWriter
+    let inbox: Spool.Inbox
+    let now: @Sendable () -> Int
+
+    static let zoomSignature = HTTPField.Name("x-zm-signature")!
+    static let zoomTimestamp = HTTPField.Name("x-zm-request-timestamp")!
+
+    static func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
+        Response(
+            status: status,
+            headers: [.contentType: "application/json"],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: body))
+        )
+    }
+
+    static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {
+        json(status, "{\"status\":\"error\",\"error\":\(JSONValue.quoted(message))}")
+    }
+
+    func handle(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let isZoom = inbox.kind == "zoom"
+        let zoomSigned = isZoom && !configuration.zoomSecrets.isEmpty
+        // Bearer auth (Zoom deliveries are signed instead when a Zoom secret is configured).
+        if !configuration.tokens.isEmpty && !zoomSigned {
+            guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+                return Self.error(.unauthorized, "missing bearer token")
+            }
+            let presented = Array(SHA256.hash(data: Array(header.dropFirst(7).utf8)))
+            guard
+                let token = configuration.tokens.first(where: { ZoomSignature.constantTimeEqual($0.sha256, presented) })
+            else { return Self.error(.unauthorized, "unknown bearer token") }
+            guard token.routes.contains(inbox.kind) else {
+                return Self.error(.forbidden, "token \(token.name) may not write \(inbox.kind)")
+            }
+        }
+        let contentType = request.headers[.contentType] ?? ""
+        guard contentType.split(separator: ";").first?.trimmingCharacters() == "application/json" else {
+            return Self.error(.unsupportedMediaType, "Content-Type must be application/json")
+        }
+        let limit = inbox.kind == "intake" ? configuration.ingestBodyLimit : configuration.webhookBodyLimit
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: limit)
+        } catch {
+            return Self.error(.contentTooLarge, "body larger than \(limit) bytes")
+        }
+        let bytes = Array(buffer.readableBytesView)
+        if zoomSigned {
+            let timestamp = request.headers[Self.zoomTimestamp] ?? ""
+            guard let seconds = Int(timestamp), abs(now() - seconds) <= configuration.timestampTolerance else {
+                return Self.error(.unauthorized, "x-zm-request-timestamp missing or more than 5 minutes off (replay)")
+            }
+            let signature = request.headers[Self.zoomSignature] ?? ""
+            let valid = configuration.zoomSecrets.contains {
+                ZoomSignature.isValid(signature: signature, timestamp: timestamp, body: bytes, secret: $0)
+            }
+            guard valid else { return Self.error(.unauthorized, "x-zm-signature does not match") }
+        }
+        let value: JSONValue
+        do {
+            value = try JSONParser.parse(bytes)
+        } catch {
+            return Self.error(.badRequest, "not valid JSON at byte \(error.offset): \(error.reason)")
+        }
+        if inbox.kind == "intake", case .array = value {
+        } else if inbox.kind == "intake" {
+            return Self.error(.badRequest, "POST /ingest takes a JSON array of intake records")
+        }
+        if isZoom, value["event"]?.stringValue == "endpoint.url_validation" {
+            guard let secret = configuration.zoomSecrets.first, let plain = value["payload"]?["plainToken"]?.stringValue
+            else {
+                return Self.error(
+                    .badRequest,
+                    "endpoint.url_validation needs a configured Zoom secret and a plainToken"
+                )
+            }
+            let answer = ZoomSignature.urlValidationAnswer(plainToken: plain, secret: secret)
+            return Self.json(
+                .ok,
+                "{\"plainToken\":\(JSONValue.quoted(answer.plainToken)),\"encryptedToken\":\"\(answer.encryptedToken)\"}"
+            )
+        }
+        let id: String
+        do {
+            id = try await writer.write(bytes, into: inbox)
+        } catch let error as SpoolError where error.code == ENOSPC || error.code == EDQUOT {
+            return Self.error(
+                HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage"),
+                "no space left for the request"
+            )
+        } catch {
+            context.logger.error("spool write failed", metadata: ["route.kind": "\(inbox.kind)"])
+            return Self.error(.internalServerError, "the request could not be written")
+        }
+        context.logger.info("request spooled", metadata: ["spool.id": "\(id)", "route.kind": "\(inbox.kind)"])
+        return Self.json(.accepted, "{\"status\":\"accepted\",\"id\":\"\(id)\",\"request_id\":\"\(id)\"}")
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters() -> String {
+        var s = self
+        while s.first == " " { s.removeFirst() }
+        while s.last == " " { s.removeLast() }
+        return String(s)
+    }
+}
+
+#if canImport(Glibc)
+    import Glibc
+#endif
