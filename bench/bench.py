@@ -57,6 +57,69 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100.0 * (len(values) - 1))))]
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wrk(url, seconds, script=None):
+    """Runs wrk (2 threads, 64 connections) and returns (requests/s, p50 ms, p99 ms, non-2xx count)."""
+    command = ["wrk", "-t2", "-c64", "-d%ds" % seconds, "--latency"]
+    if script:
+        command += ["-s", script]
+    out = subprocess.run(command + [url], check=True, capture_output=True, text=True).stdout
+
+    def ms(label):
+        for line in out.splitlines():
+            parts = line.split()
+            if parts and parts[0] == label:
+                value = parts[1]
+                if value.endswith("us"):
+                    return float(value[:-2]) / 1000
+                if value.endswith("ms"):
+                    return float(value[:-2])
+                if value.endswith("s"):
+                    return float(value[:-1]) * 1000
+        return float("nan")
+
+    rate = next(float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec:"))
+    errors = sum(int(l.split()[-1]) for l in out.splitlines() if l.strip().startswith("Non-2xx"))
+    return rate, ms("50%"), ms("99%"), errors
+
+
+def http_phase(binary, schema, seconds):
+    """Durable 202s/s on a disk spool and on a tmpfs spool (/dev/shm), and GET /health's rate."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unique-post.lua")
+    results = {}
+    for label, base in (("disk", None), ("tmpfs", "/dev/shm")):
+        root = tempfile.mkdtemp(prefix="carespool-bench-http-", dir=base)
+        spool = os.path.join(root, "spool")
+        port = free_port()
+        log = open(os.path.join(root, "daemon.log"), "w")
+        daemon = subprocess.Popen([binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning",
+                                   "--http", "127.0.0.1:%d" % port], stderr=log)
+        try:
+            deadline = time.monotonic() + 30
+            while subprocess.run(["curl", "-s", "-o", "/dev/null", "http://127.0.0.1:%d/health" % port]).returncode:
+                if time.monotonic() > deadline:
+                    sys.exit("http phase: daemon did not listen")
+                time.sleep(0.1)
+            results[label] = wrk("http://127.0.0.1:%d" % port, seconds, script)
+            if label == "disk":
+                results["health"] = wrk("http://127.0.0.1:%d/health" % port, 5)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=60)
+            shutil.rmtree(root, ignore_errors=True)
+    disk, tmpfs, health = results["disk"], results["tmpfs"], results["health"]
+    print("| HTTP POST /webhook/appointments, disk spool (wrk -t2 -c64 -d%ds, unique bodies) | %.0f durable 202/s, p50 %.2f ms, p99 %.2f ms, non-2xx %d |" % ((seconds,) + disk))
+    print("| same, spool on tmpfs (/dev/shm) | %.0f 202/s, p50 %.2f ms, p99 %.2f ms, non-2xx %d |" % tmpfs)
+    print("| ratio disk / tmpfs | %.2f |" % (disk[0] / tmpfs[0]))
+    print("| GET /health (the server's ceiling) | %.0f requests/s, p99 %.2f ms |" % (health[0], health[2]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
@@ -65,9 +128,16 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--intake-rows", type=int, default=1000000)
     ap.add_argument("--csv-parse-bench", help="path of the csv-parse-bench binary (parsing-only speed)")
+    ap.add_argument("--http-seconds", type=int, default=20)
+    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http")
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
+    if args.only == "http":
+        print("| measure | value |")
+        print("| --- | --- |")
+        http_phase(args.binary, schema, args.http_seconds)
+        return
     roots = []
 
     def start_daemon(label, kind="appointments"):
@@ -238,6 +308,7 @@ def main():
         print("| ratio carespool / sqlite3 .import | %.2f |" % (intake_rate / import_rate))
         print("| daemon peak resident memory (VmHWM) during the intake | %.1f MiB |" % (intake_peak_kib / 1024.0))
         print("| daemon exit status after SIGTERM | %d, %d, %d, %d |" % (status1, status2, status3, status4))
+        http_phase(args.binary, schema, args.http_seconds)
     finally:
         for daemon in daemons:
             if daemon.poll() is None:

@@ -144,8 +144,9 @@ extension Serve {
         }
         let configuration = HTTPConfiguration(host: host, port: port, tokens: tokens, zoomSecrets: zoomSecret)
         if let refusal = configuration.refusal { throw ValidationError(refusal) }
+        let cache = HealthCache()
         let router = buildRouter(configuration: configuration, spool: spool) {
-            await Self.health(spool: spool, database: database)
+            await cache.report { await Self.health(spool: spool, database: database) }
         }
         return Application(
             router: router,
@@ -171,6 +172,19 @@ extension Serve {
             processing: count(spool.processingPath),
             failed: count(spool.failedPath, sidecarsOnly: true)
         )
+    }
+}
+
+/// `GET /health` computed at most once a second: counting a deep inbox must not make the health check
+/// the slowest route.
+actor HealthCache {
+    private var last: (at: ContinuousClock.Instant, report: HealthReport)?
+
+    func report(_ compute: () async -> HealthReport) async -> HealthReport {
+        if let last, ContinuousClock.now - last.at < .seconds(1) { return last.report }
+        let fresh = await compute()
+        last = (ContinuousClock.now, fresh)
+        return fresh
     }
 }
 
