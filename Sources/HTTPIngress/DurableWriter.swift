@@ -7,7 +7,8 @@ import Synchronization
 #endif
 
 /// Writes request bodies into inboxes durably, sharing one `syncfs(2)` among all the requests that
-/// arrive while the previous one runs (group commit): tmp file → rename into the inbox (never replacing)
+/// arrive while the previous one runs (group commit): tmp file → rename into the inbox (a fresh id: no
+/// name to replace)
 /// → syncfs of the spool's filesystem → only then the caller's `await` returns and it may answer 202.
 package final class DurableWriter: Sendable {
     private let spool: Spool
@@ -34,7 +35,7 @@ package final class DurableWriter: Sendable {
                         file.discard()
                         throw error
                     }
-                    try Spool.moveWithoutReplacing(spool.tmpPath + "/" + temporary, to: inbox.path + "/" + id + ".json")
+                    try spool.publish(temporaryName: temporary, into: inbox, as: id + ".json")
                 } catch {
                     continuation.resume(throwing: error)
                     return

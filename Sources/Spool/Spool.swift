@@ -314,6 +314,15 @@ package struct Spool: Sendable {
         return nil
     }
 
+    /// Renames `tmp/<temporaryName>` into `inbox` as `name`. For names that are new by construction (a
+    /// fresh id) only: rename(2) gives the watcher an IN_MOVED_TO, so the file is claimed at once, where a
+    /// no-replace link(2) would only say IN_CREATE and wait for the settle interval.
+    package func publish(temporaryName: String, into inbox: Inbox, as name: String) throws(SpoolError) {
+        if rename(tmpPath + "/" + temporaryName, inbox.path + "/" + name) != 0 {
+            throw SpoolError("rename", inbox.path + "/" + name, errno)
+        }
+    }
+
     /// fsyncs each folder, making renames into and out of it durable.
     package func syncDirectories(_ folders: Set<String>) throws(SpoolError) {
         for folder in folders.sorted() { try Self.syncDirectory(folder) }

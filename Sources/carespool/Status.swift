@@ -20,10 +20,12 @@ struct Status: AsyncParsableCommand {
         var counts: [(folder: String, kind: String, files: Int)] = []
         for kind in kinds {
             counts.append(("inbox", kind, try spool.scan(spool.inboxPath(kind)).count))
-            counts.append(("processing", kind, try spool.scanAll(spool.processingPath(kind)).count))
+            counts.append(
+                ("processing", kind, try spool.scanAll(spool.processingPath(kind)).filter { !$0.hasPrefix(".") }.count)
+            )
             var done = 0
-            for day in try spool.scanAll(spool.donePath(kind)) {
-                done += try spool.scanAll(spool.donePath(kind) + "/" + day).count
+            for day in try spool.scanAll(spool.donePath(kind)) where !day.hasPrefix(".") {
+                done += try spool.scanAll(spool.donePath(kind) + "/" + day).filter { !$0.hasPrefix(".") }.count
             }
             counts.append(("done", kind, done))
             let failed = try spool.scanAll(spool.failedPath(kind)).filter { $0.hasSuffix(".error.json") }.count
