@@ -114,7 +114,7 @@ package struct Spool: Sendable {
         for folder in folders { try Self.makeDirectory(folder) }
     }
 
-    /// Whether `name` is a writer's name for an incomplete file: a dotfile (rsync's `.name.XXXXXX`),
+    /// Whether `name` is a writer's name for an incomplete file: a dotfile (rsync's `.name.a1B2c3`),
     /// `*.tmp`, `*.part`, `*.filepart` or `*~`.
     package static func isIncompleteName(_ name: String) -> Bool {
         name.hasPrefix(".") || name.hasSuffix(".tmp") || name.hasSuffix(".part") || name.hasSuffix(".filepart")
