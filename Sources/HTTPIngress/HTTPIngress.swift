@@ -94,11 +94,37 @@ package struct HealthReport: Sendable {
     }
 }
 
-/// The routes, for the application and for tests (`app.test(.router)`).
+/// A spooled request's verdict, from the ledger (which only the executable can read).
+package struct SpoolVerdict: Sendable {
+    package var outcome: String
+    package var stored: Int
+    package var duplicates: Int
+    package var rejected: Int
+    /// (record, line, pointer, message) of each problem.
+    package var errors: [(record: Int?, line: Int?, pointer: String?, message: String)]
+
+    package init(
+        outcome: String,
+        stored: Int,
+        duplicates: Int,
+        rejected: Int,
+        errors: [(record: Int?, line: Int?, pointer: String?, message: String)]
+    ) {
+        self.outcome = outcome
+        self.stored = stored
+        self.duplicates = duplicates
+        self.rejected = rejected
+        self.errors = errors
+    }
+}
+
+/// The routes, for the application and for tests (`app.test(.router)`). `verdict` finds the ledger's
+/// verdict on a request file by its name (`<id>.json`) and kind.
 package func buildRouter(
     configuration: HTTPConfiguration,
     spool: Spool,
     health: @escaping @Sendable () async -> HealthReport,
+    verdict: @escaping @Sendable (_ name: String, _ kind: String) async -> SpoolVerdict? = { _, _ in nil },
     now: @escaping @Sendable () -> Int = { Int(time(nil)) }
 ) -> Router<BasicRequestContext> {
     let writer = DurableWriter(spool: spool)
@@ -112,6 +138,41 @@ package func buildRouter(
             let ingress = Ingress(configuration: configuration, writer: writer, inbox: inbox, now: now)
             return try await ingress.handle(request, context: context)
         }
+    }
+    router.get("/spool/:id") { _, context -> Response in
+        let id = context.parameters.get("id") ?? ""
+        guard id.count == 36,
+            id.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) || $0 == 0x2D })
+        else { return Ingress.error(.badRequest, "not a spool id") }
+        let name = id + ".json"
+        for kind in spool.kinds {
+            if let found = await verdict(name, kind) {
+                let state = found.outcome == "rejected" ? "failed" : "done"
+                let errors = found.errors.map { problem in
+                    "{\"record\":\(problem.record.map(String.init) ?? "null"),\"line\":\(problem.line.map(String.init) ?? "null"),"
+                        + "\"pointer\":\(problem.pointer.map(JSONValue.quoted) ?? "null"),"
+                        + "\"message\":\(JSONValue.quoted(Ingress.withoutValues(problem.message)))}"
+                }
+                return Ingress.json(
+                    .ok,
+                    "{\"id\":\"\(id)\",\"kind\":\"\(kind)\",\"state\":\"\(state)\",\"outcome\":\"\(found.outcome)\","
+                        + "\"counts\":{\"stored\":\(found.stored),\"duplicates\":\(found.duplicates),\"rejected\":\(found.rejected)},"
+                        + "\"errors\":[\(errors.joined(separator: ","))]}"
+                )
+            }
+            let inInbox = ((try? spool.scanAll(spool.inboxPath(kind))) ?? []).contains(name)
+            let inProcessing = ((try? spool.scanAll(spool.processingPath(kind))) ?? []).contains {
+                $0.hasSuffix("--" + name)
+            }
+            if inInbox || inProcessing {
+                let state = inInbox ? "inbox" : "processing"
+                return Ingress.json(
+                    .ok,
+                    "{\"id\":\"\(id)\",\"kind\":\"\(kind)\",\"state\":\"\(state)\",\"outcome\":null}"
+                )
+            }
+        }
+        return Ingress.error(.notFound, "no spooled request with this id")
     }
     router.get("/health") { _, _ -> Response in
         let report = await health()
@@ -141,6 +202,30 @@ private struct Ingress {
             headers: [.contentType: "application/json"],
             body: ResponseBody(byteBuffer: ByteBuffer(string: body))
         )
+    }
+
+    /// A validation message with every quoted value replaced by `"…"`: senders get the rule, never
+    /// payload values.
+    static func withoutValues(_ message: String) -> String {
+        var out = ""
+        var inQuote = false
+        var escaped = false
+        for character in message {
+            if inQuote {
+                if escaped {
+                    escaped = false
+                } else if character == "\\" {
+                    escaped = true
+                } else if character == "\"" {
+                    inQuote = false
+                    out += "…\""
+                }
+                continue
+            }
+            out.append(character)
+            if character == "\"" { inQuote = true }
+        }
+        return out
     }
 
     static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {

@@ -124,6 +124,9 @@ package struct AppDatabase: Sendable {
         migrator.registerMigration("v3: intake patients, persons with history, visits") { db in
             try db.execute(sql: IntakeWriter.schema)
         }
+        migrator.registerMigration("v4: ledger by original name (GET /spool/{id})") { db in
+            try db.execute(sql: "CREATE INDEX files_by_name ON files (kind, original_name)")
+        }
         return migrator
     }
 }
@@ -456,6 +459,20 @@ struct AppointmentWriter {
 }
 
 extension AppDatabase {
+    /// The verdict on the file of `kind` that arrived as `name`, if it has a ledger row.
+    package func verdict(name: String, kind: String) throws -> FileReport? {
+        try writer.read { db in
+            guard
+                let text = try String.fetchOne(
+                    db,
+                    sql: "SELECT report FROM files WHERE kind = ? AND original_name = ? ORDER BY id DESC LIMIT 1",
+                    arguments: [kind, name]
+                )
+            else { return nil }
+            return FileReport(json: text)
+        }
+    }
+
     /// The newest rejected or partial files, newest first, with the ledger's columns as text.
     package func lastFailures(limit: Int) throws -> [[String: String?]] {
         try writer.read { db in

@@ -145,9 +145,21 @@ extension Serve {
         let configuration = HTTPConfiguration(host: host, port: port, tokens: tokens, zoomSecrets: zoomSecret)
         if let refusal = configuration.refusal { throw ValidationError(refusal) }
         let cache = HealthCache()
-        let router = buildRouter(configuration: configuration, spool: spool) {
-            await cache.report { await Self.health(spool: spool, database: database) }
-        }
+        let router = buildRouter(
+            configuration: configuration,
+            spool: spool,
+            health: { await cache.report { await Self.health(spool: spool, database: database) } },
+            verdict: { name, kind in
+                guard let report = try? database.verdict(name: name, kind: kind) else { return nil }
+                return SpoolVerdict(
+                    outcome: report.outcome.rawValue,
+                    stored: report.stored,
+                    duplicates: report.duplicates,
+                    rejected: report.rejected,
+                    errors: report.errors.map { ($0.record, $0.line, $0.pointer, $0.message) }
+                )
+            }
+        )
         return Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "carespool"),

@@ -75,4 +75,56 @@ func freePort() -> Int {
         }
         #expect(events == 10)
     }
+
+    @Test func getSpoolIdTellsWhereAPostedRequestIsAndItsVerdictWithoutPayloadValues() async throws {
+        let dir = TempDir("httpd")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let port = freePort()
+        let run = try await Daemon.serve(spool: spool, arguments: ["--http", "127.0.0.1:\(port)"]) { pid in
+            try await waitUntilServing(spool)
+            func curl(_ arguments: [String]) async throws -> String {
+                for _ in 0..<50 {
+                    let result = try await Subprocess.run(
+                        .name("curl"),
+                        arguments: Arguments(["-s"] + arguments),
+                        output: .string(limit: 1 << 16),
+                        error: .discarded
+                    )
+                    if result.terminationStatus == .exited(0) { return result.standardOutput }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                return ""
+            }
+            let url = "http://127.0.0.1:\(port)"
+            let post = ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary"]
+            let good = try await curl(post + [event("G1", "2025-01-10T12:30:00Z"), url + "/webhook/appointments"])
+            let bad = try await curl(
+                post + [event("B1", "2025-01-10 12:30", patient: "SECRET-PATIENT"), url + "/webhook/appointments"]
+            )
+            func id(_ reply: String) -> String {
+                (try? JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any])?["id"] as? String ?? ""
+            }
+            let view = SpoolView(root: spool)
+            _ = await eventually { view.done().count == 1 && view.failed().count == 1 }
+            let goodState = try await curl([url + "/spool/" + id(good)])
+            let badState = try await curl([url + "/spool/" + id(bad)])
+            let missing = try await curl([
+                "-o", "/dev/null", "-w", "%{http_code}", url + "/spool/01900000-0000-7000-8000-000000000000",
+            ])
+            kill(pid, SIGTERM)
+            return (goodState, badState, missing)
+        }
+        let good = try JSONSerialization.jsonObject(with: Data(run.result.0.utf8)) as? [String: Any]
+        #expect(good?["state"] as? String == "done")
+        #expect(good?["outcome"] as? String == "accepted")
+        let bad = try JSONSerialization.jsonObject(with: Data(run.result.1.utf8)) as? [String: Any]
+        #expect(bad?["state"] as? String == "failed")
+        #expect(bad?["outcome"] as? String == "rejected")
+        let errors = bad?["errors"] as? [[String: Any]]
+        #expect(errors?.first?["pointer"] as? String == "/timestamp")
+        #expect(errors?.first?["message"] as? String == "\"…\" is not an RFC 3339 date-time")
+        #expect(!run.result.1.contains("SECRET-PATIENT") && !run.result.1.contains("12:30"))
+        #expect(run.result.2 == "404")
+    }
 }
