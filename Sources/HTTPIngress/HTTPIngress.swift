@@ -136,7 +136,17 @@ package func buildRouter(
         guard let inbox = spool.inboxes.first(where: { $0.kind == route.kind }) else { continue }
         router.post(route.path) { request, context -> Response in
             let ingress = Ingress(configuration: configuration, writer: writer, inbox: inbox, now: now)
-            return try await ingress.handle(request, context: context)
+            let response = try await ingress.handle(request, context: context)
+            // RFC 7240 `Prefer: wait=N`: wait up to N seconds for the pipeline's verdict.
+            guard response.status == .accepted, let seconds = Ingress.preferredWait(request),
+                let id = response.headers[Ingress.spoolID]
+            else { return response }
+            let deadline = ContinuousClock.now + .seconds(seconds)
+            while ContinuousClock.now < deadline {
+                if let found = await verdict(id + ".json", inbox.kind) { return Ingress.answer(id: id, found) }
+                try await Task.sleep(for: .milliseconds(25))
+            }
+            return response
         }
     }
     router.get("/spool/:id") { _, context -> Response in
@@ -228,6 +238,39 @@ private struct Ingress {
         return out
     }
 
+    static let spoolID = HTTPField.Name("x-carespool-id")!
+
+    /// N of a `Prefer: wait=N` header, capped at 60 s.
+    static func preferredWait(_ request: Request) -> Int? {
+        guard let prefer = request.headers[HTTPField.Name("prefer")!] else { return nil }
+        for part in prefer.split(separator: ",") {
+            let token = part.trimmingCharacters()
+            if token.hasPrefix("wait="), let seconds = Int(token.dropFirst(5)), seconds > 0 { return min(seconds, 60) }
+        }
+        return nil
+    }
+
+    /// The answer of the appointment receiver this replaces: 200 stored, 409 duplicate or conflict, 400
+    /// with the validation errors (values masked).
+    static func answer(id: String, _ found: SpoolVerdict) -> Response {
+        let errors = found.errors.map { problem in
+            "{\"record\":\(problem.record.map(String.init) ?? "null"),\"pointer\":\(problem.pointer.map(JSONValue.quoted) ?? "null"),"
+                + "\"message\":\(JSONValue.quoted(withoutValues(problem.message)))}"
+        }
+        let conflict = found.errors.contains { $0.message.hasPrefix("conflicts with") }
+        let status: HTTPResponse.Status =
+            switch found.outcome {
+            case "accepted": .ok
+            case "duplicate": .conflict
+            default: conflict && found.stored == 0 ? .conflict : .badRequest
+            }
+        return json(
+            status,
+            "{\"status\":\"\(found.outcome)\",\"id\":\"\(id)\",\"counts\":{\"stored\":\(found.stored),"
+                + "\"duplicates\":\(found.duplicates),\"rejected\":\(found.rejected)},\"errors\":[\(errors.joined(separator: ","))]}"
+        )
+    }
+
     static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {
         json(status, "{\"status\":\"error\",\"error\":\(JSONValue.quoted(message))}")
     }
@@ -308,7 +351,9 @@ private struct Ingress {
             return Self.error(.internalServerError, "the request could not be written")
         }
         context.logger.info("request spooled", metadata: ["spool.id": "\(id)", "route.kind": "\(inbox.kind)"])
-        return Self.json(.accepted, "{\"status\":\"accepted\",\"id\":\"\(id)\",\"request_id\":\"\(id)\"}")
+        var response = Self.json(.accepted, "{\"status\":\"accepted\",\"id\":\"\(id)\",\"request_id\":\"\(id)\"}")
+        response.headers[Self.spoolID] = id
+        return response
     }
 }
 

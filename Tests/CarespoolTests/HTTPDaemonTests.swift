@@ -112,8 +112,15 @@ func freePort() -> Int {
             let missing = try await curl([
                 "-o", "/dev/null", "-w", "%{http_code}", url + "/spool/01900000-0000-7000-8000-000000000000",
             ])
+            // Prefer: wait=N answers as the receiver this replaces: 200 stored, 409 duplicate, 400 invalid.
+            let wait = ["-o", "/dev/null", "-w", "%{http_code}", "-H", "Prefer: wait=10"] + post
+            let stored = try await curl(wait + [event("W1", "2025-01-10T12:30:00Z"), url + "/webhook/appointments"])
+            let duplicate = try await curl(
+                wait + [event("W1", "2025-01-10T12:30:00Z") + " ", url + "/webhook/appointments"]
+            )
+            let invalid = try await curl(wait + [event("W2", "yesterday"), url + "/webhook/appointments"])
             kill(pid, SIGTERM)
-            return (goodState, badState, missing)
+            return (goodState, badState, missing, [stored, duplicate, invalid])
         }
         let good = try JSONSerialization.jsonObject(with: Data(run.result.0.utf8)) as? [String: Any]
         #expect(good?["state"] as? String == "done")
@@ -126,5 +133,6 @@ func freePort() -> Int {
         #expect(errors?.first?["message"] as? String == "\"…\" is not an RFC 3339 date-time")
         #expect(!run.result.1.contains("SECRET-PATIENT") && !run.result.1.contains("12:30"))
         #expect(run.result.2 == "404")
+        #expect(run.result.3 == ["200", "409", "400"])
     }
 }
