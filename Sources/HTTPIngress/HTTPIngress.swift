@@ -46,6 +46,9 @@ package struct HTTPConfiguration: Sendable {
     package var zoomSecrets: [String]
     /// How far `x-zm-request-timestamp` may be from now. Default 300 s.
     package var timestampTolerance: Int
+    /// Requests a second per sender (bearer token name, or the route for unauthenticated and Zoom-signed
+    /// senders), bursts up to the same number; nil for no limit (the default).
+    package var ratePerSecond: Double?
 
     package init(
         host: String = "127.0.0.1",
@@ -54,7 +57,8 @@ package struct HTTPConfiguration: Sendable {
         ingestBodyLimit: Int = 64 << 20,
         tokens: [HTTPToken] = [],
         zoomSecrets: [String] = [],
-        timestampTolerance: Int = 300
+        timestampTolerance: Int = 300,
+        ratePerSecond: Double? = nil
     ) {
         self.host = host
         self.port = port
@@ -63,6 +67,7 @@ package struct HTTPConfiguration: Sendable {
         self.tokens = tokens
         self.zoomSecrets = zoomSecrets
         self.timestampTolerance = timestampTolerance
+        self.ratePerSecond = ratePerSecond
     }
 
     /// Why this configuration must not start: no auth at all on a non-loopback address.
@@ -128,6 +133,7 @@ package func buildRouter(
     now: @escaping @Sendable () -> Int = { Int(time(nil)) }
 ) -> Router<BasicRequestContext> {
     let writer = DurableWriter(spool: spool)
+    let limiter = configuration.ratePerSecond.map { RateLimiter(rate: $0, burst: $0) }
     let router = Router(context: BasicRequestContext.self)
     let routes: [(path: RouterPath, kind: String)] = [
         ("/webhook/appointments", "appointments"), ("/zoom_events/events", "zoom"), ("/ingest", "intake"),
@@ -135,7 +141,13 @@ package func buildRouter(
     for route in routes {
         guard let inbox = spool.inboxes.first(where: { $0.kind == route.kind }) else { continue }
         router.post(route.path) { request, context -> Response in
-            let ingress = Ingress(configuration: configuration, writer: writer, inbox: inbox, now: now)
+            let ingress = Ingress(
+                configuration: configuration,
+                writer: writer,
+                inbox: inbox,
+                limiter: limiter,
+                now: now
+            )
             let response = try await ingress.handle(request, context: context)
             // RFC 7240 `Prefer: wait=N`: wait up to N seconds for the pipeline's verdict.
             guard response.status == .accepted, let seconds = Ingress.preferredWait(request),
@@ -201,6 +213,7 @@ private struct Ingress {
     let configuration: HTTPConfiguration
     let writer: DurableWriter
     let inbox: Spool.Inbox
+    let limiter: RateLimiter?
     let now: @Sendable () -> Int
 
     static let zoomSignature = HTTPField.Name("x-zm-signature")!
@@ -279,6 +292,7 @@ private struct Ingress {
         let isZoom = inbox.kind == "zoom"
         let zoomSigned = isZoom && !configuration.zoomSecrets.isEmpty
         // Bearer auth (Zoom deliveries are signed instead when a Zoom secret is configured).
+        var sender = "route:" + inbox.kind
         if !configuration.tokens.isEmpty && !zoomSigned {
             guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
                 return Self.error(.unauthorized, "missing bearer token")
@@ -290,6 +304,12 @@ private struct Ingress {
             guard token.routes.contains(inbox.kind) else {
                 return Self.error(.forbidden, "token \(token.name) may not write \(inbox.kind)")
             }
+            sender = "token:" + token.name
+        }
+        if let limiter, let retryAfter = limiter.take(sender) {
+            var response = Self.error(.tooManyRequests, "rate limit exceeded")
+            response.headers[.retryAfter] = String(retryAfter)
+            return response
         }
         let contentType = request.headers[.contentType] ?? ""
         guard contentType.split(separator: ";").first?.trimmingCharacters() == "application/json" else {

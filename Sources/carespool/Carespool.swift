@@ -81,6 +81,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Zoom webhook secret token (give two during a rotation); repeatable.")
     var zoomSecret: [String] = []
 
+    @Option(help: "HTTP requests a second per sender (token bucket, same burst; 429 with Retry-After); 0 for none.")
+    var httpRate: Double = 0
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -142,7 +145,13 @@ extension Serve {
             }
             tokens.append(token)
         }
-        let configuration = HTTPConfiguration(host: host, port: port, tokens: tokens, zoomSecrets: zoomSecret)
+        let configuration = HTTPConfiguration(
+            host: host,
+            port: port,
+            tokens: tokens,
+            zoomSecrets: zoomSecret,
+            ratePerSecond: httpRate > 0 ? httpRate : nil
+        )
         if let refusal = configuration.refusal { throw ValidationError(refusal) }
         let cache = HealthCache()
         let router = buildRouter(

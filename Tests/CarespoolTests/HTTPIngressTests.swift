@@ -229,4 +229,44 @@ import Testing
             }
         }
     }
+
+    @Test func aSenderOverItsRateGets429WithRetryAfterAndOthersDoNot() async throws {
+        defer { dir.cleanup() }
+        let a = try #require(HTTPToken(spec: "a:secret-a:*"))
+        let b = try #require(HTTPToken(spec: "b:secret-b:*"))
+        let (app, spool) = try app(HTTPConfiguration(tokens: [a, b], ratePerSecond: 2))
+        try await app.test(.router) { client in
+            var statuses: [HTTPResponse.Status] = []
+            var retryAfter: String?
+            for n in 0..<3 {
+                try await client.execute(
+                    uri: "/webhook/appointments",
+                    method: .post,
+                    headers: [.contentType: "application/json", .authorization: "Bearer secret-a"],
+                    body: ByteBuffer(string: event("R\(n)", "2025-01-10T12:30:00Z"))
+                ) { response in
+                    statuses.append(response.status)
+                    if response.status == .tooManyRequests { retryAfter = response.headers[.retryAfter] }
+                }
+            }
+            #expect(statuses == [.accepted, .accepted, .tooManyRequests])
+            #expect(retryAfter == "1")
+            try await client.execute(
+                uri: "/webhook/appointments",
+                method: .post,
+                headers: [.contentType: "application/json", .authorization: "Bearer secret-b"],
+                body: ByteBuffer(string: event("R9", "2025-01-10T12:30:00Z"))
+            ) { #expect($0.status == .accepted) }
+        }
+        #expect(try inbox(spool, "appointments").count == 3)
+    }
+
+    @Test func aTokenBucketRefillsAtItsRate() {
+        let limiter = RateLimiter(rate: 10, burst: 10)
+        let start = ContinuousClock.now
+        for _ in 0..<10 { #expect(limiter.take("k", now: start) == nil) }
+        #expect(limiter.take("k", now: start) == 1)
+        #expect(limiter.take("k", now: start + .milliseconds(150)) == nil)
+        #expect(limiter.take("other", now: start) == nil)
+    }
 }
