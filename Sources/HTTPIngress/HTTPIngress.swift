@@ -49,6 +49,10 @@ package struct HTTPConfiguration: Sendable {
     /// Requests a second per sender (bearer token name, or the route for unauthenticated and Zoom-signed
     /// senders), bursts up to the same number; nil for no limit (the default).
     package var ratePerSecond: Double?
+    /// Backpressure: 503 with Retry-After while an inbox holds more than this many files (default
+    /// 20,000) or the spool's filesystem has less than `diskReserve` bytes free (default 256 MiB).
+    package var inboxHighWater: Int
+    package var diskReserve: Int64
 
     package init(
         host: String = "127.0.0.1",
@@ -58,7 +62,9 @@ package struct HTTPConfiguration: Sendable {
         tokens: [HTTPToken] = [],
         zoomSecrets: [String] = [],
         timestampTolerance: Int = 300,
-        ratePerSecond: Double? = nil
+        ratePerSecond: Double? = nil,
+        inboxHighWater: Int = 20_000,
+        diskReserve: Int64 = 256 << 20
     ) {
         self.host = host
         self.port = port
@@ -68,6 +74,8 @@ package struct HTTPConfiguration: Sendable {
         self.zoomSecrets = zoomSecrets
         self.timestampTolerance = timestampTolerance
         self.ratePerSecond = ratePerSecond
+        self.inboxHighWater = inboxHighWater
+        self.diskReserve = diskReserve
     }
 
     /// Why this configuration must not start: no auth at all on a non-loopback address.
@@ -134,6 +142,11 @@ package func buildRouter(
 ) -> Router<BasicRequestContext> {
     let writer = DurableWriter(spool: spool)
     let limiter = configuration.ratePerSecond.map { RateLimiter(rate: $0, burst: $0) }
+    let pressure = Backpressure(
+        spool: spool,
+        highWater: configuration.inboxHighWater,
+        reserve: configuration.diskReserve
+    )
     let router = Router(context: BasicRequestContext.self)
     let routes: [(path: RouterPath, kind: String)] = [
         ("/webhook/appointments", "appointments"), ("/zoom_events/events", "zoom"), ("/ingest", "intake"),
@@ -146,6 +159,7 @@ package func buildRouter(
                 writer: writer,
                 inbox: inbox,
                 limiter: limiter,
+                pressure: pressure,
                 now: now
             )
             let response = try await ingress.handle(request, context: context)
@@ -214,6 +228,7 @@ private struct Ingress {
     let writer: DurableWriter
     let inbox: Spool.Inbox
     let limiter: RateLimiter?
+    let pressure: Backpressure
     let now: @Sendable () -> Int
 
     static let zoomSignature = HTTPField.Name("x-zm-signature")!
@@ -357,6 +372,11 @@ private struct Ingress {
                 .ok,
                 "{\"plainToken\":\(JSONValue.quoted(answer.plainToken)),\"encryptedToken\":\"\(answer.encryptedToken)\"}"
             )
+        }
+        if let reason = pressure.refusal(inbox) {
+            var response = Self.error(.serviceUnavailable, reason)
+            response.headers[.retryAfter] = "5"
+            return response
         }
         let id: String
         do {

@@ -84,6 +84,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HTTP requests a second per sender (token bucket, same burst; 429 with Retry-After); 0 for none.")
     var httpRate: Double = 0
 
+    @Option(help: "HTTP answers 503 while an inbox holds this many files (backpressure).")
+    var inboxHighWater: Int = 20_000
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -150,7 +153,8 @@ extension Serve {
             port: port,
             tokens: tokens,
             zoomSecrets: zoomSecret,
-            ratePerSecond: httpRate > 0 ? httpRate : nil
+            ratePerSecond: httpRate > 0 ? httpRate : nil,
+            inboxHighWater: inboxHighWater
         )
         if let refusal = configuration.refusal { throw ValidationError(refusal) }
         let cache = HealthCache()

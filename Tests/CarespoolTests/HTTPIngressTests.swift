@@ -269,4 +269,29 @@ import Testing
         #expect(limiter.take("k", now: start + .milliseconds(150)) == nil)
         #expect(limiter.take("other", now: start) == nil)
     }
+
+    @Test func aFullInboxOrANearlyFullDiskIsBackpressure503WithRetryAfter() async throws {
+        defer { dir.cleanup() }
+        let body = ByteBuffer(string: event("P1", "2025-01-10T12:30:00Z"))
+        let headers: HTTPFields = [.contentType: "application/json"]
+        let (app, spool) = try app(HTTPConfiguration(inboxHighWater: 1))
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/webhook/appointments", method: .post, headers: headers, body: body) {
+                #expect($0.status == .accepted)
+            }
+            try await Task.sleep(for: .milliseconds(600))  // the inbox count is refreshed every 500 ms
+            try await client.execute(uri: "/webhook/appointments", method: .post, headers: headers, body: body) {
+                response in
+                #expect(response.status == .serviceUnavailable)
+                #expect(response.headers[.retryAfter] == "5")
+            }
+        }
+        #expect(try inbox(spool, "appointments").count == 1)
+        let (full, _) = try self.app(HTTPConfiguration(diskReserve: Int64.max))
+        try await full.test(.router) { client in
+            try await client.execute(uri: "/ingest", method: .post, headers: headers, body: ByteBuffer(string: "[]")) {
+                #expect($0.status == .serviceUnavailable)
+            }
+        }
+    }
 }
