@@ -39,7 +39,7 @@ let package = Package(
         .target(
             name: "Pipeline",
             dependencies: [
-                "Spool", "Watcher", "Kinds", "Store",
+                "Spool", "Watcher", "Kinds", "Store", "JSONSchema",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -63,7 +63,7 @@ let package = Package(
             dependencies: [.product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
-        .target(name: "Watcher", swiftSettings: swiftSettings),
+        .target(name: "Watcher", dependencies: ["Spool"], swiftSettings: swiftSettings),
         .target(name: "JSONSchema", swiftSettings: swiftSettings),
         .target(name: "CSV", swiftSettings: swiftSettings),
         .executableTarget(name: "csv-parse-bench", dependencies: ["CSV"], swiftSettings: swiftSettings),

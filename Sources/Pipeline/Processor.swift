@@ -9,6 +9,7 @@
 
 import Crypto
 import Dispatch
+import JSONSchema
 package import Kinds
 package import Logging
 import ServiceLifecycle
@@ -522,8 +523,8 @@ final class Engine: @unchecked Sendable {
         var lines: [String] = []
         for retry in retries.values.sorted(by: { $0.file.id < $1.file.id }) {
             lines.append(
-                "{\"id\":\(quoted(retry.file.id)),\"kind\":\(quoted(retry.file.kind)),\"attempts\":\(retry.attempts),"
-                    + "\"last_error\":\(quoted(retry.lastError))}"
+                "{\"id\":\(JSONValue.quoted(retry.file.id)),\"kind\":\(JSONValue.quoted(retry.file.kind)),\"attempts\":\(retry.attempts),"
+                    + "\"last_error\":\(JSONValue.quoted(retry.lastError))}"
             )
         }
         let text = "[" + lines.joined(separator: ",") + "]\n"
@@ -538,19 +539,6 @@ final class Engine: @unchecked Sendable {
         } catch {
             logger.error("cannot write retry state", metadata: ["error": "\(error.reason)"])
         }
-    }
-
-    private func quoted(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            default:
-                if scalar.value < 0x20 { out += " " } else { out.unicodeScalars.append(scalar) }
-            }
-        }
-        return out + "\""
     }
 }
 

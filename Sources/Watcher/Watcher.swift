@@ -6,6 +6,7 @@
 // `tick` so the processor's timers (settle checks, periodic rescans, retries) run without a second clock.
 
 import Foundation
+import Spool
 import Synchronization
 
 #if canImport(Glibc)
@@ -129,11 +130,7 @@ package final class Watcher: Sendable {
                     }
                     guard let folder = folders[wd] else { continue }
                     let name = String(decoding: nameBytes.prefix(while: { $0 != 0 }), as: UTF8.self)
-                    if name.hasPrefix(".") || name.hasSuffix(".tmp") || name.hasSuffix(".part")
-                        || name.hasSuffix(".filepart") || name.hasSuffix("~")
-                    {
-                        continue
-                    }
+                    if Spool.isIncompleteName(name) { continue }
                     found.folders.insert(folder)
                     if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO) != 0 {
                         found.complete.insert(folder + "/" + name)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import JSONSchema
 import Kinds
 import Spool
 import Store
@@ -50,13 +51,15 @@ struct Status: AsyncParsableCommand {
                 "{"
                     + ["id", "kind", "original_name", "outcome", "finished_at", "error"].map { key in
                         let value = row[key] ?? nil
-                        return "\"\(key)\":" + (value.map { quote($0) } ?? "null")
+                        return "\"\(key)\":" + (value.map { JSONValue.quoted($0) } ?? "null")
                     }.joined(separator: ",") + "}"
             }.joined(separator: ",")
             out += "],\"zoom_events\":{\"received\":\(zoom.reduce(0) { $0 + $1.received }),"
             out += "\"inserted\":\(zoom.reduce(0) { $0 + $1.inserted }),\"by_event\":["
-            out += zoom.map { "{\"event\":\(quote($0.event)),\"received\":\($0.received),\"inserted\":\($0.inserted)}" }
-                .joined(separator: ",")
+            out += zoom.map {
+                "{\"event\":\(JSONValue.quoted($0.event)),\"received\":\($0.received),\"inserted\":\($0.inserted)}"
+            }
+            .joined(separator: ",")
             out += "]}}"
             print(out)
             return
@@ -81,11 +84,5 @@ struct Status: AsyncParsableCommand {
             print("  " + fields.joined(separator: "  "))
             print("    " + ((row["error"] ?? nil) ?? ""))
         }
-    }
-
-    private func quote(_ s: String) -> String {
-        let data = try? JSONSerialization.data(withJSONObject: [s], options: [.fragmentsAllowed])
-        let text = data.map { String(decoding: $0, as: UTF8.self) } ?? "[\"\"]"
-        return String(text.dropFirst().dropLast())
     }
 }

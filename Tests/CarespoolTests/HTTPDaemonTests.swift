@@ -25,6 +25,21 @@ func freePort() -> Int {
     return Int(UInt16(bigEndian: address.sin_port))
 }
 
+/// Runs curl with `arguments` (silent), retrying while the daemon is not listening yet; its stdout.
+func curl(_ arguments: [String]) async throws -> String {
+    for _ in 0..<50 {
+        let result = try await Subprocess.run(
+            .name("curl"),
+            arguments: Arguments(["-s"] + arguments),
+            output: .string(limit: 1 << 16),
+            error: .discarded
+        )
+        if result.terminationStatus == .exited(0) { return result.standardOutput }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    return ""
+}
+
 /// The real binary's HTTP endpoint on a live socket, curl as the sender.
 @Suite(.serialized) struct HTTPDaemonTests {
     @Test func webhooksPostedToTheRealDaemonAreSpooledAndStoredLikeDroppedFiles() async throws {
@@ -35,36 +50,20 @@ func freePort() -> Int {
         let run = try await Daemon.serve(spool: spool, arguments: ["--http", "127.0.0.1:\(port)"]) { pid in
             try await waitUntilServing(spool)
             var statuses: [String] = []
-            for attempt in 0..<50 {
-                let result = try await Subprocess.run(
-                    .name("curl"),
-                    arguments: [
-                        "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H",
-                        "Content-Type: application/json",
+            for attempt in 0..<10 {
+                statuses.append(
+                    try await curl([
+                        "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json",
                         "--data-binary", event("H\(attempt)", "2025-01-10T12:30:00Z"),
                         "http://127.0.0.1:\(port)/webhook/appointments",
-                    ],
-                    output: .string(limit: 1 << 16),
-                    error: .discarded
+                    ])
                 )
-                let code = result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-                if code == "000" && statuses.isEmpty {
-                    try await Task.sleep(for: .milliseconds(100))  // not listening yet
-                    continue
-                }
-                statuses.append(code)
-                if statuses.count == 10 { break }
             }
             let view = SpoolView(root: spool)
             let stored = await eventually { view.done().count == 10 }
-            let health = try await Subprocess.run(
-                .name("curl"),
-                arguments: ["-s", "http://127.0.0.1:\(port)/health"],
-                output: .string(limit: 1 << 16),
-                error: .discarded
-            )
+            let health = try await curl(["http://127.0.0.1:\(port)/health"])
             kill(pid, SIGTERM)
-            return (statuses, stored, health.standardOutput)
+            return (statuses, stored, health)
         }
         #expect(run.result.0 == Array(repeating: "202", count: 10))
         #expect(run.result.1)
@@ -83,19 +82,6 @@ func freePort() -> Int {
         let port = freePort()
         let run = try await Daemon.serve(spool: spool, arguments: ["--http", "127.0.0.1:\(port)"]) { pid in
             try await waitUntilServing(spool)
-            func curl(_ arguments: [String]) async throws -> String {
-                for _ in 0..<50 {
-                    let result = try await Subprocess.run(
-                        .name("curl"),
-                        arguments: Arguments(["-s"] + arguments),
-                        output: .string(limit: 1 << 16),
-                        error: .discarded
-                    )
-                    if result.terminationStatus == .exited(0) { return result.standardOutput }
-                    try await Task.sleep(for: .milliseconds(100))
-                }
-                return ""
-            }
             let url = "http://127.0.0.1:\(port)"
             let post = ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary"]
             let good = try await curl(post + [event("G1", "2025-01-10T12:30:00Z"), url + "/webhook/appointments"])
