@@ -133,11 +133,13 @@ def main():
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
-    if args.only == "http":
-        print("| measure | value |")
-        print("| --- | --- |")
-        http_phase(args.binary, schema, args.http_seconds)
-        return
+    if args.only not in (None, "files", "zoom", "intake", "http"):
+        sys.exit("--only: one of files, zoom, intake, http")
+
+    def want(phase):
+        return args.only in (None, phase)
+
+    statuses = []
     roots = []
 
     def start_daemon(label, kind="appointments"):
@@ -169,146 +171,154 @@ def main():
 
     daemons = []
     try:
-        # Phase 1: throughput. rsync writes each file under a dot-temp name in the destination folder,
-        # then renames it. The temp files are written first (the daemon ignores dotfiles); the clock
-        # starts at the first rename and stops when the last file arrives in done/.
-        daemon, inbox, watcher = start_daemon("throughput")
-        daemons.append(daemon)
-        temps = []
-        for n in range(args.files):
-            temp = os.path.join(inbox, ".t%d.json.Xq9" % n)
-            with open(temp, "wb") as f:
-                f.write(event(n, "T"))
-            temps.append((temp, os.path.join(inbox, "t%d.json" % n)))
-        time.sleep(1)
-        start = time.monotonic()
-        for temp, final in temps:
-            os.rename(temp, final)
-        dropped = time.monotonic()
-        deadline = time.monotonic() + 300
-        while watcher.count("t") < args.files:
-            if time.monotonic() > deadline:
-                sys.exit("phase 1: only %d of %d files reached done/" % (watcher.count("t"), args.files))
-            time.sleep(0.005)
-        last = max(watcher.arrivals[k] for k in watcher.arrivals if k.startswith("t"))
-        throughput = args.files / (last - start)
-        status1 = stop(daemon)
+        if want("files"):
+            # Phase 1: throughput. rsync writes each file under a dot-temp name in the destination folder,
+            # then renames it. The temp files are written first (the daemon ignores dotfiles); the clock
+            # starts at the first rename and stops when the last file arrives in done/.
+            daemon, inbox, watcher = start_daemon("throughput")
+            daemons.append(daemon)
+            temps = []
+            for n in range(args.files):
+                temp = os.path.join(inbox, ".t%d.json.Xq9" % n)
+                with open(temp, "wb") as f:
+                    f.write(event(n, "T"))
+                temps.append((temp, os.path.join(inbox, "t%d.json" % n)))
+            time.sleep(1)
+            start = time.monotonic()
+            for temp, final in temps:
+                os.rename(temp, final)
+            dropped = time.monotonic()
+            deadline = time.monotonic() + 300
+            while watcher.count("t") < args.files:
+                if time.monotonic() > deadline:
+                    sys.exit("phase 1: only %d of %d files reached done/" % (watcher.count("t"), args.files))
+                time.sleep(0.005)
+            last = max(watcher.arrivals[k] for k in watcher.arrivals if k.startswith("t"))
+            throughput = args.files / (last - start)
+            statuses.append(stop(daemon))
 
-        # Phase 2: latency at a steady rate, on a fresh spool and daemon.
-        daemon, inbox, watcher = start_daemon("latency")
-        daemons.append(daemon)
-        total = args.rate * args.seconds
-        dropped_at = {}
-        begin = time.monotonic()
-        for n in range(total):
-            due = begin + n / args.rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            name = "l%d.json" % n
-            temp = os.path.join(inbox, "." + name + ".Xq9")
-            with open(temp, "wb") as f:
-                f.write(event(n, "L"))
-            os.rename(temp, os.path.join(inbox, name))
-            dropped_at[name] = time.monotonic()
-        achieved = total / (time.monotonic() - begin)
-        deadline = time.monotonic() + 120
-        while watcher.count("l") < total:
-            if time.monotonic() > deadline:
-                sys.exit("phase 2: only %d of %d files reached done/" % (watcher.count("l"), total))
-            time.sleep(0.01)
-        latencies = [(watcher.arrivals[k] - dropped_at[k]) * 1000 for k in dropped_at]
-        if os.environ.get("BENCH_DEBUG"):
-            worst = sorted(((watcher.arrivals[k] - dropped_at[k]) * 1000, dropped_at[k] - begin, k) for k in dropped_at)
-            for lat, at, k in worst[-15:]:
-                print("slow: %s dropped at %.3f s, %.1f ms" % (k, at, lat))
-        status2 = stop(daemon)
+        if want("files"):
+            # Phase 2: latency at a steady rate, on a fresh spool and daemon.
+            daemon, inbox, watcher = start_daemon("latency")
+            daemons.append(daemon)
+            total = args.rate * args.seconds
+            dropped_at = {}
+            begin = time.monotonic()
+            for n in range(total):
+                due = begin + n / args.rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                name = "l%d.json" % n
+                temp = os.path.join(inbox, "." + name + ".Xq9")
+                with open(temp, "wb") as f:
+                    f.write(event(n, "L"))
+                os.rename(temp, os.path.join(inbox, name))
+                dropped_at[name] = time.monotonic()
+            achieved = total / (time.monotonic() - begin)
+            deadline = time.monotonic() + 120
+            while watcher.count("l") < total:
+                if time.monotonic() > deadline:
+                    sys.exit("phase 2: only %d of %d files reached done/" % (watcher.count("l"), total))
+                time.sleep(0.01)
+            latencies = [(watcher.arrivals[k] - dropped_at[k]) * 1000 for k in dropped_at]
+            if os.environ.get("BENCH_DEBUG"):
+                worst = sorted(((watcher.arrivals[k] - dropped_at[k]) * 1000, dropped_at[k] - begin, k) for k in dropped_at)
+                for lat, at, k in worst[-15:]:
+                    print("slow: %s dropped at %.3f s, %.1f ms" % (k, at, lat))
+            statuses.append(stop(daemon))
 
-        # Phase 3: a 50 MB Zoom NDJSON export, streamed; rows/s and the daemon's peak resident memory.
-        daemon, inbox, watcher = start_daemon("zoom-export", "zoom")
-        daemons.append(daemon)
-        staged = os.path.join(os.path.dirname(inbox), "..", "export.ndjson")
-        rows = 0
-        with open(staged, "w") as f:
-            pad = "x" * 270
-            while f.tell() < 50 * 1000 * 1000:
-                f.write('{"event":"meeting.participant_joined","event_ts":%d,"payload":{"account_id":"acc",'
-                        '"object":{"id":%d,"uuid":"v%d==","participant":{"user_id":"u%d","user_name":"P%d",'
-                        '"join_time":"2024-01-01T10:00:00Z"},"topic":"%s"}}}\n'
-                        % (1700000000000 + rows, 80000000000 + rows % 500, rows % 500, rows, rows, pad))
-                rows += 1
-            export_bytes = f.tell()
-        export_start = time.monotonic()
-        os.rename(staged, os.path.join(inbox, "export.ndjson"))
-        deadline = time.monotonic() + 600
-        while watcher.count("export") < 1:
-            if time.monotonic() > deadline:
-                sys.exit("phase 3: the export did not reach done/")
-            time.sleep(0.01)
-        export_seconds = watcher.arrivals["export.ndjson"] - export_start
-        with open("/proc/%d/status" % daemon.pid) as f:
-            peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        status3 = stop(daemon)
+        if want("zoom"):
+            # Phase 3: a 50 MB Zoom NDJSON export, streamed; rows/s and the daemon's peak resident memory.
+            daemon, inbox, watcher = start_daemon("zoom-export", "zoom")
+            daemons.append(daemon)
+            staged = os.path.join(os.path.dirname(inbox), "..", "export.ndjson")
+            rows = 0
+            with open(staged, "w") as f:
+                pad = "x" * 270
+                while f.tell() < 50 * 1000 * 1000:
+                    f.write('{"event":"meeting.participant_joined","event_ts":%d,"payload":{"account_id":"acc",'
+                            '"object":{"id":%d,"uuid":"v%d==","participant":{"user_id":"u%d","user_name":"P%d",'
+                            '"join_time":"2024-01-01T10:00:00Z"},"topic":"%s"}}}\n'
+                            % (1700000000000 + rows, 80000000000 + rows % 500, rows % 500, rows, rows, pad))
+                    rows += 1
+                export_bytes = f.tell()
+            export_start = time.monotonic()
+            os.rename(staged, os.path.join(inbox, "export.ndjson"))
+            deadline = time.monotonic() + 600
+            while watcher.count("export") < 1:
+                if time.monotonic() > deadline:
+                    sys.exit("phase 3: the export did not reach done/")
+                time.sleep(0.01)
+            export_seconds = watcher.arrivals["export.ndjson"] - export_start
+            with open("/proc/%d/status" % daemon.pid) as f:
+                peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            statuses.append(stop(daemon))
 
-        # Phase 4: intake. A 1,000,000-row CSV (30% of rows repeat an earlier MRN) into a raw table by
-        # `sqlite3 .import` (the near-limit: no validation, no normalisation), then carespool's full intake.
-        daemon, inbox, watcher = start_daemon("intake", "intake")
-        daemons.append(daemon)
-        work = os.path.dirname(os.path.dirname(os.path.dirname(inbox)))
-        csv_path = os.path.join(work, "intake.csv")
-        intake_rows = args.intake_rows
-        with open(csv_path, "w") as f:
-            f.write("mrn,first_name,last_name,birth_date,visit_account_number,visit_date,reason\n")
-            for n in range(intake_rows):
-                mrn = n - 7 if (n % 10 < 3 and n >= 10) else n
-                f.write("MRN%d,First%d,Last%d,1980-01-%02d,VAN%d,2025-03-01,follow-up visit\n"
-                        % (mrn, n % 97, n % 89, 1 + n % 28, n))
-        csv_bytes = os.path.getsize(csv_path)
-        parse_only = None
-        if args.csv_parse_bench:
-            out = subprocess.run([args.csv_parse_bench, csv_path], check=True, capture_output=True, text=True).stdout
-            parse_only = int(out.split("rows/s")[1].strip())
-        raw_db = os.path.join(work, "raw.sqlite3")
-        begin_import = time.monotonic()
-        subprocess.run(["sqlite3", raw_db, ".import --csv %s raw" % csv_path], check=True)
-        import_seconds = time.monotonic() - begin_import
-        intake_start = time.monotonic()
-        os.rename(csv_path, os.path.join(inbox, "intake.csv"))
-        deadline = time.monotonic() + 1200
-        while watcher.count("intake") < 1:
-            if time.monotonic() > deadline:
-                sys.exit("phase 4: the intake file did not reach done/")
-            time.sleep(0.02)
-        intake_seconds = watcher.arrivals["intake.csv"] - intake_start
-        with open("/proc/%d/status" % daemon.pid) as f:
-            intake_peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        status4 = stop(daemon)
+        if want("intake"):
+            # Phase 4: intake. A 1,000,000-row CSV (30% of rows repeat an earlier MRN) into a raw table by
+            # `sqlite3 .import` (the near-limit: no validation, no normalisation), then carespool's full intake.
+            daemon, inbox, watcher = start_daemon("intake", "intake")
+            daemons.append(daemon)
+            work = os.path.dirname(os.path.dirname(os.path.dirname(inbox)))
+            csv_path = os.path.join(work, "intake.csv")
+            intake_rows = args.intake_rows
+            with open(csv_path, "w") as f:
+                f.write("mrn,first_name,last_name,birth_date,visit_account_number,visit_date,reason\n")
+                for n in range(intake_rows):
+                    mrn = n - 7 if (n % 10 < 3 and n >= 10) else n
+                    f.write("MRN%d,First%d,Last%d,1980-01-%02d,VAN%d,2025-03-01,follow-up visit\n"
+                            % (mrn, n % 97, n % 89, 1 + n % 28, n))
+            csv_bytes = os.path.getsize(csv_path)
+            parse_only = None
+            if args.csv_parse_bench:
+                out = subprocess.run([args.csv_parse_bench, csv_path], check=True, capture_output=True, text=True).stdout
+                parse_only = int(out.split("rows/s")[1].strip())
+            raw_db = os.path.join(work, "raw.sqlite3")
+            begin_import = time.monotonic()
+            subprocess.run(["sqlite3", raw_db, ".import --csv %s raw" % csv_path], check=True)
+            import_seconds = time.monotonic() - begin_import
+            intake_start = time.monotonic()
+            os.rename(csv_path, os.path.join(inbox, "intake.csv"))
+            deadline = time.monotonic() + 1200
+            while watcher.count("intake") < 1:
+                if time.monotonic() > deadline:
+                    sys.exit("phase 4: the intake file did not reach done/")
+                time.sleep(0.02)
+            intake_seconds = watcher.arrivals["intake.csv"] - intake_start
+            with open("/proc/%d/status" % daemon.pid) as f:
+                intake_peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            statuses.append(stop(daemon))
 
         print("carespool benchmark (%s, %d cores)" % (os.uname().machine, os.cpu_count()))
         print("| measure | value |")
         print("| --- | --- |")
-        print("| files (phase 1) | %d single-event files, rsync style (dot-temp written, then renamed) |" % args.files)
-        print("| rename time (phase 1) | %.2f s (%.0f files/s offered) |" % (dropped - start, args.files / (dropped - start)))
-        print("| throughput, first drop to last file in done/ | %.0f files/s |" % throughput)
-        print("| steady rate offered (phase 2, fresh spool) | %.0f files/s for %d s (%d files) |" % (achieved, args.seconds, total))
-        print("| drop->done latency p50 | %.1f ms |" % percentile(latencies, 50))
-        print("| drop->done latency p90 | %.1f ms |" % percentile(latencies, 90))
-        print("| drop->done latency p99 | %.1f ms |" % percentile(latencies, 99))
-        print("| drop->done latency max | %.1f ms |" % max(latencies))
-        print("| Zoom NDJSON export (phase 3, streamed) | %d rows, %.1f MB |" % (rows, export_bytes / 1e6))
-        print("| export ingest | %.1f s, %.0f rows/s |" % (export_seconds, rows / export_seconds))
-        print("| daemon peak resident memory (VmHWM) during the export | %.1f MiB |" % (peak_kib / 1024.0))
-        import_rate = intake_rows / import_seconds
-        intake_rate = intake_rows / intake_seconds
-        print("| intake CSV (phase 4) | %d rows, %.1f MB, 30%% repeated MRNs |" % (intake_rows, csv_bytes / 1e6))
-        if parse_only is not None:
-            print("| CSV reader alone, parsing only (csv-parse-bench) | %d rows/s |" % parse_only)
-        print("| sqlite3 .import into one raw table | %.1f s, %.0f rows/s |" % (import_seconds, import_rate))
-        print("| carespool full intake (validate, normalise, dedupe) | %.1f s, %.0f rows/s |" % (intake_seconds, intake_rate))
-        print("| ratio carespool / sqlite3 .import | %.2f |" % (intake_rate / import_rate))
-        print("| daemon peak resident memory (VmHWM) during the intake | %.1f MiB |" % (intake_peak_kib / 1024.0))
-        print("| daemon exit status after SIGTERM | %d, %d, %d, %d |" % (status1, status2, status3, status4))
-        http_phase(args.binary, schema, args.http_seconds)
+        if want("files"):
+            print("| files (phase 1) | %d single-event files, rsync style (dot-temp written, then renamed) |" % args.files)
+            print("| rename time (phase 1) | %.2f s (%.0f files/s offered) |" % (dropped - start, args.files / (dropped - start)))
+            print("| throughput, first drop to last file in done/ | %.0f files/s |" % throughput)
+            print("| steady rate offered (phase 2, fresh spool) | %.0f files/s for %d s (%d files) |" % (achieved, args.seconds, total))
+            print("| drop->done latency p50 | %.1f ms |" % percentile(latencies, 50))
+            print("| drop->done latency p90 | %.1f ms |" % percentile(latencies, 90))
+            print("| drop->done latency p99 | %.1f ms |" % percentile(latencies, 99))
+            print("| drop->done latency max | %.1f ms |" % max(latencies))
+        if want("zoom"):
+            print("| Zoom NDJSON export (phase 3, streamed) | %d rows, %.1f MB |" % (rows, export_bytes / 1e6))
+            print("| export ingest | %.1f s, %.0f rows/s |" % (export_seconds, rows / export_seconds))
+            print("| daemon peak resident memory (VmHWM) during the export | %.1f MiB |" % (peak_kib / 1024.0))
+        if want("intake"):
+            import_rate = intake_rows / import_seconds
+            intake_rate = intake_rows / intake_seconds
+            print("| intake CSV (phase 4) | %d rows, %.1f MB, 30%% repeated MRNs |" % (intake_rows, csv_bytes / 1e6))
+            if parse_only is not None:
+                print("| CSV reader alone, parsing only (csv-parse-bench) | %d rows/s |" % parse_only)
+            print("| sqlite3 .import into one raw table | %.1f s, %.0f rows/s |" % (import_seconds, import_rate))
+            print("| carespool full intake (validate, normalise, dedupe) | %.1f s, %.0f rows/s |" % (intake_seconds, intake_rate))
+            print("| ratio carespool / sqlite3 .import | %.2f |" % (intake_rate / import_rate))
+            print("| daemon peak resident memory (VmHWM) during the intake | %.1f MiB |" % (intake_peak_kib / 1024.0))
+        print("| daemon exit statuses after SIGTERM | %s |" % ", ".join(str(s) for s in statuses))
+        if want("http"):
+            http_phase(args.binary, schema, args.http_seconds)
     finally:
         for daemon in daemons:
             if daemon.poll() is None:

@@ -44,7 +44,11 @@ package struct HTTPConfiguration: Sendable {
     package var tokens: [HTTPToken]
     /// Zoom secret tokens (two at once during a rotation): `x-zm-signature` is required when set.
     package var zoomSecrets: [String]
-    /// How far `x-zm-request-timestamp` may be from now. Default 300 s.
+    /// Standard Webhooks secrets per route kind (two during a rotation): where set, `webhook-id`,
+    /// `webhook-timestamp` and `webhook-signature` are required and verified instead of a bearer token,
+    /// and `webhook-id` is the request's idempotency key.
+    package var webhookSecrets: [String: [String]]
+    /// How far `x-zm-request-timestamp` and `webhook-timestamp` may be from now. Default 300 s.
     package var timestampTolerance: Int
     /// Requests a second per sender (bearer token name, or the route for unauthenticated and Zoom-signed
     /// senders), bursts up to the same number; nil for no limit (the default).
@@ -53,6 +57,13 @@ package struct HTTPConfiguration: Sendable {
     /// 20,000) or the spool's filesystem has less than `diskReserve` bytes free (default 256 MiB).
     package var inboxHighWater: Int
     package var diskReserve: Int64
+    /// Slow clients: a connection that has not sent a whole request head this long after it opened or
+    /// after its last response is closed (default 10 s); a body not received within `bodyTimeout` of its
+    /// head is answered 408 (default 60 s).
+    package var headerTimeout: Duration
+    package var bodyTimeout: Duration
+    /// Most connections open at once; further ones wait in the listen backlog (default 1,024).
+    package var maxConnections: Int
 
     package init(
         host: String = "127.0.0.1",
@@ -61,10 +72,14 @@ package struct HTTPConfiguration: Sendable {
         ingestBodyLimit: Int = 64 << 20,
         tokens: [HTTPToken] = [],
         zoomSecrets: [String] = [],
+        webhookSecrets: [String: [String]] = [:],
         timestampTolerance: Int = 300,
         ratePerSecond: Double? = nil,
         inboxHighWater: Int = 20_000,
-        diskReserve: Int64 = 256 << 20
+        diskReserve: Int64 = 256 << 20,
+        headerTimeout: Duration = .seconds(10),
+        bodyTimeout: Duration = .seconds(60),
+        maxConnections: Int = 1_024
     ) {
         self.host = host
         self.port = port
@@ -72,17 +87,22 @@ package struct HTTPConfiguration: Sendable {
         self.ingestBodyLimit = ingestBodyLimit
         self.tokens = tokens
         self.zoomSecrets = zoomSecrets
+        self.webhookSecrets = webhookSecrets
         self.timestampTolerance = timestampTolerance
         self.ratePerSecond = ratePerSecond
         self.inboxHighWater = inboxHighWater
         self.diskReserve = diskReserve
+        self.headerTimeout = headerTimeout
+        self.bodyTimeout = bodyTimeout
+        self.maxConnections = maxConnections
     }
 
     /// Why this configuration must not start: no auth at all on a non-loopback address.
     package var refusal: String? {
         let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
-        if tokens.isEmpty && zoomSecrets.isEmpty && !loopback {
-            return "no bearer token or Zoom secret is configured: refusing to listen on \(host), only on loopback"
+        if tokens.isEmpty && zoomSecrets.isEmpty && webhookSecrets.values.allSatisfy(\.isEmpty) && !loopback {
+            return
+                "no bearer token, Zoom secret or webhook secret is configured: refusing to listen on \(host), only on loopback"
         }
         return nil
     }
@@ -267,6 +287,32 @@ private struct Ingress {
     }
 
     static let spoolID = HTTPField.Name("x-carespool-id")!
+    static let replayedHeader = HTTPField.Name("x-carespool-replayed")!
+    static let webhookID = HTTPField.Name("webhook-id")!
+    static let webhookTimestamp = HTTPField.Name("webhook-timestamp")!
+    static let webhookSignature = HTTPField.Name("webhook-signature")!
+
+    enum BodyError: Error { case tooLarge, timedOut }
+
+    /// The whole body, at most `limit` bytes, received within `timeout` (slow clients are cut off).
+    static func collect(_ body: RequestBody, upTo limit: Int, within timeout: Duration) async throws -> ByteBuffer {
+        try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
+            group.addTask {
+                do {
+                    return try await body.collect(upTo: limit)
+                } catch is NIOTooManyBytesError {
+                    throw BodyError.tooLarge
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let buffer = first else { throw BodyError.timedOut }
+            return buffer
+        }
+    }
 
     /// N of a `Prefer: wait=N` header, capped at 60 s.
     static func preferredWait(_ request: Request) -> Int? {
@@ -306,9 +352,10 @@ private struct Ingress {
     func handle(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let isZoom = inbox.kind == "zoom"
         let zoomSigned = isZoom && !configuration.zoomSecrets.isEmpty
-        // Bearer auth (Zoom deliveries are signed instead when a Zoom secret is configured).
+        let webhookKeys = (configuration.webhookSecrets[inbox.kind] ?? []).map(StandardWebhooks.key(secret:))
+        // Bearer auth (deliveries are signed instead where a Zoom or Standard Webhooks secret is configured).
         var sender = "route:" + inbox.kind
-        if !configuration.tokens.isEmpty && !zoomSigned {
+        if !configuration.tokens.isEmpty && !zoomSigned && webhookKeys.isEmpty {
             guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
                 return Self.error(.unauthorized, "missing bearer token")
             }
@@ -333,11 +380,40 @@ private struct Ingress {
         let limit = inbox.kind == "intake" ? configuration.ingestBodyLimit : configuration.webhookBodyLimit
         let buffer: ByteBuffer
         do {
-            buffer = try await request.body.collect(upTo: limit)
-        } catch {
+            buffer = try await Self.collect(request.body, upTo: limit, within: configuration.bodyTimeout)
+        } catch BodyError.tooLarge {
             return Self.error(.contentTooLarge, "body larger than \(limit) bytes")
+        } catch BodyError.timedOut {
+            var response = Self.error(.requestTimeout, "body not received within \(configuration.bodyTimeout)")
+            response.headers[.connection] = "close"
+            return response
         }
         let bytes = Array(buffer.readableBytesView)
+        var idempotencyKey: String?
+        if !webhookKeys.isEmpty {
+            let id = request.headers[Self.webhookID] ?? ""
+            let timestamp = request.headers[Self.webhookTimestamp] ?? ""
+            guard !id.isEmpty, id.utf8.count <= 256 else {
+                return Self.error(.unauthorized, "webhook-id missing or longer than 256 bytes")
+            }
+            guard let seconds = Int(timestamp), abs(now() - seconds) <= configuration.timestampTolerance else {
+                return Self.error(.unauthorized, "webhook-timestamp missing or more than 5 minutes off (replay)")
+            }
+            let signature = request.headers[Self.webhookSignature] ?? ""
+            guard
+                StandardWebhooks.isValid(
+                    header: signature,
+                    id: id,
+                    timestamp: timestamp,
+                    body: bytes,
+                    keys: webhookKeys
+                )
+            else { return Self.error(.unauthorized, "webhook-signature does not match") }
+            sender = "webhook:" + inbox.kind
+            // The key's file name: hex SHA-256 of the id (any bytes a sender chooses stay out of paths).
+            idempotencyKey = SHA256.hash(data: Array(id.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }
+                .joined()
+        }
         if zoomSigned {
             let timestamp = request.headers[Self.zoomTimestamp] ?? ""
             guard let seconds = Int(timestamp), abs(now() - seconds) <= configuration.timestampTolerance else {
@@ -379,8 +455,9 @@ private struct Ingress {
             return response
         }
         let id: String
+        let replayed: Bool
         do {
-            id = try await writer.write(bytes, into: inbox)
+            (id, replayed) = try await writer.write(bytes, into: inbox, idempotencyKey: idempotencyKey)
         } catch let error as SpoolError where error.code == ENOSPC || error.code == EDQUOT {
             return Self.error(
                 HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage"),
@@ -390,9 +467,14 @@ private struct Ingress {
             context.logger.error("spool write failed", metadata: ["route.kind": "\(inbox.kind)"])
             return Self.error(.internalServerError, "the request could not be written")
         }
-        context.logger.info("request spooled", metadata: ["spool.id": "\(id)", "route.kind": "\(inbox.kind)"])
+        if replayed {
+            context.logger.info("request replayed", metadata: ["spool.id": "\(id)", "route.kind": "\(inbox.kind)"])
+        } else {
+            context.logger.info("request spooled", metadata: ["spool.id": "\(id)", "route.kind": "\(inbox.kind)"])
+        }
         var response = Self.json(.accepted, "{\"status\":\"accepted\",\"id\":\"\(id)\",\"request_id\":\"\(id)\"}")
         response.headers[Self.spoolID] = id
+        if replayed { response.headers[Self.replayedHeader] = "true" }
         return response
     }
 }

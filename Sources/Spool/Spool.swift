@@ -103,12 +103,16 @@ package struct Spool: Sendable {
     package func donePath(_ kind: String) -> String { root + "/done/" + kind }
     package func failedPath(_ kind: String) -> String { root + "/failed/" + kind }
     package func inboxPath(_ kind: String) -> String { root + "/inbox/" + kind }
+    /// Idempotency keys of HTTP senders (`webhook-id`), one small file per key holding the spool id.
+    package func keysPath(_ kind: String) -> String { root + "/keys/" + kind }
 
     /// Creates every folder of the layout that is missing.
     package func prepare() throws(SpoolError) {
-        var folders = [root, tmpPath, root + "/inbox", root + "/processing", root + "/done", root + "/failed"]
+        var folders = [
+            root, tmpPath, root + "/inbox", root + "/processing", root + "/done", root + "/failed", root + "/keys",
+        ]
         for kind in kinds {
-            folders += [inboxPath(kind), processingPath(kind), donePath(kind), failedPath(kind)]
+            folders += [inboxPath(kind), processingPath(kind), donePath(kind), failedPath(kind), keysPath(kind)]
         }
         folders += inboxes.map(\.path)
         for folder in folders { try Self.makeDirectory(folder) }
@@ -321,6 +325,50 @@ package struct Spool: Sendable {
         if rename(tmpPath + "/" + temporaryName, inbox.path + "/" + name) != 0 {
             throw SpoolError("rename", inbox.path + "/" + name, errno)
         }
+    }
+
+    /// The spool id recorded for idempotency key file `name` of `kind`, or nil when there is none.
+    package func idempotentID(kind: String, name: String) throws(SpoolError) -> String? {
+        let path = keysPath(kind) + "/" + name
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { return nil }
+            throw SpoolError("open", path, errno)
+        }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard count > 0 else { return nil }
+        return String(decoding: buffer[..<count], as: UTF8.self)
+    }
+
+    /// Records `id` under idempotency key file `name` (tmp, then rename; made durable by the caller's
+    /// sync, after the request file it names has been published).
+    package func recordIdempotencyKey(kind: String, name: String, id: String) throws(SpoolError) {
+        let temporary = ".key-" + id
+        let file = try temporaryFile(temporary)
+        do {
+            try file.append(Array(id.utf8))
+            try file.closeWithoutSync()
+        } catch {
+            file.discard()
+            throw error
+        }
+        if rename(tmpPath + "/" + temporary, keysPath(kind) + "/" + name) != 0 {
+            throw SpoolError("rename", keysPath(kind) + "/" + name, errno)
+        }
+    }
+
+    /// Removes idempotency keys last written before `cutoff` (epoch seconds); returns how many.
+    @discardableResult
+    package func purgeIdempotencyKeys(before cutoff: Int64) -> Int {
+        var removed = 0
+        for kind in kinds {
+            for entry in (try? scan(keysPath(kind))) ?? [] where entry.mtime < cutoff * 1_000_000_000 {
+                if unlink(keysPath(kind) + "/" + entry.name) == 0 { removed += 1 }
+            }
+        }
+        return removed
     }
 
     /// fsyncs each folder, making renames into and out of it durable.

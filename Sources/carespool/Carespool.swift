@@ -5,6 +5,7 @@ import ArgumentParser
 import Foundation
 import HTTPIngress
 import Hummingbird
+import HummingbirdCore
 import Kinds
 import Logging
 import Pipeline
@@ -87,6 +88,24 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HTTP answers 503 while an inbox holds this many files (backpressure).")
     var inboxHighWater: Int = 20_000
 
+    @Option(help: "HTTP answers 503 while the spool's filesystem has fewer MiB free than this.")
+    var diskReserveMib: Int = 256
+
+    @Option(
+        help:
+            "A Standard Webhooks secret ROUTE:SECRET (whsec_…; routes: appointments, zoom, intake); repeatable, two for a rotation."
+    )
+    var webhookSecret: [String] = []
+
+    @Option(help: "Seconds a connection may take to send a request head (and stay idle between requests).")
+    var httpHeaderTimeout: Int = 10
+
+    @Option(help: "Seconds a request body may take to arrive (408 after that).")
+    var httpBodyTimeout: Int = 60
+
+    @Option(help: "Most HTTP connections open at once; more wait in the listen backlog.")
+    var httpMaxConnections: Int = 1_024
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -148,13 +167,26 @@ extension Serve {
             }
             tokens.append(token)
         }
+        var webhookSecrets: [String: [String]] = [:]
+        for spec in webhookSecret {
+            let parts = spec.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2, spool.kinds.contains(String(parts[0])) else {
+                throw ValidationError("--webhook-secret must be ROUTE:SECRET (routes: appointments, zoom, intake)")
+            }
+            webhookSecrets[String(parts[0]), default: []].append(String(parts[1]))
+        }
         let configuration = HTTPConfiguration(
             host: host,
             port: port,
             tokens: tokens,
             zoomSecrets: zoomSecret,
+            webhookSecrets: webhookSecrets,
             ratePerSecond: httpRate > 0 ? httpRate : nil,
-            inboxHighWater: inboxHighWater
+            inboxHighWater: inboxHighWater,
+            diskReserve: Int64(max(0, diskReserveMib)) << 20,
+            headerTimeout: .seconds(max(1, httpHeaderTimeout)),
+            bodyTimeout: .seconds(max(1, httpBodyTimeout)),
+            maxConnections: max(1, httpMaxConnections)
         )
         if let refusal = configuration.refusal { throw ValidationError(refusal) }
         let cache = HealthCache()
@@ -175,7 +207,13 @@ extension Serve {
         )
         return Application(
             router: router,
-            configuration: .init(address: .hostname(host, port: port), serverName: "carespool"),
+            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(max(1, httpHeaderTimeout))))),
+            configuration: .init(
+                address: .hostname(host, port: port),
+                serverName: "carespool",
+                backlog: 1_024,
+                availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections, logger: logger)
+            ),
             logger: logger
         )
     }

@@ -7,6 +7,7 @@ import JSONSchema
 import NIOCore
 import Spool
 import Testing
+import WebhookSignatures
 
 /// The HTTP routes through HummingbirdTesting, writing into a real temporary spool.
 @Suite struct HTTPIngressTests {
@@ -293,5 +294,165 @@ import Testing
                 #expect($0.status == .serviceUnavailable)
             }
         }
+    }
+
+    /// The Standard Webhooks example (standardwebhooks.com spec and reference libraries): this secret,
+    /// id, timestamp and body sign to exactly this header.
+    @Test func standardWebhooksPublishedExampleVerifies() {
+        let key = StandardWebhooks.key(secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        let body = Array(#"{"test": 2432232314}"#.utf8)
+        let expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        #expect(
+            StandardWebhooks.signature(
+                id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                timestamp: "1614265330",
+                body: body,
+                key: key
+            ) == expected
+        )
+        let other = StandardWebhooks.key(secret: "whsec_" + Base64.encode(Array(repeating: 7, count: 24)))
+        for header in [expected, "v1,bm90IGl0 " + expected, "v1a,xx " + expected] {
+            #expect(
+                StandardWebhooks.isValid(
+                    header: header,
+                    id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                    timestamp: "1614265330",
+                    body: body,
+                    keys: [other, key]
+                )
+            )
+        }
+        for header in [
+            "", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE", "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        ] {
+            #expect(
+                !StandardWebhooks.isValid(
+                    header: header,
+                    id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                    timestamp: "1614265330",
+                    body: body,
+                    keys: [key]
+                )
+            )
+        }
+        #expect(
+            !StandardWebhooks.isValid(
+                header: expected,
+                id: "msg_other",
+                timestamp: "1614265330",
+                body: body,
+                keys: [key]
+            )
+        )
+        #expect(
+            !StandardWebhooks.isValid(
+                header: expected,
+                id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                timestamp: "1614265330",
+                body: body,
+                keys: [other]
+            )
+        )
+        for sample in [[], [0], [0, 1], [0, 1, 2], Array(0...255)] as [[UInt8]] {
+            #expect(Base64.decode(Base64.encode(sample)) == (sample.isEmpty ? nil : sample))
+        }
+        #expect(Base64.encode(Array("foobar".utf8)) == "Zm9vYmFy" && Base64.encode(Array("fo".utf8)) == "Zm8=")
+        #expect(Base64.decode("Zm9v!mFy") == nil && Base64.decode("Zm=v") == nil)
+    }
+
+    @Test func standardWebhooksSignedDeliveriesAreVerifiedAndAWebhookIdIsStoredOnce() async throws {
+        defer { dir.cleanup() }
+        let now = 1_720_707_175
+        let oldSecret = "whsec_" + Base64.encode(Array(repeating: 1, count: 32))
+        let newSecret = "whsec_" + Base64.encode(Array(repeating: 2, count: 32))
+        let (app, spool) = try app(
+            HTTPConfiguration(
+                tokens: [HTTPToken(spec: "ops:s3cret:*")!],
+                webhookSecrets: ["appointments": [oldSecret, newSecret]]
+            ),
+            now: now
+        )
+        @Sendable func headers(_ id: String, _ body: String, secret: String, at time: Int = now) -> HTTPFields {
+            let signature = StandardWebhooks.signature(
+                id: id,
+                timestamp: String(time),
+                body: Array(body.utf8),
+                key: StandardWebhooks.key(secret: secret)
+            )
+            return [
+                .contentType: "application/json", HTTPField.Name("webhook-id")!: id,
+                HTTPField.Name("webhook-timestamp")!: String(time), HTTPField.Name("webhook-signature")!: signature,
+            ]
+        }
+        let body = event("S1", "2025-01-10T12:30:00Z")
+        try await app.test(.router) { client in
+            // Signed with either secret of a rotation: accepted, no bearer token needed on this route.
+            var first = ""
+            try await client.execute(
+                uri: "/webhook/appointments",
+                method: .post,
+                headers: headers("msg_1", body, secret: newSecret),
+                body: ByteBuffer(string: body)
+            ) { response in
+                #expect(response.status == .accepted)
+                first = response.headers[HTTPField.Name("x-carespool-id")!] ?? ""
+                #expect(response.headers[HTTPField.Name("x-carespool-replayed")!] == nil)
+            }
+            // The same webhook-id delivered again (even signed with the old secret): 202 with the first id.
+            try await client.execute(
+                uri: "/webhook/appointments",
+                method: .post,
+                headers: headers("msg_1", body, secret: oldSecret),
+                body: ByteBuffer(string: body)
+            ) { response in
+                #expect(response.status == .accepted)
+                #expect(response.headers[HTTPField.Name("x-carespool-id")!] == first)
+                #expect(response.headers[HTTPField.Name("x-carespool-replayed")!] == "true")
+                #expect(String(buffer: response.body).contains(first))
+            }
+            #expect(try inbox(spool, "appointments") == [first + ".json"])
+            // Wrong secret, altered body, stale timestamp, no webhook-id: 401, nothing spooled.
+            let wrong = "whsec_" + Base64.encode(Array(repeating: 3, count: 32))
+            let cases: [(HTTPFields, String)] = [
+                (headers("msg_2", body, secret: wrong), body),
+                (headers("msg_3", body, secret: newSecret), body + " "),
+                (headers("msg_4", body, secret: newSecret, at: now - 301), body),
+                (headers("", body, secret: newSecret), body),
+            ]
+            for (fields, sent) in cases {
+                try await client.execute(
+                    uri: "/webhook/appointments",
+                    method: .post,
+                    headers: fields,
+                    body: ByteBuffer(string: sent)
+                ) { #expect($0.status == .unauthorized) }
+            }
+            // Routes without a webhook secret still want their bearer token.
+            try await client.execute(
+                uri: "/ingest",
+                method: .post,
+                headers: headers("msg_5", "[]", secret: newSecret),
+                body: ByteBuffer(string: "[]")
+            ) { #expect($0.status == .unauthorized) }
+        }
+        #expect(try inbox(spool, "appointments").count == 1)
+        #expect(try spool.scanAll(spool.keysPath("appointments")).count == 1)
+    }
+
+    @Test func concurrentDeliveriesOfOneWebhookIdSpoolOneFile() async throws {
+        defer { dir.cleanup() }
+        let spool = Spool(root: dir.path + "/spool", kinds: ["appointments"])
+        try spool.prepare()
+        let writer = DurableWriter(spool: spool)
+        let target = spool.inboxes[0]
+        let results = try await withThrowingTaskGroup(of: (String, Bool).self) { group in
+            for _ in 0..<20 {
+                group.addTask { try await writer.write(Array("{}".utf8), into: target, idempotencyKey: "k1") }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(Set(results.map(\.0)).count == 1)
+        #expect(results.filter { !$0.1 }.count == 1)
+        #expect(try inbox(spool, "appointments").count == 1)
     }
 }
