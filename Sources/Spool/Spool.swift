@@ -514,7 +514,12 @@ extension Spool {
             guard fd >= 0 else { throw SpoolError("write", path, errno) }
         }
 
+        /// Test-only fault injection, for disk-full tests where a small filesystem cannot be mounted: while
+        /// the file named by `CARESPOOL_TEST_ENOSPC_WHILE` exists, every append fails with ENOSPC.
+        private static let enospcSwitch: String? = getenv("CARESPOOL_TEST_ENOSPC_WHILE").map { String(cString: $0) }
+
         package func append(_ bytes: [UInt8]) throws(SpoolError) {
+            if let path = Self.enospcSwitch, access(path, F_OK) == 0 { throw SpoolError("write", self.path, ENOSPC) }
             var written = 0
             while written < bytes.count {
                 let n = bytes.withUnsafeBytes { raw in write(fd, raw.baseAddress! + written, raw.count - written) }

@@ -109,7 +109,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(help: .hidden)
+    var testEnospcWhile: String?
+
     func run() async throws {
+        // Test-only: the file layer fails writes with ENOSPC while this file exists (see Spool.TemporaryFile).
+        if let testEnospcWhile { setenv("CARESPOOL_TEST_ENOSPC_WHILE", testEnospcWhile, 1) }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

@@ -100,10 +100,11 @@ struct SpoolView {
         return String(spoolName[range.upperBound...])
     }
 
-    func database() throws -> DatabaseQueue {
+    /// The daemon's database, read-only: `<spool>/carespool.sqlite3` unless `path` says where.
+    func database(_ path: String? = nil) throws -> DatabaseQueue {
         var config = Configuration()
         config.readonly = true
-        return try DatabaseQueue(path: root + "/carespool.sqlite3", configuration: config)
+        return try DatabaseQueue(path: path ?? root + "/carespool.sqlite3", configuration: config)
     }
 }
 

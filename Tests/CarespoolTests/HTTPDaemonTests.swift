@@ -25,19 +25,22 @@ func freePort() -> Int {
     return Int(UInt16(bigEndian: address.sin_port))
 }
 
-/// Runs curl with `arguments` (silent), retrying while the daemon is not listening yet; its stdout.
-func curl(_ arguments: [String]) async throws -> String {
-    for _ in 0..<50 {
+/// Runs curl with `arguments` (silent), retrying while the daemon is not listening yet (up to
+/// `attempts` times); its stdout.
+func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
+    var output = ""
+    for _ in 0..<attempts {
         let result = try await Subprocess.run(
             .name("curl"),
             arguments: Arguments(["-s"] + arguments),
             output: .string(limit: 1 << 16),
             error: .discarded
         )
-        if result.terminationStatus == .exited(0) { return result.standardOutput }
+        output = result.standardOutput
+        if result.terminationStatus == .exited(0) { return output }
         try await Task.sleep(for: .milliseconds(100))
     }
-    return ""
+    return output
 }
 
 /// The real binary's HTTP endpoint on a live socket, curl as the sender.

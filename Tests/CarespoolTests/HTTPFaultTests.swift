@@ -1,0 +1,306 @@
+import Foundation
+import GRDB
+import HTTPTypes
+import HummingbirdTesting
+import NIOCore
+import Subprocess
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A plain TCP connection to 127.0.0.1:`port` with a receive timeout: the slow client's side.
+struct RawConnection {
+    let fd: Int32
+
+    init(port: Int, receiveTimeout seconds: Int = 10) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard connected == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func send(_ text: String) {
+        _ = text.utf8CString.withUnsafeBufferPointer { Glibc.send(fd, $0.baseAddress, $0.count - 1, 0) }
+    }
+
+    /// Everything the server sends until it closes the connection (or the receive timeout passes:
+    /// then `closed` is false).
+    func readUntilClosed() -> (text: String, closed: Bool) {
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { return (String(decoding: received, as: UTF8.self), true) }
+            if n < 0 { return (String(decoding: received, as: UTF8.self), errno == ECONNRESET) }
+            received += buffer[..<n]
+        }
+    }
+
+    func close() { _ = Glibc.close(fd) }
+}
+
+/// A counter tasks share.
+final class Counter: Sendable {
+    let value = Atomic<Int>(0)
+}
+
+/// The HTTP endpoint of the real binary under faults: kill -9 mid-burst, slow clients, a full disk.
+@Suite(.serialized) struct HTTPFaultTests {
+    /// DESIGN.md I2 and I4 over HTTP: 1,000 concurrent requests, kill -9 while they are in flight, a
+    /// restart; every request that got a 202 is processed and stored exactly once.
+    @Test func killMinus9MidBurstLosesNo202AndStoresNothingTwice() async throws {
+        let dir = TempDir("httpkill")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let port = freePort()
+        let requests = 1_000
+        // One burst per round, each against a fresh start of the daemon on the same spool; rounds go on
+        // until a kill lands while requests are still unanswered (the client lags the server, so a kill
+        // can come after the server has answered everything).
+        var acceptedIDs: [String: String] = [:]
+        var landed = false
+        for round in 0..<5 where !landed {
+            let run = try await Daemon.serve(spool: spool, arguments: ["--http", "127.0.0.1:\(port)"]) { pid in
+                _ = try await curl(["http://127.0.0.1:\(port)/health"])
+                let accepted = Counter()
+                let killed = Counter()
+                return try await withThrowingTaskGroup(of: (String, String?).self) { group in
+                    for n in 0..<requests {
+                        group.addTask {
+                            let key = "B\(round)-\(n)"
+                            do {
+                                let response = try await TestClient.withClient(host: "127.0.0.1", port: port) {
+                                    client in
+                                    try await client.post(
+                                        "/webhook/appointments",
+                                        headers: [.contentType: "application/json"],
+                                        body: ByteBuffer(string: event(key, "2025-01-10T12:30:00Z"))
+                                    )
+                                }
+                                guard response.status == .accepted else { return (key, nil) }
+                                accepted.value.add(1, ordering: .relaxed)
+                                return (key, response.headers[HTTPField.Name("x-carespool-id")!])
+                            } catch {
+                                return (key, nil)
+                            }
+                        }
+                    }
+                    // Kill the daemon once 50 requests have their 202.
+                    group.addTask {
+                        while accepted.value.load(ordering: .relaxed) < 50 {
+                            try await Task.sleep(for: .milliseconds(1))
+                        }
+                        kill(pid, SIGKILL)
+                        killed.value.store(accepted.value.load(ordering: .relaxed), ordering: .relaxed)
+                        return ("", nil)
+                    }
+                    var ids: [String: String] = [:]
+                    for try await (key, id) in group where !key.isEmpty { if let id { ids[key] = id } }
+                    return (ids, killed.value.load(ordering: .relaxed))
+                }
+            }
+            #expect(run.status == .signaled(SIGKILL))
+            let (ids, atKill) = run.result
+            #expect(atKill >= 50)
+            acceptedIDs.merge(ids) { first, _ in first }
+            landed = ids.count < requests
+            print(
+                "http kill test, round \(round): \(ids.count) of \(requests) requests got a 202 (\(atKill) when killed)"
+            )
+        }
+        #expect(landed, "no kill landed while requests were in flight")
+
+        // Restart without HTTP and let the pipeline finish everything that reached the spool.
+        let view = SpoolView(root: spool)
+        unlink(spool + "/processing/retrying.json")  // written anew by the next start: its readiness sign
+        let second = try await Daemon.serve(spool: spool) { pid in
+            try await waitUntilServing(spool)
+            let finished = await eventually(timeout: .seconds(60)) {
+                view.inbox().isEmpty && view.processing().isEmpty
+            }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(second.result)
+        #expect(second.status == .exited(0))
+        #expect(view.failed().isEmpty, "a request file was rejected: \(view.failed().prefix(3))")
+        let doneNames = Set(view.done().map(SpoolView.original))
+        let (perEvent, ledger) = try await view.database().read { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: "SELECT appointment_id, count(*) AS n FROM appointment_events GROUP BY appointment_id"
+            )
+            let names = try String.fetchAll(db, sql: "SELECT original_name FROM files WHERE outcome = 'accepted'")
+            return (
+                Dictionary(uniqueKeysWithValues: rows.map { ($0["appointment_id"] as String, $0["n"] as Int) }), names
+            )
+        }
+        // I4: no natural key twice. I2: every 202 is stored, its file in done/ with an accepted ledger row.
+        #expect(perEvent.values.allSatisfy { $0 == 1 })
+        let ledgerNames = Set(ledger)
+        var missing: [String] = []
+        for (key, id) in acceptedIDs.sorted(by: { $0.key < $1.key }) {
+            if perEvent[key] != 1 || !doneNames.contains(id + ".json") || !ledgerNames.contains(id + ".json") {
+                missing.append(key)
+            }
+        }
+        #expect(missing.isEmpty, "202s not stored exactly once: \(missing.prefix(10))")
+        // Whatever reached the spool without a 202 was complete too (it is stored, never a partial file).
+        #expect(perEvent.count >= acceptedIDs.count)
+    }
+
+    /// Slow clients cannot hold the endpoint: a head not finished within --http-header-timeout is
+    /// closed, a body not finished within --http-body-timeout gets 408; other senders are served
+    /// meanwhile and nothing reaches an inbox from the slow ones. Past --http-max-connections, new
+    /// connections wait until one closes.
+    @Test func slowClientsAreCutOffAndDoNotBlockOthers() async throws {
+        let dir = TempDir("httpslow")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let port = freePort()
+        let arguments = [
+            "--http", "127.0.0.1:\(port)", "--http-header-timeout", "2", "--http-body-timeout", "1",
+            "--http-max-connections", "3",
+        ]
+        let run = try await Daemon.serve(spool: spool, arguments: arguments) { pid in
+            _ = try await curl(["http://127.0.0.1:\(port)/health"])
+            let url = "http://127.0.0.1:\(port)/webhook/appointments"
+            let post = ["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json"]
+            // Slowloris: half a request head, then nothing.
+            let head = try RawConnection(port: port)
+            head.send("POST /webhook/appointments HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+            // A body that stops after 10 of its 300 bytes.
+            let body = try RawConnection(port: port)
+            body.send(
+                "POST /webhook/appointments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + "Content-Length: 300\r\n\r\n{\"appointm"
+            )
+            let started = ContinuousClock.now
+            // Two slow connections open, one more allowed: a normal sender is served at once.
+            let meanwhile = try await curl(post + ["--data-binary", event("OK1", "2025-01-10T12:30:00Z"), url])
+            let bodyReply = body.readUntilClosed()
+            let bodyTime = ContinuousClock.now - started
+            let headReply = head.readUntilClosed()
+            let headTime = ContinuousClock.now - started
+            body.close()
+            head.close()
+            // The connection limit: three idle connections hold every slot; a fourth is not served until
+            // one of them closes.
+            let holders = try (0..<3).map { _ in try RawConnection(port: port) }
+            try await Task.sleep(for: .milliseconds(200))
+            let blocked = try await curl(
+                ["-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", "http://127.0.0.1:\(port)/health"],
+                attempts: 1
+            )
+            holders[0].close()
+            let served = try await curl(
+                post + ["--max-time", "5", "--data-binary", event("OK3", "2025-01-10T12:30:00Z"), url]
+            )
+            for holder in holders.dropFirst() { holder.close() }
+            let view = SpoolView(root: spool)
+            let processed = await eventually { view.done().count == 2 }
+            kill(pid, SIGTERM)
+            return (meanwhile, bodyReply, bodyTime, headReply, headTime, blocked, served, processed)
+        }
+        let (meanwhile, bodyReply, bodyTime, headReply, headTime, blocked, served, processed) = run.result
+        #expect(meanwhile == "202")
+        #expect(bodyReply.text.hasPrefix("HTTP/1.1 408"), "\(bodyReply.text)")
+        #expect(bodyReply.closed)
+        #expect(bodyTime < .seconds(4))
+        #expect(headReply.closed && !headReply.text.contains("202"))
+        #expect(headTime >= .seconds(1) && headTime < .seconds(6))
+        #expect(blocked == "000")
+        #expect(served == "202")
+        #expect(processed)
+        #expect(run.status == .exited(0))
+        let stored = try await SpoolView(root: spool).database().read { db in
+            try String.fetchAll(db, sql: "SELECT appointment_id FROM appointment_events ORDER BY 1")
+        }
+        #expect(stored == ["OK1", "OK3"])
+    }
+
+    /// The write itself hits ENOSPC: 507, no partial file in any inbox, the temporary file removed;
+    /// when space returns, requests are accepted again. The spool is on a 4 MiB tmpfs when mounting is
+    /// permitted, otherwise the test-only ENOSPC switch of the file layer stands in for it.
+    @Test func aFullDiskAnswers507AndLeavesNoPartialFile() async throws {
+        let dir = TempDir("httpfull")
+        defer {
+            _ = umount2(dir.path + "/spool", Int32(MNT_DETACH))
+            dir.cleanup()
+        }
+        let spool = dir.path + "/spool"
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        let mounted = mount("tmpfs", spool, "tmpfs", 0, "size=4m") == 0
+        let filler = spool + "/filler"
+        let switchFile = dir.path + "/enospc"
+        var arguments = [
+            "--http", "127.0.0.1:\(freePort())", "--db", dir.path + "/db.sqlite3", "--disk-reserve-mib", "0",
+        ]
+        let port = Int(arguments[1].split(separator: ":")[1])!
+        if !mounted { arguments += ["--test-enospc-while", switchFile] }
+        print("disk-full test: \(mounted ? "spool on a 4 MiB tmpfs" : "mount not permitted: ENOSPC switch")")
+        // About 100 KB per request: a JSON array of appointment events.
+        @Sendable func batch(_ n: Int) -> String {
+            "[" + (0..<600).map { event("F\(n)-\($0)", "2025-01-10T12:30:00Z") }.joined(separator: ",") + "]"
+        }
+        let run = try await Daemon.serve(spool: spool, arguments: arguments) { pid in
+            _ = try await curl(["http://127.0.0.1:\(port)/health"])
+            let url = "http://127.0.0.1:\(port)/webhook/appointments"
+            let post = ["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json"]
+            if mounted {
+                // Fill the filesystem, leaving about 300 KB.
+                var free = statvfs()
+                statvfs(spool, &free)
+                let bytes = Int(free.f_bavail) * Int(free.f_frsize) - 300_000
+                FileManager.default.createFile(atPath: filler, contents: Data(count: max(0, bytes)))
+            } else {
+                FileManager.default.createFile(atPath: switchFile, contents: Data())
+            }
+            var statuses: [String] = []
+            for n in 0..<12 {
+                let body = dir.path + "/body\(n).json"
+                try batch(n).write(toFile: body, atomically: false, encoding: .utf8)
+                statuses.append(try await curl(post + ["--data-binary", "@" + body, url]))
+            }
+            let tmpLeft = try FileManager.default.contentsOfDirectory(atPath: spool + "/tmp").filter {
+                $0.hasPrefix(".http-")
+            }
+            // Space returns: accepted again.
+            try FileManager.default.removeItem(atPath: mounted ? filler : switchFile)
+            let body = dir.path + "/body-after.json"
+            try batch(99).write(toFile: body, atomically: false, encoding: .utf8)
+            let after = try await curl(post + ["--data-binary", "@" + body, url])
+            let view = SpoolView(root: spool)
+            let settled = await eventually(timeout: .seconds(30)) { view.inbox().isEmpty && view.processing().isEmpty }
+            kill(pid, SIGTERM)
+            return (statuses, tmpLeft, after, settled)
+        }
+        let (statuses, tmpLeft, after, settled) = run.result
+        #expect(statuses.contains("507"), "\(statuses)")
+        #expect(statuses.allSatisfy { $0 == "202" || $0 == "507" }, "\(statuses)")
+        #expect(tmpLeft.isEmpty)
+        #expect(after == "202")
+        #expect(settled)
+        #expect(run.status == .exited(0))
+        // Every file that reached an inbox was whole: each one accepted with all 600 of its events.
+        let view = SpoolView(root: spool)
+        #expect(view.failed().isEmpty)
+        let accepted = statuses.filter { $0 == "202" }.count + 1
+        let counts = try await view.database(dir.path + "/db.sqlite3").read { db in
+            try Int.fetchAll(db, sql: "SELECT stored FROM files ORDER BY received_at")
+        }
+        #expect(counts == Array(repeating: 600, count: accepted))
+    }
+}
