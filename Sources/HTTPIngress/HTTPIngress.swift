@@ -10,6 +10,7 @@ import HTTPTypes
 package import Hummingbird
 import JSONSchema
 import Logging
+import Metrics
 import NIOCore
 package import Spool
 import WebhookSignatures
@@ -157,6 +158,7 @@ package func buildRouter(
     configuration: HTTPConfiguration,
     spool: Spool,
     health: @escaping @Sendable () async -> HealthReport,
+    metrics: (@Sendable () async -> String)? = nil,
     verdict: @escaping @Sendable (_ name: String, _ kind: String) async -> SpoolVerdict? = { _, _ in nil },
     now: @escaping @Sendable () -> Int = { Int(time(nil)) }
 ) -> Router<BasicRequestContext> {
@@ -168,6 +170,7 @@ package func buildRouter(
         reserve: configuration.diskReserve
     )
     let router = Router(context: BasicRequestContext.self)
+    router.add(middleware: RequestMetrics())
     let routes: [(path: RouterPath, kind: String)] = [
         ("/webhook/appointments", "appointments"), ("/zoom_events/events", "zoom"), ("/ingest", "intake"),
     ]
@@ -230,6 +233,16 @@ package func buildRouter(
         }
         return Ingress.error(.notFound, "no spooled request with this id")
     }
+    if let metrics {
+        // Prometheus text exposition (swift-metrics through swift-prometheus, rendered by the executable).
+        router.get("/metrics") { _, _ -> Response in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: await metrics()))
+            )
+        }
+    }
     router.get("/health") { _, _ -> Response in
         let report = await health()
         let status: HTTPResponse.Status = report.databaseUp ? .ok : .serviceUnavailable
@@ -240,6 +253,39 @@ package func buildRouter(
         return Ingress.json(status, body)
     }
     return router
+}
+
+/// Counts requests by route and status (`carespool_http_requests_total`). Routes are the fixed paths
+/// (`/spool/{id}` for every id, `other` for anything else), so the label set stays small.
+struct RequestMetrics<Context: RequestContext>: RouterMiddleware {
+    static func route(_ path: String) -> String {
+        switch path {
+        case "/webhook/appointments", "/zoom_events/events", "/ingest", "/health", "/metrics": path
+        default: path.hasPrefix("/spool/") ? "/spool/{id}" : "other"
+        }
+    }
+
+    func handle(
+        _ request: Request,
+        context: Context,
+        next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        let route = Self.route(request.uri.path)
+        do {
+            let response = try await next(request, context)
+            Counter(
+                label: "carespool_http_requests_total",
+                dimensions: [("route", route), ("status", "\(response.status.code)")]
+            )
+            .increment()
+            return response
+        } catch {
+            let status = (error as? any HTTPResponseError)?.status.code ?? 500
+            Counter(label: "carespool_http_requests_total", dimensions: [("route", route), ("status", "\(status)")])
+                .increment()
+            throw error
+        }
+    }
 }
 
 /// One route's door checks and the durable write.

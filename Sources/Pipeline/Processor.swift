@@ -12,6 +12,7 @@ import Dispatch
 import JSONSchema
 package import Kinds
 package import Logging
+import Metrics
 import ServiceLifecycle
 package import Spool
 package import Store
@@ -419,6 +420,15 @@ final class Engine: @unchecked Sendable {
         // Intake's summary: patients created and updated, visits created.
         for (key, value) in report.details { metadata["file." + key] = "\(value)" }
         logger.info("file finished", metadata: metadata)
+        Counter(
+            label: "carespool_files_total",
+            dimensions: [("kind", file.kind), ("outcome", report.outcome.rawValue)]
+        )
+        .increment()
+        if file.droppedAt > 0 {
+            Timer(label: "carespool_file_latency_seconds", dimensions: [("kind", file.kind)])
+                .recordNanoseconds(max(0, Clock.nowNanos() - file.droppedAt))
+        }
     }
 
     typealias Prepared = (file: Spool.Claimed, prepared: PreparedFile, content: [UInt8]?)

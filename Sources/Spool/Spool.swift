@@ -66,6 +66,9 @@ package struct Spool: Sendable {
         package var path: String
         /// Its name under processing/, `<id>--<original name>`.
         package var spoolName: String { id + "--" + originalName }
+        /// When it was dropped: its inode's change time just before the claim (the rename or last write
+        /// into the inbox), nanoseconds since the epoch; 0 when unknown (found in processing/ at start).
+        package var droppedAt: Int64 = 0
     }
 
     /// Where a finished file goes.
@@ -174,12 +177,16 @@ package struct Spool: Sendable {
     package func claim(_ name: String, from inbox: Inbox, id: String) throws(SpoolError) -> Claimed? {
         let kept = Self.fitName(name, prefixBytes: id.utf8.count + 2)
         let target = processingPath(inbox.kind) + "/" + id + "--" + kept
+        var st = stat()
+        let changed =
+            lstat(inbox.path + "/" + name, &st) == 0
+            ? Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec) : 0
         if rename(inbox.path + "/" + name, target) != 0 {
             let code = errno
             if code == ENOENT { return nil }
             throw SpoolError("claim", inbox.path + "/" + name, code)
         }
-        return Claimed(id: id, kind: inbox.kind, originalName: kept, path: target)
+        return Claimed(id: id, kind: inbox.kind, originalName: kept, path: target, droppedAt: changed)
     }
 
     /// Files already in processing/<kind>/ (left by a crash, or waiting for a retry), in id order.

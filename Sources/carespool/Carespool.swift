@@ -8,7 +8,9 @@ import Hummingbird
 import HummingbirdCore
 import Kinds
 import Logging
+import Metrics
 import Pipeline
+import Prometheus
 import ServiceLifecycle
 import Spool
 import Store
@@ -122,6 +124,14 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "carespool")
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets["carespool_file_latency_seconds"] = [
+            .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+            .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
+            .seconds(10), .seconds(30), .seconds(60), .seconds(300),
+        ]
+        MetricsSystem.bootstrap(factory)
         let catalog = try schemaOption.catalog()
         let spool = Spool(root: spoolOptions.spool, kinds: Kind.allCases.map(\.rawValue))
         try spool.prepare()
@@ -143,7 +153,11 @@ struct Serve: AsyncParsableCommand {
         )
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: processor)]
         if http != "off" {
-            services.append(.init(service: try httpApplication(spool: spool, database: database, logger: logger)))
+            services.append(
+                .init(
+                    service: try httpApplication(spool: spool, database: database, registry: registry, logger: logger)
+                )
+            )
         }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
@@ -160,7 +174,12 @@ struct Serve: AsyncParsableCommand {
 
 extension Serve {
     /// The HTTP endpoint as a service of the group; refuses no-auth on a non-loopback address.
-    func httpApplication(spool: Spool, database: AppDatabase, logger: Logger) throws -> some Service {
+    func httpApplication(
+        spool: Spool,
+        database: AppDatabase,
+        registry: PrometheusCollectorRegistry,
+        logger: Logger
+    ) throws -> some Service {
         guard let colon = http.lastIndex(of: ":"), let port = Int(http[http.index(after: colon)...]) else {
             throw ValidationError("--http must be HOST:PORT or off, not \(http)")
         }
@@ -199,6 +218,17 @@ extension Serve {
             configuration: configuration,
             spool: spool,
             health: { await cache.report { await Self.health(spool: spool, database: database) } },
+            metrics: {
+                // Queue depths and the database's state at scrape time (the health report, cached 1 s).
+                let report = await cache.report { await Self.health(spool: spool, database: database) }
+                for (queue, depth) in [
+                    ("inbox", report.inbox), ("processing", report.processing), ("failed", report.failed),
+                ] {
+                    Gauge(label: "carespool_queue_files", dimensions: [("queue", queue)]).record(depth)
+                }
+                Gauge(label: "carespool_database_up").record(report.databaseUp ? 1 : 0)
+                return registry.emitToString()
+            },
             verdict: { name, kind in
                 guard let report = try? database.verdict(name: name, kind: kind) else { return nil }
                 return SpoolVerdict(

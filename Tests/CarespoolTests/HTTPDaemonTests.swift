@@ -65,12 +65,24 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
             let view = SpoolView(root: spool)
             let stored = await eventually { view.done().count == 10 }
             let health = try await curl(["http://127.0.0.1:\(port)/health"])
+            _ = try await curl(["-o", "/dev/null", "http://127.0.0.1:\(port)/no/such/path"], attempts: 1)
+            let metrics = try await curl(["http://127.0.0.1:\(port)/metrics"])
             kill(pid, SIGTERM)
-            return (statuses, stored, health)
+            return (statuses, stored, health, metrics)
         }
         #expect(run.result.0 == Array(repeating: "202", count: 10))
         #expect(run.result.1)
         #expect(run.result.2.contains("\"db\":\"up\""))
+        // Prometheus text: requests by route and status, files by kind and outcome, the drop→done
+        // latency histogram, queue depths.
+        let metrics = run.result.3.split(separator: "\n").map(String.init)
+        #expect(metrics.contains("carespool_http_requests_total{route=\"/webhook/appointments\",status=\"202\"} 10"))
+        #expect(metrics.contains("carespool_http_requests_total{route=\"other\",status=\"404\"} 1"))
+        #expect(metrics.contains("carespool_files_total{kind=\"appointments\",outcome=\"accepted\"} 10"))
+        #expect(metrics.contains("carespool_file_latency_seconds_count{kind=\"appointments\"} 10"))
+        #expect(metrics.contains("carespool_file_latency_seconds_bucket{kind=\"appointments\",le=\"+Inf\"} 10"))
+        #expect(metrics.contains("carespool_queue_files{queue=\"inbox\"} 0.0"))
+        #expect(metrics.contains("carespool_database_up 1.0"))
         #expect(run.status == .exited(0))
         let events = try await SpoolView(root: spool).database().read { db in
             try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")
