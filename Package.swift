@@ -25,12 +25,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         .executableTarget(
             name: "carespool",
             dependencies: [
-                "Pipeline", "Spool", "Store", "Kinds", "HTTPIngress",
+                "Pipeline", "Spool", "Store", "Kinds", "HTTPIngress", "Config",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -54,6 +55,14 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "Spool", swiftSettings: swiftSettings),
+        .target(
+            name: "Config",
+            dependencies: [
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "HTTPIngress",
             dependencies: [
@@ -88,7 +97,8 @@ let package = Package(
             name: "CarespoolTests",
             dependencies: [
                 "Pipeline", "Spool", "Watcher", "Kinds", "Store", "JSONSchema", "WebhookSignatures", "CSV",
-                "HTTPIngress",
+                "HTTPIngress", "Config",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),

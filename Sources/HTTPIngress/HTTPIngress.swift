@@ -21,6 +21,12 @@ package struct HTTPToken: Sendable {
     package var sha256: [UInt8]
     package var routes: Set<String>
 
+    package init(name: String, sha256: [UInt8], routes: Set<String>) {
+        self.name = name
+        self.sha256 = sha256
+        self.routes = routes
+    }
+
     /// `NAME:SECRET:ROUTE[,ROUTE…]` with routes among appointments, zoom, intake (or `*`).
     package init?(spec: String) {
         let parts = spec.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)

@@ -40,6 +40,9 @@ package struct PipelineConfiguration: Sendable {
     /// An NDJSON file larger than this is streamed: read in bounded chunks and committed in bounded
     /// batches, so memory does not grow with the file. Default 8 MiB.
     package var streamThreshold: Int
+    /// Days finished files stay in done/ before the daemon removes them (checked hourly; the ledger
+    /// keeps their rows). nil keeps them for ever. Default 30.
+    package var retentionDays: Int?
 
     package init(
         settle: Duration = .seconds(2),
@@ -48,7 +51,8 @@ package struct PipelineConfiguration: Sendable {
         retryInitial: Duration = .seconds(1),
         retryMax: Duration = .seconds(60),
         tick: Duration = .milliseconds(200),
-        streamThreshold: Int = 8 << 20
+        streamThreshold: Int = 8 << 20,
+        retentionDays: Int? = 30
     ) {
         self.settle = settle
         self.rescanInterval = rescanInterval
@@ -57,6 +61,7 @@ package struct PipelineConfiguration: Sendable {
         self.retryMax = retryMax
         self.tick = tick
         self.streamThreshold = streamThreshold
+        self.retentionDays = retentionDays
     }
 }
 
@@ -95,6 +100,16 @@ package final class Processor: Service {
             throw error
         }
         let engine = self.engine
+        let purging = configuration.retentionDays.map { days in
+            Task.detached(priority: .background) {
+                // Hourly, off the processing queue: removing a day of files takes a while.
+                while !Task.isCancelled {
+                    Self.purge(spool: engine.spool, days: days, logger: engine.logger)
+                    try? await Task.sleep(for: .seconds(3_600))
+                }
+            }
+        }
+        defer { purging?.cancel() }
         await withGracefulShutdownHandler {
             for await _ in watcher.wakeups {
                 let hints = watcher.drain()
@@ -111,6 +126,27 @@ package final class Processor: Service {
         }
         watcher.stop()
         engine.directorySync.flush()
+    }
+
+    /// Removes done/ folders of days older than the retention; logs what it removed.
+    static func purge(spool: Spool, days: Int, logger: Logger) {
+        do {
+            let removed = try spool.purgeDone(before: Spool.cutoffDay(daysAgo: days))
+            if !removed.folders.isEmpty {
+                logger.notice(
+                    "purged finished files past retention",
+                    metadata: [
+                        "purge.days": "\(removed.folders.count)", "purge.files": "\(removed.files)",
+                        "retention.days": "\(days)",
+                    ]
+                )
+            }
+        } catch {
+            logger.warning(
+                "purge failed; tried again in an hour",
+                metadata: ["error": "\(error.operation): \(error.reason)"]
+            )
+        }
     }
 
     private func onQueue<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {

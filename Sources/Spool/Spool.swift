@@ -378,6 +378,49 @@ package struct Spool: Sendable {
         return removed
     }
 
+    /// The UTC day (yyyy-mm-dd) `days` days before now: finished files of earlier days are purged.
+    package static func cutoffDay(daysAgo days: Int) -> String {
+        var seconds = time(nil) - time_t(days) * 86_400
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))"
+    }
+
+    /// Removes the `done/<kind>/<day>/` folders of days before `cutoffDay` (yyyy-mm-dd), their files
+    /// first (ledger rows are the database's and stay). Only folders named like a day are touched.
+    /// Returns the folders removed and the files in them; with `dryRun`, removes nothing.
+    package func purgeDone(before cutoffDay: String, dryRun: Bool = false) throws(SpoolError) -> (
+        folders: [String], files: Int
+    ) {
+        var folders: [String] = []
+        var files = 0
+        for kind in kinds {
+            for day in try scanAll(donePath(kind)).sorted() where Self.isDayName(day) && day < cutoffDay {
+                let folder = donePath(kind) + "/" + day
+                let names = try scanAll(folder)
+                if !dryRun {
+                    for name in names where unlink(folder + "/" + name) != 0 && errno != ENOENT {
+                        throw SpoolError("purge", folder + "/" + name, errno)
+                    }
+                    if rmdir(folder) != 0 && errno != ENOENT { throw SpoolError("purge", folder, errno) }
+                }
+                folders.append(kind + "/" + day)
+                files += names.count
+            }
+        }
+        if !dryRun && !folders.isEmpty {
+            for kind in kinds { try Self.syncDirectory(donePath(kind)) }
+        }
+        return (folders, files)
+    }
+
+    static func isDayName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard bytes.count == 10, bytes[4] == 0x2D, bytes[7] == 0x2D else { return false }
+        return bytes.enumerated().allSatisfy { $0.offset == 4 || $0.offset == 7 || (0x30...0x39).contains($0.element) }
+    }
+
     /// fsyncs each folder, making renames into and out of it durable.
     package func syncDirectories(_ folders: Set<String>) throws(SpoolError) {
         for folder in folders.sorted() { try Self.syncDirectory(folder) }

@@ -2,6 +2,7 @@
 // only place that does), and runs the service group. Everything else lives in the library targets.
 
 import ArgumentParser
+import Config
 import Foundation
 import HTTPIngress
 import Hummingbird
@@ -21,26 +22,88 @@ struct Carespool: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "carespool",
         abstract: "File-drop and spool daemon for healthcare integration data.",
-        subcommands: [Serve.self, Status.self, Validate.self, Retry.self, Query.self]
+        subcommands: [
+            Serve.self, Status.self, Validate.self, Retry.self, Purge.self, Query.self, ConfigCommand.self,
+        ]
     )
 }
 
-/// Options every command that touches a spool shares.
-struct SpoolOptions: ParsableArguments {
-    @Option(help: "The spool folder.")
-    var spool: String = "spool"
+/// The configuration file: `--config FILE`, else `$CARESPOOL_CONFIG`, else /etc/carespool/carespool.toml
+/// when it exists (else built-in defaults). A bad file ends the command with status 78 (EX_CONFIG).
+struct ConfigOption: ParsableArguments {
+    static let defaultPath = "/etc/carespool/carespool.toml"
 
-    @Option(help: "The SQLite database (default: <spool>/carespool.sqlite3).")
+    @Option(help: "The configuration file (default: $CARESPOOL_CONFIG, else \(Self.defaultPath) when it exists).")
+    var config: String?
+
+    /// The file's path, or nil when none is named and the default does not exist.
+    var path: String? { Self.path(config) }
+
+    func load() throws -> ConfigFile { try Self.load(path) }
+
+    static func path(_ explicit: String?) -> String? {
+        if let explicit { return explicit }
+        if let named = ProcessInfo.processInfo.environment["CARESPOOL_CONFIG"], !named.isEmpty { return named }
+        return FileManager.default.fileExists(atPath: defaultPath) ? defaultPath : nil
+    }
+
+    /// The file at `path` read and checked (no file: empty settings); exit 78 when it is bad.
+    static func load(_ path: String?) throws -> ConfigFile {
+        guard let path else { return ConfigFile() }
+        do {
+            // FileHandle, not FileManager.contents: /dev/null (no configuration) must read as empty.
+            guard let handle = FileHandle(forReadingAtPath: path), let data = try? handle.readToEnd() ?? Data() else {
+                throw ConfigError(path: path, line: nil, key: nil, message: "cannot read the configuration file")
+            }
+            return try ConfigFile(
+                text: String(decoding: data, as: UTF8.self),
+                path: path,
+                kinds: Kind.allCases.map(\.rawValue)
+            )
+        } catch let error as ConfigError {
+            throw Self.fail(error)
+        }
+    }
+
+    /// Prints a configuration error and returns exit status 78 (EX_CONFIG) to throw.
+    static func fail(_ error: ConfigError) -> ExitCode {
+        FileHandle.standardError.write(Data(("carespool: " + error.description + "\n").utf8))
+        return ExitCode(78)
+    }
+}
+
+/// Options every command that touches a spool shares: flags first, then the configuration file.
+struct SpoolOptions: ParsableArguments {
+    @OptionGroup var configOption: ConfigOption
+
+    @Option(help: "The spool folder (default: the config's spool, else ./spool).")
+    var spool: String?
+
+    @Option(help: "The SQLite database (default: the config's database, else <spool>/carespool.sqlite3).")
     var db: String?
 
-    var databasePath: String { db ?? (spool + "/carespool.sqlite3") }
+    /// The spool and database paths in effect, the configuration file, and the spool with its extra
+    /// inboxes.
+    func resolved() throws -> (spool: Spool, database: String, config: ConfigFile) {
+        let config = try configOption.load()
+        let root = spool ?? config.spool ?? "spool"
+        let extra = config.inboxes.map { Spool.Inbox(path: $0.path, kind: $0.kind) }
+        return (
+            Spool(root: root, kinds: Kind.allCases.map(\.rawValue), extraInboxes: extra),
+            db ?? config.database ?? (root + "/carespool.sqlite3"), config
+        )
+    }
 }
 
 struct SchemaOption: ParsableArguments {
-    @Option(help: "The JSON Schema file with one $defs entry per record kind.")
-    var schema: String = "schema.json"
+    @Option(
+        help:
+            "The JSON Schema file with one $defs entry per record kind (default: the config's schema, else ./schema.json)."
+    )
+    var schema: String?
 
-    func catalog() throws -> Catalog {
+    func catalog(config: ConfigFile) throws -> Catalog {
+        let schema = self.schema ?? config.schema ?? "schema.json"
         guard let data = FileManager.default.contents(atPath: schema) else {
             throw ValidationError("cannot read the schema file \(schema) (pass --schema FILE)")
         }
@@ -54,62 +117,74 @@ struct SchemaOption: ParsableArguments {
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the daemon in the foreground: watch the inboxes, store, move files to done/ or failed/."
+        abstract: "Run the daemon in the foreground: watch the inboxes, store, move files to done/ or failed/.",
+        discussion: """
+            Every option overrides the configuration file's setting of the same name; what neither sets
+            has the default shown. `carespool config check` prints the settings in effect.
+            """
     )
 
     @OptionGroup var spoolOptions: SpoolOptions
     @OptionGroup var schemaOption: SchemaOption
 
-    @Option(help: "Milliseconds a file found by rescan must hold still (size and mtime) before it is claimed.")
-    var settleMs: Int = 2_000
+    @Option(help: "Milliseconds a file found by rescan must hold still (size and mtime) before it is claimed (2000).")
+    var settleMs: Int?
 
-    @Option(help: "Milliseconds between full rescans of every inbox.")
-    var rescanMs: Int = 5_000
+    @Option(help: "Milliseconds between full rescans of every inbox (5000).")
+    var rescanMs: Int?
 
-    @Option(help: "Most files committed in one transaction.")
-    var batchSize: Int = 512
+    @Option(help: "Most files committed in one transaction (512).")
+    var batchSize: Int?
 
-    @Option(help: "Bytes above which an NDJSON file is streamed in bounded chunks instead of read whole.")
-    var streamThreshold: Int = 8 << 20
+    @Option(help: "Bytes above which an NDJSON file is streamed in bounded chunks instead of read whole (8 MiB).")
+    var streamThreshold: Int?
 
-    @Option(help: "Milliseconds a database write waits for another connection's lock before it is retried later.")
-    var busyTimeoutMs: Int = 10_000
+    @Option(
+        help: "Milliseconds a database write waits for another connection's lock before it is retried later (10000)."
+    )
+    var busyTimeoutMs: Int?
 
-    @Option(help: "HTTP listen address HOST:PORT, or off.")
-    var http: String = "127.0.0.1:8080"
+    @Option(help: "Days finished files stay in done/ before they are removed; the ledger keeps their rows (30).")
+    var retentionDays: Int?
 
-    @Option(help: "A bearer token NAME:SECRET:ROUTES (routes: appointments, zoom, intake, or *); repeatable.")
-    var httpToken: [String] = []
-
-    @Option(help: "Zoom webhook secret token (give two during a rotation); repeatable.")
-    var zoomSecret: [String] = []
-
-    @Option(help: "HTTP requests a second per sender (token bucket, same burst; 429 with Retry-After); 0 for none.")
-    var httpRate: Double = 0
-
-    @Option(help: "HTTP answers 503 while an inbox holds this many files (backpressure).")
-    var inboxHighWater: Int = 20_000
-
-    @Option(help: "HTTP answers 503 while the spool's filesystem has fewer MiB free than this.")
-    var diskReserveMib: Int = 256
+    @Option(help: "HTTP listen address HOST:PORT, or off (127.0.0.1:8080).")
+    var http: String?
 
     @Option(
         help:
-            "A Standard Webhooks secret ROUTE:SECRET (whsec_…; routes: appointments, zoom, intake); repeatable, two for a rotation."
+            "A bearer token NAME:SECRET:ROUTES (routes: appointments, zoom, intake, or *); repeatable; replaces the config's tokens."
+    )
+    var httpToken: [String] = []
+
+    @Option(help: "Zoom webhook secret token (give two during a rotation); repeatable; replaces the config's.")
+    var zoomSecret: [String] = []
+
+    @Option(
+        help:
+            "A Standard Webhooks secret ROUTE:SECRET (whsec_…; routes: appointments, zoom, intake); repeatable, two for a rotation; replaces the config's."
     )
     var webhookSecret: [String] = []
 
-    @Option(help: "Seconds a connection may take to send a request head (and stay idle between requests).")
-    var httpHeaderTimeout: Int = 10
+    @Option(help: "HTTP requests a second per sender (token bucket, same burst; 429 with Retry-After); 0 for none (0).")
+    var httpRate: Double?
 
-    @Option(help: "Seconds a request body may take to arrive (408 after that).")
-    var httpBodyTimeout: Int = 60
+    @Option(help: "HTTP answers 503 while an inbox holds this many files (20000).")
+    var inboxHighWater: Int?
 
-    @Option(help: "Most HTTP connections open at once; more wait in the listen backlog.")
-    var httpMaxConnections: Int = 1_024
+    @Option(help: "HTTP answers 503 while the spool's filesystem has fewer MiB free than this (256).")
+    var diskReserveMib: Int?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(help: "Seconds a connection may take to send a request head, and stay idle between requests (10).")
+    var httpHeaderTimeout: Int?
+
+    @Option(help: "Seconds a request body may take to arrive; 408 after that (60).")
+    var httpBodyTimeout: Int?
+
+    @Option(help: "Most HTTP connections open at once; more wait in the listen backlog (1024).")
+    var httpMaxConnections: Int?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (info).")
+    var logLevel: String?
 
     @Option(help: .hidden)
     var testEnospcWhile: String?
@@ -117,10 +192,16 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         // Test-only: the file layer fails writes with ENOSPC while this file exists (see Spool.TemporaryFile).
         if let testEnospcWhile { setenv("CARESPOOL_TEST_ENOSPC_WHILE", testEnospcWhile, 1) }
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        let (spool, databasePath, config) = try spoolOptions.resolved()
+        let settings: Settings
+        do {
+            settings = try Settings(serve: self, config: config)
+        } catch let error as ConfigError {
+            throw ConfigOption.fail(error)
+        }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
+            handler.logLevel = settings.logLevel
             return handler
         }
         let logger = Logger(label: "carespool")
@@ -132,30 +213,40 @@ struct Serve: AsyncParsableCommand {
             .seconds(10), .seconds(30), .seconds(60), .seconds(300),
         ]
         MetricsSystem.bootstrap(factory)
-        let catalog = try schemaOption.catalog()
-        let spool = Spool(root: spoolOptions.spool, kinds: Kind.allCases.map(\.rawValue))
+        let catalog = try schemaOption.catalog(config: config)
         try spool.prepare()
-        let database = try AppDatabase.open(
-            path: spoolOptions.databasePath,
-            busyTimeout: .milliseconds(busyTimeoutMs)
-        )
+        // Files are claimed by rename: an inbox on another filesystem than the spool could never be.
+        for (index, inbox) in config.inboxes.enumerated() {
+            var inboxStat = stat()
+            var spoolStat = stat()
+            guard stat(inbox.path, &inboxStat) == 0, stat(spool.root, &spoolStat) == 0 else {
+                throw ConfigOption.fail(config.error("inbox[\(index)].path", "\(inbox.path) cannot be read"))
+            }
+            if inboxStat.st_dev != spoolStat.st_dev {
+                throw ConfigOption.fail(
+                    config.error("inbox[\(index)].path", "is on another filesystem than the spool \(spool.root)")
+                )
+            }
+        }
+        let database = try AppDatabase.open(path: databasePath, busyTimeout: .milliseconds(settings.busyTimeoutMs))
         let processor = Processor(
             spool: spool,
             database: database,
             catalog: catalog,
-            configuration: PipelineConfiguration(
-                settle: .milliseconds(settleMs),
-                rescanInterval: .milliseconds(rescanMs),
-                batchSize: max(1, batchSize),
-                streamThreshold: max(0, streamThreshold)
-            ),
+            configuration: settings.pipeline,
             logger: logger
         )
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: processor)]
-        if http != "off" {
+        if let http = settings.http {
             services.append(
                 .init(
-                    service: try httpApplication(spool: spool, database: database, registry: registry, logger: logger)
+                    service: Self.httpApplication(
+                        http,
+                        spool: spool,
+                        database: database,
+                        registry: registry,
+                        logger: logger
+                    )
                 )
             )
         }
@@ -173,46 +264,14 @@ struct Serve: AsyncParsableCommand {
 }
 
 extension Serve {
-    /// The HTTP endpoint as a service of the group; refuses no-auth on a non-loopback address.
-    func httpApplication(
+    /// The HTTP endpoint as a service of the group.
+    static func httpApplication(
+        _ configuration: HTTPConfiguration,
         spool: Spool,
         database: AppDatabase,
         registry: PrometheusCollectorRegistry,
         logger: Logger
-    ) throws -> some Service {
-        guard let colon = http.lastIndex(of: ":"), let port = Int(http[http.index(after: colon)...]) else {
-            throw ValidationError("--http must be HOST:PORT or off, not \(http)")
-        }
-        let host = String(http[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        var tokens: [HTTPToken] = []
-        for spec in httpToken {
-            guard let token = HTTPToken(spec: spec) else {
-                throw ValidationError("--http-token must be NAME:SECRET:ROUTES (routes: appointments, zoom, intake, *)")
-            }
-            tokens.append(token)
-        }
-        var webhookSecrets: [String: [String]] = [:]
-        for spec in webhookSecret {
-            let parts = spec.split(separator: ":", maxSplits: 1)
-            guard parts.count == 2, spool.kinds.contains(String(parts[0])) else {
-                throw ValidationError("--webhook-secret must be ROUTE:SECRET (routes: appointments, zoom, intake)")
-            }
-            webhookSecrets[String(parts[0]), default: []].append(String(parts[1]))
-        }
-        let configuration = HTTPConfiguration(
-            host: host,
-            port: port,
-            tokens: tokens,
-            zoomSecrets: zoomSecret,
-            webhookSecrets: webhookSecrets,
-            ratePerSecond: httpRate > 0 ? httpRate : nil,
-            inboxHighWater: inboxHighWater,
-            diskReserve: Int64(max(0, diskReserveMib)) << 20,
-            headerTimeout: .seconds(max(1, httpHeaderTimeout)),
-            bodyTimeout: .seconds(max(1, httpBodyTimeout)),
-            maxConnections: max(1, httpMaxConnections)
-        )
-        if let refusal = configuration.refusal { throw ValidationError(refusal) }
+    ) -> some Service {
         let cache = HealthCache()
         let router = buildRouter(
             configuration: configuration,
@@ -242,9 +301,9 @@ extension Serve {
         )
         return Application(
             router: router,
-            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(max(1, httpHeaderTimeout))))),
+            server: .http1(configuration: .init(idleTimeout: .init(configuration.headerTimeout))),
             configuration: .init(
-                address: .hostname(host, port: port),
+                address: .hostname(configuration.host, port: configuration.port),
                 serverName: "carespool",
                 backlog: 1_024,
                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections, logger: logger)
@@ -298,6 +357,7 @@ struct Validate: AsyncParsableCommand {
     @Flag(help: "Print the report as JSON (the shape of the .error.json sidecar).")
     var json = false
 
+    @OptionGroup var configOption: ConfigOption
     @OptionGroup var schemaOption: SchemaOption
 
     @Argument(help: "The file to check.")
@@ -312,7 +372,7 @@ struct Validate: AsyncParsableCommand {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw ValidationError("cannot read \(file)")
         }
-        let catalog = try schemaOption.catalog()
+        let catalog = try schemaOption.catalog(config: configOption.load())
         let report = try dryRun(bytes: Array(data), kind: kind, catalog: catalog)
         if json {
             print(report.json())
@@ -336,7 +396,7 @@ struct Retry: AsyncParsableCommand {
     var id: String
 
     func run() async throws {
-        let spool = Spool(root: spoolOptions.spool, kinds: Kind.allCases.map(\.rawValue))
+        let spool = try spoolOptions.resolved().spool
         do {
             guard let moved = try spool.requeue(id: id) else {
                 throw ValidationError("no file with id \(id) in \(spool.root)/failed/")
@@ -344,6 +404,39 @@ struct Retry: AsyncParsableCommand {
             print("requeued \(id) to \(spool.inboxPath(moved.kind))/\(moved.name)")
         } catch let error as SpoolError {
             throw ValidationError("cannot requeue \(id): \(error.description)")
+        }
+    }
+}
+
+struct Purge: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Remove finished files from done/ older than a number of days (the ledger keeps their rows).",
+        discussion: "The daemon does this hourly by its retention setting (retention.done_days, default 30)."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+
+    @Option(help: "Remove the done/<kind>/<day>/ folders of days older than this: 30d or 30.")
+    var doneOlderThan: String
+
+    @Flag(help: "Only list what would be removed.")
+    var dryRun = false
+
+    func run() async throws {
+        let text = doneOlderThan.hasSuffix("d") ? String(doneOlderThan.dropLast()) : doneOlderThan
+        guard let days = Int(text), days >= 1 else {
+            throw ValidationError("--done-older-than must be a number of days, 1 or more: 30d or 30")
+        }
+        let spool = try spoolOptions.resolved().spool
+        let cutoff = Spool.cutoffDay(daysAgo: days)
+        do {
+            let removed = try spool.purgeDone(before: cutoff, dryRun: dryRun)
+            for folder in removed.folders { print((dryRun ? "would remove done/" : "removed done/") + folder) }
+            print(
+                "\(dryRun ? "would remove" : "removed") \(removed.files) files in \(removed.folders.count) day folders before \(cutoff)"
+            )
+        } catch {
+            throw ValidationError("purge stopped: \(error.description)")
         }
     }
 }

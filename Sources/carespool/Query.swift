@@ -26,10 +26,11 @@ struct ZoomQuery: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        guard FileManager.default.fileExists(atPath: spoolOptions.databasePath) else {
-            throw ValidationError("no database at \(spoolOptions.databasePath)")
+        let databasePath = try spoolOptions.resolved().database
+        guard FileManager.default.fileExists(atPath: databasePath) else {
+            throw ValidationError("no database at \(databasePath)")
         }
-        let database = try AppDatabase.open(path: spoolOptions.databasePath, readonly: true)
+        let database = try AppDatabase.open(path: databasePath, readonly: true)
         let visits = try database.zoomVisits(meeting: meeting)
         if json {
             let values: [JSONValue] = visits.map { visit in

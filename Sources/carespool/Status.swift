@@ -17,7 +17,7 @@ struct Status: AsyncParsableCommand {
 
     func run() async throws {
         let kinds = Kind.allCases.map(\.rawValue)
-        let spool = Spool(root: spoolOptions.spool, kinds: kinds)
+        let (spool, databasePath, _) = try spoolOptions.resolved()
         var counts: [(folder: String, kind: String, files: Int)] = []
         for kind in kinds {
             counts.append(("inbox", kind, try spool.scan(spool.inboxPath(kind)).count))
@@ -37,8 +37,8 @@ struct Status: AsyncParsableCommand {
             .flatMap { String(decoding: $0, as: UTF8.self) }?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "[]"
         var failures: [[String: String?]] = []
         var zoom: [(event: String, received: Int, inserted: Int)] = []
-        if FileManager.default.fileExists(atPath: spoolOptions.databasePath) {
-            let database = try AppDatabase.open(path: spoolOptions.databasePath, readonly: true)
+        if FileManager.default.fileExists(atPath: databasePath) {
+            let database = try AppDatabase.open(path: databasePath, readonly: true)
             failures = try database.lastFailures(limit: 10)
             zoom = try database.zoomCounters()
         }

@@ -65,7 +65,12 @@ import Testing
                     rename(staging + "/f\(n).ndjson", spool + "/inbox/appointments/f\(n).ndjson")
                     if n == range.lowerBound + range.count / 2 { try await Task.sleep(for: .milliseconds(delay / 2)) }
                 }
-                try await Task.sleep(for: .milliseconds(delay))
+                if round % 2 == 0 {
+                    // Half the kills at a random moment, half as soon as a file is claimed and unfinished.
+                    try await Task.sleep(for: .milliseconds(delay))
+                } else {
+                    _ = await eventually(timeout: .seconds(2)) { !SpoolView(root: spool).processing().isEmpty }
+                }
                 kill(pid, SIGKILL)
             }
             #expect(run.status == .signaled(SIGKILL) || run.status == .exited(0), "round \(round): \(run.status)")
@@ -79,7 +84,9 @@ import Testing
         #expect(dropped == 2_000)
         // The last run: no kill; wait until everything is finished.
         let view = SpoolView(root: spool)
+        unlink(spool + "/processing/retrying.json")  // written anew by the next start: its readiness sign
         let final = try await Daemon.serve(spool: spool, arguments: ["--settle-ms", "100"]) { pid in
+            try await waitUntilServing(spool)
             let finished = await eventually(timeout: .seconds(60)) {
                 view.inbox().isEmpty && view.processing().isEmpty && view.done().count + view.failed().count >= 2_000
             }

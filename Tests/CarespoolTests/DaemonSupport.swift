@@ -22,6 +22,10 @@ enum Daemon {
         return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("carespool").path
     }()
 
+    /// The tests' environment: no configuration file unless a test names one with `--config` (a file
+    /// installed in /etc/carespool on this machine must not change what the tests see).
+    static let environment = Environment.inherit.updating(["CARESPOOL_CONFIG": "/dev/null"])
+
     /// Starts `carespool serve` on `spool`, runs `body` with its pid while it runs, and returns what
     /// `body` returned, how the daemon ended and everything it wrote to stderr. `body` must end the daemon
     /// (SIGTERM or SIGKILL) before it returns.
@@ -38,6 +42,25 @@ enum Daemon {
         let outcome = try await run(
             .path(FilePath(binary)),
             arguments: Arguments(arguments),
+            environment: environment,
+            input: .none,
+            output: .discarded,
+            error: .string(limit: 256 << 20)
+        ) { execution in
+            try await body(execution.processIdentifier.value)
+        }
+        return (outcome.closureResult, outcome.terminationStatus, outcome.standardError)
+    }
+
+    /// Starts `carespool serve --config FILE` (nothing else on the command line), like `serve`.
+    static func serveWithConfig<R: Sendable>(
+        _ config: String,
+        _ body: @escaping @Sendable (pid_t) async throws -> R
+    ) async throws -> (result: R, status: TerminationStatus, log: String) {
+        let outcome = try await run(
+            .path(FilePath(binary)),
+            arguments: ["serve", "--config", config],
+            environment: environment,
             input: .none,
             output: .discarded,
             error: .string(limit: 256 << 20)
@@ -52,6 +75,7 @@ enum Daemon {
         let result = try await run(
             .path(FilePath(binary)),
             arguments: Arguments(arguments),
+            environment: environment,
             output: .string(limit: 16 << 20),
             error: .string(limit: 16 << 20)
         )

@@ -1,0 +1,365 @@
+// Config: the configuration file, /etc/carespool/carespool.toml by default (TOMLKit).
+//
+// Every key is optional: what the file leaves out, flags or built-in defaults supply. Strict: an unknown
+// key, a value of the wrong type or out of range stops start-up with an error naming the file, the line
+// and the key (exit status 78, EX_CONFIG), so a typo never silently falls back to a default. Knows no
+// other module; secrets are kept as given (tokens as SHA-256) and masked whenever printed.
+
+import Crypto
+import TOMLKit
+
+/// A setting's problem, with where it is.
+package struct ConfigError: Error, Sendable, CustomStringConvertible {
+    package var path: String
+    package var line: Int?
+    package var key: String?
+    package var message: String
+
+    package init(path: String, line: Int?, key: String?, message: String) {
+        self.path = path
+        self.line = line
+        self.key = key
+        self.message = message
+    }
+
+    package var description: String {
+        var text = path
+        if let line { text += ":\(line)" }
+        if let key { text += ": \(key)" }
+        return text + ": " + message
+    }
+}
+
+/// A bearer token as configured: its name, the SHA-256 of its secret, the routes it may write.
+package struct ConfiguredToken: Sendable, Equatable {
+    package var name: String
+    package var sha256: [UInt8]
+    package var routes: [String]
+}
+
+/// The file's settings; nil (or empty) where the file says nothing.
+package struct ConfigFile: Sendable {
+    package var path: String = ""
+    package var spool: String?
+    package var database: String?
+    package var schema: String?
+    package var logLevel: String?
+    package var settleMs: Int?
+    package var rescanMs: Int?
+    package var batchSize: Int?
+    package var streamThreshold: Int?
+    package var busyTimeoutMs: Int?
+    /// Days finished files stay in done/ before the daemon removes them (the ledger rows stay).
+    package var retentionDays: Int?
+    /// Extra folders watched as inboxes, each for one kind (a partner's SFTP upload folder, say).
+    package var inboxes: [(path: String, kind: String)] = []
+
+    package var httpListen: String?
+    package var tokens: [ConfiguredToken] = []
+    package var zoomSecrets: [String] = []
+    package var webhookSecrets: [String: [String]] = [:]
+    package var ratePerSecond: Double?
+    package var inboxHighWater: Int?
+    package var diskReserveMib: Int?
+    package var headerTimeoutSeconds: Int?
+    package var bodyTimeoutSeconds: Int?
+    package var maxConnections: Int?
+    package var webhookBodyLimit: Int?
+    package var ingestBodyLimit: Int?
+    private var keyLines = KeyLines("")
+
+    package init() {}
+
+    /// A problem with `key` of this file (its line found in the text), for checks made elsewhere.
+    package func error(_ key: String, _ message: String) -> ConfigError {
+        ConfigError(path: path, line: keyLines.line(of: key), key: key, message: message)
+    }
+
+    /// Reads and checks `text` (the contents of `path`). `kinds` are the record kinds inboxes and routes
+    /// may name.
+    package init(text: String, path: String, kinds: [String]) throws(ConfigError) {
+        self.path = path
+        let lines = KeyLines(text)
+        keyLines = lines
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(path: path, line: error.source.begin.line, key: nil, message: error.description)
+        } catch {
+            throw ConfigError(path: path, line: nil, key: nil, message: "\(error)")
+        }
+        let reader = Reader(path: path, lines: lines)
+        try reader.only(table, at: "", allowed: Self.topKeys)
+        spool = try reader.string(table, "spool", nonEmpty: true)
+        database = try reader.string(table, "database", nonEmpty: true)
+        schema = try reader.string(table, "schema", nonEmpty: true)
+        logLevel = try reader.string(table, "log_level")
+        if let level = logLevel, !Self.logLevels.contains(level) {
+            throw reader.error("log_level", "must be one of " + Self.logLevels.joined(separator: ", "))
+        }
+        settleMs = try reader.int(table, "settle_ms", atLeast: 0)
+        rescanMs = try reader.int(table, "rescan_ms", atLeast: 100)
+        batchSize = try reader.int(table, "batch_size", atLeast: 1)
+        streamThreshold = try reader.int(table, "stream_threshold", atLeast: 0)
+        busyTimeoutMs = try reader.int(table, "busy_timeout_ms", atLeast: 0)
+
+        if let retention = try reader.table(table, "retention") {
+            try reader.only(retention, at: "retention", allowed: ["done_days"])
+            retentionDays = try reader.int(retention, "done_days", at: "retention", atLeast: 1)
+        }
+        if let list = try reader.tables(table, "inbox") {
+            for (index, entry) in list.enumerated() {
+                let at = "inbox[\(index)]"
+                try reader.only(entry, at: at, allowed: ["path", "kind"])
+                guard let folder = try reader.string(entry, "path", at: at, nonEmpty: true), folder.hasPrefix("/")
+                else { throw reader.error(at + ".path", "an absolute folder path is required") }
+                guard let kind = try reader.string(entry, "kind", at: at), kinds.contains(kind) else {
+                    throw reader.error(at + ".kind", "must be one of " + kinds.joined(separator: ", "))
+                }
+                if inboxes.contains(where: { $0.path == folder }) {
+                    throw reader.error(at + ".path", "\(folder) is already an inbox")
+                }
+                inboxes.append((folder, kind))
+            }
+        }
+        if let http = try reader.table(table, "http") {
+            try reader.only(http, at: "http", allowed: Self.httpKeys)
+            httpListen = try reader.string(http, "listen", at: "http")
+            if let listen = httpListen, listen != "off", Self.hostPort(listen) == nil {
+                throw reader.error("http.listen", "must be HOST:PORT or \"off\"")
+            }
+            zoomSecrets = try reader.strings(http, "zoom_secrets", at: "http") ?? []
+            ratePerSecond = try reader.double(http, "rate_per_second", at: "http")
+            inboxHighWater = try reader.int(http, "inbox_high_water", at: "http", atLeast: 1)
+            diskReserveMib = try reader.int(http, "disk_reserve_mib", at: "http", atLeast: 0)
+            headerTimeoutSeconds = try reader.int(http, "header_timeout_s", at: "http", atLeast: 1)
+            bodyTimeoutSeconds = try reader.int(http, "body_timeout_s", at: "http", atLeast: 1)
+            maxConnections = try reader.int(http, "max_connections", at: "http", atLeast: 1)
+            webhookBodyLimit = try reader.int(http, "webhook_body_limit", at: "http", atLeast: 1)
+            ingestBodyLimit = try reader.int(http, "ingest_body_limit", at: "http", atLeast: 1)
+            if let secrets = try reader.table(http, "webhook_secrets", at: "http") {
+                try reader.only(secrets, at: "http.webhook_secrets", allowed: kinds)
+                for kind in kinds {
+                    if let list = try reader.strings(secrets, kind, at: "http.webhook_secrets") {
+                        webhookSecrets[kind] = list
+                    }
+                }
+            }
+            if let list = try reader.tables(http, "token", at: "http") {
+                for (index, entry) in list.enumerated() {
+                    let at = "http.token[\(index)]"
+                    try reader.only(entry, at: at, allowed: ["name", "sha256", "secret", "routes"])
+                    guard let name = try reader.string(entry, "name", at: at, nonEmpty: true) else {
+                        throw reader.error(at, "a token needs a name")
+                    }
+                    if tokens.contains(where: { $0.name == name }) {
+                        throw reader.error(at + ".name", "token \(name) is configured twice")
+                    }
+                    let hex = try reader.string(entry, "sha256", at: at)
+                    let secret = try reader.string(entry, "secret", at: at, nonEmpty: true)
+                    let digest: [UInt8]
+                    switch (hex, secret) {
+                    case (let hex?, nil):
+                        guard let bytes = Self.hexBytes(hex), bytes.count == 32 else {
+                            throw reader.error(at + ".sha256", "must be 64 hex digits (sha256sum of the token)")
+                        }
+                        digest = bytes
+                    case (nil, let secret?):
+                        digest = Array(SHA256.hash(data: Array(secret.utf8)))
+                    default:
+                        throw reader.error(at, "give exactly one of sha256 (preferred) or secret")
+                    }
+                    let routes = try reader.strings(entry, "routes", at: at) ?? []
+                    let expanded = routes.contains("*") ? kinds : routes
+                    guard !expanded.isEmpty, expanded.allSatisfy(kinds.contains) else {
+                        throw reader.error(
+                            at + ".routes",
+                            "list routes among " + kinds.joined(separator: ", ") + ", or \"*\""
+                        )
+                    }
+                    tokens.append(ConfiguredToken(name: name, sha256: digest, routes: expanded))
+                }
+            }
+        }
+    }
+
+    static let topKeys = [
+        "spool", "database", "schema", "log_level", "settle_ms", "rescan_ms", "batch_size", "stream_threshold",
+        "busy_timeout_ms", "retention", "inbox", "http",
+    ]
+    static let httpKeys = [
+        "listen", "token", "zoom_secrets", "webhook_secrets", "rate_per_second", "inbox_high_water",
+        "disk_reserve_mib", "header_timeout_s", "body_timeout_s", "max_connections", "webhook_body_limit",
+        "ingest_body_limit",
+    ]
+    package static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// HOST and PORT of `HOST:PORT` (an IPv6 host in brackets).
+    package static func hostPort(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (0...65_535).contains(port)
+        else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
+    }
+
+    static func hexBytes(_ text: String) -> [UInt8]? {
+        let digits = Array(text.lowercased().utf8)
+        guard digits.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        var index = 0
+        while index < digits.count {
+            guard let high = hexValue(digits[index]), let low = hexValue(digits[index + 1]) else { return nil }
+            bytes.append(high << 4 | low)
+            index += 2
+        }
+        return bytes
+    }
+
+    private static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 0x30...0x39: c - 0x30
+        case 0x61...0x66: c - 0x61 + 10
+        default: nil
+        }
+    }
+}
+
+/// Typed reads that fail naming the key and its line.
+private struct Reader {
+    let path: String
+    let lines: KeyLines
+
+    func error(_ key: String, _ message: String) -> ConfigError {
+        ConfigError(path: path, line: lines.line(of: key), key: key, message: message)
+    }
+
+    private func full(_ at: String, _ key: String) -> String { at.isEmpty ? key : at + "." + key }
+
+    func only(_ table: TOMLTable, at: String, allowed: [String]) throws(ConfigError) {
+        for key in table.keys where !allowed.contains(key) {
+            throw error(full(at, key), "unknown key (known here: " + allowed.joined(separator: ", ") + ")")
+        }
+    }
+
+    func string(_ table: TOMLTable, _ key: String, at: String = "", nonEmpty: Bool = false) throws(ConfigError)
+        -> String?
+    {
+        guard let value = table[key] else { return nil }
+        guard let text = value.string else { throw error(full(at, key), "must be a string") }
+        if nonEmpty && text.isEmpty { throw error(full(at, key), "must not be empty") }
+        return text
+    }
+
+    func int(_ table: TOMLTable, _ key: String, at: String = "", atLeast minimum: Int) throws(ConfigError) -> Int? {
+        guard let value = table[key] else { return nil }
+        guard let number = value.int else { throw error(full(at, key), "must be an integer") }
+        guard number >= minimum else { throw error(full(at, key), "must be at least \(minimum)") }
+        return number
+    }
+
+    func double(_ table: TOMLTable, _ key: String, at: String = "") throws(ConfigError) -> Double? {
+        guard let value = table[key] else { return nil }
+        guard let number = value.double ?? value.int.map(Double.init), number >= 0 else {
+            throw error(full(at, key), "must be a number, 0 or more")
+        }
+        return number
+    }
+
+    func strings(_ table: TOMLTable, _ key: String, at: String = "") throws(ConfigError) -> [String]? {
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else { throw error(full(at, key), "must be an array of strings") }
+        var list: [String] = []
+        for element in array {
+            guard let text = element.string, !text.isEmpty else {
+                throw error(full(at, key), "must be an array of non-empty strings")
+            }
+            list.append(text)
+        }
+        return list
+    }
+
+    func table(_ table: TOMLTable, _ key: String, at: String = "") throws(ConfigError) -> TOMLTable? {
+        guard let value = table[key] else { return nil }
+        guard let inner = value.table else { throw error(full(at, key), "must be a table ([\(full(at, key))])") }
+        return inner
+    }
+
+    func tables(_ table: TOMLTable, _ key: String, at: String = "") throws(ConfigError) -> [TOMLTable]? {
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else {
+            throw error(full(at, key), "must be an array of tables ([[\(full(at, key))]])")
+        }
+        var list: [TOMLTable] = []
+        for element in array {
+            guard let inner = element.table else {
+                throw error(full(at, key), "must be an array of tables ([[\(full(at, key))]])")
+            }
+            list.append(inner)
+        }
+        return list
+    }
+}
+
+/// Where each key is defined in the file's text: the table headers (`[a.b]`, `[[a.b]]` counted per
+/// array) and `key =` lines under them. TOMLKit reports lines for syntax errors only; this finds the
+/// line of a key whose value is wrong. Keys are dotted paths, array entries as `name[index]`.
+struct KeyLines: Sendable {
+    private var lines: [String: Int] = [:]
+
+    init(_ text: String) {
+        var table = ""
+        var counts: [String: Int] = [:]
+        var number = 0
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            number += 1
+            let line = raw.drop { $0 == " " || $0 == "\t" }
+            if line.hasPrefix("[[") {
+                let name = Self.keyPath(line.dropFirst(2).prefix { $0 != "]" })
+                let index = counts[name, default: 0]
+                counts[name] = index + 1
+                table = name + "[\(index)]"
+                if lines[table] == nil { lines[table] = number }
+                if lines[name] == nil { lines[name] = number }
+            } else if line.hasPrefix("[") {
+                table = Self.keyPath(line.dropFirst().prefix { $0 != "]" })
+                if lines[table] == nil { lines[table] = number }
+            } else if let equals = line.firstIndex(of: "="), !line.hasPrefix("#") {
+                let key = Self.keyPath(line[..<equals])
+                guard !key.isEmpty else { continue }
+                let full = table.isEmpty ? key : table + "." + key
+                if lines[full] == nil { lines[full] = number }
+            }
+        }
+    }
+
+    /// `a . "b"` as `a.b`.
+    private static func keyPath(_ text: Substring) -> String {
+        text.split(separator: ".").map { part in
+            var key = part.trimmingCharacters()
+            if key.count >= 2, key.hasPrefix("\"") || key.hasPrefix("'") { key = String(key.dropFirst().dropLast()) }
+            return key
+        }.joined(separator: ".")
+    }
+
+    /// The line of `key`, or of the nearest enclosing table that has one.
+    func line(of key: String) -> Int? {
+        var candidate = key
+        while true {
+            if let line = lines[candidate] { return line }
+            guard let cut = candidate.lastIndex(where: { $0 == "." || $0 == "[" }) else { return nil }
+            candidate = String(candidate[..<cut])
+        }
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters() -> String {
+        var text = self
+        while let first = text.first, first == " " || first == "\t" { text.removeFirst() }
+        while let last = text.last, last == " " || last == "\t" { text.removeLast() }
+        return String(text)
+    }
+}

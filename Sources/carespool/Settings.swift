@@ -1,0 +1,90 @@
+import ArgumentParser
+import Config
+import HTTPIngress
+import Logging
+import Pipeline
+
+/// The settings in effect: each one from its flag, else the configuration file, else its default.
+struct Settings {
+    var logLevel: Logger.Level
+    var busyTimeoutMs: Int
+    var pipeline: PipelineConfiguration
+    /// Days finished files stay in done/.
+    var retentionDays: Int
+    /// The HTTP endpoint's settings; nil when it is off.
+    var http: HTTPConfiguration?
+
+    /// `serve` nil: the file and the defaults only (`carespool config check`).
+    init(serve: Serve?, config: ConfigFile) throws {
+        let level = serve?.logLevel ?? config.logLevel ?? "info"
+        guard let parsed = Logger.Level(rawValue: level) else {
+            throw ValidationError("--log-level must be one of " + ConfigFile.logLevels.joined(separator: ", "))
+        }
+        logLevel = parsed
+        busyTimeoutMs = max(0, serve?.busyTimeoutMs ?? config.busyTimeoutMs ?? 10_000)
+        pipeline = PipelineConfiguration(
+            settle: .milliseconds(max(0, serve?.settleMs ?? config.settleMs ?? 2_000)),
+            rescanInterval: .milliseconds(max(100, serve?.rescanMs ?? config.rescanMs ?? 5_000)),
+            batchSize: max(1, serve?.batchSize ?? config.batchSize ?? 512),
+            streamThreshold: max(0, serve?.streamThreshold ?? config.streamThreshold ?? 8 << 20)
+        )
+        retentionDays = max(1, serve?.retentionDays ?? config.retentionDays ?? 30)
+        pipeline.retentionDays = retentionDays
+
+        let listen = serve?.http ?? config.httpListen ?? "127.0.0.1:8080"
+        guard listen != "off" else {
+            http = nil
+            return
+        }
+        guard let (host, port) = ConfigFile.hostPort(listen) else {
+            throw ValidationError("--http must be HOST:PORT or off, not \(listen)")
+        }
+        var tokens: [HTTPToken] = []
+        if let specs = serve?.httpToken, !specs.isEmpty {
+            for spec in specs {
+                guard let token = HTTPToken(spec: spec) else {
+                    throw ValidationError(
+                        "--http-token must be NAME:SECRET:ROUTES (routes: appointments, zoom, intake, *)"
+                    )
+                }
+                tokens.append(token)
+            }
+        } else {
+            tokens = config.tokens.map { HTTPToken(name: $0.name, sha256: $0.sha256, routes: Set($0.routes)) }
+        }
+        var webhookSecrets = config.webhookSecrets
+        if let specs = serve?.webhookSecret, !specs.isEmpty {
+            webhookSecrets = [:]
+            for spec in specs {
+                let parts = spec.split(separator: ":", maxSplits: 1)
+                guard parts.count == 2, ["appointments", "zoom", "intake"].contains(String(parts[0])) else {
+                    throw ValidationError("--webhook-secret must be ROUTE:SECRET (routes: appointments, zoom, intake)")
+                }
+                webhookSecrets[String(parts[0]), default: []].append(String(parts[1]))
+            }
+        }
+        let zoomSecrets = serve.map(\.zoomSecret).flatMap { $0.isEmpty ? nil : $0 } ?? config.zoomSecrets
+        let rate = serve?.httpRate ?? config.ratePerSecond ?? 0
+        let configuration = HTTPConfiguration(
+            host: host,
+            port: port,
+            webhookBodyLimit: config.webhookBodyLimit ?? 1 << 20,
+            ingestBodyLimit: config.ingestBodyLimit ?? 64 << 20,
+            tokens: tokens,
+            zoomSecrets: zoomSecrets,
+            webhookSecrets: webhookSecrets,
+            ratePerSecond: rate > 0 ? rate : nil,
+            inboxHighWater: max(1, serve?.inboxHighWater ?? config.inboxHighWater ?? 20_000),
+            diskReserve: Int64(max(0, serve?.diskReserveMib ?? config.diskReserveMib ?? 256)) << 20,
+            headerTimeout: .seconds(max(1, serve?.httpHeaderTimeout ?? config.headerTimeoutSeconds ?? 10)),
+            bodyTimeout: .seconds(max(1, serve?.httpBodyTimeout ?? config.bodyTimeoutSeconds ?? 60)),
+            maxConnections: max(1, serve?.httpMaxConnections ?? config.maxConnections ?? 1_024)
+        )
+        if let refusal = configuration.refusal {
+            // From the file (and not overridden): a configuration error, exit 78; from flags: a usage error.
+            if serve?.http == nil, config.httpListen != nil { throw config.error("http.listen", refusal) }
+            throw ValidationError(refusal)
+        }
+        http = configuration
+    }
+}
