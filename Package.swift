@@ -90,6 +90,7 @@ let package = Package(
             dependencies: [
                 "Kinds",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -213,8 +213,12 @@ extension AppDatabase {
             // The file's ledger row comes last, so its records reference a row that does not exist yet:
             // foreign keys are off for these transactions only (PRAGMA foreign_keys cannot change inside one).
             return try writer.writeWithoutTransaction { db in
-                try db.execute(sql: "PRAGMA foreign_keys = OFF")
-                defer { try? db.execute(sql: "PRAGMA foreign_keys = ON") }
+                // A chunk's commit is not fsynced (synchronous = NORMAL): the file's ledger row, committed
+                // last with synchronous = FULL, fsyncs the write-ahead log and every chunk before it. A
+                // power cut before that loses chunks of a file that is still in processing/, and its
+                // replay stores them again; a crash of the process alone loses nothing written.
+                try db.execute(sql: "PRAGMA foreign_keys = OFF; PRAGMA synchronous = NORMAL")
+                defer { try? db.execute(sql: "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL") }
                 var report = FileReport(outcome: .accepted)
                 try db.inTransaction(.immediate) {
                     switch chunk {
