@@ -115,26 +115,32 @@ extension Engine {
         var lineNumber = 0
         var number = 0
 
-        func flush() throws {
-            guard !pending.isEmpty else { return }
-            let chunkReport: FileReport
+        let database = self.database
+        let committer = ChunkCommitter<AppDatabase.Chunk> { chunk in try database.commitChunk(chunk, fileID: file.id) }
+        func done(_ chunk: AppDatabase.Chunk, _ chunkReport: FileReport) throws {
             var rejectedText = ""
-            switch kind {
-            case .appointments:
-                let items = pending.map { catalog.appointments.record($0) }
-                chunkReport = try database.commitChunk(.appointments(items), fileID: file.id)
-                let numbers = Set(chunkReport.rejectedRecords)
+            let numbers = Set(chunkReport.rejectedRecords)
+            switch chunk {
+            case .appointments(let items):
                 for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
-            case .zoom:
-                let items = pending.map { catalog.zoom.record($0) }
-                chunkReport = try database.commitChunk(.zoom(items), fileID: file.id)
-                let numbers = Set(chunkReport.rejectedRecords)
+            case .zoom(let items):
                 for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
-            case .intake:
-                return  // CSV: streamCSV
+            case .intake: break
             }
             if !rejectedText.isEmpty { try rejected.append(Array(rejectedText.utf8)) }
             unlisted += totals.absorb(chunkReport, listing: Self.listedProblems)
+        }
+
+        func flush() throws {
+            guard !pending.isEmpty else { return }
+            switch kind {
+            case .appointments:
+                try committer.submit(.appointments(pending.map { catalog.appointments.record($0) }), done: done)
+            case .zoom:
+                try committer.submit(.zoom(pending.map { catalog.zoom.record($0) }), done: done)
+            case .intake:
+                return  // CSV: streamCSV
+            }
             pending.removeAll(keepingCapacity: true)
         }
 
@@ -162,6 +168,7 @@ extension Engine {
         }
         if !carry.isEmpty { try take(carry[...]) }
         try flush()
+        try committer.finish(done: done)
         if number == 0 {
             totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no records")]
         }
@@ -185,16 +192,18 @@ extension Engine {
         var rows = 0
         let today = String(Clock.timestamp().prefix(10))
 
-        func flush() throws {
-            guard !pending.isEmpty else { return }
-            let chunk = try database.commitChunk(.intake(pending), fileID: file.id)
+        let database = self.database
+        let committer = ChunkCommitter<[Item<IntakeRecord>]> { items in
+            try database.commitChunk(.intake(items), fileID: file.id)
+        }
+        func done(_ items: [Item<IntakeRecord>], _ chunk: FileReport) throws {
             let numbers = Set(chunk.rejectedRecords)
             var out: [UInt8] = []
             if !numbers.isEmpty && !wroteHeader {
                 out += headerRaw + Array(",error,line\n".utf8)
                 wroteHeader = true
             }
-            for item in pending where numbers.contains(item.number) {
+            for item in items where numbers.contains(item.number) {
                 let message = chunk.errors.filter { $0.record == item.number }.map { problem in
                     (problem.pointer.map { String($0.dropFirst()) + ": " } ?? "") + problem.message
                 }.joined(separator: "; ")
@@ -202,6 +211,11 @@ extension Engine {
             }
             if !out.isEmpty { try rejected.append(out) }
             unlisted += totals.absorb(chunk, listing: Self.listedProblems)
+        }
+
+        func flush() throws {
+            guard !pending.isEmpty else { return }
+            try committer.submit(pending, done: done)
             pending.removeAll(keepingCapacity: true)
         }
 
@@ -236,6 +250,7 @@ extension Engine {
             )
         }
         try flush()
+        try committer.finish(done: done)
         if rows == 0 {
             totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: "no rows after the header")]
         }
