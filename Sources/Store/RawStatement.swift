@@ -65,9 +65,9 @@ final class RawStatement {
         try reset()
     }
 
+    /// Ready for the next use (every use binds all its parameters again, so bindings are not cleared).
     func reset() throws {
         sqlite3_reset(statement)
-        sqlite3_clear_bindings(statement)
     }
 
     func int(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
