@@ -2,13 +2,21 @@
 #   make run   install what is missing, build, run the daemon on ./spool
 #   make test  install what is missing, check formatting, build, run every test
 #   make bench release build, throughput and latency benchmark (not part of make test)
+#   make install / make uninstall   the release binary (static Swift standard library), systemd units,
+#              sysusers and tmpfiles files, schema, default /etc/carespool/carespool.toml (DESTDIR, PREFIX)
 
 SWIFT        ?= swift
-APT_PACKAGES := libsqlite3-dev sqlite3 curl
+APT_PACKAGES := libsqlite3-dev sqlite3 curl systemd make
 SPOOL        ?= spool
+CONFIG       ?= /dev/null
 BENCH_BUILD  := .build-release
+INSTALL_BUILD := .build-install
+PREFIX       ?= /usr
+DESTDIR      ?=
+# The binary to install; by default a release build with the Swift standard library linked statically.
+BIN          ?= $(INSTALL_BUILD)/release/carespool
 
-.PHONY: deps build run test lint format bench clean
+.PHONY: deps build run test lint format bench clean install install-build uninstall
 
 deps:
 	@missing=""; \
@@ -24,7 +32,7 @@ build: deps
 
 run: build
 	mkdir -p $(SPOOL)
-	.build/debug/carespool serve --spool $(SPOOL) --db $(SPOOL)/carespool.sqlite3 --schema schema.json
+	.build/debug/carespool serve --config $(CONFIG) --spool $(SPOOL) --db $(SPOOL)/carespool.sqlite3 --schema schema.json
 
 lint:
 	$(SWIFT) format lint --strict --recursive Sources Tests Package.swift
@@ -42,5 +50,46 @@ bench: deps
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product csv-parse-bench
 	python3 bench/bench.py $(BENCH_BUILD)/release/carespool --csv-parse-bench $(BENCH_BUILD)/release/csv-parse-bench
 
+install-build: deps
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(INSTALL_BUILD) --product carespool
+
+# Installs into $(DESTDIR)$(PREFIX); an existing /etc/carespool/carespool.toml is never replaced. Without
+# DESTDIR, also creates the user and the spool (systemd-sysusers, systemd-tmpfiles) and reloads systemd.
+install: $(if $(filter $(INSTALL_BUILD)/%,$(BIN)),install-build)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/carespool
+	sed 's|/usr/bin/carespool|$(PREFIX)/bin/carespool|g' systemd/carespool.service > carespool.service.tmp
+	install -D -m 0644 carespool.service.tmp $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.service
+	rm -f carespool.service.tmp
+	install -D -m 0644 systemd/carespool.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.socket
+	install -D -m 0644 systemd/carespool.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/carespool.conf
+	install -D -m 0644 systemd/carespool.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/carespool.conf
+	install -D -m 0644 schema.json $(DESTDIR)$(PREFIX)/share/carespool/schema.json
+	sed 's|/usr/share/carespool/schema.json|$(PREFIX)/share/carespool/schema.json|' config/carespool.toml > carespool.toml.tmp
+	[ -e $(DESTDIR)/etc/carespool/carespool.toml ] || install -D -m 0640 carespool.toml.tmp $(DESTDIR)/etc/carespool/carespool.toml
+	rm -f carespool.toml.tmp
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		systemd-sysusers $(PREFIX)/lib/sysusers.d/carespool.conf; \
+		systemd-tmpfiles --create $(PREFIX)/lib/tmpfiles.d/carespool.conf; \
+		chgrp carespool /etc/carespool/carespool.toml; \
+		systemctl daemon-reload; \
+		echo "installed; start with: systemctl enable --now carespool"; \
+	fi
+
+# Removes what install put in place, except /etc/carespool/carespool.toml when it was changed, the
+# spool and the database (an operator's data is never removed by make).
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/carespool
+	rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.service $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.socket
+	rm -f $(DESTDIR)$(PREFIX)/lib/sysusers.d/carespool.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/carespool.conf
+	rm -rf $(DESTDIR)$(PREFIX)/share/carespool
+	sed 's|/usr/share/carespool/schema.json|$(PREFIX)/share/carespool/schema.json|' config/carespool.toml > carespool.toml.tmp
+	if cmp -s carespool.toml.tmp $(DESTDIR)/etc/carespool/carespool.toml; then \
+		rm -f $(DESTDIR)/etc/carespool/carespool.toml; rmdir $(DESTDIR)/etc/carespool 2>/dev/null || true; \
+	else \
+		echo "kept $(DESTDIR)/etc/carespool/carespool.toml (changed since install)"; \
+	fi
+	rm -f carespool.toml.tmp
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
 clean:
-	rm -rf .build $(BENCH_BUILD)
+	rm -rf .build $(BENCH_BUILD) $(INSTALL_BUILD)

@@ -31,7 +31,7 @@ let package = Package(
         .executableTarget(
             name: "carespool",
             dependencies: [
-                "Pipeline", "Spool", "Store", "Kinds", "HTTPIngress", "Config",
+                "Pipeline", "Spool", "Store", "Kinds", "HTTPIngress", "Config", "Systemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -55,6 +55,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "Spool", swiftSettings: swiftSettings),
+        .target(
+            name: "Systemd",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Config",
             dependencies: [

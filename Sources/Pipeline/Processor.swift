@@ -71,16 +71,22 @@ package final class Processor: Service {
     private let spool: Spool
     private let configuration: PipelineConfiguration
     private let queue = DispatchQueue(label: "carespool.pipeline")
+    private let heartbeat: @Sendable (_ first: Bool) -> Void
 
+    /// `heartbeat` is called after every step of the processing loop (at least every `tick`), with
+    /// `first` true once recovery and the first full rescan are done: readiness, and the watchdog's
+    /// proof that the pipeline is not hung.
     package init(
         spool: Spool,
         database: AppDatabase,
         catalog: Catalog,
         configuration: PipelineConfiguration = .init(),
-        logger: Logger
+        logger: Logger,
+        heartbeat: @escaping @Sendable (_ first: Bool) -> Void = { _ in }
     ) {
         self.spool = spool
         self.configuration = configuration
+        self.heartbeat = heartbeat
         self.engine = Engine(
             spool: spool,
             database: database,
@@ -111,6 +117,7 @@ package final class Processor: Service {
         }
         defer { purging?.cancel() }
         await withGracefulShutdownHandler {
+            var first = true
             for await _ in watcher.wakeups {
                 let hints = watcher.drain()
                 do {
@@ -118,6 +125,8 @@ package final class Processor: Service {
                 } catch {
                     engine.logger.error("processing step failed", metadata: ["error": "\(error)"])
                 }
+                heartbeat(first)
+                first = false
                 if engine.stopping.load(ordering: .relaxed) { break }
             }
         } onGracefulShutdown: {

@@ -15,6 +15,7 @@ import Prometheus
 import ServiceLifecycle
 import Spool
 import Store
+import Systemd
 import UnixSignals
 
 @main
@@ -199,7 +200,14 @@ struct Serve: AsyncParsableCommand {
         } catch let error as ConfigError {
             throw ConfigOption.fail(error)
         }
+        // Under systemd with stderr to the journal: priority prefixes, no timestamps (the journal's own).
+        let journal = Systemd.stderrIsJournal
         LoggingSystem.bootstrap { label in
+            if journal {
+                var handler = JournalLogHandler(label: label)
+                handler.logLevel = settings.logLevel
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = settings.logLevel
             return handler
@@ -229,13 +237,19 @@ struct Serve: AsyncParsableCommand {
             }
         }
         let database = try AppDatabase.open(path: databasePath, busyTimeout: .milliseconds(settings.busyTimeoutMs))
+        let readiness = Readiness(http: settings.http != nil)
         let processor = Processor(
             spool: spool,
             database: database,
             catalog: catalog,
             configuration: settings.pipeline,
-            logger: logger
+            logger: logger,
+            heartbeat: { first in
+                if first { readiness.processorReady() }
+                Systemd.watchdogPing()
+            }
         )
+        let health = HealthCache()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: processor)]
         if let http = settings.http {
             services.append(
@@ -244,12 +258,28 @@ struct Serve: AsyncParsableCommand {
                         http,
                         spool: spool,
                         database: database,
+                        health: health,
                         registry: registry,
-                        logger: logger
+                        logger: logger,
+                        onServerRunning: { readiness.httpReady() }
                     )
                 )
             )
         }
+        services.append(
+            .init(
+                service: SystemdNotifier(
+                    readiness: readiness,
+                    status: {
+                        let report = await health.report { await Self.health(spool: spool, database: database) }
+                        return "inbox \(report.inbox), processing \(report.processing), failed \(report.failed)"
+                            + (report.databaseUp ? "" : ", database down")
+                    },
+                    logger: logger
+                ),
+                successTerminationBehavior: .ignore
+            )
+        )
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: services,
@@ -269,10 +299,11 @@ extension Serve {
         _ configuration: HTTPConfiguration,
         spool: Spool,
         database: AppDatabase,
+        health cache: HealthCache,
         registry: PrometheusCollectorRegistry,
-        logger: Logger
+        logger: Logger,
+        onServerRunning: @escaping @Sendable () -> Void
     ) -> some Service {
-        let cache = HealthCache()
         let router = buildRouter(
             configuration: configuration,
             spool: spool,
@@ -308,6 +339,7 @@ extension Serve {
                 backlog: 1_024,
                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections, logger: logger)
             ),
+            onServerRunning: { _ in onServerRunning() },
             logger: logger
         )
     }

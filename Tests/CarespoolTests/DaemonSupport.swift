@@ -32,6 +32,7 @@ enum Daemon {
     static func serve<R: Sendable>(
         spool: String,
         arguments extra: [String] = [],
+        environment variables: [String: String] = [:],
         _ body: @escaping @Sendable (pid_t) async throws -> R
     ) async throws -> (result: R, status: TerminationStatus, log: String) {
         let arguments =
@@ -39,6 +40,12 @@ enum Daemon {
                 "serve", "--spool", spool, "--schema", TestPaths.schemaJSON.path, "--settle-ms", "300", "--rescan-ms",
                 "1000",
             ] + (extra.contains("--http") ? [] : ["--http", "off"]) + extra
+        var environment = Self.environment
+        if !variables.isEmpty {
+            environment = environment.updating(
+                Dictionary(uniqueKeysWithValues: variables.map { (Environment.Key(rawValue: $0.key)!, $0.value) })
+            )
+        }
         let outcome = try await run(
             .path(FilePath(binary)),
             arguments: Arguments(arguments),
