@@ -156,7 +156,7 @@ final class NotifySocket: Sendable {
         #expect(installed.status == .exited(0), "\(installed.out)")
         let files: [(String, Int)] = [
             ("/usr/bin/carespool", 0o755), ("/usr/lib/systemd/system/carespool.service", 0o644),
-            ("/usr/lib/systemd/system/carespool.socket", 0o644), ("/usr/lib/sysusers.d/carespool.conf", 0o644),
+            ("/usr/lib/sysusers.d/carespool.conf", 0o644),
             ("/usr/lib/tmpfiles.d/carespool.conf", 0o644), ("/usr/share/carespool/schema.json", 0o644),
             ("/etc/carespool/carespool.toml", 0o640),
         ]
