@@ -23,16 +23,16 @@ package final class DurableWriter: Sendable {
 
     /// Writes `bytes` as `<id>.json` into `inbox`; returns the id once the file is on disk.
     package func write(_ bytes: [UInt8], into inbox: Spool.Inbox) async throws -> String {
-        try await write(bytes, into: inbox, idempotencyKey: nil).id
+        try await write(bytes, into: inbox, idempotencyKey: nil, sender: nil).id
     }
 
     /// Writes `bytes` as `<id>.json` into `inbox` and returns the id once the file is on disk. With an
     /// idempotency key (a file name, see ``Spool/keysPath(_:)``) already recorded, writes nothing and
     /// returns the recorded id with `replayed` true. Requests with the same key are serialised here; the
     /// key is recorded after its request file is published, so a recorded key always names a file.
-    package func write(_ bytes: [UInt8], into inbox: Spool.Inbox, idempotencyKey: String?) async throws -> (
-        id: String, replayed: Bool
-    ) {
+    package func write(_ bytes: [UInt8], into inbox: Spool.Inbox, idempotencyKey: String?, sender: String?)
+        async throws -> (id: String, replayed: Bool)
+    {
         if let key = idempotencyKey {
             while !inFlight.withLock({ $0.insert(key).inserted }) { try await Task.sleep(for: .milliseconds(2)) }
         }
@@ -43,7 +43,13 @@ package final class DurableWriter: Sendable {
             io.async {
                 let earlier: String?
                 do {
-                    earlier = try self.publish(bytes, id: id, into: inbox, idempotencyKey: idempotencyKey)
+                    earlier = try self.publish(
+                        bytes,
+                        id: id,
+                        into: inbox,
+                        idempotencyKey: idempotencyKey,
+                        sender: sender
+                    )
                 } catch {
                     continuation.resume(throwing: error)
                     return
@@ -62,15 +68,21 @@ package final class DurableWriter: Sendable {
     }
 
     /// tmp file → rename into the inbox → key recorded; or, for a key already recorded, its id.
-    private func publish(_ bytes: [UInt8], id: String, into inbox: Spool.Inbox, idempotencyKey: String?) throws
-        -> String?
-    {
+    private func publish(
+        _ bytes: [UInt8],
+        id: String,
+        into inbox: Spool.Inbox,
+        idempotencyKey: String?,
+        sender: String?
+    ) throws -> String? {
         if let key = idempotencyKey, let earlier = try spool.idempotentID(kind: inbox.kind, name: key) {
             return earlier
         }
         let temporary = ".http-" + id
         let file = try spool.temporaryFile(temporary)
         do {
+            // Who sent it travels with the file to the pipeline's audit row.
+            if let sender { file.setAttribute(Spool.senderAttribute, sender) }
             try file.append(bytes)
             try file.closeWithoutSync()
         } catch {

@@ -509,7 +509,9 @@ private struct Ingress {
         let id: String
         let replayed: Bool
         do {
-            (id, replayed) = try await writer.write(bytes, into: inbox, idempotencyKey: idempotencyKey)
+            // The audit trail's "who": the token's name, or how the request proved itself.
+            let who = "http:" + (sender.hasPrefix("token:") ? String(sender.dropFirst(6)) : sender)
+            (id, replayed) = try await writer.write(bytes, into: inbox, idempotencyKey: idempotencyKey, sender: who)
         } catch let error as SpoolError where error.code == ENOSPC || error.code == EDQUOT {
             return Self.error(
                 HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage"),

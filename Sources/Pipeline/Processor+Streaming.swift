@@ -68,7 +68,7 @@ extension Engine {
                 totals = try streamRecords(file, kind: kind, rejected: rejectedFile)
             }
             try rejectedFile.close()
-            let prepared = PreparedFile(
+            var prepared = PreparedFile(
                 id: file.id,
                 kind: kind,
                 originalName: file.originalName,
@@ -77,6 +77,7 @@ extension Engine {
                 receivedAt: receivedAt,
                 content: .streamed(totals)
             )
+            prepared.sender = file.sender ?? "unknown"
             let result = try database.commit([prepared], finishedAt: Clock.timestamp())[0]
             let report = result.report
             var sidecars: [(suffix: String, bytes: [UInt8])] = []

@@ -493,7 +493,7 @@ final class Engine: @unchecked Sendable {
                 pointer: nil,
                 message: "not a regular file (\(type.rawValue)): never opened or followed"
             )
-            let prepared = PreparedFile(
+            var prepared = PreparedFile(
                 id: file.id,
                 kind: kind,
                 originalName: file.originalName,
@@ -503,6 +503,7 @@ final class Engine: @unchecked Sendable {
                 content: .unreadable(problem),
                 mayHaveLedgerRow: !fresh
             )
+            prepared.sender = file.sender ?? "unknown"
             return (file, prepared, nil)
         case .regular(let bytes):
             let digest = SHA256.hash(data: bytes).map { byte in
@@ -515,7 +516,7 @@ final class Engine: @unchecked Sendable {
             case .zoom: parsed = .zoom(catalog.zoom.read(bytes))
             case .intake: parsed = .intake(catalog.intake.read(bytes, today: String(receivedAt.prefix(10))))
             }
-            let prepared = PreparedFile(
+            var prepared = PreparedFile(
                 id: file.id,
                 kind: kind,
                 originalName: file.originalName,
@@ -525,6 +526,7 @@ final class Engine: @unchecked Sendable {
                 content: parsed,
                 mayHaveLedgerRow: !fresh
             )
+            prepared.sender = file.sender ?? "unknown"
             return (file, prepared, bytes)
         }
     }
@@ -647,15 +649,15 @@ enum ProcessInfoCores {
 }
 
 /// Wall-clock helpers.
-enum Clock {
-    static func nowNanos() -> Int64 {
+package enum Clock {
+    package static func nowNanos() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
     }
 
     /// UTC `yyyy-mm-ddThh:mm:ss.sssZ`.
-    static func timestamp() -> String {
+    package static func timestamp() -> String {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         var t = ts.tv_sec

@@ -69,7 +69,13 @@ package struct Spool: Sendable {
         /// When it was dropped: its inode's change time just before the claim (the rename or last write
         /// into the inbox), nanoseconds since the epoch; 0 when unknown (found in processing/ at start).
         package var droppedAt: Int64 = 0
+        /// Who dropped it: the sender an HTTP request file names (``Spool/senderAttribute``), else the
+        /// Unix user owning the file as claimed (`uid:N` when the user has no name); nil when unknown.
+        package var sender: String?
     }
+
+    /// The extended attribute in which the HTTP endpoint names a request file's sender.
+    package static let senderAttribute = "user.carespool.sender"
 
     /// Where a finished file goes.
     package enum Destination: Sendable {
@@ -178,15 +184,21 @@ package struct Spool: Sendable {
         let kept = Self.fitName(name, prefixBytes: id.utf8.count + 2)
         let target = processingPath(inbox.kind) + "/" + id + "--" + kept
         var st = stat()
-        let changed =
-            lstat(inbox.path + "/" + name, &st) == 0
-            ? Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec) : 0
-        if rename(inbox.path + "/" + name, target) != 0 {
+        let source = inbox.path + "/" + name
+        var changed: Int64 = 0
+        var sender: String?
+        if lstat(source, &st) == 0 {
+            changed = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+            // Files the daemon's own user wrote may be HTTP requests naming their sender.
+            if st.st_uid == getuid() { sender = Self.attribute(source, Self.senderAttribute) }
+            if sender == nil { sender = Self.userName(st.st_uid) }
+        }
+        if rename(source, target) != 0 {
             let code = errno
             if code == ENOENT { return nil }
-            throw SpoolError("claim", inbox.path + "/" + name, code)
+            throw SpoolError("claim", source, code)
         }
-        return Claimed(id: id, kind: inbox.kind, originalName: kept, path: target, droppedAt: changed)
+        return Claimed(id: id, kind: inbox.kind, originalName: kept, path: target, droppedAt: changed, sender: sender)
     }
 
     /// Files already in processing/<kind>/ (left by a crash, or waiting for a retry), in id order.
@@ -376,6 +388,28 @@ package struct Spool: Sendable {
             }
         }
         return removed
+    }
+
+    /// The value of extended attribute `name` of `path` (not following a symlink), if it has one.
+    static func attribute(_ path: String, _ name: String) -> String? {
+        var buffer = [UInt8](repeating: 0, count: 256)
+        guard let get = XAttr.lget else { return nil }
+        let count = buffer.withUnsafeMutableBytes { get(path, name, $0.baseAddress, $0.count) }
+        guard count > 0 else { return nil }
+        return String(decoding: buffer[..<count], as: UTF8.self)
+    }
+
+    /// The login name of `uid`, or `uid:N`.
+    package static func userName(_ uid: UInt32) -> String {
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 1024)
+        if getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, let found = result,
+            let name = found.pointee.pw_name
+        {
+            return String(cString: name)
+        }
+        return "uid:\(uid)"
     }
 
     /// The UTC day (yyyy-mm-dd) `days` days before now: finished files of earlier days are purged.
@@ -581,6 +615,12 @@ extension Spool {
             }
         }
 
+        /// Sets extended attribute `name` (best effort: a filesystem without user attributes keeps none).
+        package func setAttribute(_ name: String, _ value: String) {
+            guard let set = XAttr.fset else { return }
+            _ = Array(value.utf8).withUnsafeBytes { set(fd, name, $0.baseAddress, $0.count, 0) }
+        }
+
         /// fdatasyncs and closes the file.
         package func close() throws(SpoolError) {
             guard !closed else { return }
@@ -630,4 +670,24 @@ extension Spool {
         if !sidecarFiles.isEmpty { touched.insert(failed) }
         return touched
     }
+}
+
+/// glibc's extended-attribute calls, which Swift's Glibc module does not export (sys/xattr.h).
+enum XAttr {
+    static let lget:
+        (@convention(c) (UnsafePointer<CChar>, UnsafePointer<CChar>, UnsafeMutableRawPointer?, Int) -> Int)? =
+            dlsym(UnsafeMutableRawPointer(bitPattern: 0), "lgetxattr").map {
+                unsafeBitCast(
+                    $0,
+                    to: (@convention(c) (UnsafePointer<CChar>, UnsafePointer<CChar>, UnsafeMutableRawPointer?, Int) ->
+                        Int).self
+                )
+            }
+    static let fset: (@convention(c) (Int32, UnsafePointer<CChar>, UnsafeRawPointer?, Int, Int32) -> Int32)? =
+        dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fsetxattr").map {
+            unsafeBitCast(
+                $0,
+                to: (@convention(c) (Int32, UnsafePointer<CChar>, UnsafeRawPointer?, Int, Int32) -> Int32).self
+            )
+        }
 }

@@ -127,6 +127,9 @@ package struct AppDatabase: Sendable {
         migrator.registerMigration("v4: ledger by original name (GET /spool/{id})") { db in
             try db.execute(sql: "CREATE INDEX files_by_name ON files (kind, original_name)")
         }
+        migrator.registerMigration("v5: audit trail") { db in
+            try db.execute(sql: AuditTrail.schema)
+        }
         return migrator
     }
 }
@@ -153,6 +156,9 @@ package struct PreparedFile: Sendable {
     package var content: Content
     /// False for a file claimed by this run: its fresh id cannot have a ledger row, so none is looked up.
     package var mayHaveLedgerRow: Bool
+    /// Who sent it, for the audit trail: `http:<token name>` (or `http` unauthenticated) for posted
+    /// requests, else the Unix user that owned the dropped file.
+    package var sender: String = "unknown"
 
     package init(
         id: String,
@@ -334,6 +340,15 @@ extension AppDatabase {
             report.outcome.rawValue, report.stored, report.duplicates, report.rejected, report.summary,
             report.json(),
         ])
+        try AuditTrail.record(
+            db,
+            at: finishedAt,
+            actor: file.sender,
+            action: "file." + report.outcome.rawValue,
+            target: file.id,
+            detail:
+                "kind=\(file.kind.rawValue) stored=\(report.stored) duplicates=\(report.duplicates) rejected=\(report.rejected)"
+        )
         return CommittedFile(report: report, finishedAt: finishedAt, replayed: false)
     }
 

@@ -24,7 +24,8 @@ struct Carespool: AsyncParsableCommand {
         commandName: "carespool",
         abstract: "File-drop and spool daemon for healthcare integration data.",
         subcommands: [
-            Serve.self, Status.self, Validate.self, Retry.self, Purge.self, Query.self, ConfigCommand.self,
+            Serve.self, Status.self, Failed.self, Show.self, Validate.self, Drop.self, Retry.self, Purge.self,
+            Query.self, Report.self, Audit.self, ConfigCommand.self,
         ]
     )
 }
@@ -419,24 +420,50 @@ struct Validate: AsyncParsableCommand {
 
 struct Retry: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Move a failed file back into its inbox for another try (never replacing a file there)."
+        abstract: "Move failed files back into their inbox for another try (never replacing a file there)."
     )
 
     @OptionGroup var spoolOptions: SpoolOptions
 
-    @Argument(help: "The file's id (the part of its name before '--').")
-    var id: String
+    @Argument(help: "The files' ids (the part of the name before '--').")
+    var ids: [String] = []
+
+    @Option(help: "With --all: the kind whose failed files to retry.")
+    var kind: String?
+
+    @Flag(help: "Retry every failed file of --kind.")
+    var all = false
+
+    func validate() throws {
+        if all && (kind == nil || !ids.isEmpty) { throw ValidationError("--all needs --kind and no ids") }
+        if !all && ids.isEmpty { throw ValidationError("give file ids, or --kind K --all") }
+    }
 
     func run() async throws {
-        let spool = try spoolOptions.resolved().spool
-        do {
-            guard let moved = try spool.requeue(id: id) else {
-                throw ValidationError("no file with id \(id) in \(spool.root)/failed/")
-            }
-            print("requeued \(id) to \(spool.inboxPath(moved.kind))/\(moved.name)")
-        } catch let error as SpoolError {
-            throw ValidationError("cannot requeue \(id): \(error.description)")
+        let (spool, databasePath, _) = try spoolOptions.resolved()
+        var targets = ids
+        if all, let kind {
+            guard spool.kinds.contains(kind) else { throw ValidationError("unknown kind \(kind)") }
+            targets = try spool.scanAll(spool.failedPath(kind)).filter {
+                !$0.hasPrefix(".") && !$0.hasSuffix(".error.json") && !$0.contains(".rejected.")
+            }.compactMap { name in name.range(of: "--").map { String(name[..<$0.lowerBound]) } }.sorted()
         }
+        var failures = 0
+        for id in targets {
+            do {
+                guard let moved = try spool.requeue(id: id) else {
+                    FileHandle.standardError.write(Data("no file with id \(id) in \(spool.root)/failed/\n".utf8))
+                    failures += 1
+                    continue
+                }
+                print("requeued \(id) to \(spool.inboxPath(moved.kind))/\(moved.name)")
+                try? Operator.audit(databasePath, action: "retry", target: id, detail: moved.kind + "/" + moved.name)
+            } catch {
+                FileHandle.standardError.write(Data("cannot requeue \(id): \(error.description)\n".utf8))
+                failures += 1
+            }
+        }
+        if failures > 0 { throw ExitCode(1) }
     }
 }
 
@@ -464,6 +491,14 @@ struct Purge: AsyncParsableCommand {
         do {
             let removed = try spool.purgeDone(before: cutoff, dryRun: dryRun)
             for folder in removed.folders { print((dryRun ? "would remove done/" : "removed done/") + folder) }
+            if !dryRun && !removed.folders.isEmpty {
+                try? Operator.audit(
+                    spoolOptions.resolved().database,
+                    action: "purge",
+                    target: "done before \(cutoff)",
+                    detail: "\(removed.files) files in \(removed.folders.count) day folders"
+                )
+            }
             print(
                 "\(dryRun ? "would remove" : "removed") \(removed.files) files in \(removed.folders.count) day folders before \(cutoff)"
             )

@@ -6,7 +6,7 @@ import Store
 struct Query: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Read what carespool derived from the stored records.",
-        subcommands: [ZoomQuery.self]
+        subcommands: [PatientsQuery.self, VisitsQuery.self, AppointmentsQuery.self, ZoomQuery.self]
     )
 }
 

@@ -447,7 +447,9 @@ import WebhookSignatures
         let target = spool.inboxes[0]
         let results = try await withThrowingTaskGroup(of: (String, Bool).self) { group in
             for _ in 0..<20 {
-                group.addTask { try await writer.write(Array("{}".utf8), into: target, idempotencyKey: "k1") }
+                group.addTask {
+                    try await writer.write(Array("{}".utf8), into: target, idempotencyKey: "k1", sender: nil)
+                }
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }

@@ -1,0 +1,272 @@
+package import GRDB
+package import Kinds
+
+/// The audit trail: every file's outcome and every operator action, with who, what and when — the
+/// trail a HIPAA review asks for. Rows are only ever added.
+package enum AuditTrail {
+    /// Migration v5's schema (frozen once shipped).
+    static let schema = """
+        CREATE TABLE audit (
+            seq    INTEGER PRIMARY KEY,
+            at     TEXT NOT NULL,
+            actor  TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            detail TEXT
+        ) STRICT;
+        CREATE INDEX audit_by_time ON audit (at);
+        """
+
+    static func record(_ db: Database, at: String, actor: String, action: String, target: String?, detail: String?)
+        throws
+    {
+        try db.cachedStatement(sql: "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
+            .execute(arguments: [at, actor, action, target, detail])
+    }
+}
+
+/// One audit row.
+package struct AuditEntry: Sendable {
+    package var seq: Int64
+    package var at: String
+    package var actor: String
+    package var action: String
+    package var target: String?
+    package var detail: String?
+}
+
+/// A file's ledger row, for operators.
+package struct LedgerEntry: Sendable {
+    package var id: String
+    package var kind: String
+    package var originalName: String
+    package var size: Int
+    package var receivedAt: String
+    package var finishedAt: String
+    package var outcome: String
+    package var stored: Int
+    package var duplicates: Int
+    package var rejected: Int
+    package var report: FileReport?
+}
+
+/// A page of rows and how many there are in all.
+package struct Page<Row: Sendable>: Sendable {
+    package var total: Int
+    package var rows: [Row]
+}
+
+extension AppDatabase {
+    /// Adds an operator action to the audit trail.
+    package func audit(at: String, actor: String, action: String, target: String?, detail: String?) throws {
+        try writer.write { db in
+            try AuditTrail.record(db, at: at, actor: actor, action: action, target: target, detail: detail)
+        }
+    }
+
+    /// Audit rows at or after `since` (an RFC 3339 prefix such as `2026-11-23`), oldest first.
+    package func auditEntries(since: String?, limit: Int) throws -> [AuditEntry] {
+        try writer.read { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM audit WHERE at >= ? ORDER BY seq LIMIT ?",
+                arguments: [since ?? "", limit]
+            ).map {
+                AuditEntry(
+                    seq: $0["seq"],
+                    at: $0["at"],
+                    actor: $0["actor"],
+                    action: $0["action"],
+                    target: $0["target"],
+                    detail: $0["detail"]
+                )
+            }
+        }
+    }
+
+    private static let ledgerColumns =
+        "id, kind, original_name, size, received_at, finished_at, outcome, stored, duplicates, rejected, report"
+
+    private static func ledgerEntry(_ row: Row) -> LedgerEntry {
+        LedgerEntry(
+            id: row["id"],
+            kind: row["kind"],
+            originalName: row["original_name"],
+            size: row["size"],
+            receivedAt: row["received_at"],
+            finishedAt: row["finished_at"],
+            outcome: row["outcome"],
+            stored: row["stored"],
+            duplicates: row["duplicates"],
+            rejected: row["rejected"],
+            report: FileReport(json: row["report"])
+        )
+    }
+
+    /// Ledger rows with these outcomes (of `kind`, finished at or after `since`), newest first.
+    package func ledger(outcomes: [String], kind: String?, since: String?, limit: Int) throws -> [LedgerEntry] {
+        try writer.read { db in
+            let marks = outcomes.map { _ in "?" }.joined(separator: ", ")
+            var arguments: StatementArguments = StatementArguments(outcomes)
+            var sql = "SELECT \(Self.ledgerColumns) FROM files WHERE outcome IN (\(marks)) AND finished_at >= ?"
+            arguments += [since ?? ""]
+            if let kind {
+                sql += " AND kind = ?"
+                arguments += [kind]
+            }
+            sql += " ORDER BY finished_at DESC, id DESC LIMIT ?"
+            arguments += [limit]
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.ledgerEntry)
+        }
+    }
+
+    /// The ledger row of file `id`.
+    package func ledgerEntry(id: String) throws -> LedgerEntry? {
+        try writer.read { db in
+            try Row.fetchOne(db, sql: "SELECT \(Self.ledgerColumns) FROM files WHERE id = ?", arguments: [id])
+                .map(Self.ledgerEntry)
+        }
+    }
+
+    /// Files and records per day (UTC, by finish), kind and outcome, at or after `since`.
+    package func dailyReport(since: String?) throws -> [(
+        day: String, kind: String, outcome: String, files: Int, stored: Int, duplicates: Int, rejected: Int
+    )] {
+        try writer.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT substr(finished_at, 1, 10) AS day, kind, outcome, count(*) AS files,
+                           sum(stored) AS stored, sum(duplicates) AS duplicates, sum(rejected) AS rejected
+                    FROM files WHERE finished_at >= ? GROUP BY day, kind, outcome ORDER BY day, kind, outcome
+                    """,
+                arguments: [since ?? ""]
+            ).map {
+                ($0["day"], $0["kind"], $0["outcome"], $0["files"], $0["stored"], $0["duplicates"], $0["rejected"])
+            }
+        }
+    }
+
+    /// Patients (with their person and number of visits), filtered like the pipeline this replaces:
+    /// `GET /patients?page=&page_size=&mrn=&first_name=&last_name=` (names match case-insensitively
+    /// from their start).
+    package func patients(mrn: String?, firstName: String?, lastName: String?, page: Int, pageSize: Int) throws
+        -> Page<(mrn: String, firstName: String, lastName: String, birthDate: String, visits: Int)>
+    {
+        try writer.read { db in
+            var conditions: [String] = []
+            var arguments: StatementArguments = []
+            if let mrn {
+                conditions.append("p.mrn = ?")
+                arguments += [mrn]
+            }
+            if let firstName {
+                conditions.append("s.first_name LIKE ? ESCAPE '\\'")
+                arguments += [Self.likePrefix(firstName)]
+            }
+            if let lastName {
+                conditions.append("s.last_name LIKE ? ESCAPE '\\'")
+                arguments += [Self.likePrefix(lastName)]
+            }
+            let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+            let total =
+                try Int.fetchOne(
+                    db,
+                    sql: "SELECT count(*) FROM patients p JOIN persons s ON s.patient_id = p.id \(filter)",
+                    arguments: arguments
+                ) ?? 0
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT p.mrn, s.first_name, s.last_name, s.birth_date,
+                           (SELECT count(*) FROM visits v WHERE v.patient_id = p.id) AS visits
+                    FROM patients p JOIN persons s ON s.patient_id = p.id \(filter)
+                    ORDER BY p.mrn LIMIT ? OFFSET ?
+                    """,
+                arguments: arguments + [pageSize, (page - 1) * pageSize]
+            ).map {
+                (
+                    $0["mrn"] as String, $0["first_name"] as String, $0["last_name"] as String,
+                    $0["birth_date"] as String, $0["visits"] as Int
+                )
+            }
+            return Page(total: total, rows: rows)
+        }
+    }
+
+    /// Visits, optionally of one patient (by MRN), newest visit date first.
+    package func visits(mrn: String?, page: Int, pageSize: Int) throws
+        -> Page<(visitAccountNumber: String, mrn: String, visitDate: String, reason: String?, fileID: String)>
+    {
+        try writer.read { db in
+            let filter = mrn == nil ? "" : "WHERE p.mrn = ?"
+            let arguments: StatementArguments = mrn.map { [$0] } ?? []
+            let total =
+                try Int.fetchOne(
+                    db,
+                    sql: "SELECT count(*) FROM visits v JOIN patients p ON p.id = v.patient_id \(filter)",
+                    arguments: arguments
+                ) ?? 0
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT v.visit_account_number, p.mrn, v.visit_date, v.reason, v.file_id
+                    FROM visits v JOIN patients p ON p.id = v.patient_id \(filter)
+                    ORDER BY v.visit_date DESC, v.visit_account_number LIMIT ? OFFSET ?
+                    """,
+                arguments: arguments + [pageSize, (page - 1) * pageSize]
+            ).map {
+                (
+                    $0["visit_account_number"] as String, $0["mrn"] as String, $0["visit_date"] as String,
+                    $0["reason"] as String?, $0["file_id"] as String
+                )
+            }
+            return Page(total: total, rows: rows)
+        }
+    }
+
+    /// Appointments' current state, optionally of one appointment or one patient.
+    package func appointments(id: String?, patient: String?, page: Int, pageSize: Int) throws
+        -> Page<(id: String, patient: String, status: String, eventType: String, at: String)>
+    {
+        try writer.read { db in
+            var conditions: [String] = []
+            var arguments: StatementArguments = []
+            if let id {
+                conditions.append("appointment_id = ?")
+                arguments += [id]
+            }
+            if let patient {
+                conditions.append("patient_id = ?")
+                arguments += [patient]
+            }
+            let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+            let total =
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM appointments \(filter)", arguments: arguments) ?? 0
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT appointment_id, patient_id, status, event_type, event_timestamp FROM appointments \(filter)
+                    ORDER BY appointment_id LIMIT ? OFFSET ?
+                    """,
+                arguments: arguments + [pageSize, (page - 1) * pageSize]
+            ).map {
+                (
+                    $0["appointment_id"] as String, $0["patient_id"] as String, $0["status"] as String,
+                    $0["event_type"] as String, $0["event_timestamp"] as String
+                )
+            }
+            return Page(total: total, rows: rows)
+        }
+    }
+
+    /// `text%` for LIKE, with `%`, `_` and `\` in `text` taken literally.
+    static func likePrefix(_ text: String) -> String {
+        var escaped = ""
+        for character in text {
+            if character == "%" || character == "_" || character == "\\" { escaped.append("\\") }
+            escaped.append(character)
+        }
+        return escaped + "%"
+    }
+}

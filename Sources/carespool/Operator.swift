@@ -1,0 +1,504 @@
+// Operator commands: what failed and why, one file's whole story, atomic drops for scripts, retries,
+// reports, queries of stored data and the audit trail. Human tables by default, --json on each.
+// Every action that changes the spool or reads patient data is recorded in the audit trail.
+
+import ArgumentParser
+import Foundation
+import JSONSchema
+import Kinds
+import Pipeline
+import Spool
+import Store
+
+/// Who is acting, for the audit trail: the Unix user (the invoking user as well, under sudo).
+enum Operator {
+    static var actor: String {
+        let user = Spool.userName(getuid())
+        if let invoker = ProcessInfo.processInfo.environment["SUDO_USER"], !invoker.isEmpty, invoker != user {
+            return "\(invoker) (sudo as \(user))"
+        }
+        return user
+    }
+
+    /// The database, which must exist (a command never creates one).
+    static func database(_ path: String, readonly: Bool) throws -> AppDatabase {
+        guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("no database at \(path)") }
+        return try AppDatabase.open(path: path, readonly: readonly)
+    }
+
+    static func audit(_ database: String, action: String, target: String?, detail: String?) throws {
+        try Self.database(database, readonly: false).audit(
+            at: Clock.timestamp(),
+            actor: actor,
+            action: action,
+            target: target,
+            detail: detail
+        )
+    }
+
+    /// Rows as an aligned text table.
+    static func table(_ header: [String], _ rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for row in rows {
+            for (index, cell) in row.enumerated() where index < widths.count {
+                widths[index] = max(widths[index], cell.count)
+            }
+        }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { index, cell in
+                index == cells.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ")
+        }
+        return ([line(header)] + rows.map(line)).joined(separator: "\n")
+    }
+
+    static func text(_ value: String?) -> JSONValue { value.map { .string($0) } ?? .null }
+    static func number(_ value: Int) -> JSONValue { .number(String(value)) }
+
+    static func json(_ entry: LedgerEntry, location: String? = nil) -> JSONValue {
+        var members: [JSONMember] = [
+            .init(key: "id", value: .string(entry.id)), .init(key: "kind", value: .string(entry.kind)),
+            .init(key: "original_name", value: .string(entry.originalName)),
+            .init(key: "size", value: number(entry.size)), .init(key: "received_at", value: .string(entry.receivedAt)),
+            .init(key: "finished_at", value: .string(entry.finishedAt)),
+            .init(key: "outcome", value: .string(entry.outcome)), .init(key: "stored", value: number(entry.stored)),
+            .init(key: "duplicates", value: number(entry.duplicates)),
+            .init(key: "rejected", value: number(entry.rejected)),
+            .init(
+                key: "errors",
+                value: .array((entry.report?.errors ?? []).prefix(20).map { .string($0.text) })
+            ),
+        ]
+        if let location { members.append(.init(key: "location", value: .string(location))) }
+        return .object(members)
+    }
+}
+
+struct Failed: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Failed and partial files, newest first, each with its reason and first errors."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+
+    @Option(help: "Only this kind: appointments, zoom, intake.")
+    var kind: String?
+
+    @Option(help: "Only files finished at or after this time (RFC 3339, or a day: 2026-11-23).")
+    var since: String?
+
+    @Option(help: "At most this many files.")
+    var limit: Int = 50
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        let database = try Operator.database(try spoolOptions.resolved().database, readonly: true)
+        let entries = try database.ledger(outcomes: ["rejected", "partial"], kind: kind, since: since, limit: limit)
+        if json {
+            print(JSONValue.object([.init(key: "files", value: .array(entries.map { Operator.json($0) }))]).compactText)
+            return
+        }
+        if entries.isEmpty {
+            print("no failed files")
+            return
+        }
+        print(
+            Operator.table(
+                ["ID", "KIND", "OUTCOME", "FINISHED", "STORED", "REJECTED", "NAME / FIRST ERROR"],
+                entries.flatMap { entry in
+                    [
+                        [
+                            entry.id, entry.kind, entry.outcome, entry.finishedAt, "\(entry.stored)",
+                            "\(entry.rejected)",
+                            entry.originalName,
+                        ]
+                    ] + (entry.report?.errors ?? []).prefix(3).map { ["", "", "", "", "", "", "  " + $0.text] }
+                }
+            )
+        )
+    }
+}
+
+struct Show: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "One file: its ledger row, its errors, and where the file and its sidecars are now."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+
+    @Argument(help: "The file's id (the part of its spool name before '--').")
+    var id: String
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        let (spool, databasePath, _) = try spoolOptions.resolved()
+        var places: [String] = []
+        for kind in spool.kinds {
+            for folder in [spool.inboxPath(kind), spool.processingPath(kind), spool.failedPath(kind)] {
+                for name in try spool.scanAll(folder) where name.hasPrefix(id + "--") {
+                    places.append(folder + "/" + name)
+                }
+            }
+            for day in try spool.scanAll(spool.donePath(kind)) {
+                let folder = spool.donePath(kind) + "/" + day
+                for name in try spool.scanAll(folder) where name.hasPrefix(id + "--") {
+                    places.append(folder + "/" + name)
+                }
+            }
+        }
+        let entry = try? Operator.database(databasePath, readonly: true).ledgerEntry(id: id)
+        if entry == nil && places.isEmpty { throw ValidationError("no file with id \(id)") }
+        if json {
+            var members: [JSONMember] = [.init(key: "id", value: .string(id))]
+            members.append(.init(key: "ledger", value: entry.map { Operator.json($0) } ?? .null))
+            members.append(.init(key: "paths", value: .array(places.sorted().map { .string($0) })))
+            print(JSONValue.object(members).compactText)
+            return
+        }
+        print("file \(id)")
+        if let entry {
+            print("  kind       \(entry.kind)")
+            print("  name       \(entry.originalName) (\(entry.size) bytes)")
+            print("  received   \(entry.receivedAt)")
+            print("  finished   \(entry.finishedAt)")
+            print(
+                "  outcome    \(entry.outcome): stored \(entry.stored), duplicates \(entry.duplicates), rejected \(entry.rejected)"
+            )
+            for problem in (entry.report?.errors ?? []).prefix(20) { print("    \(problem.text)") }
+        } else {
+            print("  no ledger row yet (waiting or in processing)")
+        }
+        for place in places.sorted() { print("  at \(place)") }
+    }
+}
+
+struct Drop: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Drop files into an inbox atomically (tmp, fsync, rename), for scripts.",
+        discussion: "A name already waiting in the inbox is never replaced: that file is refused."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+
+    @Option(help: "The kind: appointments, zoom, intake.")
+    var kind: String
+
+    @Argument(help: "The files to drop.")
+    var files: [String]
+
+    func run() async throws {
+        let (spool, databasePath, _) = try spoolOptions.resolved()
+        guard let inbox = spool.inboxes.first(where: { $0.kind == kind }) else {
+            throw ValidationError("unknown kind \(kind); one of \(spool.kinds.joined(separator: ", "))")
+        }
+        var failures = 0
+        for file in files {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                FileHandle.standardError.write(Data("cannot read \(file)\n".utf8))
+                failures += 1
+                continue
+            }
+            let name = (file as NSString).lastPathComponent
+            do {
+                try spool.drop(bytes: Array(data), into: inbox, name: name)
+                print("dropped \(file) into \(inbox.path)/\(name)")
+                try? Operator.audit(
+                    databasePath,
+                    action: "drop",
+                    target: kind + "/" + name,
+                    detail: "\(data.count) bytes"
+                )
+            } catch {
+                FileHandle.standardError.write(Data("cannot drop \(file): \(error.description)\n".utf8))
+                failures += 1
+            }
+        }
+        if failures > 0 { throw ExitCode(1) }
+    }
+}
+
+struct Report: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Files and records per day, kind and outcome."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+
+    @Option(help: "From this day (2026-11-01) or time on.")
+    var since: String?
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        let rows = try Operator.database(try spoolOptions.resolved().database, readonly: true).dailyReport(since: since)
+        if json {
+            let values: [JSONValue] = rows.map { row in
+                .object([
+                    .init(key: "day", value: .string(row.day)), .init(key: "kind", value: .string(row.kind)),
+                    .init(key: "outcome", value: .string(row.outcome)),
+                    .init(key: "files", value: Operator.number(row.files)),
+                    .init(key: "stored", value: Operator.number(row.stored)),
+                    .init(key: "duplicates", value: Operator.number(row.duplicates)),
+                    .init(key: "rejected", value: Operator.number(row.rejected)),
+                ])
+            }
+            print(JSONValue.object([.init(key: "days", value: .array(values))]).compactText)
+            return
+        }
+        print(
+            Operator.table(
+                ["DAY", "KIND", "OUTCOME", "FILES", "STORED", "DUPLICATES", "REJECTED"],
+                rows.map {
+                    [$0.day, $0.kind, $0.outcome, "\($0.files)", "\($0.stored)", "\($0.duplicates)", "\($0.rejected)"]
+                }
+            )
+        )
+    }
+}
+
+struct Audit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The audit trail: every file's outcome and every operator action, with who and when."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+
+    @Option(help: "From this day (2026-11-01) or time on.")
+    var since: String?
+
+    @Option(help: "At most this many rows, oldest first.")
+    var limit: Int = 1_000
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        let entries = try Operator.database(try spoolOptions.resolved().database, readonly: true)
+            .auditEntries(since: since, limit: limit)
+        if json {
+            let values: [JSONValue] = entries.map { entry in
+                .object([
+                    .init(key: "seq", value: .number(String(entry.seq))), .init(key: "at", value: .string(entry.at)),
+                    .init(key: "actor", value: .string(entry.actor)),
+                    .init(key: "action", value: .string(entry.action)),
+                    .init(key: "target", value: Operator.text(entry.target)),
+                    .init(key: "detail", value: Operator.text(entry.detail)),
+                ])
+            }
+            print(JSONValue.object([.init(key: "audit", value: .array(values))]).compactText)
+            return
+        }
+        print(
+            Operator.table(
+                ["AT", "ACTOR", "ACTION", "TARGET", "DETAIL"],
+                entries.map { [$0.at, $0.actor, $0.action, $0.target ?? "", $0.detail ?? ""] }
+            )
+        )
+    }
+}
+
+/// Paging like the ingestion pipeline's `GET /patients?page=&page_size=`.
+struct Paging: ParsableArguments {
+    @Option(help: "Page number, from 1.")
+    var page: Int = 1
+
+    @Option(help: "Rows per page (at most 1000).")
+    var pageSize: Int = 50
+
+    func validate() throws {
+        guard page >= 1, (1...1_000).contains(pageSize) else {
+            throw ValidationError("--page must be 1 or more and --page-size 1 to 1000")
+        }
+    }
+}
+
+struct PatientsQuery: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "patients",
+        abstract: "Patients with their names, birth date and number of visits (recorded in the audit trail)."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+    @OptionGroup var paging: Paging
+
+    @Option(help: "Exactly this MRN.")
+    var mrn: String?
+
+    @Option(help: "First names starting with this (case-insensitive).")
+    var firstName: String?
+
+    @Option(help: "Last names starting with this (case-insensitive).")
+    var lastName: String?
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        let databasePath = try spoolOptions.resolved().database
+        let result = try Operator.database(databasePath, readonly: true).patients(
+            mrn: mrn,
+            firstName: firstName,
+            lastName: lastName,
+            page: paging.page,
+            pageSize: paging.pageSize
+        )
+        let filter = [("mrn", mrn), ("first_name", firstName), ("last_name", lastName)]
+            .compactMap { key, value in value.map { "\(key)=\($0)" } }.joined(separator: " ")
+        try Operator.audit(
+            databasePath,
+            action: "query.patients",
+            target: filter.isEmpty ? nil : filter,
+            detail: "page \(paging.page), \(result.rows.count) of \(result.total) rows"
+        )
+        if json {
+            let values: [JSONValue] = result.rows.map { row in
+                .object([
+                    .init(key: "mrn", value: .string(row.mrn)), .init(key: "first_name", value: .string(row.firstName)),
+                    .init(key: "last_name", value: .string(row.lastName)),
+                    .init(key: "birth_date", value: .string(row.birthDate)),
+                    .init(key: "visits", value: Operator.number(row.visits)),
+                ])
+            }
+            print(
+                JSONValue.object([
+                    .init(key: "total", value: Operator.number(result.total)),
+                    .init(key: "page", value: Operator.number(paging.page)),
+                    .init(key: "page_size", value: Operator.number(paging.pageSize)),
+                    .init(key: "patients", value: .array(values)),
+                ]).compactText
+            )
+            return
+        }
+        print(
+            Operator.table(
+                ["MRN", "FIRST NAME", "LAST NAME", "BIRTH DATE", "VISITS"],
+                result.rows.map { [$0.mrn, $0.firstName, $0.lastName, $0.birthDate, "\($0.visits)"] }
+            )
+        )
+        print("page \(paging.page): \(result.rows.count) of \(result.total)")
+    }
+}
+
+struct VisitsQuery: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "visits",
+        abstract: "Visits, newest first, optionally of one patient (recorded in the audit trail)."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+    @OptionGroup var paging: Paging
+
+    @Option(help: "Only this patient's visits.")
+    var mrn: String?
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        let databasePath = try spoolOptions.resolved().database
+        let result = try Operator.database(databasePath, readonly: true).visits(
+            mrn: mrn,
+            page: paging.page,
+            pageSize: paging.pageSize
+        )
+        try Operator.audit(
+            databasePath,
+            action: "query.visits",
+            target: mrn.map { "mrn=\($0)" },
+            detail: "page \(paging.page), \(result.rows.count) of \(result.total) rows"
+        )
+        if json {
+            let values: [JSONValue] = result.rows.map { row in
+                .object([
+                    .init(key: "visit_account_number", value: .string(row.visitAccountNumber)),
+                    .init(key: "mrn", value: .string(row.mrn)), .init(key: "visit_date", value: .string(row.visitDate)),
+                    .init(key: "reason", value: Operator.text(row.reason)),
+                    .init(key: "file_id", value: .string(row.fileID)),
+                ])
+            }
+            print(
+                JSONValue.object([
+                    .init(key: "total", value: Operator.number(result.total)),
+                    .init(key: "page", value: Operator.number(paging.page)),
+                    .init(key: "visits", value: .array(values)),
+                ]).compactText
+            )
+            return
+        }
+        print(
+            Operator.table(
+                ["VISIT", "MRN", "DATE", "FILE", "REASON"],
+                result.rows.map { [$0.visitAccountNumber, $0.mrn, $0.visitDate, $0.fileID, $0.reason ?? ""] }
+            )
+        )
+        print("page \(paging.page): \(result.rows.count) of \(result.total)")
+    }
+}
+
+struct AppointmentsQuery: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "appointments",
+        abstract: "Appointments' current state (recorded in the audit trail)."
+    )
+
+    @OptionGroup var spoolOptions: SpoolOptions
+    @OptionGroup var paging: Paging
+
+    @Option(help: "Exactly this appointment.")
+    var id: String?
+
+    @Option(help: "Only this patient's appointments.")
+    var patient: String?
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        let databasePath = try spoolOptions.resolved().database
+        let result = try Operator.database(databasePath, readonly: true).appointments(
+            id: id,
+            patient: patient,
+            page: paging.page,
+            pageSize: paging.pageSize
+        )
+        let filter = [("id", id), ("patient", patient)].compactMap { key, value in value.map { "\(key)=\($0)" } }
+            .joined(separator: " ")
+        try Operator.audit(
+            databasePath,
+            action: "query.appointments",
+            target: filter.isEmpty ? nil : filter,
+            detail: "page \(paging.page), \(result.rows.count) of \(result.total) rows"
+        )
+        if json {
+            let values: [JSONValue] = result.rows.map { row in
+                .object([
+                    .init(key: "appointment_id", value: .string(row.id)),
+                    .init(key: "patient_id", value: .string(row.patient)),
+                    .init(key: "status", value: .string(row.status)),
+                    .init(key: "event_type", value: .string(row.eventType)),
+                    .init(key: "timestamp", value: .string(row.at)),
+                ])
+            }
+            print(
+                JSONValue.object([
+                    .init(key: "total", value: Operator.number(result.total)),
+                    .init(key: "page", value: Operator.number(paging.page)),
+                    .init(key: "appointments", value: .array(values)),
+                ]).compactText
+            )
+            return
+        }
+        print(
+            Operator.table(
+                ["APPOINTMENT", "PATIENT", "STATUS", "LAST EVENT", "AT"],
+                result.rows.map { [$0.id, $0.patient, $0.status, $0.eventType, $0.at] }
+            )
+        )
+        print("page \(paging.page): \(result.rows.count) of \(result.total)")
+    }
+}

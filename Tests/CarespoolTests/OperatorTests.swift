@@ -1,0 +1,109 @@
+import Foundation
+import Subprocess
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The operator commands against a real daemon's spool and database, and the audit trail they leave.
+@Suite(.serialized) struct OperatorTests {
+    /// Runs a carespool command that prints JSON; its output parsed.
+    func json(_ arguments: [String]) async throws -> [String: Any] {
+        let result = try await Daemon.command(arguments)
+        #expect(result.status == .exited(0), "\(arguments): \(result.err)")
+        let parsed = try? JSONSerialization.jsonObject(with: Data(result.out.utf8)) as? [String: Any]
+        return try #require(parsed, "\(arguments) printed: \(result.out) \(result.err)")
+    }
+
+    @Test func failedShowRetryDropReportQueriesAndTheAuditTrail() async throws {
+        let dir = TempDir("operator")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let port = freePort()
+        let base = ["--spool", spool]
+        try "not json".write(toFile: dir.path + "/bad.json", atomically: true, encoding: .utf8)
+        try event("OP1", "2025-01-10T12:30:00Z").write(
+            toFile: dir.path + "/good.json",
+            atomically: true,
+            encoding: .utf8
+        )
+        try intakeCSV(count: 20).write(toFile: dir.path + "/patients.csv", atomically: true, encoding: .utf8)
+        let run = try await Daemon.serve(
+            spool: spool,
+            arguments: ["--http", "127.0.0.1:\(port)", "--http-token", "scheduler:s3cret:*"]
+        ) { pid in
+            try await waitUntilServing(spool)
+            // Atomic drops for scripts; one bad file among them.
+            let dropped = try await Daemon.command(
+                ["drop", "--kind", "appointments"] + base + [dir.path + "/bad.json", dir.path + "/good.json"]
+            )
+            let intake = try await Daemon.command(["drop", "--kind", "intake"] + base + [dir.path + "/patients.csv"])
+            let posted = try await curl([
+                "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "-H",
+                "Authorization: Bearer s3cret", "--data-binary", event("OP2", "2025-01-10T12:30:00Z"),
+                "http://127.0.0.1:\(port)/webhook/appointments",
+            ])
+            let view = SpoolView(root: spool)
+            let settled = await eventually {
+                view.done().count == 2 && view.failed().count == 1 && view.done("intake").count == 1
+            }
+            kill(pid, SIGTERM)
+            return (dropped.status, intake.status, posted, settled)
+        }
+        #expect(run.result.0 == .exited(0) && run.result.1 == .exited(0) && run.result.2 == "202" && run.result.3)
+
+        let failed = try await json(["failed", "--json"] + base)
+        let files = try #require(failed["files"] as? [[String: Any]])
+        #expect(files.count == 1)
+        let id = try #require(files.first?["id"] as? String)
+        #expect(files.first?["original_name"] as? String == "bad.json")
+        #expect((files.first?["errors"] as? [String])?.first?.contains("not valid JSON") == true)
+        let table = try await Daemon.command(["failed", "--kind", "appointments"] + base)
+        #expect(table.out.contains(id) && table.out.contains("rejected"))
+
+        let shown = try await json(["show", id, "--json"] + base)
+        #expect((shown["ledger"] as? [String: Any])?["outcome"] as? String == "rejected")
+        #expect(
+            (shown["paths"] as? [String])?.contains { $0.hasSuffix("/failed/appointments/\(id)--bad.json") } == true
+        )
+        #expect(try await Daemon.command(["show", "no-such-id"] + base).status == .exited(64))
+
+        let retried = try await Daemon.command(["retry", id] + base)
+        #expect(retried.status == .exited(0))
+        #expect(FileManager.default.fileExists(atPath: spool + "/inbox/appointments/bad.json"))
+        #expect(try await Daemon.command(["retry", "--kind", "appointments", "--all"] + base).status == .exited(0))
+
+        let report = try await json(["report", "--json"] + base)
+        let days = try #require(report["days"] as? [[String: Any]])
+        let accepted = days.first { $0["kind"] as? String == "appointments" && $0["outcome"] as? String == "accepted" }
+        #expect(accepted?["files"] as? Int == 2 && accepted?["stored"] as? Int == 2)
+
+        // Queries, paged like GET /patients?page=&page_size=&mrn=&first_name=&last_name=.
+        let patients = try await json(
+            ["query", "patients", "--last-name", "last1", "--page-size", "5", "--json"] + base
+        )
+        #expect(patients["total"] as? Int == 11)  // Last1, Last10…Last19 of the 20 rows, 17 distinct MRNs
+        #expect((patients["patients"] as? [[String: Any]])?.count == 5)
+        let one = try await json(["query", "patients", "--mrn", "MRN3", "--json"] + base)
+        #expect((one["patients"] as? [[String: Any]])?.first?["visits"] as? Int == 2)  // rows 3 and 10
+        let visits = try await json(["query", "visits", "--mrn", "MRN3", "--json"] + base)
+        #expect(visits["total"] as? Int == 2)
+        let appointments = try await json(["query", "appointments", "--id", "OP2", "--json"] + base)
+        #expect((appointments["appointments"] as? [[String: Any]])?.first?["status"] as? String == "scheduled")
+
+        // The audit trail: file outcomes with their senders, operator actions with the Unix user.
+        let audit = try await json(["audit", "--json"] + base)
+        let rows = try #require(audit["audit"] as? [[String: Any]])
+        let me = String(cString: getpwuid(getuid())!.pointee.pw_name)
+        func has(_ action: String, _ actor: String) -> Bool {
+            rows.contains { $0["action"] as? String == action && $0["actor"] as? String == actor }
+        }
+        #expect(has("file.accepted", "http:scheduler"), "\(rows)")
+        #expect(has("file.accepted", me))
+        #expect(has("file.rejected", me))
+        #expect(has("drop", me) && has("retry", me) && has("query.patients", me) && has("query.visits", me))
+        let query = rows.first { $0["action"] as? String == "query.patients" && $0["target"] as? String == "mrn=MRN3" }
+        #expect(query != nil)
+    }
+}
