@@ -16,7 +16,7 @@ DESTDIR      ?=
 # The binary to install; by default a release build with the Swift standard library linked statically.
 BIN          ?= $(INSTALL_BUILD)/release/carespool
 
-.PHONY: deps build run test lint format bench clean install install-build uninstall
+.PHONY: deps build run test lint format bench clean install install-build uninstall man
 
 deps:
 	@missing=""; \
@@ -50,6 +50,11 @@ bench: deps
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product csv-parse-bench
 	python3 bench/bench.py $(BENCH_BUILD)/release/carespool --csv-parse-bench $(BENCH_BUILD)/release/csv-parse-bench
 
+# docs/carespool.1 from the argument parser (swift-argument-parser's generate-manual plugin).
+man: deps
+	$(SWIFT) package --disable-sandbox plugin generate-manual
+	cp .build/plugins/GenerateManual/outputs/carespool/carespool.1 docs/carespool.1
+
 install-build: deps
 	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(INSTALL_BUILD) --product carespool
 
@@ -63,6 +68,8 @@ install: $(if $(filter $(INSTALL_BUILD)/%,$(BIN)),install-build)
 	install -D -m 0644 systemd/carespool.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/carespool.conf
 	install -D -m 0644 systemd/carespool.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/carespool.conf
 	install -D -m 0644 schema.json $(DESTDIR)$(PREFIX)/share/carespool/schema.json
+	install -D -m 0644 docs/carespool.1 $(DESTDIR)$(PREFIX)/share/man/man1/carespool.1
+	install -D -m 0644 docs/OPERATIONS.md $(DESTDIR)$(PREFIX)/share/doc/carespool/OPERATIONS.md
 	sed 's|/usr/share/carespool/schema.json|$(PREFIX)/share/carespool/schema.json|' config/carespool.toml > carespool.toml.tmp
 	[ -e $(DESTDIR)/etc/carespool/carespool.toml ] || install -D -m 0640 carespool.toml.tmp $(DESTDIR)/etc/carespool/carespool.toml
 	rm -f carespool.toml.tmp
@@ -80,7 +87,8 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/carespool
 	rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.service
 	rm -f $(DESTDIR)$(PREFIX)/lib/sysusers.d/carespool.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/carespool.conf
-	rm -rf $(DESTDIR)$(PREFIX)/share/carespool
+	rm -rf $(DESTDIR)$(PREFIX)/share/carespool $(DESTDIR)$(PREFIX)/share/doc/carespool
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man1/carespool.1
 	sed 's|/usr/share/carespool/schema.json|$(PREFIX)/share/carespool/schema.json|' config/carespool.toml > carespool.toml.tmp
 	if cmp -s carespool.toml.tmp $(DESTDIR)/etc/carespool/carespool.toml; then \
 		rm -f $(DESTDIR)/etc/carespool/carespool.toml; rmdir $(DESTDIR)/etc/carespool 2>/dev/null || true; \

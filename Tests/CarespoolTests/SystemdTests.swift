@@ -148,6 +148,24 @@ final class NotifySocket: Sendable {
         return (result.terminationStatus, result.standardOutput + result.standardError)
     }
 
+    /// docs/carespool.1 is generated (`make man`); it must describe every command the binary has.
+    @Test func theManualCoversEveryCommand() async throws {
+        let manual = try String(
+            contentsOf: TestPaths.repoRoot.appendingPathComponent("docs/carespool.1"),
+            encoding: .utf8
+        )
+        let help = try await Daemon.command(["--help"])
+        let section = help.out.components(separatedBy: "SUBCOMMANDS:").last ?? ""
+        let commands = section.split(separator: "\n").compactMap { line -> String? in
+            let word = line.split(separator: " ").first.map(String.init) ?? ""
+            // "  name   description": two spaces, then the name; continuation lines are indented further.
+            guard line.hasPrefix("  "), !line.hasPrefix("   "), word.first?.isLowercase == true else { return nil }
+            return word
+        }
+        #expect(commands.count >= 12, "\(help.out)")
+        for command in commands { #expect(manual.contains(".It Em \(command)"), "\(command) missing: run make man") }
+    }
+
     @Test func installPutsEverythingInPlaceAndUninstallRemovesIt() async throws {
         let dir = TempDir("install")
         defer { dir.cleanup() }
@@ -158,6 +176,8 @@ final class NotifySocket: Sendable {
             ("/usr/bin/carespool", 0o755), ("/usr/lib/systemd/system/carespool.service", 0o644),
             ("/usr/lib/sysusers.d/carespool.conf", 0o644),
             ("/usr/lib/tmpfiles.d/carespool.conf", 0o644), ("/usr/share/carespool/schema.json", 0o644),
+            ("/usr/share/man/man1/carespool.1", 0o644),
+            ("/usr/share/doc/carespool/OPERATIONS.md", 0o644),
             ("/etc/carespool/carespool.toml", 0o640),
         ]
         for (path, mode) in files {
