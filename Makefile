@@ -65,6 +65,7 @@ install: $(if $(filter $(INSTALL_BUILD)/%,$(BIN)),install-build)
 	sed 's|/usr/bin/carespool|$(PREFIX)/bin/carespool|g' systemd/carespool.service > carespool.service.tmp
 	install -D -m 0644 carespool.service.tmp $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.service
 	rm -f carespool.service.tmp
+	install -D -m 0644 systemd/carespool.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.socket
 	install -D -m 0644 systemd/carespool.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/carespool.conf
 	install -D -m 0644 systemd/carespool.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/carespool.conf
 	install -D -m 0644 schema.json $(DESTDIR)$(PREFIX)/share/carespool/schema.json
@@ -85,7 +86,7 @@ install: $(if $(filter $(INSTALL_BUILD)/%,$(BIN)),install-build)
 # spool and the database (an operator's data is never removed by make).
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/carespool
-	rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.service
+	rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.service $(DESTDIR)$(PREFIX)/lib/systemd/system/carespool.socket
 	rm -f $(DESTDIR)$(PREFIX)/lib/sysusers.d/carespool.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/carespool.conf
 	rm -rf $(DESTDIR)$(PREFIX)/share/carespool $(DESTDIR)$(PREFIX)/share/doc/carespool
 	rm -f $(DESTDIR)$(PREFIX)/share/man/man1/carespool.1

@@ -304,7 +304,7 @@ extension Serve {
         registry: PrometheusCollectorRegistry,
         logger: Logger,
         onServerRunning: @escaping @Sendable () -> Void
-    ) -> some Service {
+    ) -> any Service {
         let router = buildRouter(
             configuration: configuration,
             spool: spool,
@@ -331,6 +331,16 @@ extension Serve {
                 )
             }
         )
+        // Socket activation: systemd bound the port and passed the socket.
+        if let socket = ActivatedServer.passedSocket() {
+            return ActivatedServer(
+                socket: socket,
+                responder: router.buildResponder(),
+                configuration: configuration,
+                logger: logger,
+                onServerRunning: onServerRunning
+            )
+        }
         return Application(
             router: router,
             server: .http1(configuration: .init(idleTimeout: .init(configuration.headerTimeout))),

@@ -94,6 +94,40 @@ final class NotifySocket: Sendable {
         #expect(messages.firstIndex { $0.hasPrefix("READY=1") }! < messages.firstIndex { $0.hasPrefix("STOPPING=1") }!)
     }
 
+    /// Socket activation: systemd-socket-activate binds the port and passes it (LISTEN_FDS); the daemon
+    /// serves on it without binding (it is told the same port, which it could not bind), answers, and
+    /// stops cleanly.
+    @Test func servesOnASocketPassedBySystemd() async throws {
+        let dir = TempDir("activate")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let port = freePort()
+        let result = try await run(
+            .name("systemd-socket-activate"),
+            arguments: [
+                "-l", "127.0.0.1:\(port)", Daemon.binary, "serve", "--spool", spool, "--schema",
+                TestPaths.schemaJSON.path, "--http", "127.0.0.1:\(port)", "--settle-ms", "100",
+            ],
+            environment: Daemon.environment,
+            input: .none,
+            output: .discarded,
+            error: .string(limit: 1 << 20)
+        ) { execution in
+            let url = "http://127.0.0.1:\(port)"
+            let posted = try await curl([
+                "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json",
+                "--data-binary", event("SA1", "2025-01-10T12:30:00Z"), url + "/webhook/appointments",
+            ])
+            let health = try await curl(["-o", "/dev/null", "-w", "%{http_code}", url + "/health"])
+            let stored = await eventually { SpoolView(root: spool).done().count == 1 }
+            kill(execution.processIdentifier.value, SIGTERM)
+            return (posted, health, stored)
+        }
+        #expect(result.closureResult.0 == "202" && result.closureResult.1 == "200" && result.closureResult.2)
+        #expect(result.terminationStatus == .exited(0))
+        #expect(result.standardError.contains("HTTP endpoint on a socket passed by systemd"), "\(result.standardError)")
+    }
+
     @Test func logLinesCarryJournalPrioritiesWhenStderrIsTheJournal() async throws {
         let dir = TempDir("journal")
         defer { dir.cleanup() }
@@ -174,6 +208,7 @@ final class NotifySocket: Sendable {
         #expect(installed.status == .exited(0), "\(installed.out)")
         let files: [(String, Int)] = [
             ("/usr/bin/carespool", 0o755), ("/usr/lib/systemd/system/carespool.service", 0o644),
+            ("/usr/lib/systemd/system/carespool.socket", 0o644),
             ("/usr/lib/sysusers.d/carespool.conf", 0o644),
             ("/usr/lib/tmpfiles.d/carespool.conf", 0o644), ("/usr/share/carespool/schema.json", 0o644),
             ("/usr/share/man/man1/carespool.1", 0o644),
