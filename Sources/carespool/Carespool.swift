@@ -7,6 +7,7 @@ import Foundation
 import HTTPIngress
 import Hummingbird
 import HummingbirdCore
+import JSONSchema
 import Kinds
 import Logging
 import Metrics
@@ -184,6 +185,12 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Most HTTP connections open at once; more wait in the listen backlog (1024).")
     var httpMaxConnections: Int?
+
+    @Option(help: "Largest webhook body in bytes; 413 over it (1 MiB).")
+    var webhookBodyLimit: Int?
+
+    @Option(help: "Largest POST /ingest body in bytes; 413 over it (64 MiB).")
+    var ingestBodyLimit: Int?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (info).")
     var logLevel: String?
@@ -444,6 +451,9 @@ struct Retry: AsyncParsableCommand {
     @Flag(help: "Retry every failed file of --kind.")
     var all = false
 
+    @Flag(help: "Print JSON: each file's id and where it went.")
+    var json = false
+
     func validate() throws {
         if all && (kind == nil || !ids.isEmpty) { throw ValidationError("--all needs --kind and no ids") }
         if !all && ids.isEmpty { throw ValidationError("give file ids, or --kind K --all") }
@@ -459,6 +469,8 @@ struct Retry: AsyncParsableCommand {
             }.compactMap { name in name.range(of: "--").map { String(name[..<$0.lowerBound]) } }.sorted()
         }
         var failures = 0
+        var requeued: [JSONValue] = []
+        defer { if json { print(JSONValue.object([.init(key: "requeued", value: .array(requeued))]).compactText) } }
         for id in targets {
             do {
                 guard let moved = try spool.requeue(id: id) else {
@@ -466,7 +478,16 @@ struct Retry: AsyncParsableCommand {
                     failures += 1
                     continue
                 }
-                print("requeued \(id) to \(spool.inboxPath(moved.kind))/\(moved.name)")
+                if json {
+                    requeued.append(
+                        .object([
+                            .init(key: "id", value: .string(id)),
+                            .init(key: "path", value: .string(spool.inboxPath(moved.kind) + "/" + moved.name)),
+                        ])
+                    )
+                } else {
+                    print("requeued \(id) to \(spool.inboxPath(moved.kind))/\(moved.name)")
+                }
                 try? Operator.audit(databasePath, action: "retry", target: id, detail: moved.kind + "/" + moved.name)
             } catch {
                 FileHandle.standardError.write(Data("cannot requeue \(id): \(error.description)\n".utf8))
@@ -491,6 +512,9 @@ struct Purge: AsyncParsableCommand {
     @Flag(help: "Only list what would be removed.")
     var dryRun = false
 
+    @Flag(help: "Print JSON.")
+    var json = false
+
     func run() async throws {
         let text = doneOlderThan.hasSuffix("d") ? String(doneOlderThan.dropLast()) : doneOlderThan
         guard let days = Int(text), days >= 1 else {
@@ -500,7 +524,17 @@ struct Purge: AsyncParsableCommand {
         let cutoff = Spool.cutoffDay(daysAgo: days)
         do {
             let removed = try spool.purgeDone(before: cutoff, dryRun: dryRun)
-            for folder in removed.folders { print((dryRun ? "would remove done/" : "removed done/") + folder) }
+            if json {
+                print(
+                    JSONValue.object([
+                        .init(key: "dry_run", value: .bool(dryRun)), .init(key: "before", value: .string(cutoff)),
+                        .init(key: "folders", value: .array(removed.folders.map { .string("done/" + $0) })),
+                        .init(key: "files", value: .number(String(removed.files))),
+                    ]).compactText
+                )
+            } else {
+                for folder in removed.folders { print((dryRun ? "would remove done/" : "removed done/") + folder) }
+            }
             if !dryRun && !removed.folders.isEmpty {
                 try? Operator.audit(
                     spoolOptions.resolved().database,
@@ -509,9 +543,11 @@ struct Purge: AsyncParsableCommand {
                     detail: "\(removed.files) files in \(removed.folders.count) day folders"
                 )
             }
-            print(
-                "\(dryRun ? "would remove" : "removed") \(removed.files) files in \(removed.folders.count) day folders before \(cutoff)"
-            )
+            if !json {
+                print(
+                    "\(dryRun ? "would remove" : "removed") \(removed.files) files in \(removed.folders.count) day folders before \(cutoff)"
+                )
+            }
         } catch {
             throw ValidationError("purge stopped: \(error.description)")
         }

@@ -190,12 +190,17 @@ struct Drop: AsyncParsableCommand {
     @Argument(help: "The files to drop.")
     var files: [String]
 
+    @Flag(help: "Print JSON: where each file went.")
+    var json = false
+
     func run() async throws {
         let (spool, databasePath, _) = try spoolOptions.resolved()
         guard let inbox = spool.inboxes.first(where: { $0.kind == kind }) else {
             throw ValidationError("unknown kind \(kind); one of \(spool.kinds.joined(separator: ", "))")
         }
         var failures = 0
+        var dropped: [JSONValue] = []
+        defer { if json { print(JSONValue.object([.init(key: "dropped", value: .array(dropped))]).compactText) } }
         for file in files {
             guard let data = FileManager.default.contents(atPath: file) else {
                 FileHandle.standardError.write(Data("cannot read \(file)\n".utf8))
@@ -205,7 +210,16 @@ struct Drop: AsyncParsableCommand {
             let name = (file as NSString).lastPathComponent
             do {
                 try spool.drop(bytes: Array(data), into: inbox, name: name)
-                print("dropped \(file) into \(inbox.path)/\(name)")
+                if json {
+                    dropped.append(
+                        .object([
+                            .init(key: "file", value: .string(file)),
+                            .init(key: "path", value: .string(inbox.path + "/" + name)),
+                        ])
+                    )
+                } else {
+                    print("dropped \(file) into \(inbox.path)/\(name)")
+                }
                 try? Operator.audit(
                     databasePath,
                     action: "drop",

@@ -68,8 +68,8 @@ struct Settings {
         let configuration = HTTPConfiguration(
             host: host,
             port: port,
-            webhookBodyLimit: config.webhookBodyLimit ?? 1 << 20,
-            ingestBodyLimit: config.ingestBodyLimit ?? 64 << 20,
+            webhookBodyLimit: max(1, serve?.webhookBodyLimit ?? config.webhookBodyLimit ?? 1 << 20),
+            ingestBodyLimit: max(1, serve?.ingestBodyLimit ?? config.ingestBodyLimit ?? 64 << 20),
             tokens: tokens,
             zoomSecrets: zoomSecrets,
             webhookSecrets: webhookSecrets,

@@ -69,11 +69,16 @@ import Testing
         )
         #expect(try await Daemon.command(["show", "no-such-id"] + base).status == .exited(64))
 
-        let retried = try await Daemon.command(["retry", id] + base)
-        #expect(retried.status == .exited(0))
+        let retried = try await json(["retry", id, "--json"] + base)
+        #expect(
+            (retried["requeued"] as? [[String: Any]])?.first?["path"] as? String == spool
+                + "/inbox/appointments/bad.json"
+        )
         #expect(FileManager.default.fileExists(atPath: spool + "/inbox/appointments/bad.json"))
         #expect(try await Daemon.command(["retry", "--kind", "appointments", "--all"] + base).status == .exited(0))
 
+        let purge = try await json(["purge", "--done-older-than", "30d", "--dry-run", "--json"] + base)
+        #expect(purge["dry_run"] as? Bool == true && (purge["folders"] as? [String])?.isEmpty == true)
         let report = try await json(["report", "--json"] + base)
         let days = try #require(report["days"] as? [[String: Any]])
         let accepted = days.first { $0["kind"] as? String == "appointments" && $0["outcome"] as? String == "accepted" }
