@@ -6,18 +6,31 @@ import Synchronization
     import Glibc
 #endif
 
-/// Writes request bodies into inboxes durably, sharing one `syncfs(2)` among all the requests that
-/// arrive while the previous one runs (group commit): tmp file → rename into the inbox (a fresh id: no
-/// name to replace)
-/// → syncfs of the spool's filesystem → only then the caller's `await` returns and it may answer 202.
+/// Writes request bodies into inboxes durably, two-phase, sharing the syncs among all the requests that
+/// arrive while the previous group is being written (group commit):
+/// 1. each request: its body to `tmp/.http-<id>` (and its idempotency key to `tmp/`), no sync;
+/// 2. the group: one `syncfs(2)` of the spool's filesystem (every body's bytes durable), then each body
+///    renamed into its inbox as `<id>.json` (a fresh id: no name to replace) and its key into `keys/`,
+///    then one fsync per inbox folder touched (the renames durable);
+/// 3. only then does each request's `await` return, and it may answer 202.
+/// A rename never precedes its data's sync, so whatever fails — a crash, a power cut, a full disk — an
+/// inbox never holds a partial request file.
 package final class DurableWriter: Sendable {
     private let spool: Spool
     private let ids = IDGenerator()
     private let io = DispatchQueue(label: "carespool.http.io", attributes: .concurrent)
     private let flusher = DispatchQueue(label: "carespool.http.fsync")
-    private let waiting = Mutex<(list: [@Sendable (SpoolError?) -> Void], scheduled: Bool)>(([], false))
+    private let waiting = Mutex<(list: [Waiter], scheduled: Bool)>(([], false))
     private let inFlight = Mutex<Set<String>>([])
     private let lastPurge = Mutex<Int64>(0)
+
+    /// A request waiting for the group's syncs: what to rename once its bytes are durable (nothing for
+    /// a replay, which only waits), and whom to tell.
+    private struct Waiter: Sendable {
+        var body: (temporary: String, inbox: Spool.Inbox, name: String)?
+        var key: (temporary: String, kind: String, name: String)?
+        var done: @Sendable (SpoolError?) -> Void
+    }
 
     package init(spool: Spool) { self.spool = spool }
 
@@ -29,7 +42,7 @@ package final class DurableWriter: Sendable {
     /// Writes `bytes` as `<id>.json` into `inbox` and returns the id once the file is on disk. With an
     /// idempotency key (a file name, see ``Spool/keysPath(_:)``) already recorded, writes nothing and
     /// returns the recorded id with `replayed` true. Requests with the same key are serialised here; the
-    /// key is recorded after its request file is published, so a recorded key always names a file.
+    /// key is renamed into place right after its request file, so a recorded key always names a file.
     package func write(_ bytes: [UInt8], into inbox: Spool.Inbox, idempotencyKey: String?, sender: String?)
         async throws -> (id: String, replayed: Bool)
     {
@@ -39,59 +52,58 @@ package final class DurableWriter: Sendable {
         defer { if let key = idempotencyKey { _ = inFlight.withLock { $0.remove(key) } } }
         purgeKeysIfDue()
         let id = ids.next()
+        let spool = self.spool
         let replayedID: String? = try await withCheckedThrowingContinuation { continuation in
             io.async {
-                let earlier: String?
                 do {
-                    earlier = try self.publish(
-                        bytes,
-                        id: id,
-                        into: inbox,
-                        idempotencyKey: idempotencyKey,
-                        sender: sender
+                    if let key = idempotencyKey, let earlier = try spool.idempotentID(kind: inbox.kind, name: key) {
+                        // A replay waits for a sync all the same: the earlier request may still be waiting.
+                        self.enqueue(
+                            Waiter(body: nil, key: nil) { failure in
+                                if let failure {
+                                    continuation.resume(throwing: failure)
+                                } else {
+                                    continuation.resume(returning: earlier)
+                                }
+                            }
+                        )
+                        return
+                    }
+                    let temporary = ".http-" + id
+                    let file = try spool.temporaryFile(temporary)
+                    do {
+                        // Who sent it travels with the file to the pipeline's audit row.
+                        if let sender { file.setAttribute(Spool.senderAttribute, sender) }
+                        try file.append(bytes)
+                        try file.closeWithoutSync()
+                    } catch {
+                        file.discard()
+                        throw error
+                    }
+                    var keyFile: (temporary: String, kind: String, name: String)?
+                    if let key = idempotencyKey {
+                        do {
+                            keyFile = (try spool.prepareIdempotencyKey(id: id), inbox.kind, key)
+                        } catch {
+                            unlink(spool.tmpPath + "/" + temporary)
+                            throw error
+                        }
+                    }
+                    self.enqueue(
+                        Waiter(body: (temporary, inbox, id + ".json"), key: keyFile) { failure in
+                            if let failure {
+                                continuation.resume(throwing: failure)
+                            } else {
+                                continuation.resume(returning: nil)
+                            }
+                        }
                     )
                 } catch {
                     continuation.resume(throwing: error)
-                    return
-                }
-                // A replay waits for a sync all the same: the earlier request may still be waiting for its own.
-                self.afterNextSync { failure in
-                    if let failure {
-                        continuation.resume(throwing: failure)
-                    } else {
-                        continuation.resume(returning: earlier)
-                    }
                 }
             }
         }
         return (replayedID ?? id, replayedID != nil)
-    }
-
-    /// tmp file → rename into the inbox → key recorded; or, for a key already recorded, its id.
-    private func publish(
-        _ bytes: [UInt8],
-        id: String,
-        into inbox: Spool.Inbox,
-        idempotencyKey: String?,
-        sender: String?
-    ) throws -> String? {
-        if let key = idempotencyKey, let earlier = try spool.idempotentID(kind: inbox.kind, name: key) {
-            return earlier
-        }
-        let temporary = ".http-" + id
-        let file = try spool.temporaryFile(temporary)
-        do {
-            // Who sent it travels with the file to the pipeline's audit row.
-            if let sender { file.setAttribute(Spool.senderAttribute, sender) }
-            try file.append(bytes)
-            try file.closeWithoutSync()
-        } catch {
-            file.discard()
-            throw error
-        }
-        try spool.publish(temporaryName: temporary, into: inbox, as: id + ".json")
-        if let key = idempotencyKey { try spool.recordIdempotencyKey(kind: inbox.kind, name: key, id: id) }
-        return nil
     }
 
     /// Idempotency keys are kept for 7 days (senders retry for up to a few days), purged hourly.
@@ -105,10 +117,9 @@ package final class DurableWriter: Sendable {
         if due { io.async { self.spool.purgeIdempotencyKeys(before: now - 7 * 86_400) } }
     }
 
-    /// Calls `done` after the next syncfs (with its failure, if any).
-    private func afterNextSync(_ done: @escaping @Sendable (SpoolError?) -> Void) {
+    private func enqueue(_ waiter: Waiter) {
         let start = waiting.withLock { state -> Bool in
-            state.list.append(done)
+            state.list.append(waiter)
             if state.scheduled { return false }
             state.scheduled = true
             return true
@@ -116,22 +127,62 @@ package final class DurableWriter: Sendable {
         if start { flusher.async { self.flush() } }
     }
 
-    /// One syncfs for everyone waiting; requests arriving meanwhile wait for the next one.
+    /// Phase 2 for everyone waiting; requests arriving meanwhile wait for the next group.
     private func flush() {
-        let batch = waiting.withLock { state -> [@Sendable (SpoolError?) -> Void] in
+        let batch = waiting.withLock { state -> [Waiter] in
             let taken = state.list
             state = ([], false)
             return taken
         }
-        let fd = open(spool.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        var failure: SpoolError?
-        if fd < 0 {
-            failure = SpoolError("syncfs", spool.root, errno)
-        } else {
-            if Self.syncfs(fd) != 0 { failure = SpoolError("syncfs", spool.root, errno) }
-            close(fd)
+        // The bytes first: nothing is renamed into an inbox before its data is durable.
+        if let failure = syncFilesystem() {
+            for waiter in batch {
+                if let body = waiter.body { unlink(spool.tmpPath + "/" + body.temporary) }
+                if let key = waiter.key { unlink(spool.tmpPath + "/" + key.temporary) }
+                waiter.done(failure)
+            }
+            return
         }
-        for done in batch { done(failure) }
+        var failures: [SpoolError?] = []
+        var folders = Set<String>()
+        for waiter in batch {
+            guard let body = waiter.body else {
+                failures.append(nil)
+                continue
+            }
+            do {
+                try spool.publish(temporaryName: body.temporary, into: body.inbox, as: body.name)
+                folders.insert(body.inbox.path)
+                if let key = waiter.key {
+                    try spool.publishIdempotencyKey(temporaryName: key.temporary, kind: key.kind, name: key.name)
+                    folders.insert(spool.keysPath(key.kind))
+                }
+                failures.append(nil)
+            } catch {
+                unlink(spool.tmpPath + "/" + body.temporary)
+                if let key = waiter.key { unlink(spool.tmpPath + "/" + key.temporary) }
+                failures.append(error)
+            }
+        }
+        // Then the renames: one fsync per folder touched.
+        var folderFailure: SpoolError?
+        for folder in folders.sorted() {
+            do {
+                try Spool.syncDirectory(folder)
+            } catch {
+                folderFailure = error
+            }
+        }
+        for (waiter, failure) in zip(batch, failures) {
+            waiter.done(failure ?? (waiter.body == nil ? nil : folderFailure))
+        }
+    }
+
+    private func syncFilesystem() -> SpoolError? {
+        let fd = open(spool.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return SpoolError("syncfs", spool.root, errno) }
+        defer { close(fd) }
+        return Self.syncfs(fd) == 0 ? nil : SpoolError("syncfs", spool.root, errno)
     }
 
     /// glibc's syncfs(2), which Swift's Glibc module does not export (it is a GNU extension).

@@ -361,9 +361,9 @@ package struct Spool: Sendable {
         return String(decoding: buffer[..<count], as: UTF8.self)
     }
 
-    /// Records `id` under idempotency key file `name` (tmp, then rename; made durable by the caller's
-    /// sync, after the request file it names has been published).
-    package func recordIdempotencyKey(kind: String, name: String, id: String) throws(SpoolError) {
+    /// Writes `id` to a temporary key file in tmp/ (not synced: the caller syncs the filesystem before
+    /// ``publishIdempotencyKey(temporaryName:kind:name:)``); returns its name there.
+    package func prepareIdempotencyKey(id: String) throws(SpoolError) -> String {
         let temporary = ".key-" + id
         let file = try temporaryFile(temporary)
         do {
@@ -373,7 +373,12 @@ package struct Spool: Sendable {
             file.discard()
             throw error
         }
-        if rename(tmpPath + "/" + temporary, keysPath(kind) + "/" + name) != 0 {
+        return temporary
+    }
+
+    /// Renames a prepared key file into `keys/<kind>/<name>` (made durable by the caller's folder fsync).
+    package func publishIdempotencyKey(temporaryName: String, kind: String, name: String) throws(SpoolError) {
+        if rename(tmpPath + "/" + temporaryName, keysPath(kind) + "/" + name) != 0 {
             throw SpoolError("rename", keysPath(kind) + "/" + name, errno)
         }
     }
