@@ -16,7 +16,7 @@ DESTDIR      ?=
 # The binary to install; by default a release build with the Swift standard library linked statically.
 BIN          ?= $(INSTALL_BUILD)/release/carespool
 
-.PHONY: deps build run test lint format bench clean install install-build uninstall man
+.PHONY: deps build run test lint format bench clean install install-build uninstall man torture
 
 deps:
 	@missing=""; \
@@ -49,6 +49,14 @@ bench: deps
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product csv-parse-bench
 	python3 bench/bench.py $(BENCH_BUILD)/release/carespool --csv-parse-bench $(BENCH_BUILD)/release/csv-parse-bench
+
+# The torture campaigns (torture/torture.py) against the release binary: crash, disk full, inotify
+# overflow, database locked, hostile drops, fuzzing. Bounded by default (about 5 minutes with 60 s of
+# fuzzing per target); TORTURE_ARGS=--full for the long form.
+TORTURE_ARGS ?=
+torture: deps
+	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool
+	python3 torture/torture.py $(BENCH_BUILD)/release/carespool $(TORTURE_ARGS)
 
 # docs/carespool.1 from the argument parser (swift-argument-parser's generate-manual plugin).
 man: deps
@@ -100,4 +108,4 @@ uninstall:
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 clean:
-	rm -rf .build $(BENCH_BUILD) $(INSTALL_BUILD)
+	rm -rf .build $(BENCH_BUILD) $(INSTALL_BUILD) .build-fuzz

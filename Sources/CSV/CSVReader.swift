@@ -38,7 +38,11 @@ package struct CSVReader {
     private var bomChecked = false
     private var pending: [UInt8] = []
 
-    package init() {}
+    /// The longest record kept: beyond it the record is broken ("longer than …") and the rest of it,
+    /// up to its line break, is skipped unkept, so one endless line cannot fill memory.
+    package let maxRecordBytes: Int
+
+    package init(maxRecordBytes: Int = 1 << 20) { self.maxRecordBytes = maxRecordBytes }
 
     /// Whether the input began with a UTF-8 byte-order mark (stripped).
     package private(set) var hadBOM = false
@@ -102,12 +106,18 @@ package struct CSVReader {
                 started = true
                 recordLine = line
             }
+            if raw.count >= maxRecordBytes && state != .skipping && byte != 0x0A {
+                fail("record longer than \(maxRecordBytes) bytes")
+                field = []
+                fields = []
+                state = .skipping
+            }
             switch state {
             case .skipping:
                 if byte == 0x0A {
                     line += 1
                     try endRecord(emit)
-                } else {
+                } else if raw.count < maxRecordBytes {
                     raw.append(byte)
                 }
             case .fieldStart:

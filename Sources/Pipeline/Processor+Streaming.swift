@@ -42,23 +42,40 @@ extension Engine {
             }
             let digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
             let firstByte = firstLine.first { ![0x20, 0x09, 0x0D, 0xEF, 0xBB, 0xBF].contains($0) }
+            // A JSON document (not NDJSON, not CSV) is read whole, so only up to `wholeFileLimit`: a larger
+            // one is rejected unread rather than held in memory.
+            var tooLarge: RecordProblem?
+            let readWhole: Bool
             if kind == .intake {
                 // CSV is always streamed; a JSON array of intake records is read whole.
-                if firstByte == UInt8(ascii: "[") || firstByte == UInt8(ascii: "{") {
+                readWhole = firstByte == UInt8(ascii: "[") || firstByte == UInt8(ascii: "{")
+            } else {
+                // Not NDJSON (an array or one large object): read whole, like any other file.
+                readWhole =
+                    JSONRecords.record(line: firstLine[...], number: 1, lineNumber: 1).map({
+                        if case .success = $0.value { true } else { false }
+                    }) != true
+            }
+            if readWhole {
+                guard size > configuration.wholeFileLimit else {
                     processWhole(file, claimedAt: claimedAt)
                     return
                 }
-            } else if JSONRecords.record(line: firstLine[...], number: 1, lineNumber: 1).map({
-                if case .success = $0.value { true } else { false }
-            }) != true {
-                // Not NDJSON (an array or one large object): read whole, like any other file.
-                processWhole(file, claimedAt: claimedAt)
-                return
+                tooLarge = RecordProblem(
+                    record: nil,
+                    line: nil,
+                    pointer: nil,
+                    message:
+                        "file is \(size) bytes and not \(kind == .intake ? "CSV or NDJSON" : "NDJSON"): a JSON document over "
+                        + "\(configuration.wholeFileLimit) bytes is not read; send large data one record per line"
+                )
             }
             let receivedAt = Clock.timestamp()
             let rejectedFile = try spool.temporaryFile(file.id + ".rejected." + kind.rejectedExtension)
             var totals: FileReport
-            if let earlier = try database.earlierFile(kind: kind, sha256: digest, excluding: file.id),
+            if let tooLarge {
+                totals = FileReport(outcome: .rejected, errors: [tooLarge])
+            } else if let earlier = try database.earlierFile(kind: kind, sha256: digest, excluding: file.id),
                 try database.ledgerReport(id: file.id) == nil
             {
                 totals = FileReport(outcome: .duplicate, duplicateOf: earlier)
@@ -153,19 +170,22 @@ extension Engine {
             if pending.count >= Self.chunkRecords { try flush() }
         }
 
+        // A line longer than this is kept only up to it: its record fails to parse (an incomplete JSON
+        // value) and is rejected, and one endless line cannot fill memory.
+        let maxLine = 16 << 20
         try spool.readChunks(file) { chunk in
             var start = chunk.startIndex
             while let newline = chunk[start...].firstIndex(of: 0x0A) {
                 if carry.isEmpty {
-                    try take(chunk[start..<newline])
+                    try take(chunk[start..<min(newline, start + maxLine)])
                 } else {
-                    carry += chunk[start..<newline]
+                    carry += chunk[start..<min(newline, start + max(0, maxLine - carry.count))]
                     try take(carry[...])
                     carry.removeAll(keepingCapacity: true)
                 }
                 start = newline + 1
             }
-            carry += chunk[start...]
+            carry += chunk[start..<min(chunk.endIndex, start + max(0, maxLine - carry.count))]
         }
         if !carry.isEmpty { try take(carry[...]) }
         try flush()

@@ -43,6 +43,9 @@ package struct PipelineConfiguration: Sendable {
     /// Days finished files stay in done/ before the daemon removes them (checked hourly; the ledger
     /// keeps their rows). nil keeps them for ever. Default 30.
     package var retentionDays: Int?
+    /// The largest JSON document (a file that is not NDJSON or CSV) read whole; a larger one is
+    /// rejected unread. Default 64 MiB, the HTTP ingest body limit.
+    package var wholeFileLimit: Int
 
     package init(
         settle: Duration = .seconds(2),
@@ -52,7 +55,8 @@ package struct PipelineConfiguration: Sendable {
         retryMax: Duration = .seconds(60),
         tick: Duration = .milliseconds(200),
         streamThreshold: Int = 8 << 20,
-        retentionDays: Int? = 30
+        retentionDays: Int? = 30,
+        wholeFileLimit: Int = 64 << 20
     ) {
         self.settle = settle
         self.rescanInterval = rescanInterval
@@ -62,6 +66,7 @@ package struct PipelineConfiguration: Sendable {
         self.tick = tick
         self.streamThreshold = streamThreshold
         self.retentionDays = retentionDays
+        self.wholeFileLimit = wholeFileLimit
     }
 }
 

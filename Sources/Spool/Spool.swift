@@ -143,8 +143,12 @@ package struct Spool: Sendable {
         var entries: [Entry] = []
         let dirFD = dirfd(dir)
         while let ent = readdir(dir) {
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            let bytes = withUnsafeBytes(of: ent.pointee.d_name) { raw in Array(raw.prefix(while: { $0 != 0 })) }
+            guard let name = String(validating: bytes, as: UTF8.self) else {
+                // A name that is not UTF-8 could never be claimed by a String path: it is renamed in place
+                // to its percent-escaped form (never replacing a file), and picked up by the next scan.
+                Self.escapeName(bytes, in: dirFD)
+                continue
             }
             if name == "." || name == ".." || Self.isIncompleteName(name) { continue }
             if !withStat, ent.pointee.d_type != UInt8(DT_UNKNOWN) {
@@ -393,6 +397,29 @@ package struct Spool: Sendable {
             }
         }
         return removed
+    }
+
+    /// Renames the entry `bytes` (not UTF-8) of the folder `dirFD` to its percent-escaped form (bytes that
+    /// are not printable ASCII, and `%`, as `%XX`), without replacing any file; a clash gets `.<inode>`.
+    static func escapeName(_ bytes: [UInt8], in dirFD: Int32) {
+        var escaped = ""
+        for byte in bytes {
+            if byte >= 0x20 && byte < 0x7F && byte != UInt8(ascii: "%") {
+                escaped.append(Character(Unicode.Scalar(byte)))
+            } else {
+                escaped += "%" + (byte < 16 ? "0" : "") + String(byte, radix: 16, uppercase: true)
+            }
+        }
+        var st = stat()
+        let source = bytes.map { CChar(bitPattern: $0) } + [0]
+        let inode = fstatat(dirFD, source, &st, AT_SYMLINK_NOFOLLOW) == 0 ? UInt64(st.st_ino) : 0
+        for candidate in [escaped, escaped + ".\(inode)"] {
+            if linkat(dirFD, source, dirFD, candidate, 0) == 0 {
+                unlinkat(dirFD, source, 0)
+                return
+            }
+            if errno != EEXIST { return }
+        }
     }
 
     /// The value of extended attribute `name` of `path` (not following a symlink), if it has one.

@@ -93,6 +93,21 @@ func readCSV(_ bytes: [UInt8], chunk: Int = 7) -> [CSVRecord] {
         }
     }
 
+    /// Found by the torture campaign (a 2 GB file without a line break was held in memory): a record
+    /// longer than the limit is broken, kept only up to it, and the next line is read normally.
+    @Test func anEndlessRecordIsBrokenAtTheLimitAndTheNextLineIsRead() {
+        var reader = CSVReader(maxRecordBytes: 1_000)
+        var records: [CSVRecord] = []
+        reader.feed(Array("a,b\n".utf8)[...]) { records.append($0) }
+        for _ in 0..<100 { reader.feed(Array(repeating: UInt8(ascii: "x"), count: 1_000)[...]) { records.append($0) } }
+        reader.feed(Array(",\"q\"\nc,d\n".utf8)[...]) { records.append($0) }
+        reader.finish { records.append($0) }
+        #expect(records.count == 3)
+        #expect(records[1].fields == nil && records[1].error == "record longer than 1000 bytes")
+        #expect(records[1].raw.count == 1_000 && records[1].line == 2)
+        #expect(records[2].fields == ["c", "d"] && records[2].line == 3)
+    }
+
     @Test func recordsKnowTheirLineAndRawBytesAndOneBadRowDoesNotStopTheRest() {
         let text = "a,b\r\n1,\"x\ny\"\r\nbad\"row,2\n3,4\n\"open,5\n"
         let records = readCSV(Array(text.utf8), chunk: 3)

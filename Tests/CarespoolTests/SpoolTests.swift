@@ -34,6 +34,23 @@ import Testing
         #expect(Spool.isIncompleteName(name) == skipped)
     }
 
+    /// A name that is not UTF-8 (found by the torture campaign: such a file was never claimed) is
+    /// renamed to its percent-escaped form by the scan that finds it, and then claimed like any other.
+    @Test func aNameThatIsNotUTF8IsEscapedAndThenClaimed() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        let inbox = spool.inboxes[0]
+        let raw = Array(inbox.path.utf8) + Array("/bad".utf8) + [0xFF, 0xFE] + Array("name%.json".utf8)
+        let fd = open(raw.map { CChar(bitPattern: $0) } + [0], O_WRONLY | O_CREAT, 0o644)
+        #expect(fd >= 0)
+        close(fd)
+        #expect(try spool.scan(inbox.path).isEmpty)
+        let names = try spool.scan(inbox.path).map(\.name)
+        #expect(names == ["bad%FF%FEname%25.json"])
+        #expect(try spool.claim(names[0], from: inbox, id: "01900000-0000-7000-8000-000000000001") != nil)
+    }
+
     @Test func claimIsARenameThatOnlyOneClaimerWins() throws {
         let dir = TempDir("spool")
         defer { dir.cleanup() }

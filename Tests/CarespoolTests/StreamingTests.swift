@@ -74,6 +74,42 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
         #expect(rows == count)
     }
 
+    /// Found by the torture campaign (a 2 GB sparse file was read whole: 6 GiB resident): a file over
+    /// the whole-file limit that is not NDJSON is rejected unread, with the reason, in bounded memory;
+    /// an endless line in an NDJSON file is cut and rejected, and the lines after it are stored.
+    @Test func aHugeFileThatIsNotNDJSONIsRejectedUnreadAndAnEndlessLineIsCut() async throws {
+        let dir = TempDir("huge")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let run = try await Daemon.serve(spool: spool) { pid in
+            try await waitUntilServing(spool)
+            let inbox = spool + "/inbox/appointments"
+            let fd = open(inbox + "/.zeros.json", O_WRONLY | O_CREAT, 0o644)
+            ftruncate(fd, 200 << 20)  // 200 MiB of zeros, sparse
+            close(fd)
+            rename(inbox + "/.zeros.json", inbox + "/zeros.json")
+            // 20 MiB in one line between two good lines.
+            var text = event("E1", "2025-01-10T12:30:00Z") + "\n{\"notes\":\""
+            text += String(repeating: "x", count: 20 << 20) + "\"}\n" + event("E2", "2025-01-10T12:30:00Z") + "\n"
+            try dropLikeRsync(text, into: inbox, name: "endless.ndjson")
+            let view = SpoolView(root: spool)
+            let finished = await eventually(timeout: .seconds(60)) { view.done().count + view.failed().count == 2 }
+            let peak = peakResidentBytes(pid)
+            kill(pid, SIGTERM)
+            return (finished, peak)
+        }
+        #expect(run.result.0)
+        #expect((run.result.1 ?? .max) < 200 << 20, "peak RSS \(run.result.1 ?? 0)")
+        let view = SpoolView(root: spool)
+        let sidecar = try #require(view.sidecars().first { $0.hasSuffix("zeros.json.error.json") })
+        let reason = try String(contentsOfFile: spool + "/failed/appointments/" + sidecar, encoding: .utf8)
+        #expect(reason.contains("is not read; send large data one record per line"), "\(reason)")
+        let stored = try await view.database().read { db in
+            try String.fetchAll(db, sql: "SELECT appointment_id FROM appointment_events ORDER BY 1")
+        }
+        #expect(stored == ["E1", "E2"])
+    }
+
     @Test func aStreamedFileWithBadLinesIsPartialAndItsRejectedFileHasExactlyThoseLines() async throws {
         let dir = TempDir("stream")
         defer { dir.cleanup() }

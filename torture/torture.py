@@ -1,0 +1,547 @@
+#!/usr/bin/env python3
+"""carespool torture campaigns: the faults a clinic's server meets, against the real binary.
+
+Usage: torture/torture.py path/to/carespool [--full] [--only NAME[,NAME]] [--fuzz-seconds N]
+
+Campaigns (bounded by default; --full runs the long form):
+  crash     kill -9 at random moments during mixed load: HTTP posts, rsync-style and SFTP-style drops of
+            all three kinds, a large intake CSV, operator retries. Checked after the last restart
+            against a model of what was sent (not the daemon's own counters): every file in exactly one
+            of done/ or failed/, every 202 stored, every valid record stored exactly once.
+  diskfull  the spool on a small tmpfs (or the test-only ENOSPC switch where mounting is not allowed):
+            HTTP answers 507/503, nothing half-written in an inbox, work waits and resumes when space
+            returns, nothing goes to failed/ for lack of space.
+  overflow  50,000 files dropped at once (with inotify's queue lowered where permitted): every one found.
+  locked    another process holds SQLite's write lock for 5 s: files wait, then succeed; none fail.
+  hostile   symlinks to /etc/shadow, hard links, FIFOs, sockets, directories, growing files, files renamed
+            away, names with newlines and invalid UTF-8, a 2 GB sparse file: each ends with a reason and
+            the daemon keeps running.
+  fuzz      the libFuzzer targets (fuzz/build.sh, fuzz/run.sh) for the CSV reader, the JSON Schema
+            validator with the appointment parser, and the Zoom normaliser.
+
+Prints a table: campaign, faults injected, files and requests sent, lost (must be 0), stored twice
+(must be 0), and the verdict. Exit status 1 when any campaign failed.
+"""
+import argparse, datetime, http.client, json, os, random, shutil, signal, socket, sqlite3, subprocess, sys
+import tempfile, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA = os.path.join(ROOT, "schema.json")
+
+
+def event(appointment_id, minute=0):
+    return json.dumps({"event_type": "appointment.scheduled", "appointment_id": appointment_id,
+                       "patient_id": "P-" + appointment_id, "timestamp": "2025-01-10T12:%02d:00Z" % minute})
+
+
+def zoom_event(meeting, ts):
+    return json.dumps({"event": "meeting.started", "event_ts": ts,
+                       "payload": {"account_id": "acc", "object": {"id": meeting, "uuid": "u%d==" % meeting,
+                                                                   "start_time": "2025-01-10T12:00:00Z"}}})
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """One run of `carespool serve` on a spool; stopped by SIGTERM or killed."""
+
+    def __init__(self, binary, spool, db=None, http=None, extra=()):
+        self.spool = spool
+        ready = os.path.join(spool, "processing", "retrying.json")
+        if os.path.exists(ready):
+            os.unlink(ready)  # written anew by every start: the readiness sign
+        args = [binary, "serve", "--config", "/dev/null", "--spool", spool, "--schema", SCHEMA,
+                "--settle-ms", "200", "--rescan-ms", "1000", "--log-level", "warning",
+                "--http", "127.0.0.1:%d" % http if http else "off"]
+        if db:
+            args += ["--db", db]
+        self.log = open(os.path.join(os.path.dirname(spool), "daemon.log"), "a")
+        self.process = subprocess.Popen(args + list(extra), stderr=self.log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(ready):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("daemon did not start; see %s" % self.log.name)
+            time.sleep(0.01)
+
+    def alive(self):
+        return self.process.poll() is None
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=120)
+
+
+def names(folder):
+    try:
+        return [n for n in os.listdir(folder) if not n.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def finished(spool, kind):
+    """Original names of the files in done/<kind>/*/ and failed/<kind>/ (sidecars excluded)."""
+    out = []
+    done = os.path.join(spool, "done", kind)
+    for day in names(done):
+        out += [n.split("--", 1)[1] for n in names(os.path.join(done, day))]
+    out += [n.split("--", 1)[1] for n in names(os.path.join(spool, "failed", kind))
+            if not n.endswith(".error.json") and ".rejected." not in n]
+    return out
+
+
+def settled(spool, kinds=("appointments", "zoom", "intake"), timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = sum(len(names(os.path.join(spool, f, k))) for f in ("inbox", "processing") for k in kinds)
+        if busy == 0:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def post(port, body, path="/webhook/appointments"):
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        data = response.read()
+        connection.close()
+        return response.status, data
+    except OSError:
+        return None, b""
+
+
+def rsync_drop(inbox, name, text):
+    temporary = os.path.join(inbox, "." + name + ".Xq9")
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.rename(temporary, os.path.join(inbox, name))
+
+
+def sftp_drop(inbox, name, text):
+    # Written in place in two parts with a pause, as sftp-server does; complete on close.
+    with open(os.path.join(inbox, name), "w") as f:
+        half = len(text) // 2
+        f.write(text[:half])
+        f.flush()
+        time.sleep(0.002)
+        f.write(text[half:])
+
+
+class Result:
+    def __init__(self, name):
+        self.name, self.faults, self.sent, self.lost, self.twice, self.notes, self.ok = name, 0, 0, 0, 0, [], True
+
+    def fail(self, note):
+        self.ok = False
+        self.notes.append(note)
+
+
+def campaign_crash(binary, work, full):
+    r = Result("crash")
+    kills = 200 if full else 25
+    intake_rows = 200_000 if full else 20_000
+    spool = os.path.join(work, "spool")
+    staging = os.path.join(work, "staging")
+    os.makedirs(staging)
+    port = free_port()
+    expected_events = set()   # appointment ids that must be stored (valid, sent by drop or 202)
+    accepted_posts = {}       # appointment id -> spool id of each 202
+    dropped = {"appointments": [], "zoom": [], "intake": []}
+    zoom_sent = 0
+    # The large intake file goes in first, so that kills land in the middle of it.
+    lines = ["mrn,first_name,last_name,birth_date,visit_account_number,visit_date,reason"]
+    for n in range(intake_rows):
+        mrn = n - 7 if (n % 10 < 3 and n >= 10) else n
+        lines.append("MRN%d,First%d,Last%d,1980-01-%02d,VAN%d,2025-03-01,follow-up" % (mrn, n % 97, n % 89, 1 + n % 28, n))
+    big = "\n".join(lines) + "\n"
+    counter = [0]
+
+    def load(stop, inboxes):
+        # One load thread per run: drops of every kind, posts, a few invalid files, an occasional retry.
+        nonlocal zoom_sent
+        while not stop.is_set():
+            counter[0] += 1
+            n = counter[0]
+            choice = n % 6
+            try:
+                if choice == 0:
+                    key = "H%d" % n
+                    status, data = post(port, event(key))
+                    r.sent += 1
+                    if status == 202:
+                        accepted_posts[key] = json.loads(data)["id"]
+                elif choice in (1, 2):
+                    name = "a%d.ndjson" % n
+                    ids = ["D%d-%d" % (n, k) for k in range(3)]
+                    text = "\n".join(event(i) for i in ids) + "\n"
+                    (rsync_drop if choice == 1 else sftp_drop)(inboxes["appointments"], name, text)
+                    dropped["appointments"].append(name)
+                    expected_events.update(ids)
+                    r.sent += 1
+                elif choice == 3:
+                    name = "z%d.json" % n
+                    rsync_drop(inboxes["zoom"], name, zoom_event(90000000000 + n, 1700000000000 + n))
+                    dropped["zoom"].append(name)
+                    zoom_sent += 1
+                    r.sent += 1
+                elif choice == 4:
+                    name = "bad%d.json" % n
+                    rsync_drop(inboxes["appointments"], name, "{not json")
+                    dropped["appointments"].append(name)
+                    r.sent += 1
+                else:
+                    subprocess.run([binary, "retry", "--config", "/dev/null", "--spool", spool, "--kind",
+                                    "appointments", "--all"], capture_output=True)
+            except OSError:
+                pass
+            time.sleep(0.004)
+
+    inboxes = {k: os.path.join(spool, "inbox", k) for k in ("appointments", "zoom", "intake")}
+    for k in range(kills):
+        daemon = Daemon(binary, spool, http=port)
+        if k == 0:
+            with open(os.path.join(staging, "big.csv"), "w") as f:
+                f.write(big)
+            os.rename(os.path.join(staging, "big.csv"), os.path.join(inboxes["intake"], "big.csv"))
+            dropped["intake"].append("big.csv")
+        stop = threading.Event()
+        thread = threading.Thread(target=load, args=(stop, inboxes))
+        thread.start()
+        time.sleep(random.uniform(0.05, 0.8))
+        daemon.kill()
+        r.faults += 1
+        stop.set()
+        thread.join()
+    # The last run: no kill; everything must finish.
+    daemon = Daemon(binary, spool, http=port)
+    # Failed files were retried by the load; the bad ones fail again, which is right.
+    if not settled(spool):
+        r.fail("the spool did not settle after the last restart")
+    daemon.stop()
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(spool, "carespool.sqlite3"), uri=True)
+    # I1: every dropped file in exactly one place (failed/ may hold a bad file again after a retry: one).
+    for kind, sent in dropped.items():
+        places = finished(spool, kind)
+        for name in sent:
+            count = places.count(name)
+            if count == 0 and not os.path.exists(os.path.join(inboxes[kind], name)):
+                r.lost += 1
+                r.notes.append("lost file %s/%s" % (kind, name))
+            elif count > 1:
+                r.fail("%s/%s is in %d places" % (kind, name, count))
+    # I2 and I3: every 202 and every valid dropped record stored exactly once.
+    rows = dict(db.execute("SELECT appointment_id, count(*) FROM appointment_events GROUP BY appointment_id"))
+    for key in list(expected_events) + list(accepted_posts):
+        if rows.get(key, 0) == 0:
+            r.lost += 1
+    r.twice += sum(n - 1 for n in rows.values() if n > 1)
+    ledger = set(n for (n,) in db.execute("SELECT original_name FROM files"))
+    for key, spool_id in accepted_posts.items():
+        if spool_id + ".json" not in ledger:
+            r.fail("202 %s has no ledger row" % spool_id)
+    zoom_rows = db.execute("SELECT count(*) FROM zoom_events").fetchone()[0]
+    if zoom_rows != zoom_sent:
+        r.lost += max(0, zoom_sent - zoom_rows)
+        r.twice += max(0, zoom_rows - zoom_sent)
+    visits = db.execute("SELECT count(*), count(DISTINCT visit_account_number) FROM visits").fetchone()
+    if visits[0] != intake_rows:
+        r.lost += max(0, intake_rows - visits[0])
+        r.twice += max(0, visits[0] - intake_rows)
+    r.sent += intake_rows
+    r.notes.append("%d posts got 202, %d files dropped, %d-row intake CSV" %
+                   (len(accepted_posts), sum(len(v) for v in dropped.values()), intake_rows))
+    if r.lost or r.twice:
+        r.ok = False
+    return r
+
+
+def campaign_overflow(binary, work, full):
+    r = Result("overflow")
+    spool = os.path.join(work, "spool")
+    count = 50_000
+    queue_file = "/proc/sys/fs/inotify/max_queued_events"
+    original = None
+    try:
+        original = open(queue_file).read().strip()
+        open(queue_file, "w").write("256")
+        r.notes.append("inotify queue lowered to 256 events")
+    except OSError:
+        r.notes.append("inotify queue left at its size (not permitted to lower it)")
+    try:
+        daemon = Daemon(binary, spool)
+        inbox = os.path.join(spool, "inbox", "appointments")
+        staging = os.path.join(spool, "inbox", "appointments")
+        for n in range(count):
+            temporary = os.path.join(staging, ".o%d.tmp" % n)
+            with open(temporary, "w") as f:
+                f.write(event("O%d" % n))
+        for n in range(count):
+            os.rename(os.path.join(staging, ".o%d.tmp" % n), os.path.join(inbox, "o%d.json" % n))
+        r.sent = count
+        r.faults = 1
+        if not settled(spool, timeout=600):
+            r.fail("not every file was processed")
+        alive = daemon.alive()
+        daemon.stop()
+        if not alive:
+            r.fail("the daemon died")
+        done = len(finished(spool, "appointments"))
+        r.lost = count - done
+        db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+        stored = db.execute("SELECT count(DISTINCT appointment_id), count(*) FROM appointment_events").fetchone()
+        r.lost = max(r.lost, count - stored[0])
+        r.twice = stored[1] - stored[0]
+        if r.lost or r.twice:
+            r.ok = False
+    finally:
+        if original is not None:
+            open(queue_file, "w").write(original)
+    return r
+
+
+def campaign_locked(binary, work, full):
+    r = Result("locked")
+    spool = os.path.join(work, "spool")
+    daemon = Daemon(binary, spool, extra=["--busy-timeout-ms", "500"])
+    inbox = os.path.join(spool, "inbox", "appointments")
+    rsync_drop(inbox, "warm.json", event("L-warm"))
+    settled(spool)
+    lock = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"), timeout=10, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    r.faults = 1
+    for n in range(200):
+        rsync_drop(inbox, "l%d.json" % n, event("L%d" % n))
+    r.sent = 201
+    time.sleep(5)
+    waiting = len(names(os.path.join(spool, "processing", "appointments")))
+    failed_during = len(finished(spool, "appointments")) - 1
+    lock.execute("ROLLBACK")
+    lock.close()
+    if not settled(spool):
+        r.fail("files did not finish after the lock was released")
+    daemon.stop()
+    if failed_during:
+        r.fail("%d files finished while the database was locked" % failed_during)
+    if names(os.path.join(spool, "failed", "appointments")):
+        r.fail("files went to failed/")
+    db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+    stored = db.execute("SELECT count(*) FROM appointment_events").fetchone()[0]
+    r.lost = 201 - stored
+    r.notes.append("%d files waited in processing/ under the lock" % waiting)
+    if r.lost:
+        r.ok = False
+    return r
+
+
+def campaign_hostile(binary, work, full):
+    r = Result("hostile")
+    spool = os.path.join(work, "spool")
+    daemon = Daemon(binary, spool)
+    inbox = os.path.join(spool, "inbox", "appointments")
+    outside = os.path.join(work, "outside.json")
+    with open(outside, "w") as f:
+        f.write(event("HL1"))
+    cases = {}
+    os.symlink("/etc/shadow", os.path.join(inbox, "shadow.json")); cases["shadow.json"] = "failed"
+    os.link(outside, os.path.join(inbox, "hardlink.json")); cases["hardlink.json"] = "any"
+    os.mkfifo(os.path.join(inbox, "fifo.json")); cases["fifo.json"] = "failed"
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(os.path.join(inbox, "socket.json")); cases["socket.json"] = "failed"
+    os.mkdir(os.path.join(inbox, "directory.json")); cases["directory.json"] = "failed"
+    newline = "new\nline.json"
+    rsync_drop(inbox, newline, event("HN1")); cases[newline] = "done"
+    bad_utf8 = b"bad\xff\xfename.json"
+    with open(os.path.join(inbox.encode(), b"." + bad_utf8 + b".tmp"), "w") as f:
+        f.write(event("HU1"))
+    os.rename(os.path.join(inbox.encode(), b"." + bad_utf8 + b".tmp"), os.path.join(inbox.encode(), bad_utf8))
+    cases["bad%FF%FEname.json"] = "done"  # renamed to its percent-escaped form, then processed
+    sparse = os.path.join(inbox, "sparse.json")
+    with open(sparse, "wb") as f:
+        f.truncate(2 * 1024 * 1024 * 1024)
+    cases["sparse.json"] = "failed"
+    # A file that keeps growing after it was closed, and one renamed away at once.
+    grow = os.path.join(inbox, "growing.ndjson")
+    with open(grow, "w") as f:
+        f.write(event("HG0") + "\n")
+    for n in range(1, 5):
+        time.sleep(0.05)
+        with open(grow, "a") as f:
+            f.write(event("HG%d" % n) + "\n")
+    cases["growing.ndjson"] = "any"
+    rsync_drop(inbox, "vanishing.json", event("HV1"))
+    try:
+        os.rename(os.path.join(inbox, "vanishing.json"), os.path.join(work, "vanished.json"))
+    except FileNotFoundError:
+        pass  # the daemon claimed it first: then it is processed like any other
+    r.faults = len(cases) + 3
+    r.sent = r.faults
+    if not settled(spool, timeout=120):
+        r.fail("the spool did not settle")
+    alive = daemon.alive()
+    rss = 0
+    try:
+        rss = int(next(l.split()[1] for l in open("/proc/%d/status" % daemon.process.pid) if l.startswith("VmHWM:")))
+    except (OSError, StopIteration):
+        pass
+    daemon.stop()
+    unix.close()
+    if not alive:
+        r.fail("the daemon died")
+    places = finished(spool, "appointments")
+    failed = [n.split("--", 1)[1] for n in names(os.path.join(spool, "failed", "appointments"))
+              if n.endswith(".error.json")]
+    for name, where in cases.items():
+        if name not in places:
+            r.fail("%r did not finish" % name)
+        elif where == "failed" and name + ".error.json" not in failed:
+            r.fail("%r did not end in failed/ with a reason" % name)
+    db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+    # The symlink's target is never read: nothing of /etc/shadow is in the database or the spool.
+    secret = open("/etc/shadow", "rb").read()[:24] if os.access("/etc/shadow", os.R_OK) else None
+    if secret:
+        for folder, _, files in os.walk(spool):
+            for f in files:
+                path = os.path.join(folder, f)
+                if not os.path.islink(path) and os.path.isfile(path) and os.path.getsize(path) < 64 << 20:
+                    if secret in open(path, "rb").read():
+                        r.fail("/etc/shadow was read (found in %s)" % path)
+    stored = set(n for (n,) in db.execute("SELECT appointment_id FROM appointment_events"))
+    for key in ("HL1", "HN1", "HU1"):
+        if key not in stored:
+            r.lost += 1
+            r.notes.append("%s not stored" % key)
+    r.notes.append("peak RSS %.0f MiB (2 GB sparse file included)" % (rss / 1024.0))
+    if r.lost:
+        r.ok = False
+    return r
+
+
+def campaign_diskfull(binary, work, full):
+    r = Result("diskfull")
+    spool = os.path.join(work, "spool")
+    os.makedirs(spool)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", spool], capture_output=True).returncode == 0
+    switch = os.path.join(work, "enospc")
+    extra = ["--disk-reserve-mib", "0"] + ([] if mounted else ["--test-enospc-while", switch])
+    r.notes.append("spool on a 6 MiB tmpfs" if mounted else "mount not permitted: the ENOSPC switch")
+    port = free_port()
+    try:
+        daemon = Daemon(binary, spool, db=os.path.join(work, "db.sqlite3"), http=port, extra=extra)
+        filler = os.path.join(spool, "filler")
+        if mounted:
+            stat = os.statvfs(spool)
+            with open(filler, "wb") as f:
+                f.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - 400_000))
+        else:
+            open(switch, "w").close()
+        r.faults = 1
+        accepted, statuses = [], {}
+        for n in range(40):
+            body = "[" + ",".join(event("F%d-%d" % (n, k)) for k in range(300)) + "]"
+            status, data = post(port, body)
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 202:
+                accepted.append(n)
+            r.sent += 1
+        partial = [name for name in names(os.path.join(spool, "inbox", "appointments"))
+                   if not name.endswith(".json")]
+        tmp_left = [n for n in os.listdir(os.path.join(spool, "tmp")) if n.startswith(".http-")]
+        if 507 not in statuses and 503 not in statuses:
+            r.fail("no 507 or 503 while the disk was full: %s" % statuses)
+        if partial or tmp_left:
+            r.fail("half-written files: %s %s" % (partial, tmp_left))
+        # Space returns: what waited goes on by itself.
+        os.unlink(filler if mounted else switch)
+        status, _ = post(port, "[" + event("F-after") + "]")
+        if status != 202:
+            r.fail("not accepted after space returned: %s" % status)
+        if not settled(spool):
+            r.fail("work did not resume when space returned")
+        daemon.stop()
+        if names(os.path.join(spool, "failed", "appointments")):
+            r.fail("files went to failed/ for lack of space")
+        db = sqlite3.connect(os.path.join(work, "db.sqlite3"))
+        stored = set(n for (n,) in db.execute("SELECT appointment_id FROM appointment_events"))
+        for n in accepted:
+            for k in range(300):
+                if "F%d-%d" % (n, k) not in stored:
+                    r.lost += 1
+        r.notes.append("answers while full: %s" % ", ".join("%s×%d" % kv for kv in sorted(statuses.items(), key=str)))
+        if r.lost:
+            r.ok = False
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", spool])
+    return r
+
+
+def campaign_fuzz(binary, work, full, seconds):
+    r = Result("fuzz")
+    build = subprocess.run([os.path.join(ROOT, "fuzz", "build.sh")], capture_output=True, text=True)
+    if build.returncode != 0:
+        r.fail("fuzz targets did not build: " + build.stderr[-500:])
+        return r
+    run = subprocess.run([os.path.join(ROOT, "fuzz", "run.sh"), str(seconds)], capture_output=True, text=True)
+    for line in run.stdout.splitlines():
+        r.notes.append(line)
+        words = line.split()
+        if len(words) > 2 and words[2].isdigit():
+            r.sent += int(words[2])
+    r.faults = 3
+    if run.returncode != 0:
+        r.fail("a fuzz target crashed")
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--only")
+    ap.add_argument("--fuzz-seconds", type=int)
+    args = ap.parse_args()
+    binary = os.path.abspath(args.binary)
+    order = ["crash", "diskfull", "overflow", "locked", "hostile", "fuzz"]
+    chosen = args.only.split(",") if args.only else order
+    fuzz_seconds = args.fuzz_seconds or (600 if args.full else 60)
+    results = []
+    for name in order:
+        if name not in chosen:
+            continue
+        work = tempfile.mkdtemp(prefix="carespool-torture-%s-" % name)
+        started = time.monotonic()
+        try:
+            if name == "fuzz":
+                result = campaign_fuzz(binary, work, args.full, fuzz_seconds)
+            else:
+                result = globals()["campaign_" + name](binary, work, args.full)
+        except Exception as error:  # a campaign that cannot run is a failure, never a skip
+            result = Result(name)
+            result.fail("%s: %s" % (type(error).__name__, error))
+        result.seconds = time.monotonic() - started
+        results.append(result)
+        print("%-9s %s in %.0f s" % (name, "ok" if result.ok else "FAILED", result.seconds), flush=True)
+        if result.ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print("  kept %s for a look" % work)
+    print()
+    print("| campaign | faults injected | files / requests / executions sent | lost | stored twice | verdict | notes |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print("| %s | %d | %d | %d | %d | %s | %s |" % (r.name, r.faults, r.sent, r.lost, r.twice,
+                                                      "ok" if r.ok else "FAILED", "; ".join(r.notes)))
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+if __name__ == "__main__":
+    main()
