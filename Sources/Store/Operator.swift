@@ -1,4 +1,4 @@
-package import GRDB
+import GRDB
 package import Kinds
 
 /// The audit trail: every file's outcome and every operator action, with who, what and when — the
