@@ -45,7 +45,7 @@ test: deps lint
 	$(SWIFT) test --skip-build
 
 bench: deps
-	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; $$sudo apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq wrk; }
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product csv-parse-bench
 	python3 bench/bench.py $(BENCH_BUILD)/release/carespool --csv-parse-bench $(BENCH_BUILD)/release/csv-parse-bench
