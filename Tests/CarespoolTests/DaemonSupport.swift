@@ -46,17 +46,7 @@ enum Daemon {
                 Dictionary(uniqueKeysWithValues: variables.map { (Environment.Key(rawValue: $0.key)!, $0.value) })
             )
         }
-        let outcome = try await run(
-            .path(FilePath(binary)),
-            arguments: Arguments(arguments),
-            environment: environment,
-            input: .none,
-            output: .discarded,
-            error: .string(limit: 256 << 20)
-        ) { execution in
-            try await body(execution.processIdentifier.value)
-        }
-        return (outcome.closureResult, outcome.terminationStatus, outcome.standardError)
+        return try await running(arguments, environment: environment, body)
     }
 
     /// Starts `carespool serve --config FILE` (nothing else on the command line), like `serve`.
@@ -64,9 +54,17 @@ enum Daemon {
         _ config: String,
         _ body: @escaping @Sendable (pid_t) async throws -> R
     ) async throws -> (result: R, status: TerminationStatus, log: String) {
+        try await running(["serve", "--config", config], environment: environment, body)
+    }
+
+    private static func running<R: Sendable>(
+        _ arguments: [String],
+        environment: Environment,
+        _ body: @escaping @Sendable (pid_t) async throws -> R
+    ) async throws -> (result: R, status: TerminationStatus, log: String) {
         let outcome = try await run(
             .path(FilePath(binary)),
-            arguments: ["serve", "--config", config],
+            arguments: Arguments(arguments),
             environment: environment,
             input: .none,
             output: .discarded,
