@@ -143,7 +143,7 @@ package struct Spool: Sendable {
         var entries: [Entry] = []
         let dirFD = dirfd(dir)
         while let ent = readdir(dir) {
-            let bytes = withUnsafeBytes(of: ent.pointee.d_name) { raw in Array(raw.prefix(while: { $0 != 0 })) }
+            let bytes = Self.nameBytes(ent)
             guard let name = String(validating: bytes, as: UTF8.self) else {
                 // A name that is not UTF-8 could never be claimed by a String path: it is renamed in place
                 // to its percent-escaped form (never replacing a file), and picked up by the next scan.
@@ -399,6 +399,15 @@ package struct Spool: Sendable {
         return removed
     }
 
+    /// The name of a directory entry, read only up to its NUL: a `dirent` returned by readdir(3) is only
+    /// as long as its name, so loading the whole 256-byte `d_name` field could read past the end of the
+    /// buffer (a SIGSEGV seen under load).
+    static func nameBytes(_ entry: UnsafeMutablePointer<dirent>) -> [UInt8] {
+        let offset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+        let name = UnsafeRawPointer(entry).advanced(by: offset).assumingMemoryBound(to: CChar.self)
+        return Array(UnsafeRawBufferPointer(start: name, count: strlen(name)))
+    }
+
     /// Renames the entry `bytes` (not UTF-8) of the folder `dirFD` to its percent-escaped form (bytes that
     /// are not printable ASCII, and `%`, as `%XX`), without replacing any file; a clash gets `.<inode>`.
     static func escapeName(_ bytes: [UInt8], in dirFD: Int32) {
@@ -501,9 +510,7 @@ package struct Spool: Sendable {
         defer { closedir(dir) }
         var names: [String] = []
         while let ent = readdir(dir) {
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
+            let name = String(decoding: Self.nameBytes(ent), as: UTF8.self)
             if name != "." && name != ".." { names.append(name) }
         }
         return names
