@@ -24,7 +24,10 @@ public func fuzzCSV(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     precondition(whole.count == chunked.count, "chunking changed the record count")
     for (index, (a, b)) in zip(whole, chunked).enumerated() {
         precondition(a.number == index + 1 && b.number == index + 1, "record numbers")
-        precondition(a.fields == b.fields && a.error == b.error && a.raw == b.raw && a.line == b.line, "chunking changed a record")
+        precondition(
+            a.fields == b.fields && a.error == b.error && a.raw == b.raw && a.line == b.line,
+            "chunking changed a record"
+        )
         precondition(a.raw.count <= bytes.count, "raw longer than the input")
     }
     return 0

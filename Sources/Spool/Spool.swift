@@ -11,6 +11,8 @@
 //   done/<kind>/<yyyy-mm-dd>/  <id>--<original name>
 //   failed/<kind>/             <id>--<original name>, <same>.error.json, <same>.rejected.<ext>
 
+import Synchronization
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -441,7 +443,17 @@ package struct Spool: Sendable {
     }
 
     /// The login name of `uid`, or `uid:N`.
+    /// Every claim asks for its file owner's name; the password database is read once per uid.
     package static func userName(_ uid: UInt32) -> String {
+        if let known = userNames.withLock({ $0[uid] }) { return known }
+        let name = lookUpUserName(uid)
+        userNames.withLock { $0[uid] = name }
+        return name
+    }
+
+    private static let userNames = Mutex<[UInt32: String]>([:])
+
+    private static func lookUpUserName(_ uid: UInt32) -> String {
         var entry = passwd()
         var result: UnsafeMutablePointer<passwd>?
         var buffer = [CChar](repeating: 0, count: 1024)
