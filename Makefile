@@ -1,12 +1,13 @@
 # carespool: the two commands of the README are the contract.
 #   make run   install what is missing, build, run the daemon on ./spool
-#   make test  install what is missing, check formatting, build, run every test
+#   make test  install what is missing, check formatting, build, run every test, then the bounded
+#              torture campaigns against the release binary (make torture)
 #   make bench release build, throughput and latency benchmark (not part of make test)
 #   make install / make uninstall   the release binary (static Swift standard library), systemd units,
 #              sysusers and tmpfiles files, schema, default /etc/carespool/carespool.toml (DESTDIR, PREFIX)
 
 SWIFT        ?= swift
-APT_PACKAGES := libsqlite3-dev sqlite3 curl systemd make
+APT_PACKAGES := libsqlite3-dev sqlite3 curl systemd make python3
 SPOOL        ?= spool
 CONFIG       ?= /dev/null
 BENCH_BUILD  := .build-release
@@ -35,14 +36,15 @@ run: build
 	.build/debug/carespool serve --config $(CONFIG) --spool $(SPOOL) --db $(SPOOL)/carespool.sqlite3 --schema schema.json
 
 lint:
-	$(SWIFT) format lint --strict --recursive Sources Tests Package.swift
+	$(SWIFT) format lint --strict --recursive Sources Tests Package.swift fuzz
 
 format:
-	$(SWIFT) format --in-place --recursive Sources Tests Package.swift
+	$(SWIFT) format --in-place --recursive Sources Tests Package.swift fuzz
 
 test: deps lint
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) --no-print-directory torture
 
 bench: deps
 	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq wrk; }
@@ -51,8 +53,8 @@ bench: deps
 	python3 bench/bench.py $(BENCH_BUILD)/release/carespool --csv-parse-bench $(BENCH_BUILD)/release/csv-parse-bench
 
 # The torture campaigns (torture/torture.py) against the release binary: crash, disk full, inotify
-# overflow, database locked, hostile drops, fuzzing. Bounded by default (about 5 minutes with 60 s of
-# fuzzing per target); TORTURE_ARGS=--full for the long form.
+# overflow, database locked, hostile drops, fuzzing. Bounded by default (under 5 minutes: 200 kills,
+# the three fuzz targets side by side for 60 s); TORTURE_ARGS=--full for the long form. Part of make test.
 TORTURE_ARGS ?=
 torture: deps
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool

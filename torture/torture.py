@@ -97,6 +97,16 @@ def finished(spool, kind):
     return out
 
 
+def places(spool, kind):
+    """How many times each original name stands in inbox/, processing/, done/ or failed/ of a kind."""
+    count = {}
+    inbox = names(os.path.join(spool, "inbox", kind))
+    processing = [n.split("--", 1)[1] for n in names(os.path.join(spool, "processing", kind)) if "--" in n]
+    for name in inbox + processing + finished(spool, kind):
+        count[name] = count.get(name, 0) + 1
+    return count
+
+
 def settled(spool, kinds=("appointments", "zoom", "intake"), timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -147,8 +157,8 @@ class Result:
 
 def campaign_crash(binary, work, full):
     r = Result("crash")
-    kills = 200 if full else 25
-    intake_rows = 200_000 if full else 20_000
+    kills = 1000 if full else 200
+    intake_rows = 1_000_000 if full else 200_000
     spool = os.path.join(work, "spool")
     staging = os.path.join(work, "staging")
     os.makedirs(staging)
@@ -164,6 +174,8 @@ def campaign_crash(binary, work, full):
         lines.append("MRN%d,First%d,Last%d,1980-01-%02d,VAN%d,2025-03-01,follow-up" % (mrn, n % 97, n % 89, 1 + n % 28, n))
     big = "\n".join(lines) + "\n"
     counter = [0]
+    mid_work = [0, 0]  # kills with claimed files in processing/; kills with the big CSV in processing/
+    big_done = [None]  # the kill after which the big CSV had finished
 
     def load(stop, inboxes):
         # One load thread per run: drops of every kind, posts, a few invalid files, an occasional retry.
@@ -216,11 +228,30 @@ def campaign_crash(binary, work, full):
         stop = threading.Event()
         thread = threading.Thread(target=load, args=(stop, inboxes))
         thread.start()
-        time.sleep(random.uniform(0.05, 0.8))
+        # Mostly short runs; every 25th a longer one, so that the big CSV gets further between kills.
+        time.sleep(random.uniform(1.0, 4.0) if k % 25 == 24 else random.uniform(0.02, 0.5))
+        busy = names(os.path.join(spool, "processing", "intake")) + \
+            names(os.path.join(spool, "processing", "appointments")) + names(os.path.join(spool, "processing", "zoom"))
         daemon.kill()
         r.faults += 1
         stop.set()
         thread.join()
+        # Kills that landed mid-work: claimed files were left in processing/ (the big CSV among them).
+        if busy:
+            mid_work[0] += 1
+        if any(n.endswith("--big.csv") for n in busy):
+            mid_work[1] += 1
+        # I1 after every kill, before the restart: every file sent is in exactly one place.
+        for kind, sent in dropped.items():
+            where = places(spool, kind)
+            for name in sent:
+                if where.get(name, 0) != 1:
+                    r.ok = False
+                    if len(r.notes) < 20:
+                        r.notes.append("after kill %d: %s/%s is in %d places" % (k + 1, kind, name, where.get(name, 0)))
+        if big_done[0] is None and not os.path.exists(os.path.join(inboxes["intake"], "big.csv")) and \
+                not any(n.endswith("--big.csv") for n in names(os.path.join(spool, "processing", "intake"))):
+            big_done[0] = k + 1
     # The last run: no kill; everything must finish.
     daemon = Daemon(binary, spool, http=port)
     # Failed files were retried by the load; the bad ones fail again, which is right.
@@ -230,10 +261,10 @@ def campaign_crash(binary, work, full):
     db = sqlite3.connect("file:%s?mode=ro" % os.path.join(spool, "carespool.sqlite3"), uri=True)
     # I1: every dropped file in exactly one place (failed/ may hold a bad file again after a retry: one).
     for kind, sent in dropped.items():
-        places = finished(spool, kind)
+        final = finished(spool, kind)
         for name in sent:
-            count = places.count(name)
-            if count == 0 and not os.path.exists(os.path.join(inboxes[kind], name)):
+            count = final.count(name)
+            if count == 0:
                 r.lost += 1
                 r.notes.append("lost file %s/%s" % (kind, name))
             elif count > 1:
@@ -257,8 +288,11 @@ def campaign_crash(binary, work, full):
         r.lost += max(0, intake_rows - visits[0])
         r.twice += max(0, visits[0] - intake_rows)
     r.sent += intake_rows
-    r.notes.append("%d posts got 202, %d files dropped, %d-row intake CSV" %
-                   (len(accepted_posts), sum(len(v) for v in dropped.values()), intake_rows))
+    r.notes.append("%d posts got 202, %d files dropped, %d-row intake CSV; %d kills left claimed files in "
+                   "processing/, %d of them mid-way through the CSV (%s)" %
+                   (len(accepted_posts), sum(len(v) for v in dropped.values()), intake_rows, mid_work[0],
+                    mid_work[1], "finished before kill %d" % big_done[0] if big_done[0] else
+                    "finished after the last restart"))
     if r.lost or r.twice:
         r.ok = False
     return r
@@ -514,6 +548,7 @@ def main():
     chosen = args.only.split(",") if args.only else order
     fuzz_seconds = args.fuzz_seconds or (600 if args.full else 60)
     results = []
+    began = time.monotonic()
     for name in order:
         if name not in chosen:
             continue
@@ -534,6 +569,7 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
         else:
             print("  kept %s for a look" % work)
+    print("all campaigns: %.0f s" % (time.monotonic() - began))
     print()
     print("| campaign | faults injected | files / requests / executions sent | lost | stored twice | verdict | notes |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
