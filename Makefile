@@ -1,7 +1,8 @@
 # carespool: the two commands of the README are the contract.
 #   make run   install what is missing, build, run the daemon on ./spool
 #   make test  install what is missing, check formatting, build, run every test, then the bounded
-#              torture campaigns against the release binary (make torture)
+#              torture campaigns against the release binary (make torture), then the installed service
+#              under a real systemd in private namespaces (make systemd-check)
 #   make bench release build, throughput and latency benchmark (not part of make test)
 #   make install / make uninstall   the release binary (static Swift standard library), systemd units,
 #              sysusers and tmpfiles files, schema, default /etc/carespool/carespool.toml (DESTDIR, PREFIX)
@@ -17,7 +18,7 @@ DESTDIR      ?=
 # The binary to install; by default a release build with the Swift standard library linked statically.
 BIN          ?= $(INSTALL_BUILD)/release/carespool
 
-.PHONY: deps build run test lint format bench clean install install-build uninstall man torture
+.PHONY: deps build run test lint format bench clean install install-build uninstall man torture systemd-check
 
 deps:
 	@missing=""; \
@@ -45,6 +46,7 @@ test: deps lint
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory torture
+	$(MAKE) --no-print-directory systemd-check
 
 bench: deps
 	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq wrk; }
@@ -59,6 +61,14 @@ TORTURE_ARGS ?=
 torture: deps
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool
 	python3 torture/torture.py $(BENCH_BUILD)/release/carespool $(TORTURE_ARGS)
+
+# The installed service under a real systemd with every setting of systemd/carespool.service in force:
+# systemd/check.py boots systemd as PID 1 of private namespaces (overlays on /etc, /var, /usr/local:
+# the host is not changed), runs make install there and checks readiness, the sandbox, files, HTTP,
+# reload, journal, watchdog, restart after kill -9, stop, socket activation, a bad config. Needs root.
+systemd-check: deps
+	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool
+	python3 systemd/check.py $(BENCH_BUILD)/release/carespool
 
 # docs/carespool.1 from the argument parser (swift-argument-parser's generate-manual plugin).
 man: deps
