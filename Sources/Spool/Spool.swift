@@ -148,8 +148,12 @@ package struct Spool: Sendable {
             let bytes = Self.nameBytes(ent)
             guard let name = String(validating: bytes, as: UTF8.self) else {
                 // A name that is not UTF-8 could never be claimed by a String path: it is renamed in place
-                // to its percent-escaped form (never replacing a file), and picked up by the next scan.
-                Self.escapeName(bytes, in: dirFD)
+                // to its percent-escaped form (never replacing a file), and picked up by the next scan —
+                // unless it is a writer's incomplete file, which is never touched (renaming it would break
+                // the writer's own rename: found by the torture campaign).
+                if !Self.isIncompleteName(String(decoding: bytes, as: UTF8.self)) {
+                    Self.escapeName(bytes, in: dirFD)
+                }
                 continue
             }
             if name == "." || name == ".." || Self.isIncompleteName(name) { continue }

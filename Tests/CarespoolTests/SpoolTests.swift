@@ -51,6 +51,25 @@ import Testing
         #expect(try spool.claim(names[0], from: inbox, id: "01900000-0000-7000-8000-000000000001") != nil)
     }
 
+    /// A writer's incomplete file whose name is not UTF-8 (rsync's `.name.XXXXXX`) is left alone: escaping
+    /// it made the writer's own rename fail (found by the torture campaign).
+    @Test func anIncompleteNameThatIsNotUTF8IsLeftAlone() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        let inbox = spool.inboxes[0]
+        for suffix in [".tmp", ".part", "~"] {
+            let raw = Array(inbox.path.utf8) + Array("/.bad".utf8) + [0xFF] + Array(("name.json" + suffix).utf8)
+            let path = raw.map { CChar(bitPattern: $0) } + [0]
+            let fd = open(path, O_WRONLY | O_CREAT, 0o644)
+            #expect(fd >= 0)
+            close(fd)
+            #expect(try spool.scan(inbox.path).isEmpty)
+            #expect(try spool.scan(inbox.path).isEmpty)
+            #expect(access(path, F_OK) == 0, "the incomplete file must keep its name")
+        }
+    }
+
     @Test func claimIsARenameThatOnlyOneClaimerWins() throws {
         let dir = TempDir("spool")
         defer { dir.cleanup() }
