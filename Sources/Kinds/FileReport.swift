@@ -126,7 +126,7 @@ package struct FileReport: Sendable, Equatable {
         guard let value = try? JSONParser.parse(text), let outcomeText = value["outcome"]?.stringValue,
             let outcome = Outcome(rawValue: outcomeText)
         else { return nil }
-        func int(_ v: JSONValue?) -> Int? { v?.doubleValue.map { Int($0) } }
+        func int(_ v: JSONValue?) -> Int? { v?.doubleValue.flatMap { Int(exactly: $0) } }
         self.outcome = outcome
         stored = int(value["counts"]?["stored"]) ?? 0
         duplicates = int(value["counts"]?["duplicates"]) ?? 0
@@ -148,7 +148,7 @@ package struct FileReport: Sendable, Equatable {
         self.errors = errors
         if case .array(let list) = value["notes"] { notes = list.compactMap(\.stringValue) }
         if case .object(let members) = value["details"] {
-            for member in members { details[member.key] = member.value.doubleValue.map { Int($0) } }
+            for member in members { details[member.key] = member.value.doubleValue.flatMap { Int(exactly: $0) } }
         }
     }
 }

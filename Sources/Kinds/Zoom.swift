@@ -61,6 +61,19 @@ package struct ZoomReader: Sendable {
         }
         if value["event"]?.stringValue == "endpoint.url_validation" { return .success(.urlValidation) }
         if let problems = JSONRecords.violations(of: value, in: raw, against: schema) { return .failure(problems) }
+        // The schema says a non-negative integer; one too large for 64 bits is refused here, not trapped on.
+        guard let timestamp = Self.milliseconds(value["event_ts"]) else {
+            return .failure(
+                Problems([
+                    RecordProblem(
+                        record: raw.number,
+                        line: raw.line,
+                        pointer: "/event_ts",
+                        message: "out of range: at most \(Int64.max) milliseconds since the epoch"
+                    )
+                ])
+            )
+        }
         let object = value["payload"]?["object"]
         let participant = object?["participant"]
         let name = value["event"]?.stringValue ?? ""
@@ -68,7 +81,7 @@ package struct ZoomReader: Sendable {
             .event(
                 ZoomEvent(
                     name: name,
-                    timestamp: Int64(value["event_ts"]?.doubleValue ?? 0),
+                    timestamp: timestamp,
                     meetingID: Self.idText(object?["id"]) ?? "",
                     visitUUID: object?["uuid"]?.stringValue,
                     participantID: Self.idText(participant?["user_id"]) ?? Self.idText(participant?["id"])
@@ -86,6 +99,16 @@ package struct ZoomReader: Sendable {
                 )
             )
         )
+    }
+
+    /// A JSON number as a whole `Int64`, read from its text (every digit kept, no trip through `Double`),
+    /// or nil when it is not one or does not fit. Found by the fuzzer: `Int64(Double)` trapped on
+    /// `"event_ts": 164803885555555555555519111`.
+    package static func milliseconds(_ value: JSONValue?) -> Int64? {
+        guard case .number(let text) = value else { return nil }
+        if let whole = Int64(text) { return whole }
+        guard let number = Double(text) else { return nil }
+        return Int64(exactly: number)
     }
 
     /// `value` with `payload.object.id` as a string: a delivery that sends the id as a number and an

@@ -285,7 +285,14 @@ struct VisitTimeline {
         let end = ends.max()
         startedAt = start.map { RFC3339.format(epochMilliseconds: $0) }
         endedAt = end.map { RFC3339.format(epochMilliseconds: $0) }
-        durationSeconds = start.flatMap { s in end.map { e in Int((e - s) / 1_000) } }
+        // Times are whatever the sender wrote (year 0000 to event_ts Int64.max): a span that does not fit
+        // in 64 bits has no duration rather than trapping the daemon on every replay of its file.
+        durationSeconds = start.flatMap { s in
+            end.flatMap { e in
+                let (span, overflow) = e.subtractingReportingOverflow(s)
+                return overflow ? nil : Int(span / 1_000)
+            }
+        }
         maxLatencyMs = events.compactMap(\.latencyMs).max()
         interpreterRequested = events.contains { $0.interpreterRequested }
 

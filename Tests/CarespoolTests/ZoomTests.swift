@@ -161,6 +161,20 @@ func zoomEvent(
         #expect(visit.intervals.map(\.leftAt) == ["2022-03-23T12:10:00.000Z", "2022-03-23T12:30:00.000Z"])
     }
 
+    /// A meeting started in year 0000 and ended at event_ts Int64.max: the span does not fit in 64 bits.
+    /// Both events are stored and the visit has no duration; the daemon does not trap (it would on every
+    /// replay of the file).
+    @Test func aMeetingSpanTooLongForInt64HasNoDurationAndDoesNotTrap() throws {
+        defer { dir.cleanup() }
+        let database = try open()
+        let started = zoomEvent("meeting.started", ts: 0, extra: ",\"start_time\":\"0000-01-01T00:00:00Z\"")
+        let ended = zoomEvent("meeting.ended", ts: Int64.max)
+        #expect(try commit(database, "f1", started).stored == 1)
+        #expect(try commit(database, "f2", ended).stored == 1)
+        #expect(try count(database, "SELECT count(*) FROM zoom_visits WHERE duration_seconds IS NULL") == 1)
+        #expect(try count(database, "SELECT count(*) FROM zoom_visits WHERE ended_at IS NOT NULL") == 1)
+    }
+
     @Test func eventsShuffledIntoAnyOrderGiveTheSameTimeline() throws {
         defer { dir.cleanup() }
         let a = "\"user_id\":\"A\",\"user_name\":\"Ann\""
@@ -213,6 +227,40 @@ func zoomEvent(
             #expect(try timeline(shuffled, "shuffled-\(round).sqlite3") == expected, "order: \(shuffled)")
         }
         #expect(try timeline(events.reversed(), "reversed.sqlite3") == expected)
+    }
+
+    /// Found by the fuzzer (the zoom target's crash input, whole): an `event_ts` too large for 64 bits
+    /// trapped in `Int64(Double)`. It is now a rejected record naming `/event_ts`; every digit of a large
+    /// one that fits is kept.
+    @Test func anEventTimestampTooLargeForInt64IsRejectedNotTrappedOn() throws {
+        let reader = try projectCatalog().zoom
+        let crash = """
+            {
+                "event": "meeting.ended",
+                "payload": {
+                    "~cIteratord": "PX0yQAcnT5azdXF5ma2Apw",
+                    "object": {
+                            "id": "86431910364"      }
+                },
+                "event_ts": 164803885555555555555519111
+            }
+
+            """
+        for text in [crash, "{\"event\":\"x\",\"event_ts\":9223372036854775808,\"payload\":{\"object\":{\"id\":1}}}"] {
+            let parsed = reader.read(Array(text.utf8))
+            guard case .failure(let problems) = parsed.items.first?.result else {
+                Issue.record("accepted \(text)")
+                continue
+            }
+            #expect(problems.list.map(\.pointer) == ["/event_ts"])
+            #expect(problems.list.first?.message.contains("out of range") == true)
+        }
+        let fits = "{\"event\":\"x\",\"event_ts\":9223372036854775807,\"payload\":{\"object\":{\"id\":1}}}"
+        guard case .success(.event(let event)) = reader.read(Array(fits.utf8)).items.first?.result else {
+            Issue.record("rejected the largest event_ts that fits")
+            return
+        }
+        #expect(event.timestamp == Int64.max)
     }
 
     @Test func anEventMissingARequiredFieldIsRejectedWithItsPointer() throws {
