@@ -103,6 +103,7 @@ package final class Processor: Service {
 
     package func run() async throws {
         try spool.prepare()
+        CrashGuard.install(processing: spool.root + "/processing")
         let watcher = try Watcher(folders: spool.inboxes.map(\.path), tick: configuration.tick)
         do {
             try await onQueue { try self.engine.recover() }
@@ -194,6 +195,12 @@ final class Engine: @unchecked Sendable {
     private var retries: [String: Retry] = [:]
     /// Ids claimed by this run and not yet finished: they cannot have a ledger row.
     private var claimedFresh: Set<String> = []
+    /// Recovered files that were in a batch when the daemon crashed: each is processed on its own.
+    private var isolated: Set<String> = []
+    /// Recovered files that crashed the daemon again on their own: set aside in failed/ unread.
+    private var quarantined: Set<String> = []
+    /// Test-only: a file whose name contains this crashes the daemon (`CARESPOOL_TEST_CRASH_ON`).
+    private static let crashSwitch: String? = getenv("CARESPOOL_TEST_CRASH_ON").map { String(cString: $0) }
 
     struct Retry {
         var file: Spool.Claimed
@@ -220,6 +227,22 @@ final class Engine: @unchecked Sendable {
         if !queued.isEmpty {
             logger.notice("recovering files left in processing", metadata: ["files.count": "\(queued.count)"])
         }
+        let named = CrashGuard.suspects(processing: spool.root + "/processing", present: Set(queued.map(\.id)))
+        for (id, crashes) in named {
+            if crashes >= 2 {
+                quarantined.insert(id)
+                logger.error("file crashed the daemon twice: set aside in failed/", metadata: ["file.id": "\(id)"])
+            } else {
+                isolated.insert(id)
+                logger.warning(
+                    "file was in a batch when the daemon crashed: processed alone",
+                    metadata: ["file.id": "\(id)"]
+                )
+            }
+        }
+        // Suspects first, one by one, so that the files behind them are not held up for long.
+        let suspects = isolated.union(quarantined)
+        queued = queued.filter { suspects.contains($0.id) } + queued.filter { !suspects.contains($0.id) }
         writeRetryState()
     }
 
@@ -294,8 +317,13 @@ final class Engine: @unchecked Sendable {
             if stopping.load(ordering: .relaxed) { break }
             var batch: [Spool.Claimed] = []
             var claimedAt: [String: Int64] = [:]
-            let room = configuration.batchSize
+            var room = configuration.batchSize
             while !queued.isEmpty && batch.count < room {
+                if isolated.contains(queued[0].id) {
+                    // A crash suspect goes alone: if it crashes the daemon again, it alone is named.
+                    guard batch.isEmpty else { break }
+                    room = 1
+                }
                 let file = queued.removeFirst()
                 batch.append(file)
                 claimedAt[file.id] = Clock.nowNanos()
@@ -320,8 +348,12 @@ final class Engine: @unchecked Sendable {
                 }
             }
             if batch.isEmpty { break }
-            process(batch, claimedAt: claimedAt)
-            for file in batch { claimedFresh.remove(file.id) }
+            CrashGuard.during(batch.map(\.id)) { process(batch, claimedAt: claimedAt) }
+            for file in batch {
+                claimedFresh.remove(file.id)
+                isolated.remove(file.id)
+                quarantined.remove(file.id)
+            }
         }
         writeRetryState()
         checkpointIfDue()
@@ -350,6 +382,7 @@ final class Engine: @unchecked Sendable {
         let threshold = Int64(configuration.streamThreshold)
         let streamIntake = configuration.streamThreshold != Int.max
         let large = all.filter { file in
+            guard !quarantined.contains(file.id) else { return false }
             guard let entry = spool.entry(spool.processingPath(file.kind), file.spoolName) else { return false }
             // Intake CSV is always streamed (processLarge reads a JSON array of intake records whole).
             return entry.type == .regular
@@ -372,7 +405,12 @@ final class Engine: @unchecked Sendable {
             var index = worker
             while index < batch.count {
                 let file = batch[index]
-                if let kind = Kind(rawValue: file.kind) {
+                if let kind = Kind(rawValue: file.kind), quarantined.contains(file.id) {
+                    mine[index] = .success(setAside(file, kind: kind, receivedAt: receivedAt))
+                } else if let kind = Kind(rawValue: file.kind) {
+                    if let crash = Self.crashSwitch, file.originalName.contains(crash) {
+                        fatalError("test crash on \(file.id) (CARESPOOL_TEST_CRASH_ON)")
+                    }
                     do throws(SpoolError) {
                         let content = try spool.read(file)
                         mine[index] = .success(
@@ -534,6 +572,31 @@ final class Engine: @unchecked Sendable {
             prepared.sender = file.sender ?? "unknown"
             return (file, prepared, bytes)
         }
+    }
+
+    /// A file that crashed the daemon twice, committed as rejected without reading it.
+    func setAside(_ file: Spool.Claimed, kind: Kind, receivedAt: String) -> Prepared {
+        let problem = RecordProblem(
+            record: nil,
+            line: nil,
+            pointer: nil,
+            message:
+                "carespool crashed twice while processing this file, the second time with no other file in hand: "
+                + "set aside unread so that the files behind it go on. This is a bug in carespool; please report "
+                + "it with the file. A fixed carespool can take it again: carespool retry \(file.id)"
+        )
+        var prepared = PreparedFile(
+            id: file.id,
+            kind: kind,
+            originalName: file.originalName,
+            sha256: String(repeating: "0", count: 64),
+            size: 0,
+            receivedAt: receivedAt,
+            content: .unreadable(problem),
+            mayHaveLedgerRow: true
+        )
+        prepared.sender = file.sender ?? "unknown"
+        return (file, prepared, nil)
     }
 
     /// Writes the sidecars a verdict needs and moves the file to done/ or failed/.

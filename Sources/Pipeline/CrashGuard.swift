@@ -1,0 +1,111 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A file that crashes the daemon must not crash it forever: the replay of `processing/` at start would
+/// meet the same file again, and every file behind it would wait.
+///
+/// While a batch is processed, its ids are kept in a buffer prepared in advance. When the process dies
+/// of a fatal signal (a Swift trap is SIGILL or SIGTRAP; also SIGSEGV, SIGBUS, SIGFPE, SIGABRT), the
+/// handler appends those ids to `processing/.crashed` — open, write, close: async-signal-safe — and
+/// then hands the signal on to the handler that was there before (Swift's backtracer, or the default),
+/// so the crash is reported as before. kill -9 and power cuts write nothing: only a crash of our own.
+///
+/// At the next start (`suspects(in:)`), a recovered file named there once is processed in a batch of its
+/// own, so that an innocent batch-mate is not blamed; a file named twice — it crashed the daemon again,
+/// alone — is set aside in `failed/` with that reason (`quarantined`) and the files behind it go on.
+enum CrashGuard {
+    /// The ids of the batch in hand, one per line, and their length (0: none).
+    nonisolated(unsafe) private static var buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+    private static let capacity = 64 * 1024
+    nonisolated(unsafe) private static var length = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    /// `processing/.crashed` as a C string.
+    nonisolated(unsafe) private static var markerPath = UnsafeMutablePointer<CChar>.allocate(capacity: 4096)
+    /// The handlers that were installed before ours, by signal number.
+    nonisolated(unsafe) private static var previous = UnsafeMutablePointer<sigaction>.allocate(capacity: 65)
+    static let signals: [Int32] = [SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE, SIGABRT]
+
+    /// The marker's name in `processing/`: a dotfile, so no scan takes it for a claimed file.
+    static let markerName = ".crashed"
+
+    /// Installs the handlers; `processing` is the spool's processing folder.
+    static func install(processing: String) {
+        length.pointee = 0
+        let path = Array((processing + "/" + markerName).utf8CString.prefix(4095)) + [0]
+        for (index, byte) in path.enumerated() { markerPath[index] = byte }
+        for signal in signals {
+            var action = sigaction()
+            action.__sigaction_handler.sa_sigaction = { signal, _, _ in CrashGuard.handle(signal) }
+            action.sa_flags = SA_SIGINFO | SA_ONSTACK
+            sigemptyset(&action.sa_mask)
+            sigaction(signal, &action, previous + Int(signal))
+        }
+    }
+
+    /// Runs `work` with `ids` named as the batch in hand.
+    static func during<T>(_ ids: [String], _ work: () throws -> T) rethrows -> T {
+        length.pointee = 0
+        var count = 0
+        for id in ids {
+            let line = Array(id.utf8) + [0x0A]
+            guard count + line.count <= capacity else { break }
+            for byte in line {
+                buffer[count] = byte
+                count += 1
+            }
+        }
+        length.pointee = count
+        defer { length.pointee = 0 }
+        return try work()
+    }
+
+    /// The signal handler: only async-signal-safe calls.
+    private static func handle(_ signal: Int32) {
+        let count = length.pointee
+        if count > 0 {
+            let fd = open(markerPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+            if fd >= 0 {
+                _ = write(fd, buffer, count)
+                close(fd)
+            }
+        }
+        // Hand on: the previous handler (or the default action) meets the signal when the faulting
+        // instruction runs again, or at once for a raised one.
+        sigaction(signal, previous + Int(signal), nil)
+        if signal == SIGABRT { raise(signal) }
+    }
+
+    /// How often each id was named in the marker of `processing`, for ids still in `present`; the marker
+    /// is rewritten to hold only those (ids are never reused, so the rest is history).
+    static func suspects(processing: String, present: Set<String>) -> [String: Int] {
+        let path = processing + "/" + markerName
+        guard let file = fopen(path, "r") else { return [:] }
+        var text: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let read = fread(&chunk, 1, chunk.count, file)
+            if read <= 0 { break }
+            text += chunk[0..<read]
+        }
+        fclose(file)
+        var counts: [String: Int] = [:]
+        for line in text.split(separator: 0x0A) {
+            let id = String(decoding: line, as: UTF8.self)
+            if present.contains(id) { counts[id, default: 0] += 1 }
+        }
+        var kept = ""
+        for (id, count) in counts.sorted(by: { $0.key < $1.key }) {
+            kept += String(repeating: id + "\n", count: count)
+        }
+        if kept.isEmpty {
+            unlink(path)
+        } else if let out = fopen(path + ".tmp", "w") {
+            _ = fputs(kept, out)
+            fflush(out)
+            fsync(fileno(out))
+            fclose(out)
+            rename(path + ".tmp", path)
+        }
+        return counts
+    }
+}
