@@ -1,6 +1,9 @@
-// libFuzzer target: the CSV reader. Oracle: the records are the same whatever the chunking of the input
-// (the first byte chooses the chunk size), record numbers count up from 1, and a record's raw bytes
-// never exceed the input.
+// libFuzzer target: the CSV reader, and the intake reader over it (header mapping, row validation).
+// Oracle: the records are the same whatever the chunking of the input (the first byte chooses the chunk
+// size), record numbers count up from 1, a record's raw bytes never exceed the input; the intake reader
+// gives a file problem or rows numbered in order, never both, and every stored row passed the rules.
+
+let catalog = try! Catalog(schemaBytes: FuzzSchema.bytes)
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzCSV(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -29,6 +32,18 @@ public func fuzzCSV(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             "chunking changed a record"
         )
         precondition(a.raw.count <= bytes.count, "raw longer than the input")
+    }
+    let intake = catalog.intake.readCSV(bytes, today: "2026-11-23")
+    precondition(intake.fileProblem == nil || intake.items.isEmpty, "a file problem with rows")
+    var previous = 0
+    for item in intake.items {
+        precondition(item.number > previous, "row numbers out of order")
+        previous = item.number
+        if case .success(let row) = item.result {
+            precondition(!row.mrn.isEmpty && row.mrn.count <= 64, "an MRN outside the rules was accepted")
+            precondition(row.birthDate <= row.visitDate, "a birth date after the visit was accepted")
+            precondition(row.birthDate <= "2026-11-23", "a birth date in the future was accepted")
+        }
     }
     return 0
 }
