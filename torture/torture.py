@@ -524,7 +524,9 @@ def campaign_fuzz(binary, work, full, seconds):
     if build.returncode != 0:
         r.fail("fuzz targets did not build: " + build.stderr[-500:])
         return r
-    run = subprocess.run([os.path.join(ROOT, "fuzz", "run.sh"), str(seconds)], capture_output=True, text=True)
+    # Bounded: a fixed seed, the same inputs from every clean clone; --full: a random seed, to explore.
+    run = subprocess.run([os.path.join(ROOT, "fuzz", "run.sh"), str(seconds), "0" if full else "1"],
+                         capture_output=True, text=True)
     for line in run.stdout.splitlines():
         r.notes.append(line)
         words = line.split()
