@@ -4,7 +4,7 @@
 Usage: systemd/check.py path/to/carespool
 
 Boots systemd (/lib/systemd/systemd) as PID 1 of a private PID, mount and cgroup namespace — its own
-/run, /tmp, cgroup2 tree, and overlays on /etc, /var and /usr/local so that nothing of the host
+/run and cgroup2 tree, and overlays on /etc, /var and /usr/local so that nothing of the host
 changes — then, inside it, runs `make install PREFIX=/usr/local BIN=…` (no DESTDIR: the real install
 path with systemd-sysusers, systemd-tmpfiles, chgrp and daemon-reload) and checks the installed
 service as shipped: readiness, status, the sandbox actually applied to the process, files of all
@@ -13,7 +13,7 @@ priorities, the watchdog, Restart=on-failure after kill -9, a clean stop, socket
 configuration (exit 78, no restart loop). Needs root (namespaces, mounts); exits 1 when any check
 fails, and never skips one.
 """
-import json, os, re, shutil, socket, stat, subprocess, sys, tempfile, time, urllib.request
+import glob, json, os, re, shutil, socket, stat, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPOOL = "/var/spool/carespool"
@@ -35,7 +35,6 @@ W=$1
 mount --make-rprivate /
 mount -t proc proc /proc
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
 for d in etc var usr/local; do
     n=$(echo $d | tr / -)
     mkdir -p $W/$n-up $W/$n-work
@@ -97,8 +96,11 @@ def outer(binary):
         except OSError:
             print("systemd/check.py: 127.0.0.1:8080 is in use; the shipped units listen there (stop what holds it)")
             sys.exit(1)
-    work = tempfile.mkdtemp(prefix="carespool-systemd-", dir=os.path.join(ROOT, ".build") if
-                            os.path.isdir(os.path.join(ROOT, ".build")) else None)
+    # The overlays' upper folders live on /dev/shm: never inside /etc, /var or /usr/local (overlapping
+    # layers), wherever the clone is. /tmp is shared with the host (the clone may be there): the unit's
+    # PrivateTmp= folders made under it are removed below.
+    work = tempfile.mkdtemp(prefix="carespool-systemd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else ROOT)
+    private_before = set(glob.glob("/tmp/systemd-private-*-carespool.service-*"))
     process, pid, group = boot(work)
     status = 1
     try:
@@ -124,6 +126,8 @@ def outer(binary):
                 os.rmdir(folder)
             except OSError:
                 pass
+        for folder in set(glob.glob("/tmp/systemd-private-*-carespool.service-*")) - private_before:
+            shutil.rmtree(folder, ignore_errors=True)
         if status == 0:
             shutil.rmtree(work, ignore_errors=True)
         else:

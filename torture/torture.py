@@ -155,6 +155,33 @@ class Result:
         self.notes.append(note)
 
 
+def model_violation(spool, events_sent, zoom_sent, intake_rows):
+    """What the database holds that the model of what was sent says it must not, or None."""
+    path = os.path.join(spool, "carespool.sqlite3")
+    if not os.path.exists(path):
+        return None
+    db = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+    try:
+        rows = dict(db.execute("SELECT appointment_id, count(*) FROM appointment_events GROUP BY appointment_id"))
+        twice = [key for key, n in rows.items() if n > 1]
+        unknown = [key for key in rows if key not in events_sent]
+        visits, distinct = db.execute("SELECT count(*), count(DISTINCT visit_account_number) FROM visits").fetchone()
+        zoom = db.execute("SELECT count(*) FROM zoom_events").fetchone()[0]
+    except sqlite3.OperationalError:
+        return None  # the first start has not created the tables yet
+    finally:
+        db.close()
+    if twice:
+        return "appointment %s stored twice" % twice[0]
+    if unknown:
+        return "appointment %s stored but never sent" % unknown[0]
+    if visits != distinct or visits > intake_rows:
+        return "visits %d, distinct %d, sent %d" % (visits, distinct, intake_rows)
+    if zoom > zoom_sent:
+        return "zoom events %d, sent %d" % (zoom, zoom_sent)
+    return None
+
+
 def campaign_crash(binary, work, full):
     r = Result("crash")
     kills = 1000 if full else 200
@@ -165,6 +192,7 @@ def campaign_crash(binary, work, full):
     port = free_port()
     expected_events = set()   # appointment ids that must be stored (valid, sent by drop or 202)
     accepted_posts = {}       # appointment id -> spool id of each 202
+    posted = set()            # appointment ids of every POST sent, answered or not
     dropped = {"appointments": [], "zoom": [], "intake": []}
     zoom_sent = 0
     # The large intake file goes in first, so that kills land in the middle of it.
@@ -187,6 +215,7 @@ def campaign_crash(binary, work, full):
             try:
                 if choice == 0:
                     key = "H%d" % n
+                    posted.add(key)  # sent, answered or not: it may be stored either way
                     status, data = post(port, event(key))
                     r.sent += 1
                     if status == 202:
@@ -241,14 +270,23 @@ def campaign_crash(binary, work, full):
             mid_work[0] += 1
         if any(n.endswith("--big.csv") for n in busy):
             mid_work[1] += 1
-        # I1 after every kill, before the restart: every file sent is in exactly one place.
+        # After every kill, before the restart. I1 and I2: every file sent, and every request answered
+        # 202, is in exactly one place (inbox, processing, done or failed).
         for kind, sent in dropped.items():
             where = places(spool, kind)
+            if kind == "appointments":
+                sent = sent + [spool_id + ".json" for spool_id in accepted_posts.values()]
             for name in sent:
                 if where.get(name, 0) != 1:
                     r.ok = False
                     if len(r.notes) < 20:
                         r.notes.append("after kill %d: %s/%s is in %d places" % (k + 1, kind, name, where.get(name, 0)))
+        # I3: no natural key twice, and nothing stored that was not sent (against the model).
+        problem = model_violation(spool, expected_events | posted, zoom_sent, intake_rows)
+        if problem:
+            r.ok = False
+            if len(r.notes) < 20:
+                r.notes.append("after kill %d: %s" % (k + 1, problem))
         if big_done[0] is None and not os.path.exists(os.path.join(inboxes["intake"], "big.csv")) and \
                 not any(n.endswith("--big.csv") for n in names(os.path.join(spool, "processing", "intake"))):
             big_done[0] = k + 1
