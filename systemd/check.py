@@ -4,8 +4,8 @@
 Usage: systemd/check.py path/to/carespool
 
 Boots systemd (/lib/systemd/systemd) as PID 1 of a private PID, mount and cgroup namespace — its own
-/run and cgroup2 tree, and overlays on /etc, /var and /usr/local so that nothing of the host
-changes — then, inside it, runs `make install PREFIX=/usr/local BIN=…` (no DESTDIR: the real install
+/run, /tmp and cgroup2 tree, overlays on /etc, /var and /usr/local, /sys and /proc/sys read-only and
+the boot-time units that would act on the host masked, so that nothing of the host changes — then, inside it, runs `make install PREFIX=/usr/local BIN=…` (no DESTDIR: the real install
 path with systemd-sysusers, systemd-tmpfiles, chgrp and daemon-reload) and checks the installed
 service as shipped: readiness, status, the sandbox actually applied to the process, files of all
 three kinds dropped by a partner account, HTTP through the loopback allowance, reload, the journal's
@@ -32,26 +32,49 @@ def boot(work):
     script = """
 set -eu
 W=$1
+ROOT=$2
 mount --make-rprivate /
 mount -t proc proc /proc
-mount -t tmpfs tmpfs /run
-for d in etc var usr/local; do
-    n=$(echo $d | tr / -)
-    mkdir -p $W/$n-up $W/$n-work
-    mount -t overlay overlay -o lowerdir=/$d,upperdir=$W/$n-up,workdir=$W/$n-work /$d
-done
-umount -l /sys/fs/cgroup 2>/dev/null || true
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
 : > $W/console
 mount --bind $W/console /dev/console
+mount -t tmpfs tmpfs /run
+# Its own /tmp (systemd's boot-time tmpfiles would empty the host's), with the clone put back in place
+# when it lives under /tmp.
+mkdir -p /run/carespool-clone
+mount --bind "$ROOT" /run/carespool-clone
+mount -t tmpfs tmpfs /tmp
+case "$ROOT" in /tmp/*) mkdir -p "$ROOT"; mount --bind /run/carespool-clone "$ROOT" ;; esac
+# Overlays whose upper folders are on this namespace's own /run: never inside the folders they cover,
+# and not on /dev/shm, where the unit's RemoveIPC=yes deletes whatever the carespool user owns.
+for d in etc var usr/local; do
+    n=$(echo $d | tr / -)
+    mkdir -p /run/carespool-overlays/$n-up /run/carespool-overlays/$n-work
+    mount -t overlay overlay -o lowerdir=/$d,upperdir=/run/carespool-overlays/$n-up,workdir=/run/carespool-overlays/$n-work /$d
+done
+# The kernel's settings and devices are the host's: read-only here, so that no boot-time unit
+# (sysctl, udev, modules) changes them.
+mount -o bind,ro /sys /sys
+mount -o bind,ro /proc/sys /proc/sys
+umount -l /sys/fs/cgroup 2>/dev/null || true
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /run/systemd/system
+# Boot-time units that act on the host outside the overlays, masked (the host is not ours to change).
+for unit in systemd-tmpfiles-setup.service systemd-tmpfiles-setup-dev.service \\
+        systemd-tmpfiles-setup-dev-early.service systemd-tmpfiles-clean.service systemd-tmpfiles-clean.timer \\
+        systemd-udevd.service systemd-udev-trigger.service systemd-udev-settle.service systemd-sysctl.service \\
+        systemd-modules-load.service systemd-binfmt.service systemd-hwdb-update.service \\
+        systemd-remount-fs.service systemd-timesyncd.service systemd-pstore.service kmod-static-nodes.service \\
+        proc-sys-fs-binfmt_misc.automount sys-fs-fuse-connections.mount sys-kernel-config.mount \\
+        sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount dev-mqueue.mount tmp.mount; do
+    ln -s /dev/null /run/systemd/system/$unit
+done
 printf '[Unit]\\nDescription=carespool check\\n' > /run/systemd/system/carespool-check.target
 exec env container=carespool-check /lib/systemd/systemd --system --unit=carespool-check.target
 """
     # The child moves itself into its own cgroup first: the new cgroup namespace is rooted there.
     process = subprocess.Popen(
         ["sh", "-c", 'echo $$ > "$1/cgroup.procs" && exec unshare --pid --fork --mount --cgroup '
-         '--propagation private sh -c "$2" boot "$3"', "launcher", group, script, work],
+         '--propagation private sh -c "$2" boot "$3" "$4"', "launcher", group, script, work, ROOT],
         stdout=open(os.path.join(work, "boot.log"), "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -90,17 +113,23 @@ def outer(binary):
     if os.geteuid() != 0:
         print("systemd/check.py needs root: it creates namespaces and mounts (this is a failure, not a skip)")
         sys.exit(1)
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", 8080))
-        except OSError:
-            print("systemd/check.py: 127.0.0.1:8080 is in use; the shipped units listen there (stop what holds it)")
-            sys.exit(1)
-    # The overlays' upper folders live on /dev/shm: never inside /etc, /var or /usr/local (overlapping
-    # layers), wherever the clone is. /tmp is shared with the host (the clone may be there): the unit's
-    # PrivateTmp= folders made under it are removed below.
-    work = tempfile.mkdtemp(prefix="carespool-systemd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else ROOT)
+    for attempt in range(20):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as systemd and NIO bind it
+            try:
+                s.bind(("127.0.0.1", 8080))
+                break
+            except OSError:
+                time.sleep(0.5)
+    else:
+        print("systemd/check.py: 127.0.0.1:8080 is in use; the shipped units listen there (stop what holds it)")
+        sys.exit(1)
+    # The console log and the launcher's output; the overlays live inside the namespace.
+    work = tempfile.mkdtemp(prefix="carespool-systemd-", dir=os.path.join(ROOT, ".build") if
+                            os.path.isdir(os.path.join(ROOT, ".build")) else None)
     private_before = set(glob.glob("/tmp/systemd-private-*-carespool.service-*"))
+    # A file in the host's /tmp that must still be there afterwards: the namespace leaves the host alone.
+    canary = tempfile.NamedTemporaryFile(prefix="carespool-check-canary-", dir="/tmp")
     process, pid, group = boot(work)
     status = 1
     try:
@@ -128,10 +157,15 @@ def outer(binary):
                 pass
         for folder in set(glob.glob("/tmp/systemd-private-*-carespool.service-*")) - private_before:
             shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.exists(canary.name):
+            print("FAILED: the host's /tmp was changed by the namespace (%s is gone)" % canary.name)
+            status = 1
+        else:
+            canary.close()
         if status == 0:
             shutil.rmtree(work, ignore_errors=True)
         else:
-            print("kept %s (console, overlays) for a look" % work)
+            print("kept %s (the console log) for a look" % work)
     sys.exit(status)
 
 
@@ -453,6 +487,8 @@ if __name__ == "__main__":
             inside_checks()
         except Exception as error:  # a check that cannot run is a failure, never a skip
             check("the checks ran to the end", False, "%s: %s" % (type(error).__name__, error))
+            print(run("systemctl", "status", "carespool.service", "--no-pager").stdout)
+            print(run("journalctl", "-n", "40", "--no-pager").stdout)
         sys.exit(0 if results and all(ok for _, ok, _ in results) else 1)
     if len(sys.argv) != 2:
         print(__doc__)
