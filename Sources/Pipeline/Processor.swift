@@ -187,8 +187,9 @@ final class Engine: @unchecked Sendable {
 
     /// Files that had a close-after-write or rename-in event: claim without waiting to settle.
     private var complete: Set<String> = []
-    /// Last observation of each unsettled file: `<folder>/<name>` → (size, mtime, inode).
-    private var observed: [String: (size: Int64, mtime: Int64, inode: UInt64)] = [:]
+    /// Last observation of each unsettled file: `<folder>/<name>` → (size, mtime, inode), and since when
+    /// (our clock) it has looked like that.
+    private var observed: [String: (size: Int64, mtime: Int64, inode: UInt64, since: Int64)] = [:]
     private var nextRescan: Int64 = 0
     /// Claimed files waiting to be processed (recovered, or due for a retry).
     private var queued: [Spool.Claimed] = []
@@ -284,11 +285,18 @@ final class Engine: @unchecked Sendable {
                     guard let full = spool.entry(inbox.path, entry.name) else { continue }
                     entry = full
                 }
-                let seen = (entry.size, entry.mtime, entry.inode)
-                if let before = observed[key], before == seen, now - entry.mtime >= configuration.settle.nanoseconds {
-                    ready.append((inbox, entry.name))
+                // Settled: unchanged for the settle interval, by its mtime or by our own clock — an mtime in
+                // the future (a sender's clock, `rsync -t`) must not keep a file waiting until then.
+                let settle = configuration.settle.nanoseconds
+                if let before = observed[key], before.size == entry.size, before.mtime == entry.mtime,
+                    before.inode == entry.inode
+                {
+                    let (age, overflow) = now.subtractingReportingOverflow(entry.mtime)
+                    if (!overflow && age >= settle) || now - before.since >= settle {
+                        ready.append((inbox, entry.name))
+                    }
                 } else {
-                    observed[key] = seen
+                    observed[key] = (entry.size, entry.mtime, entry.inode, now)
                 }
             }
             // Forget what vanished from this folder.
@@ -742,8 +750,10 @@ package enum Clock {
 }
 
 extension Duration {
+    /// Saturated at Int64.max (the settings are bounded well below it; this is the second line).
     var nanoseconds: Int64 {
-        components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
+        let (whole, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? Int64.max : whole.addingReportingOverflow(components.attoseconds / 1_000_000_000).partialValue
     }
 }
 

@@ -180,7 +180,7 @@ package struct Spool: Sendable {
                     name: name,
                     type: FileType(mode: st.st_mode),
                     size: Int64(st.st_size),
-                    mtime: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
+                    mtime: Self.nanoseconds(st.st_mtim),
                     inode: UInt64(st.st_ino)
                 )
             )
@@ -198,7 +198,7 @@ package struct Spool: Sendable {
         var changed: Int64 = 0
         var sender: String?
         if lstat(source, &st) == 0 {
-            changed = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+            changed = Self.nanoseconds(st.st_ctim)
             // Files the daemon's own user wrote may be HTTP requests naming their sender.
             if st.st_uid == getuid() { sender = Self.attribute(source, Self.senderAttribute) }
             if sender == nil { sender = Self.userName(st.st_uid) }
@@ -414,6 +414,17 @@ package struct Spool: Sendable {
         return Array(UnsafeRawBufferPointer(start: name, count: strlen(name)))
     }
 
+    /// Nanoseconds since the epoch of a file time, saturated at Int64's ends: a file's times are whatever
+    /// its writer set (`touch -d`, `rsync -t`, an SFTP client keeping the sender's mtime), and the year 5138
+    /// overflowed the multiplication — a trap at every scan of its inbox (found by review after the fuzzer's
+    /// find).
+    static func nanoseconds(_ time: timespec) -> Int64 {
+        let (whole, overflow) = Int64(time.tv_sec).multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return time.tv_sec < 0 ? Int64.min : Int64.max }
+        let (sum, carry) = whole.addingReportingOverflow(Int64(time.tv_nsec))
+        return carry ? Int64.max : sum
+    }
+
     /// Renames the entry `bytes` (not UTF-8) of the folder `dirFD` to its percent-escaped form (bytes that
     /// are not printable ASCII, and `%`, as `%XX`), without replacing any file; a clash gets `.<inode>`.
     static func escapeName(_ bytes: [UInt8], in dirFD: Int32) {
@@ -607,7 +618,7 @@ extension Spool {
             name: name,
             type: FileType(mode: st.st_mode),
             size: Int64(st.st_size),
-            mtime: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
+            mtime: Self.nanoseconds(st.st_mtim),
             inode: UInt64(st.st_ino)
         )
     }

@@ -82,6 +82,9 @@ import Testing
         ("routes = [\"*\"]", "routes = [\"billing\"]", 34, "http.token[1].routes", "list routes among"),
         ("log_level = \"notice\"", "log_level = \"loud\"", 4, "log_level", "must be one of trace"),
         ("appointments = [", "appointment = [", 24, "http.webhook_secrets.appointment", "unknown key"),
+        // Beyond the bounds a duration would overflow: a trap at run time, not an error at start.
+        ("settle_ms = 500", "settle_ms = 99999999999999999", 5, "settle_ms", "must be at most 86400000"),
+        ("done_days = 7", "done_days = 9223372036854775807", 8, "retention.done_days", "must be at most 36500"),
     ])
     func aMistakeIsNamedByLineAndKey(
         original: String,
@@ -258,6 +261,17 @@ import Testing
         ])
         #expect(elsewhere.status == .exited(78))
         #expect(elsewhere.err.contains("\(config):2: inbox[0].path: is on another filesystem"), "\(elsewhere.err)")
+    }
+
+    /// A flag beyond its bound is refused at start (it would overflow a duration: a trap later).
+    @Test func aFlagBeyondItsBoundIsRefusedAtStart() async throws {
+        let dir = TempDir("configflag")
+        defer { dir.cleanup() }
+        let result = try await Daemon.command([
+            "serve", "--spool", dir.path + "/spool", "--http", "off", "--settle-ms", "99999999999999999",
+        ])
+        #expect(result.status != .exited(0))
+        #expect(result.err.contains("--settle-ms must be at most 86400000"), "\(result.err)")
     }
 }
 

@@ -71,6 +71,32 @@ import Testing
         }
     }
 
+    /// Files already in the inbox at start (found by the scan, not by an event) whose mtimes are far in
+    /// the future — the year 5138 trapped the daemon at every scan; an hour ahead (a sender's clock, kept
+    /// by `rsync -t`) kept a file waiting until then. Both settle by the daemon's own clock and are stored.
+    @Test func filesWithMtimesInTheFutureAreClaimedOnceSettled() async throws {
+        let dir = TempDir("future")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let inbox = spool + "/inbox/appointments"
+        try FileManager.default.createDirectory(atPath: inbox, withIntermediateDirectories: true)
+        let now = Int(time(nil))
+        for (name, seconds) in [("year5138.json", 100_000_000_000), ("hour-ahead.json", now + 3_600)] {
+            let path = inbox + "/" + name
+            try Data(event(name, "2025-03-01T10:00:00Z").utf8).write(to: URL(fileURLWithPath: path))
+            var times = [timespec(tv_sec: seconds, tv_nsec: 0), timespec(tv_sec: seconds, tv_nsec: 0)]
+            #expect(utimensat(AT_FDCWD, path, &times, 0) == 0)
+        }
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool, arguments: ["--settle-ms", "200", "--rescan-ms", "300"]) { pid in
+            let done = await eventually(timeout: .seconds(15)) { view.done().count == 2 }
+            kill(pid, SIGTERM)
+            return done
+        }
+        #expect(run.result, "done: \(view.done()), inbox: \(view.inbox())")
+        #expect(run.status == .exited(0), "\(run.log.suffix(2_000))")
+    }
+
     @Test func aSlowWriterInPlaceIsClaimedOnlyWhenComplete() async throws {
         let dir = TempDir("daemon")
         defer { dir.cleanup() }

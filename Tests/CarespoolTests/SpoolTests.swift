@@ -70,6 +70,26 @@ import Testing
         }
     }
 
+    /// File times are whatever the writer set: the year 5138 (`touch -d @100000000000`) overflowed the
+    /// nanosecond arithmetic — a trap at every scan of the inbox. Now saturated.
+    @Test func aFileTimeFarInTheFutureOrPastIsSaturatedNotTrappedOn() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        let inbox = spool.inboxes[0]
+        // ext4 keeps times up to the year 2446 (beyond Int64 nanoseconds too) and clamps the far past to
+        // 1901 (which fits): the future saturates, the past is exact.
+        for (seconds, expected) in [(100_000_000_000, Int64.max), (-100_000_000_000, Int64(Int32.min) * 1_000_000_000)]
+        {
+            let path = inbox.path + "/t\(seconds).json"
+            try Data("{}".utf8).write(to: URL(fileURLWithPath: path))
+            var times = [timespec(tv_sec: seconds, tv_nsec: 0), timespec(tv_sec: seconds, tv_nsec: 0)]
+            #expect(utimensat(AT_FDCWD, path, &times, 0) == 0)
+            let entry = try spool.scan(inbox.path).first { $0.name == "t\(seconds).json" }
+            #expect(entry?.mtime == expected)
+        }
+    }
+
     @Test func claimIsARenameThatOnlyOneClaimerWins() throws {
         let dir = TempDir("spool")
         defer { dir.cleanup() }
