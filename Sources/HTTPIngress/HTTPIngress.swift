@@ -306,6 +306,14 @@ private struct Ingress {
     static let zoomSignature = HTTPField.Name("x-zm-signature")!
     static let zoomTimestamp = HTTPField.Name("x-zm-request-timestamp")!
 
+    /// Whether a sender's timestamp is within `tolerance` seconds of now. The header is the sender's: a
+    /// value near Int.min overflowed `abs(now - seconds)` — a trap any client could cause before
+    /// authentication (found by review).
+    static func isRecent(_ seconds: Int, now: Int, _ tolerance: Int) -> Bool {
+        let (difference, overflow) = now.subtractingReportingOverflow(seconds)
+        return !overflow && difference.magnitude <= UInt(tolerance)
+    }
+
     static func json(_ status: HTTPResponse.Status, _ body: String) -> Response {
         Response(
             status: status,
@@ -448,7 +456,8 @@ private struct Ingress {
             guard !id.isEmpty, id.utf8.count <= 256 else {
                 return Self.error(.unauthorized, "webhook-id missing or longer than 256 bytes")
             }
-            guard let seconds = Int(timestamp), abs(now() - seconds) <= configuration.timestampTolerance else {
+            guard let seconds = Int(timestamp), Self.isRecent(seconds, now: now(), configuration.timestampTolerance)
+            else {
                 return Self.error(.unauthorized, "webhook-timestamp missing or more than 5 minutes off (replay)")
             }
             let signature = request.headers[Self.webhookSignature] ?? ""
@@ -468,7 +477,8 @@ private struct Ingress {
         }
         if zoomSigned {
             let timestamp = request.headers[Self.zoomTimestamp] ?? ""
-            guard let seconds = Int(timestamp), abs(now() - seconds) <= configuration.timestampTolerance else {
+            guard let seconds = Int(timestamp), Self.isRecent(seconds, now: now(), configuration.timestampTolerance)
+            else {
                 return Self.error(.unauthorized, "x-zm-request-timestamp missing or more than 5 minutes off (replay)")
             }
             let signature = request.headers[Self.zoomSignature] ?? ""

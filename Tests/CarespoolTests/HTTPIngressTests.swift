@@ -177,6 +177,42 @@ import WebhookSignatures
         #expect(checked >= 9)
     }
 
+    /// A timestamp header near Int.min overflowed the replay check: a trap any client could cause before
+    /// authentication. Both signed routes answer 401 for the extremes.
+    @Test func extremeTimestampHeadersAreRefusedNotTrappedOn() async throws {
+        defer { dir.cleanup() }
+        let (app, spool) = try app(
+            HTTPConfiguration(
+                zoomSecrets: ["4fv1RkqGQUq5sWbEz6hA5A"],
+                webhookSecrets: ["appointments": ["whsec_" + Base64.encode(Array(repeating: 1, count: 32))]]
+            ),
+            now: 1_720_705_460
+        )
+        try await app.test(.router) { client in
+            for value in ["-9223372036854775808", "9223372036854775807", "-9223372036854775000"] {
+                try await client.execute(
+                    uri: "/zoom_events/events",
+                    method: .post,
+                    headers: [
+                        .contentType: "application/json", HTTPField.Name("x-zm-signature")!: "v0=00",
+                        HTTPField.Name("x-zm-request-timestamp")!: value,
+                    ],
+                    body: ByteBuffer(string: "{}")
+                ) { response in #expect(response.status == .unauthorized, "zoom \(value)") }
+                try await client.execute(
+                    uri: "/webhook/appointments",
+                    method: .post,
+                    headers: [
+                        .contentType: "application/json", HTTPField.Name("webhook-id")!: "msg_1",
+                        HTTPField.Name("webhook-timestamp")!: value, HTTPField.Name("webhook-signature")!: "v1,AA==",
+                    ],
+                    body: ByteBuffer(string: "{}")
+                ) { response in #expect(response.status == .unauthorized, "standard webhooks \(value)") }
+            }
+        }
+        #expect(try inbox(spool, "zoom").isEmpty && inbox(spool, "appointments").isEmpty)
+    }
+
     @Test func urlValidationIsAnsweredAtOnceAndNeverSpooledAndOldTimestampsAreReplays() async throws {
         defer { dir.cleanup() }
         let secret = "4fv1RkqGQUq5sWbEz6hA5A"
