@@ -25,7 +25,8 @@ package final class RateLimiter: Sendable {
                 return nil
             }
             buckets[key] = bucket
-            return max(1, Int(((1 - bucket.tokens) / rate).rounded(.up)))
+            // At most a day: a tiny configured rate would otherwise overflow the conversion (a trap).
+            return max(1, Int(min(86_400, ((1 - bucket.tokens) / rate).rounded(.up))))
         }
     }
 }

@@ -305,6 +305,10 @@ import WebhookSignatures
         #expect(limiter.take("k", now: start) == 1)
         #expect(limiter.take("k", now: start + .milliseconds(150)) == nil)
         #expect(limiter.take("other", now: start) == nil)
+        // A tiny configured rate: Retry-After is capped at a day, not an overflowing conversion.
+        let slow = RateLimiter(rate: 1e-300, burst: 1)
+        #expect(slow.take("k", now: start) == nil)
+        #expect(slow.take("k", now: start) == 86_400)
     }
 
     @Test func aFullInboxOrANearlyFullDiskIsBackpressure503WithRetryAfter() async throws {
