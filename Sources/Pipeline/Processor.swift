@@ -538,24 +538,13 @@ final class Engine: @unchecked Sendable {
     ) -> Prepared {
         switch content {
         case .notRegular(let type):
-            let problem = RecordProblem(
-                record: nil,
-                line: nil,
-                pointer: nil,
-                message: "not a regular file (\(type.rawValue)): never opened or followed"
-            )
-            var prepared = PreparedFile(
-                id: file.id,
+            return unread(
+                file,
                 kind: kind,
-                originalName: file.originalName,
-                sha256: String(repeating: "0", count: 64),
-                size: 0,
                 receivedAt: receivedAt,
-                content: .unreadable(problem),
-                mayHaveLedgerRow: !fresh
+                mayHaveLedgerRow: !fresh,
+                "not a regular file (\(type.rawValue)): never opened or followed"
             )
-            prepared.sender = file.sender ?? "unknown"
-            return (file, prepared, nil)
         case .regular(let bytes):
             let digest = SHA256.hash(data: bytes).map { byte in
                 let hex = String(byte, radix: 16)
@@ -584,15 +573,25 @@ final class Engine: @unchecked Sendable {
 
     /// A file that crashed the daemon twice, committed as rejected without reading it.
     func setAside(_ file: Spool.Claimed, kind: Kind, receivedAt: String) -> Prepared {
-        let problem = RecordProblem(
-            record: nil,
-            line: nil,
-            pointer: nil,
-            message:
-                "carespool crashed twice while processing this file, the second time with no other file in hand: "
+        unread(
+            file,
+            kind: kind,
+            receivedAt: receivedAt,
+            mayHaveLedgerRow: true,
+            "carespool crashed twice while processing this file, the second time with no other file in hand: "
                 + "set aside unread so that the files behind it go on. This is a bug in carespool; please report "
                 + "it with the file. A fixed carespool can take it again: carespool retry \(file.id)"
         )
+    }
+
+    /// A file rejected without being read, with `message` as its one problem.
+    private func unread(
+        _ file: Spool.Claimed,
+        kind: Kind,
+        receivedAt: String,
+        mayHaveLedgerRow: Bool,
+        _ message: String
+    ) -> Prepared {
         var prepared = PreparedFile(
             id: file.id,
             kind: kind,
@@ -600,8 +599,8 @@ final class Engine: @unchecked Sendable {
             sha256: String(repeating: "0", count: 64),
             size: 0,
             receivedAt: receivedAt,
-            content: .unreadable(problem),
-            mayHaveLedgerRow: true
+            content: .unreadable(RecordProblem(record: nil, line: nil, pointer: nil, message: message)),
+            mayHaveLedgerRow: mayHaveLedgerRow
         )
         prepared.sender = file.sender ?? "unknown"
         return (file, prepared, nil)
