@@ -83,8 +83,10 @@ import Testing
         {
             let path = inbox.path + "/t\(seconds).json"
             try Data("{}".utf8).write(to: URL(fileURLWithPath: path))
-            var times = [timespec(tv_sec: seconds, tv_nsec: 0), timespec(tv_sec: seconds, tv_nsec: 0)]
-            #expect(utimensat(AT_FDCWD, path, &times, 0) == 0)
+            try FileManager.default.setAttributes(
+                [.modificationDate: Date(timeIntervalSince1970: TimeInterval(seconds))],
+                ofItemAtPath: path
+            )
             let entry = try spool.scan(inbox.path).first { $0.name == "t\(seconds).json" }
             #expect(entry?.mtime == expected)
         }
