@@ -169,7 +169,8 @@ package func buildRouter(
     now: @escaping @Sendable () -> Int = { Int(time(nil)) }
 ) -> Router<BasicRequestContext> {
     let writer = DurableWriter(spool: spool)
-    let limiter = configuration.ratePerSecond.map { RateLimiter(rate: $0, burst: $0) }
+    // A burst of at least one request: below 1 per second the bucket could never hold a whole token.
+    let limiter = configuration.ratePerSecond.map { RateLimiter(rate: $0, burst: max(1, $0)) }
     let pressure = Backpressure(
         spool: spool,
         highWater: configuration.inboxHighWater,
