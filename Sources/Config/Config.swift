@@ -98,21 +98,15 @@ package struct ConfigFile: Sendable {
         if let level = logLevel, !Self.logLevels.contains(level) {
             throw reader.error("log_level", "must be one of " + Self.logLevels.joined(separator: ", "))
         }
-        settleMs = try reader.int(table, "settle_ms", atLeast: 0, atMost: ConfigLimits.milliseconds)
-        rescanMs = try reader.int(table, "rescan_ms", atLeast: 100, atMost: ConfigLimits.milliseconds)
-        batchSize = try reader.int(table, "batch_size", atLeast: 1, atMost: ConfigLimits.count)
-        streamThreshold = try reader.int(table, "stream_threshold", atLeast: 0, atMost: ConfigLimits.bytes)
-        busyTimeoutMs = try reader.int(table, "busy_timeout_ms", atLeast: 0, atMost: ConfigLimits.busyTimeoutMs)
+        settleMs = try reader.int(table, "settle_ms", in: ConfigLimits.settleMs)
+        rescanMs = try reader.int(table, "rescan_ms", in: ConfigLimits.rescanMs)
+        batchSize = try reader.int(table, "batch_size", in: ConfigLimits.batchSize)
+        streamThreshold = try reader.int(table, "stream_threshold", in: ConfigLimits.streamThreshold)
+        busyTimeoutMs = try reader.int(table, "busy_timeout_ms", in: ConfigLimits.busyTimeoutMs)
 
         if let retention = try reader.table(table, "retention") {
             try reader.only(retention, at: "retention", allowed: ["done_days"])
-            retentionDays = try reader.int(
-                retention,
-                "done_days",
-                at: "retention",
-                atLeast: 1,
-                atMost: ConfigLimits.days
-            )
+            retentionDays = try reader.int(retention, "done_days", at: "retention", in: ConfigLimits.doneDays)
         }
         if let list = try reader.tables(table, "inbox") {
             for (index, entry) in list.enumerated() {
@@ -137,49 +131,13 @@ package struct ConfigFile: Sendable {
             }
             zoomSecrets = try reader.strings(http, "zoom_secrets", at: "http") ?? []
             ratePerSecond = try reader.double(http, "rate_per_second", at: "http")
-            inboxHighWater = try reader.int(
-                http,
-                "inbox_high_water",
-                at: "http",
-                atLeast: 1,
-                atMost: ConfigLimits.count
-            )
-            diskReserveMib = try reader.int(
-                http,
-                "disk_reserve_mib",
-                at: "http",
-                atLeast: 0,
-                atMost: ConfigLimits.mebibytes
-            )
-            headerTimeoutSeconds = try reader.int(
-                http,
-                "header_timeout_s",
-                at: "http",
-                atLeast: 1,
-                atMost: ConfigLimits.seconds
-            )
-            bodyTimeoutSeconds = try reader.int(
-                http,
-                "body_timeout_s",
-                at: "http",
-                atLeast: 1,
-                atMost: ConfigLimits.seconds
-            )
-            maxConnections = try reader.int(http, "max_connections", at: "http", atLeast: 1, atMost: ConfigLimits.count)
-            webhookBodyLimit = try reader.int(
-                http,
-                "webhook_body_limit",
-                at: "http",
-                atLeast: 1,
-                atMost: ConfigLimits.bytes
-            )
-            ingestBodyLimit = try reader.int(
-                http,
-                "ingest_body_limit",
-                at: "http",
-                atLeast: 1,
-                atMost: ConfigLimits.bytes
-            )
+            inboxHighWater = try reader.int(http, "inbox_high_water", at: "http", in: ConfigLimits.inboxHighWater)
+            diskReserveMib = try reader.int(http, "disk_reserve_mib", at: "http", in: ConfigLimits.diskReserveMib)
+            headerTimeoutSeconds = try reader.int(http, "header_timeout_s", at: "http", in: ConfigLimits.timeoutSeconds)
+            bodyTimeoutSeconds = try reader.int(http, "body_timeout_s", at: "http", in: ConfigLimits.timeoutSeconds)
+            maxConnections = try reader.int(http, "max_connections", at: "http", in: ConfigLimits.maxConnections)
+            webhookBodyLimit = try reader.int(http, "webhook_body_limit", at: "http", in: ConfigLimits.bodyLimit)
+            ingestBodyLimit = try reader.int(http, "ingest_body_limit", at: "http", in: ConfigLimits.bodyLimit)
             if let secrets = try reader.table(http, "webhook_secrets", at: "http") {
                 try reader.only(secrets, at: "http.webhook_secrets", allowed: kinds)
                 for kind in kinds {
@@ -295,13 +253,13 @@ private struct Reader {
         return text
     }
 
-    func int(_ table: TOMLTable, _ key: String, at: String = "", atLeast minimum: Int, atMost maximum: Int)
-        throws(ConfigError) -> Int?
+    func int(_ table: TOMLTable, _ key: String, at: String = "", in range: ClosedRange<Int>) throws(ConfigError)
+        -> Int?
     {
         guard let value = table[key] else { return nil }
         guard let number = value.int else { throw error(full(at, key), "must be an integer") }
-        guard number >= minimum else { throw error(full(at, key), "must be at least \(minimum)") }
-        guard number <= maximum else { throw error(full(at, key), "must be at most \(maximum)") }
+        guard number >= range.lowerBound else { throw error(full(at, key), "must be at least \(range.lowerBound)") }
+        guard number <= range.upperBound else { throw error(full(at, key), "must be at most \(range.upperBound)") }
         return number
     }
 
@@ -409,21 +367,18 @@ extension Substring {
     }
 }
 
-/// Upper bounds of the integer settings, for the file and the flags alike: beyond them a duration or a
-/// size would overflow (a trap, not an error) or makes no sense.
+/// The range of each integer setting, for the file and the flags alike. Beyond the upper bounds a duration
+/// or a size would overflow (a trap, not an error) or makes no sense.
 package enum ConfigLimits {
-    /// settle_ms, rescan_ms: one day.
-    package static let milliseconds = 86_400_000
-    /// busy_timeout_ms: one hour.
-    package static let busyTimeoutMs = 3_600_000
-    /// header_timeout_s, body_timeout_s: one day.
-    package static let seconds = 86_400
-    /// retention.done_days: a hundred years.
-    package static let days = 36_500
-    /// batch_size, inbox_high_water, max_connections.
-    package static let count = 100_000_000
-    /// stream_threshold, body limits: 1 TiB.
-    package static let bytes = 1 << 40
-    /// disk_reserve_mib: 1 TiB.
-    package static let mebibytes = 1 << 20
+    package static let settleMs = 0...86_400_000  // a day
+    package static let rescanMs = 100...86_400_000
+    package static let batchSize = 1...100_000_000
+    package static let streamThreshold = 0...(1 << 40)  // 1 TiB
+    package static let busyTimeoutMs = 0...3_600_000  // an hour
+    package static let doneDays = 1...36_500  // a hundred years
+    package static let inboxHighWater = 1...100_000_000
+    package static let diskReserveMib = 0...(1 << 20)  // 1 TiB
+    package static let timeoutSeconds = 1...86_400  // header_timeout_s, body_timeout_s: a day
+    package static let maxConnections = 1...100_000_000
+    package static let bodyLimit = 1...(1 << 40)  // webhook_body_limit, ingest_body_limit
 }

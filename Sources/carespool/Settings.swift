@@ -4,11 +4,12 @@ import HTTPIngress
 import Logging
 import Pipeline
 
-/// A flag's value, refused above `maximum` (the configuration file's reader refuses the same for its key).
-private func capped(_ flag: String, _ value: Int?, _ maximum: Int) throws -> Int? {
+/// A flag's value in `range`: raised to its lower bound, refused above its upper one (the configuration
+/// file's reader refuses both for its key).
+private func bounded(_ flag: String, _ value: Int?, _ range: ClosedRange<Int>) throws -> Int? {
     guard let value else { return nil }
-    guard value <= maximum else { throw ValidationError("\(flag) must be at most \(maximum)") }
-    return value
+    guard value <= range.upperBound else { throw ValidationError("\(flag) must be at most \(range.upperBound)") }
+    return max(range.lowerBound, value)
 }
 
 /// The settings in effect: each one from its flag, else the configuration file, else its default.
@@ -28,38 +29,22 @@ struct Settings {
             throw ValidationError("--log-level must be one of " + ConfigFile.logLevels.joined(separator: ", "))
         }
         logLevel = parsed
-        busyTimeoutMs = max(
-            0,
-            try capped("--busy-timeout-ms", serve?.busyTimeoutMs, ConfigLimits.busyTimeoutMs) ?? config.busyTimeoutMs
-                ?? 10_000
-        )
+        busyTimeoutMs =
+            try bounded("--busy-timeout-ms", serve?.busyTimeoutMs, ConfigLimits.busyTimeoutMs) ?? config.busyTimeoutMs
+            ?? 10_000
         pipeline = PipelineConfiguration(
             settle: .milliseconds(
-                max(
-                    0,
-                    try capped("--settle-ms", serve?.settleMs, ConfigLimits.milliseconds) ?? config.settleMs ?? 2_000
-                )
+                try bounded("--settle-ms", serve?.settleMs, ConfigLimits.settleMs) ?? config.settleMs ?? 2_000
             ),
             rescanInterval: .milliseconds(
-                max(
-                    100,
-                    try capped("--rescan-ms", serve?.rescanMs, ConfigLimits.milliseconds) ?? config.rescanMs ?? 5_000
-                )
+                try bounded("--rescan-ms", serve?.rescanMs, ConfigLimits.rescanMs) ?? config.rescanMs ?? 5_000
             ),
-            batchSize: max(
-                1,
-                try capped("--batch-size", serve?.batchSize, ConfigLimits.count) ?? config.batchSize ?? 512
-            ),
-            streamThreshold: max(
-                0,
-                try capped("--stream-threshold", serve?.streamThreshold, ConfigLimits.bytes) ?? config.streamThreshold
-                    ?? 8 << 20
-            )
+            batchSize: try bounded("--batch-size", serve?.batchSize, ConfigLimits.batchSize) ?? config.batchSize ?? 512,
+            streamThreshold: try bounded("--stream-threshold", serve?.streamThreshold, ConfigLimits.streamThreshold)
+                ?? config.streamThreshold ?? 8 << 20
         )
-        retentionDays = max(
-            1,
-            try capped("--retention-days", serve?.retentionDays, ConfigLimits.days) ?? config.retentionDays ?? 30
-        )
+        retentionDays =
+            try bounded("--retention-days", serve?.retentionDays, ConfigLimits.doneDays) ?? config.retentionDays ?? 30
         pipeline.retentionDays = retentionDays
 
         let listen = serve?.http ?? config.httpListen ?? "127.0.0.1:8080"
@@ -99,51 +84,33 @@ struct Settings {
         let configuration = HTTPConfiguration(
             host: host,
             port: port,
-            webhookBodyLimit: max(
-                1,
-                try capped("--webhook-body-limit", serve?.webhookBodyLimit, ConfigLimits.bytes) ?? config
-                    .webhookBodyLimit ?? 1 << 20
-            ),
-            ingestBodyLimit: max(
-                1,
-                try capped("--ingest-body-limit", serve?.ingestBodyLimit, ConfigLimits.bytes) ?? config.ingestBodyLimit
-                    ?? 64 << 20
-            ),
+            webhookBodyLimit: try bounded("--webhook-body-limit", serve?.webhookBodyLimit, ConfigLimits.bodyLimit)
+                ?? config.webhookBodyLimit ?? 1 << 20,
+            ingestBodyLimit: try bounded("--ingest-body-limit", serve?.ingestBodyLimit, ConfigLimits.bodyLimit)
+                ?? config.ingestBodyLimit ?? 64 << 20,
             tokens: tokens,
             zoomSecrets: zoomSecrets,
             webhookSecrets: webhookSecrets,
             ratePerSecond: rate > 0 ? rate : nil,
-            inboxHighWater: max(
-                1,
-                try capped("--inbox-high-water", serve?.inboxHighWater, ConfigLimits.count) ?? config.inboxHighWater
-                    ?? 20_000
-            ),
+            inboxHighWater: try bounded("--inbox-high-water", serve?.inboxHighWater, ConfigLimits.inboxHighWater)
+                ?? config.inboxHighWater ?? 20_000,
             diskReserve: Int64(
-                max(
-                    0,
-                    try capped("--disk-reserve-mib", serve?.diskReserveMib, ConfigLimits.mebibytes) ?? config
-                        .diskReserveMib ?? 256
-                )
+                try bounded("--disk-reserve-mib", serve?.diskReserveMib, ConfigLimits.diskReserveMib) ?? config
+                    .diskReserveMib ?? 256
             ) << 20,
             headerTimeout: .seconds(
-                max(
-                    1,
-                    try capped("--http-header-timeout", serve?.httpHeaderTimeout, ConfigLimits.seconds) ?? config
-                        .headerTimeoutSeconds ?? 10
-                )
+                try bounded("--http-header-timeout", serve?.httpHeaderTimeout, ConfigLimits.timeoutSeconds) ?? config
+                    .headerTimeoutSeconds ?? 10
             ),
             bodyTimeout: .seconds(
-                max(
-                    1,
-                    try capped("--http-body-timeout", serve?.httpBodyTimeout, ConfigLimits.seconds) ?? config
-                        .bodyTimeoutSeconds ?? 60
-                )
+                try bounded("--http-body-timeout", serve?.httpBodyTimeout, ConfigLimits.timeoutSeconds) ?? config
+                    .bodyTimeoutSeconds ?? 60
             ),
-            maxConnections: max(
-                1,
-                try capped("--http-max-connections", serve?.httpMaxConnections, ConfigLimits.count) ?? config
-                    .maxConnections ?? 1_024
-            )
+            maxConnections: try bounded(
+                "--http-max-connections",
+                serve?.httpMaxConnections,
+                ConfigLimits.maxConnections
+            ) ?? config.maxConnections ?? 1_024
         )
         if let refusal = configuration.refusal {
             // From the file (and not overridden): a configuration error, exit 78; from flags: a usage error.
