@@ -16,13 +16,13 @@
 /// alone — is set aside in `failed/` with that reason (`quarantined`) and the files behind it go on.
 enum CrashGuard {
     /// The ids of the batch in hand, one per line, and their length (0: none).
-    nonisolated(unsafe) private static var buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+    nonisolated(unsafe) private static let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
     private static let capacity = 64 * 1024
-    nonisolated(unsafe) private static var length = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    nonisolated(unsafe) private static let length = UnsafeMutablePointer<Int>.allocate(capacity: 1)
     /// `processing/.crashed` as a C string.
-    nonisolated(unsafe) private static var markerPath = UnsafeMutablePointer<CChar>.allocate(capacity: 4096)
+    nonisolated(unsafe) private static let markerPath = UnsafeMutablePointer<CChar>.allocate(capacity: 4096)
     /// The handlers that were installed before ours, by signal number.
-    nonisolated(unsafe) private static var previous = UnsafeMutablePointer<sigaction>.allocate(capacity: 65)
+    nonisolated(unsafe) private static let previous = UnsafeMutablePointer<sigaction>.allocate(capacity: 65)
     static let signals: [Int32] = [SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE, SIGABRT]
 
     /// The marker's name in `processing/`: a dotfile, so no scan takes it for a claimed file.
@@ -47,12 +47,13 @@ enum CrashGuard {
         length.pointee = 0
         var count = 0
         for id in ids {
-            let line = Array(id.utf8) + [0x0A]
-            guard count + line.count <= capacity else { break }
-            for byte in line {
+            guard count + id.utf8.count + 1 <= capacity else { break }
+            for byte in id.utf8 {
                 buffer[count] = byte
                 count += 1
             }
+            buffer[count] = 0x0A
+            count += 1
         }
         length.pointee = count
         defer { length.pointee = 0 }

@@ -413,25 +413,27 @@ final class Engine: @unchecked Sendable {
             var index = worker
             while index < batch.count {
                 let file = batch[index]
-                if let kind = Kind(rawValue: file.kind), quarantined.contains(file.id) {
-                    mine[index] = .success(setAside(file, kind: kind, receivedAt: receivedAt))
-                } else if let kind = Kind(rawValue: file.kind) {
-                    if let crash = Self.crashSwitch, file.originalName.contains(crash) {
-                        fatalError("test crash on \(file.id) (CARESPOOL_TEST_CRASH_ON)")
-                    }
-                    do throws(SpoolError) {
-                        let content = try spool.read(file)
-                        mine[index] = .success(
-                            prepare(
-                                file,
-                                kind: kind,
-                                content: content,
-                                receivedAt: receivedAt,
-                                fresh: claimedFresh.contains(file.id)
+                if let kind = Kind(rawValue: file.kind) {
+                    if quarantined.contains(file.id) {
+                        mine[index] = .success(setAside(file, kind: kind, receivedAt: receivedAt))
+                    } else {
+                        if let crash = Self.crashSwitch, file.originalName.contains(crash) {
+                            fatalError("test crash on \(file.id) (CARESPOOL_TEST_CRASH_ON)")
+                        }
+                        do throws(SpoolError) {
+                            let content = try spool.read(file)
+                            mine[index] = .success(
+                                prepare(
+                                    file,
+                                    kind: kind,
+                                    content: content,
+                                    receivedAt: receivedAt,
+                                    fresh: claimedFresh.contains(file.id)
+                                )
                             )
-                        )
-                    } catch {
-                        mine[index] = .failure(error)
+                        } catch {
+                            mine[index] = .failure(error)
+                        }
                     }
                 }
                 index += ProcessInfoCores.count
