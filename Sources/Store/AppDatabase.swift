@@ -37,6 +37,9 @@ package struct AppDatabase: Sendable {
             return try AppDatabase(DatabaseQueue(path: path, configuration: config))
         }
         let pool = try DatabasePool(path: path, configuration: config)
+        // GRDB's WAL set-up, which runs after prepareDatabase, picks `synchronous = NORMAL` (commits
+        // durable only at the next checkpoint): the writer is set back to FULL here.
+        try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
         return try AppDatabase(pool, checkpointer: DatabaseQueue(path: path, configuration: config))
     }
 

@@ -164,3 +164,18 @@ import Testing
         }
     }
 }
+
+@Suite struct StoreDurabilityTests {
+    let dir = TempDir("durability")
+
+    /// A commit must be on disk before any file moves (DESIGN.md I1): the writer runs with
+    /// `synchronous = FULL` (2), also after GRDB's own WAL set-up, which picks NORMAL.
+    @Test func theWriterFsyncsEveryCommit() throws {
+        defer { dir.cleanup() }
+        let database = try AppDatabase.open(path: dir.file("db.sqlite3"))
+        let level = try database.writer.writeWithoutTransaction { db in
+            try Int.fetchOne(db, sql: "PRAGMA synchronous")
+        }
+        #expect(level == 2)
+    }
+}
