@@ -93,6 +93,41 @@ def wrk(url, seconds, script=None):
     return (total - errors) / elapsed_s, ms("50%"), ms("99%"), errors
 
 
+def data_model_floor(daemon_db, raw_db, floor_db):
+    """Seconds the sqlite3 shell takes to load the raw table's rows into a fresh copy of carespool's own
+    schema (patients, persons, visits, every index and deferred foreign key) with three set-based
+    INSERT ... SELECT in one transaction: SQLite's own work for this data model, without parsing,
+    validation, person history or dedupe classification - a ceiling for any writer of this schema."""
+    schema = subprocess.run(["sqlite3", daemon_db,
+                             "SELECT sql || ';' FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"],
+                            check=True, capture_output=True, text=True).stdout
+    file_id = "00000000-0000-7000-8000-000000000000"
+    setup = ("PRAGMA journal_mode = WAL;\n" + schema +
+             "INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome, report) "
+             "VALUES ('%s', 'intake', 'floor.csv', printf('%%064d', 0), 0, '', '', 'accepted', '{}');\n" % file_id)
+    subprocess.run(["sqlite3", floor_db], input=setup, check=True, capture_output=True, text=True)
+    load = """PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;
+ATTACH '%s' AS r;
+BEGIN;
+INSERT INTO patients (mrn, file_id) SELECT mrn, '%s' FROM r.raw WHERE true ON CONFLICT DO NOTHING;
+INSERT INTO persons (patient_id, first_name, last_name, birth_date, file_id)
+  SELECT p.id, first_name, last_name, birth_date, '%s' FROM r.raw JOIN patients p USING (mrn) WHERE true ON CONFLICT DO NOTHING;
+INSERT INTO visits (visit_account_number, patient_id, visit_date, reason, file_id, record)
+  SELECT visit_account_number, p.id, visit_date, reason, '%s', r.raw.rowid FROM r.raw JOIN patients p USING (mrn);
+COMMIT;
+""" % (raw_db, file_id, file_id, file_id)
+    begin = time.monotonic()
+    subprocess.run(["sqlite3", floor_db], input=load, check=True, capture_output=True, text=True)
+    seconds = time.monotonic() - begin
+    counts = subprocess.run(["sqlite3", floor_db, "SELECT (SELECT count(*) FROM visits) || ' ' || (SELECT count(*) FROM persons)"],
+                            check=True, capture_output=True, text=True).stdout.split()
+    raw = subprocess.run(["sqlite3", raw_db, "SELECT count(*) || ' ' || count(DISTINCT mrn) FROM raw"],
+                         check=True, capture_output=True, text=True).stdout.split()
+    if counts != raw:
+        sys.exit("data model floor: loaded %s visits/persons, expected %s" % (counts, raw))
+    return seconds
+
+
 def http_phase(binary, schema, seconds):
     """Durable 202s/s on a disk spool and on a tmpfs spool (/dev/shm), and GET /health's rate."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unique-post.lua")
@@ -296,6 +331,8 @@ def main():
             with open("/proc/%d/status" % daemon.pid) as f:
                 intake_peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
             statuses.append(stop(daemon))
+            floor_seconds = data_model_floor(os.path.join(os.path.dirname(os.path.dirname(inbox)), "carespool.sqlite3"),
+                                             raw_db, os.path.join(work, "floor.sqlite3"))
 
         print("carespool benchmark (%s, %d cores)" % (os.uname().machine, os.cpu_count()))
         print("| measure | value |")
@@ -323,6 +360,9 @@ def main():
             print("| carespool full intake (validate, normalise, dedupe) | %.1f s, %.0f rows/s |" % (intake_seconds, intake_rate))
             print("| ratio carespool / sqlite3 .import | %.2f |" % (intake_rate / import_rate))
             print("| daemon peak resident memory (VmHWM) during the intake | %.1f MiB |" % (intake_peak_kib / 1024.0))
+            floor_rate = intake_rows / floor_seconds
+            print("| the data model's floor: the same rows set-based into carespool's schema by sqlite3 (no validation, no history) | %.1f s, %.0f rows/s, ratio %.2f |"
+                  % (floor_seconds, floor_rate, floor_rate / import_rate))
         print("| daemon exit statuses after SIGTERM | %s |" % ", ".join(str(s) for s in statuses))
         if want("http"):
             http_phase(args.binary, schema, args.http_seconds)
