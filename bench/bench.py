@@ -10,7 +10,10 @@ inbox to its rename into done/, observed with inotify (IN_MOVED_TO on done/appoi
 Phase 3 renames a generated 50 MB Zoom NDJSON export into inbox/zoom/ and reports rows/s until it is in
 done/ and the daemon's peak resident memory (VmHWM).
 Phase 4 generates a 1,000,000-row intake CSV (30% repeated MRNs), times `sqlite3 .import` of it into one
-raw table and carespool's full intake of it, and prints both rows/s, their ratio and the peak RSS.
+raw table and carespool's full intake of it, and prints both rows/s, their ratio and the peak RSS, then
+the data model's floor (the same rows loaded set-based into carespool's schema by the sqlite3 shell).
+Phase 5 posts unique webhooks with wrk: durable 202s/s on a disk spool, on tmpfs, and on disk with
+processing held off (the write path alone), and GET /health's rate. docs/PERFORMANCE.md has the details.
 """
 import argparse, ctypes, ctypes.util, datetime, os, shutil, signal, sqlite3, struct, subprocess, sys, tempfile, threading, time
 
