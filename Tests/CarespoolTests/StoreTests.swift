@@ -169,13 +169,23 @@ import Testing
     let dir = TempDir("durability")
 
     /// A commit must be on disk before any file moves (DESIGN.md I1): the writer runs with
-    /// `synchronous = FULL` (2), also after GRDB's own WAL set-up, which picks NORMAL.
+    /// `synchronous = FULL` (2), also after GRDB's own WAL set-up, which picks NORMAL, and again after a
+    /// large file's chunk, whose own commit runs at NORMAL with foreign keys off.
     @Test func theWriterFsyncsEveryCommit() throws {
         defer { dir.cleanup() }
         let database = try AppDatabase.open(path: dir.file("db.sqlite3"))
-        let level = try database.writer.writeWithoutTransaction { db in
-            try Int.fetchOne(db, sql: "PRAGMA synchronous")
+        func settings() throws -> [Int?] {
+            try database.writer.writeWithoutTransaction { db in
+                [try Int.fetchOne(db, sql: "PRAGMA synchronous"), try Int.fetchOne(db, sql: "PRAGMA foreign_keys")]
+            }
         }
-        #expect(level == 2)
+        #expect(try settings() == [2, 1])
+        let event =
+            #"{"event_type":"appointment.scheduled","appointment_id":"A1","patient_id":"P1","#
+            + #""timestamp":"2025-01-10T12:30:00Z"}"#
+        let events = try projectCatalog().appointments.read(Array(event.utf8))
+        let report = try database.commitChunk(.appointments(events.items), fileID: "chunked")
+        #expect(report.stored == 1)
+        #expect(try settings() == [2, 1])
     }
 }
