@@ -30,7 +30,7 @@ final class Backpressure: Sendable {
         let now = ContinuousClock.now
         let count = cache.withLock { cached -> Int in
             if let entry = cached[inbox.path], now - entry.at < .milliseconds(500) { return entry.count }
-            let fresh = ((try? spool.scanAll(inbox.path)) ?? []).filter { !$0.hasPrefix(".") }.count
+            let fresh = (try? spool.pendingCount(inbox.path)) ?? 0
             cached[inbox.path] = (fresh, now)
             return fresh
         }

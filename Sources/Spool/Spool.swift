@@ -543,6 +543,13 @@ package struct Spool: Sendable {
         return names
     }
 
+    /// How many entries of `folder` wait for the pipeline: names writers use while a file is incomplete
+    /// (dotfiles — rsync's temporaries, a `.gitkeep` — `*.tmp`, `*.part`, …) are never claimed, so they
+    /// are not counted. The one count behind /health, the metrics, STATUS=, backpressure and `status`.
+    package func pendingCount(_ folder: String) throws(SpoolError) -> Int {
+        try scanAll(folder).filter { !Self.isIncompleteName($0) }.count
+    }
+
     /// rename(2) that never replaces: link(2) fails on an existing name, then the old name is unlinked.
     package static func moveWithoutReplacing(_ from: String, to: String) throws(SpoolError) {
         if link(from, to) != 0 { throw SpoolError("move", to, errno) }

@@ -367,8 +367,8 @@ extension Serve {
         let counters = try? database.zoomCounters()
         func count(_ folder: (String) -> String, sidecarsOnly: Bool = false) -> Int {
             spool.kinds.reduce(0) { total, kind in
-                let names = (try? spool.scanAll(folder(kind))) ?? []
-                return total + (sidecarsOnly ? names.filter { $0.hasSuffix(".error.json") }.count : names.count)
+                guard sidecarsOnly else { return total + ((try? spool.pendingCount(folder(kind))) ?? 0) }
+                return total + ((try? spool.scanAll(folder(kind))) ?? []).filter { $0.hasSuffix(".error.json") }.count
             }
         }
         return HealthReport(

@@ -20,10 +20,8 @@ struct Status: AsyncParsableCommand {
         let (spool, databasePath, _) = try spoolOptions.resolved()
         var counts: [(folder: String, kind: String, files: Int)] = []
         for kind in kinds {
-            counts.append(("inbox", kind, try spool.scan(spool.inboxPath(kind)).count))
-            counts.append(
-                ("processing", kind, try spool.scanAll(spool.processingPath(kind)).filter { !$0.hasPrefix(".") }.count)
-            )
+            counts.append(("inbox", kind, try spool.pendingCount(spool.inboxPath(kind))))
+            counts.append(("processing", kind, try spool.pendingCount(spool.processingPath(kind))))
             var done = 0
             for day in try spool.scanAll(spool.donePath(kind)) where !day.hasPrefix(".") {
                 done += try spool.scanAll(spool.donePath(kind) + "/" + day).filter { !$0.hasPrefix(".") }.count

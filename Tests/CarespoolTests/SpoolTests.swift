@@ -92,6 +92,20 @@ import Testing
         }
     }
 
+    /// Queue depths count what the pipeline would claim: a fresh clone's `.gitkeep` and a writer's
+    /// incomplete files are not waiting work (/health had reported "inbox 3" on an idle daemon).
+    @Test func pendingCountSkipsIncompleteNames() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        let inbox = spool.inboxPath("appointments")
+        for name in [".gitkeep", ".a.json.Xy12Z", "b.json.tmp", "c.part", "d.json", "e.ndjson"] {
+            #expect(FileManager.default.createFile(atPath: inbox + "/" + name, contents: Data("{}".utf8)))
+        }
+        #expect(try spool.pendingCount(inbox) == 2)
+        #expect(try spool.pendingCount(dir.path + "/no-such-folder") == 0)
+    }
+
     @Test func claimIsARenameThatOnlyOneClaimerWins() throws {
         let dir = TempDir("spool")
         defer { dir.cleanup() }
