@@ -365,19 +365,20 @@ extension Serve {
     /// Database reachable, Zoom events received and inserted, and queue depths.
     static func health(spool: Spool, database: AppDatabase) async -> HealthReport {
         let counters = try? database.zoomCounters()
-        func count(_ folder: (String) -> String, sidecarsOnly: Bool = false) -> Int {
-            spool.kinds.reduce(0) { total, kind in
-                guard sidecarsOnly else { return total + ((try? spool.pendingCount(folder(kind))) ?? 0) }
-                return total + ((try? spool.scanAll(folder(kind))) ?? []).filter { $0.hasSuffix(".error.json") }.count
-            }
+        /// `count` of each kind's folder, summed.
+        func total(_ count: (String) throws -> Int) -> Int {
+            spool.kinds.reduce(0) { sum, kind in sum + ((try? count(kind)) ?? 0) }
         }
         return HealthReport(
             databaseUp: counters != nil,
             received: counters?.reduce(0) { $0 + $1.received } ?? 0,
             inserted: counters?.reduce(0) { $0 + $1.inserted } ?? 0,
-            inbox: count(spool.inboxPath),
-            processing: count(spool.processingPath),
-            failed: count(spool.failedPath, sidecarsOnly: true)
+            inbox: total { try spool.pendingCount(spool.inboxPath($0)) },
+            processing: total { try spool.pendingCount(spool.processingPath($0)) },
+            // A failed file has one `.error.json` beside it (and perhaps a `.rejected.*`).
+            failed: total { kind in
+                try spool.scanAll(spool.failedPath(kind)).filter { $0.hasSuffix(".error.json") }.count
+            }
         )
     }
 }
