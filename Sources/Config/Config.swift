@@ -45,6 +45,7 @@ package struct ConfigFile: Sendable {
     package var schema: String?
     package var logLevel: String?
     package var settleMs: Int?
+    package var openHoldMs: Int?
     package var rescanMs: Int?
     package var batchSize: Int?
     package var streamThreshold: Int?
@@ -99,6 +100,7 @@ package struct ConfigFile: Sendable {
             throw reader.error("log_level", "must be one of " + Self.logLevels.joined(separator: ", "))
         }
         settleMs = try reader.int(table, "settle_ms", in: ConfigLimits.settleMs)
+        openHoldMs = try reader.int(table, "open_hold_ms", in: ConfigLimits.openHoldMs)
         rescanMs = try reader.int(table, "rescan_ms", in: ConfigLimits.rescanMs)
         batchSize = try reader.int(table, "batch_size", in: ConfigLimits.batchSize)
         streamThreshold = try reader.int(table, "stream_threshold", in: ConfigLimits.streamThreshold)
@@ -185,8 +187,8 @@ package struct ConfigFile: Sendable {
     }
 
     static let topKeys = [
-        "spool", "database", "schema", "log_level", "settle_ms", "rescan_ms", "batch_size", "stream_threshold",
-        "busy_timeout_ms", "retention", "inbox", "http",
+        "spool", "database", "schema", "log_level", "settle_ms", "open_hold_ms", "rescan_ms", "batch_size",
+        "stream_threshold", "busy_timeout_ms", "retention", "inbox", "http",
     ]
     static let httpKeys = [
         "listen", "token", "zoom_secrets", "webhook_secrets", "rate_per_second", "inbox_high_water",
@@ -371,6 +373,7 @@ extension Substring {
 /// or a size would overflow (a trap, not an error) or makes no sense.
 package enum ConfigLimits {
     package static let settleMs = 0...86_400_000  // a day
+    package static let openHoldMs = 0...86_400_000
     package static let rescanMs = 100...86_400_000
     package static let batchSize = 1...100_000_000
     package static let streamThreshold = 0...(1 << 40)  // 1 TiB

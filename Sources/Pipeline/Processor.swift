@@ -28,6 +28,11 @@ package struct PipelineConfiguration: Sendable {
     /// A file found by a rescan (no close/rename event) is claimed once its size and mtime have held
     /// still this long. Default 2 s.
     package var settle: Duration
+    /// A file that a writer still holds open (inotify saw it opened and not yet closed) is not claimed —
+    /// an SFTP upload that stalls longer than `settle` must not be taken half-written — until it has been
+    /// unchanged this long (or `settle`, if longer): a writer that never closes cannot hold it for ever.
+    /// Default 10 min.
+    package var openHold: Duration
     /// Full rescan of every inbox, the safety net under inotify. Default 5 s.
     package var rescanInterval: Duration
     /// Most files claimed and committed in one transaction. Default 512.
@@ -49,6 +54,7 @@ package struct PipelineConfiguration: Sendable {
 
     package init(
         settle: Duration = .seconds(2),
+        openHold: Duration = .seconds(600),
         rescanInterval: Duration = .seconds(5),
         batchSize: Int = 512,
         retryInitial: Duration = .seconds(1),
@@ -59,6 +65,7 @@ package struct PipelineConfiguration: Sendable {
         wholeFileLimit: Int = 64 << 20
     ) {
         self.settle = settle
+        self.openHold = openHold
         self.rescanInterval = rescanInterval
         self.batchSize = batchSize
         self.retryInitial = retryInitial
@@ -190,6 +197,8 @@ final class Engine: @unchecked Sendable {
     /// Last observation of each unsettled file: `<folder>/<name>` → (size, mtime, inode), and since when
     /// (our clock) it has looked like that.
     private var observed: [String: (size: Int64, mtime: Int64, inode: UInt64, since: Int64)] = [:]
+    /// Files held open (opens minus closes, by inotify) — not claimed while open, up to `openHold`.
+    private var openCount: [String: Int] = [:]
     private var nextRescan: Int64 = 0
     /// Claimed files waiting to be processed (recovered, or due for a retry).
     private var queued: [Spool.Claimed] = []
@@ -252,12 +261,24 @@ final class Engine: @unchecked Sendable {
     func step(_ hints: WatchHints) throws {
         let now = Clock.nowNanos()
         complete.formUnion(hints.complete)
+        if hints.overflow {
+            // Events were lost, so the counts may be wrong: fall back to settling by size and time.
+            openCount.removeAll()
+        }
+        for (key, delta) in hints.opened {
+            let count = (openCount[key] ?? 0) + delta
+            // Below zero: a close of an open made before the watch began.
+            openCount[key] = count > 0 ? count : nil
+        }
         var folders = hints.folders
         if hints.overflow || now >= nextRescan {
             folders = Set(spool.inboxes.map(\.path))
             nextRescan = now + configuration.rescanInterval.nanoseconds
         }
         for key in observed.keys {
+            if let slash = key.lastIndex(of: "/") { folders.insert(String(key[..<slash])) }
+        }
+        for key in openCount.keys {
             if let slash = key.lastIndex(of: "/") { folders.insert(String(key[..<slash])) }
         }
         var ready: [(Spool.Inbox, String)] = []
@@ -276,7 +297,8 @@ final class Engine: @unchecked Sendable {
             for var entry in entries {
                 let key = inbox.path + "/" + entry.name
                 present.insert(key)
-                if entry.type != .regular || complete.contains(key) {
+                let isOpen = openCount[key] != nil
+                if entry.type != .regular || (complete.contains(key) && !isOpen) {
                     ready.append((inbox, entry.name))
                     continue
                 }
@@ -292,7 +314,17 @@ final class Engine: @unchecked Sendable {
                     before.inode == entry.inode
                 {
                     let (age, overflow) = now.subtractingReportingOverflow(entry.mtime)
-                    if (!overflow && age >= settle) || now - before.since >= settle {
+                    if isOpen {
+                        // Still open: wait for the close, but not for ever.
+                        let held = now - before.since
+                        if held >= max(settle, configuration.openHold.nanoseconds) {
+                            logger.warning(
+                                "file still open by its writer claimed after holding still",
+                                metadata: ["inbox.kind": "\(inbox.kind)", "held.ms": "\(held / 1_000_000)"]
+                            )
+                            ready.append((inbox, entry.name))
+                        }
+                    } else if (!overflow && age >= settle) || now - before.since >= settle {
                         ready.append((inbox, entry.name))
                     }
                 } else {
@@ -303,6 +335,9 @@ final class Engine: @unchecked Sendable {
             let prefix = inbox.path + "/"
             for key in observed.keys where key.hasPrefix(prefix) && !present.contains(key) {
                 observed[key] = nil
+            }
+            for key in openCount.keys where key.hasPrefix(prefix) && !present.contains(key) {
+                openCount[key] = nil
             }
             complete = complete.filter { !$0.hasPrefix(prefix) || present.contains($0) }
         }
@@ -342,6 +377,7 @@ final class Engine: @unchecked Sendable {
                 let key = inbox.path + "/" + name
                 complete.remove(key)
                 observed[key] = nil
+                openCount[key] = nil
                 do {
                     if let claimed = try spool.claim(name, from: inbox, id: ids.next()) {
                         claimedFresh.insert(claimed.id)

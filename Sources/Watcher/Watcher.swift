@@ -4,6 +4,8 @@
 // folder and decides. Raw inotify through Glibc (inotify_init1 / inotify_add_watch), a non-blocking fd
 // polled on a thread of its own, feeding an AsyncStream of wake-ups. It also wakes the stream every
 // `tick` so the processor's timers (settle checks, periodic rescans, retries) run without a second clock.
+// Opens and closes of files are counted too (IN_OPEN, IN_CLOSE_*), so that a file a writer still holds
+// open is not claimed half-written when the writer pauses longer than the settle interval.
 
 import Foundation
 import Spool
@@ -19,8 +21,13 @@ package struct WatchHints: Sendable {
     package var complete: Set<String> = []
     /// Folders with any event (a create included): look at them.
     package var folders: Set<String> = []
-    /// The kernel dropped events (IN_Q_OVERFLOW) or a watch went away: rescan everything.
+    /// The kernel dropped events (IN_Q_OVERFLOW) or a watch went away: rescan everything, and forget
+    /// which files are open (the counts below may have missed events).
     package var overflow = false
+    /// `<folder>/<name>` → opens minus closes seen since the last drain (IN_OPEN counts one up,
+    /// IN_CLOSE_WRITE and IN_CLOSE_NOWRITE one down). inotify does not say whether an open was for
+    /// writing, so a reader holding a file counts too.
+    package var opened: [String: Int] = [:]
 
     package init() {}
 }
@@ -37,12 +44,13 @@ package final class Watcher: Sendable {
     /// Yields whenever there are hints to drain, and at least every `tick`. Ends after ``stop()``.
     package let wakeups: AsyncStream<Void>
 
-    /// Starts watching `folders` for IN_CLOSE_WRITE, IN_MOVED_TO and IN_CREATE (sftp-server's link()).
+    /// Starts watching `folders` for IN_CLOSE_WRITE, IN_MOVED_TO and IN_CREATE (sftp-server's link()),
+    /// and IN_OPEN and IN_CLOSE_NOWRITE to know which files are held open.
     package init(folders paths: [String], tick: Duration = .milliseconds(200)) throws(WatcherError) {
         let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard fd >= 0 else { throw WatcherError(operation: "inotify_init1", path: nil, code: errno) }
         var folders: [Int32: String] = [:]
-        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ONLYDIR)
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_OPEN | IN_CLOSE_NOWRITE | IN_ONLYDIR)
         for path in paths {
             let wd = inotify_add_watch(fd, path, mask)
             guard wd >= 0 else {
@@ -99,22 +107,38 @@ package final class Watcher: Sendable {
             pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
             pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0),
         ]
+        // The processor's own scans open the watched folders (IN_OPEN and IN_CLOSE_NOWRITE on the folder
+        // itself): those events are read and dropped, and wake no one — or every scan would cause the next.
+        var lastWake = Self.monotonicMillis()
         while true {
-            let ready = poll(&pfds, 2, tickMillis)
+            let wait = max(0, tickMillis - Int32(clamping: Self.monotonicMillis() - lastWake))
+            let ready = poll(&pfds, 2, wait)
             if ready < 0 && errno != EINTR { break }
             if pfds[1].revents != 0 { break }
-            if pfds[0].revents != 0 { readEvents(into: &buffer) }
-            continuation.yield()
+            let found = pfds[0].revents != 0 && readEvents(into: &buffer)
+            let now = Self.monotonicMillis()
+            if found || now - lastWake >= Int64(tickMillis) {
+                lastWake = now
+                continuation.yield()
+            }
         }
         continuation.finish()
         close(fd)
         close(stopPipe.read)
     }
 
-    private func readEvents(into buffer: inout [UInt8]) {
+    private static func monotonicMillis() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1_000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// Reads every pending event into the hints; true when any of them is worth a look.
+    private func readEvents(into buffer: inout [UInt8]) -> Bool {
+        var any = false
         while true {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
-            if n <= 0 { return }
+            if n <= 0 { return any }
             var found = WatchHints()
             buffer.withUnsafeBytes { raw in
                 var offset = 0
@@ -128,19 +152,30 @@ package final class Watcher: Sendable {
                         found.overflow = true
                         continue
                     }
-                    guard let folder = folders[wd] else { continue }
+                    // Events on the watched folder itself have no name; a folder inside it opened or closed
+                    // says nothing either (one created or moved in does: it goes to failed/).
+                    let isDirectory = mask & UInt32(IN_ISDIR) != 0
+                    guard let folder = folders[wd], length > 0,
+                        !isDirectory || mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0
+                    else { continue }
                     let name = String(decoding: nameBytes.prefix(while: { $0 != 0 }), as: UTF8.self)
-                    if Spool.isIncompleteName(name) { continue }
+                    if name.isEmpty || Spool.isIncompleteName(name) { continue }
                     found.folders.insert(folder)
+                    let key = folder + "/" + name
                     if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO) != 0 {
-                        found.complete.insert(folder + "/" + name)
+                        found.complete.insert(key)
                     }
+                    if isDirectory { continue }
+                    if mask & UInt32(IN_OPEN) != 0 { found.opened[key, default: 0] += 1 }
+                    if mask & UInt32(IN_CLOSE_WRITE | IN_CLOSE_NOWRITE) != 0 { found.opened[key, default: 0] -= 1 }
                 }
             }
+            any = any || found.overflow || !found.folders.isEmpty
             hints.withLock { current in
                 current.complete.formUnion(found.complete)
                 current.folders.formUnion(found.folders)
                 current.overflow = current.overflow || found.overflow
+                current.opened.merge(found.opened, uniquingKeysWith: +)
             }
         }
     }

@@ -133,6 +133,14 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Milliseconds a file found by rescan must hold still (size and mtime) before it is claimed (2000).")
     var settleMs: Int?
 
+    @Option(
+        help: """
+            Milliseconds a file its writer still holds open must stay unchanged before it is claimed anyway; \
+            until then it waits for the close (600000).
+            """
+    )
+    var openHoldMs: Int?
+
     @Option(help: "Milliseconds between full rescans of every inbox (5000).")
     var rescanMs: Int?
 

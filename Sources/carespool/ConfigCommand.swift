@@ -58,6 +58,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 "schema = \(quoted(config.schema ?? "schema.json"))",
                 "log_level = \(quoted(settings.logLevel.rawValue))",
                 "settle_ms = \(millis(settings.pipeline.settle))",
+                "open_hold_ms = \(millis(settings.pipeline.openHold))",
                 "rescan_ms = \(millis(settings.pipeline.rescanInterval))",
                 "batch_size = \(settings.pipeline.batchSize)",
                 "stream_threshold = \(settings.pipeline.streamThreshold)",

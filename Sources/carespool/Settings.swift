@@ -36,6 +36,10 @@ struct Settings {
             settle: .milliseconds(
                 try bounded("--settle-ms", serve?.settleMs, ConfigLimits.settleMs) ?? config.settleMs ?? 2_000
             ),
+            openHold: .milliseconds(
+                try bounded("--open-hold-ms", serve?.openHoldMs, ConfigLimits.openHoldMs) ?? config.openHoldMs
+                    ?? 600_000
+            ),
             rescanInterval: .milliseconds(
                 try bounded("--rescan-ms", serve?.rescanMs, ConfigLimits.rescanMs) ?? config.rescanMs ?? 5_000
             ),

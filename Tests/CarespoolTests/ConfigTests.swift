@@ -120,7 +120,7 @@ import Testing
                 .replacingOccurrences(of: "\"…64 hex digits…\"", with: "\"" + String(repeating: "ab", count: 32) + "\"")
         }.joined(separator: "\n")
         let all = try ConfigFile(text: uncommented, path: path, kinds: Self.kinds)
-        #expect(all.retentionDays == 30 && all.settleMs == 2_000 && all.inboxes.count == 1)
+        #expect(all.retentionDays == 30 && all.settleMs == 2_000 && all.openHoldMs == 600_000 && all.inboxes.count == 1)
         #expect(all.httpListen == "127.0.0.1:8080" && all.tokens.count == 1 && all.webhookSecrets.count == 1)
         #expect(all.maxConnections == 1_024 && all.ingestBodyLimit == 64 << 20)
     }
@@ -181,6 +181,7 @@ import Testing
         database = "\(dir.path)/db.sqlite3"
         schema = "\(TestPaths.schemaJSON.path)"
         settle_ms = 300
+        open_hold_ms = 45000
         rescan_ms = 1000
 
         [retention]
@@ -201,6 +202,7 @@ import Testing
         let check = try await Daemon.command(["config", "check", config])
         #expect(check.status == .exited(0))
         #expect(check.out.contains("listen = \"127.0.0.1:\(port)\"") && !check.out.contains("s3cret"))
+        #expect(check.out.contains("open_hold_ms = 45000"), "\(check.out)")
 
         let run = try await Daemon.serveWithConfig(config) { pid in
             let url = "http://127.0.0.1:\(port)/webhook/appointments"

@@ -108,14 +108,16 @@ import Testing
         let run = try await Daemon.serve(spool: spool, arguments: ["--settle-ms", "1000"]) { pid in
             let view = SpoolView(root: spool)
             try await waitUntilServing(spool)
-            // Written in place, as an SFTP server writes a client's upload: chunks over ~3 s, then closed.
+            // Written in place, as an SFTP server writes a client's upload: chunks over ~3 s, then closed —
+            // and half-way through the client stalls for three times the settle interval: still open, so
+            // still not claimed.
             let fd = open(spool + "/inbox/appointments/slow.ndjson", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
             #expect(fd >= 0)
-            for line in events {
+            for (index, line) in events.enumerated() {
                 let bytes = Array((line + "\n").utf8)
                 let half = bytes.count / 2
                 _ = bytes[..<half].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-                try await Task.sleep(for: .milliseconds(120))
+                try await Task.sleep(for: .milliseconds(index == 6 ? 3_000 : 120))
                 _ = bytes[half...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
                 try await Task.sleep(for: .milliseconds(120))
                 #expect(view.done().isEmpty && view.failed().isEmpty, "claimed while being written")
@@ -130,6 +132,42 @@ import Testing
         #expect(view.sidecars().isEmpty)
         let stored = try await view.database().read { db in try Int.fetchOne(db, sql: "SELECT stored FROM files") }
         #expect(stored == 12)
+    }
+
+    /// A writer that never closes cannot hold a file for ever: once unchanged for `--open-hold-ms`, it is
+    /// claimed, with a warning.
+    @Test func aFileHeldOpenButUnchangedIsClaimedAfterTheOpenHold() async throws {
+        let dir = TempDir("daemon")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let view = SpoolView(root: spool)
+        let line = event("H1", "2025-01-10T12:30:00Z") + "\n"
+        let run = try await Daemon.serve(spool: spool, arguments: ["--settle-ms", "200", "--open-hold-ms", "3000"]) {
+            pid in
+            try await waitUntilServing(spool)
+            let fd = open(spool + "/inbox/appointments/forgotten.ndjson", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            #expect(fd >= 0)
+            defer { close(fd) }
+            #expect(write(fd, line, line.utf8.count) == line.utf8.count)
+            let opened = ContinuousClock.now
+            // Settled many times over, but open: not claimed before the hold has passed.
+            let early = await eventually(timeout: .milliseconds(1_500)) { view.inbox().isEmpty }
+            let claimed = await eventually(timeout: .seconds(20)) { view.done().count == 1 }
+            let waited = ContinuousClock.now - opened
+            kill(pid, SIGTERM)
+            return (early, claimed, waited)
+        }
+        let (early, claimed, waited) = run.result
+        #expect(!early)
+        #expect(claimed)
+        #expect(waited >= .seconds(3), "claimed after \(waited)")
+        #expect(run.status == .exited(0))
+        #expect(
+            run.log.contains("file still open by its writer claimed after holding still"),
+            "\(run.log.suffix(2_000))"
+        )
+        let stored = try await view.database().read { db in try Int.fetchOne(db, sql: "SELECT stored FROM files") }
+        #expect(stored == 1)
     }
 
     @Test func anSftpRenameByLinkAndUnlinkIsClaimedAfterItSettles() async throws {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import Watcher
 
@@ -17,6 +18,7 @@ import Watcher
             all.complete.formUnion(hints.complete)
             all.folders.formUnion(hints.folders)
             all.overflow = all.overflow || hints.overflow
+            all.opened.merge(hints.opened, uniquingKeysWith: +)
             if condition(all) { break }
             try? await Task.sleep(for: .milliseconds(20))
         }
@@ -62,6 +64,59 @@ import Watcher
             if wakeups == 3 { watcher.stop() }
         }
         #expect(wakeups >= 3)
+    }
+
+    @Test func opensAndClosesAreCountedSoAFileHeldOpenIsKnown() async throws {
+        let dir = TempDir("watch")
+        defer { dir.cleanup() }
+        let watcher = try Watcher(folders: [dir.path])
+        defer { watcher.stop() }
+        let path = dir.file("upload.csv")
+        let writer = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        #expect(writer >= 0)
+        #expect(write(writer, "mrn\n", 4) == 4)
+        let whileOpen = await gather(watcher) { $0.opened[path] == 1 }
+        #expect(whileOpen.opened == [path: 1])
+        #expect(whileOpen.complete.isEmpty)
+        // A reader counts too: inotify does not say whether an open was for writing.
+        let reader = open(path, O_RDONLY)
+        #expect(reader >= 0)
+        let withReader = await gather(watcher) { $0.opened[path] == 1 }
+        #expect(withReader.opened == [path: 1])
+        close(reader)
+        close(writer)
+        let closed = await gather(watcher) { $0.opened[path] == -2 }
+        #expect(closed.opened == [path: -2])
+        #expect(closed.complete == [path])
+    }
+
+    @Test func theFoldersOwnOpensWakeNoOne() async throws {
+        // The processor's scans open the watched folder: were that a wake-up, every scan would cause the next.
+        let dir = TempDir("watch")
+        defer { dir.cleanup() }
+        let watcher = try Watcher(folders: [dir.path], tick: .seconds(30))
+        let wakeups = Atomic<Int>(0)
+        let counter = Task {
+            for await _ in watcher.wakeups { wakeups.add(1, ordering: .relaxed) }
+        }
+        for _ in 0..<50 {
+            let folder = try #require(opendir(dir.path))
+            while readdir(folder) != nil {}
+            closedir(folder)
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let afterScans = wakeups.load(ordering: .relaxed)
+        #expect(watcher.drain().folders.isEmpty)
+        try Data("a".utf8).write(to: URL(fileURLWithPath: dir.file("new.json")))
+        let deadline = ContinuousClock.now + .seconds(5)
+        while wakeups.load(ordering: .relaxed) == afterScans && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(afterScans == 0)
+        #expect(wakeups.load(ordering: .relaxed) > afterScans, "a file written in the folder wakes the processor")
+        watcher.stop()
+        await counter.value
     }
 
     @Test func refusesAFolderThatDoesNotExist() {
