@@ -276,17 +276,22 @@ import Testing
         let run = try await Daemon.serve(spool: spool, arguments: ["--busy-timeout-ms", "200"]) { pid in
             let view = SpoolView(root: spool)
             try await waitUntilServing(spool)
-            // An operator's sqlite3 session holds the write lock for 2 s.
+            // An operator's sqlite3 session holds the write lock until the test lets it go (not for a fixed
+            // time: on a busy machine the daemon might otherwise only look after the lock is gone).
             let database = spool + "/carespool.sqlite3"
+            let (locked, release) = (dir.path + "/locked", dir.path + "/release")
             let operatorSession = Task {
                 try await Subprocess.run(
                     .name("sqlite3"),
-                    arguments: [database, "BEGIN EXCLUSIVE;", ".shell sleep 2", "COMMIT;"],
+                    arguments: [
+                        database, "BEGIN EXCLUSIVE;", ".shell touch '\(locked)'",
+                        ".shell while [ ! -e '\(release)' ]; do sleep 0.05; done", "COMMIT;",
+                    ],
                     output: .discarded,
                     error: .string(limit: 1 << 16)
                 )
             }
-            try await Task.sleep(for: .milliseconds(300))
+            #expect(await eventually { FileManager.default.fileExists(atPath: locked) }, "sqlite3 never took the lock")
             try dropLikeRsync(event("K", "2025-01-10T12:30:00Z"), into: spool + "/inbox/appointments", name: "k.json")
             let waiting = await eventually {
                 let state = (try? String(contentsOfFile: spool + "/processing/retrying.json", encoding: .utf8)) ?? ""
@@ -294,6 +299,7 @@ import Testing
             }
             let status = try await Daemon.command(["status", "--spool", spool])
             #expect(view.failed().isEmpty && view.done().isEmpty)
+            #expect(FileManager.default.createFile(atPath: release, contents: nil))
             let session = try await operatorSession.value
             #expect(session.terminationStatus == .exited(0), "\(session.standardError)")
             let finished = await eventually { view.done().count == 1 && view.processing().isEmpty }
