@@ -199,6 +199,8 @@ final class Engine: @unchecked Sendable {
     private var observed: [String: (size: Int64, mtime: Int64, inode: UInt64, since: Int64)] = [:]
     /// Files held open (opens minus closes, by inotify) — not claimed while open, up to `openHold`.
     private var openCount: [String: Int] = [:]
+    /// Open files already logged as waiting for their writer (once each).
+    private var heldLogged: Set<String> = []
     private var nextRescan: Int64 = 0
     /// Claimed files waiting to be processed (recovered, or due for a retry).
     private var queued: [Spool.Claimed] = []
@@ -317,6 +319,15 @@ final class Engine: @unchecked Sendable {
                     if isOpen {
                         // Still open: wait for the close, but not for ever.
                         let held = now - before.since
+                        if held >= settle && heldLogged.insert(key).inserted {
+                            logger.info(
+                                "file settled but still open by its writer: waiting for the close",
+                                metadata: [
+                                    "inbox.kind": "\(inbox.kind)",
+                                    "open_hold.ms": "\(configuration.openHold.nanoseconds / 1_000_000)",
+                                ]
+                            )
+                        }
                         if held >= max(settle, configuration.openHold.nanoseconds) {
                             logger.warning(
                                 "file still open by its writer claimed after holding still",
@@ -339,6 +350,7 @@ final class Engine: @unchecked Sendable {
             for key in openCount.keys where key.hasPrefix(prefix) && !present.contains(key) {
                 openCount[key] = nil
             }
+            heldLogged = heldLogged.filter { !$0.hasPrefix(prefix) || present.contains($0) }
             complete = complete.filter { !$0.hasPrefix(prefix) || present.contains($0) }
         }
         // Retries that are due.
@@ -378,6 +390,7 @@ final class Engine: @unchecked Sendable {
                 complete.remove(key)
                 observed[key] = nil
                 openCount[key] = nil
+                heldLogged.remove(key)
                 do {
                     if let claimed = try spool.claim(name, from: inbox, id: ids.next()) {
                         claimedFresh.insert(claimed.id)

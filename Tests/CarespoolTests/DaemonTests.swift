@@ -162,6 +162,7 @@ import Testing
         #expect(claimed)
         #expect(waited >= .seconds(3), "claimed after \(waited)")
         #expect(run.status == .exited(0))
+        #expect(run.log.contains("file settled but still open by its writer: waiting for the close"))
         #expect(
             run.log.contains("file still open by its writer claimed after holding still"),
             "\(run.log.suffix(2_000))"
