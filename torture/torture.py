@@ -67,6 +67,19 @@ class Daemon:
                 raise RuntimeError("daemon did not start; see %s" % self.log.name)
             time.sleep(0.01)
 
+    def wait_listening(self, port):
+        # The pipeline is ready before the HTTP socket is bound: a request sent in between is refused.
+        # (The crash campaign does not wait: its kills may land in that window too.)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("daemon never listened on %d; see %s" % (port, self.log.name))
+                time.sleep(0.01)
+
     def alive(self):
         return self.process.poll() is None
 
@@ -508,6 +521,7 @@ def campaign_diskfull(binary, work, full):
     port = free_port()
     try:
         daemon = Daemon(binary, spool, db=os.path.join(work, "db.sqlite3"), http=port, extra=extra)
+        daemon.wait_listening(port)
         filler = os.path.join(spool, "filler")
         if mounted:
             stat = os.statvfs(spool)
