@@ -261,7 +261,10 @@ final class Engine: @unchecked Sendable {
     /// One wake-up: look at the inboxes the hints name (all of them when a rescan is due), claim what is
     /// ready, and process it in batches until nothing is ready or shutdown was requested.
     func step(_ hints: WatchHints) throws {
-        let now = Clock.nowNanos()
+        // Intervals by the monotonic clock (a wall-clock step must not stop rescans and retries or claim
+        // early); the wall clock only to compare with file mtimes.
+        let now = Clock.monotonicNanos()
+        let wallNow = Clock.nowNanos()
         complete.formUnion(hints.complete)
         if hints.overflow {
             // Events were lost, so the counts may be wrong: fall back to settling by size and time.
@@ -315,7 +318,7 @@ final class Engine: @unchecked Sendable {
                 if let before = observed[key], before.size == entry.size, before.mtime == entry.mtime,
                     before.inode == entry.inode
                 {
-                    let (age, overflow) = now.subtractingReportingOverflow(entry.mtime)
+                    let (age, overflow) = wallNow.subtractingReportingOverflow(entry.mtime)
                     if isOpen {
                         // Still open: wait for the close, but not for ever.
                         let held = now - before.since
@@ -363,7 +366,7 @@ final class Engine: @unchecked Sendable {
                 "inboxes scanned",
                 metadata: [
                     "scan.folders": "\(folders.count)", "scan.ready": "\(ready.count)",
-                    "scan.ms": "\(Double(Clock.nowNanos() - now) / 1e6)",
+                    "scan.ms": "\(Double(Clock.monotonicNanos() - now) / 1e6)",
                 ]
             )
         }
@@ -381,7 +384,7 @@ final class Engine: @unchecked Sendable {
                 }
                 let file = queued.removeFirst()
                 batch.append(file)
-                claimedAt[file.id] = Clock.nowNanos()
+                claimedAt[file.id] = Clock.monotonicNanos()
             }
             while start < ready.count && batch.count < room {
                 let (inbox, name) = ready[start]
@@ -395,7 +398,7 @@ final class Engine: @unchecked Sendable {
                     if let claimed = try spool.claim(name, from: inbox, id: ids.next()) {
                         claimedFresh.insert(claimed.id)
                         batch.append(claimed)
-                        claimedAt[claimed.id] = Clock.nowNanos()
+                        claimedAt[claimed.id] = Clock.monotonicNanos()
                     }
                 } catch {
                     logger.error(
@@ -418,7 +421,7 @@ final class Engine: @unchecked Sendable {
 
     /// Starts a WAL checkpoint on its own queue at most every 500 ms, never two at once.
     private func checkpointIfDue() {
-        let now = Clock.nowNanos()
+        let now = Clock.monotonicNanos()
         guard now - lastCheckpoint >= 500_000_000 else { return }
         guard checkpointRunning.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
         else { return }
@@ -449,12 +452,12 @@ final class Engine: @unchecked Sendable {
         let batch = all.filter { !largeIDs.contains($0.id) }
         defer {
             for file in large {
-                processLarge(file, claimedAt: claimedAt[file.id] ?? Clock.nowNanos())
+                processLarge(file, claimedAt: claimedAt[file.id] ?? Clock.monotonicNanos())
             }
         }
         guard !batch.isEmpty else { return }
         let receivedAt = Clock.timestamp()
-        let t0 = Clock.nowNanos()
+        let t0 = Clock.monotonicNanos()
         // Read, digest, parse and validate: CPU-bound and independent per file, so spread over the cores.
         let results = Mutex([Int: Result<Prepared, SpoolError>]())
         DispatchQueue.concurrentPerform(iterations: min(ProcessInfoCores.count, batch.count)) { worker in
@@ -504,7 +507,7 @@ final class Engine: @unchecked Sendable {
             }
         }
         guard !prepared.isEmpty else { return }
-        let t1 = Clock.nowNanos()
+        let t1 = Clock.monotonicNanos()
         let committed: [CommittedFile]
         do {
             committed = try database.commit(prepared.map(\.prepared), finishedAt: Clock.timestamp())
@@ -517,7 +520,7 @@ final class Engine: @unchecked Sendable {
             for entry in prepared { process([entry.file], claimedAt: claimedAt) }
             return
         }
-        let t2 = Clock.nowNanos()
+        let t2 = Clock.monotonicNanos()
         var touched = Set<String>()
         var finished: [(Spool.Claimed, CommittedFile)] = []
         for (entry, result) in zip(prepared, committed) {
@@ -529,7 +532,7 @@ final class Engine: @unchecked Sendable {
             }
         }
         directorySync.schedule(touched)
-        let now = Clock.nowNanos()
+        let now = Clock.monotonicNanos()
         logger.debug(
             "batch finished",
             metadata: [
@@ -554,7 +557,7 @@ final class Engine: @unchecked Sendable {
 
     /// The one log line per file: ids, kind, outcome, counts and milliseconds, never a name or value.
     func logFinished(_ file: Spool.Claimed, _ report: FileReport, claimedAt: Int64) {
-        let millis = Double(Clock.nowNanos() - claimedAt) / 1_000_000
+        let millis = Double(Clock.monotonicNanos() - claimedAt) / 1_000_000
         var metadata: Logger.Metadata = [
             "file.id": "\(file.id)",
             "file.kind": "\(file.kind)",
@@ -692,7 +695,7 @@ final class Engine: @unchecked Sendable {
         let attempts = (retries[file.id]?.attempts ?? 0) + 1
         let base = configuration.retryInitial.nanoseconds
         let delay = min(configuration.retryMax.nanoseconds, base << min(attempts - 1, 20))
-        retries[file.id] = Retry(file: file, attempts: attempts, due: Clock.nowNanos() + delay, lastError: reason)
+        retries[file.id] = Retry(file: file, attempts: attempts, due: Clock.monotonicNanos() + delay, lastError: reason)
         logger.warning(
             "transient trouble, file stays in processing",
             metadata: ["file.id": "\(file.id)", "file.kind": "\(file.kind)", "retry.attempt": "\(attempts)"]
@@ -774,8 +777,17 @@ enum ProcessInfoCores {
     static let count: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 }
 
-/// Wall-clock helpers.
+/// Clock helpers.
 package enum Clock {
+    /// For intervals and timers: CLOCK_MONOTONIC, which a wall-clock step (NTP, an operator's `date -s`)
+    /// does not move.
+    package static func monotonicNanos() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+
+    /// The wall clock: for file times and timestamps only.
     package static func nowNanos() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
