@@ -127,11 +127,7 @@ package final class Watcher: Sendable {
         close(stopPipe.read)
     }
 
-    private static func monotonicMillis() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) * 1_000 + Int64(ts.tv_nsec) / 1_000_000
-    }
+    private static func monotonicMillis() -> Int64 { Clock.monotonicNanos() / 1_000_000 }
 
     /// Reads every pending event into the hints; true when any of them is worth a look.
     private func readEvents(into buffer: inout [UInt8]) -> Bool {
