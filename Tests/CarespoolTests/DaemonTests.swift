@@ -145,11 +145,11 @@ import Testing
         let run = try await Daemon.serve(spool: spool, arguments: ["--settle-ms", "200", "--open-hold-ms", "3000"]) {
             pid in
             try await waitUntilServing(spool)
+            let opened = ContinuousClock.now  // before the write: the hold counts from the last change
             let fd = open(spool + "/inbox/appointments/forgotten.ndjson", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
             #expect(fd >= 0)
             defer { close(fd) }
             #expect(write(fd, line, line.utf8.count) == line.utf8.count)
-            let opened = ContinuousClock.now
             // Settled many times over, but open: not claimed before the hold has passed.
             let early = await eventually(timeout: .milliseconds(1_500)) { view.inbox().isEmpty }
             let claimed = await eventually(timeout: .seconds(20)) { view.done().count == 1 }
