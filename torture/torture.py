@@ -5,7 +5,8 @@ Usage: torture/torture.py path/to/carespool [--full] [--only NAME[,NAME]] [--fuz
 
 Campaigns (bounded by default; --full runs the long form):
   crash     kill -9 at random moments during mixed load: HTTP posts, rsync-style and SFTP-style drops of
-            all three kinds, a large intake CSV, operator retries. Checked after the last restart
+            all three kinds (one SFTP-style upload in fifteen stalls half-way, still open, for three
+            settle intervals), a large intake CSV, operator retries. Checked after the last restart
             against a model of what was sent (not the daemon's own counters): every file in exactly one
             of done/ or failed/, every 202 stored, every valid record stored exactly once.
   diskfull  the spool on a small tmpfs (or the test-only ENOSPC switch where mounting is not allowed):
