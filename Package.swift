@@ -94,10 +94,12 @@ let package = Package(
         .target(name: "CSV", swiftSettings: swiftSettings),
         .executableTarget(name: "csv-parse-bench", dependencies: ["CSV"], swiftSettings: swiftSettings),
         .target(name: "Kinds", dependencies: ["JSONSchema", "CSV"], swiftSettings: swiftSettings),
+        .target(name: "CSQLiteTuning", linkerSettings: [.linkedLibrary("sqlite3")]),
         .target(
             name: "Store",
             dependencies: [
                 "Kinds",
+                "CSQLiteTuning",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ],

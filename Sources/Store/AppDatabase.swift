@@ -4,8 +4,15 @@
 // transaction: the records of a batch of files and their ledger rows commit together or not at all.
 // Never logs, and keeps statement arguments out of errors (`publicStatementArguments` stays false).
 
+import CSQLiteTuning
 package import GRDB
 package import Kinds
+
+/// SQLite's memory statistics, off before the process's first connection: Debian's build counts every
+/// allocation under one global mutex (it has no lookaside allocator), which the intake's chunk writer
+/// paid on every row. Nothing in carespool reads the statistics. Too late (SQLite already initialised,
+/// as in tests that opened a database another way first) changes nothing and is harmless.
+private let memoryStatisticsOff: Int32 = carespool_sqlite_memstatus_off()
 
 /// The database: a `Sendable` value over a GRDB writer, as in GRDB's demo `AppDatabase`.
 package struct AppDatabase: Sendable {
@@ -21,6 +28,7 @@ package struct AppDatabase: Sendable {
     package static func open(path: String, readonly: Bool = false, busyTimeout: Duration = .seconds(10)) throws
         -> AppDatabase
     {
+        _ = memoryStatisticsOff
         var config = Configuration()
         config.busyMode = .timeout(
             Double(busyTimeout.components.seconds) + Double(busyTimeout.components.attoseconds) / 1e18
