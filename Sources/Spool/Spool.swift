@@ -550,6 +550,37 @@ package struct Spool: Sendable {
         try scanAll(folder).filter { !Self.isIncompleteName($0) }.count
     }
 
+    /// Files waiting in every inbox folder of `kind` (its spool inbox and any partner folder mapped to it).
+    package func pendingInInboxes(of kind: String) throws(SpoolError) -> Int {
+        var total = 0
+        for inbox in inboxes where inbox.kind == kind { total += try pendingCount(inbox.path) }
+        return total
+    }
+
+    /// ``oldestPending(_:)`` over every inbox folder of `kind`.
+    package func oldestInInboxes(of kind: String) throws(SpoolError) -> Int64? {
+        var oldest: Int64?
+        for inbox in inboxes where inbox.kind == kind {
+            if let arrived = try oldestPending(inbox.path) { oldest = min(oldest ?? arrived, arrived) }
+        }
+        return oldest
+    }
+
+    /// When the longest-waiting of `folder`'s pending entries arrived (the same names as ``pendingCount(_:)``),
+    /// as nanoseconds since the epoch, or nil when none waits. Arrival is the inode's change time, which
+    /// the rename or link into the folder sets — not the mtime, which `rsync -t` and SFTP clients carry
+    /// over from the sender.
+    package func oldestPending(_ folder: String) throws(SpoolError) -> Int64? {
+        var oldest: Int64?
+        for name in try scanAll(folder) where !Self.isIncompleteName(name) {
+            var st = stat()
+            guard lstat(folder + "/" + name, &st) == 0 else { continue }  // gone since the listing
+            let changed = Self.nanoseconds(st.st_ctim)
+            oldest = min(oldest ?? changed, changed)
+        }
+        return oldest
+    }
+
     /// rename(2) that never replaces: link(2) fails on an existing name, then the old name is unlinked.
     package static func moveWithoutReplacing(_ from: String, to: String) throws(SpoolError) {
         if link(from, to) != 0 { throw SpoolError("move", to, errno) }

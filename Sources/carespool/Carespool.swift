@@ -333,6 +333,15 @@ extension Serve {
                     Gauge(label: "carespool_queue_files", dimensions: [("queue", queue)]).record(depth)
                 }
                 Gauge(label: "carespool_database_up").record(report.databaseUp ? 1 : 0)
+                // How long the oldest file of each kind's inboxes has waited (0: none waits): a file stuck
+                // there — the daemon stopped, a writer holding it open, no permission — shows here first.
+                let now = Clock.nowNanos()
+                for kind in spool.kinds {
+                    let arrived = (try? spool.oldestInInboxes(of: kind)) ?? nil
+                    let waited = arrived.map { max(0, now.subtractingReportingOverflow($0).partialValue) } ?? 0
+                    Gauge(label: "carespool_inbox_oldest_seconds", dimensions: [("kind", kind)])
+                        .record(Double(waited) / 1e9)
+                }
                 return registry.emitToString()
             },
             verdict: { name, kind in
@@ -381,7 +390,7 @@ extension Serve {
             databaseUp: counters != nil,
             received: counters?.reduce(0) { $0 + $1.received } ?? 0,
             inserted: counters?.reduce(0) { $0 + $1.inserted } ?? 0,
-            inbox: total { try spool.pendingCount(spool.inboxPath($0)) },
+            inbox: total { try spool.pendingInInboxes(of: $0) },
             processing: total { try spool.pendingCount(spool.processingPath($0)) },
             // A failed file has one `.error.json` beside it (and perhaps a `.rejected.*`).
             failed: total { kind in

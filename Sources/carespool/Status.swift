@@ -7,7 +7,8 @@ import Store
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Files per folder and kind, files waiting for a retry, and the last ten failures with reasons."
+        abstract:
+            "Files per folder and kind, how long the oldest inbox file has waited, retries, the last ten failures."
     )
 
     @OptionGroup var spoolOptions: SpoolOptions
@@ -19,8 +20,14 @@ struct Status: AsyncParsableCommand {
         let kinds = Kind.allCases.map(\.rawValue)
         let (spool, databasePath, _) = try spoolOptions.resolved()
         var counts: [(folder: String, kind: String, files: Int)] = []
+        // Seconds the oldest file of each inbox has waited since it arrived (nil: none waits).
+        var waited: [String: Int] = [:]
+        let now = Clock.nowNanos()
         for kind in kinds {
-            counts.append(("inbox", kind, try spool.pendingCount(spool.inboxPath(kind))))
+            counts.append(("inbox", kind, try spool.pendingInInboxes(of: kind)))
+            if let arrived = try spool.oldestInInboxes(of: kind) {
+                waited[kind] = Int(max(0, now.subtractingReportingOverflow(arrived).partialValue / 1_000_000_000))
+            }
             counts.append(("processing", kind, try spool.pendingCount(spool.processingPath(kind))))
             var done = 0
             for day in try spool.scanAll(spool.donePath(kind)) where !day.hasPrefix(".") {
@@ -42,8 +49,13 @@ struct Status: AsyncParsableCommand {
         }
         if json {
             var out = "{\"folders\":["
-            out += counts.map { "{\"folder\":\"\($0.folder)\",\"kind\":\"\($0.kind)\",\"files\":\($0.files)}" }
-                .joined(separator: ",")
+            out += counts.map { count in
+                let oldest =
+                    count.folder == "inbox"
+                    ? ",\"oldest_seconds\":" + (waited[count.kind].map(String.init) ?? "null") : ""
+                return "{\"folder\":\"\(count.folder)\",\"kind\":\"\(count.kind)\",\"files\":\(count.files)\(oldest)}"
+            }
+            .joined(separator: ",")
             out += "],\"retrying\":" + (retrying.isEmpty ? "[]" : retrying) + ",\"last_failures\":["
             out += failures.map { row in
                 "{"
@@ -69,6 +81,12 @@ struct Status: AsyncParsableCommand {
                     .padding(toLength: 14, withPad: " ", startingAt: 0)
             }
             print(folder.padding(toLength: 12, withPad: " ", startingAt: 0) + row.joined())
+            if folder == "inbox" {
+                let ages = kinds.map {
+                    (waited[$0].map(Self.age) ?? "-").padding(toLength: 14, withPad: " ", startingAt: 0)
+                }
+                print("  waiting   " + ages.joined())
+            }
         }
         print("retrying: " + (retrying == "[]" ? "none" : retrying))
         let received = zoom.reduce(0) { $0 + $1.received }
@@ -81,6 +99,16 @@ struct Status: AsyncParsableCommand {
             let fields = ["finished_at", "id", "kind", "outcome", "original_name"].map { (row[$0] ?? nil) ?? "" }
             print("  " + fields.joined(separator: "  "))
             print("    " + ((row["error"] ?? nil) ?? ""))
+        }
+    }
+
+    /// `42s`, `12m`, `3h`, `2d`: how long the oldest inbox file has waited, at a glance.
+    static func age(_ seconds: Int) -> String {
+        switch seconds {
+        case ..<120: "\(seconds)s"
+        case ..<7_200: "\(seconds / 60)m"
+        case ..<172_800: "\(seconds / 3_600)h"
+        default: "\(seconds / 86_400)d"
         }
     }
 }

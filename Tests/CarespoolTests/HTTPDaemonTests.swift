@@ -82,6 +82,7 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
         #expect(metrics.contains("carespool_file_latency_seconds_count{kind=\"appointments\"} 10"))
         #expect(metrics.contains("carespool_file_latency_seconds_bucket{kind=\"appointments\",le=\"+Inf\"} 10"))
         #expect(metrics.contains("carespool_queue_files{queue=\"inbox\"} 0.0"))
+        #expect(metrics.contains("carespool_inbox_oldest_seconds{kind=\"appointments\"} 0.0"))
         #expect(metrics.contains("carespool_database_up 1.0"))
         #expect(run.status == .exited(0))
         let events = try await SpoolView(root: spool).database().read { db in

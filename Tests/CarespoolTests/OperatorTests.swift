@@ -16,6 +16,48 @@ import Testing
         return try #require(parsed, "\(arguments) printed: \(result.out) \(result.err)")
     }
 
+    /// `status` counts every inbox folder of a kind, a partner's SFTP folder included, and says how long
+    /// the oldest file has waited — since it arrived, whatever mtime its sender kept.
+    @Test func statusSaysHowLongTheOldestInboxFileHasWaited() async throws {
+        let dir = TempDir("operator")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let partner = dir.path + "/partner"
+        for folder in [spool + "/inbox/intake", spool + "/inbox/appointments", spool + "/inbox/zoom", partner] {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        }
+        let config = dir.path + "/carespool.toml"
+        try """
+        spool = "\(spool)"
+
+        [[inbox]]
+        path = "\(partner)"
+        kind = "appointments"
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        try event("W1", "2025-01-10T12:30:00Z").write(toFile: partner + "/w1.json", atomically: false, encoding: .utf8)
+        try FileManager.default.setAttributes(
+            [.modificationDate: Date(timeIntervalSince1970: 1_000_000_000)],
+            ofItemAtPath: partner + "/w1.json"
+        )
+        try "mrn\n".write(toFile: spool + "/inbox/intake/p.csv", atomically: false, encoding: .utf8)
+        try "x".write(toFile: spool + "/inbox/intake/upload.csv.part", atomically: false, encoding: .utf8)
+
+        let status = try await json(["status", "--config", config, "--json"])
+        let inboxes = (status["folders"] as? [[String: Any]] ?? []).filter { $0["folder"] as? String == "inbox" }
+        let byKind = Dictionary(uniqueKeysWithValues: inboxes.map { ($0["kind"] as? String ?? "", $0) })
+        #expect(byKind["appointments"]?["files"] as? Int == 1)
+        #expect(byKind["intake"]?["files"] as? Int == 1)
+        #expect(byKind["zoom"]?["files"] as? Int == 0)
+        let waited = byKind["appointments"]?["oldest_seconds"] as? Int
+        #expect(waited.map { (0..<120).contains($0) } == true, "waited \(String(describing: waited)) s")
+        #expect(byKind["zoom"]?["oldest_seconds"] is NSNull)
+
+        let text = try await Daemon.command(["status", "--config", config])
+        let waiting = text.out.split(separator: "\n").first { $0.hasPrefix("  waiting") }.map(String.init) ?? ""
+        let columns = waiting.split(separator: " ").map(String.init)
+        #expect(columns.count == 4 && columns[1].hasSuffix("s") && columns[2] == "-", "\(text.out)")
+    }
+
     @Test func failedShowRetryDropReportQueriesAndTheAuditTrail() async throws {
         let dir = TempDir("operator")
         defer { dir.cleanup() }

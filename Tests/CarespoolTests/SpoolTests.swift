@@ -106,6 +106,34 @@ import Testing
         #expect(try spool.pendingCount(dir.path + "/no-such-folder") == 0)
     }
 
+    @Test func theOldestPendingFileIsDatedByItsArrivalNotItsMtime() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let partner = dir.path + "/partner"
+        try FileManager.default.createDirectory(atPath: partner, withIntermediateDirectories: true)
+        let spool = Spool(
+            root: dir.path + "/spool",
+            kinds: ["appointments"],
+            extraInboxes: [Spool.Inbox(path: partner, kind: "appointments")]
+        )
+        try spool.prepare()
+        let inbox = spool.inboxPath("appointments")
+        #expect(try spool.oldestInInboxes(of: "appointments") == nil)
+        let before = Clock.nowNanos() - 1_000_000_000  // ctime is taken from a coarser clock
+        // Kept from the sender (`rsync -t`): an mtime in 2001, but it arrived just now.
+        #expect(FileManager.default.createFile(atPath: partner + "/sent.json", contents: Data("{}".utf8)))
+        try FileManager.default.setAttributes(
+            [.modificationDate: Date(timeIntervalSince1970: 1_000_000_000)],
+            ofItemAtPath: partner + "/sent.json"
+        )
+        #expect(FileManager.default.createFile(atPath: inbox + "/.rsync.tmp", contents: Data("{}".utf8)))
+        #expect(FileManager.default.createFile(atPath: inbox + "/d.json", contents: Data("{}".utf8)))
+        let arrived = try #require(try spool.oldestInInboxes(of: "appointments"))
+        #expect(arrived >= before && arrived <= Clock.nowNanos())
+        #expect(try spool.pendingInInboxes(of: "appointments") == 2)
+        #expect(try spool.oldestPending(partner) == arrived)
+    }
+
     @Test func claimIsARenameThatOnlyOneClaimerWins() throws {
         let dir = TempDir("spool")
         defer { dir.cleanup() }
