@@ -280,10 +280,9 @@ final class Engine: @unchecked Sendable {
             folders = Set(spool.inboxes.map(\.path))
             nextRescan = now + configuration.rescanInterval.nanoseconds
         }
+        // Unsettled files are looked at again every wake-up (a file held open is among them: it is observed
+        // from its first scan on, and its open and close events name its folder).
         for key in observed.keys {
-            if let slash = key.lastIndex(of: "/") { folders.insert(String(key[..<slash])) }
-        }
-        for key in openCount.keys {
             if let slash = key.lastIndex(of: "/") { folders.insert(String(key[..<slash])) }
         }
         var ready: [(Spool.Inbox, String)] = []
