@@ -11,7 +11,8 @@ Phase 3 renames a generated 50 MB Zoom NDJSON export into inbox/zoom/ and report
 done/ and the daemon's peak resident memory (VmHWM).
 Phase 4 generates a 1,000,000-row intake CSV (30% repeated MRNs), times `sqlite3 .import` of it into one
 raw table and carespool's full intake of it, and prints both rows/s, their ratio and the peak RSS, then
-the data model's floor (the same rows loaded set-based into carespool's schema by the sqlite3 shell).
+the data model's floor (the same rows loaded set-based into carespool's schema by the sqlite3 shell) and
+the leanest schema's floor (the same into the fewest tables and indexes the prescribed model allows).
 Phase 5 posts unique webhooks with wrk: durable 202s/s on a disk spool, on tmpfs, and on disk with
 processing held off (the write path alone), and GET /health's rate. docs/PERFORMANCE.md has the details.
 """
@@ -109,16 +110,42 @@ def data_model_floor(daemon_db, raw_db, floor_db):
              "INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome, report) "
              "VALUES ('%s', 'intake', 'floor.csv', printf('%%064d', 0), 0, '', '', 'accepted', '{}');\n" % file_id)
     subprocess.run(["sqlite3", floor_db], input=setup, check=True, capture_output=True, text=True)
+    return timed_load(raw_db, floor_db, "file_id", "'%s'" % file_id)
+
+
+# The leanest schema that still holds the model #4 prescribes - patients (mrn unique), persons (one per
+# patient), visits (visit_account_number unique, linked to and looked up by patient) - with the file that
+# wrote each row as a bare integer: no per-file index, no foreign key to the ledger, no history table.
+LEANEST_SCHEMA = """PRAGMA journal_mode = WAL;
+CREATE TABLE patients (id INTEGER PRIMARY KEY, mrn TEXT NOT NULL UNIQUE, file_ref INTEGER NOT NULL) STRICT;
+CREATE TABLE persons (patient_id INTEGER PRIMARY KEY REFERENCES patients (id), first_name TEXT NOT NULL,
+  last_name TEXT NOT NULL, birth_date TEXT NOT NULL, file_ref INTEGER NOT NULL) STRICT;
+CREATE TABLE visits (id INTEGER PRIMARY KEY, visit_account_number TEXT NOT NULL UNIQUE,
+  patient_id INTEGER NOT NULL REFERENCES patients (id), visit_date TEXT NOT NULL, reason TEXT,
+  file_ref INTEGER NOT NULL, record INTEGER NOT NULL) STRICT;
+CREATE INDEX visits_by_patient ON visits (patient_id);
+"""
+
+
+def leanest_floor(raw_db, floor_db):
+    """Seconds the sqlite3 shell takes to load the raw table's rows set-based into LEANEST_SCHEMA: what
+    SQLite alone needs for the prescribed model however far its schema is trimmed."""
+    subprocess.run(["sqlite3", floor_db], input=LEANEST_SCHEMA, check=True, capture_output=True, text=True)
+    return timed_load(raw_db, floor_db, "file_ref", "1")
+
+
+def timed_load(raw_db, floor_db, file_column, file_value):
+    """Three set-based INSERT ... SELECT from the raw table in one transaction; checks the counts loaded."""
     load = """PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;
-ATTACH '%s' AS r;
+ATTACH '%(raw)s' AS r;
 BEGIN;
-INSERT INTO patients (mrn, file_id) SELECT mrn, '%s' FROM r.raw WHERE true ON CONFLICT DO NOTHING;
-INSERT INTO persons (patient_id, first_name, last_name, birth_date, file_id)
-  SELECT p.id, first_name, last_name, birth_date, '%s' FROM r.raw JOIN patients p USING (mrn) WHERE true ON CONFLICT DO NOTHING;
-INSERT INTO visits (visit_account_number, patient_id, visit_date, reason, file_id, record)
-  SELECT visit_account_number, p.id, visit_date, reason, '%s', r.raw.rowid FROM r.raw JOIN patients p USING (mrn);
+INSERT INTO patients (mrn, %(col)s) SELECT mrn, %(val)s FROM r.raw WHERE true ON CONFLICT DO NOTHING;
+INSERT INTO persons (patient_id, first_name, last_name, birth_date, %(col)s)
+  SELECT p.id, first_name, last_name, birth_date, %(val)s FROM r.raw JOIN patients p USING (mrn) WHERE true ON CONFLICT DO NOTHING;
+INSERT INTO visits (visit_account_number, patient_id, visit_date, reason, %(col)s, record)
+  SELECT visit_account_number, p.id, visit_date, reason, %(val)s, r.raw.rowid FROM r.raw JOIN patients p USING (mrn);
 COMMIT;
-""" % (raw_db, file_id, file_id, file_id)
+""" % {"raw": raw_db, "col": file_column, "val": file_value}
     begin = time.monotonic()
     subprocess.run(["sqlite3", floor_db], input=load, check=True, capture_output=True, text=True)
     seconds = time.monotonic() - begin
@@ -127,7 +154,7 @@ COMMIT;
     raw = subprocess.run(["sqlite3", raw_db, "SELECT count(*) || ' ' || count(DISTINCT mrn) FROM raw"],
                          check=True, capture_output=True, text=True).stdout.split()
     if counts != raw:
-        sys.exit("data model floor: loaded %s visits/persons, expected %s" % (counts, raw))
+        sys.exit("data model floor: loaded %s visits/persons, expected %s into %s" % (counts, raw, floor_db))
     return seconds
 
 
@@ -352,6 +379,7 @@ def main():
             statuses.append(stop(daemon))
             floor_seconds = data_model_floor(os.path.join(os.path.dirname(os.path.dirname(inbox)), "carespool.sqlite3"),
                                              raw_db, os.path.join(work, "floor.sqlite3"))
+            leanest_seconds = leanest_floor(raw_db, os.path.join(work, "leanest.sqlite3"))
 
         print("carespool benchmark (%s, %d cores)" % (os.uname().machine, os.cpu_count()))
         print("| measure | value |")
@@ -382,6 +410,9 @@ def main():
             floor_rate = intake_rows / floor_seconds
             print("| the data model's floor: the same rows set-based into carespool's schema by sqlite3 (no validation, no history) | %.1f s, %.0f rows/s, ratio %.2f |"
                   % (floor_seconds, floor_rate, floor_rate / import_rate))
+            leanest_rate = intake_rows / leanest_seconds
+            print("| the leanest schema's floor: the same, into patients/persons/visits with integer file references, no per-file indexes, no history table | %.1f s, %.0f rows/s, ratio %.2f |"
+                  % (leanest_seconds, leanest_rate, leanest_rate / import_rate))
         print("| daemon exit statuses after SIGTERM | %s |" % ", ".join(str(s) for s in statuses))
         if want("http"):
             http_phase(args.binary, schema, args.http_seconds)

@@ -11,7 +11,8 @@ package import Hummingbird
 import JSONSchema
 import Logging
 import Metrics
-import NIOCore
+package import NIOCore
+import NIOHTTPTypes
 package import Spool
 import WebhookSignatures
 
@@ -158,6 +159,21 @@ package struct SpoolVerdict: Sendable {
     }
 }
 
+/// The context of carespool's routes: Hummingbird's basic context and the request's connection, so
+/// that a route can answer `Expect: 100-continue` with an interim `100 Continue` once the request has
+/// passed every check that needs no body (RFC 9110 §10.1.1). curl sends that expectation for bodies
+/// over 1 MiB, .NET Framework's HttpWebRequest by default for every POST; unanswered, each such
+/// request waited out the client's timeout (1 s for curl, 350 ms for .NET) before sending its body.
+package struct IngressContext: RequestContext {
+    package var coreContext: CoreRequestContextStorage
+    package let channel: any Channel
+
+    package init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
 /// The routes, for the application and for tests (`app.test(.router)`). `verdict` finds the ledger's
 /// verdict on a request file by its name (`<id>.json`) and kind.
 package func buildRouter(
@@ -167,7 +183,7 @@ package func buildRouter(
     metrics: (@Sendable () async -> String)? = nil,
     verdict: @escaping @Sendable (_ name: String, _ kind: String) async -> SpoolVerdict? = { _, _ in nil },
     now: @escaping @Sendable () -> Int = { Int(time(nil)) }
-) -> Router<BasicRequestContext> {
+) -> Router<IngressContext> {
     let writer = DurableWriter(spool: spool)
     // A burst of at least one request: below 1 per second the bucket could never hold a whole token.
     let limiter = configuration.ratePerSecond.map { RateLimiter(rate: $0, burst: max(1, $0)) }
@@ -176,7 +192,7 @@ package func buildRouter(
         highWater: configuration.inboxHighWater,
         reserve: configuration.diskReserve
     )
-    let router = Router(context: BasicRequestContext.self)
+    let router = Router(context: IngressContext.self)
     router.add(middleware: RequestMetrics())
     let routes: [(path: RouterPath, kind: String)] = [
         ("/webhook/appointments", "appointments"), ("/zoom_events/events", "zoom"), ("/ingest", "intake"),
@@ -410,7 +426,7 @@ private struct Ingress {
         json(status, "{\"status\":\"error\",\"error\":\(JSONValue.quoted(message))}")
     }
 
-    func handle(_ request: Request, context: BasicRequestContext) async throws -> Response {
+    func handle(_ request: Request, context: IngressContext) async throws -> Response {
         let isZoom = inbox.kind == "zoom"
         let zoomSigned = isZoom && !configuration.zoomSecrets.isEmpty
         let webhookKeys = (configuration.webhookSecrets[inbox.kind] ?? []).map(StandardWebhooks.key(secret:))
@@ -439,6 +455,26 @@ private struct Ingress {
             return Self.error(.unsupportedMediaType, "Content-Type must be application/json")
         }
         let limit = inbox.kind == "intake" ? configuration.ingestBodyLimit : configuration.webhookBodyLimit
+        // A declared length over the limit is refused before a byte of the body is read.
+        if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > limit {
+            return Self.error(.contentTooLarge, "body larger than \(limit) bytes")
+        }
+        // A sender expecting `100 Continue` gets it only here, after every check its head allows, so a
+        // refusal above reaches it before it has sent its body (and the body it may still send is read
+        // and dropped, as for any refused request).
+        if let expectation = request.headers[.expect] {
+            guard expectation.lowercased() == "100-continue" else {
+                return Self.error(.expectationFailed, "the only expectation understood is 100-continue")
+            }
+            // Nor is a sender made to send a body the inbox has no room for.
+            if let reason = pressure.refusal(inbox) {
+                var response = Self.error(.serviceUnavailable, reason)
+                response.headers[.retryAfter] = "5"
+                return response
+            }
+            // The sender waits for this before it sends the body.
+            try? await context.channel.writeAndFlush(HTTPResponsePart.head(HTTPResponse(status: .continue)))
+        }
         let buffer: ByteBuffer
         do {
             buffer = try await Self.collect(request.body, upTo: limit, within: configuration.bodyTimeout)

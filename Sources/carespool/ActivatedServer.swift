@@ -20,7 +20,7 @@ import Systemd
 /// quiesced), then return.
 struct ActivatedServer: Service {
     let socket: Int32
-    let responder: RouterResponder<BasicRequestContext>
+    let responder: RouterResponder<IngressContext>
     let configuration: HTTPConfiguration
     let logger: Logger
     let onServerRunning: @Sendable () -> Void
@@ -30,7 +30,7 @@ struct ActivatedServer: Service {
         let logger = self.logger
         let channelSetup = HTTP1Channel(
             responder: { request, responseWriter, channel in
-                let context = BasicRequestContext(source: .init(channel: channel, logger: logger))
+                let context = IngressContext(source: .init(channel: channel, logger: logger))
                 var response: Response
                 do {
                     response = try await responder.respond(to: request, context: context)

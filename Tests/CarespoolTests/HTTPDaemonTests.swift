@@ -137,4 +137,61 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
         #expect(run.result.2 == "404")
         #expect(run.result.3 == ["200", "409", "400"])
     }
+
+    /// RFC 9110 §10.1.1 with the real binary on a live socket: a sender that sends `Expect:
+    /// 100-continue` (curl for bodies over 1 MiB, .NET Framework for every POST) and waits is answered
+    /// `100 Continue` before it sends a byte of its body; one whose request is refused by its head alone
+    /// gets the refusal instead, and no 100; an expectation other than 100-continue is a 417.
+    @Test func aSenderExpecting100ContinueIsAnsweredBeforeItSendsItsBody() async throws {
+        let dir = TempDir("httpexpect")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let port = freePort()
+        let run = try await Daemon.serve(spool: spool, arguments: ["--http", "127.0.0.1:\(port)"]) { pid in
+            _ = try await curl(["http://127.0.0.1:\(port)/health"])
+            func head(_ fields: String) -> String {
+                "POST /webhook/appointments HTTP/1.1\r\nHost: x\r\n\(fields)\r\n"
+            }
+            let body = event("E1", "2025-01-10T12:30:00Z")
+            // The body is sent only once the 100 has arrived (the read waits up to 10 s for it).
+            let accepted = try RawConnection(port: port)
+            accepted.send(
+                head("Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nExpect: 100-continue\r\n")
+            )
+            let interim = accepted.readResponse()
+            if interim?.hasPrefix("HTTP/1.1 100 Continue\r\n") == true { accepted.send(body) }
+            let final = accepted.readResponse()
+            accepted.close()
+            // Refused by the head: a declared length over the 1 MiB limit, a wrong content type.
+            var refusals: [String?] = []
+            for fields in [
+                "Content-Type: application/json\r\nContent-Length: 2000000\r\nExpect: 100-continue\r\n",
+                "Content-Type: text/plain\r\nContent-Length: 10\r\nExpect: 100-Continue\r\n",
+                "Content-Type: application/json\r\nContent-Length: 10\r\nExpect: something-else\r\n",
+            ] {
+                let connection = try RawConnection(port: port)
+                connection.send(head(fields))
+                refusals.append(connection.readResponse())
+                connection.close()
+            }
+            let view = SpoolView(root: spool)
+            let stored = await eventually { view.done().count == 1 }
+            kill(pid, SIGTERM)
+            return (interim, final, refusals, stored)
+        }
+        let (interim, final, refusals, stored) = run.result
+        #expect(interim?.hasPrefix("HTTP/1.1 100 Continue\r\n") == true, "\(interim ?? "nothing")")
+        #expect(final?.hasPrefix("HTTP/1.1 202 Accepted\r\n") == true, "\(final ?? "nothing")")
+        #expect(stored)
+        let expected = ["HTTP/1.1 413 ", "HTTP/1.1 415 ", "HTTP/1.1 417 "]
+        for (response, status) in zip(refusals, expected) {
+            // The refusal is the first answer: no 100 before it.
+            #expect(response?.hasPrefix(status) == true, "\(response ?? "nothing")")
+        }
+        #expect(run.status == .exited(0))
+        let events = try await SpoolView(root: spool).database().read { db in
+            try String.fetchAll(db, sql: "SELECT appointment_id FROM appointment_events")
+        }
+        #expect(events == ["E1"])
+    }
 }

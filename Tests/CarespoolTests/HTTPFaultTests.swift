@@ -48,6 +48,26 @@ struct RawConnection {
         }
     }
 
+    /// One response: its head, and as many body bytes as its Content-Length says; nil when nothing
+    /// complete arrived before the receive timeout or the close.
+    func readResponse() -> String? {
+        var received: [UInt8] = []
+        var byte: UInt8 = 0
+        while !received.suffix(4).elementsEqual("\r\n\r\n".utf8) {
+            guard recv(fd, &byte, 1, 0) == 1 else { return nil }
+            received.append(byte)
+        }
+        let head = String(decoding: received, as: UTF8.self)
+        let length =
+            head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+            .flatMap { Int($0.dropFirst(15).trimmingCharacters(in: .whitespaces)) } ?? 0
+        for _ in 0..<length {
+            guard recv(fd, &byte, 1, 0) == 1 else { return nil }
+            received.append(byte)
+        }
+        return String(decoding: received, as: UTF8.self)
+    }
+
     func close() { _ = Glibc.close(fd) }
 }
 
