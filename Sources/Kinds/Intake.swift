@@ -32,6 +32,17 @@ package struct IntakeReader: Sendable {
 
     /// Maps a CSV header; a missing required column is a problem with the whole file, naming the column.
     package func columns(header: CSVRecord) -> Result<IntakeColumns, RecordProblem> {
+        // Spreadsheets save "Unicode text" as UTF-16: say so, not what its bytes look like as UTF-8.
+        if let encoding = Self.wideEncoding(header.raw) {
+            return .failure(
+                RecordProblem(
+                    record: nil,
+                    line: header.line,
+                    pointer: nil,
+                    message: "the file is \(encoding), not UTF-8: save it as UTF-8 (in Excel: CSV UTF-8)"
+                )
+            )
+        }
         guard let names = header.fields else {
             let reason = header.error ?? "unreadable"
             return .failure(RecordProblem(record: nil, line: header.line, pointer: nil, message: "header: \(reason)"))
@@ -50,16 +61,31 @@ package struct IntakeReader: Sendable {
         if !missing.isEmpty {
             let list = missing.joined(separator: ", ")
             let noun = missing.count == 1 ? "column" : "columns"
-            return .failure(
-                RecordProblem(
-                    record: nil,
-                    line: header.line,
-                    pointer: nil,
-                    message: "missing required \(noun): \(list)"
-                )
-            )
+            var message = "missing required \(noun): \(list)"
+            // A header read as one column holding another separator: a semicolon- or tab-separated export.
+            if names.count == 1, let separator = [";", "\t", "|"].first(where: { names[0].contains($0) }) {
+                let shown = separator == "\t" ? "tabs" : "'\(separator)'"
+                message +=
+                    " (the header is one column separated by \(shown): intake files are comma-separated, RFC 4180)"
+            }
+            return .failure(RecordProblem(record: nil, line: header.line, pointer: nil, message: message))
         }
         return .success(IntakeColumns(index: index, extra: extra))
+    }
+
+    /// The wide encoding a header's bytes are in, by byte-order mark (UTF-32 before UTF-16, whose mark
+    /// begins UTF-32LE's) or, without one, by the NUL bytes beside ASCII letters that UTF-16 gives a
+    /// header of column names; nil for UTF-8.
+    static func wideEncoding(_ raw: [UInt8]) -> String? {
+        if raw.starts(with: [0xFF, 0xFE, 0, 0]) { return "UTF-32 (little-endian byte-order mark)" }
+        if raw.starts(with: [0, 0, 0xFE, 0xFF]) { return "UTF-32 (big-endian byte-order mark)" }
+        if raw.starts(with: [0xFF, 0xFE]) { return "UTF-16 (little-endian byte-order mark)" }
+        if raw.starts(with: [0xFE, 0xFF]) { return "UTF-16 (big-endian byte-order mark)" }
+        guard raw.count >= 4 else { return nil }
+        func isLetter(_ byte: UInt8) -> Bool { (byte | 0x20) >= 0x61 && (byte | 0x20) <= 0x7A }
+        if isLetter(raw[0]) && raw[1] == 0 && isLetter(raw[2]) && raw[3] == 0 { return "UTF-16 (little-endian)" }
+        if raw[0] == 0 && isLetter(raw[1]) && raw[2] == 0 && isLetter(raw[3]) { return "UTF-16 (big-endian)" }
+        return nil
     }
 
     /// One CSV data row (`number` counts data rows from 1), checked against the schema and the rules.

@@ -141,6 +141,48 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
         #expect(parsed.items.filter { if case .success = $0.result { true } else { false } }.count == 2)
     }
 
+    /// What spreadsheets save besides comma-separated UTF-8 is named as such: "Unicode text" (UTF-16 or
+    /// UTF-32, with or without a byte-order mark) and semicolon- or tab-separated exports — not as a
+    /// "bare CR line ending" or seven missing columns.
+    @Test func aUTF16OrSemicolonSeparatedFileIsRejectedSayingSo() throws {
+        let text = intakeHeader + "\r\nM1,A,B,1980-01-01,V1,2025-01-01,x\r\n"
+        func utf16(_ bigEndian: Bool, mark: Bool) -> [UInt8] {
+            let units = (mark ? [UInt16(0xFEFF)] : []) + Array(text.utf16)
+            return units.flatMap { unit in
+                bigEndian ? [UInt8(unit >> 8), UInt8(unit & 0xFF)] : [UInt8(unit & 0xFF), UInt8(unit >> 8)]
+            }
+        }
+        let utf32LE = [0xFF, 0xFE, 0, 0] + text.unicodeScalars.flatMap { scalar -> [UInt8] in
+            let value = scalar.value
+            return [UInt8(value & 0xFF), UInt8((value >> 8) & 0xFF), UInt8((value >> 16) & 0xFF), UInt8(value >> 24)]
+        }
+        let cases: [([UInt8], String)] = [
+            (utf16(false, mark: true), "the file is UTF-16 (little-endian byte-order mark), not UTF-8"),
+            (utf16(true, mark: true), "the file is UTF-16 (big-endian byte-order mark), not UTF-8"),
+            (utf16(false, mark: false), "the file is UTF-16 (little-endian), not UTF-8"),
+            (utf16(true, mark: false), "the file is UTF-16 (big-endian), not UTF-8"),
+            (utf32LE, "the file is UTF-32 (little-endian byte-order mark), not UTF-8"),
+            (
+                Array(text.replacingOccurrences(of: ",", with: ";").utf8),
+                "(the header is one column separated by ';': intake files are comma-separated, RFC 4180)"
+            ),
+            (
+                Array(text.replacingOccurrences(of: ",", with: "\t").utf8),
+                "(the header is one column separated by tabs: intake files are comma-separated, RFC 4180)"
+            ),
+        ]
+        let reader = try projectCatalog().intake
+        for (bytes, expected) in cases {
+            let parsed = reader.readCSV(bytes, today: "2026-11-23")
+            #expect(parsed.items.isEmpty)
+            #expect(parsed.fileProblem?.line == 1)
+            #expect(parsed.fileProblem?.message.contains(expected) == true, "\(parsed.fileProblem?.message ?? "none")")
+        }
+        // A UTF-8 file with its byte-order mark stays a good file.
+        let good = reader.readCSV([0xEF, 0xBB, 0xBF] + Array(text.utf8), today: "2026-11-23")
+        #expect(good.fileProblem == nil && good.items.count == 1)
+    }
+
     @Test func aJSONArrayOfIntakeRecordsIsTheSameRecords() async throws {
         let json = """
             [{"mrn":"J1","first_name":"A","last_name":"B","birth_date":"1980-01-01","visit_account_number":"JV1","visit_date":"2025-01-01","reason":null},
