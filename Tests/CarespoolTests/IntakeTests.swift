@@ -152,10 +152,14 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
                 bigEndian ? [UInt8(unit >> 8), UInt8(unit & 0xFF)] : [UInt8(unit & 0xFF), UInt8(unit >> 8)]
             }
         }
-        let utf32LE = [0xFF, 0xFE, 0, 0] + text.unicodeScalars.flatMap { scalar -> [UInt8] in
-            let value = scalar.value
-            return [UInt8(value & 0xFF), UInt8((value >> 8) & 0xFF), UInt8((value >> 16) & 0xFF), UInt8(value >> 24)]
-        }
+        let utf32LE =
+            [0xFF, 0xFE, 0, 0]
+            + text.unicodeScalars.flatMap { scalar -> [UInt8] in
+                let value = scalar.value
+                return [
+                    UInt8(value & 0xFF), UInt8((value >> 8) & 0xFF), UInt8((value >> 16) & 0xFF), UInt8(value >> 24),
+                ]
+            }
         let cases: [([UInt8], String)] = [
             (utf16(false, mark: true), "the file is UTF-16 (little-endian byte-order mark), not UTF-8"),
             (utf16(true, mark: true), "the file is UTF-16 (big-endian byte-order mark), not UTF-8"),
