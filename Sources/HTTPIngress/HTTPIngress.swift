@@ -450,9 +450,14 @@ private struct Ingress {
             response.headers[.retryAfter] = String(retryAfter)
             return response
         }
+        // Media types are case-insensitive (RFC 9110 §8.3.1): `Application/JSON` is JSON too.
         let contentType = request.headers[.contentType] ?? ""
-        guard contentType.split(separator: ";").first?.trimmingCharacters() == "application/json" else {
+        guard contentType.split(separator: ";").first?.trimmingCharacters().lowercased() == "application/json" else {
             return Self.error(.unsupportedMediaType, "Content-Type must be application/json")
+        }
+        // A compressed body would be spooled as its compressed bytes: refused by name (RFC 9110 §15.5.16).
+        if let coding = request.headers[.contentEncoding], coding.trimmingCharacters().lowercased() != "identity" {
+            return Self.error(.unsupportedMediaType, "Content-Encoding is not supported: send the body uncompressed")
         }
         let limit = inbox.kind == "intake" ? configuration.ingestBodyLimit : configuration.webhookBodyLimit
         // A declared length over the limit is refused before a byte of the body is read.
@@ -580,9 +585,9 @@ private struct Ingress {
     }
 }
 
-extension Substring {
+extension StringProtocol {
     fileprivate func trimmingCharacters() -> String {
-        var s = self
+        var s = Substring(self)
         while s.first == " " { s.removeFirst() }
         while s.last == " " { s.removeLast() }
         return String(s)

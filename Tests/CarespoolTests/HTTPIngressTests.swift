@@ -69,12 +69,29 @@ import WebhookSignatures
             ) {
                 #expect($0.status == .unsupportedMediaType)
             }
+            // A compressed body is refused by name, not spooled as its compressed bytes.
+            try await client.execute(
+                uri: "/webhook/appointments",
+                method: .post,
+                headers: [.contentType: "application/json", .contentEncoding: "gzip"],
+                body: ByteBuffer(bytes: [0x1F, 0x8B, 0x08, 0x00])
+            ) { response in
+                #expect(response.status == .unsupportedMediaType)
+                #expect(String(buffer: response.body).contains("Content-Encoding is not supported"))
+            }
             try await client.execute(
                 uri: "/webhook/appointments",
                 method: .post,
                 headers: [.contentType: "application/json"],
                 body: ByteBuffer(string: "[" + String(repeating: "1,", count: 100) + "1]")
             ) { #expect($0.status == .contentTooLarge) }
+            // Media types are case-insensitive.
+            try await client.execute(
+                uri: "/webhook/appointments",
+                method: .post,
+                headers: [.contentType: "Application/JSON; charset=UTF-8"],
+                body: ByteBuffer(string: "{\"a\": tru}")
+            ) { #expect($0.status == .badRequest) }
             try await client.execute(
                 uri: "/webhook/appointments",
                 method: .post,
