@@ -275,6 +275,10 @@ package func buildRouter(
             + "\"processing\":\(report.processing),\"failed\":\(report.failed)}}"
         return Ingress.json(status, body)
     }
+    // Load balancers' and uptime monitors' checks that ask with HEAD: the same status, no body.
+    router.head("/health") { _, _ -> Response in
+        Response(status: await health().databaseUp ? .ok : .serviceUnavailable)
+    }
     return router
 }
 

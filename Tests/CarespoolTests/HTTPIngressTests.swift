@@ -13,16 +13,18 @@ import WebhookSignatures
 @Suite struct HTTPIngressTests {
     let dir = TempDir("http")
 
-    func app(_ configuration: HTTPConfiguration = .init(), now: Int = 1_720_707_175) throws -> (
-        some ApplicationProtocol, Spool
-    ) {
+    func app(
+        _ configuration: HTTPConfiguration = .init(),
+        now: Int = 1_720_707_175,
+        databaseUp: Bool = true
+    ) throws -> (some ApplicationProtocol, Spool) {
         let spool = Spool(root: dir.path + "/spool", kinds: ["appointments", "zoom", "intake"])
         try spool.prepare()
         let router = buildRouter(
             configuration: configuration,
             spool: spool,
             health: {
-                HealthReport(databaseUp: true, received: 3, inserted: 2, inbox: 1, processing: 0, failed: 0)
+                HealthReport(databaseUp: databaseUp, received: 3, inserted: 2, inbox: 1, processing: 0, failed: 0)
             },
             now: { now }
         )
@@ -281,6 +283,19 @@ import WebhookSignatures
                         == "{\"status\":\"ok\",\"db\":\"up\",\"received\":3,\"inserted\":2,\"queues\":{\"inbox\":1,\"processing\":0,\"failed\":0}}"
                 )
             }
+            // A monitor that checks with HEAD gets the same status.
+            try await client.execute(uri: "/health", method: .head) { response in
+                #expect(response.status == .ok)
+                #expect(response.body.readableBytes == 0)
+            }
+        }
+        let (down, _) = try self.app(databaseUp: false)
+        try await down.test(.router) { client in
+            try await client.execute(uri: "/health", method: .get) { response in
+                #expect(response.status == .serviceUnavailable)
+                #expect(String(buffer: response.body).hasPrefix("{\"status\":\"error\",\"db\":\"down\","))
+            }
+            try await client.execute(uri: "/health", method: .head) { #expect($0.status == .serviceUnavailable) }
         }
     }
 
