@@ -38,7 +38,14 @@ package struct AppDatabase: Sendable {
         config.prepareDatabase { db in
             if !db.configuration.readonly {
                 // Commits are on disk before any file moves; checkpoints are ours (see checkpoint()).
-                try db.execute(sql: "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0")
+                // A write-ahead log that once grew is cut back to 64 MiB when it next starts over,
+                // rather than keep its largest size on disk for as long as the daemon runs.
+                try db.execute(
+                    sql: """
+                        PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0;
+                        PRAGMA journal_size_limit = \(Self.walSizeLimit)
+                        """
+                )
             }
         }
         if readonly {
@@ -50,6 +57,13 @@ package struct AppDatabase: Sendable {
         try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
         return try AppDatabase(pool, checkpointer: DatabaseQueue(path: path, configuration: config))
     }
+
+    /// The size the write-ahead log is cut back to when it starts over (`journal_size_limit`).
+    static let walSizeLimit = 64 << 20
+
+    /// WAL frames (pages) after which a large file's chunk commit checkpoints on its own connection
+    /// (`wal_autocheckpoint` for those transactions only): 4,096 pages, 16 MiB.
+    static let chunkCheckpointFrames = 4_096
 
     /// Copies committed WAL frames into the database file (PASSIVE: never blocks the writer or readers).
     /// Run it often from a thread of its own; without it the WAL only grows.
@@ -234,8 +248,21 @@ extension AppDatabase {
                 // last with synchronous = FULL, fsyncs the write-ahead log and every chunk before it. A
                 // power cut before that loses chunks of a file that is still in processing/, and its
                 // replay stores them again; a crash of the process alone loses nothing written.
-                try db.execute(sql: "PRAGMA foreign_keys = OFF; PRAGMA synchronous = NORMAL")
-                defer { try? db.execute(sql: "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL") }
+                // The chunks of one file commit back to back, with no pause in which the checkpointing
+                // thread's passive checkpoint could catch up and let the log start over: without one of
+                // their own (every 16 MiB, right after the commit that reaches it, on this connection),
+                // a 1M-row intake grew the log to 580 MiB, eight times the file.
+                try db.execute(
+                    sql: """
+                        PRAGMA foreign_keys = OFF; PRAGMA synchronous = NORMAL;
+                        PRAGMA wal_autocheckpoint = \(Self.chunkCheckpointFrames)
+                        """
+                )
+                defer {
+                    try? db.execute(
+                        sql: "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0"
+                    )
+                }
                 var report = FileReport(outcome: .accepted)
                 try db.inTransaction(.immediate) {
                     switch chunk {

@@ -36,6 +36,25 @@ import Testing
         }
     }
 
+    /// A write-ahead log that grew past 64 MiB (one large transaction) is cut back to 64 MiB when it
+    /// starts over after a checkpoint, instead of keeping its largest size for as long as the daemon runs.
+    @Test func aWriteAheadLogThatGrewIsCutBackWhenItStartsOver() throws {
+        defer { dir.cleanup() }
+        let database = try open()
+        let log = dir.file("db.sqlite3") + "-wal"
+        func size() throws -> Int { try FileManager.default.attributesOfItem(atPath: log)[.size] as? Int ?? -1 }
+        try database.writer.write { db in
+            try db.execute(sql: "CREATE TABLE scratch (b BLOB)")
+            for _ in 0..<80 { try db.execute(sql: "INSERT INTO scratch VALUES (zeroblob(1048576))") }
+        }
+        let grown = try size()
+        try database.checkpoint()
+        try database.writer.write { db in try db.execute(sql: "INSERT INTO scratch VALUES (x'00')") }
+        let after = try size()
+        #expect(grown > 80 << 20, "log \(grown >> 20) MiB")
+        #expect(after <= 64 << 20, "log \(after >> 20) MiB after starting over")
+    }
+
     @Test func storesRecordsAndTheLedgerRowTogether() throws {
         defer { dir.cleanup() }
         let database = try open()
