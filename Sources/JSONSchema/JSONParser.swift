@@ -13,6 +13,13 @@ package struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertib
     package var offset: Int = 0
 
     package var description: String { "line \(line), column \(column): \(reason)" }
+
+    package init(line: Int, column: Int, reason: String, offset: Int = 0) {
+        self.line = line
+        self.column = column
+        self.reason = reason
+        self.offset = offset
+    }
 }
 
 /// Parses JSON text. Use ``parse(_:)`` for one document, or ``parseValue(_:from:)`` to read

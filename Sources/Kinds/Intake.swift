@@ -118,11 +118,18 @@ package struct IntakeReader: Sendable {
 
     /// A JSON array of intake records (the body of `POST /ingest`), or NDJSON.
     package func read(_ bytes: [UInt8], today: String) -> ParsedFile<IntakeRecord> {
-        JSONRecords.read(bytes) { raw in
-            switch JSONRecords.value(of: raw) {
-            case .failure(let problems): .failure(problems)
-            case .success(let value): check(value, number: raw.number, line: raw.line, today: today)
-            }
+        JSONRecords.read(bytes) { raw in map(raw, today: today) }
+    }
+
+    /// One JSON record: for streaming readers that split the records themselves.
+    package func record(_ raw: JSONRecords.Raw, today: String) -> Item<IntakeRecord> {
+        Item(number: raw.number, line: raw.line, text: raw.text, result: map(raw, today: today))
+    }
+
+    private func map(_ raw: JSONRecords.Raw, today: String) -> Result<IntakeRecord, Problems> {
+        switch JSONRecords.value(of: raw) {
+        case .failure(let problems): .failure(problems)
+        case .success(let value): check(value, number: raw.number, line: raw.line, today: today)
         }
     }
 

@@ -150,7 +150,9 @@ package enum JSONRecords {
         switch raw.value {
         case .success(let value): return .success(value)
         case .failure(let error):
-            let message = "not valid JSON: \(error.reason) (column \(error.column))"
+            // A record of several lines (a pretty-printed array's element) names the line as well.
+            let place = error.line > raw.line ? "line \(error.line), column \(error.column)" : "column \(error.column)"
+            let message = "not valid JSON: \(error.reason) (\(place))"
             return .failure(
                 Problems([RecordProblem(record: raw.number, line: raw.line, pointer: nil, message: message)])
             )
@@ -168,5 +170,210 @@ package enum JSONRecords {
 
     private static func notJSON(_ error: JSONParseError) -> RecordProblem {
         RecordProblem(record: nil, line: error.line, pointer: nil, message: "not valid JSON: \(error.description)")
+    }
+}
+
+/// Splits a top-level JSON array into its elements as its bytes arrive, in chunks of any size, so that
+/// a large array is read in bounded memory, like NDJSON: each element's bytes, its number and the line
+/// it starts on. Only the structure is followed here (strings, escapes, nesting); each element is
+/// parsed on its own by ``JSONRecords/record(element:)``. Where the structure breaks — a byte other
+/// than `,` or `]` after an element, a `]` after a `,`, text after the closing `]` — the rest of the
+/// input becomes one last element that is rejected with the reason (its records before it stand, as
+/// an NDJSON file's lines before a bad one do); input that ends before the closing `]` adds a rejected
+/// element saying so. An element longer than `maxElementBytes` is cut there, and fails to parse.
+package struct JSONArrayReader {
+    package struct Element: Sendable {
+        package var number: Int
+        package var line: Int
+        package var bytes: [UInt8]
+        /// Why this is no element (the array broke here), nil for an element to parse.
+        package var broken: String?
+    }
+
+    private enum Phase { case start, beforeElement, inElement, afterElement, closed, broken }
+    private var phase = Phase.start
+    private var afterComma = false
+    private var depth = 0
+    private var inString = false
+    private var escaped = false
+    private var current: [UInt8] = []
+    private var line = 1
+    private var elementLine = 1
+    private var count = 0
+    private var brokenReason = ""
+    package let maxElementBytes: Int
+
+    package init(maxElementBytes: Int = 16 << 20) { self.maxElementBytes = maxElementBytes }
+
+    private static func isWhitespace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09
+    }
+
+    package mutating func feed(_ chunk: ArraySlice<UInt8>, _ emit: (Element) throws -> Void) rethrows {
+        for byte in chunk {
+            if byte == 0x0A { line += 1 }
+            switch phase {
+            case .start:
+                // A UTF-8 byte-order mark and whitespace may come before the `[`.
+                if Self.isWhitespace(byte) || byte == 0xEF || byte == 0xBB || byte == 0xBF { continue }
+                if byte == UInt8(ascii: "[") {
+                    phase = .beforeElement
+                } else {
+                    breakHere(byte, "the file does not begin with a JSON array")
+                }
+            case .beforeElement:
+                if Self.isWhitespace(byte) { continue }
+                if byte == UInt8(ascii: "]") {
+                    if afterComma {
+                        breakHere(byte, "a ']' after a ',' (after record \(count))")
+                    } else {
+                        phase = .closed
+                    }
+                    continue
+                }
+                elementLine = line
+                current.removeAll(keepingCapacity: true)
+                current.append(byte)
+                phase = .inElement
+                depth = byte == UInt8(ascii: "{") || byte == UInt8(ascii: "[") ? 1 : 0
+                inString = byte == UInt8(ascii: "\"")
+                escaped = false
+            case .inElement:
+                if inString {
+                    append(byte)
+                    if escaped {
+                        escaped = false
+                    } else if byte == UInt8(ascii: "\\") {
+                        escaped = true
+                    } else if byte == UInt8(ascii: "\"") {
+                        inString = false
+                        if depth == 0 { try complete(emit) }
+                    }
+                } else if depth == 0 {
+                    // A bare number or literal ends at what follows it.
+                    if byte == UInt8(ascii: ",") {
+                        try complete(emit)
+                        phase = .beforeElement
+                        afterComma = true
+                    } else if byte == UInt8(ascii: "]") {
+                        try complete(emit)
+                        phase = .closed
+                    } else if Self.isWhitespace(byte) {
+                        try complete(emit)
+                    } else {
+                        append(byte)
+                    }
+                } else {
+                    append(byte)
+                    if byte == UInt8(ascii: "\"") {
+                        inString = true
+                    } else if byte == UInt8(ascii: "{") || byte == UInt8(ascii: "[") {
+                        depth += 1
+                    } else if byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") {
+                        depth -= 1
+                        if depth == 0 { try complete(emit) }
+                    }
+                }
+            case .afterElement:
+                if Self.isWhitespace(byte) { continue }
+                if byte == UInt8(ascii: ",") {
+                    phase = .beforeElement
+                    afterComma = true
+                } else if byte == UInt8(ascii: "]") {
+                    phase = .closed
+                } else {
+                    breakHere(byte, "expected ',' or ']' after record \(count)")
+                }
+            case .closed:
+                if !Self.isWhitespace(byte) { breakHere(byte, "text after the array's closing ']'") }
+            case .broken:
+                append(byte)
+            }
+        }
+    }
+
+    /// Ends the input: an element cut short, the broken rest, or a missing `]` becomes a last, rejected
+    /// element.
+    package mutating func finish(_ emit: (Element) throws -> Void) rethrows {
+        switch phase {
+        case .inElement where depth == 0 && !inString:
+            // A bare number or literal at the very end: an element, and then the `]` is missing.
+            try complete(emit)
+            try missingEnd(emit)
+        case .inElement:
+            // Cut short inside an element, which then fails to parse: reason enough.
+            count += 1
+            try emit(Element(number: count, line: elementLine, bytes: current, broken: nil))
+        case .broken:
+            count += 1
+            try emit(Element(number: count, line: elementLine, bytes: current, broken: brokenReason))
+        case .start:
+            break
+        case .beforeElement, .afterElement:
+            try missingEnd(emit)
+        case .closed:
+            break
+        }
+        phase = .closed
+    }
+
+    private mutating func missingEnd(_ emit: (Element) throws -> Void) rethrows {
+        count += 1
+        try emit(
+            Element(
+                number: count,
+                line: line,
+                bytes: [],
+                broken: "the array is not closed: the file ends before its ']' (cut short?)"
+            )
+        )
+    }
+
+    private mutating func append(_ byte: UInt8) {
+        if current.count < maxElementBytes { current.append(byte) }
+    }
+
+    private mutating func complete(_ emit: (Element) throws -> Void) rethrows {
+        count += 1
+        try emit(Element(number: count, line: elementLine, bytes: current, broken: nil))
+        current.removeAll(keepingCapacity: true)
+        phase = .afterElement
+        afterComma = false
+    }
+
+    private mutating func breakHere(_ byte: UInt8, _ reason: String) {
+        brokenReason = "the array breaks at line \(line): \(reason); the rest of the file is not read"
+        elementLine = line
+        current.removeAll(keepingCapacity: true)
+        current.append(byte)
+        phase = .broken
+    }
+}
+
+extension JSONRecords {
+    /// One element of a streamed JSON array as record `element.number`.
+    package static func record(element: JSONArrayReader.Element) -> Raw {
+        let raw = String(decoding: element.bytes, as: UTF8.self)
+        // A record that is not JSON keeps its text, on one line (it goes to an NDJSON sidecar): its line
+        // breaks, whitespace between tokens or invalid inside a string, become spaces.
+        let oneLine = String(decoding: element.bytes.map { $0 == 0x0A || $0 == 0x0D ? 0x20 : $0 }, as: UTF8.self)
+        if let broken = element.broken {
+            let error = JSONParseError(line: element.line, column: 1, reason: broken)
+            return Raw(number: element.number, line: element.line, text: oneLine, raw: raw, value: .failure(error))
+        }
+        do {
+            let value = try JSONParser.parse(element.bytes)
+            return Raw(
+                number: element.number,
+                line: element.line,
+                text: value.compactText,
+                raw: raw,
+                value: .success(value)
+            )
+        } catch {
+            var located = error
+            located.line = element.line + error.line - 1
+            return Raw(number: element.number, line: element.line, text: oneLine, raw: raw, value: .failure(located))
+        }
     }
 }

@@ -42,15 +42,19 @@ extension Engine {
             }
             let digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
             let firstByte = firstLine.first { ![0x20, 0x09, 0x0D, 0xEF, 0xBB, 0xBF].contains($0) }
-            // A JSON document (not NDJSON, not CSV) is read whole, so only up to `wholeFileLimit`: a larger
-            // one is rejected unread rather than held in memory.
+            // A JSON array is streamed element by element, whatever its line breaks. Another JSON
+            // document (one large object) is read whole, so only up to `wholeFileLimit`: a larger one is
+            // rejected unread rather than held in memory.
             var tooLarge: RecordProblem?
+            let isArray = firstByte == UInt8(ascii: "[")
             let readWhole: Bool
-            if kind == .intake {
-                // CSV is always streamed; a JSON array of intake records is read whole.
-                readWhole = firstByte == UInt8(ascii: "[") || firstByte == UInt8(ascii: "{")
+            if isArray {
+                readWhole = false
+            } else if kind == .intake {
+                // CSV is always streamed.
+                readWhole = firstByte == UInt8(ascii: "{")
             } else {
-                // Not NDJSON (an array or one large object): read whole, like any other file.
+                // Not NDJSON (one large object): read whole, like any other file.
                 readWhole =
                     JSONRecords.record(line: firstLine[...], number: 1, lineNumber: 1).map({
                         if case .success = $0.value { true } else { false }
@@ -66,12 +70,15 @@ extension Engine {
                     line: nil,
                     pointer: nil,
                     message:
-                        "file is \(size) bytes and not \(kind == .intake ? "CSV or NDJSON" : "NDJSON"): a JSON document over "
-                        + "\(configuration.wholeFileLimit) bytes is not read; send large data one record per line"
+                        "file is \(size) bytes and not \(kind == .intake ? "CSV, " : "")NDJSON or a JSON array: a JSON "
+                        + "document over \(configuration.wholeFileLimit) bytes is not read; send large data one record "
+                        + "per line or as an array of records"
                 )
             }
             let receivedAt = Clock.timestamp()
-            let rejectedFile = try spool.temporaryFile(file.id + ".rejected." + kind.rejectedExtension)
+            // Rejected JSON records are NDJSON, an intake file's too when it is JSON.
+            let rejectedExtension = kind == .intake && isArray ? "ndjson" : kind.rejectedExtension
+            let rejectedFile = try spool.temporaryFile(file.id + ".rejected." + rejectedExtension)
             var totals: FileReport
             if let tooLarge {
                 totals = FileReport(outcome: .rejected, errors: [tooLarge])
@@ -79,10 +86,10 @@ extension Engine {
                 try database.ledgerReport(id: file.id) == nil
             {
                 totals = FileReport(outcome: .duplicate, duplicateOf: earlier)
-            } else if kind == .intake {
+            } else if kind == .intake && !isArray {
                 totals = try streamCSV(file, rejected: rejectedFile)
             } else {
-                totals = try streamRecords(file, kind: kind, rejected: rejectedFile)
+                totals = try streamRecords(file, kind: kind, array: isArray, rejected: rejectedFile)
             }
             try rejectedFile.close()
             var prepared = PreparedFile(
@@ -104,7 +111,7 @@ extension Engine {
                 sidecars.append((".error.json", Array(json.utf8)))
             }
             if report.outcome == .partial {
-                sidecarFiles.append((".rejected." + kind.rejectedExtension, rejectedFile))
+                sidecarFiles.append((".rejected." + rejectedExtension, rejectedFile))
             } else {
                 rejectedFile.discard()
             }
@@ -124,12 +131,14 @@ extension Engine {
         }
     }
 
-    /// Pass 2: every line parsed, validated and committed in chunks; rejected lines appended to `rejected`.
-    private func streamRecords(_ file: Spool.Claimed, kind: Kind, rejected: Spool.TemporaryFile) throws -> FileReport {
+    /// Pass 2: every line (or with `array`, every element of the JSON array) parsed, validated and
+    /// committed in chunks; rejected records appended to `rejected`, one per line.
+    private func streamRecords(_ file: Spool.Claimed, kind: Kind, array: Bool, rejected: Spool.TemporaryFile) throws
+        -> FileReport
+    {
         var totals = FileReport(outcome: .accepted)
         var unlisted = 0
         var pending: [JSONRecords.Raw] = []
-        var carry: [UInt8] = []
         var lineNumber = 0
         var number = 0
 
@@ -143,7 +152,8 @@ extension Engine {
                 for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
             case .zoom(let items):
                 for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
-            case .intake: break
+            case .intake(let items):
+                for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
             }
             if !rejectedText.isEmpty { try rejected.append(Array(rejectedText.utf8)) }
             unlisted += totals.absorb(chunkReport, listing: Self.listedProblems)
@@ -157,10 +167,11 @@ extension Engine {
             case .zoom:
                 try committer.submit(.zoom(pending.map { catalog.zoom.record($0) }), done: done)
             case .intake:
-                return  // CSV: streamCSV
+                try committer.submit(.intake(pending.map { catalog.intake.record($0, today: today) }), done: done)
             }
             pending.removeAll(keepingCapacity: true)
         }
+        let today = String(Clock.timestamp().prefix(10))
 
         func take(_ line: ArraySlice<UInt8>) throws {
             lineNumber += 1
@@ -171,8 +182,38 @@ extension Engine {
         }
 
         // A line longer than this is kept only up to it: its record fails to parse (an incomplete JSON
-        // value) and is rejected, and one endless line cannot fill memory.
+        // value) and is rejected, and one endless line cannot fill memory. The same for array elements.
         let maxLine = 16 << 20
+        if array {
+            var reader = JSONArrayReader(maxElementBytes: maxLine)
+            func element(_ element: JSONArrayReader.Element) throws {
+                number += 1
+                pending.append(JSONRecords.record(element: element))
+                if pending.count >= Self.chunkRecords { try flush() }
+            }
+            try spool.readChunks(file) { chunk in try reader.feed(chunk, element) }
+            try reader.finish(element)
+        } else {
+            try readLines(file, maxLine: maxLine, take)
+        }
+        try flush()
+        try committer.finish(done: done)
+        if number == 0 {
+            let what = array ? "the array is empty: no records" : "file is empty: no records"
+            totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: what)]
+        }
+        let skipped = totals.notes.contains { $0.contains("endpoint.url_validation") } ? 1 : 0
+        totals.close(unlisted: unlisted, skipped: skipped)
+        return totals
+    }
+
+    /// Each line of `file` (without its line break, cut at `maxLine` bytes) to `take`, in order.
+    private func readLines(
+        _ file: Spool.Claimed,
+        maxLine: Int,
+        _ take: (ArraySlice<UInt8>) throws -> Void
+    ) throws {
+        var carry: [UInt8] = []
         try spool.readChunks(file) { chunk in
             var start = chunk.startIndex
             while let newline = chunk[start...].firstIndex(of: 0x0A) {
@@ -188,14 +229,6 @@ extension Engine {
             carry += chunk[start..<min(chunk.endIndex, start + max(0, maxLine - carry.count))]
         }
         if !carry.isEmpty { try take(carry[...]) }
-        try flush()
-        try committer.finish(done: done)
-        if number == 0 {
-            totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no records")]
-        }
-        let skipped = totals.notes.contains { $0.contains("endpoint.url_validation") } ? 1 : 0
-        totals.close(unlisted: unlisted, skipped: skipped)
-        return totals
     }
 
     /// Pass 2 for an intake CSV: the header mapped, then rows validated and committed in chunks; rejected

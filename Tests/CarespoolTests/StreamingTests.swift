@@ -137,6 +137,101 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
         #expect(row?["duplicates"] == 0)
     }
 
+    /// A large JSON array streams element by element, whatever its line breaks: a pretty-printed intake
+    /// array with a record the schema refuses and one that is not JSON is partial, its two bad records
+    /// in the `.rejected.ndjson` sidecar; a one-line appointments array is every event (it was read as
+    /// one NDJSON line, a single record that is not an object, and rejected).
+    @Test func aLargeJSONArrayStreamsRecordByRecordWhateverItsLayout() async throws {
+        let dir = TempDir("array")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        var intake: [String] = []
+        for n in 1...300 {
+            let mrn = n == 100 ? "" : "M\(n)"
+            let first = n == 200 ? "tru" : "\"F\(n)\""
+            intake.append(
+                "  {\n    \"mrn\": \"\(mrn)\", \"first_name\": \(first), \"last_name\": \"L\",\n"
+                    + "    \"birth_date\": \"1980-01-01\", \"visit_account_number\": \"V\(n)\", \"visit_date\": \"2025-01-01\"\n  }"
+            )
+        }
+        let intakeText = "[\n" + intake.joined(separator: ",\n") + "\n]\n"
+        let events = (1...3_000).map { event("A\($0)", "2025-01-10T12:30:00Z") }
+        let appointmentsText = "[" + events.joined(separator: ",") + "]"
+        #expect(intakeText.utf8.count > 4096 && appointmentsText.utf8.count > 4096)
+        let run = try await Daemon.serve(spool: spool, arguments: ["--stream-threshold", "4096"]) { pid in
+            try await waitUntilServing(spool)
+            let view = SpoolView(root: spool)
+            try dropLikeRsync(intakeText, into: spool + "/inbox/intake", name: "patients.json")
+            try dropLikeRsync(appointmentsText, into: spool + "/inbox/appointments", name: "events.json")
+            let finished = await eventually(timeout: .seconds(60)) {
+                view.done("intake").count == 1 && view.done("appointments").count == 1
+            }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result)
+        let view = SpoolView(root: spool)
+        let rejectedName = try #require(view.sidecars("intake").first { $0.hasSuffix(".rejected.ndjson") })
+        let rejected = try String(contentsOfFile: spool + "/failed/intake/" + rejectedName, encoding: .utf8)
+        let lines = rejected.split(separator: "\n")
+        #expect(lines.count == 2)
+        #expect(lines.first?.contains("\"V100\"") == true && lines.last?.contains("V200") == true)
+        let (intakeRow, appointmentsRow, visits) = try await view.database().read { db in
+            (
+                try Row.fetchOne(db, sql: "SELECT outcome, stored, rejected, report FROM files WHERE kind = 'intake'"),
+                try Row.fetchOne(db, sql: "SELECT outcome, stored FROM files WHERE kind = 'appointments'"),
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM visits")
+            )
+        }
+        #expect(intakeRow?["outcome"] == "partial")
+        #expect(intakeRow?["stored"] == 298)
+        #expect(intakeRow?["rejected"] == 2)
+        let report: String = intakeRow?["report"] ?? ""
+        #expect(
+            report.contains(
+                "\"record\":200,\"line\":798,\"pointer\":null,\"message\":\"not valid JSON: invalid literal (line 799, column 37)\""
+            ),
+            "\(report)"
+        )
+        #expect(visits == 298)
+        #expect(appointmentsRow?["outcome"] == "accepted")
+        #expect(appointmentsRow?["stored"] == 3_000)
+    }
+
+    /// A 25 MB JSON array is read in bounded memory (read whole, it took about eleven times its size).
+    @Test func aLargeJSONArrayIsReadInBoundedMemory() async throws {
+        let dir = TempDir("array-big")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let count = 60_000
+        var text = "["
+        text.reserveCapacity(count * 430)
+        let notes = String(repeating: "n", count: 300)
+        for n in 0..<count {
+            if n > 0 { text += ",\n" }
+            text += event("B\(n)", "2025-01-10T12:30:00Z", notes: notes)
+        }
+        text += "]"
+        #expect(text.utf8.count > 25_000_000)
+        let staged = dir.file("events.json")
+        try Data(text.utf8).write(to: URL(fileURLWithPath: staged))
+        let run = try await Daemon.serve(spool: spool) { pid in
+            try await waitUntilServing(spool)
+            #expect(rename(staged, spool + "/inbox/appointments/events.json") == 0)
+            let finished = await eventually(timeout: .seconds(240)) { SpoolView(root: spool).done().count == 1 }
+            let peak = peakResidentBytes(pid)
+            kill(pid, SIGTERM)
+            return (finished, peak)
+        }
+        #expect(run.result.0)
+        let peak = try #require(run.result.1)
+        #expect(peak < 64 << 20, "peak resident memory \(peak >> 20) MiB")
+        let stored = try await SpoolView(root: spool).database().read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")
+        }
+        #expect(stored == count)
+    }
+
     @Test func killMinus9MidStreamThenRestartStoresEveryEventOnceAndCountsThemOnce() async throws {
         let dir = TempDir("stream")
         defer { dir.cleanup() }
