@@ -22,6 +22,17 @@ public func fuzzAppointments(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt 
     }
     reader.finish { streamed.append(JSONRecords.record(element: $0)) }
     for (index, raw) in streamed.enumerated() { precondition(raw.number == index + 1, "element numbers") }
+    // The HTTP door's check agrees with the parser: same verdict, same error.
+    switch (
+        Result { () throws(JSONParseError) in try JSONParser.parse(bytes) },
+        Result { () throws(JSONParseError) in try JSONParser.check(bytes) }
+    ) {
+    case (.success(.array(let elements)), .success(.array(let count))):
+        precondition(count == elements.count, "check count")
+    case (.success(let value), .success(.value(let checked))): precondition(value == checked, "check value")
+    case (.failure(let parsed), .failure(let checked)): precondition(parsed == checked, "check error")
+    default: preconditionFailure("check and parse disagree")
+    }
     if let value = try? JSONParser.parse(bytes) {
         let again = try? JSONParser.parse(Array(value.compactText.utf8))
         precondition(again == value, "printing changed the value")

@@ -533,17 +533,18 @@ private struct Ingress {
             }
             guard valid else { return Self.error(.unauthorized, "x-zm-signature does not match") }
         }
-        let value: JSONValue
+        // Well-formed, checked without holding a large array whole (the pipeline streams it).
+        let document: JSONParser.Checked
         do {
-            value = try JSONParser.parse(bytes)
+            document = try JSONParser.check(bytes)
         } catch {
             return Self.error(.badRequest, "not valid JSON at byte \(error.offset): \(error.reason)")
         }
-        if inbox.kind == "intake", case .array = value {
+        if inbox.kind == "intake", case .array = document {
         } else if inbox.kind == "intake" {
             return Self.error(.badRequest, "POST /ingest takes a JSON array of intake records")
         }
-        if isZoom, value["event"]?.stringValue == "endpoint.url_validation" {
+        if isZoom, case .value(let value) = document, value["event"]?.stringValue == "endpoint.url_validation" {
             guard let secret = configuration.zoomSecrets.first, let plain = value["payload"]?["plainToken"]?.stringValue
             else {
                 return Self.error(

@@ -22,6 +22,26 @@ import Testing
         }
     }
 
+    /// `check` (the HTTP door's, which lets each array element go once checked) agrees with `parse`:
+    /// the same verdict, and for a broken document the same error at the same offset.
+    @Test(arguments: [
+        "[]", " [ ] ", "[1,2,3]", "[{\"a\":[1,{\"b\":\"]\"}]},\"x\"]", "{\"a\":1}", "\"s\"", "7",
+        "[", "[1,", "[1 2]", "[1,]", "[,1]", "[1]]", "[1] x", "[{\"a\":1,\"a\":2}]", "[\"\\q\"]",
+        "[01]", "[{\"a\" 1}]", "[tru]", "{\"a\":[}", "", "  ", "[\"\u{01}\"]",
+    ])
+    func checkAgreesWithParse(_ text: String) {
+        let bytes = Array(text.utf8)
+        switch (
+            Result { () throws(JSONParseError) in try JSONParser.parse(bytes) },
+            Result { () throws(JSONParseError) in try JSONParser.check(bytes) }
+        ) {
+        case (.success(.array(let elements)), .success(.array(let count))): #expect(count == elements.count)
+        case (.success(let value), .success(.value(let checked))): #expect(value == checked)
+        case (.failure(let parsed), .failure(let checked)): #expect(parsed == checked, "\(text)")
+        case (let parsed, let checked): Issue.record("\(text): parse \(parsed), check \(checked)")
+        }
+    }
+
     @Test func rejectsInvalidUTF8() {
         #expect(throws: JSONParseError.self) { try JSONParser.parse([0x22, 0xC3, 0x28, 0x22]) }
     }
