@@ -47,12 +47,11 @@ extension Engine {
             // rejected unread rather than held in memory.
             var tooLarge: RecordProblem?
             let isArray = firstByte == UInt8(ascii: "[")
+            // An intake file is CSV unless it begins like JSON.
+            let isCSV = kind == .intake && !isArray && firstByte != UInt8(ascii: "{")
             let readWhole: Bool
-            if isArray {
+            if isArray || isCSV {
                 readWhole = false
-            } else if kind == .intake {
-                // CSV is always streamed.
-                readWhole = firstByte == UInt8(ascii: "{")
             } else {
                 // Not NDJSON (one large object): read whole, like any other file.
                 readWhole =
@@ -77,7 +76,7 @@ extension Engine {
             }
             let receivedAt = Clock.timestamp()
             // Rejected JSON records are NDJSON, an intake file's too when it is JSON.
-            let rejectedExtension = kind == .intake && isArray ? "ndjson" : kind.rejectedExtension
+            let rejectedExtension = kind == .intake && !isCSV ? "ndjson" : kind.rejectedExtension
             let rejectedFile = try spool.temporaryFile(file.id + ".rejected." + rejectedExtension)
             var totals: FileReport
             if let tooLarge {
@@ -86,7 +85,7 @@ extension Engine {
                 try database.ledgerReport(id: file.id) == nil
             {
                 totals = FileReport(outcome: .duplicate, duplicateOf: earlier)
-            } else if kind == .intake && !isArray {
+            } else if isCSV {
                 totals = try streamCSV(file, rejected: rejectedFile)
             } else {
                 totals = try streamRecords(file, kind: kind, array: isArray, rejected: rejectedFile)

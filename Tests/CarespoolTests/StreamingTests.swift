@@ -139,8 +139,9 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
 
     /// A large JSON array streams element by element, whatever its line breaks: a pretty-printed intake
     /// array with a record the schema refuses and one that is not JSON is partial, its two bad records
-    /// in the `.rejected.ndjson` sidecar; a one-line appointments array is every event (it was read as
-    /// one NDJSON line, a single record that is not an object, and rejected).
+    /// in the `.rejected.ndjson` sidecar, and so are the same records as intake NDJSON (streamed too,
+    /// no longer read whole); a one-line appointments array is every event (it was read as one NDJSON
+    /// line, a single record that is not an object, and rejected).
     @Test func aLargeJSONArrayStreamsRecordByRecordWhateverItsLayout() async throws {
         let dir = TempDir("array")
         defer { dir.cleanup() }
@@ -155,6 +156,10 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
             )
         }
         let intakeText = "[\n" + intake.joined(separator: ",\n") + "\n]\n"
+        // The same records as NDJSON, one per line, under other visit numbers.
+        let ndjson =
+            intake.map { $0.replacingOccurrences(of: "\n", with: "").replacingOccurrences(of: "\"V", with: "\"N") }
+            .joined(separator: "\n") + "\n"
         let events = (1...3_000).map { event("A\($0)", "2025-01-10T12:30:00Z") }
         let appointmentsText = "[" + events.joined(separator: ",") + "]"
         #expect(intakeText.utf8.count > 4096 && appointmentsText.utf8.count > 4096)
@@ -163,22 +168,31 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
             let view = SpoolView(root: spool)
             try dropLikeRsync(intakeText, into: spool + "/inbox/intake", name: "patients.json")
             try dropLikeRsync(appointmentsText, into: spool + "/inbox/appointments", name: "events.json")
-            let finished = await eventually(timeout: .seconds(60)) {
+            let firstTwo = await eventually(timeout: .seconds(60)) {
                 view.done("intake").count == 1 && view.done("appointments").count == 1
             }
+            try dropLikeRsync(ndjson, into: spool + "/inbox/intake", name: "patients.ndjson")
+            let finished = await eventually(timeout: .seconds(60)) { firstTwo && view.done("intake").count == 2 }
             kill(pid, SIGTERM)
             return finished
         }
         #expect(run.result)
         let view = SpoolView(root: spool)
-        let rejectedName = try #require(view.sidecars("intake").first { $0.hasSuffix(".rejected.ndjson") })
-        let rejected = try String(contentsOfFile: spool + "/failed/intake/" + rejectedName, encoding: .utf8)
-        let lines = rejected.split(separator: "\n")
-        #expect(lines.count == 2)
-        #expect(lines.first?.contains("\"V100\"") == true && lines.last?.contains("V200") == true)
+        let rejectedNames = view.sidecars("intake").filter { $0.hasSuffix(".rejected.ndjson") }.sorted()
+        #expect(rejectedNames.count == 2)
+        for name in rejectedNames {
+            let rejected = try String(contentsOfFile: spool + "/failed/intake/" + name, encoding: .utf8)
+            let lines = rejected.split(separator: "\n")
+            let prefix = name.contains("patients.json") ? "V" : "N"
+            #expect(lines.count == 2)
+            #expect(lines.first?.contains("\"\(prefix)100\"") == true && lines.last?.contains("\(prefix)200") == true)
+        }
         let (intakeRow, appointmentsRow, visits) = try await view.database().read { db in
             (
-                try Row.fetchOne(db, sql: "SELECT outcome, stored, rejected, report FROM files WHERE kind = 'intake'"),
+                try Row.fetchOne(
+                    db,
+                    sql: "SELECT outcome, stored, rejected, report FROM files WHERE original_name = 'patients.json'"
+                ),
                 try Row.fetchOne(db, sql: "SELECT outcome, stored FROM files WHERE kind = 'appointments'"),
                 try Int.fetchOne(db, sql: "SELECT count(*) FROM visits")
             )
@@ -193,7 +207,7 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
             ),
             "\(report)"
         )
-        #expect(visits == 298)
+        #expect(visits == 2 * 298)
         #expect(appointmentsRow?["outcome"] == "accepted")
         #expect(appointmentsRow?["stored"] == 3_000)
     }
