@@ -147,7 +147,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most files committed in one transaction (512).")
     var batchSize: Int?
 
-    @Option(help: "Bytes above which an NDJSON file is streamed in bounded chunks instead of read whole (8 MiB).")
+    @Option(help: "Bytes above which NDJSON or a JSON array is streamed in bounded chunks, not read whole (8 MiB).")
     var streamThreshold: Int?
 
     @Option(
