@@ -58,27 +58,8 @@ package struct JSONParser {
         var parser = JSONParser(bytes: bytes)
         parser.skipWhitespace()
         guard parser.currentByte == UInt8(ascii: "[") else { return .value(try parse(bytes)) }
-        parser.index += 1
         var count = 0
-        parser.skipWhitespace()
-        if parser.currentByte == UInt8(ascii: "]") {
-            parser.index += 1
-        } else {
-            while true {
-                parser.skipWhitespace()
-                _ = try parser.parseValue(depth: 1)
-                count += 1
-                parser.skipWhitespace()
-                guard let byte = parser.currentByte else {
-                    throw parser.error("unexpected end of input inside an array")
-                }
-                parser.index += 1
-                if byte == UInt8(ascii: ",") { continue }
-                if byte == UInt8(ascii: "]") { break }
-                parser.index -= 1
-                throw parser.error("expected ',' or ']'")
-            }
-        }
+        try parser.walkArray(depth: 0) { _ in count += 1 }
         parser.skipWhitespace()
         if parser.index < bytes.count { throw parser.error("unexpected data after the JSON value") }
         return .array(count: count)
@@ -193,16 +174,22 @@ package struct JSONParser {
     }
 
     private mutating func parseArray(depth: Int) throws(JSONParseError) -> JSONValue {
-        index += 1
         var items: [JSONValue] = []
+        try walkArray(depth: depth) { items.append($0) }
+        return .array(items)
+    }
+
+    /// Parses the array at `index`, handing each element to `each` as soon as it is parsed.
+    private mutating func walkArray(depth: Int, _ each: (JSONValue) -> Void) throws(JSONParseError) {
+        index += 1
         skipWhitespace()
         if index < bytes.count && bytes[index] == UInt8(ascii: "]") {
             index += 1
-            return .array(items)
+            return
         }
         while true {
             skipWhitespace()
-            items.append(try parseValue(depth: depth + 1))
+            each(try parseValue(depth: depth + 1))
             skipWhitespace()
             guard index < bytes.count else { throw error("unexpected end of input inside an array") }
             if bytes[index] == UInt8(ascii: ",") {
@@ -211,7 +198,7 @@ package struct JSONParser {
             }
             if bytes[index] == UInt8(ascii: "]") {
                 index += 1
-                return .array(items)
+                return
             }
             throw error("expected ',' or ']'")
         }

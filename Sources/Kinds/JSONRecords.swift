@@ -122,13 +122,25 @@ package enum JSONRecords {
         if slice.last == 0x0D { slice.removeLast() }
         if slice.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { return nil }
         let raw = String(decoding: slice, as: UTF8.self)
+        return parsed(slice, number: number, line: lineNumber, raw: raw, failureText: raw)
+    }
+
+    /// `bytes` parsed as record `number` starting on `line`: its compact text, or when it is not JSON,
+    /// the error placed in the file and `failureText` (computed only then).
+    private static func parsed(
+        _ bytes: [UInt8],
+        number: Int,
+        line: Int,
+        raw: String,
+        failureText: @autoclosure () -> String
+    ) -> Raw {
         do {
-            let value = try JSONParser.parse(slice)
-            return Raw(number: number, line: lineNumber, text: value.compactText, raw: raw, value: .success(value))
+            let value = try JSONParser.parse(bytes)
+            return Raw(number: number, line: line, text: value.compactText, raw: raw, value: .success(value))
         } catch {
             var located = error
-            located.line = lineNumber
-            return Raw(number: number, line: lineNumber, text: raw, raw: raw, value: .failure(located))
+            located.line = line + error.line - 1
+            return Raw(number: number, line: line, text: failureText(), raw: raw, value: .failure(located))
         }
     }
 
@@ -307,11 +319,9 @@ package struct JSONArrayReader {
         case .broken:
             count += 1
             try emit(Element(number: count, line: elementLine, bytes: current, broken: brokenReason))
-        case .start:
-            break
         case .beforeElement, .afterElement:
             try missingEnd(emit)
-        case .closed:
+        case .start, .closed:
             break
         }
         phase = .closed
@@ -356,24 +366,13 @@ extension JSONRecords {
         let raw = String(decoding: element.bytes, as: UTF8.self)
         // A record that is not JSON keeps its text, on one line (it goes to an NDJSON sidecar): its line
         // breaks, whitespace between tokens or invalid inside a string, become spaces.
-        let oneLine = String(decoding: element.bytes.map { $0 == 0x0A || $0 == 0x0D ? 0x20 : $0 }, as: UTF8.self)
+        func oneLine() -> String {
+            String(decoding: element.bytes.map { $0 == 0x0A || $0 == 0x0D ? 0x20 : $0 }, as: UTF8.self)
+        }
         if let broken = element.broken {
             let error = JSONParseError(line: element.line, column: 1, reason: broken)
-            return Raw(number: element.number, line: element.line, text: oneLine, raw: raw, value: .failure(error))
+            return Raw(number: element.number, line: element.line, text: oneLine(), raw: raw, value: .failure(error))
         }
-        do {
-            let value = try JSONParser.parse(element.bytes)
-            return Raw(
-                number: element.number,
-                line: element.line,
-                text: value.compactText,
-                raw: raw,
-                value: .success(value)
-            )
-        } catch {
-            var located = error
-            located.line = element.line + error.line - 1
-            return Raw(number: element.number, line: element.line, text: oneLine, raw: raw, value: .failure(located))
-        }
+        return parsed(element.bytes, number: element.number, line: element.line, raw: raw, failureText: oneLine())
     }
 }
