@@ -158,9 +158,9 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
             accepted.send(
                 head("Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nExpect: 100-continue\r\n")
             )
-            let interim = accepted.readResponse()
+            let interim = await accepted.readResponse()
             if interim?.hasPrefix("HTTP/1.1 100 Continue\r\n") == true { accepted.send(body) }
-            let final = accepted.readResponse()
+            let final = await accepted.readResponse()
             accepted.close()
             // Refused by the head: a declared length over the 1 MiB limit, a wrong content type.
             var refusals: [String?] = []
@@ -171,7 +171,7 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
             ] {
                 let connection = try RawConnection(port: port)
                 connection.send(head(fields))
-                refusals.append(connection.readResponse())
+                refusals.append(await connection.readResponse())
                 connection.close()
             }
             let view = SpoolView(root: spool)

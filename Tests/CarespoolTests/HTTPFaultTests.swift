@@ -36,8 +36,18 @@ struct RawConnection {
     }
 
     /// Everything the server sends until it closes the connection (or the receive timeout passes:
-    /// then `closed` is false).
-    func readUntilClosed() -> (text: String, closed: Bool) {
+    /// then `closed` is false). The blocking reads run on a thread of their own (`offThePool`).
+    func readUntilClosed() async -> (text: String, closed: Bool) {
+        await offThePool { blockingReadUntilClosed() }
+    }
+
+    /// One response: its head, and as many body bytes as its Content-Length says; nil when nothing
+    /// complete arrived before the receive timeout or the close.
+    func readResponse() async -> String? {
+        await offThePool { blockingReadResponse() }
+    }
+
+    private func blockingReadUntilClosed() -> (text: String, closed: Bool) {
         var received: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
@@ -48,9 +58,7 @@ struct RawConnection {
         }
     }
 
-    /// One response: its head, and as many body bytes as its Content-Length says; nil when nothing
-    /// complete arrived before the receive timeout or the close.
-    func readResponse() -> String? {
+    private func blockingReadResponse() -> String? {
         var received: [UInt8] = []
         var byte: UInt8 = 0
         while !received.suffix(4).elementsEqual("\r\n\r\n".utf8) {
@@ -69,6 +77,16 @@ struct RawConnection {
     }
 
     func close() { _ = Glibc.close(fd) }
+}
+
+/// Runs blocking `work` (a read that waits seconds for a slow server's answer) on a thread of its own.
+/// Swift Testing runs tests in parallel on the cooperative pool, which has one thread per core — two
+/// here: a test blocked in recv() on one of them stalls every other test's tasks for that long, and a
+/// test that times something (a file held open for 3 s) then sees its clock jump.
+func offThePool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: work()) }.start()
+    }
 }
 
 /// A counter tasks share.
@@ -210,9 +228,9 @@ final class Counter: Sendable {
             let started = ContinuousClock.now
             // Two slow connections open, one more allowed: a normal sender is served at once.
             let meanwhile = try await curl(post + ["--data-binary", event("OK1", "2025-01-10T12:30:00Z"), url])
-            let bodyReply = body.readUntilClosed()
+            let bodyReply = await body.readUntilClosed()
             let bodyTime = ContinuousClock.now - started
-            let headReply = head.readUntilClosed()
+            let headReply = await head.readUntilClosed()
             let headTime = ContinuousClock.now - started
             body.close()
             head.close()
