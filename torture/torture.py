@@ -6,9 +6,11 @@ Usage: torture/torture.py path/to/carespool [--full] [--only NAME[,NAME]] [--fuz
 Campaigns (bounded by default; --full runs the long form):
   crash     kill -9 at random moments during mixed load: HTTP posts, rsync-style and SFTP-style drops of
             all three kinds (one SFTP-style upload in fifteen stalls half-way, still open, for three
-            settle intervals), a large intake CSV, operator retries. Checked after the last restart
-            against a model of what was sent (not the daemon's own counters): every file in exactly one
-            of done/ or failed/, every 202 stored, every valid record stored exactly once.
+            settle intervals), a large intake CSV and two JSON arrays over the stream threshold (intake
+            records, appointment events), operator retries. Checked after every kill and after the last
+            restart against a model of what was sent (not the daemon's own counters): every file in
+            exactly one of done/ or failed/, every 202 stored, every valid record stored exactly once;
+            and the big files' ledger rows count every record stored once, none as a duplicate of itself.
   diskfull  the spool on a small tmpfs (or the test-only ENOSPC switch where mounting is not allowed):
             HTTP answers 507/503, nothing half-written in an inbox, work waits and resumes when space
             returns, nothing goes to failed/ for lack of space.
@@ -215,8 +217,20 @@ def campaign_crash(binary, work, full):
         mrn = n - 7 if (n % 10 < 3 and n >= 10) else n
         lines.append("MRN%d,First%d,Last%d,1980-01-%02d,VAN%d,2025-03-01,follow-up" % (mrn, n % 97, n % 89, 1 + n % 28, n))
     big = "\n".join(lines) + "\n"
+    # Two JSON arrays over the stream threshold (8 MiB), streamed element by element: intake records and
+    # appointment events. A replay after a kill must find its own records by element number.
+    array_rows = 200_000 if full else 60_000
+    intake_array = "[\n" + ",\n".join(json.dumps(
+        {"mrn": "JMRN%d" % (n - 3 if n % 4 == 0 and n >= 4 else n), "first_name": "First%d" % (n % 13),
+         "last_name": "Last%d" % (n % 11), "birth_date": "1981-02-%02d" % (1 + n % 28),
+         "visit_account_number": "JVAN%d" % n, "visit_date": "2025-04-01", "reason": "check-up"})
+        for n in range(array_rows)) + "\n]\n"
+    array_events = ["J%d" % n for n in range(array_rows + array_rows // 6)]
+    events_array = "[" + ",".join(event(i) for i in array_events) + "]"
+    expected_events.update(array_events)
+    streamed = {"intake": ("big-array.json", array_rows), "appointments": ("big-events.json", len(array_events))}
     counter = [0]
-    mid_work = [0, 0]  # kills with claimed files in processing/; kills with the big CSV in processing/
+    mid_work = [0, 0, 0]  # kills with claimed files in processing/; with the big CSV; with a big JSON array
     big_done = [None]  # the kill after which the big CSV had finished
 
     def load(stop, inboxes):
@@ -273,6 +287,9 @@ def campaign_crash(binary, work, full):
                 f.write(big)
             os.rename(os.path.join(staging, "big.csv"), os.path.join(inboxes["intake"], "big.csv"))
             dropped["intake"].append("big.csv")
+            for (kind, (name, _)), text in zip(sorted(streamed.items()), (events_array, intake_array)):
+                rsync_drop(inboxes[kind], name, text)
+                dropped[kind].append(name)
         stop = threading.Event()
         thread = threading.Thread(target=load, args=(stop, inboxes))
         thread.start()
@@ -289,6 +306,8 @@ def campaign_crash(binary, work, full):
             mid_work[0] += 1
         if any(n.endswith("--big.csv") for n in busy):
             mid_work[1] += 1
+        if any(n.endswith(("--big-array.json", "--big-events.json")) for n in busy):
+            mid_work[2] += 1
         # After every kill, before the restart. I1 and I2: every file sent, and every request answered
         # 202, is in exactly one place (inbox, processing, done or failed).
         for kind, sent in dropped.items():
@@ -301,7 +320,7 @@ def campaign_crash(binary, work, full):
                     if len(r.notes) < 20:
                         r.notes.append("after kill %d: %s/%s is in %d places" % (k + 1, kind, name, where.get(name, 0)))
         # I3: no natural key twice, and nothing stored that was not sent (against the model).
-        problem = model_violation(spool, expected_events | posted, zoom_sent, intake_rows)
+        problem = model_violation(spool, expected_events | posted, zoom_sent, intake_rows + array_rows)
         if problem:
             r.ok = False
             if len(r.notes) < 20:
@@ -341,15 +360,23 @@ def campaign_crash(binary, work, full):
         r.lost += max(0, zoom_sent - zoom_rows)
         r.twice += max(0, zoom_rows - zoom_sent)
     visits = db.execute("SELECT count(*), count(DISTINCT visit_account_number) FROM visits").fetchone()
-    if visits[0] != intake_rows:
-        r.lost += max(0, intake_rows - visits[0])
-        r.twice += max(0, visits[0] - intake_rows)
-    r.sent += intake_rows
-    r.notes.append("%d posts got 202, %d files dropped, %d-row intake CSV; %d kills left claimed files in "
-                   "processing/, %d of them mid-way through the CSV (%s)" %
-                   (len(accepted_posts), sum(len(v) for v in dropped.values()), intake_rows, mid_work[0],
+    if visits[0] != intake_rows + array_rows:
+        r.lost += max(0, intake_rows + array_rows - visits[0])
+        r.twice += max(0, visits[0] - intake_rows - array_rows)
+    r.sent += intake_rows + array_rows + len(array_events)
+    # The big files' ledger rows count every record stored once: a replay after a kill finds the records
+    # its earlier runs committed and counts them as stored, not as duplicates.
+    for name, rows in [("big.csv", intake_rows)] + sorted(streamed.values()):
+        row = db.execute("SELECT outcome, stored, duplicates FROM files WHERE original_name = ?", (name,)).fetchall()
+        if row != [("accepted", rows, 0)]:
+            r.fail("ledger of %s: %s, expected one row accepted, %d stored, 0 duplicates" % (name, row, rows))
+    r.notes.append("%d posts got 202, %d files dropped, %d-row intake CSV, streamed JSON arrays of %d intake "
+                   "records and %d events; %d kills left claimed files in processing/, %d of them mid-way "
+                   "through the CSV (%s), %d through a JSON array" %
+                   (len(accepted_posts), sum(len(v) for v in dropped.values()), intake_rows, array_rows,
+                    len(array_events), mid_work[0],
                     mid_work[1], "finished before kill %d" % big_done[0] if big_done[0] else
-                    "finished after the last restart"))
+                    "finished after the last restart", mid_work[2]))
     if r.lost or r.twice:
         r.ok = False
     return r
