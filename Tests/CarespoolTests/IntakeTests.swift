@@ -127,6 +127,39 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
         #expect(rows[3]["rejected"] == 2)
     }
 
+    /// Keys and values are compared as SQLite stores them, byte for byte: a precomposed "é" and an "e"
+    /// with a combining accent (equal to Swift's `==`) are two MRNs, a changed name, a different reason.
+    @Test func textsEqualOnlyUnderUnicodeEquivalenceAreDifferentValues() async throws {
+        let rows = [
+            "M\u{E9},Ann,Lee,1980-02-01,V1,2025-01-01,",
+            "Me\u{301},Ann,Lee,1980-02-01,V2,2025-01-01,",
+            "M1,Ren\u{E9},Roe,1970-01-01,V3,2025-01-01,caf\u{E9}",
+            "M1,Rene\u{301},Roe,1970-01-01,V4,2025-01-01,",
+            "M1,Rene\u{301},Roe,1970-01-01,V3,2025-01-01,cafe\u{301}",
+        ]
+        let (view, _) = try await ingest([("unicode.csv", intakeHeader + "\n" + rows.joined(separator: "\n") + "\n")])
+        let (file, patients, history) = try await view.database().read { db in
+            (
+                try Row.fetchOne(db, sql: "SELECT stored, duplicates, rejected, report FROM files")!,
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM patients")!,
+                try Row.fetchAll(
+                    db,
+                    sql: "SELECT field, hex(old_value) AS old, hex(new_value) AS new FROM person_history"
+                )
+            )
+        }
+        #expect(patients == 3)
+        #expect(
+            history.map { "\($0["field"] as String) \($0["old"] as String)->\($0["new"] as String)" } == [
+                "first_name 52656EC3A9->52656E65CC81"
+            ]
+        )
+        #expect(file["stored"] == 4)
+        #expect(file["duplicates"] == 0)
+        #expect(file["rejected"] == 1)
+        #expect((file["report"] as String).contains("conflicts with the visit stored from file"))
+    }
+
     @Test func invalidUTF8RejectsOnlyItsRowWithItsLine() throws {
         let bytes =
             Array((intakeHeader + "\nM1,A,B,1980-01-01,V7,2025-01-01,x\n").utf8) + [0x4D, 0xFF, 0x2C]
