@@ -6,8 +6,8 @@ Usage: torture/torture.py path/to/carespool [--full] [--only NAME[,NAME]] [--fuz
 Campaigns (bounded by default; --full runs the long form):
   crash     kill -9 at random moments during mixed load: HTTP posts, rsync-style and SFTP-style drops of
             all three kinds (one SFTP-style upload in fifteen stalls half-way, still open, for three
-            settle intervals), a large intake CSV and two JSON arrays over the stream threshold (intake
-            records, appointment events), operator retries. Checked after every kill and after the last
+            settle intervals), a large intake CSV and, once it is done, two JSON arrays over the stream
+            threshold (intake records, appointment events), operator retries. Checked after every kill and after the last
             restart against a model of what was sent (not the daemon's own counters): every file in
             exactly one of done/ or failed/, every 202 stored, every valid record stored exactly once;
             and the big files' ledger rows count every record stored once, none as a duplicate of itself.
@@ -232,6 +232,7 @@ def campaign_crash(binary, work, full):
     counter = [0]
     mid_work = [0, 0, 0]  # kills with claimed files in processing/; with the big CSV; with a big JSON array
     big_done = [None]  # the kill after which the big CSV had finished
+    arrays_dropped = [None]  # the run in which the JSON arrays were dropped
 
     def load(stop, inboxes):
         # One load thread per run: drops of every kind, posts, a few invalid files, an occasional retry.
@@ -287,9 +288,13 @@ def campaign_crash(binary, work, full):
                 f.write(big)
             os.rename(os.path.join(staging, "big.csv"), os.path.join(inboxes["intake"], "big.csv"))
             dropped["intake"].append("big.csv")
+        if not arrays_dropped[0] and (big_done[0] is not None or k == kills // 2):
+            # Once the CSV is done (at the latest half-way), so that the short runs' kills land while the
+            # arrays stream.
             for (kind, (name, _)), text in zip(sorted(streamed.items()), (events_array, intake_array)):
                 rsync_drop(inboxes[kind], name, text)
                 dropped[kind].append(name)
+            arrays_dropped[0] = k + 1
         stop = threading.Event()
         thread = threading.Thread(target=load, args=(stop, inboxes))
         thread.start()
@@ -372,11 +377,11 @@ def campaign_crash(binary, work, full):
             r.fail("ledger of %s: %s, expected one row accepted, %d stored, 0 duplicates" % (name, row, rows))
     r.notes.append("%d posts got 202, %d files dropped, %d-row intake CSV, streamed JSON arrays of %d intake "
                    "records and %d events; %d kills left claimed files in processing/, %d of them mid-way "
-                   "through the CSV (%s), %d through a JSON array" %
+                   "through the CSV (%s), %d with a JSON array (dropped in run %s)" %
                    (len(accepted_posts), sum(len(v) for v in dropped.values()), intake_rows, array_rows,
                     len(array_events), mid_work[0],
                     mid_work[1], "finished before kill %d" % big_done[0] if big_done[0] else
-                    "finished after the last restart", mid_work[2]))
+                    "finished after the last restart", mid_work[2], arrays_dropped[0]))
     if r.lost or r.twice:
         r.ok = False
     return r
