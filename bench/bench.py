@@ -97,6 +97,24 @@ def wrk(url, seconds, script=None):
     return (total - errors) / elapsed_s, ms("50%"), ms("99%"), errors
 
 
+def group_commits(port):
+    """The HTTP endpoint's group commits so far, from its metrics: (groups, mean requests a group, mean
+    ms of the data sync, the renames, the inbox fsyncs)."""
+    text = subprocess.run(["curl", "-s", "http://127.0.0.1:%d/metrics" % port], capture_output=True, text=True).stdout
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("carespool_http_sync_seconds_sum", "carespool_http_sync_seconds_count",
+                            "carespool_http_synced_requests_total")):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    groups = values.get('carespool_http_sync_seconds_count{phase="data"}', 0)
+    if not groups:
+        return (0, 0, 0, 0, 0)
+    ms = lambda phase: values.get('carespool_http_sync_seconds_sum{phase="%s"}' % phase, 0) / groups * 1000
+    return (groups, values.get("carespool_http_synced_requests_total", 0) / groups, ms("data"), ms("rename"),
+            ms("directories"))
+
+
 def data_model_floor(daemon_db, raw_db, floor_db):
     """Seconds the sqlite3 shell takes to load the raw table's rows into a fresh copy of carespool's own
     schema (patients, persons, visits, every index and deferred foreign key) with three set-based
@@ -188,6 +206,7 @@ def http_phase(binary, schema, seconds):
                 lock = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"), isolation_level=None, timeout=30)
                 lock.execute("BEGIN EXCLUSIVE")
             results[label] = wrk("http://127.0.0.1:%d" % port, seconds, script)
+            results[label + " groups"] = group_commits(port)
             if lock is not None:
                 lock.execute("ROLLBACK")
                 lock.close()
@@ -204,6 +223,9 @@ def http_phase(binary, schema, seconds):
     print("| HTTP POST /webhook/appointments, disk spool (wrk -t2 -c64 -d%ds, unique bodies) | %.0f durable 202/s, p50 %.2f ms, p99 %.2f ms, non-2xx %d |" % ((seconds,) + disk))
     print("| same, spool on tmpfs (/dev/shm) | %.0f 202/s, p50 %.2f ms, p99 %.2f ms, non-2xx %d |" % tmpfs)
     print("| the write path alone: disk spool, processing held off by a database lock | %.0f durable 202/s, p50 %.2f ms, p99 %.2f ms, non-2xx %d |" % held)
+    for label, name in (("disk", "disk spool"), ("tmpfs", "tmpfs spool"), ("held", "the write path alone")):
+        print("| group commits, %s | %.0f groups, %.1f requests a group; data sync %.2f ms, renames %.2f ms, directory fsyncs %.2f ms a group |"
+              % ((name,) + results[label + " groups"]))
     print("| ratio disk / tmpfs | %.2f |" % (disk[0] / tmpfs[0]))
     print("| GET /health (the server's ceiling) | %.0f requests/s, p99 %.2f ms |" % (health[0], health[2]))
 

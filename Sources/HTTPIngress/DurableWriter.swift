@@ -1,4 +1,5 @@
 import Dispatch
+import Metrics
 package import Spool
 import Synchronization
 
@@ -23,6 +24,14 @@ package final class DurableWriter: Sendable {
     private let waiting = Mutex<(list: [Waiter], scheduled: Bool)>(([], false))
     private let inFlight = Mutex<Set<String>>([])
     private let lastPurge = Mutex<Int64>(0)
+    /// Each group's durability work by phase, and how many requests the groups carried: where a
+    /// request's time goes between its bytes written and its 202 (docs/OPERATIONS.md, Metrics).
+    private let syncTimers = (
+        data: Timer(label: "carespool_http_sync_seconds", dimensions: [("phase", "data")]),
+        rename: Timer(label: "carespool_http_sync_seconds", dimensions: [("phase", "rename")]),
+        directories: Timer(label: "carespool_http_sync_seconds", dimensions: [("phase", "directories")])
+    )
+    private let syncedRequests = Counter(label: "carespool_http_synced_requests_total")
 
     /// A request waiting for the group's syncs: what to rename once its bytes are durable (nothing for
     /// a replay, which only waits), and whom to tell.
@@ -134,8 +143,13 @@ package final class DurableWriter: Sendable {
             state = ([], false)
             return taken
         }
+        let started = Clock.monotonicNanos()
         // The bytes first: nothing is renamed into an inbox before its data is durable.
-        if let failure = syncFilesystem() {
+        let syncFailure = syncFilesystem()
+        let synced = Clock.monotonicNanos()
+        syncTimers.data.recordNanoseconds(synced - started)
+        syncedRequests.increment(by: batch.count)
+        if let failure = syncFailure {
             for waiter in batch {
                 if let body = waiter.body { unlink(spool.tmpPath + "/" + body.temporary) }
                 if let key = waiter.key { unlink(spool.tmpPath + "/" + key.temporary) }
@@ -164,6 +178,8 @@ package final class DurableWriter: Sendable {
                 failures.append(error)
             }
         }
+        let renamed = Clock.monotonicNanos()
+        syncTimers.rename.recordNanoseconds(renamed - synced)
         // Then the renames: one fsync per folder touched.
         var folderFailure: SpoolError?
         for folder in folders.sorted() {
@@ -173,6 +189,7 @@ package final class DurableWriter: Sendable {
                 folderFailure = error
             }
         }
+        syncTimers.directories.recordNanoseconds(Clock.monotonicNanos() - renamed)
         for (waiter, failure) in zip(batch, failures) {
             waiter.done(failure ?? (waiter.body == nil ? nil : folderFailure))
         }

@@ -236,6 +236,10 @@ struct Serve: AsyncParsableCommand {
             .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
             .seconds(10), .seconds(30), .seconds(60), .seconds(300),
         ]
+        factory.durationHistogramBuckets["carespool_http_sync_seconds"] = [
+            .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+            .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+        ]
         MetricsSystem.bootstrap(factory)
         let catalog = try schemaOption.catalog(config: config)
         try spool.prepare()

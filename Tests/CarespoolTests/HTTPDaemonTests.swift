@@ -84,6 +84,13 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
         #expect(metrics.contains("carespool_queue_files{queue=\"inbox\"} 0.0"))
         #expect(metrics.contains("carespool_inbox_oldest_seconds{kind=\"appointments\"} 0.0"))
         #expect(metrics.contains("carespool_database_up 1.0"))
+        // The group commits, by phase: one sender waiting for each 202 makes ten groups of one request.
+        #expect(metrics.contains("carespool_http_synced_requests_total 10"))
+        for phase in ["data", "rename", "directories"] {
+            #expect(metrics.contains("carespool_http_sync_seconds_count{phase=\"\(phase)\"} 10"))
+            let finestBucket = "carespool_http_sync_seconds_bucket{phase=\"\(phase)\",le=\"0.0005\"} "
+            #expect(metrics.contains { $0.hasPrefix(finestBucket) })
+        }
         #expect(run.status == .exited(0))
         let events = try await SpoolView(root: spool).database().read { db in
             try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")
