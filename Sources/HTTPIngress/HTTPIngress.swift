@@ -376,23 +376,19 @@ private struct Ingress {
     enum BodyError: Error { case tooLarge, timedOut }
 
     /// The whole body, at most `limit` bytes, received within `timeout` (slow clients are cut off).
+    /// Read in a child task, cancelled at the deadline, so that this one — which answers — never is.
     static func collect(_ body: RequestBody, upTo limit: Int, within timeout: Duration) async throws -> ByteBuffer {
-        try await withThrowingTaskGroup(of: ByteBuffer?.self) { group in
-            group.addTask {
-                do {
-                    return try await body.collect(upTo: limit)
-                } catch is NIOTooManyBytesError {
-                    throw BodyError.tooLarge
-                }
+        let deadline = Clock.monotonicNanos() + Int64(timeout.components.seconds) * 1_000_000_000
+            + timeout.components.attoseconds / 1_000_000_000
+        async let reading = Deadlines.shared.run(until: deadline) {
+            do {
+                return try await body.collect(upTo: limit)
+            } catch is NIOTooManyBytesError {
+                throw BodyError.tooLarge
             }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let buffer = first else { throw BodyError.timedOut }
-            return buffer
         }
+        guard let buffer = try await reading else { throw BodyError.timedOut }
+        return buffer
     }
 
     /// N of a `Prefer: wait=N` header, capped at 60 s.
