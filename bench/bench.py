@@ -99,7 +99,7 @@ def wrk(url, seconds, script=None):
 
 def group_commits(port):
     """The HTTP endpoint's group commits so far, from its metrics: (groups, mean requests a group, mean
-    ms of the data sync, the renames, the inbox fsyncs)."""
+    ms of the data sync, the renames, the folder fsyncs)."""
     text = subprocess.run(["curl", "-s", "http://127.0.0.1:%d/metrics" % port], capture_output=True, text=True).stdout
     values = {}
     for line in text.splitlines():
