@@ -55,7 +55,7 @@ bench: deps
 	python3 bench/bench.py $(BENCH_BUILD)/release/carespool --csv-parse-bench $(BENCH_BUILD)/release/csv-parse-bench
 
 # The torture campaigns (torture/torture.py) against the release binary: crash, disk full, inotify
-# overflow, database locked, hostile drops, fuzzing. Bounded by default (under 5 minutes: 200 kills,
+# overflow, database locked, hostile drops, slow senders, fuzzing. Bounded by default (under 5 minutes: 200 kills,
 # the three fuzz targets side by side for 60 s); TORTURE_ARGS=--full for the long form. Part of make test.
 TORTURE_ARGS ?=
 torture: deps

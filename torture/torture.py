@@ -20,6 +20,9 @@ Campaigns (bounded by default; --full runs the long form):
   hostile   symlinks to /etc/shadow, hard links, FIFOs, sockets, directories, growing files, files renamed
             away, names with newlines and invalid UTF-8, a 2 GB sparse file: each ends with a reason and
             the daemon keeps running.
+  slow      slow senders hold hundreds of connections (half a head, or a body of 10 of its 1,000 bytes)
+            while other senders post: every post answered 202 and stored once, every slow body cut off
+            with 408 and every slow head closed, none before its timeout, the daemon alive.
   fuzz      the libFuzzer targets (fuzz/build.sh, fuzz/run.sh) for the CSV reader, the JSON Schema
             validator with the appointment parser, and the Zoom normaliser.
 
@@ -552,6 +555,89 @@ def campaign_hostile(binary, work, full):
     return r
 
 
+def campaign_slow(binary, work, full):
+    """Slowloris: connections that send half a request head, or a head and 10 bytes of a 1,000-byte body,
+    then nothing; each must be cut off, not before its timeout — a slow head closed after the header
+    timeout (4 s here), a slow body answered 408 after the body timeout (2 s; a body stalled for the
+    header timeout, when that is the shorter, is closed like an idle connection) — while posts from
+    other senders go on being answered 202 and stored."""
+    r = Result("slow")
+    spool = os.path.join(work, "spool")
+    port = free_port()
+    daemon = Daemon(binary, spool, http=port, extra=("--http-header-timeout", "4", "--http-body-timeout", "2"))
+    daemon.wait_listening(port)
+    count = 600 if full else 300
+    slow = []
+    for n in range(count):
+        # Before the connection exists: the daemon's timers cannot start earlier.
+        opened = time.monotonic()
+        connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+        if n % 2 == 0:
+            connection.sendall(b"POST /webhook/appointments HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        else:
+            connection.sendall(b"POST /webhook/appointments HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b"[" * 10)
+        slow.append((n % 2 == 1, connection, opened))
+    r.faults = count
+    statuses = []
+
+    def sender(prefix):
+        for n in range(100 if full else 50):
+            statuses.append((prefix + str(n), post(port, event(prefix + str(n)))[0]))
+
+    senders = [threading.Thread(target=sender, args=("SL%d-" % t,)) for t in range(4)]
+    for thread in senders:
+        thread.start()
+    cut = {"408": 0, "closed": 0}
+    wrong = {}  # what went wrong with slow senders: one note per kind, with a count and the first case
+    for is_body, connection, opened in slow:
+        reply = b""
+        try:
+            while True:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError as error:
+            wrong.setdefault("not closed within 30 s (%s)" % type(error).__name__, []).append(error)
+            connection.close()
+            continue
+        waited = time.monotonic() - opened
+        connection.close()
+        if is_body and not reply.startswith(b"HTTP/1.1 408"):
+            wrong.setdefault("slow body not answered 408", []).append(reply[:40])
+        elif not is_body and reply:
+            wrong.setdefault("slow head answered instead of closed", []).append(reply[:40])
+        elif waited < (2 if is_body else 4):
+            wrong.setdefault("cut off before its timeout", []).append("%.1f s" % waited)
+        else:
+            cut["408" if is_body else "closed"] += 1
+    for kind, cases in wrong.items():
+        r.fail("%d: %s (first: %r)" % (len(cases), kind, cases[0]))
+    for thread in senders:
+        thread.join()
+    r.sent = count + len(statuses)
+    refused = [key for key, status in statuses if status != 202]
+    if refused:
+        r.fail("%d posts not answered 202 (first %s)" % (len(refused), refused[0]))
+    if not settled(spool, kinds=("appointments",), timeout=120):
+        r.fail("the spool did not settle")
+    if not daemon.alive():
+        r.fail("the daemon died")
+    daemon.stop()
+    db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+    stored = dict(db.execute("SELECT appointment_id, count(*) FROM appointment_events GROUP BY appointment_id"))
+    for key, status in statuses:
+        if status == 202 and key not in stored:
+            r.lost += 1
+    r.twice = sum(1 for n in stored.values() if n > 1)
+    r.notes.append("%d slow bodies answered 408, %d slow heads closed; %d posts meanwhile" %
+                   (cut["408"], cut["closed"], len(statuses)))
+    if r.lost or r.twice:
+        r.ok = False
+    return r
+
+
 def campaign_diskfull(binary, work, full):
     r = Result("diskfull")
     spool = os.path.join(work, "spool")
@@ -640,7 +726,7 @@ def main():
     ap.add_argument("--fuzz-seconds", type=int)
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
-    order = ["crash", "diskfull", "overflow", "locked", "hostile", "fuzz"]
+    order = ["crash", "diskfull", "overflow", "locked", "hostile", "slow", "fuzz"]
     chosen = args.only.split(",") if args.only else order
     fuzz_seconds = args.fuzz_seconds or (600 if args.full else 60)
     results = []
