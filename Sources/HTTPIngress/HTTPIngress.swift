@@ -378,9 +378,8 @@ private struct Ingress {
     /// The whole body, at most `limit` bytes, received within `timeout` (slow clients are cut off).
     /// Read in a child task, cancelled at the deadline, so that this one — which answers — never is.
     static func collect(_ body: RequestBody, upTo limit: Int, within timeout: Duration) async throws -> ByteBuffer {
-        let deadline =
-            Clock.monotonicNanos() + Int64(timeout.components.seconds) * 1_000_000_000
-            + timeout.components.attoseconds / 1_000_000_000
+        let now = Clock.monotonicNanos()
+        let deadline = now + min(timeout.nanoseconds, Int64.max - now)
         async let reading = Deadlines.shared.run(until: deadline) {
             do {
                 return try await body.collect(upTo: limit)

@@ -776,14 +776,6 @@ enum ProcessInfoCores {
     static let count: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 }
 
-extension Duration {
-    /// Saturated at Int64.max (the settings are bounded well below it; this is the second line).
-    var nanoseconds: Int64 {
-        let (whole, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        return overflow ? Int64.max : whole.addingReportingOverflow(components.attoseconds / 1_000_000_000).partialValue
-    }
-}
-
 /// A dry run for partners: what processing `bytes` as `kind` would store and reject, and why, against an
 /// empty in-memory database with the same schema. Writes nothing to any spool or database on disk.
 package func dryRun(bytes: [UInt8], kind: Kind, catalog: Catalog) throws -> FileReport {

@@ -37,3 +37,12 @@ package enum Clock {
             + pad(Int32(ts.tv_nsec / 1_000_000), 3) + "Z"
     }
 }
+
+extension Duration {
+    /// In nanoseconds, for arithmetic with ``Clock/monotonicNanos()``. Saturated at Int64.max (the
+    /// settings are bounded well below it; this is the second line).
+    package var nanoseconds: Int64 {
+        let (whole, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? Int64.max : whole.addingReportingOverflow(components.attoseconds / 1_000_000_000).partialValue
+    }
+}
