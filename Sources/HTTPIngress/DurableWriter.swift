@@ -9,7 +9,7 @@ import Synchronization
 
 /// Writes request bodies into inboxes durably, two-phase, sharing the syncs among all the requests that
 /// arrive while the previous group is being written (group commit):
-/// 1. each request: its body to `tmp/.http-<id>` (and its idempotency key to `tmp/`), no sync;
+/// 1. each request: its body to a fresh `tmp/.http-<random>` (and its idempotency key to `tmp/`), no sync;
 /// 2. the group: one `syncfs(2)` of the spool's filesystem (every body's bytes durable), then each body
 ///    renamed into its inbox as `<id>.json` (a fresh id: no name to replace) and its key into `keys/`,
 ///    then one fsync per inbox folder touched (the renames durable);
@@ -78,8 +78,9 @@ package final class DurableWriter: Sendable {
                         )
                         return
                     }
-                    let temporary = ".http-" + id
-                    let file = try spool.temporaryFile(temporary)
+                    // A fresh random name in tmp/, created O_EXCL|O_NOFOLLOW (Spool.temporaryFile).
+                    let file = try spool.temporaryFile("http")
+                    let temporary = file.name
                     do {
                         // Who sent it travels with the file to the pipeline's audit row.
                         if let sender { file.setAttribute(Spool.senderAttribute, sender) }
@@ -94,12 +95,12 @@ package final class DurableWriter: Sendable {
                         do {
                             keyFile = (try spool.prepareIdempotencyKey(id: id), inbox.kind, key)
                         } catch {
-                            unlink(spool.tmpPath + "/" + temporary)
+                            spool.removeTemporary(temporary)
                             throw error
                         }
                     }
                     self.enqueue(
-                        Waiter(body: (temporary, inbox, id + ".json"), key: keyFile) { failure in
+                        Waiter(body: (temporary, inbox, Spool.requestName(id: id)), key: keyFile) { failure in
                             if let failure {
                                 continuation.resume(throwing: failure)
                             } else {
@@ -151,8 +152,8 @@ package final class DurableWriter: Sendable {
         syncedRequests.increment(by: batch.count)
         if let failure = syncFailure {
             for waiter in batch {
-                if let body = waiter.body { unlink(spool.tmpPath + "/" + body.temporary) }
-                if let key = waiter.key { unlink(spool.tmpPath + "/" + key.temporary) }
+                if let body = waiter.body { spool.removeTemporary(body.temporary) }
+                if let key = waiter.key { spool.removeTemporary(key.temporary) }
                 waiter.done(failure)
             }
             return
@@ -173,8 +174,8 @@ package final class DurableWriter: Sendable {
                 }
                 failures.append(nil)
             } catch {
-                unlink(spool.tmpPath + "/" + body.temporary)
-                if let key = waiter.key { unlink(spool.tmpPath + "/" + key.temporary) }
+                spool.removeTemporary(body.temporary)
+                if let key = waiter.key { spool.removeTemporary(key.temporary) }
                 failures.append(error)
             }
         }

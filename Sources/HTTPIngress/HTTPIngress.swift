@@ -226,7 +226,7 @@ package func buildRouter(
         guard id.count == 36,
             id.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) || $0 == 0x2D })
         else { return Ingress.error(.badRequest, "not a spool id") }
-        let name = id + ".json"
+        let name = Spool.requestName(id: id)
         for kind in spool.kinds {
             if let found = await verdict(name, kind) {
                 let state = found.outcome == "rejected" ? "failed" : "done"
@@ -242,10 +242,7 @@ package func buildRouter(
                         + "\"errors\":[\(errors.joined(separator: ","))]}"
                 )
             }
-            let inInbox = ((try? spool.scanAll(spool.inboxPath(kind))) ?? []).contains(name)
-            let inProcessing = ((try? spool.scanAll(spool.processingPath(kind))) ?? []).contains {
-                $0.hasSuffix("--" + name)
-            }
+            let (inInbox, inProcessing) = spool.requestState(kind: kind, name: name)
             if inInbox || inProcessing {
                 let state = inInbox ? "inbox" : "processing"
                 return Ingress.json(

@@ -1,3 +1,5 @@
+import Spool
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -19,20 +21,19 @@ enum CrashGuard {
     nonisolated(unsafe) private static let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
     private static let capacity = 64 * 1024
     nonisolated(unsafe) private static let length = UnsafeMutablePointer<Int>.allocate(capacity: 1)
-    /// `processing/.crashed` as a C string.
-    nonisolated(unsafe) private static let markerPath = UnsafeMutablePointer<CChar>.allocate(capacity: 4096)
+    /// The descriptor of `processing/` and the marker's name there, as a C string.
+    nonisolated(unsafe) private static let folder = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+    nonisolated(unsafe) private static let markerCName = UnsafeMutablePointer<CChar>.allocate(capacity: 64)
     /// The handlers that were installed before ours, by signal number.
     nonisolated(unsafe) private static let previous = UnsafeMutablePointer<sigaction>.allocate(capacity: 65)
     static let signals: [Int32] = [SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE, SIGABRT]
 
-    /// The marker's name in `processing/`: a dotfile, so no scan takes it for a claimed file.
-    static let markerName = ".crashed"
-
-    /// Installs the handlers; `processing` is the spool's processing folder.
-    static func install(processing: String) {
+    /// Installs the handlers; the marker goes into the spool's state folder (`processing/`).
+    static func install(spool: Spool) throws(SpoolError) {
         length.pointee = 0
-        let path = Array((processing + "/" + markerName).utf8CString.prefix(4095)) + [0]
-        for (index, byte) in path.enumerated() { markerPath[index] = byte }
+        folder.pointee = try spool.stateFolderDescriptor()
+        for (index, byte) in SpoolName.crashMarker.utf8CString.prefix(63).enumerated() { markerCName[index] = byte }
+        markerCName[min(63, SpoolName.crashMarker.utf8.count)] = 0
         for signal in signals {
             var action = sigaction()
             action.__sigaction_handler.sa_sigaction = { signal, _, _ in CrashGuard.handle(signal) }
@@ -64,7 +65,8 @@ enum CrashGuard {
     private static func handle(_ signal: Int32) {
         let count = length.pointee
         if count > 0 {
-            let fd = open(markerPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+            // openat(2) through the folder's descriptor, never following a symlink: async-signal-safe.
+            let fd = openat(folder.pointee, markerCName, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
             if fd >= 0 {
                 _ = write(fd, buffer, count)
                 close(fd)
@@ -76,19 +78,10 @@ enum CrashGuard {
         if signal == SIGABRT { raise(signal) }
     }
 
-    /// How often each id was named in the marker of `processing`, for ids still in `present`; the marker
-    /// is rewritten to hold only those (ids are never reused, so the rest is history).
-    static func suspects(processing: String, present: Set<String>) -> [String: Int] {
-        let path = processing + "/" + markerName
-        guard let file = fopen(path, "r") else { return [:] }
-        var text: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let read = fread(&chunk, 1, chunk.count, file)
-            if read <= 0 { break }
-            text += chunk[0..<read]
-        }
-        fclose(file)
+    /// How often each id was named in the marker, for ids still in `present`; the marker is rewritten to
+    /// hold only those (ids are never reused, so the rest is history).
+    static func suspects(spool: Spool, present: Set<String>) -> [String: Int] {
+        guard let text = spool.readState(SpoolName.crashMarker) else { return [:] }
         var counts: [String: Int] = [:]
         for line in text.split(separator: 0x0A) {
             let id = String(decoding: line, as: UTF8.self)
@@ -98,15 +91,7 @@ enum CrashGuard {
         for (id, count) in counts.sorted(by: { $0.key < $1.key }) {
             kept += String(repeating: id + "\n", count: count)
         }
-        if kept.isEmpty {
-            unlink(path)
-        } else if let out = fopen(path + ".tmp", "w") {
-            _ = fputs(kept, out)
-            fflush(out)
-            fsync(fileno(out))
-            fclose(out)
-            rename(path + ".tmp", path)
-        }
+        try? spool.writeState(SpoolName.crashMarker, Array(kept.utf8))
         return counts
     }
 }

@@ -22,25 +22,21 @@ extension Engine {
     func processLarge(_ file: Spool.Claimed, claimedAt: Int64) {
         guard let kind = Kind(rawValue: file.kind) else { return }
         do {
-            // Pass 1: sha256, and is it NDJSON (does its first line hold a whole JSON value)?
-            var hasher = SHA256()
+            // Size before work: fstat says how large it is before a byte is read.
+            guard let (size64, _) = spool.sizeBeforeReading(file) else { throw SpoolError("read", file.path, ENOENT) }
+            let size = Int(size64)
+            // Pass 0: its first line only (at most 16 MiB), to tell NDJSON, a JSON array, CSV, or one document.
             var firstLine: [UInt8] = []
-            var firstLineDone = false
-            var size = 0
-            try spool.readChunks(file) { chunk in
-                hasher.update(data: chunk)
-                size += chunk.count
-                if !firstLineDone {
+            do {
+                try spool.readChunks(file) { chunk in
                     if let newline = chunk.firstIndex(of: 0x0A) {
                         firstLine += chunk[chunk.startIndex..<newline]
-                        firstLineDone = true
-                    } else {
-                        firstLine += chunk
-                        if firstLine.count > 16 << 20 { firstLineDone = true }
+                        throw StopReading()
                     }
+                    firstLine += chunk
+                    if firstLine.count > 16 << 20 { throw StopReading() }
                 }
-            }
-            let digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+            } catch is StopReading {}
             let firstByte = firstLine.first { ![0x20, 0x09, 0x0D, 0xEF, 0xBB, 0xBF].contains($0) }
             // A JSON array is streamed element by element, whatever its line breaks. Another JSON
             // document (one large object) is read whole, so only up to `wholeFileLimit`: a larger one is
@@ -74,10 +70,19 @@ extension Engine {
                         + "per line or as an array of records"
                 )
             }
+            // Pass 1, only for a file that will be read: its sha256.
+            var digest = String(repeating: "0", count: 64)
+            if tooLarge == nil {
+                var hasher = SHA256()
+                try spool.readChunks(file) { chunk in hasher.update(data: chunk) }
+                digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+            }
             let receivedAt = Clock.timestamp()
             // Rejected JSON records are NDJSON, an intake file's too when it is JSON.
             let rejectedExtension = kind == .intake && !isCSV ? "ndjson" : kind.rejectedExtension
-            let rejectedFile = try spool.temporaryFile(file.id + ".rejected." + rejectedExtension)
+            let rejectedFile = try spool.temporaryFile(file.id + SpoolName.rejectedSuffix(rejectedExtension))
+            // Removed however this ends (once placed as a sidecar, its temporary name is gone already).
+            defer { rejectedFile.discard() }
             var totals: FileReport
             if let tooLarge {
                 totals = FileReport(outcome: .rejected, errors: [tooLarge])
@@ -107,12 +112,10 @@ extension Engine {
             var sidecarFiles: [(suffix: String, temporary: Spool.TemporaryFile)] = []
             if report.outcome == .partial || report.outcome == .rejected {
                 let json = report.json(fileID: file.id, originalName: file.originalName, kind: file.kind) + "\n"
-                sidecars.append((".error.json", Array(json.utf8)))
+                sidecars.append((SpoolName.errorSuffix, Array(json.utf8)))
             }
             if report.outcome == .partial {
-                sidecarFiles.append((".rejected." + rejectedExtension, rejectedFile))
-            } else {
-                rejectedFile.discard()
+                sidecarFiles.append((SpoolName.rejectedSuffix(rejectedExtension), rejectedFile))
             }
             let day = String(result.finishedAt.prefix(10))
             let destination: Spool.Destination = report.outcome == .rejected ? .failed : .done(day: day)
@@ -121,14 +124,20 @@ extension Engine {
             logFinished(file, report, claimedAt: claimedAt)
         } catch let error as SpoolError where error.code == ENOENT {
             logger.warning("claimed file vanished", metadata: ["file.id": "\(file.id)"])
+        } catch let error as SpoolError where error.isTransient {
+            scheduleRetry(file, reason: error.summary)
         } catch let error as SpoolError {
-            scheduleRetry(file, reason: error.description)
+            // Permanent (EACCES, ELOOP, …): a verdict on the file, not a retry for ever.
+            rejectUnread(file, "cannot read the file: \(error.summary)", claimedAt: claimedAt)
         } catch let error as StoreError {
             scheduleRetry(file, reason: error.description)
         } catch {
             scheduleRetry(file, reason: "\(error)")
         }
     }
+
+    /// Ends a pass over a file early.
+    private struct StopReading: Error {}
 
     /// Pass 2: every line (or with `array`, every element of the JSON array) parsed, validated and
     /// committed in chunks; rejected records appended to `rejected`, one per line.

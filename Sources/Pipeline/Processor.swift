@@ -51,6 +51,8 @@ package struct PipelineConfiguration: Sendable {
     /// The largest JSON document (a file that is not NDJSON or CSV) read whole; a larger one is
     /// rejected unread. Default 64 MiB, the HTTP ingest body limit.
     package var wholeFileLimit: Int
+    /// Test only: a file whose name contains this crashes the daemon (the crash guard's tests). nil.
+    package var testCrashOn: String?
 
     package init(
         settle: Duration = .seconds(2),
@@ -62,7 +64,8 @@ package struct PipelineConfiguration: Sendable {
         tick: Duration = .milliseconds(200),
         streamThreshold: Int = 8 << 20,
         retentionDays: Int? = 30,
-        wholeFileLimit: Int = 64 << 20
+        wholeFileLimit: Int = 64 << 20,
+        testCrashOn: String? = nil
     ) {
         self.settle = settle
         self.openHold = openHold
@@ -74,6 +77,7 @@ package struct PipelineConfiguration: Sendable {
         self.streamThreshold = streamThreshold
         self.retentionDays = retentionDays
         self.wholeFileLimit = wholeFileLimit
+        self.testCrashOn = testCrashOn
     }
 }
 
@@ -110,7 +114,7 @@ package final class Processor: Service {
 
     package func run() async throws {
         try spool.prepare()
-        CrashGuard.install(processing: spool.root + "/processing")
+        try CrashGuard.install(spool: spool)
         let watcher = try Watcher(folders: spool.inboxes.map(\.path), tick: configuration.tick)
         do {
             try await onQueue { try self.engine.recover() }
@@ -192,27 +196,26 @@ final class Engine: @unchecked Sendable {
     private let checkpointRunning = Atomic<Bool>(false)
     private var lastCheckpoint: Int64 = 0
 
-    /// Files that had a close-after-write or rename-in event: claim without waiting to settle.
-    private var complete: Set<String> = []
-    /// Last observation of each unsettled file: `<folder>/<name>` → (size, mtime, inode), and since when
-    /// (our clock) it has looked like that.
-    private var observed: [String: (size: Int64, mtime: Int64, inode: UInt64, since: Int64)] = [:]
-    /// Files held open (opens minus closes, by inotify) — not claimed while open, up to `openHold`.
-    private var openCount: [String: Int] = [:]
-    /// Open files already logged as waiting for their writer (once each).
-    private var heldLogged: Set<String> = []
+    /// Which inbox entries are ready: the settle and open-hold rules, keyed by names' exact bytes.
+    private var settle: SettleTracker
     private var nextRescan: Int64 = 0
     /// Claimed files waiting to be processed (recovered, or due for a retry).
     private var queued: [Spool.Claimed] = []
     private var retries: [String: Retry] = [:]
+    /// Transient failures so far of each file still in processing/: kept while a retry is queued, so that
+    /// the backoff grows; forgotten when the file is finished.
+    private var attempts: [String: Int] = [:]
+    /// Inboxes found replaced (said once; no longer used).
+    private var replacedInboxes: Set<String> = []
+    /// Files to commit as rejected unread, with their one problem (sparse, or a permanent read error).
+    private var unreadVerdicts: [String: String] = [:]
+    private let unclaimableGauge = Gauge(label: "carespool_unclaimable_entries")
     /// Ids claimed by this run and not yet finished: they cannot have a ledger row.
     private var claimedFresh: Set<String> = []
     /// Recovered files that were in a batch when the daemon crashed: each is processed on its own.
     private var isolated: Set<String> = []
     /// Recovered files that crashed the daemon again on their own: set aside in failed/ unread.
     private var quarantined: Set<String> = []
-    /// Test-only: a file whose name contains this crashes the daemon (`CARESPOOL_TEST_CRASH_ON`).
-    private static let crashSwitch: String? = getenv("CARESPOOL_TEST_CRASH_ON").map { String(cString: $0) }
 
     struct Retry {
         var file: Spool.Claimed
@@ -228,18 +231,24 @@ final class Engine: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         self.directorySync = DirectorySync(logger: logger)
+        self.settle = SettleTracker(
+            settle: configuration.settle.nanoseconds,
+            openHold: configuration.openHold.nanoseconds
+        )
     }
 
     /// Queues every file left in processing/ by an earlier run: each is finished from its ledger row if it
     /// has one, and processed again otherwise.
     func recover() throws {
+        // Temporary files an earlier run left half-written (a kill mid-write): never renamed, never needed.
+        spool.removeStaleTemporaries(olderThan: 3_600)
         for kind in spool.kinds {
             queued += try spool.claimedFiles(kind: kind)
         }
         if !queued.isEmpty {
             logger.notice("recovering files left in processing", metadata: ["files.count": "\(queued.count)"])
         }
-        let named = CrashGuard.suspects(processing: spool.root + "/processing", present: Set(queued.map(\.id)))
+        let named = CrashGuard.suspects(spool: spool, present: Set(queued.map(\.id)))
         for (id, crashes) in named {
             if crashes >= 2 {
                 quarantined.insert(id)
@@ -265,16 +274,7 @@ final class Engine: @unchecked Sendable {
         // early); the wall clock only to compare with file mtimes.
         let now = Clock.monotonicNanos()
         let wallNow = Clock.nowNanos()
-        complete.formUnion(hints.complete)
-        if hints.overflow {
-            // Events were lost, so the counts may be wrong: fall back to settling by size and time.
-            openCount.removeAll()
-        }
-        for (key, delta) in hints.opened {
-            let count = (openCount[key] ?? 0) + delta
-            // Below zero: a close of an open made before the watch began.
-            openCount[key] = count > 0 ? count : nil
-        }
+        settle.absorb(complete: hints.complete, opened: hints.opened, overflow: hints.overflow)
         var folders = hints.folders
         if hints.overflow || now >= nextRescan {
             folders = Set(spool.inboxes.map(\.path))
@@ -282,84 +282,65 @@ final class Engine: @unchecked Sendable {
         }
         // Unsettled files are looked at again every wake-up (a file held open is among them: it is observed
         // from its first scan on, and its open and close events name its folder).
-        for key in observed.keys {
-            if let slash = key.lastIndex(of: "/") { folders.insert(String(key[..<slash])) }
-        }
-        var ready: [(Spool.Inbox, String)] = []
-        for inbox in spool.inboxes where folders.contains(inbox.path) {
-            let entries: [Spool.Entry]
+        for folder in settle.foldersToRevisit { folders.insert(String(decoding: folder, as: UTF8.self)) }
+        var ready: [(Spool.Inbox, Spool.Entry)] = []
+        for inbox in spool.inboxes where folders.contains(inbox.path) && !replacedInboxes.contains(inbox.path) {
+            var entries: [Spool.Entry]
             do {
                 entries = try spool.scan(inbox.path, withStat: false)
             } catch {
-                logger.error(
-                    "cannot scan inbox",
-                    metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.reason)"]
-                )
+                if error.isInboxReplaced {
+                    replacedInboxes.insert(inbox.path)
+                    logger.critical(
+                        "inbox folder was replaced after start (a symlink or another folder): no longer used",
+                        metadata: [
+                            "inbox.kind": "\(inbox.kind)",
+                            "inbox.index": "\(spool.inboxes.firstIndex(of: inbox) ?? -1)",
+                        ]
+                    )
+                } else {
+                    logger.error(
+                        "cannot scan inbox",
+                        metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.summary)"]
+                    )
+                }
                 continue
             }
-            var present = Set<String>()
-            for var entry in entries {
-                let key = inbox.path + "/" + entry.name
-                present.insert(key)
-                let isOpen = openCount[key] != nil
-                if entry.type != .regular || (complete.contains(key) && !isOpen) {
-                    ready.append((inbox, entry.name))
-                    continue
-                }
-                if entry.size < 0 {
-                    // Not known complete: settling needs its size and mtime.
-                    guard let full = spool.entry(inbox.path, entry.name) else { continue }
-                    entry = full
-                }
-                // Settled: unchanged for the settle interval, by its mtime or by our own clock — an mtime in
-                // the future (a sender's clock, `rsync -t`) must not keep a file waiting until then.
-                let settle = configuration.settle.nanoseconds
-                if let before = observed[key], before.size == entry.size, before.mtime == entry.mtime,
-                    before.inode == entry.inode
-                {
-                    let (age, overflow) = wallNow.subtractingReportingOverflow(entry.mtime)
-                    if isOpen {
-                        // Still open: wait for the close, but not for ever.
-                        let held = now - before.since
-                        if held >= settle && heldLogged.insert(key).inserted {
-                            logger.info(
-                                "file settled but still open by its writer: waiting for the close",
-                                metadata: [
-                                    "inbox.kind": "\(inbox.kind)",
-                                    "open_hold.ms": "\(configuration.openHold.nanoseconds / 1_000_000)",
-                                ]
-                            )
-                        }
-                        if held >= max(settle, configuration.openHold.nanoseconds) {
-                            logger.warning(
-                                "file still open by its writer claimed after holding still",
-                                metadata: ["inbox.kind": "\(inbox.kind)", "held.ms": "\(held / 1_000_000)"]
-                            )
-                            ready.append((inbox, entry.name))
-                        }
-                    } else if (!overflow && age >= settle) || now - before.since >= settle {
-                        ready.append((inbox, entry.name))
-                    }
-                } else {
-                    observed[key] = (entry.size, entry.mtime, entry.inode, now)
+            // Entries found unclaimable stay out until they change (another inode under the name).
+            spool.pruneUnclaimable(in: inbox, present: entries)
+            entries.removeAll { spool.isUnclaimable($0, in: inbox) }
+            let (found, events) = settle.scan(
+                folder: inbox.path,
+                entries: entries,
+                now: now,
+                wallNow: wallNow,
+                fullEntry: { spool.entry(inbox.path, $0.bytes) }
+            )
+            for event in events {
+                switch event {
+                case .heldOpen:
+                    logger.info(
+                        "file settled but still open by its writer: waiting for the close",
+                        metadata: [
+                            "inbox.kind": "\(inbox.kind)",
+                            "open_hold.ms": "\(configuration.openHold.nanoseconds / 1_000_000)",
+                        ]
+                    )
+                case .claimedWhileOpen(_, let held):
+                    logger.warning(
+                        "file still open by its writer claimed after holding still",
+                        metadata: ["inbox.kind": "\(inbox.kind)", "held.ms": "\(held / 1_000_000)"]
+                    )
                 }
             }
-            // Forget what vanished from this folder.
-            let prefix = inbox.path + "/"
-            for key in observed.keys where key.hasPrefix(prefix) && !present.contains(key) {
-                observed[key] = nil
-            }
-            for key in openCount.keys where key.hasPrefix(prefix) && !present.contains(key) {
-                openCount[key] = nil
-            }
-            heldLogged = heldLogged.filter { !$0.hasPrefix(prefix) || present.contains($0) }
-            complete = complete.filter { !$0.hasPrefix(prefix) || present.contains($0) }
+            ready += found.map { (inbox, $0) }
         }
         // Retries that are due.
         for (id, retry) in retries where retry.due <= now {
             queued.append(retry.file)
             retries[id] = nil
         }
+        unclaimableGauge.record(spool.unclaimableCount)
         if !ready.isEmpty {
             logger.debug(
                 "inboxes scanned",
@@ -386,24 +367,34 @@ final class Engine: @unchecked Sendable {
                 claimedAt[file.id] = Clock.monotonicNanos()
             }
             while start < ready.count && batch.count < room {
-                let (inbox, name) = ready[start]
+                let (inbox, entry) = ready[start]
                 start += 1
-                let key = inbox.path + "/" + name
-                complete.remove(key)
-                observed[key] = nil
-                openCount[key] = nil
-                heldLogged.remove(key)
+                settle.forget(SettleTracker.key(folder: inbox.path, name: entry.bytes))
                 do {
-                    if let claimed = try spool.claim(name, from: inbox, id: ids.next()) {
+                    if let claimed = try spool.claim(entry, from: inbox, id: ids.next()) {
                         claimedFresh.insert(claimed.id)
                         batch.append(claimed)
                         claimedAt[claimed.id] = Clock.monotonicNanos()
                     }
                 } catch {
-                    logger.error(
-                        "cannot claim file",
-                        metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.reason)"]
-                    )
+                    if error.isInboxReplaced {
+                        continue  // said at the next scan
+                    } else if error.isTransient {
+                        // Looked at again at the next rescan.
+                        logger.warning(
+                            "cannot claim file yet",
+                            metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.summary)"]
+                        )
+                    } else if spool.markUnclaimable(entry, in: inbox) {
+                        // A verdict on the entry: said once, not counted as pending, left until it changes.
+                        logger.error(
+                            "inbox entry cannot be claimed: left in place, not tried again until it changes",
+                            metadata: [
+                                "inbox.kind": "\(inbox.kind)", "entry.type": "\(entry.type.rawValue)",
+                                "entry.inode": "\(entry.inode)", "error": "\(error.summary)",
+                            ]
+                        )
+                    }
                 }
             }
             if batch.isEmpty { break }
@@ -412,6 +403,8 @@ final class Engine: @unchecked Sendable {
                 claimedFresh.remove(file.id)
                 isolated.remove(file.id)
                 quarantined.remove(file.id)
+                if retries[file.id] == nil { attempts[file.id] = nil }
+                unreadVerdicts[file.id] = nil
             }
         }
         writeRetryState()
@@ -440,8 +433,17 @@ final class Engine: @unchecked Sendable {
         // Large files are streamed, one at a time, outside the group commit.
         let threshold = Int64(configuration.streamThreshold)
         let streamIntake = configuration.streamThreshold != Int.max
+        // Size before work: a sparse file (a hole reads as NULs, which no JSON or CSV holds) is rejected
+        // unread, before a byte of it is read or hashed — a 20 GB file with nothing on disk is no work.
+        for file in all where !quarantined.contains(file.id) && unreadVerdicts[file.id] == nil {
+            if let (size, sparse) = spool.sizeBeforeReading(file), sparse {
+                unreadVerdicts[file.id] =
+                    "a sparse file (\(size) bytes long, with holes that read as NUL bytes): never read; "
+                    + "send the file itself, not a file with holes"
+            }
+        }
         let large = all.filter { file in
-            guard !quarantined.contains(file.id) else { return false }
+            guard !quarantined.contains(file.id), unreadVerdicts[file.id] == nil else { return false }
             guard let entry = spool.entry(spool.processingPath(file.kind), file.spoolName) else { return false }
             // Intake CSV is always streamed (processLarge reads a JSON array of intake records whole).
             return entry.type == .regular
@@ -467,9 +469,19 @@ final class Engine: @unchecked Sendable {
                 if let kind = Kind(rawValue: file.kind) {
                     if quarantined.contains(file.id) {
                         mine[index] = .success(setAside(file, kind: kind, receivedAt: receivedAt))
+                    } else if let message = unreadVerdicts[file.id] {
+                        mine[index] = .success(
+                            unread(
+                                file,
+                                kind: kind,
+                                receivedAt: receivedAt,
+                                mayHaveLedgerRow: !claimedFresh.contains(file.id),
+                                message
+                            )
+                        )
                     } else {
-                        if let crash = Self.crashSwitch, file.originalName.contains(crash) {
-                            fatalError("test crash on \(file.id) (CARESPOOL_TEST_CRASH_ON)")
+                        if let crash = configuration.testCrashOn, file.originalName.contains(crash) {
+                            fatalError("test crash on \(file.id) (--test-crash-on)")
                         }
                         do throws(SpoolError) {
                             let content = try spool.read(file)
@@ -499,8 +511,20 @@ final class Engine: @unchecked Sendable {
             case .failure(let error):
                 if error.code == ENOENT {
                     logger.warning("claimed file vanished", metadata: ["file.id": "\(batch[index].id)"])
-                } else {
-                    scheduleRetry(batch[index], reason: error.description)
+                } else if error.isTransient {
+                    scheduleRetry(batch[index], reason: error.summary)
+                } else if let kind = Kind(rawValue: batch[index].kind) {
+                    // Permanent (EACCES, EPERM, ELOOP, …): a verdict on the file, which goes to failed/ with
+                    // its reason, instead of a retry every second for ever.
+                    prepared.append(
+                        unread(
+                            batch[index],
+                            kind: kind,
+                            receivedAt: receivedAt,
+                            mayHaveLedgerRow: !claimedFresh.contains(batch[index].id),
+                            "cannot read the file: \(error.summary)"
+                        )
+                    )
                 }
             case nil: break
             }
@@ -527,7 +551,7 @@ final class Engine: @unchecked Sendable {
                 touched.formUnion(try finish(entry.file, entry.prepared, result))
                 finished.append((entry.file, result))
             } catch {
-                scheduleRetry(entry.file, reason: error.description)
+                scheduleRetry(entry.file, reason: error.summary)
             }
         }
         directorySync.schedule(touched)
@@ -581,6 +605,12 @@ final class Engine: @unchecked Sendable {
     }
 
     typealias Prepared = (file: Spool.Claimed, prepared: PreparedFile, content: [UInt8]?)
+
+    /// Commits `file` as rejected without reading it, `message` its one problem (a permanent read error).
+    func rejectUnread(_ file: Spool.Claimed, _ message: String, claimedAt: Int64) {
+        unreadVerdicts[file.id] = message
+        process([file], claimedAt: [file.id: claimedAt])
+    }
 
     func prepare(
         _ file: Spool.Claimed,
@@ -638,7 +668,7 @@ final class Engine: @unchecked Sendable {
     }
 
     /// A file rejected without being read, with `message` as its one problem.
-    private func unread(
+    func unread(
         _ file: Spool.Claimed,
         kind: Kind,
         receivedAt: String,
@@ -667,7 +697,7 @@ final class Engine: @unchecked Sendable {
         var sidecars: [(suffix: String, bytes: [UInt8])] = []
         if report.outcome == .partial || report.outcome == .rejected {
             let json = report.json(fileID: file.id, originalName: file.originalName, kind: file.kind) + "\n"
-            sidecars.append((".error.json", Array(json.utf8)))
+            sidecars.append((SpoolName.errorSuffix, Array(json.utf8)))
         }
         if report.outcome == .partial, let kind = Kind(rawValue: file.kind) {
             let numbers = Set(report.rejectedRecords)
@@ -683,15 +713,18 @@ final class Engine: @unchecked Sendable {
             }
             // Records read from JSON are rejected as NDJSON, whatever the kind's CSV form.
             let ext = kind == .intake ? "ndjson" : kind.rejectedExtension
-            sidecars.append((".rejected." + ext, Array(lines.utf8)))
+            sidecars.append((SpoolName.rejectedSuffix(ext), Array(lines.utf8)))
         }
         let day = String(result.finishedAt.prefix(10))
         let destination: Spool.Destination = report.outcome == .rejected ? .failed : .done(day: day)
         return try spool.finish(file, to: destination, sidecars: sidecars)
     }
 
+    /// Schedules another try of `file` after transient trouble, with a backoff that doubles with each
+    /// attempt up to `retryMax`. `reason` names the operation and errno, never a path or name.
     func scheduleRetry(_ file: Spool.Claimed, reason: String) {
-        let attempts = (retries[file.id]?.attempts ?? 0) + 1
+        let attempts = (self.attempts[file.id] ?? 0) + 1
+        self.attempts[file.id] = attempts
         let base = configuration.retryInitial.nanoseconds
         let delay = min(configuration.retryMax.nanoseconds, base << min(attempts - 1, 20))
         retries[file.id] = Retry(file: file, attempts: attempts, due: Clock.monotonicNanos() + delay, lastError: reason)
@@ -715,11 +748,7 @@ final class Engine: @unchecked Sendable {
         let text = "[" + lines.joined(separator: ",") + "]\n"
         guard text != lastRetryState else { return }
         do {
-            try spool.writeFileDurably(
-                bytes: Array(text.utf8),
-                temporaryName: ".retrying.json",
-                target: spool.root + "/processing/retrying.json"
-            )
+            try spool.writeState(SpoolName.retryState, Array(text.utf8))
             lastRetryState = text
         } catch {
             logger.error("cannot write retry state", metadata: ["error": "\(error.reason)"])

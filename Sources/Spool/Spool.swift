@@ -1,8 +1,17 @@
 // Spool: the spool directory's layout and every move a file makes through it.
 //
-// The ONLY code that renames spool files. Knows files and folders, never payloads or the database.
-// Trusts nothing it finds in an inbox: names are opaque bytes, and only regular files are ever opened
-// (a symlink, FIFO, socket, device or directory is never followed or read).
+// The ONLY code that names, creates, renames or removes anything in the spool (Postfix's mail_queue.h):
+// the `<id>--<name>` form and the sidecar suffixes (Spool+Names), our own files (Spool+Files: every one
+// created under a fresh random name with O_CREAT|O_EXCL|O_NOFOLLOW), discovery and claims (Spool+Claim),
+// finishing, requeue and purge (Spool+Finish), HTTP drops and idempotency keys (Spool+Drop), and the
+// daemon's state files (Spool+State).
+//
+// Trusts nothing it finds in an inbox: names are opaque bytes (any bytes up to 255, canonically equivalent
+// names side by side), and only regular files are ever opened (a symlink, FIFO, socket, device or
+// directory is never followed or read). Folders are opened once, O_DIRECTORY|O_NOFOLLOW, and used through
+// their descriptors (openat, renameat, linkat, unlinkat, fstatat(AT_SYMLINK_NOFOLLOW)): a folder swapped
+// for a symlink after start is never followed, and an inbox replaced by another folder is reported and
+// no longer used (``SpoolError/isInboxReplaced``).
 //
 // Layout (DESIGN.md, with processing/ split by kind so that recovery knows a claimed file's kind):
 //   tmp/                       our own writes, fsynced, then renamed into place
@@ -10,6 +19,7 @@
 //   processing/<kind>/         claimed files: <id>--<original name>
 //   done/<kind>/<yyyy-mm-dd>/  <id>--<original name>
 //   failed/<kind>/             <id>--<original name>, <same>.error.json, <same>.rejected.<ext>
+//   keys/<kind>/               HTTP idempotency keys
 
 import Synchronization
 
@@ -32,12 +42,25 @@ package struct Spool: Sendable {
 
     /// What a scan found in an inbox.
     package struct Entry: Sendable, Equatable {
+        /// The name as text: the name itself when it is UTF-8, else its bytes with every byte of an invalid
+        /// sequence written `%XX` (``SpoolName/display(_:)``). For logs' counts, the ledger and people.
         package var name: String
+        /// The name's exact bytes, as the directory holds them: what claims and bookkeeping use.
+        package var bytes: [UInt8]
         package var type: FileType
         package var size: Int64
         /// Modification time in nanoseconds since the epoch.
         package var mtime: Int64
         package var inode: UInt64
+
+        package init(name: String, bytes: [UInt8], type: FileType, size: Int64, mtime: Int64, inode: UInt64) {
+            self.name = name
+            self.bytes = bytes
+            self.type = type
+            self.size = size
+            self.mtime = mtime
+            self.inode = inode
+        }
     }
 
     /// A file's type as lstat(2) sees it (symlinks are never followed).
@@ -57,23 +80,58 @@ package struct Spool: Sendable {
             default: self = .unknown
             }
         }
+
+        init(direntType: UInt8) {
+            switch Int32(direntType) {
+            case Int32(DT_REG): self = .regular
+            case Int32(DT_DIR): self = .directory
+            case Int32(DT_LNK): self = .symlink
+            case Int32(DT_FIFO): self = .fifo
+            case Int32(DT_SOCK): self = .socket
+            case Int32(DT_CHR): self = .characterDevice
+            case Int32(DT_BLK): self = .blockDevice
+            default: self = .unknown
+            }
+        }
     }
 
     /// A file claimed into processing/.
     package struct Claimed: Sendable, Hashable {
         package var id: String
         package var kind: String
+        /// The name it had in its inbox, whole (as text, ``Entry/name``): the ledger's and the sidecar's.
         package var originalName: String
+        /// The name kept after `<id>--` on disk: the original name, shortened only where `<id>--<name>` and
+        /// its longest sidecar suffix would not fit in 255 bytes, keeping its extension.
+        package var storedName: String
         /// Its path under processing/.
         package var path: String
-        /// Its name under processing/, `<id>--<original name>`.
-        package var spoolName: String { id + "--" + originalName }
+        /// Its name under processing/, `<id>--<stored name>`.
+        package var spoolName: String { SpoolName.claimed(id: id, name: storedName) }
         /// When it was dropped: its inode's change time just before the claim (the rename or last write
         /// into the inbox), nanoseconds since the epoch; 0 when unknown (found in processing/ at start).
         package var droppedAt: Int64 = 0
         /// Who dropped it: the sender an HTTP request file names (``Spool/senderAttribute``), else the
         /// Unix user owning the file as claimed (`uid:N` when the user has no name); nil when unknown.
         package var sender: String?
+
+        package init(
+            id: String,
+            kind: String,
+            originalName: String,
+            storedName: String? = nil,
+            path: String,
+            droppedAt: Int64 = 0,
+            sender: String? = nil
+        ) {
+            self.id = id
+            self.kind = kind
+            self.originalName = originalName
+            self.storedName = storedName ?? originalName
+            self.path = path
+            self.droppedAt = droppedAt
+            self.sender = sender
+        }
     }
 
     /// The extended attribute in which the HTTP endpoint names a request file's sender.
@@ -97,6 +155,10 @@ package struct Spool: Sendable {
     /// The spool's own inboxes, one per kind, plus any extra folders mapped to a kind.
     package let inboxes: [Inbox]
     package let kinds: [String]
+    /// The folders' descriptors, opened once; shared by every copy of this value.
+    let folders: Folders
+    /// Faults the tests inject (none by default).
+    package var faults = SpoolFaults()
 
     /// - Parameters:
     ///   - root: the spool folder.
@@ -107,6 +169,7 @@ package struct Spool: Sendable {
         self.root = trimmed
         self.kinds = kinds
         self.inboxes = kinds.map { Inbox(path: trimmed + "/inbox/" + $0, kind: $0) } + extraInboxes
+        self.folders = Folders(root: trimmed)
     }
 
     package var tmpPath: String { root + "/tmp" }
@@ -117,509 +180,164 @@ package struct Spool: Sendable {
     /// Idempotency keys of HTTP senders (`webhook-id`), one small file per key holding the spool id.
     package func keysPath(_ kind: String) -> String { root + "/keys/" + kind }
 
-    /// Creates every folder of the layout that is missing.
+    /// Creates every folder of the layout that is missing: the spool's own folders 0750 (the daemon's
+    /// group reads them: operators), tmp/, processing/ and keys/ 0700; an existing folder keeps its
+    /// mode (systemd-tmpfiles sets the installed ones, docs/SECURITY.md).
     package func prepare() throws(SpoolError) {
-        var folders = [
-            root, tmpPath, root + "/inbox", root + "/processing", root + "/done", root + "/failed", root + "/keys",
-        ]
-        for kind in kinds {
-            folders += [inboxPath(kind), processingPath(kind), donePath(kind), failedPath(kind), keysPath(kind)]
+        try Self.makeDirectory(root, mode: 0o750)
+        let layout: [(String, mode_t)] =
+            [
+                ("tmp", 0o700), ("inbox", 0o750), ("processing", 0o700), ("done", 0o750), ("failed", 0o750),
+                ("keys", 0o700),
+            ]
+            + kinds.flatMap { kind -> [(String, mode_t)] in
+                [
+                    ("inbox/" + kind, 0o750), ("processing/" + kind, 0o700), ("done/" + kind, 0o750),
+                    ("failed/" + kind, 0o750), ("keys/" + kind, 0o700),
+                ]
+            }
+        for (folder, mode) in layout { try Self.makeDirectory(root + "/" + folder, mode: mode) }
+        for inbox in inboxes where !inbox.path.hasPrefix(root + "/inbox/") {
+            try Self.makeDirectory(inbox.path, mode: 0o750)
         }
-        folders += inboxes.map(\.path)
-        for folder in folders { try Self.makeDirectory(folder) }
     }
 
     /// Whether `name` is a writer's name for an incomplete file: a dotfile (rsync's `.name.a1B2c3`),
     /// `*.tmp`, `*.part`, `*.filepart` or `*~`.
     package static func isIncompleteName(_ name: String) -> Bool {
-        name.hasPrefix(".") || name.hasSuffix(".tmp") || name.hasSuffix(".part") || name.hasSuffix(".filepart")
-            || name.hasSuffix("~")
+        isIncompleteName(Array(name.utf8))
     }
 
-    /// The entries of `folder` a claimer may look at: incomplete names skipped, types from lstat(2).
-    /// With `withStat` false, entries whose type readdir(3) reports come without size and mtime (-1):
-    /// enough for names already known complete, and much cheaper for a full inbox.
-    package func scan(_ folder: String, withStat: Bool = true) throws(SpoolError) -> [Entry] {
-        guard let dir = opendir(folder) else { throw SpoolError("scan", folder, errno) }
-        defer { closedir(dir) }
-        var entries: [Entry] = []
-        let dirFD = dirfd(dir)
-        while let ent = readdir(dir) {
-            let bytes = Self.nameBytes(ent)
-            guard let name = String(validating: bytes, as: UTF8.self) else {
-                // A name that is not UTF-8 could never be claimed by a String path: it is renamed in place
-                // to its percent-escaped form (never replacing a file), and picked up by the next scan —
-                // unless it is a writer's incomplete file, which is never touched (renaming it would break
-                // the writer's own rename: found by the torture campaign).
-                if !Self.isIncompleteName(String(decoding: bytes, as: UTF8.self)) {
-                    Self.escapeName(bytes, in: dirFD)
-                }
-                continue
-            }
-            if name == "." || name == ".." || Self.isIncompleteName(name) { continue }
-            if !withStat, ent.pointee.d_type != UInt8(DT_UNKNOWN) {
-                // readdir's d_type is enough to tell a regular file; size and mtime are not needed.
-                let type: FileType =
-                    switch Int32(ent.pointee.d_type) {
-                    case Int32(DT_REG): .regular
-                    case Int32(DT_DIR): .directory
-                    case Int32(DT_LNK): .symlink
-                    case Int32(DT_FIFO): .fifo
-                    case Int32(DT_SOCK): .socket
-                    case Int32(DT_CHR): .characterDevice
-                    case Int32(DT_BLK): .blockDevice
-                    default: .unknown
-                    }
-                entries.append(Entry(name: name, type: type, size: -1, mtime: -1, inode: UInt64(ent.pointee.d_ino)))
-                continue
-            }
-            var st = stat()
-            guard fstatat(dirFD, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
-            entries.append(
-                Entry(
-                    name: name,
-                    type: FileType(mode: st.st_mode),
-                    size: Int64(st.st_size),
-                    mtime: Self.nanoseconds(st.st_mtim),
-                    inode: UInt64(st.st_ino)
-                )
-            )
+    /// ``isIncompleteName(_:)-(String)`` on a name's bytes.
+    package static func isIncompleteName(_ bytes: [UInt8]) -> Bool {
+        func ends(_ suffix: StaticString) -> Bool {
+            let tail = UnsafeBufferPointer(start: suffix.utf8Start, count: suffix.utf8CodeUnitCount)
+            return bytes.count >= tail.count && bytes.suffix(tail.count).elementsEqual(tail)
         }
-        return entries
+        return bytes.first == UInt8(ascii: ".") || ends(".tmp") || ends(".part") || ends(".filepart") || ends("~")
     }
 
-    /// Claims `name` from `inbox` by renaming it into processing/<kind>/ as `<id>--<name>`.
-    /// Returns nil when the file is gone (another claimer won, or the writer renamed it away).
-    package func claim(_ name: String, from inbox: Inbox, id: String) throws(SpoolError) -> Claimed? {
-        let kept = Self.fitName(name, prefixBytes: id.utf8.count + 2)
-        let target = processingPath(inbox.kind) + "/" + id + "--" + kept
-        var st = stat()
-        let source = inbox.path + "/" + name
-        var changed: Int64 = 0
-        var sender: String?
-        if lstat(source, &st) == 0 {
-            changed = Self.nanoseconds(st.st_ctim)
-            // Files the daemon's own user wrote may be HTTP requests naming their sender.
-            if st.st_uid == getuid() { sender = Self.attribute(source, Self.senderAttribute) }
-            if sender == nil { sender = Self.userName(st.st_uid) }
-        }
-        if rename(source, target) != 0 {
-            let code = errno
-            if code == ENOENT { return nil }
-            throw SpoolError("claim", source, code)
-        }
-        return Claimed(id: id, kind: inbox.kind, originalName: kept, path: target, droppedAt: changed, sender: sender)
-    }
-
-    /// Files already in processing/<kind>/ (left by a crash, or waiting for a retry), in id order.
-    package func claimedFiles(kind: String) throws(SpoolError) -> [Claimed] {
-        let folder = processingPath(kind)
-        return try scanAll(folder).compactMap { name -> Claimed? in
-            guard let split = name.firstRange(of: "--") else { return nil }
-            let id = String(name[..<split.lowerBound])
-            let original = String(name[split.upperBound...])
-            return Claimed(id: id, kind: kind, originalName: original, path: folder + "/" + name)
-        }.sorted { $0.id < $1.id }
-    }
-
-    /// Reads a claimed file. Only a regular file is opened, with O_NOFOLLOW, and checked again by fstat(2).
-    package func read(_ file: Claimed) throws(SpoolError) -> Content {
-        var st = stat()
-        guard lstat(file.path, &st) == 0 else { throw SpoolError("read", file.path, errno) }
-        let type = FileType(mode: st.st_mode)
-        guard type == .regular else { return .notRegular(type) }
-        let fd = open(file.path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
-        if fd < 0 {
-            let code = errno
-            if code == ELOOP { return .notRegular(.symlink) }
-            throw SpoolError("read", file.path, code)
-        }
-        defer { close(fd) }
-        guard fstat(fd, &st) == 0 else { throw SpoolError("read", file.path, errno) }
-        guard FileType(mode: st.st_mode) == .regular else { return .notRegular(FileType(mode: st.st_mode)) }
-        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
-        var filled = 0
-        while true {
-            if filled == bytes.count { bytes.append(contentsOf: [UInt8](repeating: 0, count: max(4096, filled))) }
-            let n = bytes.withUnsafeMutableBytes { raw in
-                Glibc.read(fd, raw.baseAddress! + filled, raw.count - filled)
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SpoolError("read", file.path, errno)
-            }
-            if n == 0 { break }
-            filled += n
-        }
-        bytes.removeSubrange(filled...)
-        return .regular(bytes)
-    }
-
-    /// Finishes a claimed file: writes its sidecars (each `<id>--<name><suffix>` in failed/<kind>/, by
-    /// tmp + fsync + rename), then renames the file into `destination`. Returns the folders whose entries
-    /// changed; pass them to ``syncDirectories(_:)`` (once per batch) to make the moves durable.
-    package func finish(
-        _ file: Claimed,
-        to destination: Destination,
-        sidecars: [(suffix: String, bytes: [UInt8])]
-    ) throws(SpoolError) -> Set<String> {
-        var touched: Set<String> = []
-        let failed = failedPath(file.kind)
-        for sidecar in sidecars {
-            let target = failed + "/" + file.spoolName + sidecar.suffix
-            try writeFileDurably(bytes: sidecar.bytes, temporaryName: file.id + sidecar.suffix, target: target)
-            touched.insert(failed)
-        }
-        let folder: String
-        switch destination {
-        case .done(let day):
-            folder = donePath(file.kind) + "/" + day
-            try Self.makeDirectory(folder)
-        case .failed:
-            folder = failed
-        }
-        if rename(file.path, folder + "/" + file.spoolName) != 0 {
-            throw SpoolError("finish", file.path, errno)
-        }
-        touched.insert(folder)
-        touched.insert(processingPath(file.kind))
-        return touched
-    }
-
-    /// Writes `bytes` to tmp/<temporaryName>, fsyncs it, and renames it to `target` (replacing it).
-    package func writeFileDurably(bytes: [UInt8], temporaryName: String, target: String) throws(SpoolError) {
-        let temporary = tmpPath + "/" + temporaryName
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SpoolError("write", temporary, errno) }
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { raw in write(fd, raw.baseAddress! + written, raw.count - written) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let code = errno
-                close(fd)
-                unlink(temporary)
-                throw SpoolError("write", temporary, code)
-            }
-            written += n
-        }
-        if fdatasync(fd) != 0 {
-            let code = errno
-            close(fd)
-            unlink(temporary)
-            throw SpoolError("fsync", temporary, code)
-        }
-        close(fd)
-        if rename(temporary, target) != 0 {
-            let code = errno
-            unlink(temporary)
-            throw SpoolError("rename", target, code)
-        }
-    }
-
-    /// Drops `bytes` into an inbox as a producer should: tmp/, fdatasync, rename into the inbox, fsync
-    /// the inbox. Never replaces a file of the same name (link + unlink), and returns the name used.
-    package func drop(bytes: [UInt8], into inbox: Inbox, name: String) throws(SpoolError) {
-        let temporary = ".drop-" + name
-        let path = tmpPath + "/" + temporary
-        try writeFileDurably(bytes: bytes, temporaryName: temporary + ".w", target: path)
-        try Self.moveWithoutReplacing(path, to: inbox.path + "/" + name)
-        try Self.syncDirectory(inbox.path)
-    }
-
-    /// Moves `failed/<kind>/<id>--<name>` back to `inbox/<kind>/<name>` for another try, never replacing
-    /// a file of that name in the inbox. Its `.error.json` and `.rejected.*` sidecars are removed.
-    package func requeue(id: String) throws(SpoolError) -> (kind: String, name: String)? {
-        for kind in kinds {
-            let folder = failedPath(kind)
-            for name in try scanAll(folder) where name.hasPrefix(id + "--") {
-                if name.hasSuffix(".error.json") || name.contains(".rejected.") { continue }
-                let original = String(name.dropFirst(id.count + 2))
-                try Self.moveWithoutReplacing(folder + "/" + name, to: inboxPath(kind) + "/" + original)
-                for sidecar in try scanAll(folder) where sidecar.hasPrefix(name + ".") {
-                    unlink(folder + "/" + sidecar)
-                }
-                try Self.syncDirectory(inboxPath(kind))
-                try Self.syncDirectory(folder)
-                return (kind, original)
-            }
-        }
-        return nil
-    }
-
-    /// Renames `tmp/<temporaryName>` into `inbox` as `name`. For names that are new by construction (a
-    /// fresh id) only: rename(2) gives the watcher an IN_MOVED_TO, so the file is claimed at once, where a
-    /// no-replace link(2) would only say IN_CREATE and wait for the settle interval.
-    package func publish(temporaryName: String, into inbox: Inbox, as name: String) throws(SpoolError) {
-        if rename(tmpPath + "/" + temporaryName, inbox.path + "/" + name) != 0 {
-            throw SpoolError("rename", inbox.path + "/" + name, errno)
-        }
-    }
-
-    /// The spool id recorded for idempotency key file `name` of `kind`, or nil when there is none.
-    package func idempotentID(kind: String, name: String) throws(SpoolError) -> String? {
-        let path = keysPath(kind) + "/" + name
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            if errno == ENOENT { return nil }
-            throw SpoolError("open", path, errno)
-        }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 64)
-        let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        guard count > 0 else { return nil }
-        return String(decoding: buffer[..<count], as: UTF8.self)
-    }
-
-    /// Writes `id` to a temporary key file in tmp/ (not synced: the caller syncs the filesystem before
-    /// ``publishIdempotencyKey(temporaryName:kind:name:)``); returns its name there.
-    package func prepareIdempotencyKey(id: String) throws(SpoolError) -> String {
-        let temporary = ".key-" + id
-        let file = try temporaryFile(temporary)
-        do {
-            try file.append(Array(id.utf8))
-            try file.closeWithoutSync()
-        } catch {
-            file.discard()
-            throw error
-        }
-        return temporary
-    }
-
-    /// Renames a prepared key file into `keys/<kind>/<name>` (made durable by the caller's folder fsync).
-    package func publishIdempotencyKey(temporaryName: String, kind: String, name: String) throws(SpoolError) {
-        if rename(tmpPath + "/" + temporaryName, keysPath(kind) + "/" + name) != 0 {
-            throw SpoolError("rename", keysPath(kind) + "/" + name, errno)
-        }
-    }
-
-    /// Removes idempotency keys last written before `cutoff` (epoch seconds); returns how many.
-    @discardableResult
-    package func purgeIdempotencyKeys(before cutoff: Int64) -> Int {
-        var removed = 0
-        for kind in kinds {
-            for entry in (try? scan(keysPath(kind))) ?? [] where entry.mtime < cutoff * 1_000_000_000 {
-                if unlink(keysPath(kind) + "/" + entry.name) == 0 { removed += 1 }
-            }
-        }
-        return removed
-    }
-
-    /// The name of a directory entry, read only up to its NUL: a `dirent` returned by readdir(3) is only
-    /// as long as its name, so loading the whole 256-byte `d_name` field could read past the end of the
-    /// buffer (a SIGSEGV seen under load).
-    static func nameBytes(_ entry: UnsafeMutablePointer<dirent>) -> [UInt8] {
-        let offset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
-        let name = UnsafeRawPointer(entry).advanced(by: offset).assumingMemoryBound(to: CChar.self)
-        return Array(UnsafeRawBufferPointer(start: name, count: strlen(name)))
-    }
-
-    /// Nanoseconds since the epoch of a file time, saturated at Int64's ends: a file's times are whatever
-    /// its writer set (`touch -d`, `rsync -t`, an SFTP client keeping the sender's mtime), and the year 5138
-    /// overflowed the multiplication — a trap at every scan of its inbox (found by review after the fuzzer's
-    /// find).
-    static func nanoseconds(_ time: timespec) -> Int64 {
-        let (whole, overflow) = Int64(time.tv_sec).multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return time.tv_sec < 0 ? Int64.min : Int64.max }
-        let (sum, carry) = whole.addingReportingOverflow(Int64(time.tv_nsec))
-        return carry ? Int64.max : sum
-    }
-
-    /// Renames the entry `bytes` (not UTF-8) of the folder `dirFD` to its percent-escaped form (bytes that
-    /// are not printable ASCII, and `%`, as `%XX`), without replacing any file; a clash gets `.<inode>`.
-    static func escapeName(_ bytes: [UInt8], in dirFD: Int32) {
-        var escaped = ""
-        for byte in bytes {
-            if byte >= 0x20 && byte < 0x7F && byte != UInt8(ascii: "%") {
-                escaped.append(Character(Unicode.Scalar(byte)))
-            } else {
-                escaped += "%" + (byte < 16 ? "0" : "") + String(byte, radix: 16, uppercase: true)
-            }
-        }
-        var st = stat()
-        let source = bytes.map { CChar(bitPattern: $0) } + [0]
-        let inode = fstatat(dirFD, source, &st, AT_SYMLINK_NOFOLLOW) == 0 ? UInt64(st.st_ino) : 0
-        for candidate in [escaped, escaped + ".\(inode)"] {
-            if linkat(dirFD, source, dirFD, candidate, 0) == 0 {
-                unlinkat(dirFD, source, 0)
-                return
-            }
-            if errno != EEXIST { return }
-        }
-    }
-
-    /// The value of extended attribute `name` of `path` (not following a symlink), if it has one.
-    static func attribute(_ path: String, _ name: String) -> String? {
-        var buffer = [UInt8](repeating: 0, count: 256)
-        guard let get = XAttr.lget else { return nil }
-        let count = buffer.withUnsafeMutableBytes { get(path, name, $0.baseAddress, $0.count) }
-        guard count > 0 else { return nil }
-        return String(decoding: buffer[..<count], as: UTF8.self)
-    }
-
-    /// The login name of `uid`, or `uid:N`.
-    /// Every claim asks for its file owner's name; the password database is read once per uid.
-    package static func userName(_ uid: UInt32) -> String {
-        if let known = userNames.withLock({ $0[uid] }) { return known }
-        let name = lookUpUserName(uid)
-        userNames.withLock { $0[uid] = name }
-        return name
-    }
-
-    private static let userNames = Mutex<[UInt32: String]>([:])
-
-    private static func lookUpUserName(_ uid: UInt32) -> String {
-        var entry = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 1024)
-        if getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, let found = result,
-            let name = found.pointee.pw_name
-        {
-            return String(cString: name)
-        }
-        return "uid:\(uid)"
-    }
-
-    /// The UTC day (yyyy-mm-dd) `days` days before now: finished files of earlier days are purged.
-    package static func cutoffDay(daysAgo days: Int) -> String {
-        var seconds = time(nil) - time_t(days) * 86_400
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))"
-    }
-
-    /// Removes the `done/<kind>/<day>/` folders of days before `cutoffDay` (yyyy-mm-dd), their files
-    /// first (ledger rows are the database's and stay). Only folders named like a day are touched.
-    /// Returns the folders removed and the files in them; with `dryRun`, removes nothing.
-    package func purgeDone(before cutoffDay: String, dryRun: Bool = false) throws(SpoolError) -> (
-        folders: [String], files: Int
-    ) {
-        var folders: [String] = []
-        var files = 0
-        for kind in kinds {
-            for day in try scanAll(donePath(kind)).sorted() where Self.isDayName(day) && day < cutoffDay {
-                let folder = donePath(kind) + "/" + day
-                let names = try scanAll(folder)
-                if !dryRun {
-                    for name in names where unlink(folder + "/" + name) != 0 && errno != ENOENT {
-                        throw SpoolError("purge", folder + "/" + name, errno)
-                    }
-                    if rmdir(folder) != 0 && errno != ENOENT { throw SpoolError("purge", folder, errno) }
-                }
-                folders.append(kind + "/" + day)
-                files += names.count
-            }
-        }
-        if !dryRun && !folders.isEmpty {
-            for kind in kinds { try Self.syncDirectory(donePath(kind)) }
-        }
-        return (folders, files)
-    }
-
-    static func isDayName(_ name: String) -> Bool {
-        let bytes = Array(name.utf8)
-        guard bytes.count == 10, bytes[4] == 0x2D, bytes[7] == 0x2D else { return false }
-        return bytes.enumerated().allSatisfy { $0.offset == 4 || $0.offset == 7 || (0x30...0x39).contains($0.element) }
-    }
-
-    /// fsyncs each folder, making renames into and out of it durable.
-    package func syncDirectories(_ folders: Set<String>) throws(SpoolError) {
-        for folder in folders.sorted() { try Self.syncDirectory(folder) }
-    }
-
-    /// Every name in `folder`, dotfiles included ("." and ".." excluded).
-    package func scanAll(_ folder: String) throws(SpoolError) -> [String] {
-        guard let dir = opendir(folder) else {
-            if errno == ENOENT { return [] }
-            throw SpoolError("list", folder, errno)
-        }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let ent = readdir(dir) {
-            let name = String(decoding: Self.nameBytes(ent), as: UTF8.self)
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
-
-    /// How many entries of `folder` wait for the pipeline: names writers use while a file is incomplete
-    /// (dotfiles — rsync's temporaries, a `.gitkeep` — `*.tmp`, `*.part`, …) are never claimed, so they
-    /// are not counted. The one count behind /health, the metrics, STATUS=, backpressure and `status`.
-    package func pendingCount(_ folder: String) throws(SpoolError) -> Int {
-        try scanAll(folder).filter { !Self.isIncompleteName($0) }.count
-    }
-
-    /// Files waiting in every inbox folder of `kind` (its spool inbox and any partner folder mapped to it).
-    package func pendingInInboxes(of kind: String) throws(SpoolError) -> Int {
-        var total = 0
-        for inbox in inboxes where inbox.kind == kind { total += try pendingCount(inbox.path) }
-        return total
-    }
-
-    /// ``oldestPending(_:)`` over every inbox folder of `kind`.
-    package func oldestInInboxes(of kind: String) throws(SpoolError) -> Int64? {
-        var oldest: Int64?
-        for inbox in inboxes where inbox.kind == kind {
-            if let arrived = try oldestPending(inbox.path) { oldest = min(oldest ?? arrived, arrived) }
-        }
-        return oldest
-    }
-
-    /// When the longest-waiting of `folder`'s pending entries arrived (the same names as ``pendingCount(_:)``),
-    /// as nanoseconds since the epoch, or nil when none waits. Arrival is the inode's change time, which
-    /// the rename or link into the folder sets — not the mtime, which `rsync -t` and SFTP clients carry
-    /// over from the sender.
-    package func oldestPending(_ folder: String) throws(SpoolError) -> Int64? {
-        var oldest: Int64?
-        for name in try scanAll(folder) where !Self.isIncompleteName(name) {
-            var st = stat()
-            guard lstat(folder + "/" + name, &st) == 0 else { continue }  // gone since the listing
-            let changed = Self.nanoseconds(st.st_ctim)
-            oldest = min(oldest ?? changed, changed)
-        }
-        return oldest
-    }
-
-    /// rename(2) that never replaces: link(2) fails on an existing name, then the old name is unlinked.
-    package static func moveWithoutReplacing(_ from: String, to: String) throws(SpoolError) {
-        if link(from, to) != 0 { throw SpoolError("move", to, errno) }
-        if unlink(from) != 0 { throw SpoolError("move", from, errno) }
-    }
-
-    package static func syncDirectory(_ folder: String) throws(SpoolError) {
-        let fd = open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw SpoolError("fsync", folder, errno) }
-        defer { close(fd) }
-        if fsync(fd) != 0 { throw SpoolError("fsync", folder, errno) }
-    }
-
-    static func makeDirectory(_ path: String) throws(SpoolError) {
-        if mkdir(path, 0o755) != 0 {
+    static func makeDirectory(_ path: String, mode: mode_t = 0o750) throws(SpoolError) {
+        if mkdir(path, mode) != 0 {
             let code = errno
             if code == EEXIST { return }
             if code == ENOENT {
                 let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
                 guard !parent.isEmpty, parent != path else { throw SpoolError("mkdir", path, code) }
-                try makeDirectory(parent)
-                if mkdir(path, 0o755) != 0 && errno != EEXIST { throw SpoolError("mkdir", path, errno) }
+                try makeDirectory(parent, mode: mode)
+                if mkdir(path, mode) != 0 && errno != EEXIST { throw SpoolError("mkdir", path, errno) }
                 return
             }
             throw SpoolError("mkdir", path, code)
         }
     }
+}
 
-    /// Cuts `name` so that `<id>--<name>` plus the longest sidecar suffix fits in NAME_MAX (255 bytes).
-    static func fitName(_ name: String, prefixBytes: Int) -> String {
-        let limit = 255 - prefixBytes - ".rejected.ndjson".utf8.count
-        guard name.utf8.count > limit else { return name }
-        var cut = ""
-        for scalar in name.unicodeScalars {
-            if cut.utf8.count + String(scalar).utf8.count > limit { break }
-            cut.unicodeScalars.append(scalar)
-        }
-        return cut
+/// The descriptors of a spool's folders, each opened once with O_DIRECTORY|O_NOFOLLOW and kept for the
+/// spool's life; every operation in a folder goes through its descriptor. Also what the claimers learned
+/// that the HTTP door's counts must know: entries that cannot be claimed.
+final class Folders: Sendable {
+    let root: String
+    private let state = Mutex<State>(State())
+
+    struct State {
+        var descriptors: [String: Int32] = [:]
+        /// Each inbox's folder as first opened (device, inode): a different one later means it was replaced.
+        var identities: [String: (dev: UInt64, ino: UInt64)] = [:]
+        /// Inboxes found replaced: no longer used, said once.
+        var replaced: Set<String> = []
+        /// Entries that cannot be claimed (a permanent error renaming them), by full path bytes, with the
+        /// inode seen: not counted as pending, not tried again while the same inode stands there.
+        var unclaimable: [[UInt8]: UInt64] = [:]
     }
+
+    init(root: String) { self.root = root }
+
+    deinit {
+        for fd in state.withLock({ $0.descriptors.values }) { close(fd) }
+    }
+
+    /// The descriptor of `path` (a spool folder or an inbox), opened on first use. A folder under the spool
+    /// root is opened component by component from the root, each O_NOFOLLOW: no symlink on the way is
+    /// followed. Another folder (an extra inbox) is opened by its path, its last component O_NOFOLLOW.
+    func descriptor(_ path: String) throws(SpoolError) -> Int32 {
+        if let fd = state.withLock({ $0.descriptors[path] }) { return fd }
+        let fd: Int32
+        if path == root {
+            fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        } else if path.hasPrefix(root + "/") {
+            let parent = try descriptor(String(path[..<path.lastIndex(of: "/")!]))
+            fd = openat(parent, String(path[path.index(after: path.lastIndex(of: "/")!)...]), Self.flags)
+        } else {
+            fd = open(path, Self.flags)
+        }
+        guard fd >= 0 else {
+            let code = errno
+            // O_NOFOLLOW on a symlink: ELOOP; O_DIRECTORY on anything else: ENOTDIR.
+            throw SpoolError("open folder", path, code)
+        }
+        var st = stat()
+        fstat(fd, &st)
+        return state.withLock { state -> Int32 in
+            if let other = state.descriptors[path] {
+                close(fd)
+                return other
+            }
+            state.descriptors[path] = fd
+            state.identities[path] = (UInt64(st.st_dev), UInt64(st.st_ino))
+            return fd
+        }
+    }
+
+    static let flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+
+    /// Checks that `path` still names the folder first opened there (not a symlink, not another folder).
+    /// A replaced one is marked and reported by ``SpoolError/isInboxReplaced`` from then on.
+    func checkIdentity(_ path: String) throws(SpoolError) {
+        if state.withLock({ $0.replaced.contains(path) }) { throw SpoolError("inbox replaced", path, ESTALE) }
+        _ = try descriptor(path)
+        var st = stat()
+        let same: Bool
+        if lstat(path, &st) != 0 {
+            same = false
+        } else {
+            let known = state.withLock { $0.identities[path] }
+            same =
+                (st.st_mode & S_IFMT) == S_IFDIR && known?.dev == UInt64(st.st_dev) && known?.ino == UInt64(st.st_ino)
+        }
+        if !same {
+            state.withLock { _ = $0.replaced.insert(path) }
+            throw SpoolError("inbox replaced", path, ESTALE)
+        }
+    }
+
+    /// Forgets the descriptor of `path` (a folder removed by purge).
+    func forget(_ path: String) {
+        if let fd = state.withLock({ $0.descriptors.removeValue(forKey: path) }) { close(fd) }
+    }
+
+    func markUnclaimable(_ key: [UInt8], inode: UInt64) -> Bool {
+        state.withLock { $0.unclaimable.updateValue(inode, forKey: key) != inode }
+    }
+
+    func isUnclaimable(_ key: [UInt8], inode: UInt64) -> Bool {
+        state.withLock { $0.unclaimable[key] == inode }
+    }
+
+    /// Forgets unclaimable entries of `folder` that are not in `present` (gone, or another inode now).
+    func pruneUnclaimable(folder: [UInt8], present: [[UInt8]: UInt64]) {
+        state.withLock { state in
+            state.unclaimable = state.unclaimable.filter { key, inode in
+                !key.starts(with: folder) || present[key] == inode
+            }
+        }
+    }
+
+    func unclaimableCount(folder: [UInt8]) -> Int {
+        state.withLock { $0.unclaimable.keys.filter { $0.starts(with: folder) }.count }
+    }
+
+    var unclaimableTotal: Int { state.withLock { $0.unclaimable.count } }
 }
 
 /// A failed file-system operation: which, on what path, and errno.
@@ -634,164 +352,36 @@ package struct SpoolError: Error, Sendable, CustomStringConvertible {
         self.code = code
     }
 
-    /// Trouble that is no verdict on the file (disk full, I/O error, no permission yet): retry later.
+    /// Trouble that is no verdict on the file (disk full, I/O error, out of descriptors): retry later with
+    /// backoff. Everything else — EACCES, EPERM, ENAMETOOLONG, ELOOP, EISDIR, … — is permanent: a verdict.
     package var isTransient: Bool {
-        [EIO, ENOSPC, EDQUOT, ENOMEM, EMFILE, ENFILE, EAGAIN, EINTR, EBUSY, EACCES, EPERM, EROFS].contains(code)
+        [EIO, ENOSPC, EDQUOT, ENOMEM, EMFILE, ENFILE, EAGAIN, EINTR, EBUSY, EROFS, ETXTBSY].contains(code)
     }
+
+    /// The inbox folder was replaced (by a symlink or another folder) after the daemon opened it.
+    package var isInboxReplaced: Bool { code == ESTALE && operation == "inbox replaced" }
 
     /// The errno name and text, e.g. `ENOSPC (No space left on device)`.
     package var reason: String {
-        String(cString: strerror(code))
+        Self.errnoName(code) + " (" + String(cString: strerror(code)) + ")"
     }
+
+    /// The operation and errno name without the path (which may carry a patient's name): what state
+    /// files and logs hold, e.g. `read: EIO`.
+    package var summary: String { operation + ": " + Self.errnoName(code) }
 
     package var description: String { "\(operation) \(path): \(reason)" }
-}
 
-extension Spool {
-    /// One entry of `folder` with its lstat(2) type, size and mtime; nil when it is gone.
-    package func entry(_ folder: String, _ name: String) -> Entry? {
-        var st = stat()
-        guard lstat(folder + "/" + name, &st) == 0 else { return nil }
-        return Entry(
-            name: name,
-            type: FileType(mode: st.st_mode),
-            size: Int64(st.st_size),
-            mtime: Self.nanoseconds(st.st_mtim),
-            inode: UInt64(st.st_ino)
-        )
+    /// The symbolic name of an errno value (`EACCES`), or `errno N`.
+    package static func errnoName(_ code: Int32) -> String {
+        let names: [Int32: String] = [
+            EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", ENXIO: "ENXIO", EBADF: "EBADF",
+            EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EBUSY: "EBUSY", EEXIST: "EEXIST",
+            EXDEV: "EXDEV", ENOTDIR: "ENOTDIR", EISDIR: "EISDIR", EINVAL: "EINVAL", ENFILE: "ENFILE",
+            EMFILE: "EMFILE", ETXTBSY: "ETXTBSY", EFBIG: "EFBIG", ENOSPC: "ENOSPC", EROFS: "EROFS",
+            EMLINK: "EMLINK", ENAMETOOLONG: "ENAMETOOLONG", ENOTEMPTY: "ENOTEMPTY", ELOOP: "ELOOP",
+            EDQUOT: "EDQUOT", ESTALE: "ESTALE", EOVERFLOW: "EOVERFLOW", ENODATA: "ENODATA",
+        ]
+        return names[code] ?? "errno \(code)"
     }
-}
-
-extension Spool {
-    /// Calls `body` with successive chunks (at most `chunkSize` bytes) of a claimed regular file, opened
-    /// with O_NOFOLLOW: memory stays bounded whatever the file's size.
-    package func readChunks(
-        _ file: Claimed,
-        chunkSize: Int = 1 << 20,
-        _ body: (ArraySlice<UInt8>) throws -> Void
-    ) throws -> Void {
-        let fd = open(file.path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw SpoolError("read", file.path, errno) }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SpoolError("read", file.path, errno) }
-        guard FileType(mode: st.st_mode) == .regular else { throw SpoolError("read", file.path, EINVAL) }
-        var buffer = [UInt8](repeating: 0, count: chunkSize)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SpoolError("read", file.path, errno)
-            }
-            if n == 0 { return }
-            try body(buffer[0..<n])
-        }
-    }
-
-    /// A file being written under tmp/, to become a sidecar with ``finish(_:to:sidecars:sidecarFiles:)``.
-    package final class TemporaryFile {
-        package let name: String
-        private let fd: Int32
-        private let path: String
-        private var closed = false
-
-        init(spool: Spool, name: String) throws(SpoolError) {
-            self.name = name
-            path = spool.tmpPath + "/" + name
-            fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw SpoolError("write", path, errno) }
-        }
-
-        /// Test-only fault injection, for disk-full tests where a small filesystem cannot be mounted: while
-        /// the file named by `CARESPOOL_TEST_ENOSPC_WHILE` exists, every append fails with ENOSPC.
-        private static let enospcSwitch: String? = getenv("CARESPOOL_TEST_ENOSPC_WHILE").map { String(cString: $0) }
-
-        package func append(_ bytes: [UInt8]) throws(SpoolError) {
-            if let path = Self.enospcSwitch, access(path, F_OK) == 0 { throw SpoolError("write", self.path, ENOSPC) }
-            var written = 0
-            while written < bytes.count {
-                let n = bytes.withUnsafeBytes { raw in write(fd, raw.baseAddress! + written, raw.count - written) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw SpoolError("write", path, errno)
-                }
-                written += n
-            }
-        }
-
-        /// Sets extended attribute `name` (best effort: a filesystem without user attributes keeps none).
-        package func setAttribute(_ name: String, _ value: String) {
-            guard let set = XAttr.fset else { return }
-            _ = Array(value.utf8).withUnsafeBytes { set(fd, name, $0.baseAddress, $0.count, 0) }
-        }
-
-        /// fdatasyncs and closes the file.
-        package func close() throws(SpoolError) {
-            guard !closed else { return }
-            closed = true
-            defer { Glibc.close(fd) }
-            if fdatasync(fd) != 0 { throw SpoolError("fsync", path, errno) }
-        }
-
-        /// Closes the file without syncing it: a caller that syncs the whole filesystem later (group commit).
-        package func closeWithoutSync() throws(SpoolError) {
-            guard !closed else { return }
-            closed = true
-            if Glibc.close(fd) != 0 { throw SpoolError("close", path, errno) }
-        }
-
-        /// Removes it (an abandoned attempt).
-        package func discard() {
-            if !closed { Glibc.close(fd) }
-            closed = true
-            unlink(path)
-        }
-
-        deinit {
-            // An attempt that failed half-way: the descriptor is not leaked; the next attempt truncates the file.
-            if !closed { Glibc.close(fd) }
-        }
-    }
-
-    /// A new temporary file `tmp/<name>` (replacing a leftover of the same name).
-    package func temporaryFile(_ name: String) throws(SpoolError) -> TemporaryFile {
-        try TemporaryFile(spool: self, name: name)
-    }
-
-    /// ``finish(_:to:sidecars:)`` with sidecars already written (and closed) as temporary files.
-    package func finish(
-        _ file: Claimed,
-        to destination: Destination,
-        sidecars: [(suffix: String, bytes: [UInt8])],
-        sidecarFiles: [(suffix: String, temporary: TemporaryFile)]
-    ) throws(SpoolError) -> Set<String> {
-        let failed = failedPath(file.kind)
-        for sidecar in sidecarFiles {
-            let target = failed + "/" + file.spoolName + sidecar.suffix
-            if rename(tmpPath + "/" + sidecar.temporary.name, target) != 0 { throw SpoolError("rename", target, errno) }
-        }
-        var touched = try finish(file, to: destination, sidecars: sidecars)
-        if !sidecarFiles.isEmpty { touched.insert(failed) }
-        return touched
-    }
-}
-
-/// glibc's extended-attribute calls, which Swift's Glibc module does not export (sys/xattr.h).
-enum XAttr {
-    static let lget:
-        (@convention(c) (UnsafePointer<CChar>, UnsafePointer<CChar>, UnsafeMutableRawPointer?, Int) -> Int)? =
-            dlsym(UnsafeMutableRawPointer(bitPattern: 0), "lgetxattr").map {
-                unsafeBitCast(
-                    $0,
-                    to: (@convention(c) (UnsafePointer<CChar>, UnsafePointer<CChar>, UnsafeMutableRawPointer?, Int) ->
-                        Int).self
-                )
-            }
-    static let fset: (@convention(c) (Int32, UnsafePointer<CChar>, UnsafeRawPointer?, Int, Int32) -> Int32)? =
-        dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fsetxattr").map {
-            unsafeBitCast(
-                $0,
-                to: (@convention(c) (Int32, UnsafePointer<CChar>, UnsafeRawPointer?, Int, Int32) -> Int32).self
-            )
-        }
 }

@@ -17,8 +17,9 @@ import Synchronization
 
 /// What the watcher saw since the last ``Watcher/drain()``.
 package struct WatchHints: Sendable {
-    /// `<folder>/<name>` of files closed after writing or renamed in: complete, claim them at once.
-    package var complete: Set<String> = []
+    /// `<folder>/<name>` of files closed after writing or renamed in, as the path's exact bytes (two
+    /// canonically equivalent names are two files): complete, claim them at once.
+    package var complete: Set<[UInt8]> = []
     /// Folders with any event (a create included): look at them.
     package var folders: Set<String> = []
     /// The kernel dropped events (IN_Q_OVERFLOW) or a watch went away: rescan everything, and forget
@@ -27,7 +28,7 @@ package struct WatchHints: Sendable {
     /// `<folder>/<name>` → opens minus closes seen since the last drain (IN_OPEN counts one up,
     /// IN_CLOSE_WRITE and IN_CLOSE_NOWRITE one down). inotify does not say whether an open was for
     /// writing, so a reader holding a file counts too.
-    package var opened: [String: Int] = [:]
+    package var opened: [[UInt8]: Int] = [:]
 
     package init() {}
 }
@@ -50,7 +51,10 @@ package final class Watcher: Sendable {
         let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard fd >= 0 else { throw WatcherError(operation: "inotify_init1", path: nil, code: errno) }
         var folders: [Int32: String] = [:]
-        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_OPEN | IN_CLOSE_NOWRITE | IN_ONLYDIR)
+        // IN_DONT_FOLLOW: an inbox that is a symlink is refused, never watched through.
+        let mask = UInt32(
+            IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_OPEN | IN_CLOSE_NOWRITE | IN_ONLYDIR | IN_DONT_FOLLOW
+        )
         for path in paths {
             let wd = inotify_add_watch(fd, path, mask)
             guard wd >= 0 else {
@@ -154,10 +158,10 @@ package final class Watcher: Sendable {
                     guard let folder = folders[wd], length > 0,
                         !isDirectory || mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0
                     else { continue }
-                    let name = String(decoding: nameBytes.prefix(while: { $0 != 0 }), as: UTF8.self)
+                    let name = Array(nameBytes.prefix(while: { $0 != 0 }))
                     if name.isEmpty || Spool.isIncompleteName(name) { continue }
                     found.folders.insert(folder)
-                    let key = folder + "/" + name
+                    let key = Array(folder.utf8) + [0x2F] + name
                     if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO) != 0 {
                         found.complete.insert(key)
                     }

@@ -206,10 +206,19 @@ struct Serve: AsyncParsableCommand {
     @Option(help: .hidden)
     var testEnospcWhile: String?
 
+    /// Test only: a file whose name contains this crashes the daemon (the crash guard's tests).
+    @Option(help: .hidden)
+    var testCrashOn: String?
+
     func run() async throws {
-        // Test-only: the file layer fails writes with ENOSPC while this file exists (see Spool.TemporaryFile).
-        if let testEnospcWhile { setenv("CARESPOOL_TEST_ENOSPC_WHILE", testEnospcWhile, 1) }
-        let (spool, databasePath, config) = try spoolOptions.resolved()
+        // Files the daemon creates are its own and its group's (operators) only: at least umask 027, as
+        // the unit's UMask= sets it (docs/SECURITY.md), also when started by hand.
+        umask(umask(0o027) | 0o027)
+        let (resolvedSpool, databasePath, config) = try spoolOptions.resolved()
+        var faulty = resolvedSpool
+        // Test-only: the file layer fails writes with ENOSPC while this file exists (SpoolFaults).
+        faulty.faults.enospcWhile = testEnospcWhile
+        let spool = faulty
         let settings: Settings
         do {
             settings = try Settings(serve: self, config: config)
@@ -258,11 +267,13 @@ struct Serve: AsyncParsableCommand {
         }
         let database = try AppDatabase.open(path: databasePath, busyTimeout: .milliseconds(settings.busyTimeoutMs))
         let readiness = Readiness(http: settings.http != nil)
+        var pipeline = settings.pipeline
+        pipeline.testCrashOn = testCrashOn
         let processor = Processor(
             spool: spool,
             database: database,
             catalog: catalog,
-            configuration: settings.pipeline,
+            configuration: pipeline,
             logger: logger,
             heartbeat: { first in
                 if first { readiness.processorReady() }
@@ -487,8 +498,9 @@ struct Retry: AsyncParsableCommand {
         if all, let kind {
             guard spool.kinds.contains(kind) else { throw ValidationError("unknown kind \(kind)") }
             targets = try spool.scanAll(spool.failedPath(kind)).filter {
-                !$0.hasPrefix(".") && !$0.hasSuffix(".error.json") && !$0.contains(".rejected.")
-            }.compactMap { name in name.range(of: "--").map { String(name[..<$0.lowerBound]) } }.sorted()
+                !$0.hasPrefix(".") && !SpoolName.isSidecar($0)
+            }
+            .compactMap { SpoolName.parse($0)?.id }.sorted()
         }
         var failures = 0
         var requeued: [JSONValue] = []
@@ -508,7 +520,9 @@ struct Retry: AsyncParsableCommand {
                         ])
                     )
                 } else {
-                    print("requeued \(id) to \(spool.inboxPath(moved.kind))/\(moved.name)")
+                    print(
+                        "requeued \(Terminal.safe(id)) to \(Terminal.safe(spool.inboxPath(moved.kind) + "/" + moved.name))"
+                    )
                 }
                 try? Operator.audit(databasePath, action: "retry", target: id, detail: moved.kind + "/" + moved.name)
             } catch {

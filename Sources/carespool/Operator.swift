@@ -36,8 +36,9 @@ enum Operator {
         )
     }
 
-    /// Rows as an aligned text table.
-    static func table(_ header: [String], _ rows: [[String]]) -> String {
+    /// Rows as an aligned text table; every cell made safe for a terminal (``Terminal/safe(_:)``).
+    static func table(_ header: [String], _ rawRows: [[String]]) -> String {
+        let rows = rawRows.map { $0.map(Terminal.safe) }
         var widths = header.map(\.count)
         for row in rows {
             for (index, cell) in row.enumerated() where index < widths.count {
@@ -162,17 +163,17 @@ struct Show: AsyncParsableCommand {
         print("file \(id)")
         if let entry {
             print("  kind       \(entry.kind)")
-            print("  name       \(entry.originalName) (\(entry.size) bytes)")
+            print("  name       \(Terminal.safe(entry.originalName)) (\(entry.size) bytes)")
             print("  received   \(entry.receivedAt)")
             print("  finished   \(entry.finishedAt)")
             print(
                 "  outcome    \(entry.outcome): stored \(entry.stored), duplicates \(entry.duplicates), rejected \(entry.rejected)"
             )
-            for problem in (entry.report?.errors ?? []).prefix(20) { print("    \(problem.text)") }
+            for problem in (entry.report?.errors ?? []).prefix(20) { print("    \(Terminal.safe(problem.text))") }
         } else {
             print("  no ledger row yet (waiting or in processing)")
         }
-        for place in places.sorted() { print("  at \(place)") }
+        for place in places.sorted() { print("  at \(Terminal.safe(place))") }
     }
 }
 
@@ -218,7 +219,7 @@ struct Drop: AsyncParsableCommand {
                         ])
                     )
                 } else {
-                    print("dropped \(file) into \(inbox.path)/\(name)")
+                    print("dropped \(Terminal.safe(file)) into \(Terminal.safe(inbox.path + "/" + name))")
                 }
                 try? Operator.audit(
                     databasePath,

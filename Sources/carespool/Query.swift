@@ -72,7 +72,7 @@ struct ZoomQuery: AsyncParsableCommand {
             print("  events    \(visit.events)")
             for interval in visit.intervals {
                 let who = interval.participantID + (interval.participantName.map { " (\($0))" } ?? "")
-                print("  \(interval.joinedAt ?? "?") – \(interval.leftAt ?? "…")  \(who)")
+                print("  \(interval.joinedAt ?? "?") – \(interval.leftAt ?? "…")  \(Terminal.safe(who))")
             }
         }
     }

@@ -97,8 +97,8 @@ struct Status: AsyncParsableCommand {
         if failures.isEmpty { print("  none") }
         for row in failures {
             let fields = ["finished_at", "id", "kind", "outcome", "original_name"].map { (row[$0] ?? nil) ?? "" }
-            print("  " + fields.joined(separator: "  "))
-            print("    " + ((row["error"] ?? nil) ?? ""))
+            print("  " + Terminal.safe(fields.joined(separator: "  ")))
+            print("    " + Terminal.safe((row["error"] ?? nil) ?? ""))
         }
     }
 

@@ -7,7 +7,7 @@ import Testing
     import Glibc
 #endif
 
-/// A file that crashes the daemon (a trap: the test-only `CARESPOOL_TEST_CRASH_ON` switch makes one on
+/// A file that crashes the daemon (a trap: the test-only `--test-crash-on` option makes one on
 /// purpose) must not crash it forever, nor hold up the files behind it. The real binary, three starts:
 /// the crash with the file in a batch; the file alone, crashing again; then the file set aside in
 /// failed/ with the reason, and every other file stored.
@@ -29,8 +29,8 @@ import Testing
         defer { dir.cleanup() }
         let spool = dir.path + "/spool"
         let view = SpoolView(root: spool)
-        let environment = ["CARESPOOL_TEST_CRASH_ON": "poison"]
-        let arguments = ["--settle-ms", "100"]
+        let environment: [String: String] = [:]
+        let arguments = ["--settle-ms", "100", "--test-crash-on", "poison"]
 
         // Start 1: the files are found together and processed in one batch; the poison crashes it.
         let first = try await Daemon.serve(spool: spool, arguments: arguments, environment: environment) { pid in

@@ -34,9 +34,9 @@ import Testing
         #expect(Spool.isIncompleteName(name) == skipped)
     }
 
-    /// A name that is not UTF-8 (found by the torture campaign: such a file was never claimed) is
-    /// renamed to its percent-escaped form by the scan that finds it, and then claimed like any other.
-    @Test func aNameThatIsNotUTF8IsEscapedAndThenClaimed() throws {
+    /// A name that is not UTF-8 (found by the torture campaign: such a file was never claimed) is claimed by
+    /// its exact bytes, left as it is in the inbox until then; its text form escapes the invalid bytes.
+    @Test func aNameThatIsNotUTF8IsClaimedByItsBytes() throws {
         let dir = TempDir("spool")
         defer { dir.cleanup() }
         let spool = try makeSpool(dir)
@@ -45,10 +45,13 @@ import Testing
         let fd = open(raw.map { CChar(bitPattern: $0) } + [0], O_WRONLY | O_CREAT, 0o644)
         #expect(fd >= 0)
         close(fd)
+        let entries = try spool.scan(inbox.path)
+        #expect(entries.map(\.name) == ["bad%FF%FEname%25.json"])
+        #expect(entries.map(\.bytes) == [Array(raw.dropFirst(inbox.path.utf8.count + 1))])
+        let claimed = try #require(try spool.claim(entries[0], from: inbox, id: "01900000-0000-7000-8000-000000000001"))
+        #expect(claimed.originalName == "bad%FF%FEname%25.json")
         #expect(try spool.scan(inbox.path).isEmpty)
-        let names = try spool.scan(inbox.path).map(\.name)
-        #expect(names == ["bad%FF%FEname%25.json"])
-        #expect(try spool.claim(names[0], from: inbox, id: "01900000-0000-7000-8000-000000000001") != nil)
+        #expect(try spool.claimedFiles(kind: "appointments").map(\.originalName) == ["bad%FF%FEname%25.json"])
     }
 
     /// A writer's incomplete file whose name is not UTF-8 (rsync's `.name.XXXXXX`) is left alone: escaping

@@ -88,12 +88,14 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
             ftruncate(fd, 200 << 20)  // 200 MiB of zeros, sparse
             close(fd)
             rename(inbox + "/.zeros.json", inbox + "/zeros.json")
+            // 70 MiB on disk in one line that is no JSON value: over the whole-file limit (64 MiB).
+            try dropLikeRsync(String(repeating: "x", count: 70 << 20), into: inbox, name: "big.json")
             // 20 MiB in one line between two good lines.
             var text = event("E1", "2025-01-10T12:30:00Z") + "\n{\"notes\":\""
             text += String(repeating: "x", count: 20 << 20) + "\"}\n" + event("E2", "2025-01-10T12:30:00Z") + "\n"
             try dropLikeRsync(text, into: inbox, name: "endless.ndjson")
             let view = SpoolView(root: spool)
-            let finished = await eventually(timeout: .seconds(60)) { view.done().count + view.failed().count == 2 }
+            let finished = await eventually(timeout: .seconds(60)) { view.done().count + view.failed().count == 3 }
             let peak = peakResidentBytes(pid)
             kill(pid, SIGTERM)
             return (finished, peak)
@@ -101,9 +103,13 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
         #expect(run.result.0)
         #expect((run.result.1 ?? .max) < 200 << 20, "peak RSS \(run.result.1 ?? 0)")
         let view = SpoolView(root: spool)
-        let sidecar = try #require(view.sidecars().first { $0.hasSuffix("zeros.json.error.json") })
+        let sidecar = try #require(view.sidecars().first { $0.hasSuffix("big.json.error.json") })
         let reason = try String(contentsOfFile: spool + "/failed/appointments/" + sidecar, encoding: .utf8)
         #expect(reason.contains("is not read; send large data one record per line"), "\(reason)")
+        // Size before work: the sparse file (nothing on disk) is rejected before a byte is read or hashed.
+        let sparse = try #require(view.sidecars().first { $0.hasSuffix("zeros.json.error.json") })
+        let why = try String(contentsOfFile: spool + "/failed/appointments/" + sparse, encoding: .utf8)
+        #expect(why.contains("a sparse file (209715200 bytes long"), "\(why)")
         let stored = try await view.database().read { db in
             try String.fetchAll(db, sql: "SELECT appointment_id FROM appointment_events ORDER BY 1")
         }

@@ -1,0 +1,278 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Discovery and claims: what an inbox holds, and the rename into processing/ that is the lock.
+extension Spool {
+    /// Whether `folder` is one of the inboxes (checked for replacement at every scan).
+    private func isInbox(_ folder: String) -> Bool { inboxes.contains { $0.path == folder } }
+
+    /// Calls `body` with each entry of `folder` (its name's bytes and readdir's type and inode), "." and
+    /// ".." excluded, through a fresh open of the folder's descriptor (no shared offset between scanners).
+    func forEachEntry(
+        _ folder: String,
+        _ body: (_ fd: Int32, _ bytes: [UInt8], _ type: UInt8, _ inode: UInt64) -> Void
+    ) throws(SpoolError) {
+        if isInbox(folder) { try folders.checkIdentity(folder) }
+        let base: Int32
+        do {
+            base = try folders.descriptor(folder)
+        } catch {
+            if error.code == ENOENT { return }
+            throw error
+        }
+        let fd = openat(base, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0, let dir = fdopendir(fd) else {
+            let code = errno
+            throw SpoolError("scan", folder, code)
+        }
+        defer { closedir(dir) }
+        while let ent = readdir(dir) {
+            let bytes = Self.nameBytes(ent)
+            if bytes == [0x2E] || bytes == [0x2E, 0x2E] { continue }
+            body(base, bytes, ent.pointee.d_type, UInt64(ent.pointee.d_ino))
+        }
+    }
+
+    /// The entries of `folder` a claimer may look at: incomplete names skipped, types from lstat(2).
+    /// With `withStat` false, entries whose type readdir(3) reports come without size and mtime (-1):
+    /// enough for names already known complete, and much cheaper for a full inbox.
+    /// Names are kept as bytes (``Entry/bytes``): any name, UTF-8 or not, can be claimed.
+    package func scan(_ folder: String, withStat: Bool = true) throws(SpoolError) -> [Entry] {
+        var entries: [Entry] = []
+        try forEachEntry(folder) { fd, bytes, type, inode in
+            if Self.isIncompleteName(bytes) { return }
+            if !withStat, type != UInt8(DT_UNKNOWN) {
+                entries.append(
+                    Entry(
+                        name: SpoolName.display(bytes),
+                        bytes: bytes,
+                        type: FileType(direntType: type),
+                        size: -1,
+                        mtime: -1,
+                        inode: inode
+                    )
+                )
+                return
+            }
+            if let entry = Self.entry(in: fd, bytes) { entries.append(entry) }
+        }
+        return entries
+    }
+
+    /// One entry of folder `fd` with its lstat(2) type, size and mtime; nil when it is gone.
+    static func entry(in fd: Int32, _ bytes: [UInt8]) -> Entry? {
+        var st = stat()
+        guard withCName(bytes, { fstatat(fd, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 else { return nil }
+        return Entry(
+            name: SpoolName.display(bytes),
+            bytes: bytes,
+            type: FileType(mode: st.st_mode),
+            size: Int64(st.st_size),
+            mtime: nanoseconds(st.st_mtim),
+            inode: UInt64(st.st_ino)
+        )
+    }
+
+    /// One entry of `folder` by name bytes, with its lstat(2) type, size and mtime; nil when it is gone.
+    package func entry(_ folder: String, _ bytes: [UInt8]) -> Entry? {
+        guard let fd = try? folders.descriptor(folder) else { return nil }
+        return Self.entry(in: fd, bytes)
+    }
+
+    /// ``entry(_:_:)-([UInt8])`` by a name as text.
+    package func entry(_ folder: String, _ name: String) -> Entry? { entry(folder, Array(name.utf8)) }
+
+    /// Claims `name` from `inbox` (see ``claim(_:from:id:)-(Entry,_,_)``).
+    package func claim(_ name: String, from inbox: Inbox, id: String) throws(SpoolError) -> Claimed? {
+        let bytes = Array(name.utf8)
+        let entry = Entry(name: name, bytes: bytes, type: .unknown, size: -1, mtime: -1, inode: 0)
+        return try claim(entry, from: inbox, id: id)
+    }
+
+    /// Claims `entry` from `inbox` by renaming it into processing/<kind>/ as `<id>--<name>`, its exact
+    /// bytes renamed through the folders' descriptors. A name too long for `<id>--<name>` and its sidecars
+    /// is shortened on disk, keeping its extension, and kept whole in a note beside it (read back by
+    /// ``claimedFiles(kind:)``). Returns nil when the file is gone (another claimer won, or the writer
+    /// renamed it away).
+    package func claim(_ entry: Entry, from inbox: Inbox, id: String) throws(SpoolError) -> Claimed? {
+        try folders.checkIdentity(inbox.path)
+        let source = try folders.descriptor(inbox.path)
+        let processing = processingPath(inbox.kind)
+        let target = try folders.descriptor(processing)
+        let original = entry.name
+        let stored = SpoolName.fit(original, prefixBytes: id.utf8.count + SpoolName.separator.utf8.count)
+        if stored != original {
+            try writeFileDurably(
+                bytes: Array(original.utf8),
+                into: processing,
+                as: SpoolName.nameNote(id: id),
+                mode: 0o600
+            )
+        }
+        var st = stat()
+        var changed: Int64 = 0
+        var sender: String?
+        if Self.withCName(entry.bytes, { fstatat(source, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 {
+            changed = Self.nanoseconds(st.st_ctim)
+            // Files the daemon's own user wrote may be HTTP requests naming their sender.
+            if st.st_uid == getuid() && FileType(mode: st.st_mode) == .regular {
+                sender = Self.attribute(in: source, entry.bytes, Self.senderAttribute)
+            }
+            if sender == nil { sender = Self.userName(st.st_uid) }
+        }
+        let spoolName = SpoolName.claimed(id: id, name: stored)
+        if Self.withCName(entry.bytes, { renameat(source, $0, target, spoolName) }) != 0 {
+            let code = errno
+            if stored != original { unlinkat(target, SpoolName.nameNote(id: id), 0) }
+            if code == ENOENT { return nil }
+            throw SpoolError("claim", inbox.path, code)
+        }
+        return Claimed(
+            id: id,
+            kind: inbox.kind,
+            originalName: original,
+            storedName: stored,
+            path: processing + "/" + spoolName,
+            droppedAt: changed,
+            sender: sender
+        )
+    }
+
+    /// Files already in processing/<kind>/ (left by a crash, or waiting for a retry), in id order, each
+    /// with its whole original name (from its note when the name was shortened). Notes whose file is gone
+    /// (a crash between the note and the claim) are removed.
+    package func claimedFiles(kind: String) throws(SpoolError) -> [Claimed] {
+        let folder = processingPath(kind)
+        var names: [String] = []
+        try forEachEntry(folder) { _, bytes, _, _ in names.append(SpoolName.display(bytes)) }
+        var claimed: [Claimed] = []
+        var ids = Set<String>()
+        for name in names {
+            guard !name.hasPrefix("."), let (id, stored) = SpoolName.parse(name) else { continue }
+            ids.insert(id)
+            let note = readSmallFile(folder, SpoolName.nameNote(id: id)).map { String(decoding: $0, as: UTF8.self) }
+            claimed.append(
+                Claimed(id: id, kind: kind, originalName: note ?? stored, storedName: stored, path: folder + "/" + name)
+            )
+        }
+        if let fd = try? folders.descriptor(folder) {
+            for name in names where name.hasPrefix(".") && name.hasSuffix(".name") {
+                let id = String(name.dropFirst().dropLast(5))
+                if !ids.contains(id) { unlinkat(fd, name, 0) }
+            }
+        }
+        return claimed.sorted { $0.id < $1.id }
+    }
+
+    /// Every name in `folder` as text (``SpoolName/display(_:)``), dotfiles included ("." and ".."
+    /// excluded); an empty list when the folder does not exist.
+    package func scanAll(_ folder: String) throws(SpoolError) -> [String] {
+        var names: [String] = []
+        try forEachEntry(folder) { _, bytes, _, _ in names.append(SpoolName.display(bytes)) }
+        return names
+    }
+
+    /// How many entries of `folder` wait for the pipeline: names writers use while a file is incomplete
+    /// (dotfiles — rsync's temporaries, a `.gitkeep` — `*.tmp`, `*.part`, …) are never claimed, so they
+    /// are not counted, nor are entries that cannot be claimed (reported once by the pipeline). The one
+    /// count behind /health, the metrics, STATUS=, backpressure and `status`.
+    package func pendingCount(_ folder: String) throws(SpoolError) -> Int {
+        var count = 0
+        let prefix = Array((folder + "/").utf8)
+        try forEachEntry(folder) { _, bytes, _, inode in
+            if Self.isIncompleteName(bytes) || folders.isUnclaimable(prefix + bytes, inode: inode) { return }
+            count += 1
+        }
+        return count
+    }
+
+    /// Files waiting in every inbox folder of `kind` (its spool inbox and any partner folder mapped to it).
+    package func pendingInInboxes(of kind: String) throws(SpoolError) -> Int {
+        var total = 0
+        for inbox in inboxes where inbox.kind == kind { total += try pendingCount(inbox.path) }
+        return total
+    }
+
+    /// ``oldestPending(_:)`` over every inbox folder of `kind`.
+    package func oldestInInboxes(of kind: String) throws(SpoolError) -> Int64? {
+        var oldest: Int64?
+        for inbox in inboxes where inbox.kind == kind {
+            if let arrived = try oldestPending(inbox.path) { oldest = min(oldest ?? arrived, arrived) }
+        }
+        return oldest
+    }
+
+    /// When the longest-waiting of `folder`'s pending entries arrived (the same names as ``pendingCount(_:)``),
+    /// as nanoseconds since the epoch, or nil when none waits. Arrival is the inode's change time, which
+    /// the rename or link into the folder sets — not the mtime, which `rsync -t` and SFTP clients carry
+    /// over from the sender.
+    package func oldestPending(_ folder: String) throws(SpoolError) -> Int64? {
+        var oldest: Int64?
+        let prefix = Array((folder + "/").utf8)
+        try forEachEntry(folder) { fd, bytes, _, inode in
+            if Self.isIncompleteName(bytes) || folders.isUnclaimable(prefix + bytes, inode: inode) { return }
+            var st = stat()
+            guard Self.withCName(bytes, { fstatat(fd, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 else { return }
+            let changed = Self.nanoseconds(st.st_ctim)
+            oldest = min(oldest ?? changed, changed)
+        }
+        return oldest
+    }
+
+    /// Records that `entry` of `inbox` cannot be claimed (a permanent error renaming it): it is no longer
+    /// counted as pending, nor tried again while the same inode stands under that name. Returns true the
+    /// first time, so that the caller reports it once.
+    package func markUnclaimable(_ entry: Entry, in inbox: Inbox) -> Bool {
+        folders.markUnclaimable(Array((inbox.path + "/").utf8) + entry.bytes, inode: entry.inode)
+    }
+
+    /// Whether `entry` of `inbox` was found unclaimable (same name bytes, same inode).
+    package func isUnclaimable(_ entry: Entry, in inbox: Inbox) -> Bool {
+        folders.isUnclaimable(Array((inbox.path + "/").utf8) + entry.bytes, inode: entry.inode)
+    }
+
+    /// Forgets the unclaimable entries of `inbox` that a scan no longer finds (removed, or replaced by
+    /// another inode): `present` holds each scanned entry's full key and inode.
+    package func pruneUnclaimable(in inbox: Inbox, present: [Entry]) {
+        let prefix = Array((inbox.path + "/").utf8)
+        var keys: [[UInt8]: UInt64] = [:]
+        for entry in present { keys[prefix + entry.bytes] = entry.inode }
+        folders.pruneUnclaimable(folder: prefix, present: keys)
+    }
+
+    /// Entries of every inbox that cannot be claimed (status, metrics).
+    package var unclaimableCount: Int { folders.unclaimableTotal }
+
+    /// Calls `body` with `bytes` as a NUL-terminated C string.
+    static func withCName<T>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) -> T) -> T {
+        (bytes + [0]).withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { body($0.baseAddress!) }
+        }
+    }
+
+    /// The value of extended attribute `name` of entry `bytes` of folder `fd` (a regular file, opened
+    /// O_NOFOLLOW|O_NONBLOCK), if it has one.
+    static func attribute(in fd: Int32, _ bytes: [UInt8], _ name: String) -> String? {
+        guard let get = XAttr.fget else { return nil }
+        let file = withCName(bytes) { openat(fd, $0, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
+        guard file >= 0 else { return nil }
+        defer { close(file) }
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let count = buffer.withUnsafeMutableBytes { get(file, name, $0.baseAddress, $0.count) }
+        guard count > 0 else { return nil }
+        return String(decoding: buffer[..<count], as: UTF8.self)
+    }
+
+    /// The first 4 KiB of `<folder>/<name>` (opened O_NOFOLLOW), or nil when there is no such file.
+    func readSmallFile(_ folder: String, _ name: String) -> [UInt8]? {
+        guard let dir = try? folders.descriptor(folder) else { return nil }
+        let fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard count >= 0 else { return nil }
+        return Array(buffer[..<count])
+    }
+}
