@@ -215,14 +215,35 @@ def http(method, path, body=None, port=8080):
         return None, str(error).encode()
 
 
-def as_partner(script, text):
-    """Runs a shell script as `partner`, an upload account in the carespool group (an SFTP partner)."""
-    return run("setpriv", "--reuid=partner", "--regid=carespool", "--init-groups", "sh", "-c", script, input=text)
+def pwd_name(uid):
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def grp_name(gid):
+    import grp
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def as_partner(script, text=None):
+    """Runs a shell script as `partner`, an upload account with a group of its own (docs/SECURITY.md)."""
+    return run("setpriv", "--reuid=partner", "--regid=partner", "--init-groups", "sh", "-c", script, input=text)
+
+
+def partner_inbox(kind):
+    """The partner's own inbox folder for `kind`, as OPERATIONS.md's partner setup makes it."""
+    return os.path.join(SPOOL, "partners", "partner-" + kind)
 
 
 def drop(kind, name, text):
-    staging = os.path.join(SPOOL, "inbox", kind, "." + name + ".part")
-    result = as_partner("cat > '%s' && mv '%s' '%s'" % (staging, staging, os.path.join(SPOOL, "inbox", kind, name)),
+    staging = os.path.join(partner_inbox(kind), "." + name + ".part")
+    result = as_partner("cat > '%s' && mv '%s' '%s'" % (staging, staging, os.path.join(partner_inbox(kind), name)),
                         text)
     if result.returncode != 0:
         raise RuntimeError("partner drop failed: " + result.stderr)
@@ -294,9 +315,31 @@ def inside_checks():
     level = re.search(r":\s*([0-9.]+)", score)
     check("systemd-analyze security: overall exposure <= 1.5", level and float(level.group(1)) <= 1.5,
           score.split(":", 1)[-1].strip())
-    run("useradd", "--no-create-home", "--gid", "carespool", "partner", check_status=True)
     check("make install: carespool user and spool created (sysusers, tmpfiles)",
-          run("id", "carespool").returncode == 0 and os.stat(SPOOL).st_mode & 0o7777 == 0o2770)
+          run("id", "carespool").returncode == 0 and os.path.isdir(SPOOL))
+    # Every installed folder and file as docs/SECURITY.md's table says: mode, owner, group.
+    expected = {SPOOL: (0o2751, "carespool", "carespool-ops"), "/var/lib/carespool": (0o750, "carespool", "carespool-ops"),
+                "/etc/carespool/carespool.toml": (0o640, "root", "carespool")}
+    for folder, mode in (("tmp", 0o700), ("inbox", 0o750), ("processing", 0o700), ("done", 0o2750),
+                         ("failed", 0o2750), ("keys", 0o700), ("partners", 0o711)):
+        expected[os.path.join(SPOOL, folder)] = (mode, "carespool", "carespool-ops")
+    for kind in ("appointments", "zoom", "intake"):
+        expected[os.path.join(SPOOL, "inbox", kind)] = (0o750, "carespool", "carespool-ops")
+    def ownership(path):
+        if not os.path.exists(path):
+            return None
+        info = os.lstat(path)
+        return (stat.S_IMODE(info.st_mode), pwd_name(info.st_uid), grp_name(info.st_gid))
+    wrong = {path: ownership(path) for path, want in expected.items() if ownership(path) != want}
+    check("installed modes and owners as docs/SECURITY.md says", not wrong,
+          ", ".join("%s %s" % (path, ("%o %s:%s" % got) if got else "missing") for path, got in wrong.items()))
+    # A partner: its own user and group, its own inbox folder per kind (OPERATIONS.md), carespool in its group.
+    run("useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", "partner", check_status=True)
+    run("usermod", "-aG", "partner", "carespool", check_status=True)
+    with open("/etc/carespool/carespool.toml", "a") as config:
+        for kind in ("appointments", "zoom", "intake"):
+            run("install", "-d", "-o", "carespool", "-g", "partner", "-m", "2770", partner_inbox(kind), check_status=True)
+            config.write('\n[[inbox]]\npath = "%s"\nkind = "%s"\n' % (partner_inbox(kind), kind))
 
     # Start: Type=notify returns when READY=1 came.
     start = run("systemctl", "start", "carespool.service")
@@ -379,6 +422,16 @@ def inside_checks():
           and query("SELECT count(*) FROM patients") == "700")
     check("audit trail names the partner account", "partner" in query("SELECT group_concat(DISTINCT actor) FROM audit"),
           query("SELECT group_concat(DISTINCT actor) FROM audit"))
+    database = "/var/lib/carespool/carespool.sqlite3"
+    info = os.stat(database)
+    check("the database is the daemon's, read by its operators only (0640 carespool:carespool-ops)",
+          (stat.S_IMODE(info.st_mode), pwd_name(info.st_uid), grp_name(info.st_gid)) == (0o640, "carespool", "carespool-ops"),
+          "%o %s:%s" % (stat.S_IMODE(info.st_mode), pwd_name(info.st_uid), grp_name(info.st_gid)))
+    reach = [target for target in ("cat " + database, "ls " + os.path.join(SPOOL, "done"), "ls " + os.path.join(SPOOL, "failed"),
+                                   "ls " + os.path.join(SPOOL, "processing"), "ls " + os.path.join(SPOOL, "tmp"),
+                                   "ls " + os.path.join(SPOOL, "inbox", "appointments"))
+             if as_partner(target + " >/dev/null 2>&1").returncode == 0]
+    check("a partner reads nothing but its own inboxes", not reach, ", ".join(reach))
 
     # HTTP through IPAddressAllow=localhost.
     code, body = http("POST", "/webhook/appointments", event("SD-HTTP").encode())

@@ -385,7 +385,7 @@ final class Engine: @unchecked Sendable {
                             "cannot claim file yet",
                             metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.summary)"]
                         )
-                    } else if spool.markUnclaimable(entry, in: inbox) {
+                    } else if spool.markUnclaimable(entry, in: inbox, error: error.summary) {
                         // A verdict on the entry: said once, not counted as pending, left until it changes.
                         logger.error(
                             "inbox entry cannot be claimed: left in place, not tried again until it changes",
@@ -408,6 +408,7 @@ final class Engine: @unchecked Sendable {
             }
         }
         writeRetryState()
+        writeUnclaimableState()
         checkpointIfDue()
     }
 
@@ -735,6 +736,19 @@ final class Engine: @unchecked Sendable {
     }
 
     private var lastRetryState: String?
+    private var lastUnclaimableState: [UInt8] = []
+
+    /// Publishes the inbox entries that cannot be claimed to `processing/unclaimable` for `carespool status`.
+    private func writeUnclaimableState() {
+        let state = spool.unclaimableState()
+        guard state != lastUnclaimableState else { return }
+        do {
+            try spool.writeState(SpoolName.unclaimableState, state)
+            lastUnclaimableState = state
+        } catch {
+            logger.error("cannot write unclaimable state", metadata: ["error": "\(error.summary)"])
+        }
+    }
 
     /// Publishes the files waiting for a retry to `processing/retrying.json` for `carespool status`.
     private func writeRetryState() {

@@ -179,9 +179,8 @@ extension Spool {
     /// count behind /health, the metrics, STATUS=, backpressure and `status`.
     package func pendingCount(_ folder: String) throws(SpoolError) -> Int {
         var count = 0
-        let prefix = Array((folder + "/").utf8)
         try forEachEntry(folder) { _, bytes, _, inode in
-            if Self.isIncompleteName(bytes) || folders.isUnclaimable(prefix + bytes, inode: inode) { return }
+            if Self.isIncompleteName(bytes) || folders.isUnclaimable(folder, inode: inode) { return }
             count += 1
         }
         return count
@@ -190,7 +189,13 @@ extension Spool {
     /// Files waiting in every inbox folder of `kind` (its spool inbox and any partner folder mapped to it).
     package func pendingInInboxes(of kind: String) throws(SpoolError) -> Int {
         var total = 0
-        for inbox in inboxes where inbox.kind == kind { total += try pendingCount(inbox.path) }
+        for inbox in inboxes where inbox.kind == kind {
+            do {
+                total += try pendingCount(inbox.path)
+            } catch where error.isNotAFolderAnyMore {
+                continue  // a replaced inbox is no longer used (the daemon says so once)
+            }
+        }
         return total
     }
 
@@ -198,7 +203,11 @@ extension Spool {
     package func oldestInInboxes(of kind: String) throws(SpoolError) -> Int64? {
         var oldest: Int64?
         for inbox in inboxes where inbox.kind == kind {
-            if let arrived = try oldestPending(inbox.path) { oldest = min(oldest ?? arrived, arrived) }
+            do {
+                if let arrived = try oldestPending(inbox.path) { oldest = min(oldest ?? arrived, arrived) }
+            } catch where error.isNotAFolderAnyMore {
+                continue
+            }
         }
         return oldest
     }
@@ -209,9 +218,8 @@ extension Spool {
     /// over from the sender.
     package func oldestPending(_ folder: String) throws(SpoolError) -> Int64? {
         var oldest: Int64?
-        let prefix = Array((folder + "/").utf8)
         try forEachEntry(folder) { fd, bytes, _, inode in
-            if Self.isIncompleteName(bytes) || folders.isUnclaimable(prefix + bytes, inode: inode) { return }
+            if Self.isIncompleteName(bytes) || folders.isUnclaimable(folder, inode: inode) { return }
             var st = stat()
             guard Self.withCName(bytes, { fstatat(fd, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 else { return }
             let changed = Self.nanoseconds(st.st_ctim)
@@ -220,29 +228,55 @@ extension Spool {
         return oldest
     }
 
-    /// Records that `entry` of `inbox` cannot be claimed (a permanent error renaming it): it is no longer
-    /// counted as pending, nor tried again while the same inode stands under that name. Returns true the
-    /// first time, so that the caller reports it once.
-    package func markUnclaimable(_ entry: Entry, in inbox: Inbox) -> Bool {
-        folders.markUnclaimable(Array((inbox.path + "/").utf8) + entry.bytes, inode: entry.inode)
+    /// Records that `entry` of `inbox` cannot be claimed (`error`: a permanent error renaming it, as
+    /// ``SpoolError/summary``): it is no longer counted as pending, nor tried again while its inode stands in
+    /// the folder. Returns true the first time, so that the caller reports it once.
+    package func markUnclaimable(_ entry: Entry, in inbox: Inbox, error: String) -> Bool {
+        folders.markUnclaimable(inbox.path, inode: entry.inode, error: error)
     }
 
-    /// Whether `entry` of `inbox` was found unclaimable (same name bytes, same inode).
+    /// Whether `entry` of `inbox` was found unclaimable (by its inode).
     package func isUnclaimable(_ entry: Entry, in inbox: Inbox) -> Bool {
-        folders.isUnclaimable(Array((inbox.path + "/").utf8) + entry.bytes, inode: entry.inode)
+        folders.isUnclaimable(inbox.path, inode: entry.inode)
     }
 
-    /// Forgets the unclaimable entries of `inbox` that a scan no longer finds (removed, or replaced by
-    /// another inode): `present` holds each scanned entry's full key and inode.
+    /// Forgets the unclaimable entries of `inbox` that a scan (`present`) no longer finds.
     package func pruneUnclaimable(in inbox: Inbox, present: [Entry]) {
-        let prefix = Array((inbox.path + "/").utf8)
-        var keys: [[UInt8]: UInt64] = [:]
-        for entry in present { keys[prefix + entry.bytes] = entry.inode }
-        folders.pruneUnclaimable(folder: prefix, present: keys)
+        folders.pruneUnclaimable(inbox.path, present: Set(present.map(\.inode)))
     }
 
     /// Entries of every inbox that cannot be claimed (status, metrics).
     package var unclaimableCount: Int { folders.unclaimableTotal }
+
+    /// The unclaimable entries as the state file `processing/unclaimable` holds them: a line each,
+    /// `<inbox index> <inode> <error>` — no path, no name.
+    package func unclaimableState() -> [UInt8] {
+        var lines: [String] = []
+        for (path, inodes) in folders.unclaimable {
+            guard let index = inboxes.firstIndex(where: { $0.path == path }) else { continue }
+            for (inode, error) in inodes.sorted(by: { $0.key < $1.key }) { lines.append("\(index) \(inode) \(error)") }
+        }
+        return Array(lines.sorted().map { $0 + "\n" }.joined().utf8)
+    }
+
+    /// Reads the daemon's unclaimable entries from its state file (another process: `carespool status`),
+    /// so that its counts agree with the daemon's. Returns how many it read.
+    @discardableResult
+    package func loadUnclaimable() -> Int {
+        guard let bytes = readState(SpoolName.unclaimableState) else { return 0 }
+        var entries: [String: [UInt64: String]] = [:]
+        var count = 0
+        for line in bytes.split(separator: 0x0A) {
+            let fields = line.split(separator: 0x20, maxSplits: 2).map { String(decoding: $0, as: UTF8.self) }
+            guard fields.count == 3, let index = Int(fields[0]), inboxes.indices.contains(index),
+                let inode = UInt64(fields[1])
+            else { continue }
+            entries[inboxes[index].path, default: [:]][inode] = fields[2]
+            count += 1
+        }
+        folders.setUnclaimable(entries)
+        return count
+    }
 
     /// Calls `body` with `bytes` as a NUL-terminated C string.
     static func withCName<T>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) -> T) -> T {

@@ -106,4 +106,6 @@ package enum SpoolName {
     package static let crashMarker = ".crashed"
     /// The retry state that `carespool status` reads, in `processing/`.
     package static let retryState = "retrying.json"
+    /// Inbox entries that cannot be claimed, in `processing/`: `<inbox index> <inode> <error>` a line.
+    package static let unclaimableState = "unclaimable"
 }

@@ -196,7 +196,11 @@ package struct Spool: Sendable {
                     ("failed/" + kind, 0o750), ("keys/" + kind, 0o700),
                 ]
             }
-        for (folder, mode) in layout { try Self.makeDirectory(root + "/" + folder, mode: mode) }
+        for (folder, mode) in layout {
+            try Self.makeDirectory(root + "/" + folder, mode: mode)
+            Self.tighten(root + "/" + folder, isPrivate: mode == 0o700)
+        }
+        Self.tighten(root, isPrivate: false)
         for inbox in inboxes where !inbox.path.hasPrefix(root + "/inbox/") {
             try Self.makeDirectory(inbox.path, mode: 0o750)
         }
@@ -215,6 +219,18 @@ package struct Spool: Sendable {
             return bytes.count >= tail.count && bytes.suffix(tail.count).elementsEqual(tail)
         }
         return bytes.first == UInt8(ascii: ".") || ends(".tmp") || ends(".part") || ends(".filepart") || ends("~")
+    }
+
+    /// Takes from a folder of the daemon's own what an earlier version gave away: group write and other
+    /// read/write (a partner in the daemon's group could once read everything), and for a private folder
+    /// (tmp/, processing/, keys/) every group and other bit. Only folders the daemon's user owns; the
+    /// setgid bit and other's traverse bit (the spool root's, for partners' folders) are kept.
+    static func tighten(_ path: String, isPrivate: Bool) {
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid() else { return }
+        let mode = st.st_mode & 0o7777
+        let tightened = mode & ~(isPrivate ? 0o077 : 0o026)
+        if tightened != mode { chmod(path, tightened) }
     }
 
     static func makeDirectory(_ path: String, mode: mode_t = 0o750) throws(SpoolError) {
@@ -246,9 +262,9 @@ final class Folders: Sendable {
         var identities: [String: (dev: UInt64, ino: UInt64)] = [:]
         /// Inboxes found replaced: no longer used, said once.
         var replaced: Set<String> = []
-        /// Entries that cannot be claimed (a permanent error renaming them), by full path bytes, with the
-        /// inode seen: not counted as pending, not tried again while the same inode stands there.
-        var unclaimable: [[UInt8]: UInt64] = [:]
+        /// Entries that cannot be claimed (a permanent error renaming them): each inbox's inodes, with the
+        /// error. Not counted as pending, not tried again while the inode stands in the folder.
+        var unclaimable: [String: [UInt64: String]] = [:]
     }
 
     init(root: String) { self.root = root }
@@ -316,28 +332,28 @@ final class Folders: Sendable {
         if let fd = state.withLock({ $0.descriptors.removeValue(forKey: path) }) { close(fd) }
     }
 
-    func markUnclaimable(_ key: [UInt8], inode: UInt64) -> Bool {
-        state.withLock { $0.unclaimable.updateValue(inode, forKey: key) != inode }
+    /// Marks inode `inode` of `folder` unclaimable; true when it was not already.
+    func markUnclaimable(_ folder: String, inode: UInt64, error: String) -> Bool {
+        state.withLock { $0.unclaimable[folder, default: [:]].updateValue(error, forKey: inode) == nil }
     }
 
-    func isUnclaimable(_ key: [UInt8], inode: UInt64) -> Bool {
-        state.withLock { $0.unclaimable[key] == inode }
+    func isUnclaimable(_ folder: String, inode: UInt64) -> Bool {
+        state.withLock { $0.unclaimable[folder]?[inode] != nil }
     }
 
-    /// Forgets unclaimable entries of `folder` that are not in `present` (gone, or another inode now).
-    func pruneUnclaimable(folder: [UInt8], present: [[UInt8]: UInt64]) {
+    /// Keeps only the unclaimable inodes of `folder` that are in `present`.
+    func pruneUnclaimable(_ folder: String, present: Set<UInt64>) {
         state.withLock { state in
-            state.unclaimable = state.unclaimable.filter { key, inode in
-                !key.starts(with: folder) || present[key] == inode
-            }
+            guard let known = state.unclaimable[folder] else { return }
+            state.unclaimable[folder] = known.filter { present.contains($0.key) }
         }
     }
 
-    func unclaimableCount(folder: [UInt8]) -> Int {
-        state.withLock { $0.unclaimable.keys.filter { $0.starts(with: folder) }.count }
-    }
+    var unclaimable: [String: [UInt64: String]] { state.withLock { $0.unclaimable } }
 
-    var unclaimableTotal: Int { state.withLock { $0.unclaimable.count } }
+    func setUnclaimable(_ entries: [String: [UInt64: String]]) { state.withLock { $0.unclaimable = entries } }
+
+    var unclaimableTotal: Int { state.withLock { $0.unclaimable.values.reduce(0) { $0 + $1.count } } }
 }
 
 /// A failed file-system operation: which, on what path, and errno.
@@ -360,6 +376,11 @@ package struct SpoolError: Error, Sendable, CustomStringConvertible {
 
     /// The inbox folder was replaced (by a symlink or another folder) after the daemon opened it.
     package var isInboxReplaced: Bool { code == ESTALE && operation == "inbox replaced" }
+
+    /// The folder was replaced, or is a symlink or not a folder now: not to be used.
+    package var isNotAFolderAnyMore: Bool {
+        isInboxReplaced || (operation == "open folder" && (code == ELOOP || code == ENOTDIR))
+    }
 
     /// The errno name and text, e.g. `ENOSPC (No space left on device)`.
     package var reason: String {

@@ -19,6 +19,8 @@ struct Status: AsyncParsableCommand {
     func run() async throws {
         let kinds = Kind.allCases.map(\.rawValue)
         let (spool, databasePath, _) = try spoolOptions.resolved()
+        // The daemon's verdicts on entries it cannot claim: not counted as waiting, here as in /health.
+        let unclaimable = spool.loadUnclaimable()
         var counts: [(folder: String, kind: String, files: Int)] = []
         // Seconds the oldest file of each inbox has waited since it arrived (nil: none waits).
         var waited: [String: Int] = [:]
@@ -38,8 +40,8 @@ struct Status: AsyncParsableCommand {
             counts.append(("failed", kind, failed))
         }
         let retrying =
-            FileManager.default.contents(atPath: spool.root + "/processing/retrying.json")
-            .flatMap { String(decoding: $0, as: UTF8.self) }?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "[]"
+            spool.readState(SpoolName.retryState)
+            .map { String(decoding: $0, as: UTF8.self) }?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "[]"
         var failures: [[String: String?]] = []
         var zoom: [(event: String, received: Int, inserted: Int)] = []
         if FileManager.default.fileExists(atPath: databasePath) {
@@ -56,7 +58,8 @@ struct Status: AsyncParsableCommand {
                 return "{\"folder\":\"\(count.folder)\",\"kind\":\"\(count.kind)\",\"files\":\(count.files)\(oldest)}"
             }
             .joined(separator: ",")
-            out += "],\"retrying\":" + (retrying.isEmpty ? "[]" : retrying) + ",\"last_failures\":["
+            out += "],\"retrying\":" + (retrying.isEmpty ? "[]" : retrying) + ",\"unclaimable\":\(unclaimable)"
+            out += ",\"last_failures\":["
             out += failures.map { row in
                 "{"
                     + ["id", "kind", "original_name", "outcome", "finished_at", "error"].map { key in
@@ -89,6 +92,9 @@ struct Status: AsyncParsableCommand {
             }
         }
         print("retrying: " + (retrying == "[]" ? "none" : retrying))
+        if unclaimable > 0 {
+            print("unclaimable: \(unclaimable) inbox entries cannot be claimed (left in place; the log says why)")
+        }
         let received = zoom.reduce(0) { $0 + $1.received }
         let inserted = zoom.reduce(0) { $0 + $1.inserted }
         print("zoom events: received \(received), inserted \(inserted) (duplicates excluded)")

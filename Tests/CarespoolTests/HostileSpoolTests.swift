@@ -193,3 +193,10 @@ import Testing
         #expect(SpoolName.display([UInt8](repeating: 0xFE, count: 90)).utf8.count == 270)
     }
 }
+
+/// lstat(2) of `path`: whether it is a regular file, its permission bits and its group; nil when absent.
+func fileInfo(_ path: String) -> (regular: Bool, mode: UInt32, gid: UInt32)? {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return nil }
+    return ((st.st_mode & S_IFMT) == S_IFREG, UInt32(st.st_mode & 0o7777), UInt32(st.st_gid))
+}
