@@ -73,7 +73,7 @@ import Testing
         try intakeCSV(count: 20).write(toFile: dir.path + "/patients.csv", atomically: true, encoding: .utf8)
         let run = try await Daemon.serve(
             spool: spool,
-            arguments: ["--http", "127.0.0.1:\(port)", "--http-token", "scheduler:s3cret:*"]
+            arguments: ["--http", "127.0.0.1:\(port)", "--http-token", "scheduler:s3cret-s3cret-s3cret:*"]
         ) { pid in
             try await waitUntilServing(spool)
             // Atomic drops for scripts; one bad file among them.
@@ -83,7 +83,7 @@ import Testing
             let intake = try await Daemon.command(["drop", "--kind", "intake"] + base + [dir.path + "/patients.csv"])
             let posted = try await curl([
                 "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "-H",
-                "Authorization: Bearer s3cret", "--data-binary", event("OP2", "2025-01-10T12:30:00Z"),
+                "Authorization: Bearer s3cret-s3cret-s3cret", "--data-binary", event("OP2", "2025-01-10T12:30:00Z"),
                 "http://127.0.0.1:\(port)/webhook/appointments",
             ])
             let view = SpoolView(root: spool)
