@@ -66,7 +66,7 @@ package struct JSONSchema: Sendable {
     /// Validates `instance`; an empty result means valid.
     package func validate(_ instance: JSONValue) -> [ValidationError] {
         var errors: [ValidationError] = []
-        var path = Path()
+        var path = InstancePath()
         validate(instance, node: root, path: &path, errors: &errors)
         return errors
     }
@@ -77,7 +77,12 @@ package struct JSONSchema: Sendable {
     }
 
     /// Checks `value` against node `index`; `path` is where `value` is in the instance (restored on return).
-    private func validate(_ value: JSONValue, node index: Int, path: inout Path, errors: inout [ValidationError]) {
+    private func validate(
+        _ value: JSONValue,
+        node index: Int,
+        path: inout InstancePath,
+        errors: inout [ValidationError]
+    ) {
         let node = nodes[index]
         if let always = node.boolean {
             if !always { errors.append(.init(pointer: path.pointer, message: "no value is allowed here")) }
@@ -141,12 +146,12 @@ package struct JSONSchema: Sendable {
 
     private func matches(_ value: JSONValue, _ node: Int) -> Bool {
         var errors: [ValidationError] = []
-        var path = Path()
+        var path = InstancePath()
         validate(value, node: node, path: &path, errors: &errors)
         return errors.isEmpty
     }
 
-    private func validateString(_ s: String, node: Node, path: Path, errors: inout [ValidationError]) {
+    private func validateString(_ s: String, node: Node, path: InstancePath, errors: inout [ValidationError]) {
         if node.minLength != nil || node.maxLength != nil {
             let length = s.unicodeScalars.count
             if let min = node.minLength, Double(length) < min {
@@ -183,7 +188,7 @@ package struct JSONSchema: Sendable {
         }
     }
 
-    private func validateNumber(_ x: Double, node: Node, path: Path, errors: inout [ValidationError]) {
+    private func validateNumber(_ x: Double, node: Node, path: InstancePath, errors: inout [ValidationError]) {
         if let min = node.minimum, x < min {
             errors.append(
                 .init(pointer: path.pointer, message: "\(Self.number(x)) is less than the minimum \(Self.number(min))")
@@ -218,7 +223,7 @@ package struct JSONSchema: Sendable {
     private func validateObject(
         _ members: [JSONMember],
         node: Node,
-        path: inout Path,
+        path: inout InstancePath,
         errors: inout [ValidationError]
     ) {
         if !node.required.isEmpty {
@@ -258,7 +263,12 @@ package struct JSONSchema: Sendable {
         }
     }
 
-    private func validateArray(_ items: [JSONValue], node: Node, path: inout Path, errors: inout [ValidationError]) {
+    private func validateArray(
+        _ items: [JSONValue],
+        node: Node,
+        path: inout InstancePath,
+        errors: inout [ValidationError]
+    ) {
         if let min = node.minItems, Double(items.count) < min {
             errors.append(
                 .init(
@@ -314,7 +324,7 @@ package struct JSONSchema: Sendable {
 /// Where a value is in the instance: the steps from the root, turned into a JSON pointer only when an
 /// error is reported. Building each member's and item's pointer eagerly cost the length of its parent's
 /// pointer every time: quadratic under a long key (an array of a million items below a 1 MB name).
-private struct Path {
+private struct InstancePath {
     private enum Step {
         case name(String)
         case index(Int)
