@@ -3,7 +3,8 @@
 // Every key is optional: what the file leaves out, flags or built-in defaults supply. Strict: an unknown
 // key, a value of the wrong type or out of range stops start-up with an error naming the file, the line
 // and the key (exit status 78, EX_CONFIG), so a typo never silently falls back to a default. Knows no
-// other module; secrets are kept as given (tokens as SHA-256) and masked whenever printed.
+// other module; secrets are kept as given (tokens as SHA-256) and masked whenever printed. Whether a secret
+// is strong enough is decided at start by the executable (HTTPIngress's SecretRule), for flags and file.
 
 import Crypto
 import TOMLKit
@@ -35,6 +36,9 @@ package struct ConfiguredToken: Sendable, Equatable {
     package var name: String
     package var sha256: [UInt8]
     package var routes: [String]
+    /// The secret's length in bytes when the file gives `secret` (nil for `sha256`), for the executable's
+    /// check of weak secrets at start.
+    package var secretBytes: Int? = nil
 }
 
 /// The file's settings; nil (or empty) where the file says nothing.
@@ -161,6 +165,7 @@ package struct ConfigFile: Sendable {
                     let hex = try reader.string(entry, "sha256", at: at)
                     let secret = try reader.string(entry, "secret", at: at, nonEmpty: true)
                     let digest: [UInt8]
+                    var secretBytes: Int?
                     switch (hex, secret) {
                     case (let hex?, nil):
                         guard let bytes = Self.hexBytes(hex), bytes.count == 32 else {
@@ -169,6 +174,7 @@ package struct ConfigFile: Sendable {
                         digest = bytes
                     case (nil, let secret?):
                         digest = Array(SHA256.hash(data: Array(secret.utf8)))
+                        secretBytes = secret.utf8.count
                     default:
                         throw reader.error(at, "give exactly one of sha256 (preferred) or secret")
                     }
@@ -180,7 +186,9 @@ package struct ConfigFile: Sendable {
                             "list routes among " + kinds.joined(separator: ", ") + ", or \"*\""
                         )
                     }
-                    tokens.append(ConfiguredToken(name: name, sha256: digest, routes: expanded))
+                    tokens.append(
+                        ConfiguredToken(name: name, sha256: digest, routes: expanded, secretBytes: secretBytes)
+                    )
                 }
             }
         }

@@ -21,22 +21,58 @@ package struct HTTPToken: Sendable {
     package var name: String
     package var sha256: [UInt8]
     package var routes: Set<String>
+    /// The length in bytes of the secret, when it was given (nil when only its SHA-256 was): for
+    /// ``SecretRule`` at start.
+    package var secretBytes: Int?
 
-    package init(name: String, sha256: [UInt8], routes: Set<String>) {
+    package init(name: String, sha256: [UInt8], routes: Set<String>, secretBytes: Int? = nil) {
         self.name = name
         self.sha256 = sha256
         self.routes = routes
+        self.secretBytes = secretBytes
     }
 
-    /// `NAME:SECRET:ROUTE[,ROUTE…]` with routes among appointments, zoom, intake (or `*`).
+    /// `NAME:SECRET:ROUTE[,ROUTE…]` with routes among appointments, zoom, intake (or `*`). An empty
+    /// secret parses (its length recorded), so that ``SecretRule`` refuses it with the others.
     package init?(spec: String) {
         let parts = spec.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty else { return nil }
+        guard parts.count == 3, !parts[0].isEmpty else { return nil }
         name = String(parts[0])
         sha256 = Array(SHA256.hash(data: Array(parts[1].utf8)))
+        secretBytes = parts[1].utf8.count
         let list = parts[2].split(separator: ",").map(String.init)
         routes = Set(list.contains("*") ? ["appointments", "zoom", "intake"] : list)
         guard !routes.isEmpty, routes.isSubset(of: ["appointments", "zoom", "intake"]) else { return nil }
+    }
+}
+
+/// The rule every configured secret must pass before the endpoint starts: a bearer token's secret, a
+/// Zoom secret token, a Standard Webhooks secret (its key bytes, after `whsec_` and base64). An empty
+/// secret would let anyone sign (`whsec_` is the empty HMAC key) and a short one is guessed: both are
+/// refused, naming the key that holds them. The one place this is decided; the executable applies it to
+/// flags and the configuration file alike.
+package enum SecretRule {
+    /// The fewest bytes a secret's key may have.
+    package static let minimumBytes = 16
+
+    /// Why a key of `count` bytes is refused, nil when it is accepted.
+    package static func weakness(keyBytes count: Int) -> String? {
+        if count == 0 { return "is empty: give a secret of at least \(minimumBytes) bytes" }
+        if count < minimumBytes { return "is too weak: \(count) bytes, at least \(minimumBytes) are required" }
+        return nil
+    }
+
+    /// Why a Zoom secret token is refused (its UTF-8 bytes are the HMAC key), nil when it is accepted.
+    package static func weakness(zoomSecret: String) -> String? {
+        weakness(keyBytes: zoomSecret.utf8.count)
+    }
+
+    /// Why a Standard Webhooks secret is refused, judged by its key bytes after decoding, nil when it is
+    /// accepted.
+    package static func weakness(webhookSecret: String) -> String? {
+        let key = StandardWebhooks.key(secret: webhookSecret)
+        guard let reason = weakness(keyBytes: key.count) else { return nil }
+        return key.isEmpty ? reason : reason + " (after base64 decoding)"
     }
 }
 
@@ -419,6 +455,17 @@ private struct Ingress {
         )
     }
 
+    /// The credentials of an `Authorization: Bearer …` header: the scheme matched case-insensitively
+    /// (RFC 9110 §11.1: `bearer`, `BEARER` are `Bearer`), then one or more spaces; nil for another scheme.
+    static func bearerCredentials(_ header: String) -> Substring? {
+        let bytes = header.utf8
+        guard let space = bytes.firstIndex(of: UInt8(ascii: " ")),
+            header[..<space].lowercased() == "bearer"
+        else { return nil }
+        let credentials = header[space...].drop { $0 == " " }
+        return credentials.isEmpty ? nil : credentials
+    }
+
     static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {
         json(status, "{\"status\":\"error\",\"error\":\(JSONValue.quoted(message))}")
     }
@@ -430,10 +477,10 @@ private struct Ingress {
         // Bearer auth (deliveries are signed instead where a Zoom or Standard Webhooks secret is configured).
         var sender = "route:" + inbox.kind
         if !configuration.tokens.isEmpty && !zoomSigned && webhookKeys.isEmpty {
-            guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+            guard let header = request.headers[.authorization], let credentials = Self.bearerCredentials(header) else {
                 return Self.error(.unauthorized, "missing bearer token")
             }
-            let presented = Array(SHA256.hash(data: Array(header.dropFirst(7).utf8)))
+            let presented = Array(SHA256.hash(data: Array(credentials.utf8)))
             guard
                 let token = configuration.tokens.first(where: { ZoomSignature.constantTimeEqual($0.sha256, presented) })
             else { return Self.error(.unauthorized, "unknown bearer token") }

@@ -66,84 +66,98 @@ package struct JSONSchema: Sendable {
     /// Validates `instance`; an empty result means valid.
     package func validate(_ instance: JSONValue) -> [ValidationError] {
         var errors: [ValidationError] = []
-        validate(instance, node: root, pointer: "", errors: &errors)
+        var path = InstancePath()
+        validate(instance, node: root, path: &path, errors: &errors)
         return errors
     }
 
     /// Whether `instance` is valid.
     package func isValid(_ instance: JSONValue) -> Bool {
-        var errors: [ValidationError] = []
-        validate(instance, node: root, pointer: "", errors: &errors)
-        return errors.isEmpty
+        matches(instance, root)
     }
 
-    private func validate(_ value: JSONValue, node index: Int, pointer: String, errors: inout [ValidationError]) {
+    /// Checks `value` against node `index`; `path` is where `value` is in the instance (restored on return).
+    private func validate(
+        _ value: JSONValue,
+        node index: Int,
+        path: inout InstancePath,
+        errors: inout [ValidationError]
+    ) {
         let node = nodes[index]
         if let always = node.boolean {
-            if !always { errors.append(.init(pointer: pointer, message: "no value is allowed here")) }
+            if !always { errors.append(.init(pointer: path.pointer, message: "no value is allowed here")) }
             return
         }
-        if let ref = node.ref { validate(value, node: ref, pointer: pointer, errors: &errors) }
+        if let ref = node.ref { validate(value, node: ref, path: &path, errors: &errors) }
         if let types = node.types {
             let actual = value.typeName
             let ok = types.contains { $0 == actual || ($0 == "number" && actual == "integer") }
             if !ok {
                 let expected = types.count == 1 ? types[0] : types.joined(separator: " or ")
-                errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) is not of type \(expected)"))
+                errors.append(
+                    .init(pointer: path.pointer, message: "\(Self.describe(value)) is not of type \(expected)")
+                )
                 return
             }
         }
         if let constant = node.constValue, value != constant {
-            errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) is not \(constant.compactText)"))
+            errors.append(
+                .init(pointer: path.pointer, message: "\(Self.describe(value)) is not \(constant.compactText)")
+            )
         }
         if let options = node.enumValues, !options.contains(where: { $0 == value }) {
             let list = options.map { $0.compactText }.joined(separator: ", ")
-            errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) is not one of \(list)"))
+            errors.append(.init(pointer: path.pointer, message: "\(Self.describe(value)) is not one of \(list)"))
         }
         switch value {
         case .string(let s):
-            validateString(s, node: node, pointer: pointer, errors: &errors)
+            validateString(s, node: node, path: path, errors: &errors)
         case .number(let text):
-            if let x = Double(text) { validateNumber(x, node: node, pointer: pointer, errors: &errors) }
+            if let x = Double(text) { validateNumber(x, node: node, path: path, errors: &errors) }
         case .object(let members):
-            validateObject(members, node: node, pointer: pointer, errors: &errors)
+            validateObject(members, node: node, path: &path, errors: &errors)
         case .array(let items):
-            validateArray(items, node: node, pointer: pointer, errors: &errors)
+            validateArray(items, node: node, path: &path, errors: &errors)
         default: break
         }
-        for sub in node.allOf { validate(value, node: sub, pointer: pointer, errors: &errors) }
+        for sub in node.allOf { validate(value, node: sub, path: &path, errors: &errors) }
         if !node.anyOf.isEmpty, !node.anyOf.contains(where: { matches(value, $0) }) {
-            errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) matches none of the anyOf schemas"))
+            errors.append(
+                .init(pointer: path.pointer, message: "\(Self.describe(value)) matches none of the anyOf schemas")
+            )
         }
         if !node.oneOf.isEmpty {
             let count = node.oneOf.reduce(0) { $0 + (matches(value, $1) ? 1 : 0) }
             if count != 1 {
                 errors.append(
                     .init(
-                        pointer: pointer,
+                        pointer: path.pointer,
                         message: "\(Self.describe(value)) matches \(count) of the oneOf schemas, not 1"
                     )
                 )
             }
         }
         if let not = node.not, matches(value, not) {
-            errors.append(.init(pointer: pointer, message: "\(Self.describe(value)) must not match the schema in not"))
+            errors.append(
+                .init(pointer: path.pointer, message: "\(Self.describe(value)) must not match the schema in not")
+            )
         }
     }
 
     private func matches(_ value: JSONValue, _ node: Int) -> Bool {
         var errors: [ValidationError] = []
-        validate(value, node: node, pointer: "", errors: &errors)
+        var path = InstancePath()
+        validate(value, node: node, path: &path, errors: &errors)
         return errors.isEmpty
     }
 
-    private func validateString(_ s: String, node: Node, pointer: String, errors: inout [ValidationError]) {
+    private func validateString(_ s: String, node: Node, path: InstancePath, errors: inout [ValidationError]) {
         if node.minLength != nil || node.maxLength != nil {
             let length = s.unicodeScalars.count
             if let min = node.minLength, Double(length) < min {
                 errors.append(
                     .init(
-                        pointer: pointer,
+                        pointer: path.pointer,
                         message: "\(Self.describe(.string(s))) is shorter than \(Self.number(min)) characters"
                     )
                 )
@@ -151,7 +165,7 @@ package struct JSONSchema: Sendable {
             if let max = node.maxLength, Double(length) > max {
                 errors.append(
                     .init(
-                        pointer: pointer,
+                        pointer: path.pointer,
                         message: "string of \(length) characters is longer than \(Self.number(max))"
                     )
                 )
@@ -160,7 +174,7 @@ package struct JSONSchema: Sendable {
         if let pattern = node.pattern, !pattern.matches(s) {
             errors.append(
                 .init(
-                    pointer: pointer,
+                    pointer: path.pointer,
                     message: "\(Self.describe(.string(s))) does not match pattern \(JSONValue.quoted(pattern.source))"
                 )
             )
@@ -169,26 +183,29 @@ package struct JSONSchema: Sendable {
             let ok = format == "date-time" ? RFC3339.isDateTime(s) : RFC3339.isDate(s)
             if !ok {
                 let name = format == "date-time" ? "an RFC 3339 date-time" : "an RFC 3339 date"
-                errors.append(.init(pointer: pointer, message: "\(Self.describe(.string(s))) is not \(name)"))
+                errors.append(.init(pointer: path.pointer, message: "\(Self.describe(.string(s))) is not \(name)"))
             }
         }
     }
 
-    private func validateNumber(_ x: Double, node: Node, pointer: String, errors: inout [ValidationError]) {
+    private func validateNumber(_ x: Double, node: Node, path: InstancePath, errors: inout [ValidationError]) {
         if let min = node.minimum, x < min {
             errors.append(
-                .init(pointer: pointer, message: "\(Self.number(x)) is less than the minimum \(Self.number(min))")
+                .init(pointer: path.pointer, message: "\(Self.number(x)) is less than the minimum \(Self.number(min))")
             )
         }
         if let max = node.maximum, x > max {
             errors.append(
-                .init(pointer: pointer, message: "\(Self.number(x)) is greater than the maximum \(Self.number(max))")
+                .init(
+                    pointer: path.pointer,
+                    message: "\(Self.number(x)) is greater than the maximum \(Self.number(max))"
+                )
             )
         }
         if let min = node.exclusiveMinimum, x <= min {
             errors.append(
                 .init(
-                    pointer: pointer,
+                    pointer: path.pointer,
                     message: "\(Self.number(x)) is not greater than the exclusive minimum \(Self.number(min))"
                 )
             )
@@ -196,51 +213,85 @@ package struct JSONSchema: Sendable {
         if let max = node.exclusiveMaximum, x >= max {
             errors.append(
                 .init(
-                    pointer: pointer,
+                    pointer: path.pointer,
                     message: "\(Self.number(x)) is not less than the exclusive maximum \(Self.number(max))"
                 )
             )
         }
     }
 
-    private func validateObject(_ members: [JSONMember], node: Node, pointer: String, errors: inout [ValidationError]) {
-        for name in node.required where !members.contains(where: { $0.key == name }) {
-            errors.append(.init(pointer: pointer + "/" + Self.escape(name), message: "required property is missing"))
+    private func validateObject(
+        _ members: [JSONMember],
+        node: Node,
+        path: inout InstancePath,
+        errors: inout [ValidationError]
+    ) {
+        if !node.required.isEmpty {
+            // Small objects by scanning; larger ones through a set of their names, built once.
+            let indexed = members.count > JSONValue.linearScanMembers
+            var names = Set<JSONKey>()
+            if indexed {
+                names.reserveCapacity(members.count)
+                for member in members { names.insert(JSONKey(member.key)) }
+            }
+            for name in node.required {
+                let present: Bool
+                if indexed {
+                    present = names.contains(JSONKey(name))
+                } else {
+                    present = members.contains(where: { $0.key.utf8.elementsEqual(name.utf8) })
+                }
+                if !present {
+                    path.enter(name)
+                    errors.append(.init(pointer: path.pointer, message: "required property is missing"))
+                    path.leave()
+                }
+            }
         }
         for member in members {
-            let childPointer = pointer + "/" + Self.escape(member.key)
-            if let property = node.properties.first(where: { $0.name == member.key }) {
-                validate(member.value, node: property.node, pointer: childPointer, errors: &errors)
+            path.enter(member.key)
+            defer { path.leave() }
+            if let property = node.properties[JSONKey(member.key)] {
+                validate(member.value, node: property, path: &path, errors: &errors)
             } else if let additional = node.additionalProperties {
                 if nodes[additional].boolean == false {
-                    errors.append(.init(pointer: childPointer, message: "property is not allowed"))
+                    errors.append(.init(pointer: path.pointer, message: "property is not allowed"))
                 } else {
-                    validate(member.value, node: additional, pointer: childPointer, errors: &errors)
+                    validate(member.value, node: additional, path: &path, errors: &errors)
                 }
             }
         }
     }
 
-    private func validateArray(_ items: [JSONValue], node: Node, pointer: String, errors: inout [ValidationError]) {
+    private func validateArray(
+        _ items: [JSONValue],
+        node: Node,
+        path: inout InstancePath,
+        errors: inout [ValidationError]
+    ) {
         if let min = node.minItems, Double(items.count) < min {
             errors.append(
-                .init(pointer: pointer, message: "array of \(items.count) items has fewer than \(Self.number(min))")
+                .init(
+                    pointer: path.pointer,
+                    message: "array of \(items.count) items has fewer than \(Self.number(min))"
+                )
             )
         }
         if let max = node.maxItems, Double(items.count) > max {
             errors.append(
-                .init(pointer: pointer, message: "array of \(items.count) items has more than \(Self.number(max))")
+                .init(pointer: path.pointer, message: "array of \(items.count) items has more than \(Self.number(max))")
             )
         }
         for (index, item) in items.enumerated() {
-            let childPointer = pointer + "/" + String(index)
+            path.enter(index)
+            defer { path.leave() }
             if index < node.prefixItems.count {
-                validate(item, node: node.prefixItems[index], pointer: childPointer, errors: &errors)
+                validate(item, node: node.prefixItems[index], path: &path, errors: &errors)
             } else if let each = node.items {
                 if nodes[each].boolean == false {
-                    errors.append(.init(pointer: childPointer, message: "no item is allowed at this index"))
+                    errors.append(.init(pointer: path.pointer, message: "no item is allowed at this index"))
                 } else {
-                    validate(item, node: each, pointer: childPointer, errors: &errors)
+                    validate(item, node: each, path: &path, errors: &errors)
                 }
             }
         }
@@ -270,13 +321,43 @@ package struct JSONSchema: Sendable {
     }
 }
 
+/// Where a value is in the instance: the steps from the root, turned into a JSON pointer only when an
+/// error is reported. Building each member's and item's pointer eagerly cost the length of its parent's
+/// pointer every time: quadratic under a long key (an array of a million items below a 1 MB name).
+private struct InstancePath {
+    private enum Step {
+        case name(String)
+        case index(Int)
+    }
+
+    private var steps: [Step] = []
+
+    mutating func enter(_ name: String) { steps.append(.name(name)) }
+    mutating func enter(_ index: Int) { steps.append(.index(index)) }
+    mutating func leave() { steps.removeLast() }
+
+    /// The JSON pointer (RFC 6901) of this place; "" is the whole instance.
+    var pointer: String {
+        var text = ""
+        for step in steps {
+            text += "/"
+            switch step {
+            case .name(let name): text += JSONSchema.escape(name)
+            case .index(let index): text += String(index)
+            }
+        }
+        return text
+    }
+}
+
 /// A compiled subschema.
 private struct Node: Sendable {
     var boolean: Bool?
     var ref: Int?
     var types: [String]?
     var required: [String] = []
-    var properties: [(name: String, node: Int)] = []
+    /// Each property's subschema by name (a lookup per member, not a scan of the schema's properties).
+    var properties: [JSONKey: Int] = [:]
     var additionalProperties: Int?
     var enumValues: [JSONValue]?
     var constValue: JSONValue?
@@ -385,7 +466,7 @@ private struct Compiler {
                             pointer: here + "/" + JSONSchema.escape(prop.key),
                             isRoot: false
                         )
-                        node.properties.append((prop.key, sub))
+                        node.properties[JSONKey(prop.key)] = sub
                     }
                 case "additionalProperties":
                     node.additionalProperties = try compile(value, pointer: here, isRoot: false)

@@ -15,6 +15,27 @@ package struct JSONMember: Sendable, Equatable {
     }
 }
 
+/// An object member's name compared and hashed as JSON compares names: by their Unicode scalars (their
+/// UTF-8 bytes), not by Swift's canonical equivalence, so that "é" precomposed and decomposed are two
+/// names, as ``JSONValue``'s equality has them. For duplicate checks and lookups in linear time.
+package struct JSONKey: Hashable, Sendable {
+    package var name: String
+
+    package init(_ name: String) { self.name = name }
+
+    package static func == (lhs: JSONKey, rhs: JSONKey) -> Bool { lhs.name.utf8.elementsEqual(rhs.name.utf8) }
+
+    package func hash(into hasher: inout Hasher) {
+        // Native strings keep their UTF-8 contiguous: hashed as one buffer, not byte by byte.
+        let done: Void? = name.utf8.withContiguousStorageIfAvailable {
+            hasher.combine(bytes: UnsafeRawBufferPointer($0))
+        }
+        if done == nil {
+            for byte in name.utf8 { hasher.combine(byte) }
+        }
+    }
+}
+
 /// A parsed JSON value.
 package indirect enum JSONValue: Sendable {
     case null
@@ -28,7 +49,7 @@ package indirect enum JSONValue: Sendable {
     /// The member named `key` of an object, or nil.
     package subscript(key: String) -> JSONValue? {
         guard case .object(let members) = self else { return nil }
-        for member in members where member.key == key { return member.value }
+        for member in members where member.key.utf8.elementsEqual(key.utf8) { return member.value }
         return nil
     }
 
@@ -79,11 +100,22 @@ extension JSONValue: Equatable {
             return a.count == b.count && zip(a, b).allSatisfy { $0 == $1 }
         case (.object(let a), .object(let b)):
             guard a.count == b.count else { return false }
+            // Small objects by scanning; larger ones through an index of b's names, so that comparing
+            // two objects costs their size, not its square.
+            if a.count <= JSONValue.linearScanMembers {
+                for member in a {
+                    guard
+                        let other = b.first(where: { $0.key.utf8.elementsEqual(member.key.utf8) }),
+                        other.value == member.value
+                    else { return false }
+                }
+                return true
+            }
+            var index: [JSONKey: Int] = [:]
+            index.reserveCapacity(b.count)
+            for (position, member) in b.enumerated() { index[JSONKey(member.key)] = position }
             for member in a {
-                guard
-                    let other = b.first(where: { $0.key.unicodeScalars.elementsEqual(member.key.unicodeScalars) }),
-                    other.value == member.value
-                else { return false }
+                guard let position = index[JSONKey(member.key)], b[position].value == member.value else { return false }
             }
             return true
         default: return false
@@ -92,6 +124,10 @@ extension JSONValue: Equatable {
 }
 
 extension JSONValue {
+    /// Up to this many members an object's names are compared by scanning them (cheaper than hashing for
+    /// the records carespool reads); beyond it, through a hash of ``JSONKey``s.
+    package static let linearScanMembers = 8
+
     /// Compact JSON text; numbers as written, members in document order.
     package var compactText: String {
         var out = ""

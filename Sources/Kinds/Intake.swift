@@ -21,9 +21,22 @@ package struct IntakeColumns: Sendable {
     package let index: [String: Int]
     /// Columns the header has beyond the required ones: ignored, and listed in the file's report.
     package let extra: [String]
+    /// How many fields the header has: a row with more is shifted (a field with an unquoted comma, a
+    /// value in no column) and is rejected rather than stored without its extra field.
+    package let fieldCount: Int
+
+    /// The note in the report of a file with no rows after its header.
+    package static let noRowsNote = "no rows after the header: a valid file with nothing to store"
+
+    /// The note in the report of a file whose header has columns beyond the required ones.
+    package static func extraNote(_ extra: [String]) -> String {
+        "extra columns ignored: " + extra.joined(separator: ", ")
+    }
 }
 
 /// Reads intake files: CSV with a header row (streamed by the pipeline, row by row) or a JSON array.
+/// A CSV row must have no more fields than the header (a shifted row is rejected with its line, never
+/// stored short of a field); a header with no rows is a valid file of zero records (a day without visits).
 package struct IntakeReader: Sendable {
     private let schema: JSONSchema
 
@@ -70,7 +83,7 @@ package struct IntakeReader: Sendable {
             }
             return .failure(RecordProblem(record: nil, line: header.line, pointer: nil, message: message))
         }
-        return .success(IntakeColumns(index: index, extra: extra))
+        return .success(IntakeColumns(index: index, extra: extra, fieldCount: names.count))
     }
 
     /// The wide encoding a header's bytes are in, by byte-order mark (UTF-32 before UTF-16, whose mark
@@ -102,6 +115,9 @@ package struct IntakeReader: Sendable {
             )
         }
         guard let fields = record.fields else { return failure(record.error ?? "unreadable row") }
+        if fields.count > columns.fieldCount {
+            return failure("row has \(fields.count) fields; the header has \(columns.fieldCount)")
+        }
         let width = (columns.index.values.max() ?? 0) + 1
         if fields.count < width {
             return failure("row has \(fields.count) fields; the header needs at least \(width)")
@@ -210,12 +226,16 @@ extension IntakeReader {
         reader.feed(bytes[...], take)
         reader.finish(take)
         if let problem { return ParsedFile(items: [], fileProblem: problem) }
-        if columns == nil {
+        guard let found = columns else {
             return ParsedFile(
                 items: [],
                 fileProblem: RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no header")
             )
         }
-        return ParsedFile(items: items, fileProblem: nil)
+        // The notes the streamed reading gives the same file.
+        var notes: [String] = []
+        if !found.extra.isEmpty { notes.append(IntakeColumns.extraNote(found.extra)) }
+        if items.isEmpty { notes.append(IntakeColumns.noRowsNote) }
+        return ParsedFile(items: items, fileProblem: nil, notes: notes)
     }
 }

@@ -81,10 +81,14 @@ package struct ParsedFile<Record: Sendable>: Sendable {
     package var items: [Item<Record>]
     /// Set when the file as a whole cannot be read: nothing in it is stored.
     package var fileProblem: RecordProblem?
+    /// What the file's report says about it beyond its records (a CSV header's extra columns, a header
+    /// with no rows).
+    package var notes: [String]
 
-    package init(items: [Item<Record>], fileProblem: RecordProblem?) {
+    package init(items: [Item<Record>], fileProblem: RecordProblem?, notes: [String] = []) {
         self.items = items
         self.fileProblem = fileProblem
+        self.notes = notes
     }
 }
 

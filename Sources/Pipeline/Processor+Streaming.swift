@@ -288,9 +288,7 @@ extension Engine {
                 switch catalog.intake.columns(header: record) {
                 case .success(let found):
                     columns = found
-                    if !found.extra.isEmpty {
-                        totals.notes.append("extra columns ignored: " + found.extra.joined(separator: ", "))
-                    }
+                    if !found.extra.isEmpty { totals.notes.append(IntakeColumns.extraNote(found.extra)) }
                 case .failure(let problem): fileProblem = problem
                 }
                 return
@@ -313,10 +311,12 @@ extension Engine {
         }
         try flush()
         try committer.finish(done: done)
-        if rows == 0 {
-            totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: "no rows after the header")]
-        }
         totals.close(unlisted: unlisted)
+        if rows == 0 {
+            // A header and no rows (a daily feed on a day without visits): a valid file of zero records.
+            totals.notes.append(IntakeColumns.noRowsNote)
+            totals.outcome = .accepted
+        }
         return totals
     }
 

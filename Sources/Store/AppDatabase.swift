@@ -375,15 +375,15 @@ extension AppDatabase {
         case .unreadable(let problem):
             report = FileReport(outcome: .rejected, errors: [problem])
         case .appointments(let parsed):
-            report = try Self.judge(file, parsed.fileProblem, db: db) {
+            report = try Self.judge(file, parsed, db: db) {
                 try AppointmentWriter(db: db, fileID: file.id).write(parsed.items)
             }
         case .zoom(let parsed):
-            report = try Self.judge(file, parsed.fileProblem, db: db) {
+            report = try Self.judge(file, parsed, db: db) {
                 try ZoomWriter(db: db, fileID: file.id).write(parsed.items)
             }
         case .intake(let parsed):
-            report = try Self.judge(file, parsed.fileProblem, db: db) {
+            report = try Self.judge(file, parsed, db: db) {
                 try IntakeWriter(db: db, fileID: file.id).write(parsed.items)
             }
         case .streamed(let totals):
@@ -412,16 +412,20 @@ extension AppDatabase {
     }
 
     /// A byte-identical earlier file makes a duplicate, a problem with the whole file a rejection;
-    /// otherwise `write` stores the records and says what happened.
-    private static func judge(
+    /// otherwise `write` stores the records and says what happened, with the reader's notes. A file of no
+    /// records and no problem (a CSV header with no rows) is accepted: a valid file with nothing to store.
+    private static func judge<Record: Sendable>(
         _ file: PreparedFile,
-        _ fileProblem: RecordProblem?,
+        _ parsed: ParsedFile<Record>,
         db: Database,
         write: () throws -> FileReport
     ) throws -> FileReport {
         if let earlier = try sameBytes(file, db: db) { return FileReport(outcome: .duplicate, duplicateOf: earlier) }
-        if let fileProblem { return FileReport(outcome: .rejected, errors: [fileProblem]) }
-        return try write()
+        if let fileProblem = parsed.fileProblem { return FileReport(outcome: .rejected, errors: [fileProblem]) }
+        var report = try write()
+        for note in parsed.notes where !report.notes.contains(note) { report.notes.append(note) }
+        if parsed.items.isEmpty { report.outcome = .accepted }
+        return report
     }
 
     /// An earlier file of the same kind with the same bytes whose records were stored.

@@ -57,6 +57,16 @@ package struct Page<Row: Sendable>: Sendable {
 }
 
 extension AppDatabase {
+    /// The OFFSET of `page` (from 1; below 1 is page 1) of `pageSize` rows, in checked arithmetic: a page
+    /// so far out that its offset overflows (`--page 9223372036854775807` trapped) is past every row,
+    /// an empty page.
+    package static func offset(page: Int, pageSize: Int) -> Int {
+        let (offset, overflow) = (max(page, 1) - 1).multipliedReportingOverflow(by: max(pageSize, 0))
+        return overflow ? Int.max : offset
+    }
+}
+
+extension AppDatabase {
     /// Adds an operator action to the audit trail.
     package func audit(at: String, actor: String, action: String, target: String?, detail: String?) throws {
         try writer.write { db in
@@ -183,7 +193,7 @@ extension AppDatabase {
                     FROM patients p JOIN persons s ON s.patient_id = p.id \(filter)
                     ORDER BY p.mrn LIMIT ? OFFSET ?
                     """,
-                arguments: arguments + [pageSize, (page - 1) * pageSize]
+                arguments: arguments + [pageSize, Self.offset(page: page, pageSize: pageSize)]
             ).map {
                 (
                     $0["mrn"] as String, $0["first_name"] as String, $0["last_name"] as String,
@@ -214,7 +224,7 @@ extension AppDatabase {
                     FROM visits v JOIN patients p ON p.id = v.patient_id \(filter)
                     ORDER BY v.visit_date DESC, v.visit_account_number LIMIT ? OFFSET ?
                     """,
-                arguments: arguments + [pageSize, (page - 1) * pageSize]
+                arguments: arguments + [pageSize, Self.offset(page: page, pageSize: pageSize)]
             ).map {
                 (
                     $0["visit_account_number"] as String, $0["mrn"] as String, $0["visit_date"] as String,
@@ -249,7 +259,7 @@ extension AppDatabase {
                     SELECT appointment_id, patient_id, status, event_type, event_timestamp FROM appointments \(filter)
                     ORDER BY appointment_id LIMIT ? OFFSET ?
                     """,
-                arguments: arguments + [pageSize, (page - 1) * pageSize]
+                arguments: arguments + [pageSize, Self.offset(page: page, pageSize: pageSize)]
             ).map {
                 (
                     $0["appointment_id"] as String, $0["patient_id"] as String, $0["status"] as String,

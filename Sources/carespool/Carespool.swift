@@ -100,13 +100,45 @@ struct SpoolOptions: ParsableArguments {
 
 struct SchemaOption: ParsableArguments {
     @Option(
-        help:
-            "The JSON Schema file with one $defs entry per record kind (default: the config's schema, else ./schema.json)."
+        help: """
+            The JSON Schema file with one $defs entry per record kind (default: the config's schema, else \
+            ./schema.json, else the installed PREFIX/share/carespool/schema.json).
+            """
     )
     var schema: String?
 
+    /// Where `make install` puts schema.json for the running binary: PREFIX/bin/carespool has it in
+    /// PREFIX/share/carespool/.
+    static var installedPath: String {
+        let executable =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: executable).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("share/carespool/schema.json").path
+    }
+
+    /// The places tried, in order, when neither `--schema` nor the configuration names the schema: the
+    /// working directory's (a source tree), the one installed beside this binary, the default install's.
+    static var defaultCandidates: [String] {
+        var candidates = ["schema.json", installedPath]
+        if !candidates.contains("/usr/share/carespool/schema.json") {
+            candidates.append("/usr/share/carespool/schema.json")
+        }
+        return candidates
+    }
+
+    /// The schema used when neither `--schema` nor the configuration names one: the first of
+    /// ``defaultCandidates`` that exists, nil when none does.
+    static var defaultPath: String? {
+        defaultCandidates.first { FileManager.default.fileExists(atPath: $0) }
+    }
+
     func catalog(config: ConfigFile) throws -> Catalog {
-        let schema = self.schema ?? config.schema ?? "schema.json"
+        guard let schema = self.schema ?? config.schema ?? Self.defaultPath else {
+            throw ValidationError(
+                "cannot find the schema file: none of \(Self.defaultCandidates.joined(separator: ", ")) exists "
+                    + "(pass --schema FILE, or set schema in the configuration file)"
+            )
+        }
         guard let data = FileManager.default.contents(atPath: schema) else {
             throw ValidationError("cannot read the schema file \(schema) (pass --schema FILE)")
         }
@@ -462,7 +494,15 @@ struct Validate: AsyncParsableCommand {
         } else {
             print("\(file): \(report.outcome.rawValue)")
             print("would store \(report.stored), skip \(report.duplicates) duplicates, reject \(report.rejected)")
-            for problem in report.errors { print("  \(problem.text)") }
+            // A file-level rejection has its reason as its one problem (no record number): say it is the
+            // file's.
+            for problem in report.errors {
+                print(
+                    problem.record == nil && report.outcome == .rejected
+                        ? "  file rejected: \(problem.text)" : "  \(problem.text)"
+                )
+            }
+            for note in report.notes { print("  note: \(note)") }
         }
         if report.outcome == .partial || report.outcome == .rejected { throw ExitCode(1) }
     }

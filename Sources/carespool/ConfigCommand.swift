@@ -55,7 +55,7 @@ struct ConfigCommand: AsyncParsableCommand {
             var lines = [
                 "spool = \(quoted(spool))",
                 "database = \(quoted(config.database ?? spool + "/carespool.sqlite3"))",
-                "schema = \(quoted(config.schema ?? "schema.json"))",
+                "schema = \(quoted(config.schema ?? SchemaOption.defaultPath ?? "schema.json"))",
                 "log_level = \(quoted(settings.logLevel.rawValue))",
                 "settle_ms = \(millis(settings.pipeline.settle))",
                 "open_hold_ms = \(millis(settings.pipeline.openHold))",

@@ -52,16 +52,11 @@ struct Settings {
         pipeline.retentionDays = retentionDays
 
         let listen = serve?.http ?? config.httpListen ?? "127.0.0.1:8080"
-        guard listen != "off" else {
-            http = nil
-            return
-        }
-        guard let (host, port) = ConfigFile.hostPort(listen) else {
-            throw ValidationError("--http must be HOST:PORT or off, not \(listen)")
-        }
+        // Secrets are parsed and checked whether or not HTTP is on: a weak one is a mistake either way.
         var tokens: [HTTPToken] = []
-        if let specs = serve?.httpToken, !specs.isEmpty {
-            for spec in specs {
+        let tokenFlags = serve?.httpToken ?? []
+        if !tokenFlags.isEmpty {
+            for spec in tokenFlags {
                 guard let token = HTTPToken(spec: spec) else {
                     throw ValidationError(
                         "--http-token must be NAME:SECRET:ROUTES (routes: appointments, zoom, intake, *)"
@@ -70,20 +65,38 @@ struct Settings {
                 tokens.append(token)
             }
         } else {
-            tokens = config.tokens.map { HTTPToken(name: $0.name, sha256: $0.sha256, routes: Set($0.routes)) }
+            tokens = config.tokens.map {
+                HTTPToken(name: $0.name, sha256: $0.sha256, routes: Set($0.routes), secretBytes: $0.secretBytes)
+            }
         }
         var webhookSecrets = config.webhookSecrets
-        if let specs = serve?.webhookSecret, !specs.isEmpty {
+        let webhookFlags = serve?.webhookSecret ?? []
+        if !webhookFlags.isEmpty {
             webhookSecrets = [:]
-            for spec in specs {
-                let parts = spec.split(separator: ":", maxSplits: 1)
+            for spec in webhookFlags {
+                let parts = spec.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
                 guard parts.count == 2, ["appointments", "zoom", "intake"].contains(String(parts[0])) else {
                     throw ValidationError("--webhook-secret must be ROUTE:SECRET (routes: appointments, zoom, intake)")
                 }
                 webhookSecrets[String(parts[0]), default: []].append(String(parts[1]))
             }
         }
-        let zoomSecrets = serve.map(\.zoomSecret).flatMap { $0.isEmpty ? nil : $0 } ?? config.zoomSecrets
+        let zoomFlags = serve?.zoomSecret ?? []
+        let zoomSecrets = zoomFlags.isEmpty ? config.zoomSecrets : zoomFlags
+        try Self.checkSecrets(
+            tokens: tokens,
+            zoomSecrets: zoomSecrets,
+            webhookSecrets: webhookSecrets,
+            fromFlags: (tokens: !tokenFlags.isEmpty, zoom: !zoomFlags.isEmpty, webhook: !webhookFlags.isEmpty),
+            config: config
+        )
+        guard listen != "off" else {
+            http = nil
+            return
+        }
+        guard let (host, port) = ConfigFile.hostPort(listen) else {
+            throw ValidationError("--http must be HOST:PORT or off, not \(listen)")
+        }
         let rate = serve?.httpRate ?? config.ratePerSecond ?? 0
         let configuration = HTTPConfiguration(
             host: host,
@@ -122,5 +135,33 @@ struct Settings {
             throw ValidationError(refusal)
         }
         http = configuration
+    }
+
+    /// Refuses an empty or weak secret (``SecretRule``) naming where it was given: the flag, or the
+    /// file's key (a configuration error, exit 78). A token given only as its SHA-256 cannot be judged.
+    private static func checkSecrets(
+        tokens: [HTTPToken],
+        zoomSecrets: [String],
+        webhookSecrets: [String: [String]],
+        fromFlags: (tokens: Bool, zoom: Bool, webhook: Bool),
+        config: ConfigFile
+    ) throws {
+        for (index, token) in tokens.enumerated() {
+            guard let bytes = token.secretBytes, let reason = SecretRule.weakness(keyBytes: bytes) else { continue }
+            if fromFlags.tokens { throw ValidationError("--http-token \(token.name): the secret \(reason)") }
+            throw config.error("http.token[\(index)].secret", reason)
+        }
+        for secret in zoomSecrets {
+            guard let reason = SecretRule.weakness(zoomSecret: secret) else { continue }
+            if fromFlags.zoom { throw ValidationError("--zoom-secret: the secret \(reason)") }
+            throw config.error("http.zoom_secrets", reason)
+        }
+        for route in webhookSecrets.keys.sorted() {
+            for secret in webhookSecrets[route] ?? [] {
+                guard let reason = SecretRule.weakness(webhookSecret: secret) else { continue }
+                if fromFlags.webhook { throw ValidationError("--webhook-secret \(route): the secret \(reason)") }
+                throw config.error("http.webhook_secrets.\(route)", reason)
+            }
+        }
     }
 }

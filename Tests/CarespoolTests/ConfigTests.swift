@@ -265,6 +265,68 @@ import Testing
         #expect(elsewhere.err.contains("\(config):2: inbox[0].path: is on another filesystem"), "\(elsewhere.err)")
     }
 
+    /// An empty or weak secret — a Standard Webhooks `whsec_` with no key, an empty Zoom secret or bearer
+    /// token, anything under 16 bytes of key — is refused at start naming the flag or the file's key (issue
+    /// 16, finding 6): before, `whsec_` was taken and a body signed with the empty key passed.
+    @Test func emptyOrWeakSecretsAreRefusedAtStartNamingTheKey() async throws {
+        let dir = TempDir("secrets")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let strong = "whsec_" + Data(repeating: 7, count: 24).base64EncodedString()
+        let weak = "whsec_" + Data(repeating: 7, count: 8).base64EncodedString()
+        for (flags, named) in [
+            (["--webhook-secret", "appointments:whsec_"], "--webhook-secret appointments: the secret is empty"),
+            (["--webhook-secret", "appointments:"], "--webhook-secret appointments: the secret is empty"),
+            (["--webhook-secret", "intake:" + weak], "--webhook-secret intake: the secret is too weak: 8 bytes"),
+            (["--zoom-secret", ""], "--zoom-secret: the secret is empty"),
+            (["--zoom-secret", "short-secret"], "--zoom-secret: the secret is too weak: 12 bytes"),
+            (["--http-token", "ops::*"], "--http-token ops: the secret is empty"),
+            (["--http-token", "ops:s3cret:*"], "--http-token ops: the secret is too weak: 6 bytes"),
+            // Checked even with HTTP off: a weak secret is a mistake either way.
+            (["--http", "off", "--zoom-secret", "xy"], "--zoom-secret: the secret is too weak: 2 bytes"),
+        ] {
+            let result = try await Daemon.command(["serve", "--spool", spool] + flags)
+            #expect(result.status != .exited(0), "\(flags)")
+            #expect(result.err.contains(named), "\(flags): \(result.err)")
+        }
+        let config = dir.path + "/carespool.toml"
+        for (text, line, key) in [
+            ("[http]\n\n[http.webhook_secrets]\nappointments = [\"whsec_\"]\n", 4, "http.webhook_secrets.appointments"),
+            ("[http]\nzoom_secrets = [\"\(strong)\", \"old\"]\n", 2, "http.zoom_secrets"),
+            (
+                "[http]\n[[http.token]]\nname = \"etl\"\nsecret = \"test\"\nroutes = [\"*\"]\n", 4,
+                "http.token[0].secret"
+            ),
+        ] {
+            try text.write(toFile: config, atomically: true, encoding: .utf8)
+            for arguments in [["config", "check", config], ["serve", "--config", config, "--spool", spool]] {
+                let result = try await Daemon.command(arguments)
+                #expect(result.status == .exited(78), "\(arguments): \(text)")
+                #expect(result.err.contains("\(config):\(line): \(key): is "), "\(result.err)")
+            }
+        }
+        // Strong secrets pass, a token given as its SHA-256 too (it cannot be judged).
+        try """
+        [http]
+        zoom_secrets = ["\(String(repeating: "z", count: 16))"]
+
+        [http.webhook_secrets]
+        appointments = ["\(strong)"]
+
+        [[http.token]]
+        name = "etl"
+        secret = "0123456789abcdef"
+        routes = ["*"]
+
+        [[http.token]]
+        name = "ops"
+        sha256 = "\(SHA256Hex.of("s3cret"))"
+        routes = ["*"]
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let check = try await Daemon.command(["config", "check", config])
+        #expect(check.status == .exited(0), "\(check.err)")
+    }
+
     /// A flag beyond its bound is refused at start (it would overflow a duration: a trap later).
     @Test func aFlagBeyondItsBoundIsRefusedAtStart() async throws {
         let dir = TempDir("configflag")

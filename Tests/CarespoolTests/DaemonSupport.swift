@@ -75,12 +75,19 @@ enum Daemon {
         return (outcome.closureResult, outcome.terminationStatus, outcome.standardError)
     }
 
-    /// Runs a carespool command to its end; returns exit status, stdout and stderr.
-    static func command(_ arguments: [String]) async throws -> (status: TerminationStatus, out: String, err: String) {
+    /// Runs a carespool command to its end; returns exit status, stdout and stderr. `executable` is
+    /// another copy of the binary (an installed layout), `directory` the working directory (default: the
+    /// tests').
+    static func command(
+        _ arguments: [String],
+        executable: String = Daemon.binary,
+        in directory: String? = nil
+    ) async throws -> (status: TerminationStatus, out: String, err: String) {
         let result = try await run(
-            .path(FilePath(binary)),
+            .path(FilePath(executable)),
             arguments: Arguments(arguments),
             environment: environment,
+            workingDirectory: directory.map { FilePath($0) },
             output: .string(limit: 16 << 20),
             error: .string(limit: 16 << 20)
         )

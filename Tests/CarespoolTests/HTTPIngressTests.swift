@@ -153,6 +153,58 @@ import WebhookSignatures
         #expect(HTTPConfiguration(host: "127.0.0.1").refusal == nil)
     }
 
+    /// The bearer scheme is case-insensitive (RFC 9110 §11.1), one or more spaces before the token (issue
+    /// 16, finding 6: `bearer …` was refused).
+    @Test func theBearerSchemeIsCaseInsensitive() async throws {
+        defer { dir.cleanup() }
+        let token = try #require(HTTPToken(spec: "scheduler:0123456789abcdef:appointments"))
+        let (app, spool) = try app(HTTPConfiguration(host: "0.0.0.0", tokens: [token]))
+        try await app.test(.router) { client in
+            for (n, header) in [
+                "bearer 0123456789abcdef", "BEARER 0123456789abcdef", "BeArEr 0123456789abcdef",
+                "Bearer  0123456789abcdef",
+            ].enumerated() {
+                try await client.execute(
+                    uri: "/webhook/appointments",
+                    method: .post,
+                    headers: [.contentType: "application/json", .authorization: header],
+                    body: ByteBuffer(string: event("CASE\(n)", "2025-01-10T12:30:00Z"))
+                ) { #expect($0.status == .accepted, "\(header)") }
+            }
+            for header in [
+                "Basic 0123456789abcdef", "Bearer0123456789abcdef", "bearer", "bearer ", "Bearerx 0123456789abcdef",
+                "bearer 0123456789ABCDEF",
+            ] {
+                try await client.execute(
+                    uri: "/webhook/appointments",
+                    method: .post,
+                    headers: [.contentType: "application/json", .authorization: header],
+                    body: ByteBuffer(string: event("NO", "2025-01-10T12:30:00Z"))
+                ) { #expect($0.status == .unauthorized, "\(header)") }
+            }
+        }
+        #expect(try inbox(spool, "appointments").count == 4)
+    }
+
+    /// The one rule for secrets: empty or under 16 bytes of key refused, a Standard Webhooks secret
+    /// judged by its decoded key.
+    @Test func secretsUnderSixteenBytesOfKeyAreWeak() {
+        #expect(SecretRule.weakness(keyBytes: 0)?.hasPrefix("is empty") == true)
+        #expect(SecretRule.weakness(keyBytes: 15)?.hasPrefix("is too weak: 15 bytes") == true)
+        #expect(SecretRule.weakness(keyBytes: 16) == nil)
+        #expect(SecretRule.weakness(zoomSecret: "")?.hasPrefix("is empty") == true)
+        #expect(SecretRule.weakness(zoomSecret: "4fv1RkqGQUq5sWbEz6hA5A") == nil)
+        #expect(SecretRule.weakness(webhookSecret: "whsec_")?.hasPrefix("is empty") == true)
+        // 24 base64 characters are 18 key bytes; 20 are 15.
+        #expect(SecretRule.weakness(webhookSecret: "whsec_" + Base64.encode(Array(repeating: 1, count: 18))) == nil)
+        let short = SecretRule.weakness(webhookSecret: "whsec_" + Base64.encode(Array(repeating: 1, count: 15)))
+        #expect(short?.hasPrefix("is too weak: 15 bytes") == true)
+        #expect(SecretRule.weakness(webhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") == nil)
+        // An empty bearer secret parses, so that the rule names it.
+        #expect(HTTPToken(spec: "ops::*")?.secretBytes == 0)
+        #expect(HTTPToken(spec: "ops:0123456789abcdef:*")?.secretBytes == 16)
+    }
+
     @Test func zoomSignatureVectorsThroughTheRealRoute() async throws {
         defer { dir.cleanup() }
         let vectors = try JSONParser.parse(

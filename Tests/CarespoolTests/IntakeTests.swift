@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Kinds
+import Pipeline
 import Subprocess
 import Testing
 
@@ -158,6 +159,124 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
         #expect(file["duplicates"] == 0)
         #expect(file["rejected"] == 1)
         #expect((file["report"] as String).contains("conflicts with the visit stored from file"))
+    }
+
+    /// A row with more fields than the header is shifted (an unquoted comma, a value in no column): it
+    /// is rejected with its line, never stored without its extra field; a header with no rows is a
+    /// valid file of zero records, accepted with a note (issue 16, finding 8). Streamed, as the daemon
+    /// reads every CSV.
+    @Test func aShiftedRowIsRejectedWithItsLineAndAHeaderOnlyFileIsAcceptedEmpty() async throws {
+        let shifted =
+            intakeHeader + "\nM1,A,B,1980-01-01,V1,2025-01-01,x\nM2,A,B,1980-01-01,V2,2025-01-01,follow,up\n"
+            + "M3,A,B,1980-01-01,V3,2025-01-01,\n"
+        let (view, _) = try await ingest([
+            ("shifted.csv", shifted), ("empty-day.csv", intakeHeader + "\r\n"),
+            ("blank-rows.csv", intakeHeader + "\n\n\n"),
+        ])
+        let rows = try await view.database().read { db in
+            try Row.fetchAll(db, sql: "SELECT outcome, stored, rejected, error, report FROM files ORDER BY id")
+        }
+        #expect(rows.map { $0["outcome"] as String } == ["partial", "accepted", "accepted"])
+        #expect(rows.map { $0["stored"] as Int } == [2, 0, 0])
+        #expect(rows[0]["rejected"] == 1)
+        let report = try #require(FileReport(json: rows[0]["report"] as String))
+        #expect(report.errors.map(\.text) == ["record 2: row has 8 fields; the header has 7 (line 3)"])
+        for row in rows.dropFirst() {
+            let empty = try #require(FileReport(json: row["report"] as String))
+            #expect(empty.errors.isEmpty && empty.notes == [IntakeColumns.noRowsNote])
+            #expect(row["error"] as String? == nil)
+        }
+        #expect(view.done("intake").count == 3 && view.failed("intake").isEmpty)
+        let rejectedName = try #require(view.sidecars("intake").first { $0.hasSuffix(".rejected.csv") })
+        let rejected = try String(contentsOfFile: view.root + "/failed/intake/" + rejectedName, encoding: .utf8)
+        #expect(
+            rejected.split(separator: "\n").last
+                == "M2,A,B,1980-01-01,V2,2025-01-01,follow,up,row has 8 fields; the header has 7,3"
+        )
+        let visits = try await view.database().read { db in
+            try String.fetchAll(db, sql: "SELECT visit_account_number FROM visits ORDER BY 1")
+        }
+        #expect(visits == ["V1", "V3"])
+    }
+
+    /// The same rules when a file is read whole (`validate`, tests): the row's problem, the empty file's
+    /// note, and a header's extra columns allowing rows as wide as the header.
+    @Test func theWholeFileReaderHasTheSameRules() throws {
+        let reader = try projectCatalog().intake
+        let shifted = reader.readCSV(
+            Array((intakeHeader + "\nM1,A,B,1980-01-01,V1,2025-01-01,x,y\n").utf8),
+            today: "2026-11-23"
+        )
+        guard case .failure(let problems) = shifted.items.first?.result else {
+            Issue.record("stored a row of 8 fields under a header of 7")
+            return
+        }
+        #expect(problems.list.map(\.text) == ["record 1: row has 8 fields; the header has 7 (line 2)"])
+        let wider = reader.readCSV(
+            Array(
+                (intakeHeader + ",clinic\nM1,A,B,1980-01-01,V1,2025-01-01,x,north\nM2,A,B,1980-01-01,V2,2025-01-01,\n")
+                    .utf8
+            ),
+            today: "2026-11-23"
+        )
+        #expect(wider.items.allSatisfy { if case .success = $0.result { true } else { false } })
+        #expect(wider.notes == ["extra columns ignored: clinic"])
+        let empty = reader.readCSV(Array((intakeHeader + "\n").utf8), today: "2026-11-23")
+        #expect(empty.fileProblem == nil && empty.items.isEmpty && empty.notes == [IntakeColumns.noRowsNote])
+        let dry = try dryRun(bytes: Array((intakeHeader + "\n").utf8), kind: .intake, catalog: projectCatalog())
+        #expect(dry.outcome == .accepted && dry.stored == 0 && dry.notes == [IntakeColumns.noRowsNote])
+        #expect(dry.json().contains("\"notes\":[\"\(IntakeColumns.noRowsNote)\"]"))
+    }
+
+    /// `validate` prints a file-level rejection's reason and a report's notes, and finds the schema
+    /// outside the source tree: the configuration's, else the one installed beside the binary
+    /// (PREFIX/share/carespool/schema.json for PREFIX/bin/carespool) — it said "cannot read the schema
+    /// file schema.json".
+    @Test func validateSaysWhyAndFindsTheInstalledSchema() async throws {
+        let dir = TempDir("validate")
+        defer { dir.cleanup() }
+        let elsewhere = dir.path + "/elsewhere"
+        for folder in [dir.path + "/bin", dir.path + "/share/carespool", elsewhere] {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        }
+        // An installed layout: the binary (a hard link, else a copy) in bin/, the schema in share/carespool/.
+        let installed = dir.path + "/bin/carespool"
+        if link(Daemon.binary, installed) != 0 {
+            try FileManager.default.copyItem(atPath: Daemon.binary, toPath: installed)
+        }
+        try FileManager.default.copyItem(
+            atPath: TestPaths.schemaJSON.path,
+            toPath: dir.path + "/share/carespool/schema.json"
+        )
+        try (intakeHeader + "\n").write(toFile: elsewhere + "/empty.csv", atomically: true, encoding: .utf8)
+        try "mrn,first_name\nM1,A\n".write(toFile: elsewhere + "/missing.csv", atomically: true, encoding: .utf8)
+
+        let empty = try await Daemon.command(
+            ["validate", "--kind", "intake", "empty.csv"],
+            executable: installed,
+            in: elsewhere
+        )
+        #expect(empty.status == .exited(0), "\(empty.err)")
+        #expect(empty.out.contains("empty.csv: accepted"), "\(empty.out)")
+        #expect(empty.out.contains("note: \(IntakeColumns.noRowsNote)"), "\(empty.out)")
+
+        let missing = try await Daemon.command(
+            ["validate", "--kind", "intake", "missing.csv"],
+            executable: installed,
+            in: elsewhere
+        )
+        #expect(missing.status == .exited(1))
+        #expect(missing.out.contains("missing.csv: rejected"), "\(missing.out)")
+        #expect(missing.out.contains("  file rejected: line 1: missing required columns: last_name"), "\(missing.out)")
+
+        // The configuration's schema, from anywhere.
+        let config = dir.path + "/carespool.toml"
+        try "schema = \"\(TestPaths.schemaJSON.path)\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let configured = try await Daemon.command(
+            ["validate", "--config", config, "--kind", "intake", "empty.csv"],
+            in: elsewhere
+        )
+        #expect(configured.status == .exited(0), "\(configured.err)")
     }
 
     @Test func invalidUTF8RejectsOnlyItsRowWithItsLine() throws {

@@ -130,3 +130,98 @@ import Testing
         #expect(schema.validate(long).map(\.pointer) == ["/appointment_id", "/patient_id"])
     }
 }
+
+/// Cost in proportion to size (issue 16, finding 2): an object's names are checked for duplicates, and
+/// an instance's pointers built, in linear time. The time limits only say that each completes: before
+/// the fix the first took minutes (every name compared with all the earlier ones) and the last built a
+/// megabyte-long pointer for each of 200,000 items.
+@Suite struct JSONCostTests {
+    /// `{"k0":0,"k1":1,…}` with `count` distinct names, then `extra` members as written.
+    static func wideObject(_ count: Int, extra: String = "") -> [UInt8] {
+        var text = "{"
+        text.reserveCapacity(count * 16)
+        for n in 0..<count {
+            if n > 0 { text += "," }
+            text += "\"k\(n)\":\(n)"
+        }
+        return Array((text + extra + "}").utf8)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func anObjectOf200000DistinctNamesParses() throws {
+        guard case .object(let members) = try JSONParser.parse(Self.wideObject(200_000)) else {
+            Issue.record("not an object")
+            return
+        }
+        #expect(members.count == 200_000)
+        #expect(members.last?.key == "k199999")
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aNameRepeatedAtTheEndOfA100000NameObjectIsStillRejected() throws {
+        let bytes = Self.wideObject(100_000, extra: ",\"k0\":1")
+        let error = #expect(throws: JSONParseError.self) { try JSONParser.parse(bytes) }
+        #expect(error?.reason == "duplicate key \"k0\"")
+        // Placed at the repeated name's opening quote, as before.
+        #expect(error?.offset == bytes.count - 7)
+        // The same at every size: a small object is scanned, a large one hashed.
+        for count in [1, 7, 8, 9, 40] {
+            let small = Self.wideObject(count, extra: ",\"k\(count - 1)\":0")
+            #expect(throws: JSONParseError.self) { try JSONParser.parse(small) }
+            #expect(try JSONParser.parse(Self.wideObject(count, extra: ",\"k\(count)\":0")) != .null)
+        }
+    }
+
+    /// Names are compared by their Unicode scalars, as JSONValue's equality compares them: "é"
+    /// precomposed and decomposed are two names (before, Swift's canonical equivalence made them one
+    /// in the duplicate check, but two everywhere else).
+    @Test func namesDifferingOnlyInNormalizationAreTwoNames() throws {
+        for count in [0, 20] {
+            let text = "{\"\u{E9}\":1,\"e\u{301}\":2" + (0..<count).map { ",\"n\($0)\":0" }.joined() + "}"
+            let value = try JSONParser.parse(text)
+            #expect(value["\u{E9}"] == .number("1"))
+            #expect(value["e\u{301}"] == .number("2"))
+        }
+    }
+
+    /// Object equality through an index of names for large objects: order-free, values compared.
+    @Test func largeObjectsCompareRegardlessOfOrder() throws {
+        let forward = try JSONParser.parse(Self.wideObject(50))
+        guard case .object(let members) = forward else { return }
+        #expect(JSONValue.object(members.reversed()) == forward)
+        var changed = members
+        changed[17].value = .number("-1")
+        #expect(JSONValue.object(changed) != forward)
+        changed[17] = JSONMember(key: "other", value: members[17].value)
+        #expect(JSONValue.object(changed) != forward)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func itemsUnderAMegabyteNameAreValidatedWithoutBuildingTheirPointers() throws {
+        let schema = try JSONSchema(
+            document: JSONParser.parse("{\"additionalProperties\":{\"items\":{\"type\":\"integer\"}}}")
+        )
+        let name = String(repeating: "n", count: 1 << 20)
+        let items = Array(repeating: "1", count: 200_000).joined(separator: ",")
+        let instance = try JSONParser.parse("{\"\(name)\":[\(items),\"x\"]}")
+        let errors = schema.validate(instance)
+        #expect(errors.map(\.pointer) == ["/\(name)/200000"])
+    }
+
+    /// Pointers are still built right where an error is: escaped names (RFC 6901), indexes, required
+    /// names of small and large objects alike.
+    @Test func errorPointersNameTheirPlace() throws {
+        let schema = try JSONSchema(
+            document: JSONParser.parse(
+                """
+                {"properties":{"a/b":{"items":{"type":"string"}},"m~n":{"required":["x"]}},
+                 "required":["a/b","gone"],"additionalProperties":false}
+                """
+            )
+        )
+        let small = try JSONParser.parse("{\"a/b\":[\"s\",2],\"m~n\":{},\"extra\":0}")
+        #expect(schema.validate(small).map(\.pointer) == ["/gone", "/a~1b/1", "/m~0n/x", "/extra"])
+        let wide = (0..<20).map { ",\"e\($0)\":0" }.joined()
+        let large = try JSONParser.parse("{\"a/b\":[\"s\",2],\"m~n\":{}\(wide)}")
+        let pointers = schema.validate(large).map(\.pointer)
+        #expect(pointers.prefix(3) == ["/gone", "/a~1b/1", "/m~0n/x"])
+        #expect(pointers.count == 23 && pointers.last == "/e19")
+    }
+}

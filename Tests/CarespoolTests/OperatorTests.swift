@@ -1,4 +1,5 @@
 import Foundation
+import Store
 import Subprocess
 import Testing
 
@@ -73,7 +74,7 @@ import Testing
         try intakeCSV(count: 20).write(toFile: dir.path + "/patients.csv", atomically: true, encoding: .utf8)
         let run = try await Daemon.serve(
             spool: spool,
-            arguments: ["--http", "127.0.0.1:\(port)", "--http-token", "scheduler:s3cret:*"]
+            arguments: ["--http", "127.0.0.1:\(port)", "--http-token", "scheduler:s3cret-s3cret-s3cret:*"]
         ) { pid in
             try await waitUntilServing(spool)
             // Atomic drops for scripts; one bad file among them.
@@ -83,7 +84,7 @@ import Testing
             let intake = try await Daemon.command(["drop", "--kind", "intake"] + base + [dir.path + "/patients.csv"])
             let posted = try await curl([
                 "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "-H",
-                "Authorization: Bearer s3cret", "--data-binary", event("OP2", "2025-01-10T12:30:00Z"),
+                "Authorization: Bearer s3cret-s3cret-s3cret", "--data-binary", event("OP2", "2025-01-10T12:30:00Z"),
                 "http://127.0.0.1:\(port)/webhook/appointments",
             ])
             let view = SpoolView(root: spool)
@@ -152,5 +153,40 @@ import Testing
         #expect(has("drop", me) && has("retry", me) && has("query.patients", me) && has("query.visits", me))
         let query = rows.first { $0["action"] as? String == "query.patients" && $0["target"] as? String == "mrn=MRN3" }
         #expect(query != nil)
+    }
+}
+
+/// Paging arithmetic is checked (issue 16, finding 7): a page so far out that its offset overflows is an
+/// empty page, never a trap (`query patients --page 9223372036854775807` died on an overflow).
+@Suite struct PagingTests {
+    @Test func anOffsetThatWouldOverflowIsPastEveryRow() {
+        #expect(AppDatabase.offset(page: 1, pageSize: 50) == 0)
+        #expect(AppDatabase.offset(page: 3, pageSize: 50) == 100)
+        #expect(AppDatabase.offset(page: 0, pageSize: 50) == 0)
+        #expect(AppDatabase.offset(page: Int.max, pageSize: 1_000) == Int.max)
+        #expect(AppDatabase.offset(page: Int.max, pageSize: 1) == Int.max - 1)
+    }
+
+    @Test func theLastPossiblePageIsAnEmptyPage() async throws {
+        let dir = TempDir("paging")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        let database = try AppDatabase.open(path: spool + "/carespool.sqlite3")
+        let direct = try database.patients(mrn: nil, firstName: nil, lastName: nil, page: .max, pageSize: 1_000)
+        #expect(direct.rows.isEmpty && direct.total == 0)
+        #expect(try database.visits(mrn: nil, page: .max, pageSize: 1_000).rows.isEmpty)
+        #expect(try database.appointments(id: nil, patient: nil, page: .max, pageSize: 1_000).rows.isEmpty)
+        for query in ["patients", "visits", "appointments"] {
+            for size in ["1", "1000"] {
+                let result = try await Daemon.command([
+                    "query", query, "--spool", spool, "--page", "9223372036854775807", "--page-size", size, "--json",
+                ])
+                #expect(result.status == .exited(0), "\(query) \(size): \(result.err)")
+                let parsed = try? JSONSerialization.jsonObject(with: Data(result.out.utf8)) as? [String: Any]
+                #expect((parsed?[query] as? [Any])?.isEmpty == true, "\(result.out)")
+                #expect(result.out.contains("\"page\":9223372036854775807"), "\(result.out)")
+            }
+        }
     }
 }
