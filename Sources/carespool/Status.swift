@@ -21,22 +21,38 @@ struct Status: AsyncParsableCommand {
         let (spool, databasePath, _) = try spoolOptions.resolved()
         // The daemon's verdicts on entries it cannot claim: not counted as waiting, here as in /health.
         let unclaimable = spool.loadUnclaimable()
-        var counts: [(folder: String, kind: String, files: Int)] = []
+        var counts: [(folder: String, kind: String, files: Int?)] = []
         // Seconds the oldest file of each inbox has waited since it arrived (nil: none waits).
         var waited: [String: Int] = [:]
         let now = Clock.nowNanos()
+        // An operator (group carespool-ops) may not enter processing/ or partners' folders: those counts
+        // are unknown to it (nil), the rest is shown.
+        func readable<T>(_ body: () throws(SpoolError) -> T) throws(SpoolError) -> T? {
+            do {
+                return try body()
+            } catch  where error.code == EACCES || error.code == EPERM {
+                return nil
+            }
+        }
         for kind in kinds {
-            counts.append(("inbox", kind, try spool.pendingInInboxes(of: kind)))
-            if let arrived = try spool.oldestInInboxes(of: kind) {
+            counts.append(
+                ("inbox", kind, try readable { () throws(SpoolError) in try spool.pendingInInboxes(of: kind) })
+            )
+            if let arrived = try readable({ () throws(SpoolError) in try spool.oldestInInboxes(of: kind) }) ?? nil {
                 waited[kind] = Int(max(0, now.subtractingReportingOverflow(arrived).partialValue / 1_000_000_000))
             }
-            counts.append(("processing", kind, try spool.pendingCount(spool.processingPath(kind))))
+            counts.append(
+                (
+                    "processing", kind,
+                    try readable { () throws(SpoolError) in try spool.pendingCount(spool.processingPath(kind)) }
+                )
+            )
             var done = 0
             for day in try spool.scanAll(spool.donePath(kind)) where !day.hasPrefix(".") {
                 done += try spool.scanAll(spool.donePath(kind) + "/" + day).filter { !$0.hasPrefix(".") }.count
             }
             counts.append(("done", kind, done))
-            let failed = try spool.scanAll(spool.failedPath(kind)).filter { $0.hasSuffix(".error.json") }.count
+            let failed = try spool.scanAll(spool.failedPath(kind)).filter { $0.hasSuffix(SpoolName.errorSuffix) }.count
             counts.append(("failed", kind, failed))
         }
         let retrying =
@@ -55,7 +71,8 @@ struct Status: AsyncParsableCommand {
                 let oldest =
                     count.folder == "inbox"
                     ? ",\"oldest_seconds\":" + (waited[count.kind].map(String.init) ?? "null") : ""
-                return "{\"folder\":\"\(count.folder)\",\"kind\":\"\(count.kind)\",\"files\":\(count.files)\(oldest)}"
+                let files = count.files.map(String.init) ?? "null"
+                return "{\"folder\":\"\(count.folder)\",\"kind\":\"\(count.kind)\",\"files\":\(files)\(oldest)}"
             }
             .joined(separator: ",")
             out += "],\"retrying\":" + (retrying.isEmpty ? "[]" : retrying) + ",\"unclaimable\":\(unclaimable)"
@@ -80,8 +97,8 @@ struct Status: AsyncParsableCommand {
         print("folder      " + kinds.map { $0.padding(toLength: 14, withPad: " ", startingAt: 0) }.joined())
         for folder in ["inbox", "processing", "done", "failed"] {
             let row = kinds.map { kind in
-                String(counts.first { $0.folder == folder && $0.kind == kind }?.files ?? 0)
-                    .padding(toLength: 14, withPad: " ", startingAt: 0)
+                ((counts.first { $0.folder == folder && $0.kind == kind }?.files).map { $0.map(String.init) ?? "-" }
+                    ?? "0").padding(toLength: 14, withPad: " ", startingAt: 0)
             }
             print(folder.padding(toLength: 12, withPad: " ", startingAt: 0) + row.joined())
             if folder == "inbox" {
@@ -90,6 +107,9 @@ struct Status: AsyncParsableCommand {
                 }
                 print("  waiting   " + ages.joined())
             }
+        }
+        if counts.contains(where: { $0.files == nil }) {
+            print("(-: a folder this user may not read; run as carespool, or root, for every count)")
         }
         print("retrying: " + (retrying == "[]" ? "none" : retrying))
         if unclaimable > 0 {

@@ -186,6 +186,13 @@ import Testing
                     target + " >/dev/null 2>&1"
                 )
             }
+            // The operator's status: what it may read, and "-" for what it may not (processing/, partners').
+            let status = try await Self.run([
+                "/usr/bin/setpriv", "--reuid=" + op, "--regid=" + ops, "--init-groups", Daemon.binary, "status",
+                "--config", config, "--spool", spool,
+            ])
+            checks["the operator's status: \(status.err)"] =
+                status.status == .exited(0) && status.out.contains("a folder this user may not read")
             // The inbox of partner B swapped for a link to a folder the daemon must not empty.
             let elsewhere = dir.path + "/elsewhere"
             mkdir(elsewhere, 0o777)
