@@ -190,10 +190,11 @@ extension Spool {
     package func pendingInInboxes(of kind: String) throws(SpoolError) -> Int {
         var total = 0
         for inbox in inboxes where inbox.kind == kind {
-            do {
+            do throws(SpoolError) {
                 total += try pendingCount(inbox.path)
-            } catch where error.isNotAFolderAnyMore {
-                continue  // a replaced inbox is no longer used (the daemon says so once)
+            } catch {
+                // A replaced inbox is no longer used (the daemon says so once).
+                guard error.isNotAFolderAnyMore else { throw error }
             }
         }
         return total
@@ -203,10 +204,10 @@ extension Spool {
     package func oldestInInboxes(of kind: String) throws(SpoolError) -> Int64? {
         var oldest: Int64?
         for inbox in inboxes where inbox.kind == kind {
-            do {
+            do throws(SpoolError) {
                 if let arrived = try oldestPending(inbox.path) { oldest = min(oldest ?? arrived, arrived) }
-            } catch where error.isNotAFolderAnyMore {
-                continue
+            } catch {
+                guard error.isNotAFolderAnyMore else { throw error }
             }
         }
         return oldest
