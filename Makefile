@@ -11,6 +11,9 @@ SWIFT        ?= swift
 APT_PACKAGES := libsqlite3-dev sqlite3 curl systemd make python3
 SPOOL        ?= spool
 CONFIG       ?= /dev/null
+# make run opens the HTTP routes without credentials on loopback (a route with none is closed otherwise);
+# RUN_ARGS= (empty) to keep them closed, or give tokens in CONFIG.
+RUN_ARGS     ?= --http-open '*'
 BENCH_BUILD  := .build-release
 INSTALL_BUILD := .build-install
 PREFIX       ?= /usr
@@ -34,7 +37,7 @@ build: deps
 
 run: build
 	mkdir -p $(SPOOL)
-	.build/debug/carespool serve --config $(CONFIG) --spool $(SPOOL) --db $(SPOOL)/carespool.sqlite3 --schema schema.json
+	.build/debug/carespool serve --config $(CONFIG) --spool $(SPOOL) --db $(SPOOL)/carespool.sqlite3 --schema schema.json $(RUN_ARGS)
 
 lint:
 	$(SWIFT) format lint --strict --recursive Sources Tests Package.swift fuzz

@@ -191,7 +191,7 @@ def http_phase(binary, schema, seconds):
         port = free_port()
         log = open(os.path.join(root, "daemon.log"), "w")
         daemon = subprocess.Popen([binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning",
-                                   "--http", "127.0.0.1:%d" % port,
+                                   "--http", "127.0.0.1:%d" % port, "--http-open", "*",
                                    # The write path's rate, not the backpressure's: over 20 s the inbox
                                    # outgrows the default high-water mark (20,000) on tmpfs.
                                    "--inbox-high-water", "1000000"], stderr=log)

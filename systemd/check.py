@@ -203,9 +203,16 @@ def wait_for(predicate, timeout=30.0):
     return predicate()
 
 
-def http(method, path, body=None, port=8080):
+# The bearer token the checks post with, given to the service as a systemd credential (LoadCredential=).
+TOKEN = "systemd-check-token-0123456789"
+
+
+def http(method, path, body=None, port=8080, token=True):
+    headers = {"Authorization": "Bearer " + TOKEN} if token else {}
+    if body:
+        headers["Content-Type"] = "application/json"
     request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=body, method=method,
-                                     headers={"Content-Type": "application/json"} if body else {})
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read()
@@ -340,6 +347,15 @@ def inside_checks():
         for kind in ("appointments", "zoom", "intake"):
             run("install", "-d", "-o", "carespool", "-g", "partner", "-m", "2770", partner_inbox(kind), check_status=True)
             config.write('\n[[inbox]]\npath = "%s"\nkind = "%s"\n' % (partner_inbox(kind), kind))
+        # Every route closed but to this token, read from a systemd credential.
+        config.write('\n[[http.token]]\nname = "check"\nsecret_file = "http-token"\nroutes = ["*"]\n')
+    with open("/etc/carespool/http-token", "w") as secret:
+        secret.write(TOKEN + "\n")
+    os.chmod("/etc/carespool/http-token", 0o600)
+    os.makedirs("/etc/systemd/system/carespool.service.d", exist_ok=True)
+    with open("/etc/systemd/system/carespool.service.d/credentials.conf", "w") as dropin:
+        dropin.write("[Service]\nLoadCredential=http-token:/etc/carespool/http-token\n")
+    run("systemctl", "daemon-reload", check_status=True)
 
     # Start: Type=notify returns when READY=1 came.
     start = run("systemctl", "start", "carespool.service")
@@ -436,6 +452,8 @@ def inside_checks():
     # HTTP through IPAddressAllow=localhost.
     code, body = http("POST", "/webhook/appointments", event("SD-HTTP").encode())
     check("POST /webhook/appointments: 202", code == 202, "%s %s" % (code, body[:80]))
+    code, _ = http("POST", "/ingest", b"[]", token=False)
+    check("a route without the caller's credential: 401", code == 401, str(code))
     spool_id = json.loads(body)["id"] if code == 202 else ""
     check("the posted event is stored", wait_for(lambda: query(
         "SELECT count(*) FROM appointment_events WHERE appointment_id = 'SD-HTTP'") == "1", 15))

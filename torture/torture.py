@@ -66,6 +66,9 @@ class Daemon:
                 "--http", "127.0.0.1:%d" % http if http else "off"]
         if db:
             args += ["--db", db]
+        # Routes without credentials are closed; these campaigns post unsigned on loopback: opened.
+        if http and not any(flag in extra for flag in ("--http-token", "--zoom-secret", "--webhook-secret")):
+            args += ["--http-open", "*"]
         self.log = open(os.path.join(os.path.dirname(spool), "daemon.log"), "a")
         self.process = subprocess.Popen(args + list(extra), stderr=self.log)
         deadline = time.monotonic() + 30
@@ -494,6 +497,30 @@ def campaign_hostile(binary, work, full):
         f.write(event("HU1"))
     os.rename(os.path.join(inbox.encode(), b"." + bad_utf8 + b".tmp"), os.path.join(inbox.encode(), bad_utf8))
     cases["bad%FF%FEname.json"] = "done"  # renamed to its percent-escaped form, then processed
+    # Names a hostile partner picks (docs/SECURITY.md): canonically equivalent twins, 90 bytes that are
+    # not UTF-8, a name too long for <id>--<name> and its sidecars, control characters. Each must be
+    # claimed once and keep its whole name (its text form) in the ledger.
+    ledger_names = {}
+    for raw, text, key in ((b"caf\xc3\xa9.json", "caf\u00e9.json", "HX1"), (b"cafe\xcc\x81.json", "cafe\u0301.json", "HX2"),
+                           (b"\xfe" * 90, "%FE" * 90, "HX3"),
+                           (("\u00e9" * 120 + "-visits.json").encode(), "\u00e9" * 120 + "-visits.json", "HX4"),
+                           (b"esc\x1b]0;owned\x07\r.json", "esc\x1b]0;owned\x07\r.json", "HX5")):
+        temporary = os.path.join(inbox.encode(), b".hostile.tmp")
+        with open(temporary, "w") as f:
+            f.write(event(key))
+        os.rename(temporary, os.path.join(inbox.encode(), raw))
+        ledger_names[text] = key
+    # Links planted where the daemon once wrote fixed names, aimed at a file outside the spool.
+    canary = os.path.join(work, "canary")
+    with open(canary, "w") as f:
+        f.write("precious")
+    canary_mtime = os.stat(canary).st_mtime_ns
+    for name in ("tmp/.retrying.json", "tmp/.drop-a.json", "tmp/.w", "processing/retrying.json", "processing/.crashed"):
+        try:
+            os.symlink(canary, os.path.join(spool, name))
+        except FileExistsError:
+            os.unlink(os.path.join(spool, name))
+            os.symlink(canary, os.path.join(spool, name))
     sparse = os.path.join(inbox, "sparse.json")
     with open(sparse, "wb") as f:
         f.truncate(2 * 1024 * 1024 * 1024)
@@ -512,7 +539,7 @@ def campaign_hostile(binary, work, full):
         os.rename(os.path.join(inbox, "vanishing.json"), os.path.join(work, "vanished.json"))
     except FileNotFoundError:
         pass  # the daemon claimed it first: then it is processed like any other
-    r.faults = len(cases) + 3
+    r.faults = len(cases) + 3 + len(ledger_names) + 5
     r.sent = r.faults
     if not settled(spool, timeout=120):
         r.fail("the spool did not settle")
@@ -545,7 +572,13 @@ def campaign_hostile(binary, work, full):
                     if secret in open(path, "rb").read():
                         r.fail("/etc/shadow was read (found in %s)" % path)
     stored = set(n for (n,) in db.execute("SELECT appointment_id FROM appointment_events"))
-    for key in ("HL1", "HN1", "HU1"):
+    originals = [n for (n,) in db.execute("SELECT original_name FROM files")]
+    for text, key in ledger_names.items():
+        if originals.count(text) != 1:
+            r.fail("%r is %d times in the ledger (its whole name, once, expected)" % (text, originals.count(text)))
+    if open(canary).read() != "precious" or os.stat(canary).st_mtime_ns != canary_mtime:
+        r.fail("a planted symlink was followed: the file outside the spool changed")
+    for key in ["HL1", "HN1", "HU1"] + list(ledger_names.values()):
         if key not in stored:
             r.lost += 1
             r.notes.append("%s not stored" % key)

@@ -39,6 +39,9 @@ package struct ConfiguredToken: Sendable, Equatable {
     /// The secret's length in bytes when the file gives `secret` (nil for `sha256`), for the executable's
     /// check of weak secrets at start.
     package var secretBytes: Int? = nil
+    /// `secret_file`: the file holding the secret (an absolute path, or a systemd credential's name),
+    /// read by the executable at start; `sha256` is empty until then.
+    package var secretFile: String? = nil
 }
 
 /// The file's settings; nil (or empty) where the file says nothing.
@@ -63,7 +66,13 @@ package struct ConfigFile: Sendable {
     package var tokens: [ConfiguredToken] = []
     package var zoomSecrets: [String] = []
     package var webhookSecrets: [String: [String]] = [:]
+    /// `http.zoom_secret_files` and `[http.webhook_secret_files]`: files holding secrets (absolute paths,
+    /// or systemd credentials' names), read by the executable at start, added to the secrets above.
+    package var zoomSecretFiles: [String] = []
+    package var webhookSecretFiles: [String: [String]] = [:]
     package var ratePerSecond: Double?
+    /// `http.open_routes`: routes (kinds, or "*") opened without credentials, loopback only.
+    package var openRoutes: [String]?
     package var inboxHighWater: Int?
     package var diskReserveMib: Int?
     package var headerTimeoutSeconds: Int?
@@ -136,7 +145,26 @@ package struct ConfigFile: Sendable {
                 throw reader.error("http.listen", "must be HOST:PORT or \"off\"")
             }
             zoomSecrets = try reader.strings(http, "zoom_secrets", at: "http") ?? []
+            zoomSecretFiles = try reader.strings(http, "zoom_secret_files", at: "http") ?? []
+            if let files = try reader.table(http, "webhook_secret_files", at: "http") {
+                try reader.only(files, at: "http.webhook_secret_files", allowed: kinds)
+                for kind in kinds {
+                    if let list = try reader.strings(files, kind, at: "http.webhook_secret_files") {
+                        webhookSecretFiles[kind] = list
+                    }
+                }
+            }
             ratePerSecond = try reader.double(http, "rate_per_second", at: "http")
+            if let routes = try reader.strings(http, "open_routes", at: "http") {
+                let expanded = routes.contains("*") ? kinds : routes
+                guard expanded.allSatisfy(kinds.contains) else {
+                    throw reader.error(
+                        "http.open_routes",
+                        "list routes among " + kinds.joined(separator: ", ") + ", or \"*\""
+                    )
+                }
+                openRoutes = expanded
+            }
             inboxHighWater = try reader.int(http, "inbox_high_water", at: "http", in: ConfigLimits.inboxHighWater)
             diskReserveMib = try reader.int(http, "disk_reserve_mib", at: "http", in: ConfigLimits.diskReserveMib)
             headerTimeoutSeconds = try reader.int(http, "header_timeout_s", at: "http", in: ConfigLimits.timeoutSeconds)
@@ -155,7 +183,7 @@ package struct ConfigFile: Sendable {
             if let list = try reader.tables(http, "token", at: "http") {
                 for (index, entry) in list.enumerated() {
                     let at = "http.token[\(index)]"
-                    try reader.only(entry, at: at, allowed: ["name", "sha256", "secret", "routes"])
+                    try reader.only(entry, at: at, allowed: ["name", "sha256", "secret", "secret_file", "routes"])
                     guard let name = try reader.string(entry, "name", at: at, nonEmpty: true) else {
                         throw reader.error(at, "a token needs a name")
                     }
@@ -164,9 +192,14 @@ package struct ConfigFile: Sendable {
                     }
                     let hex = try reader.string(entry, "sha256", at: at)
                     let secret = try reader.string(entry, "secret", at: at, nonEmpty: true)
+                    let secretFile = try reader.string(entry, "secret_file", at: at, nonEmpty: true)
                     let digest: [UInt8]
                     var secretBytes: Int?
                     switch (hex, secret) {
+                    case (nil, nil) where secretFile != nil:
+                        digest = []
+                    case _ where secretFile != nil:
+                        throw reader.error(at, "give exactly one of sha256, secret or secret_file")
                     case (let hex?, nil):
                         guard let bytes = Self.hexBytes(hex), bytes.count == 32 else {
                             throw reader.error(at + ".sha256", "must be 64 hex digits (sha256sum of the token)")
@@ -176,7 +209,7 @@ package struct ConfigFile: Sendable {
                         digest = Array(SHA256.hash(data: Array(secret.utf8)))
                         secretBytes = secret.utf8.count
                     default:
-                        throw reader.error(at, "give exactly one of sha256 (preferred) or secret")
+                        throw reader.error(at, "give exactly one of sha256, secret or secret_file (preferred)")
                     }
                     let routes = try reader.strings(entry, "routes", at: at) ?? []
                     let expanded = routes.contains("*") ? kinds : routes
@@ -187,7 +220,13 @@ package struct ConfigFile: Sendable {
                         )
                     }
                     tokens.append(
-                        ConfiguredToken(name: name, sha256: digest, routes: expanded, secretBytes: secretBytes)
+                        ConfiguredToken(
+                            name: name,
+                            sha256: digest,
+                            routes: expanded,
+                            secretBytes: secretBytes,
+                            secretFile: secretFile
+                        )
                     )
                 }
             }
@@ -199,7 +238,8 @@ package struct ConfigFile: Sendable {
         "stream_threshold", "busy_timeout_ms", "retention", "inbox", "http",
     ]
     static let httpKeys = [
-        "listen", "token", "zoom_secrets", "webhook_secrets", "rate_per_second", "inbox_high_water",
+        "listen", "token", "zoom_secrets", "zoom_secret_files", "webhook_secrets", "webhook_secret_files",
+        "rate_per_second", "open_routes", "inbox_high_water",
         "disk_reserve_mib", "header_timeout_s", "body_timeout_s", "max_connections", "webhook_body_limit",
         "ingest_body_limit",
     ]

@@ -94,9 +94,14 @@ package struct HTTPConfiguration: Sendable {
     package var webhookSecrets: [String: [String]]
     /// How far `x-zm-request-timestamp` and `webhook-timestamp` may be from now. Default 300 s.
     package var timestampTolerance: Int
-    /// Requests a second per sender (bearer token name, or the route for unauthenticated and Zoom-signed
-    /// senders), bursts up to the same number; nil for no limit (the default).
+    /// Requests a second per authenticated sender (bearer token name, or the route for signed and opened
+    /// routes), bursts up to the same number, taken after authentication; nil for no limit (the default).
+    /// Failed attempts are limited apart, per client address (``failedAttemptsPerSecond``): an attacker's
+    /// 429s never reach a genuine sender.
     package var ratePerSecond: Double?
+    /// Routes (kinds) opened without credentials: only on a loopback address. A route with neither a
+    /// credential nor this is closed: 401. Default none.
+    package var openRoutes: Set<String>
     /// Backpressure: 503 with Retry-After while an inbox holds more than this many files (default
     /// 20,000) or the spool's filesystem has less than `diskReserve` bytes free (default 256 MiB).
     package var inboxHighWater: Int
@@ -123,7 +128,8 @@ package struct HTTPConfiguration: Sendable {
         diskReserve: Int64 = 256 << 20,
         headerTimeout: Duration = .seconds(10),
         bodyTimeout: Duration = .seconds(60),
-        maxConnections: Int = 1_024
+        maxConnections: Int = 1_024,
+        openRoutes: Set<String> = []
     ) {
         self.host = host
         self.port = port
@@ -139,14 +145,50 @@ package struct HTTPConfiguration: Sendable {
         self.headerTimeout = headerTimeout
         self.bodyTimeout = bodyTimeout
         self.maxConnections = maxConnections
+        self.openRoutes = openRoutes
     }
 
-    /// Why this configuration must not start: no auth at all on a non-loopback address.
+    /// Failed attempts (401, 403) allowed per client address: a second on average, bursts of 20; past
+    /// them the address is answered 429 before its request is read.
+    package static let failedAttemptsPerSecond = 1.0
+    package static let failedAttemptsBurst = 20.0
+
+    /// How a route is protected.
+    package enum Protection: Sendable, Equatable {
+        /// Zoom's `x-zm-signature` (the Zoom route with a Zoom secret).
+        case zoomSignature
+        /// Standard Webhooks signatures (a route with webhook secrets).
+        case webhookSignature
+        /// A bearer token naming the route; these tokens' names.
+        case bearer([String])
+        /// Opened without credentials (loopback only).
+        case open
+        /// No credential configured and not opened: every request 401.
+        case closed
+    }
+
+    /// The protection of the route of `kind`: a signature where a secret is configured, else bearer tokens
+    /// when any token is configured (only those naming the route pass), else open if opened, else closed.
+    package func protection(of kind: String) -> Protection {
+        if kind == "zoom" && !zoomSecrets.isEmpty { return .zoomSignature }
+        if !(webhookSecrets[kind] ?? []).isEmpty { return .webhookSignature }
+        let named = tokens.filter { $0.routes.contains(kind) }.map(\.name)
+        if !named.isEmpty || (!tokens.isEmpty && !openRoutes.contains(kind)) { return .bearer(named) }
+        return openRoutes.contains(kind) ? .open : .closed
+    }
+
+    /// Whether `host` is a loopback address.
+    package var isLoopback: Bool {
+        host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
+    }
+
+    /// Why this configuration must not start: a route opened without credentials on an address that is
+    /// not loopback.
     package var refusal: String? {
-        let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
-        if tokens.isEmpty && zoomSecrets.isEmpty && webhookSecrets.values.allSatisfy(\.isEmpty) && !loopback {
-            return
-                "no bearer token, Zoom secret or webhook secret is configured: refusing to listen on \(host), only on loopback"
+        let opened = ["appointments", "zoom", "intake"].filter { protection(of: $0) == .open }
+        if !opened.isEmpty && !isLoopback {
+            return "routes opened without credentials (\(opened.joined(separator: ", "))) may listen on loopback "
+                + "only, not on \(host): give them bearer tokens or signing secrets"
         }
         return nil
     }
@@ -223,6 +265,10 @@ package func buildRouter(
     let writer = DurableWriter(spool: spool)
     // A burst of at least one request: below 1 per second the bucket could never hold a whole token.
     let limiter = configuration.ratePerSecond.map { RateLimiter(rate: $0, burst: max(1, $0)) }
+    let failures = RateLimiter(
+        rate: HTTPConfiguration.failedAttemptsPerSecond,
+        burst: HTTPConfiguration.failedAttemptsBurst
+    )
     let pressure = Backpressure(
         spool: spool,
         highWater: configuration.inboxHighWater,
@@ -241,6 +287,7 @@ package func buildRouter(
                 writer: writer,
                 inbox: inbox,
                 limiter: limiter,
+                failures: failures,
                 pressure: pressure,
                 now: now
             )
@@ -257,13 +304,33 @@ package func buildRouter(
             return response
         }
     }
-    router.get("/spool/:id") { _, context -> Response in
+    router.get("/spool/:id") { request, context -> Response in
+        // Readable: the kinds whose route is open, and those the presented bearer token may write. A
+        // signed sender has no token: it waits for its verdict with `Prefer: wait` instead.
+        let client = Ingress.clientAddress(context)
+        if let retryAfter = failures.exhausted(client) {
+            var response = Ingress.error(.tooManyRequests, "too many failed attempts from this address")
+            response.headers[.retryAfter] = String(retryAfter)
+            return response
+        }
+        var readable = Set(spool.kinds.filter { configuration.protection(of: $0) == .open })
+        if let header = request.headers[.authorization], let credentials = Ingress.bearerCredentials(header) {
+            let presented = Array(SHA256.hash(data: Array(credentials.utf8)))
+            if let token = configuration.tokens.first(where: { ZoomSignature.constantTimeEqual($0.sha256, presented) })
+            {
+                readable.formUnion(token.routes)
+            }
+        }
+        guard !readable.isEmpty else {
+            _ = failures.take(client)
+            return Ingress.error(.unauthorized, "a bearer token of the request's route is required")
+        }
         let id = context.parameters.get("id") ?? ""
         guard id.count == 36,
             id.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) || $0 == 0x2D })
         else { return Ingress.error(.badRequest, "not a spool id") }
         let name = Spool.requestName(id: id)
-        for kind in spool.kinds {
+        for kind in spool.kinds where readable.contains(kind) {
             if let found = await verdict(name, kind) {
                 let state = found.outcome == "rejected" ? "failed" : "done"
                 let errors = found.errors.map { problem in
@@ -354,6 +421,8 @@ private struct Ingress {
     let writer: DurableWriter
     let inbox: Spool.Inbox
     let limiter: RateLimiter?
+    /// Failed attempts per client address.
+    let failures: RateLimiter
     let pressure: Backpressure
     let now: @Sendable () -> Int
 
@@ -470,29 +539,66 @@ private struct Ingress {
         json(status, "{\"status\":\"error\",\"error\":\(JSONValue.quoted(message))}")
     }
 
+    /// The client's address, for the failed-attempt limit.
+    static func clientAddress(_ context: IngressContext) -> String {
+        context.channel.remoteAddress?.ipAddress ?? "unknown"
+    }
+
+    /// A 401 or 403, counted against the client's address.
+    func refuse(_ status: HTTPResponse.Status, _ message: String, client: String) -> Response {
+        _ = failures.take(client)
+        return Self.error(status, message)
+    }
+
+    /// A 429 for `sender` when the authenticated sender's rate is used up.
+    func rateLimited(_ sender: String) -> Response? {
+        guard let limiter, let retryAfter = limiter.take(sender) else { return nil }
+        var response = Self.error(.tooManyRequests, "rate limit exceeded")
+        response.headers[.retryAfter] = String(retryAfter)
+        return response
+    }
+
     func handle(_ request: Request, context: IngressContext) async throws -> Response {
         let isZoom = inbox.kind == "zoom"
-        let zoomSigned = isZoom && !configuration.zoomSecrets.isEmpty
-        let webhookKeys = (configuration.webhookSecrets[inbox.kind] ?? []).map(StandardWebhooks.key(secret:))
-        // Bearer auth (deliveries are signed instead where a Zoom or Standard Webhooks secret is configured).
+        let protection = configuration.protection(of: inbox.kind)
+        let zoomSigned = protection == .zoomSignature
+        let webhookKeys =
+            protection == .webhookSignature
+            ? (configuration.webhookSecrets[inbox.kind] ?? []).map(StandardWebhooks.key(secret:)) : []
+        let client = Self.clientAddress(context)
+        // An address that failed too often is not heard out; a genuine sender elsewhere is not affected.
+        if let retryAfter = failures.exhausted(client) {
+            var response = Self.error(.tooManyRequests, "too many failed attempts from this address")
+            response.headers[.retryAfter] = String(retryAfter)
+            return response
+        }
         var sender = "route:" + inbox.kind
-        if !configuration.tokens.isEmpty && !zoomSigned && webhookKeys.isEmpty {
+        switch protection {
+        case .closed:
+            return refuse(
+                .unauthorized,
+                "no credential is configured for this route: it is closed (give it a bearer token or a signing "
+                    + "secret, or open it on loopback)",
+                client: client
+            )
+        case .bearer:
             guard let header = request.headers[.authorization], let credentials = Self.bearerCredentials(header) else {
-                return Self.error(.unauthorized, "missing bearer token")
+                return refuse(.unauthorized, "missing bearer token", client: client)
             }
             let presented = Array(SHA256.hash(data: Array(credentials.utf8)))
             guard
                 let token = configuration.tokens.first(where: { ZoomSignature.constantTimeEqual($0.sha256, presented) })
-            else { return Self.error(.unauthorized, "unknown bearer token") }
+            else { return refuse(.unauthorized, "unknown bearer token", client: client) }
             guard token.routes.contains(inbox.kind) else {
-                return Self.error(.forbidden, "token \(token.name) may not write \(inbox.kind)")
+                return refuse(.forbidden, "token \(token.name) may not write \(inbox.kind)", client: client)
             }
             sender = "token:" + token.name
-        }
-        if let limiter, let retryAfter = limiter.take(sender) {
-            var response = Self.error(.tooManyRequests, "rate limit exceeded")
-            response.headers[.retryAfter] = String(retryAfter)
-            return response
+            // Authenticated before its body is read: its rate is taken here.
+            if let limited = rateLimited(sender) { return limited }
+        case .open:
+            if let limited = rateLimited(sender) { return limited }
+        case .zoomSignature, .webhookSignature:
+            break  // verified with the body below, then rate-limited
         }
         // Media types are case-insensitive (RFC 9110 §8.3.1): `Application/JSON` is JSON too.
         let contentType = request.headers[.contentType] ?? ""
@@ -540,11 +646,15 @@ private struct Ingress {
             let id = request.headers[Self.webhookID] ?? ""
             let timestamp = request.headers[Self.webhookTimestamp] ?? ""
             guard !id.isEmpty, id.utf8.count <= 256 else {
-                return Self.error(.unauthorized, "webhook-id missing or longer than 256 bytes")
+                return refuse(.unauthorized, "webhook-id missing or longer than 256 bytes", client: client)
             }
             guard let seconds = Int(timestamp), Self.isRecent(seconds, now: now(), configuration.timestampTolerance)
             else {
-                return Self.error(.unauthorized, "webhook-timestamp missing or more than 5 minutes off (replay)")
+                return refuse(
+                    .unauthorized,
+                    "webhook-timestamp missing or more than 5 minutes off (replay)",
+                    client: client
+                )
             }
             let signature = request.headers[Self.webhookSignature] ?? ""
             guard
@@ -555,8 +665,9 @@ private struct Ingress {
                     body: bytes,
                     keys: webhookKeys
                 )
-            else { return Self.error(.unauthorized, "webhook-signature does not match") }
+            else { return refuse(.unauthorized, "webhook-signature does not match", client: client) }
             sender = "webhook:" + inbox.kind
+            if let limited = rateLimited(sender) { return limited }
             // The key's file name: hex SHA-256 of the id (any bytes a sender chooses stay out of paths).
             idempotencyKey = SHA256.hash(data: Array(id.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }
                 .joined()
@@ -565,13 +676,18 @@ private struct Ingress {
             let timestamp = request.headers[Self.zoomTimestamp] ?? ""
             guard let seconds = Int(timestamp), Self.isRecent(seconds, now: now(), configuration.timestampTolerance)
             else {
-                return Self.error(.unauthorized, "x-zm-request-timestamp missing or more than 5 minutes off (replay)")
+                return refuse(
+                    .unauthorized,
+                    "x-zm-request-timestamp missing or more than 5 minutes off (replay)",
+                    client: client
+                )
             }
             let signature = request.headers[Self.zoomSignature] ?? ""
             let valid = configuration.zoomSecrets.contains {
                 ZoomSignature.isValid(signature: signature, timestamp: timestamp, body: bytes, secret: $0)
             }
-            guard valid else { return Self.error(.unauthorized, "x-zm-signature does not match") }
+            guard valid else { return refuse(.unauthorized, "x-zm-signature does not match", client: client) }
+            if let limited = rateLimited(sender) { return limited }
         }
         // Well-formed, checked without holding a large array whole (the pipeline streams it).
         let document: JSONParser.Checked

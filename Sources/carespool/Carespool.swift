@@ -204,9 +204,33 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help:
+            "A file holding a Zoom secret token (an absolute path, or a systemd credential's name in $CREDENTIALS_DIRECTORY); repeatable; replaces the config's."
+    )
+    var zoomSecretFile: [String] = []
+
+    @Option(
+        help:
+            "ROUTE:FILE, a file holding a Standard Webhooks secret (absolute, or a credential's name); repeatable; replaces the config's."
+    )
+    var webhookSecretFile: [String] = []
+
+    @Option(
+        help:
+            "NAME:FILE:ROUTES, a bearer token whose secret is in FILE (absolute, or a credential's name); repeatable; replaces the config's tokens."
+    )
+    var httpTokenFile: [String] = []
+
+    @Option(
+        help:
             "A Standard Webhooks secret ROUTE:SECRET (whsec_…; routes: appointments, zoom, intake); repeatable, two for a rotation; replaces the config's."
     )
     var webhookSecret: [String] = []
+
+    @Option(
+        help:
+            "A route (appointments, zoom, intake, or *) opened without credentials; loopback only; repeatable; replaces the config's open_routes. A route with no credential and not opened answers 401."
+    )
+    var httpOpen: [String] = []
 
     @Option(help: "HTTP requests a second per sender (token bucket, same burst; 429 with Retry-After); 0 for none (0).")
     var httpRate: Double?

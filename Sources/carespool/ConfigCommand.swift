@@ -76,8 +76,30 @@ struct ConfigCommand: AsyncParsableCommand {
                 return lines.joined(separator: "\n")
             }
             let host = http.host.contains(":") ? "[\(http.host)]" : http.host
+            // Each route's protection, as a comment: what a sender needs to be heard.
+            lines += [
+                "# route protection: "
+                    + [
+                        ("appointments", "POST /webhook/appointments"), ("zoom", "POST /zoom_events/events"),
+                        ("intake", "POST /ingest"),
+                    ].map { kind, route in
+                        let how: String
+                        switch http.protection(of: kind) {
+                        case .zoomSignature: how = "Zoom signature (x-zm-signature)"
+                        case .webhookSignature: how = "Standard Webhooks signature"
+                        case .bearer(let names):
+                            how =
+                                names.isEmpty
+                                ? "closed (no token names it)" : "bearer token " + names.joined(separator: ", ")
+                        case .open: how = "OPEN without credentials (loopback only)"
+                        case .closed: how = "closed (401: no credential configured)"
+                        }
+                        return route + " " + how
+                    }.joined(separator: "; ")
+            ]
             lines += [
                 "listen = \(quoted("\(host):\(http.port)"))",
+                "open_routes = [" + http.openRoutes.sorted().map(quoted).joined(separator: ", ") + "]",
                 "zoom_secrets = [" + http.zoomSecrets.map { _ in masked }.joined(separator: ", ") + "]",
                 "rate_per_second = \(http.ratePerSecond ?? 0)",
                 "inbox_high_water = \(http.inboxHighWater)",

@@ -54,9 +54,27 @@ struct Settings {
         let listen = serve?.http ?? config.httpListen ?? "127.0.0.1:8080"
         // Secrets are parsed and checked whether or not HTTP is on: a weak one is a mistake either way.
         var tokens: [HTTPToken] = []
-        let tokenFlags = serve?.httpToken ?? []
+        let credentials = SecretFile.credentialsDirectory
+        let tokenFileFlags = serve?.httpTokenFile ?? []
+        let tokenFlags = (serve?.httpToken ?? []) + (tokenFileFlags.isEmpty ? [] : [""])
+        for spec in tokenFileFlags {
+            // NAME:FILE:ROUTES, the secret read from FILE.
+            let parts = spec.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 3, !parts[0].isEmpty,
+                let token = HTTPToken(
+                    spec: parts[0] + ":"
+                        + (try SecretFile.read(parts[1], key: "--http-token-file \(parts[0])", credentials: credentials))
+                        + ":" + parts[2]
+                )
+            else {
+                throw ValidationError(
+                    "--http-token-file must be NAME:FILE:ROUTES (routes: appointments, zoom, intake, *)"
+                )
+            }
+            tokens.append(token)
+        }
         if !tokenFlags.isEmpty {
-            for spec in tokenFlags {
+            for spec in tokenFlags where !spec.isEmpty {
                 guard let token = HTTPToken(spec: spec) else {
                     throw ValidationError(
                         "--http-token must be NAME:SECRET:ROUTES (routes: appointments, zoom, intake, *)"
@@ -65,8 +83,29 @@ struct Settings {
                 tokens.append(token)
             }
         } else {
-            tokens = config.tokens.map {
-                HTTPToken(name: $0.name, sha256: $0.sha256, routes: Set($0.routes), secretBytes: $0.secretBytes)
+            for (index, configured) in config.tokens.enumerated() {
+                guard let file = configured.secretFile else {
+                    tokens.append(
+                        HTTPToken(
+                            name: configured.name,
+                            sha256: configured.sha256,
+                            routes: Set(configured.routes),
+                            secretBytes: configured.secretBytes
+                        )
+                    )
+                    continue
+                }
+                let key = "http.token[\(index)].secret_file"
+                let secret: String
+                do {
+                    secret = try SecretFile.read(file, key: key, credentials: credentials)
+                } catch let error as ValidationError {
+                    throw config.error(key, error.message.replacingPrefix(key + ": "))
+                }
+                if let reason = SecretRule.weakness(keyBytes: secret.utf8.count) { throw config.error(key, reason) }
+                tokens.append(
+                    HTTPToken(spec: configured.name + ":" + secret + ":" + configured.routes.joined(separator: ","))!
+                )
             }
         }
         var webhookSecrets = config.webhookSecrets
@@ -81,13 +120,57 @@ struct Settings {
                 webhookSecrets[String(parts[0]), default: []].append(String(parts[1]))
             }
         }
-        let zoomFlags = serve?.zoomSecret ?? []
-        let zoomSecrets = zoomFlags.isEmpty ? config.zoomSecrets : zoomFlags
+        var zoomFlags = serve?.zoomSecret ?? []
+        for file in serve?.zoomSecretFile ?? [] {
+            zoomFlags.append(try SecretFile.read(file, key: "--zoom-secret-file", credentials: credentials))
+        }
+        var zoomSecrets = zoomFlags.isEmpty ? config.zoomSecrets : zoomFlags
+        if zoomFlags.isEmpty {
+            for file in config.zoomSecretFiles {
+                let key = "http.zoom_secret_files"
+                do {
+                    let secret = try SecretFile.read(file, key: key, credentials: credentials)
+                    if let reason = SecretRule.weakness(zoomSecret: secret) { throw config.error(key, reason) }
+                    zoomSecrets.append(secret)
+                } catch let error as ValidationError {
+                    throw config.error(key, error.message.replacingPrefix(key + ": "))
+                }
+            }
+        }
+        var webhookFileFlags = false
+        for spec in serve?.webhookSecretFile ?? [] {
+            let parts = spec.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 2, ["appointments", "zoom", "intake"].contains(parts[0]) else {
+                throw ValidationError("--webhook-secret-file must be ROUTE:FILE (routes: appointments, zoom, intake)")
+            }
+            if !webhookFileFlags && webhookFlags.isEmpty { webhookSecrets = [:] }
+            webhookFileFlags = true
+            webhookSecrets[parts[0], default: []].append(
+                try SecretFile.read(parts[1], key: "--webhook-secret-file \(parts[0])", credentials: credentials)
+            )
+        }
+        if webhookFlags.isEmpty && !webhookFileFlags {
+            for route in config.webhookSecretFiles.keys.sorted() {
+                let key = "http.webhook_secret_files.\(route)"
+                for file in config.webhookSecretFiles[route] ?? [] {
+                    do {
+                        let secret = try SecretFile.read(file, key: key, credentials: credentials)
+                        if let reason = SecretRule.weakness(webhookSecret: secret) { throw config.error(key, reason) }
+                        webhookSecrets[route, default: []].append(secret)
+                    } catch let error as ValidationError {
+                        throw config.error(key, error.message.replacingPrefix(key + ": "))
+                    }
+                }
+            }
+        }
         try Self.checkSecrets(
             tokens: tokens,
             zoomSecrets: zoomSecrets,
             webhookSecrets: webhookSecrets,
-            fromFlags: (tokens: !tokenFlags.isEmpty, zoom: !zoomFlags.isEmpty, webhook: !webhookFlags.isEmpty),
+            fromFlags: (
+                tokens: !tokenFlags.isEmpty, zoom: !zoomFlags.isEmpty,
+                webhook: !webhookFlags.isEmpty || webhookFileFlags
+            ),
             config: config
         )
         guard listen != "off" else {
@@ -98,6 +181,14 @@ struct Settings {
             throw ValidationError("--http must be HOST:PORT or off, not \(listen)")
         }
         let rate = serve?.httpRate ?? config.ratePerSecond ?? 0
+        var openRoutes = Set(config.openRoutes ?? [])
+        if let flags = serve?.httpOpen, !flags.isEmpty {
+            let expanded = flags.contains("*") ? ["appointments", "zoom", "intake"] : flags
+            guard expanded.allSatisfy(["appointments", "zoom", "intake"].contains) else {
+                throw ValidationError("--http-open takes a route: appointments, zoom, intake, or *")
+            }
+            openRoutes = Set(expanded)
+        }
         let configuration = HTTPConfiguration(
             host: host,
             port: port,
@@ -127,7 +218,8 @@ struct Settings {
                 "--http-max-connections",
                 serve?.httpMaxConnections,
                 ConfigLimits.maxConnections
-            ) ?? config.maxConnections ?? 1_024
+            ) ?? config.maxConnections ?? 1_024,
+            openRoutes: openRoutes
         )
         if let refusal = configuration.refusal {
             // From the file (and not overridden): a configuration error, exit 78; from flags: a usage error.
@@ -163,5 +255,12 @@ struct Settings {
                 throw config.error("http.webhook_secrets.\(route)", reason)
             }
         }
+    }
+}
+
+extension String {
+    /// Itself without `prefix`, if it starts with it.
+    fileprivate func replacingPrefix(_ prefix: String) -> String {
+        hasPrefix(prefix) ? String(dropFirst(prefix.count)) : self
     }
 }

@@ -243,11 +243,19 @@ import Testing
             #expect(result.status == .exited(78))
             #expect(result.err.contains("\(config):5: http.rate_per_second: must be a number"), "\(result.err)")
         }
-        // No authentication on a public address: refused, naming the key.
-        try "[http]\nlisten = \"0.0.0.0:8080\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        // A route opened without credentials on a public address: refused, naming the key.
+        try "[http]\nlisten = \"0.0.0.0:8080\"\nopen_routes = [\"intake\"]\n"
+            .write(toFile: config, atomically: true, encoding: .utf8)
         let open = try await Daemon.command(["serve", "--config", config, "--spool", dir.path + "/spool"])
         #expect(open.status == .exited(78))
-        #expect(open.err.contains("\(config):2: http.listen: no bearer token"))
+        #expect(
+            open.err.contains("\(config):2: http.listen: routes opened without credentials (intake)"),
+            "\(open.err)"
+        )
+        // Listing a route that does not exist is an error too.
+        try "[http]\nopen_routes = [\"billing\"]\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let unknown = try await Daemon.command(["config", "check", config])
+        #expect(unknown.status == .exited(78) && unknown.err.contains("http.open_routes"), "\(unknown.err)")
         #expect(try await Daemon.command(["config", "check", dir.path + "/missing.toml"]).status == .exited(78))
         // An inbox on another filesystem than the spool (/dev/shm is a tmpfs): files could never be
         // claimed by rename, so start-up stops.

@@ -40,6 +40,8 @@ enum Daemon {
                 "serve", "--spool", spool, "--schema", TestPaths.schemaJSON.path, "--settle-ms", "300", "--rescan-ms",
                 "1000",
             ] + (extra.contains("--http") ? [] : ["--http", "off"]) + extra
+            // A route with no credential is closed: tests that post unsigned on loopback open every route.
+            + (extra.contains("--http") && !extra.contains(where: Self.authFlags.contains) ? ["--http-open", "*"] : [])
         var environment = Self.environment
         if !variables.isEmpty {
             environment = environment.updating(
@@ -48,6 +50,9 @@ enum Daemon {
         }
         return try await running(arguments, environment: environment, body)
     }
+
+    /// The flags that give routes credentials (or open them): with none, `serve` opens every route.
+    static let authFlags: Set<String> = ["--http-token", "--zoom-secret", "--webhook-secret", "--http-open"]
 
     /// Starts `carespool serve --config FILE` (nothing else on the command line), like `serve`.
     static func serveWithConfig<R: Sendable>(

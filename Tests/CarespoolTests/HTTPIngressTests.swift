@@ -13,8 +13,11 @@ import WebhookSignatures
 @Suite struct HTTPIngressTests {
     let dir = TempDir("http")
 
+    /// Every route opened without credentials, for the tests of what the door checks besides auth.
+    static let allRoutes: Set<String> = ["appointments", "zoom", "intake"]
+
     func app(
-        _ configuration: HTTPConfiguration = .init(),
+        _ configuration: HTTPConfiguration = .init(openRoutes: allRoutes),
         now: Int = 1_720_707_175,
         databaseUp: Bool = true
     ) throws -> (some ApplicationProtocol, Spool) {
@@ -61,7 +64,7 @@ import WebhookSignatures
 
     @Test func theDoorChecksContentTypeSizeAndJSON() async throws {
         defer { dir.cleanup() }
-        let (app, spool) = try app(HTTPConfiguration(webhookBodyLimit: 64))
+        let (app, spool) = try app(HTTPConfiguration(webhookBodyLimit: 64, openRoutes: Self.allRoutes))
         try await app.test(.router) { client in
             try await client.execute(
                 uri: "/webhook/appointments",
@@ -149,8 +152,10 @@ import WebhookSignatures
             ) { #expect($0.status == .accepted) }
         }
         #expect(try inbox(spool, "appointments").count == 1)
-        #expect(HTTPConfiguration(host: "0.0.0.0").refusal != nil)
-        #expect(HTTPConfiguration(host: "127.0.0.1").refusal == nil)
+        // Every route closed (no credential): safe anywhere. An opened route: loopback only.
+        #expect(HTTPConfiguration(host: "0.0.0.0").refusal == nil)
+        #expect(HTTPConfiguration(host: "0.0.0.0", openRoutes: ["intake"]).refusal != nil)
+        #expect(HTTPConfiguration(host: "127.0.0.1", openRoutes: ["intake"]).refusal == nil)
     }
 
     /// The bearer scheme is case-insensitive (RFC 9110 §11.1), one or more spaces before the token (issue
@@ -401,7 +406,7 @@ import WebhookSignatures
         defer { dir.cleanup() }
         let body = ByteBuffer(string: event("P1", "2025-01-10T12:30:00Z"))
         let headers: HTTPFields = [.contentType: "application/json"]
-        let (app, spool) = try app(HTTPConfiguration(inboxHighWater: 1))
+        let (app, spool) = try app(HTTPConfiguration(inboxHighWater: 1, openRoutes: Self.allRoutes))
         try await app.test(.router) { client in
             try await client.execute(uri: "/webhook/appointments", method: .post, headers: headers, body: body) {
                 #expect($0.status == .accepted)
@@ -414,7 +419,7 @@ import WebhookSignatures
             }
         }
         #expect(try inbox(spool, "appointments").count == 1)
-        let (full, _) = try self.app(HTTPConfiguration(diskReserve: Int64.max))
+        let (full, _) = try self.app(HTTPConfiguration(diskReserve: Int64.max, openRoutes: Self.allRoutes))
         try await full.test(.router) { client in
             try await client.execute(uri: "/ingest", method: .post, headers: headers, body: ByteBuffer(string: "[]")) {
                 #expect($0.status == .serviceUnavailable)

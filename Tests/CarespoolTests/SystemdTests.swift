@@ -106,7 +106,7 @@ final class NotifySocket: Sendable {
             .name("systemd-socket-activate"),
             arguments: [
                 "-l", "127.0.0.1:\(port)", Daemon.binary, "serve", "--spool", spool, "--schema",
-                TestPaths.schemaJSON.path, "--http", "127.0.0.1:\(port)", "--settle-ms", "100",
+                TestPaths.schemaJSON.path, "--http", "127.0.0.1:\(port)", "--http-open", "*", "--settle-ms", "100",
             ],
             environment: Daemon.environment,
             input: .none,
