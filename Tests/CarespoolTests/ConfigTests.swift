@@ -121,7 +121,8 @@ import Testing
         }.joined(separator: "\n")
         let all = try ConfigFile(text: uncommented, path: path, kinds: Self.kinds)
         #expect(all.retentionDays == 30 && all.settleMs == 2_000 && all.openHoldMs == 600_000 && all.inboxes.count == 1)
-        #expect(all.httpListen == "127.0.0.1:8080" && all.tokens.count == 1 && all.webhookSecrets.count == 1)
+        #expect(all.httpListen == "127.0.0.1:8080" && all.tokens.count == 2 && all.webhookSecrets.count == 1)
+        #expect(all.tokens.last?.secretFile == "importer-token" && all.zoomSecretFiles == ["zoom-secret"])
         #expect(all.maxConnections == 1_024 && all.ingestBodyLimit == 64 << 20)
     }
 
