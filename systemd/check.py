@@ -487,6 +487,20 @@ def inside_checks():
     state = show("carespool.service", "ActiveState", "NRestarts", "WatchdogTimestampMonotonic", "MainPID")
     check("watchdog: 7 s under WatchdogSec=2s, no restart", state["ActiveState"] == "active" and state["NRestarts"] == "0"
           and int(state["MainPID"]) == first and int(state["WatchdogTimestampMonotonic"]) > 0, str(state))
+    # A legitimate file that takes several times WatchdogSec: progress feeds the watchdog, so it is stored
+    # once, never quarantined, and the daemon is never restarted.
+    rows = ["mrn,first_name,last_name,birth_date,visit_account_number,visit_date,reason"]
+    rows += ["W%d,Zoë,Núñez,1980-01-01,WV%d,2025-03-01,check-up" % (n % 50000, n) for n in range(1200000)]
+    started = time.monotonic()
+    drop("intake", "huge.csv", "\n".join(rows) + "\n")
+    done = wait_for(lambda: finished("intake", "huge.csv") == "done", 240)
+    took = time.monotonic() - started
+    state = show("carespool.service", "ActiveState", "NRestarts", "MainPID")
+    check("watchdog: a %.0f s file under WatchdogSec=2s stored once, no restart, not quarantined" % took,
+          done and took > 4 and state["NRestarts"] == "0" and int(state["MainPID"]) == first
+          and query("SELECT count(*) FROM visits WHERE visit_account_number LIKE 'WV%'") == "1200000"
+          and not os.path.exists(os.path.join(SPOOL, "processing", ".crashed")),
+          "%s, %.1f s, %s visits" % (state, took, query("SELECT count(*) FROM visits WHERE visit_account_number LIKE 'WV%'")))
     os.unlink("/run/systemd/system/carespool.service.d/watchdog.conf")
     run("systemctl", "daemon-reload", check_status=True)
     run("systemctl", "restart", "carespool.service", check_status=True)

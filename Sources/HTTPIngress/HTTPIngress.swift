@@ -177,9 +177,16 @@ package struct HTTPConfiguration: Sendable {
         return openRoutes.contains(kind) ? .open : .closed
     }
 
-    /// Whether `host` is a loopback address.
+    /// Whether `host` is a loopback address: an IPv4 literal in 127.0.0.0/8, `::1`, or `localhost`. A name
+    /// is never judged by its spelling (`127.example.org` may resolve anywhere).
     package var isLoopback: Bool {
-        host == "127.0.0.1" || host == "::1" || host == "localhost" || host.hasPrefix("127.")
+        if host == "localhost" || host == "::1" || host == "[::1]" { return true }
+        let octets = host.split(separator: ".", omittingEmptySubsequences: false)
+        guard octets.count == 4, octets[0] == "127" else { return false }
+        return octets.allSatisfy { part in
+            !part.isEmpty && part.count <= 3 && part.allSatisfy(\.isASCII) && part.allSatisfy(\.isNumber)
+                && Int(part).map { $0 <= 255 } == true
+        }
     }
 
     /// Why this configuration must not start: a route opened without credentials on an address that is
@@ -308,11 +315,6 @@ package func buildRouter(
         // Readable: the kinds whose route is open, and those the presented bearer token may write. A
         // signed sender has no token: it waits for its verdict with `Prefer: wait` instead.
         let client = Ingress.clientAddress(context)
-        if let retryAfter = failures.exhausted(client) {
-            var response = Ingress.error(.tooManyRequests, "too many failed attempts from this address")
-            response.headers[.retryAfter] = String(retryAfter)
-            return response
-        }
         var readable = Set(spool.kinds.filter { configuration.protection(of: $0) == .open })
         if let header = request.headers[.authorization], let credentials = Ingress.bearerCredentials(header) {
             let presented = Array(SHA256.hash(data: Array(credentials.utf8)))
@@ -322,7 +324,11 @@ package func buildRouter(
             }
         }
         guard !readable.isEmpty else {
-            _ = failures.take(client)
+            if let retryAfter = failures.take(client) {
+                var response = Ingress.error(.tooManyRequests, "too many failed attempts from this address")
+                response.headers[.retryAfter] = String(retryAfter)
+                return response
+            }
             return Ingress.error(.unauthorized, "a bearer token of the request's route is required")
         }
         let id = context.parameters.get("id") ?? ""
@@ -544,9 +550,15 @@ private struct Ingress {
         context.channel.remoteAddress?.ipAddress ?? "unknown"
     }
 
-    /// A 401 or 403, counted against the client's address.
+    /// A 401 or 403, counted against the client's address; past the address's failed attempts, a 429
+    /// instead. Only failures count and only failures are refused so: a request whose credential holds is
+    /// heard whatever its address did before (behind a reverse proxy, or a NAT, every sender shares one).
     func refuse(_ status: HTTPResponse.Status, _ message: String, client: String) -> Response {
-        _ = failures.take(client)
+        if let retryAfter = failures.take(client) {
+            var response = Self.error(.tooManyRequests, "too many failed attempts from this address")
+            response.headers[.retryAfter] = String(retryAfter)
+            return response
+        }
         return Self.error(status, message)
     }
 
@@ -566,12 +578,6 @@ private struct Ingress {
             protection == .webhookSignature
             ? (configuration.webhookSecrets[inbox.kind] ?? []).map(StandardWebhooks.key(secret:)) : []
         let client = Self.clientAddress(context)
-        // An address that failed too often is not heard out; a genuine sender elsewhere is not affected.
-        if let retryAfter = failures.exhausted(client) {
-            var response = Self.error(.tooManyRequests, "too many failed attempts from this address")
-            response.headers[.retryAfter] = String(retryAfter)
-            return response
-        }
         var sender = "route:" + inbox.kind
         switch protection {
         case .closed:

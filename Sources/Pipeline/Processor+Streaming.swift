@@ -4,6 +4,7 @@ import Kinds
 import Logging
 import Spool
 import Store
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -23,7 +24,21 @@ extension Engine {
         guard let kind = Kind(rawValue: file.kind) else { return }
         do {
             // Size before work: fstat says how large it is before a byte is read.
-            guard let (size64, _) = spool.sizeBeforeReading(file) else { throw SpoolError("read", file.path, ENOENT) }
+            guard let (size64, sparse, links) = spool.sizeBeforeReading(file) else {
+                throw SpoolError("read", file.path, ENOENT)
+            }
+            if sparse || links > 1 {
+                // Checked in the batch before; changed since (its sender still holds it): a verdict.
+                rejectUnread(
+                    file,
+                    "the file changed after it was claimed (holes, or other hard links): not read",
+                    claimedAt: claimedAt
+                )
+                return
+            }
+            // Every pass reads at most this: what its sender adds later is never read.
+            var file = file
+            file.readLimit = size64
             let size = Int(size64)
             // Pass 0: its first line only (at most 16 MiB), to tell NDJSON, a JSON array, CSV, or one document.
             var firstLine: [UInt8] = []
@@ -74,7 +89,10 @@ extension Engine {
             var digest = String(repeating: "0", count: 64)
             if tooLarge == nil {
                 var hasher = SHA256()
-                try spool.readChunks(file) { chunk in hasher.update(data: chunk) }
+                try spool.readChunks(file) { chunk in
+                    hasher.update(data: chunk)
+                    try chunkDone()
+                }
                 digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
             }
             let receivedAt = Clock.timestamp()
@@ -122,6 +140,11 @@ extension Engine {
             let touched = try spool.finish(file, to: destination, sidecars: sidecars, sidecarFiles: sidecarFiles)
             directorySync.schedule(touched)
             logFinished(file, report, claimedAt: claimedAt)
+        } catch is StoppedMidFile {
+            logger.notice(
+                "stopped in the middle of a large file: it resumes at the next start",
+                metadata: ["file.id": "\(file.id)"]
+            )
         } catch let error as SpoolError where error.code == ENOENT {
             logger.warning("claimed file vanished", metadata: ["file.id": "\(file.id)"])
         } catch let error as SpoolError where error.isTransient {
@@ -138,6 +161,16 @@ extension Engine {
 
     /// Ends a pass over a file early.
     private struct StopReading: Error {}
+
+    /// Shutdown was asked for in the middle of a large file: it is left in processing/ as a crash would
+    /// leave it, and resumes after the restart (its committed chunks count as stored, nothing twice).
+    struct StoppedMidFile: Error {}
+
+    /// Between chunks: proof of progress for the watchdog, and the point where a shutdown stops.
+    func chunkDone() throws {
+        progressed()
+        if stopping.load(ordering: .relaxed) { throw StoppedMidFile() }
+    }
 
     /// Pass 2: every line (or with `array`, every element of the JSON array) parsed, validated and
     /// committed in chunks; rejected records appended to `rejected`, one per line.
@@ -165,6 +198,7 @@ extension Engine {
             }
             if !rejectedText.isEmpty { try rejected.append(Array(rejectedText.utf8)) }
             unlisted += totals.absorb(chunkReport, listing: Self.listedProblems)
+            try chunkDone()
         }
 
         func flush() throws {
@@ -273,6 +307,7 @@ extension Engine {
             }
             if !out.isEmpty { try rejected.append(out) }
             unlisted += totals.absorb(chunk, listing: Self.listedProblems)
+            try chunkDone()
         }
 
         func flush() throws {

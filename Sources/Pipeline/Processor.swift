@@ -108,7 +108,8 @@ package final class Processor: Service {
             database: database,
             catalog: catalog,
             configuration: configuration,
-            logger: logger
+            logger: logger,
+            progress: { heartbeat(false) }
         )
     }
 
@@ -224,7 +225,20 @@ final class Engine: @unchecked Sendable {
         var lastError: String
     }
 
-    init(spool: Spool, database: AppDatabase, catalog: Catalog, configuration: PipelineConfiguration, logger: Logger) {
+    /// Proof of progress for the watchdog, called as work advances within a step (each chunk of a large
+    /// file, each batch), at most every 500 ms: a stall, not a long file, is what starves the watchdog.
+    private let progressPing: @Sendable () -> Void
+    private var lastProgress: Int64 = 0
+
+    init(
+        spool: Spool,
+        database: AppDatabase,
+        catalog: Catalog,
+        configuration: PipelineConfiguration,
+        logger: Logger,
+        progress: @escaping @Sendable () -> Void = {}
+    ) {
+        self.progressPing = progress
         self.spool = spool
         self.database = database
         self.catalog = catalog
@@ -399,6 +413,7 @@ final class Engine: @unchecked Sendable {
             }
             if batch.isEmpty { break }
             CrashGuard.during(batch.map(\.id)) { process(batch, claimedAt: claimedAt) }
+            progressed()
             for file in batch {
                 claimedFresh.remove(file.id)
                 isolated.remove(file.id)
@@ -410,6 +425,14 @@ final class Engine: @unchecked Sendable {
         writeRetryState()
         writeUnclaimableState()
         checkpointIfDue()
+    }
+
+    /// Says that work advanced (the watchdog's proof), at most every 500 ms.
+    func progressed() {
+        let now = Clock.monotonicNanos()
+        guard now - lastProgress >= 500_000_000 else { return }
+        lastProgress = now
+        progressPing()
     }
 
     /// Starts a WAL checkpoint on its own queue at most every 500 ms, never two at once.
@@ -437,10 +460,16 @@ final class Engine: @unchecked Sendable {
         // Size before work: a sparse file (a hole reads as NULs, which no JSON or CSV holds) is rejected
         // unread, before a byte of it is read or hashed — a 20 GB file with nothing on disk is no work.
         for file in all where !quarantined.contains(file.id) && unreadVerdicts[file.id] == nil {
-            if let (size, sparse) = spool.sizeBeforeReading(file), sparse {
+            guard let (size, sparse, links) = spool.sizeBeforeReading(file) else { continue }
+            if sparse {
                 unreadVerdicts[file.id] =
                     "a sparse file (\(size) bytes long, with holes that read as NUL bytes): never read; "
                     + "send the file itself, not a file with holes"
+            } else if links > 1 {
+                // Its other name may be in its sender's folder: the bytes could change under the daemon.
+                unreadVerdicts[file.id] =
+                    "the file has \(links) hard links: never read, as its sender could change it through another "
+                    + "name after the claim; send the file itself"
             }
         }
         let large = all.filter { file in
@@ -451,7 +480,12 @@ final class Engine: @unchecked Sendable {
                 && (entry.size > threshold || (streamIntake && file.kind == Kind.intake.rawValue))
         }
         let largeIDs = Set(large.map(\.id))
-        let batch = all.filter { !largeIDs.contains($0.id) }
+        // Read whole only up to the threshold that sent them here: grown past it since, a file is not read.
+        let batch = all.filter { !largeIDs.contains($0.id) }.map { file in
+            var bounded = file
+            bounded.readLimit = min(file.readLimit ?? threshold, threshold)
+            return bounded
+        }
         defer {
             for file in large {
                 processLarge(file, claimedAt: claimedAt[file.id] ?? Clock.monotonicNanos())
@@ -628,6 +662,15 @@ final class Engine: @unchecked Sendable {
                 receivedAt: receivedAt,
                 mayHaveLedgerRow: !fresh,
                 "not a regular file (\(type.rawValue)): never opened or followed"
+            )
+        case .grown(let size):
+            return unread(
+                file,
+                kind: kind,
+                receivedAt: receivedAt,
+                mayHaveLedgerRow: !fresh,
+                "the file grew to \(size) bytes after it was claimed (its sender still writes it): not read; "
+                    + "drop it again once it is complete"
             )
         case .regular(let bytes):
             let digest = SHA256.hash(data: bytes).map { byte in

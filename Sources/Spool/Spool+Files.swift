@@ -167,6 +167,7 @@ extension Spool {
         defer { close(fd) }
         guard fstat(fd, &st) == 0 else { throw SpoolError("read", file.path, errno) }
         guard FileType(mode: st.st_mode) == .regular else { return .notRegular(FileType(mode: st.st_mode)) }
+        if let limit = file.readLimit, Int64(st.st_size) > limit { return .grown(Int64(st.st_size)) }
         var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
         var filled = 0
         while filled < bytes.count {
@@ -184,10 +185,11 @@ extension Spool {
         return .regular(bytes)
     }
 
-    /// What fstat(2) says of a claimed regular file before anything is read: its size, and whether it has
+    /// What fstat(2) says of a claimed regular file before anything is read: its size, whether it has
     /// holes (a sparse file: SEEK_HOLE finds one before its end — holes read as NUL bytes, which no JSON
-    /// or CSV holds). nil when it is not a regular file or is gone.
-    package func sizeBeforeReading(_ file: Claimed) -> (size: Int64, sparse: Bool)? {
+    /// or CSV holds), and its hard links (more than one: its partner can still change it through another
+    /// name). nil when it is not a regular file or is gone.
+    package func sizeBeforeReading(_ file: Claimed) -> (size: Int64, sparse: Bool, links: Int)? {
         guard let folder = try? folders.descriptor(processingPath(file.kind)) else { return nil }
         let fd = openat(folder, file.spoolName, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
@@ -195,12 +197,13 @@ extension Spool {
         var st = stat()
         guard fstat(fd, &st) == 0, FileType(mode: st.st_mode) == .regular else { return nil }
         let size = Int64(st.st_size)
+        let links = Int(st.st_nlink)
         // st_blocks first (cheap): a file with all its blocks on disk has no hole worth naming. Then
         // SEEK_HOLE, which a filesystem without hole reporting answers with the file's end.
         let allocated = Int64(st.st_blocks) * 512
-        guard size > 1 << 20, allocated < size else { return (size, false) }
+        guard size > 1 << 20, allocated < size else { return (size, false, links) }
         let hole = lseek(fd, 0, 4 /* SEEK_HOLE */)
-        return (size, hole >= 0 && Int64(hole) < size)
+        return (size, hole >= 0 && Int64(hole) < size, links)
     }
 
     /// Calls `body` with successive chunks (at most `chunkSize` bytes) of a claimed regular file, opened
@@ -218,13 +221,17 @@ extension Spool {
         guard fstat(fd, &st) == 0 else { throw SpoolError("read", file.path, errno) }
         guard FileType(mode: st.st_mode) == .regular else { throw SpoolError("read", file.path, EINVAL) }
         var buffer = [UInt8](repeating: 0, count: chunkSize)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
+        // Never past the size checked before work (``Claimed/readLimit``), else past the size at open.
+        var remaining = min(file.readLimit ?? Int64(st.st_size), Int64(st.st_size))
+        while remaining > 0 {
+            let want = Int(min(Int64(buffer.count), remaining))
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, want) }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw SpoolError("read", file.path, errno)
             }
             if n == 0 { return }
+            remaining -= Int64(n)
             try body(buffer[0..<n])
         }
     }

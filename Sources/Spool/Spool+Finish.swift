@@ -62,7 +62,8 @@ extension Spool {
     package func requeue(id: String) throws(SpoolError) -> (kind: String, name: String)? {
         for kind in kinds {
             let folder = failedPath(kind)
-            for name in try scanAll(folder) where SpoolName.isFile(name, of: id) {
+            let names = try scanAll(folder)
+            for name in SpoolName.files(among: names) where name.hasPrefix(id + SpoolName.separator) {
                 guard let (_, original) = SpoolName.parse(name) else { continue }
                 let from = try folders.descriptor(folder)
                 let to = try folders.descriptor(inboxPath(kind))

@@ -23,14 +23,29 @@ package enum SpoolName {
         return (String(spoolName[..<split.lowerBound]), String(spoolName[split.upperBound...]))
     }
 
-    /// Whether `name` (in failed/) is a sidecar: an error report or rejected records.
-    package static func isSidecar(_ name: String) -> Bool {
-        name.hasSuffix(errorSuffix) || name.contains(".rejected.")
+    /// The files themselves among `names` (a listing of failed/<kind>/), without their sidecars. A sidecar
+    /// is another entry's name plus `.error.json` or `.rejected.<ext>`: judged against the listing, never
+    /// by the name alone, so that a partner's `bad.error.json` is a file like any other.
+    package static func files(among names: [String]) -> [String] {
+        let present = Set(names)
+        return names.filter { name in
+            guard parse(name) != nil else { return false }
+            if name.hasSuffix(errorSuffix), present.contains(String(name.dropLast(errorSuffix.utf8.count))) {
+                return false
+            }
+            // `<file>.rejected.<ext>`: the last ".rejected." in the name, an extension without a dot after it.
+            if let range = name.ranges(of: ".rejected.").last, present.contains(String(name[..<range.lowerBound])),
+                !name[range.upperBound...].contains(".")
+            {
+                return false
+            }
+            return true
+        }
     }
 
-    /// Whether `name` is the failed file itself of id `id` (not one of its sidecars).
-    package static func isFile(_ name: String, of id: String) -> Bool {
-        name.hasPrefix(id + separator) && !isSidecar(name)
+    /// Whether `name` is the failed file itself of id `id` among `names` (not one of its sidecars).
+    package static func isFile(_ name: String, of id: String, among names: [String]) -> Bool {
+        name.hasPrefix(id + separator) && files(among: names).contains(name)
     }
 
     /// A name as text: itself when its bytes are UTF-8; otherwise every byte of an invalid sequence (and

@@ -114,6 +114,10 @@ package struct Spool: Sendable {
         /// Who dropped it: the sender an HTTP request file names (``Spool/senderAttribute``), else the
         /// Unix user owning the file as claimed (`uid:N` when the user has no name); nil when unknown.
         package var sender: String?
+        /// The most bytes any read of it takes: the size checked before work. The partner who dropped it
+        /// may still hold it (an open descriptor, another hard link) and grow it after the claim; what it
+        /// adds is never read. nil: the size at each open.
+        package var readLimit: Int64?
 
         package init(
             id: String,
@@ -148,6 +152,8 @@ package struct Spool: Sendable {
     package enum Content: Sendable {
         case regular([UInt8])
         case notRegular(FileType)
+        /// It grew past its ``Claimed/readLimit`` after the claim (to this size): not read.
+        case grown(Int64)
     }
 
     /// The spool's root folder.

@@ -561,10 +561,8 @@ struct Retry: AsyncParsableCommand {
         var targets = ids
         if all, let kind {
             guard spool.kinds.contains(kind) else { throw ValidationError("unknown kind \(kind)") }
-            targets = try spool.scanAll(spool.failedPath(kind)).filter {
-                !$0.hasPrefix(".") && !SpoolName.isSidecar($0)
-            }
-            .compactMap { SpoolName.parse($0)?.id }.sorted()
+            targets = SpoolName.files(among: try spool.scanAll(spool.failedPath(kind)).filter { !$0.hasPrefix(".") })
+                .compactMap { SpoolName.parse($0)?.id }.sorted()
         }
         var failures = 0
         var requeued: [JSONValue] = []

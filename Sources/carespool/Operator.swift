@@ -139,14 +139,16 @@ struct Show: AsyncParsableCommand {
         let (spool, databasePath, _) = try spoolOptions.resolved()
         var places: [String] = []
         for kind in spool.kinds {
+            // An operator may not enter processing/: what it may not read, it does not list.
+            let prefix = id + SpoolName.separator
             for folder in [spool.inboxPath(kind), spool.processingPath(kind), spool.failedPath(kind)] {
-                for name in try spool.scanAll(folder) where name.hasPrefix(id + "--") {
+                for name in (try? spool.scanAll(folder)) ?? [] where name.hasPrefix(prefix) {
                     places.append(folder + "/" + name)
                 }
             }
-            for day in try spool.scanAll(spool.donePath(kind)) {
+            for day in (try? spool.scanAll(spool.donePath(kind))) ?? [] {
                 let folder = spool.donePath(kind) + "/" + day
-                for name in try spool.scanAll(folder) where name.hasPrefix(id + "--") {
+                for name in (try? spool.scanAll(folder)) ?? [] where name.hasPrefix(prefix) {
                     places.append(folder + "/" + name)
                 }
             }

@@ -29,7 +29,8 @@ enum SecretFile {
             }
             resolved = credentials + "/" + path
         }
-        let fd = open(resolved, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        // O_NONBLOCK: a FIFO named here must not hang the start; it is refused below as not a file.
+        let fd = open(resolved, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)
         guard fd >= 0 else {
             throw ValidationError("\(key): cannot read \(resolved): \(String(cString: strerror(errno)))")
         }
@@ -40,6 +41,15 @@ enum SecretFile {
         }
         if st.st_mode & 0o004 != 0 {
             throw ValidationError("\(key): \(resolved) is readable by everyone: chmod o-r it (0600 or 0640)")
+        }
+        // Whoever may write it chooses the secret: only root or the daemon's own user, nobody else.
+        if st.st_mode & 0o022 != 0 {
+            throw ValidationError("\(key): \(resolved) is writable by group or others: chmod go-w it (0600 or 0640)")
+        }
+        if st.st_uid != 0 && st.st_uid != geteuid() {
+            throw ValidationError(
+                "\(key): \(resolved) is owned by uid \(st.st_uid): a secret file is root's or carespool's"
+            )
         }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)

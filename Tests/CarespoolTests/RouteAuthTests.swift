@@ -142,18 +142,27 @@ import WebhookSignatures
             }
             let timestamp = String(Int(time(nil)))
             let body = zoomEvent("meeting.started", ts: 1_700_000_000_000)
-            let signature = "v0=" + ZoomSignature.hexHMAC(key: secret, message: Array("v0:\(timestamp):\(body)".utf8))
-            let genuine = try await curl([
-                "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json", "-H",
-                "x-zm-signature: " + signature, "-H", "x-zm-request-timestamp: " + timestamp, "--data", body, url,
-            ])
-            return [junk.first ?? "", junk.last ?? "", genuine]
+            func genuine(from address: String, _ body: String) async throws -> String {
+                let signature =
+                    "v0=" + ZoomSignature.hexHMAC(key: secret, message: Array("v0:\(timestamp):\(body)".utf8))
+                return try await curl([
+                    "--interface", address, "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                    "Content-Type: application/json", "-H", "x-zm-signature: " + signature, "-H",
+                    "x-zm-request-timestamp: " + timestamp, "--data", body, url,
+                ])
+            }
+            // From elsewhere, and from the junk's own address (a reverse proxy, a NAT: one address for all).
+            let elsewhere = try await genuine(from: "127.0.0.1", body)
+            try? await Task.sleep(for: .seconds(1))  // the sender's own rate: 1 a second
+            let sameAddress = try await genuine(from: "127.0.0.2", zoomEvent("meeting.ended", ts: 1_700_000_100_000))
+            return [junk.first ?? "", junk.last ?? "", elsewhere, sameAddress]
         }
         // The junk: 401 until its address has used up its failed attempts, then 429 before it is read.
         #expect(run.result[0] == "401")
         #expect(run.result[1] == "429")
-        // Zoom, signed, from elsewhere: heard.
+        // Zoom, signed, from elsewhere and from the junk's own address: heard.
         #expect(run.result[2] == "202", "\(run.log.suffix(2000))")
+        #expect(run.result[3] == "202", "\(run.log.suffix(2000))")
     }
 }
 

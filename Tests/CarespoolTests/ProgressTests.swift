@@ -1,0 +1,83 @@
+import Foundation
+import GRDB
+import Subprocess
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A large legitimate file is work, not a hang (issue 16, finding 4): SIGTERM stops the daemon within
+/// seconds in the middle of it and it resumes after the restart, stored once; a signal sent from outside
+/// (systemd's watchdog sends SIGABRT) is no crash of the file in hand, which is not set aside.
+@Suite(.serialized) struct ProgressTests {
+    /// 300,000 appointment events, one a line: several seconds of streaming in a debug build.
+    static func bigFile() -> String {
+        var text = ""
+        text.reserveCapacity(300_000 * 120)
+        for n in 0..<300_000 { text += event("BIG\(n)", "2025-03-01T10:00:00Z") + "\n" }
+        return text
+    }
+
+    static func stored(_ spool: String) throws -> Int {
+        try SpoolView(root: spool).database().read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events") ?? 0
+        }
+    }
+
+    @Test func sigtermStopsWithinSecondsMidFileAndTheFileResumesStoredOnce() async throws {
+        let dir = TempDir("midfile")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let text = Self.bigFile()
+        let first = try await Daemon.serve(spool: spool) { pid -> (stoppedWithin: Double, midway: Bool) in
+            try await waitUntilServing(spool)
+            try dropLikeRsync(text, into: spool + "/inbox/appointments", name: "big.ndjson")
+            // Some chunks committed, not all: then the stop.
+            _ = await eventually(timeout: .seconds(60)) { ((try? Self.stored(spool)) ?? 0) >= 20_000 }
+            let midway = ((try? Self.stored(spool)) ?? 0) < 300_000
+            let asked = ContinuousClock.now
+            kill(pid, SIGTERM)
+            _ = await eventually(timeout: .seconds(60)) { CrashGuardTests.ended(pid) }
+            let took = ContinuousClock.now - asked
+            return (Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18, midway)
+        }
+        #expect(first.result.midway, "the file finished before the stop: make it larger")
+        #expect(first.result.stoppedWithin < 5, "SIGTERM took \(first.result.stoppedWithin) s mid-file")
+        #expect(first.status == .exited(0))
+        #expect(first.log.contains("stopped in the middle of a large file"))
+        let view = SpoolView(root: spool)
+        #expect(view.processing().count == 1, "left in processing/ to resume")
+        let second = try await Daemon.serve(spool: spool) { pid in
+            let done = await eventually(timeout: .seconds(120)) { view.done().count == 1 }
+            kill(pid, SIGTERM)
+            return done
+        }
+        #expect(second.result)
+        #expect(try Self.stored(spool) == 300_000, "every record once")
+    }
+
+    @Test func aSignalFromOutsideIsNoCrashOfTheFileInHand() async throws {
+        let dir = TempDir("outside-abort")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let text = Self.bigFile()
+        let first = try await Daemon.serve(spool: spool) { pid in
+            try await waitUntilServing(spool)
+            try dropLikeRsync(text, into: spool + "/inbox/appointments", name: "big.ndjson")
+            _ = await eventually(timeout: .seconds(60)) { ((try? Self.stored(spool)) ?? 0) >= 20_000 }
+            kill(pid, SIGABRT)  // what systemd sends when the watchdog starves
+            return await eventually(timeout: .seconds(30)) { CrashGuardTests.ended(pid) }
+        }
+        #expect(first.result)
+        #expect(CrashGuardTests.markerLines(spool).isEmpty, "an outside signal named the file in hand")
+        let second = try await Daemon.serve(spool: spool) { pid in
+            let done = await eventually(timeout: .seconds(120)) { SpoolView(root: spool).done().count == 1 }
+            kill(pid, SIGTERM)
+            return done
+        }
+        #expect(second.result)
+        #expect(!second.log.contains("crashed"), "\(second.log.suffix(2000))")
+        #expect(try Self.stored(spool) == 300_000)
+    }
+}
