@@ -485,7 +485,8 @@ def campaign_hostile(binary, work, full):
         f.write(event("HL1"))
     cases = {}
     os.symlink("/etc/shadow", os.path.join(inbox, "shadow.json")); cases["shadow.json"] = "failed"
-    os.link(outside, os.path.join(inbox, "hardlink.json")); cases["hardlink.json"] = "any"
+    # A second hard link: its sender could change it through the other name after the claim: refused unread.
+    os.link(outside, os.path.join(inbox, "hardlink.json")); cases["hardlink.json"] = "failed"
     os.mkfifo(os.path.join(inbox, "fifo.json")); cases["fifo.json"] = "failed"
     unix = socket.socket(socket.AF_UNIX)
     unix.bind(os.path.join(inbox, "socket.json")); cases["socket.json"] = "failed"
@@ -578,7 +579,9 @@ def campaign_hostile(binary, work, full):
             r.fail("%r is %d times in the ledger (its whole name, once, expected)" % (text, originals.count(text)))
     if open(canary).read() != "precious" or os.stat(canary).st_mtime_ns != canary_mtime:
         r.fail("a planted symlink was followed: the file outside the spool changed")
-    for key in ["HL1", "HN1", "HU1"] + list(ledger_names.values()):
+    if "HL1" in stored:
+        r.fail("a file with another hard link was read")
+    for key in ["HN1", "HU1"] + list(ledger_names.values()):
         if key not in stored:
             r.lost += 1
             r.notes.append("%s not stored" % key)
