@@ -13,7 +13,10 @@ package final class RateLimiter: Sendable {
 
     /// Most buckets kept: past it, the buckets that have refilled (they say nothing a new one would not)
     /// are dropped, so that senders with ever new keys (client addresses) cannot grow memory without end.
-    static let maxBuckets = 65_536
+    package static let maxBuckets = 65_536
+
+    /// How many buckets are kept (at most ``maxBuckets``).
+    package var count: Int { buckets.withLock { $0.count } }
 
     /// Whether `key`'s bucket is empty, without taking from it: nil when a token is there, else the whole
     /// seconds until one is.
@@ -37,6 +40,9 @@ package final class RateLimiter: Sendable {
                 buckets = buckets.filter {
                     min(burst, $0.value.tokens + Self.seconds(now - $0.value.at) * rate) < burst
                 }
+                // Still half full (senders with ever new keys keep their buckets drained): start over, so
+                // that a prune runs at most once per `maxBuckets / 2` new keys, never once per request.
+                if buckets.count >= Self.maxBuckets / 2 { buckets.removeAll(keepingCapacity: true) }
             }
             var bucket = buckets[key] ?? (burst, now)
             let elapsed = now - bucket.at

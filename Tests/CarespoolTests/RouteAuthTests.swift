@@ -85,6 +85,17 @@ import WebhookSignatures
         #expect(HTTPConfiguration(host: "0.0.0.0", tokens: [token]).refusal == nil)
     }
 
+    /// An attacker with ever new addresses (IPv6 gives plenty) keeps every failure bucket drained: the
+    /// buckets stay bounded, and a full table is started over rather than filtered at every request.
+    @Test func failureBucketsStayBoundedWhateverTheAddresses() {
+        let failures = RateLimiter(rate: 1, burst: 1)
+        for n in 0..<(RateLimiter.maxBuckets * 3) {
+            _ = failures.take("2001:db8::\(n)")
+            _ = failures.take("2001:db8::\(n)")  // drained: not dropped by a prune
+        }
+        #expect(failures.count <= RateLimiter.maxBuckets)
+    }
+
     @Test func aBearerTokenReadsOnlyTheStateOfItsOwnRoutes() async throws {
         defer { dir.cleanup() }
         let scheduler = HTTPToken(spec: "scheduler:0123456789abcdef:appointments")!
