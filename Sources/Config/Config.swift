@@ -56,6 +56,8 @@ package struct ConfigFile: Sendable {
     package var rescanMs: Int?
     package var batchSize: Int?
     package var streamThreshold: Int?
+    /// `memory_budget`: MiB the pipeline plans its work for.
+    package var memoryBudgetMib: Int?
     package var busyTimeoutMs: Int?
     /// Days finished files stay in done/ before the daemon removes them (the ledger rows stay).
     package var retentionDays: Int?
@@ -117,6 +119,7 @@ package struct ConfigFile: Sendable {
         rescanMs = try reader.int(table, "rescan_ms", in: ConfigLimits.rescanMs)
         batchSize = try reader.int(table, "batch_size", in: ConfigLimits.batchSize)
         streamThreshold = try reader.int(table, "stream_threshold", in: ConfigLimits.streamThreshold)
+        memoryBudgetMib = try reader.int(table, "memory_budget", in: ConfigLimits.memoryBudgetMib)
         busyTimeoutMs = try reader.int(table, "busy_timeout_ms", in: ConfigLimits.busyTimeoutMs)
 
         if let retention = try reader.table(table, "retention") {
@@ -235,7 +238,7 @@ package struct ConfigFile: Sendable {
 
     static let topKeys = [
         "spool", "database", "schema", "log_level", "settle_ms", "open_hold_ms", "rescan_ms", "batch_size",
-        "stream_threshold", "busy_timeout_ms", "retention", "inbox", "http",
+        "stream_threshold", "memory_budget", "busy_timeout_ms", "retention", "inbox", "http",
     ]
     static let httpKeys = [
         "listen", "token", "zoom_secrets", "zoom_secret_files", "webhook_secrets", "webhook_secret_files",
@@ -425,6 +428,7 @@ package enum ConfigLimits {
     package static let rescanMs = 100...86_400_000
     package static let batchSize = 1...100_000_000
     package static let streamThreshold = 0...(1 << 40)  // 1 TiB
+    package static let memoryBudgetMib = 64...(1 << 20)  // memory_budget: 64 MiB to 1 TiB
     package static let busyTimeoutMs = 0...3_600_000  // an hour
     package static let doneDays = 1...36_500  // a hundred years
     package static let inboxHighWater = 1...100_000_000

@@ -113,6 +113,14 @@ package struct HTTPConfiguration: Sendable {
     package var bodyTimeout: Duration
     /// Most connections open at once; further ones wait in the listen backlog (default 1,024).
     package var maxConnections: Int
+    /// Memory budget of the door: request bodies held at once, in bytes (default 64 MiB, a quarter of
+    /// `memory_budget`). Each request reserves twice its declared length (the body and its copy), or
+    /// twice its route's limit when it declares none; one that does not fit while others are held is
+    /// answered 503 with Retry-After, before its body is read. One request alone always fits.
+    package var bodyBudget: Int
+    /// The largest JSON document, or element of an ingest array, accepted (default 2 MiB, the pipeline's
+    /// record limit): a larger one is answered 413, never parsed.
+    package var recordLimit: Int
 
     package init(
         host: String = "127.0.0.1",
@@ -129,8 +137,12 @@ package struct HTTPConfiguration: Sendable {
         headerTimeout: Duration = .seconds(10),
         bodyTimeout: Duration = .seconds(60),
         maxConnections: Int = 1_024,
-        openRoutes: Set<String> = []
+        openRoutes: Set<String> = [],
+        bodyBudget: Int = 64 << 20,
+        recordLimit: Int = 2 << 20
     ) {
+        self.bodyBudget = bodyBudget
+        self.recordLimit = recordLimit
         self.host = host
         self.port = port
         self.webhookBodyLimit = webhookBodyLimit
@@ -281,6 +293,7 @@ package func buildRouter(
         highWater: configuration.inboxHighWater,
         reserve: configuration.diskReserve
     )
+    let bodies = BodyBudget(configuration.bodyBudget)
     let router = Router(context: IngressContext.self)
     router.add(middleware: RequestMetrics())
     let routes: [(path: RouterPath, kind: String)] = [
@@ -296,6 +309,7 @@ package func buildRouter(
                 limiter: limiter,
                 failures: failures,
                 pressure: pressure,
+                bodies: bodies,
                 now: now
             )
             let response = try await ingress.handle(request, context: context)
@@ -430,6 +444,8 @@ private struct Ingress {
     /// Failed attempts per client address.
     let failures: RateLimiter
     let pressure: Backpressure
+    /// The bodies held at once (the door's memory budget).
+    let bodies: BodyBudget
     let now: @Sendable () -> Int
 
     static let zoomSignature = HTTPField.Name("x-zm-signature")!
@@ -481,19 +497,28 @@ private struct Ingress {
     static let webhookTimestamp = HTTPField.Name("webhook-timestamp")!
     static let webhookSignature = HTTPField.Name("webhook-signature")!
 
-    enum BodyError: Error { case tooLarge, timedOut }
+    enum BodyError: Error { case tooLarge, timedOut, overBudget }
 
     /// The whole body, at most `limit` bytes, received within `timeout` (slow clients are cut off).
     /// Read in a child task, cancelled at the deadline, so that this one — which answers — never is.
-    static func collect(_ body: RequestBody, upTo limit: Int, within timeout: Duration) async throws -> ByteBuffer {
+    static func collect(
+        _ body: RequestBody,
+        upTo limit: Int,
+        within timeout: Duration,
+        holding held: BodyBudget.Holding
+    ) async throws -> ByteBuffer {
         let now = Clock.monotonicNanos()
         let deadline = now + min(timeout.nanoseconds, Int64.max - now)
         async let reading = Deadlines.shared.run(until: deadline) {
-            do {
-                return try await body.collect(upTo: limit)
-            } catch is NIOTooManyBytesError {
-                throw BodyError.tooLarge
+            // Each part is counted against the door's budget as it arrives (twice: the buffer, and the
+            // copy checked and written), so a body held is a body paid for, a slow one only for its part.
+            var buffer = ByteBuffer()
+            for try await part in body {
+                guard buffer.readableBytes + part.readableBytes <= limit else { throw BodyError.tooLarge }
+                guard held.take(2 * part.readableBytes) else { throw BodyError.overBudget }
+                buffer.writeImmutableBuffer(part)
             }
+            return buffer
         }
         guard let buffer = try await reading else { throw BodyError.timedOut }
         return buffer
@@ -620,6 +645,10 @@ private struct Ingress {
         if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > limit {
             return Self.error(.contentTooLarge, "body larger than \(limit) bytes")
         }
+        // Memory: the bodies held at once stay within the door's budget (a request that does not fit is
+        // told when to come back), whatever their number and size.
+        let held = bodies.holding()
+        defer { held.release() }
         // A sender expecting `100 Continue` gets it only here, after every check its head allows, so a
         // refusal above reaches it before it has sent its body (and the body it may still send is read
         // and dropped, as for any refused request).
@@ -638,7 +667,20 @@ private struct Ingress {
         }
         let buffer: ByteBuffer
         do {
-            buffer = try await Self.collect(request.body, upTo: limit, within: configuration.bodyTimeout)
+            buffer = try await Self.collect(
+                request.body,
+                upTo: limit,
+                within: configuration.bodyTimeout,
+                holding: held
+            )
+        } catch BodyError.overBudget {
+            var response = Self.error(
+                .serviceUnavailable,
+                "request bodies held at once have reached the memory budget (\(configuration.bodyBudget >> 20) MiB)"
+            )
+            response.headers[.retryAfter] = "1"
+            response.headers[.connection] = "close"
+            return response
         } catch BodyError.tooLarge {
             return Self.error(.contentTooLarge, "body larger than \(limit) bytes")
         } catch BodyError.timedOut {
@@ -698,8 +740,16 @@ private struct Ingress {
         // Well-formed, checked without holding a large array whole (the pipeline streams it).
         let document: JSONParser.Checked
         do {
-            document = try JSONParser.check(bytes)
+            // Checked without building values: a small document is parsed (the Zoom route looks inside), a
+            // larger one or an array only walked, each record at most the pipeline's record limit.
+            document = try JSONParser.check(bytes, keepUpTo: 64 << 10, elementLimit: configuration.recordLimit)
         } catch {
+            if error.tooLarge {
+                return Self.error(
+                    .contentTooLarge,
+                    "at byte \(error.offset): \(error.reason), the record limit (memory_budget / 128)"
+                )
+            }
             return Self.error(.badRequest, "not valid JSON at byte \(error.offset): \(error.reason)")
         }
         if inbox.kind == "intake", case .array = document {

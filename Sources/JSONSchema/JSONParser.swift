@@ -12,6 +12,8 @@ package struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertib
     package var reason: String
     /// 0-based byte offset of the offending byte.
     package var offset: Int = 0
+    /// Well-formed so far, but a record or document over the size asked for (``JSONParser/check``).
+    package var tooLarge = false
 
     package var description: String { "line \(line), column \(column): \(reason)" }
 
@@ -50,20 +52,65 @@ package struct JSONParser {
     package enum Checked: Sendable {
         case array(count: Int)
         case value(JSONValue)
+        /// Well-formed, larger than asked to be kept: not parsed into values.
+        case unparsed
     }
 
     /// Checks exactly one JSON document as ``parse(_:)`` does — the same errors at the same offsets —
-    /// but keeps a top-level array's elements only while each is checked: an HTTP door check of a
-    /// 64 MiB array of records held about ten times that as values.
-    package static func check(_ bytes: [UInt8]) throws(JSONParseError) -> Checked {
+    /// without building its values: memory stays near the input's size whatever its shape (parsed, a
+    /// 64 MiB array of `1,` held about sixty times that as values). A top-level array is counted; any
+    /// other document of at most `keepUpTo` bytes is parsed and handed back (a caller that needs to look
+    /// inside a small document), a larger one comes back as ``Checked/unparsed``. Each element of a
+    /// top-level array, and a whole other document, may span at most `elementLimit` bytes.
+    package static func check(
+        _ bytes: [UInt8],
+        keepUpTo keep: Int = .max,
+        elementLimit: Int = .max
+    ) throws(JSONParseError) -> Checked {
         var parser = JSONParser(bytes: bytes)
         parser.skipWhitespace()
-        guard parser.currentByte == UInt8(ascii: "[") else { return .value(try parse(bytes)) }
-        var count = 0
-        try parser.walkArray(depth: 0) { _ in count += 1 }
+        guard parser.currentByte == UInt8(ascii: "[") else {
+            if bytes.count <= keep { return .value(try parse(bytes)) }
+            let start = parser.index
+            try parser.skipValue(depth: 0)
+            parser.skipWhitespace()
+            if parser.index < bytes.count { throw parser.error("unexpected data after the JSON value") }
+            if parser.index - start > elementLimit {
+                parser.index = start
+                var error = parser.error("a JSON document over \(elementLimit) bytes")
+                error.tooLarge = true
+                throw error
+            }
+            return .unparsed
+        }
+        let count = try parser.skipArray(depth: 0, elementLimit: elementLimit)
         parser.skipWhitespace()
         if parser.index < bytes.count { throw parser.error("unexpected data after the JSON value") }
         return .array(count: count)
+    }
+
+    /// How many records `bytes` holds as the pipeline splits a file — a top-level array's elements, or
+    /// one for any other document — counted without building a value; nil when it is neither (NDJSON,
+    /// or not JSON: the caller counts lines). An array that breaks off is counted up to the break.
+    package static func topLevelCount(_ bytes: [UInt8]) -> Int? {
+        var parser = JSONParser(bytes: bytes)
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { parser.index = 3 }
+        parser.skipWhitespace()
+        if parser.currentByte == UInt8(ascii: "[") {
+            var count = 0
+            do throws(JSONParseError) {
+                return try parser.skipArray(depth: 0, counted: &count)
+            } catch {
+                return count + 1
+            }
+        }
+        do throws(JSONParseError) {
+            try parser.skipValue(depth: 0)
+        } catch {
+            return nil
+        }
+        parser.skipWhitespace()
+        return parser.isAtEnd ? 1 : nil
     }
 
     /// Parses one JSON document from UTF-8 text.
@@ -218,8 +265,146 @@ package struct JSONParser {
         }
     }
 
+    /// Checks the value at `index` exactly as ``parseValue(depth:)`` would — same errors at the same
+    /// offsets — and moves past it, building nothing but each object's set of names while it is walked.
+    package mutating func skipValue(depth: Int) throws(JSONParseError) {
+        guard depth < depthLimit else { throw error("nesting deeper than \(depthLimit) levels") }
+        guard index < bytes.count else { throw error("unexpected end of input") }
+        switch bytes[index] {
+        case UInt8(ascii: "{"): try skipObject(depth: depth)
+        case UInt8(ascii: "["): try skipArray(depth: depth)
+        case UInt8(ascii: "\""): try skipString()
+        case UInt8(ascii: "t"): try literal("true")
+        case UInt8(ascii: "f"): try literal("false")
+        case UInt8(ascii: "n"): try literal("null")
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): try skipNumber()
+        default: throw error("unexpected character, expected a JSON value")
+        }
+    }
+
+    /// Skips the array at `index` and returns how many elements it has (`counted` follows the count, for
+    /// a caller that wants it when the array breaks off); an element over `elementLimit` bytes is an error
+    /// at its first byte.
+    @discardableResult
+    private mutating func skipArray(
+        depth: Int,
+        elementLimit: Int = .max,
+        counted: UnsafeMutablePointer<Int>? = nil
+    ) throws(JSONParseError) -> Int {
+        var count = 0
+        index += 1
+        skipWhitespace()
+        if index < bytes.count && bytes[index] == UInt8(ascii: "]") {
+            index += 1
+            return 0
+        }
+        while true {
+            skipWhitespace()
+            let start = index
+            try skipValue(depth: depth + 1)
+            count += 1
+            counted?.pointee = count
+            if index - start > elementLimit {
+                index = start
+                var error = error("element \(count) is over \(elementLimit) bytes")
+                error.tooLarge = true
+                throw error
+            }
+            skipWhitespace()
+            guard index < bytes.count else { throw error("unexpected end of input inside an array") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
+            if bytes[index] == UInt8(ascii: "]") {
+                index += 1
+                return count
+            }
+            throw error("expected ',' or ']'")
+        }
+    }
+
+    private mutating func skipObject(depth: Int) throws(JSONParseError) {
+        index += 1
+        // Names are kept while the object is walked, for the duplicate check (as in parseObject).
+        var names: [String] = []
+        var named = Set<JSONKey>()
+        skipWhitespace()
+        if index < bytes.count && bytes[index] == UInt8(ascii: "}") {
+            index += 1
+            return
+        }
+        while true {
+            skipWhitespace()
+            guard index < bytes.count else { throw error("unexpected end of input inside an object") }
+            guard bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
+            let keyStart = index
+            let key = try parseString()
+            let duplicate: Bool
+            if named.isEmpty && names.count < JSONValue.linearScanMembers {
+                duplicate = names.contains { $0.utf8.elementsEqual(key.utf8) }
+                names.append(key)
+            } else {
+                if named.isEmpty {
+                    for name in names { named.insert(JSONKey(name)) }
+                    names = []
+                }
+                duplicate = !named.insert(JSONKey(key)).inserted
+            }
+            if duplicate {
+                index = keyStart
+                throw error("duplicate key \(JSONValue.quoted(String(key.prefix(64))))")
+            }
+            skipWhitespace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+            index += 1
+            skipWhitespace()
+            try skipValue(depth: depth + 1)
+            skipWhitespace()
+            guard index < bytes.count else { throw error("unexpected end of input inside an object") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
+            if bytes[index] == UInt8(ascii: "}") {
+                index += 1
+                return
+            }
+            throw error("expected ',' or '}'")
+        }
+    }
+
+    /// Checks a string as ``parseString()`` does without keeping it: the fast path (no escapes) builds
+    /// nothing at all.
+    private mutating func skipString() throws(JSONParseError) {
+        let start = index
+        var cursor = index + 1
+        while cursor < bytes.count {
+            let byte = bytes[cursor]
+            if byte == UInt8(ascii: "\"") {
+                // Validated, and let go at once (a long string is a moment's allocation, never kept).
+                guard String(validating: bytes[(start + 1)..<cursor], as: UTF8.self) != nil else { break }
+                index = cursor + 1
+                return
+            }
+            if byte == UInt8(ascii: "\\") || byte < 0x20 { break }
+            cursor += 1
+        }
+        // Escapes, control characters, invalid UTF-8 or no end: the parser's own path, errors and all.
+        index = start
+        _ = try parseString()
+    }
+
+    private mutating func skipNumber() throws(JSONParseError) { try scanNumber() }
+
     private mutating func parseNumber() throws(JSONParseError) -> JSONValue {
         let start = index
+        try scanNumber()
+        return .number(String(decoding: bytes[start..<index], as: UTF8.self))
+    }
+
+    /// Moves past the number at `index`, checking its grammar.
+    private mutating func scanNumber() throws(JSONParseError) {
         if bytes[index] == UInt8(ascii: "-") { index += 1 }
         guard index < bytes.count, isDigit(bytes[index]) else { throw error("invalid number") }
         if bytes[index] == UInt8(ascii: "0") {
@@ -241,7 +426,6 @@ package struct JSONParser {
             guard index < bytes.count, isDigit(bytes[index]) else { throw error("invalid number: digit expected") }
             while index < bytes.count, isDigit(bytes[index]) { index += 1 }
         }
-        return .number(String(decoding: bytes[start..<index], as: UTF8.self))
     }
 
     private func isDigit(_ byte: UInt8) -> Bool { byte >= 0x30 && byte <= 0x39 }

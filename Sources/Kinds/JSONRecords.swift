@@ -10,6 +10,14 @@ package enum JSONRecords {
         /// The record's bytes exactly as received (an array element's span, an NDJSON line, the object).
         package var raw: String
         package var value: Result<JSONValue, JSONParseError>
+
+        package init(number: Int, line: Int, text: String, raw: String, value: Result<JSONValue, JSONParseError>) {
+            self.number = number
+            self.line = line
+            self.text = text
+            self.raw = raw
+            self.value = value
+        }
     }
 
     /// The records of `bytes`, or a problem with the whole file.
@@ -164,7 +172,8 @@ package enum JSONRecords {
         case .failure(let error):
             // A record of several lines (a pretty-printed array's element) names the line as well.
             let place = error.line > raw.line ? "line \(error.line), column \(error.column)" : "column \(error.column)"
-            let message = "not valid JSON: \(error.reason) (\(place))"
+            // Too large to parse is said as it is: nothing says the record is not JSON.
+            let message = error.tooLarge ? error.reason : "not valid JSON: \(error.reason) (\(place))"
             return .failure(
                 Problems([RecordProblem(record: raw.number, line: raw.line, pointer: nil, message: message)])
             )

@@ -1,5 +1,6 @@
 import CSV
 import Crypto
+import JSONSchema
 import Kinds
 import Logging
 import Spool
@@ -64,14 +65,14 @@ extension Engine {
             if isArray || isCSV {
                 readWhole = false
             } else {
-                // Not NDJSON (one large object): read whole, like any other file.
-                readWhole =
-                    JSONRecords.record(line: firstLine[...], number: 1, lineNumber: 1).map({
-                        if case .success = $0.value { true } else { false }
-                    }) != true
+                // Not NDJSON (one large object): read whole, like any other file. The first line is only
+                // walked, never parsed into values (16 MiB of `[1],` would be 250 MB of them).
+                var line = firstLine[...]
+                if line.last == 0x0D { line.removeLast() }
+                readWhole = (try? JSONParser.check(Array(line), keepUpTo: 0)) == nil
             }
             if readWhole {
-                guard size > configuration.wholeFileLimit else {
+                guard size > configuration.recordLimit else {
                     processWhole(file, claimedAt: claimedAt)
                     return
                 }
@@ -81,7 +82,7 @@ extension Engine {
                     pointer: nil,
                     message:
                         "file is \(size) bytes and not \(kind == .intake ? "CSV, " : "")NDJSON or a JSON array: a JSON "
-                        + "document over \(configuration.wholeFileLimit) bytes is not read; send large data one record "
+                        + "document over \(configuration.recordLimit) bytes is not read; send large data one record "
                         + "per line or as an array of records"
                 )
             }
@@ -215,28 +216,57 @@ extension Engine {
         }
         let today = String(Clock.timestamp().prefix(10))
 
-        func take(_ line: ArraySlice<UInt8>) throws {
-            lineNumber += 1
-            guard let raw = JSONRecords.record(line: line, number: number + 1, lineNumber: lineNumber) else { return }
-            number += 1
+        // A chunk holds at most `chunkRecords` records and, parsed, about 32 times `batchBytes`: it is
+        // committed as soon as either is reached (memory budget).
+        var pendingBytes = 0
+        let chunkBytes = configuration.batchBytes
+        func add(_ raw: JSONRecords.Raw) throws {
             pending.append(raw)
-            if pending.count >= Self.chunkRecords { try flush() }
+            pendingBytes += raw.raw.utf8.count
+            if pending.count >= Self.chunkRecords || pendingBytes >= chunkBytes {
+                try flush()
+                pendingBytes = 0
+            }
         }
 
-        // A line longer than this is kept only up to it: its record fails to parse (an incomplete JSON
-        // value) and is rejected, and one endless line cannot fill memory. The same for array elements.
-        let maxLine = 16 << 20
+        // A record longer than the record limit is rejected with its size, never parsed, and one endless
+        // line cannot fill memory: only its first `maxLine` bytes are kept, to say where it begins.
+        let maxLine = configuration.recordLimit
+        func tooLong(_ number: Int, line: Int) -> JSONRecords.Raw {
+            var error = JSONParseError(
+                line: line,
+                column: 1,
+                reason: "the record is over the record limit of \(maxLine) bytes (memory_budget / 128): not parsed"
+            )
+            error.tooLarge = true
+            return JSONRecords.Raw(number: number, line: line, text: "", raw: "", value: .failure(error))
+        }
+        func take(_ line: ArraySlice<UInt8>) throws {
+            lineNumber += 1
+            if line.count > maxLine {
+                number += 1
+                try add(tooLong(number, line: lineNumber))
+                return
+            }
+            guard let raw = JSONRecords.record(line: line, number: number + 1, lineNumber: lineNumber) else { return }
+            number += 1
+            try add(raw)
+        }
+
         if array {
-            var reader = JSONArrayReader(maxElementBytes: maxLine)
+            var reader = JSONArrayReader(maxElementBytes: maxLine + 1)
             func element(_ element: JSONArrayReader.Element) throws {
                 number += 1
-                pending.append(JSONRecords.record(element: element))
-                if pending.count >= Self.chunkRecords { try flush() }
+                if element.broken == nil && element.bytes.count > maxLine {
+                    try add(tooLong(number, line: element.line))
+                } else {
+                    try add(JSONRecords.record(element: element))
+                }
             }
             try spool.readChunks(file) { chunk in try reader.feed(chunk, element) }
             try reader.finish(element)
         } else {
-            try readLines(file, maxLine: maxLine, take)
+            try readLines(file, maxLine: maxLine + 1, take)
         }
         try flush()
         try committer.finish(done: done)

@@ -48,9 +48,24 @@ package struct PipelineConfiguration: Sendable {
     /// Days finished files stay in done/ before the daemon removes them (checked hourly; the ledger
     /// keeps their rows). nil keeps them for ever. Default 30.
     package var retentionDays: Int?
-    /// The largest JSON document (a file that is not NDJSON or CSV) read whole; a larger one is
-    /// rejected unread. Default 64 MiB, the HTTP ingest body limit.
-    package var wholeFileLimit: Int
+    /// The memory the pipeline plans its work for, in bytes (`memory_budget`, in MiB, in the config):
+    /// every whole-file batch, streamed chunk and record is sized from it, so that the daemon's peak RSS
+    /// stays under it whatever is dropped. Default 256 MiB. ARCHITECTURE.md ("Memory") has the sums.
+    package var memoryBudget: Int
+
+    /// The largest record (an NDJSON line, an array element) or JSON document parsed into values; a
+    /// larger one is rejected with its size. Parsed, a document takes up to ~32 times its bytes (an
+    /// array of `1,` : a value of 64 bytes every 2 bytes): 1/128 of the budget, 2 MiB at 256 MiB.
+    package var recordLimit: Int { max(64 << 10, memoryBudget / 128) }
+    /// The bytes of whole files parsed together in one group commit (a single file that is larger is
+    /// streamed) and of the records of one streamed chunk: 1/128 of the budget.
+    package var batchBytes: Int { max(64 << 10, memoryBudget / 128) }
+    /// The records parsed together, whole files or a streamed chunk: each costs up to ~3 KiB parsed and
+    /// rejected with its problems, so 1/16,384 of the budget (16,384 at 256 MiB). A file that alone has
+    /// more records than ``Engine/chunkRecords`` is streamed.
+    package var batchRecords: Int { max(1_000, memoryBudget / (16 << 10)) }
+    /// The largest file read whole: the configured stream threshold, capped by ``batchBytes``.
+    package var wholeLimit: Int { min(streamThreshold, batchBytes) }
     /// Test only: a file whose name contains this crashes the daemon (the crash guard's tests). nil.
     package var testCrashOn: String?
 
@@ -64,7 +79,7 @@ package struct PipelineConfiguration: Sendable {
         tick: Duration = .milliseconds(200),
         streamThreshold: Int = 8 << 20,
         retentionDays: Int? = 30,
-        wholeFileLimit: Int = 64 << 20,
+        memoryBudget: Int = 256 << 20,
         testCrashOn: String? = nil
     ) {
         self.settle = settle
@@ -76,7 +91,7 @@ package struct PipelineConfiguration: Sendable {
         self.tick = tick
         self.streamThreshold = streamThreshold
         self.retentionDays = retentionDays
-        self.wholeFileLimit = wholeFileLimit
+        self.memoryBudget = memoryBudget
         self.testCrashOn = testCrashOn
     }
 }
@@ -452,15 +467,19 @@ final class Engine: @unchecked Sendable {
         }
     }
 
-    /// Reads, commits and finishes one batch of claimed files.
+    /// Reads, commits and finishes one batch of claimed files, within the memory budget: large files and
+    /// files of many records are streamed one at a time, outside the group commit; the others are read
+    /// in groups of at most ``PipelineConfiguration/batchBytes`` and parsed in parts of at most
+    /// ``PipelineConfiguration/batchRecords`` records, each part committed before the next is parsed.
     private func process(_ all: [Spool.Claimed], claimedAt: [String: Int64]) {
-        // Large files are streamed, one at a time, outside the group commit.
-        let threshold = Int64(configuration.streamThreshold)
+        let threshold = Int64(configuration.wholeLimit)
         let streamIntake = configuration.streamThreshold != Int.max
         // Size before work: a sparse file (a hole reads as NULs, which no JSON or CSV holds) is rejected
         // unread, before a byte of it is read or hashed — a 20 GB file with nothing on disk is no work.
+        var sizes: [String: Int64] = [:]
         for file in all where !quarantined.contains(file.id) && unreadVerdicts[file.id] == nil {
             guard let (size, sparse, links) = spool.sizeBeforeReading(file) else { continue }
+            sizes[file.id] = size
             if sparse {
                 unreadVerdicts[file.id] =
                     "a sparse file (\(size) bytes long, with holes that read as NUL bytes): never read; "
@@ -472,7 +491,7 @@ final class Engine: @unchecked Sendable {
                     + "name after the claim; send the file itself"
             }
         }
-        let large = all.filter { file in
+        var large = all.filter { file in
             guard !quarantined.contains(file.id), unreadVerdicts[file.id] == nil else { return false }
             guard let entry = spool.entry(spool.processingPath(file.kind), file.spoolName) else { return false }
             // Intake CSV is always streamed (processLarge reads a JSON array of intake records whole).
@@ -481,7 +500,7 @@ final class Engine: @unchecked Sendable {
         }
         let largeIDs = Set(large.map(\.id))
         // Read whole only up to the threshold that sent them here: grown past it since, a file is not read.
-        let batch = all.filter { !largeIDs.contains($0.id) }.map { file in
+        let whole = all.filter { !largeIDs.contains($0.id) }.map { file in
             var bounded = file
             bounded.readLimit = min(file.readLimit ?? threshold, threshold)
             return bounded
@@ -491,16 +510,81 @@ final class Engine: @unchecked Sendable {
                 processLarge(file, claimedAt: claimedAt[file.id] ?? Clock.monotonicNanos())
             }
         }
-        guard !batch.isEmpty else { return }
+        var group: [Spool.Claimed] = []
+        var groupBytes: Int64 = 0
+        for file in whole {
+            let size = sizes[file.id] ?? 0
+            if !group.isEmpty && groupBytes + size > Int64(configuration.batchBytes) {
+                large += processGroup(group, claimedAt: claimedAt)
+                group = []
+                groupBytes = 0
+            }
+            group.append(file)
+            groupBytes += size
+        }
+        if !group.isEmpty { large += processGroup(group, claimedAt: claimedAt) }
+    }
+
+    /// Reads a group of files (at most ``PipelineConfiguration/batchBytes`` together) and counts each
+    /// one's records without parsing it; commits them in parts of at most
+    /// ``PipelineConfiguration/batchRecords`` records. Returns the files of more records than a streamed
+    /// chunk holds: they are streamed instead.
+    private func processGroup(_ group: [Spool.Claimed], claimedAt: [String: Int64]) -> [Spool.Claimed] {
+        var read: [(file: Spool.Claimed, content: Result<Spool.Content, SpoolError>?, records: Int)] = []
+        var streamed: [Spool.Claimed] = []
+        for file in group {
+            guard !quarantined.contains(file.id), unreadVerdicts[file.id] == nil else {
+                read.append((file, nil, 1))
+                continue
+            }
+            if let crash = configuration.testCrashOn, file.originalName.contains(crash) {
+                fatalError("test crash on \(file.id) (--test-crash-on)")
+            }
+            do throws(SpoolError) {
+                let content = try spool.read(file)
+                var records = 1
+                if case .regular(let bytes) = content {
+                    records = JSONParser.topLevelCount(bytes) ?? (bytes.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) } + 1)
+                    if records > Self.chunkRecords {
+                        streamed.append(file)
+                        continue
+                    }
+                }
+                read.append((file, .success(content), records))
+            } catch {
+                read.append((file, .failure(error), 1))
+            }
+        }
+        var part: [(file: Spool.Claimed, content: Result<Spool.Content, SpoolError>?)] = []
+        var partRecords = 0
+        for entry in read {
+            if !part.isEmpty && partRecords + entry.records > configuration.batchRecords {
+                commit(part, claimedAt: claimedAt)
+                part = []
+                partRecords = 0
+            }
+            part.append((entry.file, entry.content))
+            partRecords += entry.records
+        }
+        if !part.isEmpty { commit(part, claimedAt: claimedAt) }
+        return streamed
+    }
+
+    /// Parses, validates, commits in one transaction and finishes files already read (nil content: a
+    /// file set aside or judged unread).
+    private func commit(
+        _ batch: [(file: Spool.Claimed, content: Result<Spool.Content, SpoolError>?)],
+        claimedAt: [String: Int64]
+    ) {
         let receivedAt = Clock.timestamp()
         let t0 = Clock.monotonicNanos()
-        // Read, digest, parse and validate: CPU-bound and independent per file, so spread over the cores.
+        // Digest, parse and validate: CPU-bound and independent per file, so spread over the cores.
         let results = Mutex([Int: Result<Prepared, SpoolError>]())
         DispatchQueue.concurrentPerform(iterations: min(ProcessInfoCores.count, batch.count)) { worker in
             var mine: [Int: Result<Prepared, SpoolError>] = [:]
             var index = worker
             while index < batch.count {
-                let file = batch[index]
+                let (file, content) = batch[index]
                 if let kind = Kind(rawValue: file.kind) {
                     if quarantined.contains(file.id) {
                         mine[index] = .success(setAside(file, kind: kind, receivedAt: receivedAt))
@@ -515,11 +599,8 @@ final class Engine: @unchecked Sendable {
                             )
                         )
                     } else {
-                        if let crash = configuration.testCrashOn, file.originalName.contains(crash) {
-                            fatalError("test crash on \(file.id) (--test-crash-on)")
-                        }
-                        do throws(SpoolError) {
-                            let content = try spool.read(file)
+                        switch content {
+                        case .success(let content):
                             mine[index] = .success(
                                 prepare(
                                     file,
@@ -529,8 +610,8 @@ final class Engine: @unchecked Sendable {
                                     fresh: claimedFresh.contains(file.id)
                                 )
                             )
-                        } catch {
-                            mine[index] = .failure(error)
+                        case .failure(let error): mine[index] = .failure(error)
+                        case nil: break
                         }
                     }
                 }
@@ -541,22 +622,23 @@ final class Engine: @unchecked Sendable {
         var prepared: [Prepared] = []
         let gathered = results.withLock { $0 }
         for index in batch.indices {
+            let file = batch[index].file
             switch gathered[index] {
             case .success(let entry): prepared.append(entry)
             case .failure(let error):
                 if error.code == ENOENT {
-                    logger.warning("claimed file vanished", metadata: ["file.id": "\(batch[index].id)"])
+                    logger.warning("claimed file vanished", metadata: ["file.id": "\(file.id)"])
                 } else if error.isTransient {
-                    scheduleRetry(batch[index], reason: error.summary)
-                } else if let kind = Kind(rawValue: batch[index].kind) {
+                    scheduleRetry(file, reason: error.summary)
+                } else if let kind = Kind(rawValue: file.kind) {
                     // Permanent (EACCES, EPERM, ELOOP, …): a verdict on the file, which goes to failed/ with
                     // its reason, instead of a retry every second for ever.
                     prepared.append(
                         unread(
-                            batch[index],
+                            file,
                             kind: kind,
                             receivedAt: receivedAt,
-                            mayHaveLedgerRow: !claimedFresh.contains(batch[index].id),
+                            mayHaveLedgerRow: !claimedFresh.contains(file.id),
                             "cannot read the file: \(error.summary)"
                         )
                     )

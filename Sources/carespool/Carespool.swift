@@ -183,6 +183,11 @@ struct Serve: AsyncParsableCommand {
     var streamThreshold: Int?
 
     @Option(
+        help: "MiB of memory the daemon plans for: batches, streamed chunks, the record limit, bodies held (256)."
+    )
+    var memoryBudget: Int?
+
+    @Option(
         help: "Milliseconds a database write waits for another connection's lock before it is retried later (10000)."
     )
     var busyTimeoutMs: Int?

@@ -62,6 +62,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 "rescan_ms = \(millis(settings.pipeline.rescanInterval))",
                 "batch_size = \(settings.pipeline.batchSize)",
                 "stream_threshold = \(settings.pipeline.streamThreshold)",
+                "memory_budget = \(settings.pipeline.memoryBudget >> 20)",
                 "busy_timeout_ms = \(settings.busyTimeoutMs)",
                 "",
                 "[retention]",

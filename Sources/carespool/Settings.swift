@@ -45,7 +45,9 @@ struct Settings {
             ),
             batchSize: try bounded("--batch-size", serve?.batchSize, ConfigLimits.batchSize) ?? config.batchSize ?? 512,
             streamThreshold: try bounded("--stream-threshold", serve?.streamThreshold, ConfigLimits.streamThreshold)
-                ?? config.streamThreshold ?? 8 << 20
+                ?? config.streamThreshold ?? 8 << 20,
+            memoryBudget: (try bounded("--memory-budget", serve?.memoryBudget, ConfigLimits.memoryBudgetMib)
+                ?? config.memoryBudgetMib ?? 256) << 20
         )
         retentionDays =
             try bounded("--retention-days", serve?.retentionDays, ConfigLimits.doneDays) ?? config.retentionDays ?? 30
@@ -219,7 +221,9 @@ struct Settings {
                 serve?.httpMaxConnections,
                 ConfigLimits.maxConnections
             ) ?? config.maxConnections ?? 1_024,
-            openRoutes: openRoutes
+            openRoutes: openRoutes,
+            bodyBudget: pipeline.memoryBudget / 4,
+            recordLimit: pipeline.recordLimit
         )
         if let refusal = configuration.refusal {
             // From the file (and not overridden): a configuration error, exit 78; from flags: a usage error.

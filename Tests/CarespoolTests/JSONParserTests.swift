@@ -30,16 +30,81 @@ import Testing
         "[01]", "[{\"a\" 1}]", "[tru]", "{\"a\":[}", "", "  ", "[\"\u{01}\"]",
     ])
     func checkAgreesWithParse(_ text: String) {
-        let bytes = Array(text.utf8)
-        switch (
-            Result { () throws(JSONParseError) in try JSONParser.parse(bytes) },
-            Result { () throws(JSONParseError) in try JSONParser.check(bytes) }
-        ) {
-        case (.success(.array(let elements)), .success(.array(let count))): #expect(count == elements.count)
-        case (.success(let value), .success(.value(let checked))): #expect(value == checked)
-        case (.failure(let parsed), .failure(let checked)): #expect(parsed == checked, "\(text)")
-        case (let parsed, let checked): Issue.record("\(text): parse \(parsed), check \(checked)")
+        Self.checkAgrees(Array(text.utf8))
+    }
+
+    /// `parse` and `check` — keeping the document, and walking it without building a value — give the
+    /// same verdict, and for a broken document the same error at the same offset.
+    static func checkAgrees(_ bytes: [UInt8], _ label: String = "") {
+        let text = label.isEmpty ? String(decoding: bytes.prefix(80), as: UTF8.self) : label
+        let parsed = Result { () throws(JSONParseError) in try JSONParser.parse(bytes) }
+        for keep in [Int.max, 0] {
+            switch (parsed, Result { () throws(JSONParseError) in try JSONParser.check(bytes, keepUpTo: keep) }) {
+            case (.success(.array(let elements)), .success(.array(let count))): #expect(count == elements.count)
+            case (.success(let value), .success(.value(let checked))): #expect(keep > 0 && value == checked)
+            case (.success, .success(.unparsed)): #expect(keep == 0)
+            case (.failure(let parsed), .failure(let checked)): #expect(parsed == checked, "\(text)")
+            case (let parsed, let checked): Issue.record("\(text): parse \(parsed), check \(checked)")
+            }
         }
+        // The record count the pipeline routes by, without a value built.
+        if case .success(let value) = parsed {
+            if case .array(let elements) = value {
+                #expect(JSONParser.topLevelCount(bytes) == elements.count, "\(text)")
+            } else {
+                #expect(JSONParser.topLevelCount(bytes) == 1, "\(text)")
+            }
+        }
+    }
+
+    /// Every document of the JSON-Schema-Test-Suite (draft 2020-12), whole and cut at ten places:
+    /// the walk that builds no value agrees with the parser on each, error offsets included.
+    @Test func checkAgreesWithParseOnEveryFileOfTheSchemaTestSuiteWholeAndCut() throws {
+        let folder = TestPaths.testdata.appendingPathComponent("json-schema-test-suite/tests/draft2020-12")
+        let files = try #require(FileManager.default.enumerator(atPath: folder.path)).compactMap { $0 as? String }
+            .filter { $0.hasSuffix(".json") }
+        #expect(files.count > 20)
+        for file in files {
+            let bytes = try Array(Data(contentsOf: folder.appendingPathComponent(file)))
+            Self.checkAgrees(bytes, file)
+            for cut in 1..<10 { Self.checkAgrees(Array(bytes.prefix(bytes.count * cut / 10)), "\(file) cut \(cut)/10") }
+            // A byte changed: structure broken in ways no list above names.
+            var changed = bytes
+            for position in stride(from: 7, to: changed.count, by: max(1, changed.count / 7)) {
+                changed[position] = [UInt8(ascii: "}"), UInt8(ascii: ","), UInt8(ascii: "\""), 0xFF][position % 4]
+            }
+            Self.checkAgrees(changed, "\(file) changed")
+        }
+    }
+
+    /// The door's record limit: an element, or a whole document, over it is an error marked too large at
+    /// its first byte — never parsed — while a document within it passes.
+    @Test func aRecordOverTheLimitIsTooLargeAtItsFirstByte() throws {
+        let array = Array("[1, \"\(String(repeating: "x", count: 100))\", 2]".utf8)
+        let error = #expect(throws: JSONParseError.self) { try JSONParser.check(array, elementLimit: 50) }
+        #expect(error?.tooLarge == true)
+        #expect(error?.offset == 4)
+        #expect(error?.reason == "element 2 is over 50 bytes")
+        #expect(throws: Never.self) { try JSONParser.check(array, elementLimit: 102) }
+        let object = Array("{\"a\": [1, 2, 3, 4, 5, 6]}".utf8)
+        let whole = #expect(throws: JSONParseError.self) { try JSONParser.check(object, keepUpTo: 0, elementLimit: 10) }
+        #expect(whole?.tooLarge == true)
+        // A malformed document stays malformed (400), not too large.
+        let broken = #expect(throws: JSONParseError.self) { try JSONParser.check(Array("[1,]".utf8), elementLimit: 1) }
+        #expect(broken?.tooLarge == false)
+    }
+
+    /// Counting records builds nothing: an array of two million tiny records is counted in one walk, and
+    /// NDJSON or text that is no JSON document is left to the caller (nil).
+    @Test func topLevelCountCountsRecordsWithoutParsingThem() {
+        let ones =
+            [UInt8(ascii: "[")] + Array(repeating: Array("1,".utf8), count: 1_999_999).flatMap { $0 } + Array("1]".utf8)
+        #expect(JSONParser.topLevelCount(ones) == 2_000_000)
+        #expect(JSONParser.topLevelCount(Array("{\"a\":1}\n{\"a\":2}\n".utf8)) == nil)
+        #expect(JSONParser.topLevelCount(Array("mrn,name\n1,a\n".utf8)) == nil)
+        #expect(JSONParser.topLevelCount(Array("\u{FEFF}[1,2]".utf8)) == 2)
+        // An array that breaks off is counted to the break, plus the broken rest.
+        #expect(JSONParser.topLevelCount(Array("[1,2,x".utf8)) == 3)
     }
 
     @Test func rejectsInvalidUTF8() {

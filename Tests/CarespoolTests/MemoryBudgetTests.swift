@@ -1,0 +1,99 @@
+import Foundation
+import GRDB
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The memory budget, tried through the real daemon as a hostile partner would: inputs whose parsed form
+/// is many times their size (an array of `1,`: a record every two bytes; `{}`: five problems a record;
+/// values nested inside one document), dropped together so that one batch would hold them all. Before
+/// the budget, one 8 MB array of `1,` took the daemon to 3.9 GB.
+@Suite(.serialized) struct MemoryBudgetTests {
+    @Test func inputsThatSwellWhenParsedStayWithinTheBudgetAndTheFilesBesideThemGoOn() async throws {
+        let dir = TempDir("budget")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let inbox = spool + "/inbox/appointments"
+        let ones = "[" + String(repeating: "1,", count: 399_999) + "1]"  // 800 KB, 400,000 records
+        let empty = "[" + String(repeating: "{},", count: 99_999) + "{}]"  // 300 KB, 100,000 records
+        let lines = String(repeating: "1\n", count: 300_000)  // 600 KB of NDJSON
+        // One document of 700 KB whose values are two bytes each: over the record limit of a 64 MiB budget.
+        let nested = "{\"a\":[" + String(repeating: "[1],", count: 175_000) + "1]}"
+        // Many small files of many records each: together far more records than one part may hold.
+        let small = "[" + String(repeating: "1,", count: 1_499) + "1]"
+        let run = try await Daemon.serve(spool: spool, arguments: ["--memory-budget", "64"]) { pid in
+            try await waitUntilServing(spool)
+            // Written first under dot names (skipped), then renamed at once: claimed in one batch.
+            let files =
+                [("ones.json", ones), ("empty.json", empty), ("lines.ndjson", lines), ("nested.json", nested)]
+                + (0..<60).map { ("small\($0).json", small) }
+                + [("ordinary.json", event("ORD-1", "2025-01-10T12:30:00Z"))]
+            for (name, text) in files {
+                try Data(text.utf8).write(to: URL(fileURLWithPath: inbox + "/." + name))
+            }
+            for (name, _) in files { #expect(rename(inbox + "/." + name, inbox + "/" + name) == 0) }
+            let view = SpoolView(root: spool)
+            let finished = await eventually(timeout: .seconds(240)) {
+                view.done().count + view.failed().count == files.count
+            }
+            let peak = peakResidentBytes(pid)
+            kill(pid, SIGTERM)
+            return (finished, peak)
+        }
+        #expect(run.result.0, "every file finished")
+        let peak = try #require(run.result.1)
+        print("memory budget test: 64 MiB budget, peak RSS \(peak >> 20) MiB")
+        // The debug binary itself resides in about 40 MiB; the 64 MiB budget plans the work on top.
+        #expect(peak < 128 << 20, "peak resident memory \(peak >> 20) MiB")
+        let view = SpoolView(root: spool)
+        #expect(view.done().contains { $0.hasSuffix("--ordinary.json") })
+        // The one document over the record limit is refused with its reason, never parsed.
+        let sidecar = try #require(view.sidecars().first { $0.hasSuffix("nested.json.error.json") })
+        let reason = try String(contentsOfFile: spool + "/failed/appointments/" + sidecar, encoding: .utf8)
+        #expect(
+            reason.contains(
+                "\"the record is over the record limit of 524288 bytes (memory_budget / 128): not parsed\""
+            ),
+            "\(reason)"
+        )
+        // Every record of the others was judged: the rejected sidecars hold one line per record.
+        let rejected = try await view.database().read { db in
+            try Int.fetchOne(db, sql: "SELECT sum(rejected) FROM files WHERE original_name LIKE 'ones.json'")
+        }
+        #expect(rejected == 400_000)
+        let stored = try await view.database().read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")
+        }
+        #expect(stored == 1)
+    }
+
+    /// A streamed record over the record limit is rejected with its size and line, and the records
+    /// around it are stored: nothing of it is parsed.
+    @Test func aStreamedRecordOverTheLimitIsRejectedWithItsLineAndTheOthersStored() async throws {
+        let dir = TempDir("budget-line")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let big = "{\"a\":[" + String(repeating: "1,", count: 400_000) + "1]}"
+        let text =
+            event("L1", "2025-01-10T12:30:00Z") + "\n" + big + "\n" + event("L2", "2025-01-10T12:30:00Z") + "\n"
+        let run = try await Daemon.serve(spool: spool, arguments: ["--memory-budget", "64"]) { pid in
+            try await waitUntilServing(spool)
+            try dropLikeRsync(text, into: spool + "/inbox/appointments", name: "mixed.ndjson")
+            let finished = await eventually(timeout: .seconds(60)) { SpoolView(root: spool).done().count == 1 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result)
+        let view = SpoolView(root: spool)
+        let report = try await view.database().read { db in
+            try String.fetchOne(db, sql: "SELECT report FROM files WHERE original_name = 'mixed.ndjson'")
+        }
+        #expect(report?.contains("over the record limit of 524288 bytes") == true, "\(report ?? "")")
+        let stored = try await view.database().read { db in
+            try String.fetchAll(db, sql: "SELECT appointment_id FROM appointment_events ORDER BY 1")
+        }
+        #expect(stored == ["L1", "L2"])
+    }
+}
