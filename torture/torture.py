@@ -23,6 +23,10 @@ Campaigns (bounded by default; --full runs the long form):
   slow      slow senders hold hundreds of connections (half a head, or a body of 10 of its 1,000 bytes)
             while other senders post: every post answered 202 and stored once, every slow body cut off
             with 408 and every slow head closed, none before its timeout, the daemon alive.
+  cost      every adversarial shape of bench/shapes.py (many tiny records, many keys, long strings, deep
+            nesting, huge CSV fields and rows; 8 MB, 32 MB with --full) dropped and posted while ordinary
+            files and webhooks flow beside them: each ordinary file in done/ within 10 s, every 202
+            stored, the daemon under its memory budget (256 MiB), nothing crashed.
   fuzz      the libFuzzer targets (fuzz/build.sh, fuzz/run.sh) for the CSV reader, the JSON Schema
             validator with the appointment parser, and the Zoom normaliser.
 
@@ -734,6 +738,127 @@ def campaign_diskfull(binary, work, full):
     return r
 
 
+def peak_rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def campaign_cost(binary, work, full):
+    """Every adversarial shape of bench/shapes.py (8 MB; 32 MB with --full), dropped into its inbox and
+    posted (appointment shapes to /ingest's 64 MiB door as well as the webhook's 1 MiB one), while an
+    ordinary file is dropped and an ordinary webhook posted every 100 ms: each ordinary file reaches
+    done/ within 10 s of its drop, every ordinary 202 is stored, every shape ends in done/ or failed/,
+    the daemon's peak RSS stays under its memory budget (the default, 256 MiB), nothing crashes."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import shapes
+    r = Result("cost")
+    budget_mib = 256
+    spool = os.path.join(work, "spool")
+    port = free_port()
+    daemon = Daemon(binary, spool, http=port)
+    daemon.wait_listening(port)
+    size = (32 if full else 8) * 1000 * 1000
+    stop = threading.Event()
+    dropped = {}  # ordinary name -> time of its drop
+    posted = []  # (appointment id, status)
+
+    def ordinary():
+        n = 0
+        while not stop.is_set():
+            name = "ord%d.json" % n
+            rsync_drop(os.path.join(spool, "inbox", "appointments"), name, event("ORD-%d" % n))
+            dropped[name] = time.monotonic()
+            status, _ = post(port, event("ORDP-%d" % n))
+            for _ in range(5):
+                if status != 503:
+                    break
+                time.sleep(1)  # the door's Retry-After: bodies held at their budget (a 32 MB post beside)
+                status, _ = post(port, event("ORDP-%d" % n))
+            posted.append(("ORDP-%d" % n, status))
+            n += 1
+            time.sleep(0.1)
+
+    arrived = {}
+
+    def watch_done():
+        # Polls done/ for the ordinary files' arrival (the daemon's own latency, seen from outside).
+        while not stop.is_set() or len(arrived) < len(dropped):
+            for name in finished(spool, "appointments"):
+                if name.startswith("ord") and name not in arrived:
+                    arrived[name] = time.monotonic()
+            if stop.is_set() and time.monotonic() > stop_time[0] + 120:
+                return
+            time.sleep(0.05)
+
+    stop_time = [float("inf")]
+    threads = [threading.Thread(target=ordinary), threading.Thread(target=watch_done)]
+    for thread in threads:
+        thread.start()
+    sent_shapes = []
+    answers = {}
+    try:
+        for kind, name, suffix, data in shapes.shapes(size):
+            if name.startswith("plain"):
+                continue
+            staged = os.path.join(work, "staged")
+            with open(staged, "wb") as f:
+                f.write(data)
+            os.rename(staged, os.path.join(spool, "inbox", kind, "%s.%s" % (name, suffix)))
+            sent_shapes.append((kind, "%s.%s" % (name, suffix)))
+            paths = ["/ingest"] if kind == "intake" else ["/webhook/appointments", "/ingest"]
+            for path in paths:
+                if kind == "intake" and suffix == "csv":
+                    continue  # the door takes JSON only; CSV is a drop
+                status, _ = post(port, data, path)
+                answers[status] = answers.get(status, 0) + 1
+                if status is None or status >= 500 and status != 503:
+                    r.fail("%s posted to %s: %s" % (name, path, status))
+            r.faults += 1
+        time.sleep(2)
+    finally:
+        stop.set()
+        stop_time[0] = time.monotonic()
+        for thread in threads:
+            thread.join()
+    r.sent = len(sent_shapes) + len(dropped) + len(posted)
+    if not settled(spool, kinds=("appointments", "intake"), timeout=300):
+        r.fail("the spool did not settle")
+    peak = peak_rss_mib(daemon.process.pid)
+    if not daemon.alive():
+        r.fail("the daemon died")
+    daemon.stop()
+    if peak > budget_mib:
+        r.fail("peak RSS %.0f MiB over the %d MiB budget" % (peak, budget_mib))
+    for kind, name in sent_shapes:
+        if finished(spool, kind).count(name) != 1:
+            r.fail("%s: not in exactly one of done/ or failed/" % name)
+    late = sorted(((arrived.get(n, float("inf")) - t), n) for n, t in dropped.items())
+    worst = late[-1][0] if late else 0
+    if worst > 10:
+        r.fail("an ordinary file waited %.1f s (%s) behind the shapes" % (worst, late[-1][1]))
+    db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+    stored = set(n for (n,) in db.execute("SELECT appointment_id FROM appointment_events WHERE appointment_id LIKE 'ORD%'"))
+    for key, status in posted:
+        if status == 202 and key not in stored:
+            r.lost += 1
+        if status != 202:
+            r.fail("an ordinary post answered %s" % status)
+    for name in dropped:
+        if "ORD-" + name[3:-5] not in stored:
+            r.lost += 1
+    r.twice = sum(n for (n,) in db.execute(
+        "SELECT count(*) - count(DISTINCT appointment_id) FROM appointment_events WHERE appointment_id LIKE 'ORD%'"))
+    lat = sorted(a - dropped[n] for n, a in arrived.items() if n in dropped)
+    r.notes.append("%d shapes of %d MB dropped and posted (answers %s); peak RSS %.0f MiB (budget %d); "
+                   "%d ordinary drops, drop->done p50 %.2f s, max %.2f s" % (
+                       len(sent_shapes), size // 1000000,
+                       ", ".join("%s×%d" % kv for kv in sorted(answers.items(), key=str)), peak, budget_mib,
+                       len(dropped), lat[len(lat) // 2] if lat else -1, worst))
+    if r.lost or r.twice:
+        r.ok = False
+    return r
+
+
 def campaign_fuzz(binary, work, full, seconds):
     r = Result("fuzz")
     build = subprocess.run([os.path.join(ROOT, "fuzz", "build.sh")], capture_output=True, text=True)
@@ -762,7 +887,7 @@ def main():
     ap.add_argument("--fuzz-seconds", type=int)
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
-    order = ["crash", "diskfull", "overflow", "locked", "hostile", "slow", "fuzz"]
+    order = ["crash", "diskfull", "overflow", "locked", "hostile", "slow", "cost", "fuzz"]
     chosen = args.only.split(",") if args.only else order
     fuzz_seconds = args.fuzz_seconds or (600 if args.full else 60)
     results = []

@@ -217,6 +217,9 @@ final class Engine: @unchecked Sendable {
     private var nextRescan: Int64 = 0
     /// Claimed files waiting to be processed (recovered, or due for a retry).
     private var queued: [Spool.Claimed] = []
+    /// Set when a batch left large files for later: one large file a step, so that the small files that
+    /// arrive meanwhile are claimed between two large ones instead of waiting for all of them.
+    private var largeDeferred = false
     private var retries: [String: Retry] = [:]
     /// Transient failures so far of each file still in processing/: kept while a retry is queued, so that
     /// the backoff grows; forgotten when the file is finished.
@@ -429,12 +432,19 @@ final class Engine: @unchecked Sendable {
             if batch.isEmpty { break }
             CrashGuard.during(batch.map(\.id)) { process(batch, claimedAt: claimedAt) }
             progressed()
-            for file in batch {
+            let waiting = Set(queued.map(\.id))
+            for file in batch where !waiting.contains(file.id) {
                 claimedFresh.remove(file.id)
                 isolated.remove(file.id)
                 quarantined.remove(file.id)
                 if retries[file.id] == nil { attempts[file.id] = nil }
                 unreadVerdicts[file.id] = nil
+            }
+            // Large files left for later: end the step once every ready file is claimed, so that the next
+            // one (at the next wake-up) looks at the inboxes again before the next large file.
+            if largeDeferred && start >= ready.count {
+                largeDeferred = false
+                break
             }
         }
         writeRetryState()
@@ -506,8 +516,14 @@ final class Engine: @unchecked Sendable {
             return bounded
         }
         defer {
-            for file in large {
-                processLarge(file, claimedAt: claimedAt[file.id] ?? Clock.monotonicNanos())
+            // One large file now; the others wait in the queue (still claimed, in processing/) for the
+            // steps after this one, each of which first takes what arrived meanwhile.
+            if let first = large.first {
+                if large.count > 1 {
+                    queued.append(contentsOf: large.dropFirst())
+                    largeDeferred = true
+                }
+                processLarge(first, claimedAt: claimedAt[first.id] ?? Clock.monotonicNanos())
             }
         }
         var group: [Spool.Claimed] = []
