@@ -14,7 +14,10 @@ raw table and carespool's full intake of it, and prints both rows/s, their ratio
 the data model's floor (the same rows loaded set-based into carespool's schema by the sqlite3 shell) and
 the leanest schema's floor (the same into the fewest tables and indexes the prescribed model allows).
 Phase 5 posts unique webhooks with wrk: durable 202s/s on a disk spool, on tmpfs, and on disk with
-processing held off (the write path alone), and GET /health's rate. docs/PERFORMANCE.md has the details.
+processing held off (the write path alone), and GET /health's rate.
+Phase 6 drops each adversarial shape of bench/shapes.py (8 MB) and the plain file of its kind into a fresh
+daemon: MB/s to its verdict, the ratio to the plain file's, and the peak RSS. docs/PERFORMANCE.md has the
+details.
 """
 import argparse, ctypes, ctypes.util, datetime, os, shutil, signal, sqlite3, struct, subprocess, sys, tempfile, threading, time
 
@@ -230,6 +233,65 @@ def http_phase(binary, schema, seconds):
     print("| GET /health (the server's ceiling) | %.0f requests/s, p99 %.2f ms |" % (health[0], health[2]))
 
 
+def shapes_phase(binary, schema, size):
+    """Each adversarial shape of bench/shapes.py (and the plain file of its kind it is measured against),
+    dropped alone into a fresh daemon: MB/s from the drop to its verdict (done/ or failed/), the daemon's
+    peak RSS, and the ratio of its MB/s to the plain file's (target: within 3x, ratio >= 0.33)."""
+    import glob
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import shapes
+    rows = []
+    for kind, name, suffix, data in shapes.shapes(size):
+        root = tempfile.mkdtemp(prefix="carespool-bench-shape-")
+        spool = os.path.join(root, "spool")
+        os.makedirs(os.path.join(spool, "inbox", kind))
+        log = open(os.path.join(root, "daemon.log"), "w")
+        daemon = subprocess.Popen([binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning",
+                                   "--http", "off"], stderr=log)
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(os.path.join(spool, "processing", "retrying.json")):
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    sys.exit("shapes: daemon did not start; see " + log.name)
+                time.sleep(0.01)
+            staged = os.path.join(root, "staged")
+            with open(staged, "wb") as f:
+                f.write(data)
+            file_name = "%s.%s" % (name, suffix)
+            begin = time.monotonic()
+            os.rename(staged, os.path.join(spool, "inbox", kind, file_name))
+            where = None
+            while where is None:
+                if glob.glob(os.path.join(spool, "done", kind, "*", "*--" + file_name)):
+                    where = "done"
+                elif glob.glob(os.path.join(spool, "failed", kind, "*--" + file_name)):
+                    where = "failed"
+                elif daemon.poll() is not None or time.monotonic() - begin > 600:
+                    sys.exit("shapes: %s never finished; see %s" % (name, log.name))
+                else:
+                    time.sleep(0.005)
+            seconds = time.monotonic() - begin
+            with open("/proc/%d/status" % daemon.pid) as f:
+                peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+            outcome, stored, rejected = db.execute("SELECT outcome, stored, rejected FROM files").fetchone()
+            db.close()
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=60)
+            shutil.rmtree(root, ignore_errors=True)
+        rows.append((kind, name, len(data), seconds, peak_kib / 1024.0, outcome, stored, rejected))
+    plain = {kind: r for r in rows for kind in [r[0]] if r[1].startswith("plain")}
+    print("| adversarial shapes (%d MB each, one per fresh daemon) | MB/s | ratio to plain | peak RSS | verdict |" % (size // 1000000))
+    print("| --- | --- | --- | --- | --- |")
+    for kind, name, length, seconds, peak, outcome, stored, rejected in rows:
+        rate = length / seconds / 1e6
+        base = plain[kind]
+        ratio = rate / (base[2] / base[3] / 1e6)
+        print("| %s: %s | %.1f | %.2f | %.1f MiB | %s, %d stored, %d rejected |"
+              % (kind, name, rate, ratio, peak, outcome, stored, rejected))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
@@ -239,12 +301,13 @@ def main():
     ap.add_argument("--intake-rows", type=int, default=1000000)
     ap.add_argument("--csv-parse-bench", help="path of the csv-parse-bench binary (parsing-only speed)")
     ap.add_argument("--http-seconds", type=int, default=20)
-    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http")
+    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes")
+    ap.add_argument("--shape-bytes", type=int, default=8000000)
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
-    if args.only not in (None, "files", "zoom", "intake", "http"):
-        sys.exit("--only: one of files, zoom, intake, http")
+    if args.only not in (None, "files", "zoom", "intake", "http", "shapes"):
+        sys.exit("--only: one of files, zoom, intake, http, shapes")
 
     def want(phase):
         return args.only in (None, phase)
@@ -438,6 +501,9 @@ def main():
         print("| daemon exit statuses after SIGTERM | %s |" % ", ".join(str(s) for s in statuses))
         if want("http"):
             http_phase(args.binary, schema, args.http_seconds)
+        if want("shapes"):
+            print()
+            shapes_phase(args.binary, schema, args.shape_bytes)
     finally:
         for daemon in daemons:
             if daemon.poll() is None:

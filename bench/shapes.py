@@ -58,7 +58,8 @@ def shapes(size, seed=1):
     yield "appointments", "long-string", "json", (
         '{"event_type":"appointment.scheduled","appointment_id":"A1","patient_id":"P1",'
         '"timestamp":"2025-01-10T12:30:00Z","notes":"' + "é" * (size // 2 - 60) + '"}').encode()
-    yield "appointments", "max-nesting", "json", b"[" * 511 + b"]" * 511
+    deep = b"[" * 500 + b"1" + b"]" * 500  # an element nested 501 deep, near the parser's 512
+    yield "appointments", "max-nesting", "json", b"[" + b",".join([deep] * (size // (len(deep) + 1))) + b"]"
     yield "intake", "plain-csv", "csv", plain_csv(size, rng)
     yield "intake", "csv-huge-field", "csv", (
         INTAKE_HEADER + '\nM1,Zoë,Müller,1980-01-01,V1,2025-03-01,"' + "x" * (size - 120) + '"\n').encode()
