@@ -861,13 +861,14 @@ def campaign_cost(binary, work, full):
 
 def campaign_fuzz(binary, work, full, seconds):
     r = Result("fuzz")
-    build = subprocess.run([os.path.join(ROOT, "fuzz", "build.sh")], capture_output=True, text=True)
+    build = subprocess.run([os.path.join(ROOT, "fuzz", "build.sh"), ".build-fuzz"] + (["asan"] if full else []),
+                           capture_output=True, text=True)
     if build.returncode != 0:
         r.fail("fuzz targets did not build: " + build.stderr[-500:])
         return r
     # Bounded: a fixed seed, the same inputs from every clean clone; --full: a random seed, to explore.
-    run = subprocess.run([os.path.join(ROOT, "fuzz", "run.sh"), str(seconds), "0" if full else "1"],
-                         capture_output=True, text=True)
+    run = subprocess.run([os.path.join(ROOT, "fuzz", "run.sh"), str(seconds), "0" if full else "1"]
+                         + (["asan"] if full else []), capture_output=True, text=True)
     for line in run.stdout.splitlines():
         r.notes.append(line)
         words = line.split()
