@@ -58,7 +58,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .target(name: "Spool", swiftSettings: swiftSettings),
+        .target(name: "CRename"),
+        .target(name: "Spool", dependencies: ["CRename"], swiftSettings: swiftSettings),
         .target(
             name: "Systemd",
             dependencies: [.product(name: "Logging", package: "swift-log")],

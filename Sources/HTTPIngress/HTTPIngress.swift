@@ -781,6 +781,13 @@ private struct Ingress {
             // The audit trail's "who": the token's name, or how the request proved itself.
             let who = "http:" + (sender.hasPrefix("token:") ? String(sender.dropFirst(6)) : sender)
             (id, replayed) = try await writer.write(bytes, into: inbox, idempotencyKey: idempotencyKey, sender: who)
+        } catch let error as SpoolError where error.isNotAFolderAnyMore {
+            // The inbox was replaced after start (said once by the pipeline, critical): nothing is taken in
+            // that nobody would process.
+            context.logger.critical("inbox folder replaced: request refused", metadata: ["route.kind": "\(inbox.kind)"])
+            var response = Self.error(.serviceUnavailable, "the route's inbox is out of service; tell the operator")
+            response.headers[.retryAfter] = "60"
+            return response
         } catch let error as SpoolError where error.code == ENOSPC || error.code == EDQUOT {
             return Self.error(
                 HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage"),

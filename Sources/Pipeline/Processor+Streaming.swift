@@ -71,7 +71,24 @@ extension Engine {
                 if line.last == 0x0D { line.removeLast() }
                 readWhole = (try? JSONParser.check(Array(line), keepUpTo: 0)) == nil
             }
-            if readWhole {
+            // Text never holds a NUL byte (JSON forbids it, RFC 4180 has no place for it): a file whose
+            // first line does — preallocated zeros (fallocate), a disk image — is refused unread, before
+            // a pass over gigabytes of it. So is a CSV file whose header line is longer than a record may be.
+            if let nul = firstLine.firstIndex(of: 0) {
+                tooLarge = RecordProblem(
+                    record: nil,
+                    line: 1,
+                    pointer: nil,
+                    message: "a NUL byte at byte \(nul): not JSON or CSV text; the file is not read further"
+                )
+            } else if isCSV && firstLine.count >= CSVReader().maxRecordBytes {
+                tooLarge = RecordProblem(
+                    record: nil,
+                    line: 1,
+                    pointer: nil,
+                    message: "header: its line is longer than \(CSVReader().maxRecordBytes) bytes; the file is not read further"
+                )
+            } else if readWhole {
                 guard size > configuration.recordLimit else {
                     processWhole(file, claimedAt: claimedAt)
                     return

@@ -27,6 +27,9 @@ extension Spool {
     /// fresh id) only: rename(2) gives the watcher an IN_MOVED_TO, so the file is claimed at once, where a
     /// no-replace link(2) would only say IN_CREATE and wait for the settle interval.
     package func publish(temporaryName: String, into inbox: Inbox, as name: String) throws(SpoolError) {
+        // Never into an inbox replaced after start: the pipeline no longer reads it, and a file placed
+        // there through the old descriptor would be answered 202 and never processed.
+        try folders.checkIdentity(inbox.path)
         try place(temporaryName, into: inbox.path, as: name)
     }
 

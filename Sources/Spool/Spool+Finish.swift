@@ -1,3 +1,5 @@
+import CRename
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -67,8 +69,15 @@ extension Spool {
                 guard let (_, original) = SpoolName.parse(name) else { continue }
                 let from = try folders.descriptor(folder)
                 let to = try folders.descriptor(inboxPath(kind))
-                if linkat(from, name, to, original, 0) != 0 { throw SpoolError("move", inboxPath(kind), errno) }
-                if unlinkat(from, name, 0) != 0 { throw SpoolError("move", folder, errno) }
+                // renameat2(RENAME_NOREPLACE): link(2) is refused (EPERM) for a partner's file that the
+                // daemon may not write when fs.protected_hardlinks is on — a file left 0644 by its sender
+                // could never be retried. link + unlink only where the filesystem cannot do it.
+                if carespool_rename_noreplace(from, name, to, original) != 0 {
+                    let code = errno
+                    guard code == EINVAL || code == ENOSYS else { throw SpoolError("move", inboxPath(kind), code) }
+                    if linkat(from, name, to, original, 0) != 0 { throw SpoolError("move", inboxPath(kind), errno) }
+                    if unlinkat(from, name, 0) != 0 { throw SpoolError("move", folder, errno) }
+                }
                 for sidecar in try scanAll(folder) where sidecar.hasPrefix(name + ".") {
                     unlinkat(from, sidecar, 0)
                 }

@@ -190,11 +190,41 @@ struct Drop: AsyncParsableCommand {
     @Option(help: "The kind: appointments, zoom, intake.")
     var kind: String
 
-    @Argument(help: "The files to drop.")
+    @Argument(help: "The files to drop; - reads standard input (with --name).")
     var files: [String]
+
+    @Option(help: "The name in the inbox of the file read from standard input (-).")
+    var name: String?
 
     @Flag(help: "Print JSON: where each file went.")
     var json = false
+
+    /// Run by another user through sudo: files are then read from standard input only, opened by that
+    /// user's own shell with that user's rights — a path would be opened with the daemon user's, and an
+    /// operator could copy into failed/ what only the daemon may read (a secret, another partner's file).
+    static var underSudo: Bool {
+        guard let invoker = ProcessInfo.processInfo.environment["SUDO_UID"].flatMap({ uid_t($0) }) else {
+            return false
+        }
+        return invoker != getuid()
+    }
+
+    func validate() throws {
+        if files.contains("-") {
+            guard files == ["-"] else { throw ValidationError("- (standard input) is dropped alone") }
+            guard let name, !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
+                throw ValidationError("- (standard input) needs --name NAME, a file name without /")
+            }
+        } else if name != nil {
+            throw ValidationError("--name names the file read from standard input (-)")
+        }
+        if Self.underSudo && files != ["-"] {
+            throw ValidationError(
+                "under sudo, drop reads its file from standard input, opened with your own rights: "
+                    + "sudo -u carespool carespool drop --kind KIND --name NAME - < FILE"
+            )
+        }
+    }
 
     func run() async throws {
         let (spool, databasePath, _) = try spoolOptions.resolved()
@@ -205,12 +235,13 @@ struct Drop: AsyncParsableCommand {
         var dropped: [JSONValue] = []
         defer { if json { print(JSONValue.object([.init(key: "dropped", value: .array(dropped))]).compactText) } }
         for file in files {
-            guard let data = FileManager.default.contents(atPath: file) else {
-                FileHandle.standardError.write(Data("cannot read \(file)\n".utf8))
+            let read = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : FileManager.default.contents(atPath: file)
+            guard let data = read else {
+                FileHandle.standardError.write(Data("cannot read \(Terminal.safe(file))\n".utf8))
                 failures += 1
                 continue
             }
-            let name = (file as NSString).lastPathComponent
+            let name = file == "-" ? self.name ?? "stdin" : (file as NSString).lastPathComponent
             do {
                 try spool.drop(bytes: Array(data), into: inbox, name: name)
                 if json {
@@ -227,7 +258,7 @@ struct Drop: AsyncParsableCommand {
                     databasePath,
                     action: "drop",
                     target: kind + "/" + name,
-                    detail: "\(data.count) bytes"
+                    detail: "\(data.count) bytes from " + (file == "-" ? "standard input" : file)
                 )
             } catch {
                 FileHandle.standardError.write(Data("cannot drop \(file): \(error.description)\n".utf8))

@@ -405,6 +405,39 @@ import WebhookSignatures
         #expect(slow.take("k", now: start) == 86_400)
     }
 
+    /// An inbox swapped for a symlink after start is out of service for the door too: a request is
+    /// refused (503) and nothing is written through the old folder's descriptor — where no one would
+    /// process it — nor through the link.
+    @Test func anInboxReplacedAfterStartRefusesRequestsAndWritesNothing() async throws {
+        defer { dir.cleanup() }
+        let (app, spool) = try app(HTTPConfiguration(openRoutes: Self.allRoutes))
+        let headers: HTTPFields = [.contentType: "application/json"]
+        let elsewhere = dir.path + "/elsewhere"
+        try await app.test(.router) { client in
+            let body = ByteBuffer(string: event("SW1", "2025-01-10T12:30:00Z"))
+            try await client.execute(uri: "/webhook/appointments", method: .post, headers: headers, body: body) {
+                #expect($0.status == .accepted)
+            }
+            let folder = spool.inboxPath("appointments")
+            #expect(rename(folder, folder + ".old") == 0)
+            #expect(mkdir(elsewhere, 0o755) == 0 && symlink(elsewhere, folder) == 0)
+            let next = ByteBuffer(string: event("SW2", "2025-01-10T12:30:00Z"))
+            for _ in 0..<2 {
+                try await client.execute(
+                    uri: "/webhook/appointments",
+                    method: .post,
+                    headers: headers,
+                    body: next
+                ) { response in
+                    #expect(response.status == .serviceUnavailable)
+                    #expect(String(buffer: response.body).contains("out of service"))
+                }
+            }
+            #expect(try FileManager.default.contentsOfDirectory(atPath: folder + ".old").count == 1)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: elsewhere).isEmpty)
+        }
+    }
+
     @Test func aFullInboxOrANearlyFullDiskIsBackpressure503WithRetryAfter() async throws {
         defer { dir.cleanup() }
         let body = ByteBuffer(string: event("P1", "2025-01-10T12:30:00Z"))

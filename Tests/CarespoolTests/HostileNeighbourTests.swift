@@ -152,13 +152,15 @@ import Testing
                 Self.plant(a, name, event("H\(index)", "2025-03-01T10:00:00Z") + "\n", owner: Self.partnerA)
             }
             Self.plant(a, Array("locked.json".utf8), event("L", "2025-03-01T10:00:00Z"), owner: Self.partnerA, mode: 0)
+            // A bad file left 0644 by its sender (umask 022): the daemon may read it, not write it.
+            Self.plant(a, Array("broken.json".utf8), "{broken", owner: Self.partnerA, mode: 0o644)
             mkdir(a + "/folder", 0o555)
             chown(a + "/folder", Self.ids(Self.partnerA).uid, Self.ids(Self.partnerA).gid)
             // Partner B's upload in progress: a name the daemon leaves alone.
             Self.plant(b, Array("upload.csv.part".utf8), "mrn,first_name\n", owner: Self.partnerB)
             let view = SpoolView(root: spool)
             checks["all finished"] = await eventually(timeout: .seconds(30)) {
-                view.done().count == named.count && view.failed().count == 1
+                view.done().count == named.count && view.failed().count == 2
             }
             try? await Task.sleep(for: .seconds(2))  // several rescans over the unclaimable folder
             // What each neighbour can reach.
@@ -219,7 +221,7 @@ import Testing
             let hex = Array(name.utf8).map { String(format: "%02X", $0) }.joined()
             #expect(names.contains(hex), "ledger lacks \(name.debugDescription)")
         }
-        #expect(stored.count == named.count + 1, "each file once, and the unreadable one as a verdict")
+        #expect(stored.count == named.count + 2, "each file once, the unreadable and the broken one as verdicts")
         let locked = try #require(view.sidecars().first { $0.hasSuffix("locked.json.error.json") })
         let reason = try String(contentsOfFile: spool + "/failed/appointments/" + locked, encoding: .utf8)
         #expect(reason.contains("cannot read the file") && reason.contains("EACCES"), "\(reason)")
@@ -245,5 +247,20 @@ import Testing
         #expect(shown.out.contains("evil\\u{1B}]0;owned\\u{7}\\u{A}| fake | row |.json"), "\(shown.out)")
         let failed = try await Daemon.command(["failed", "--spool", spool])
         #expect(!failed.out.contains("\u{1B}"))
+        // The operator retries the partner's broken file as the daemon's user: with fs.protected_hardlinks
+        // on, a link(2) of a file it may not write is refused (EPERM); the no-replace rename is not.
+        let broken = try #require(
+            try await database.read { db in
+                try String.fetchOne(db, sql: "SELECT id FROM files WHERE original_name = 'broken.json'")
+            }
+        )
+        let retried = try await Self.run([
+            "/usr/bin/setpriv", "--reuid=" + d, "--regid=" + ops, "--init-groups", Daemon.binary, "retry", broken,
+            "--config", config, "--spool", spool, "--db", spool + "/carespool.sqlite3",
+        ])
+        #expect(retried.status == .exited(0), "\(retried.err)")
+        #expect(FileManager.default.fileExists(atPath: spool + "/inbox/appointments/broken.json"))
+        var st = stat()
+        #expect(lstat(spool + "/inbox/appointments/broken.json", &st) == 0 && st.st_uid == Self.ids(Self.partnerA).uid)
     }
 }

@@ -69,6 +69,39 @@ import Testing
         #expect(stored == 1)
     }
 
+    /// Size before work, for a file with its blocks allocated but never written (fallocate: free for its
+    /// sender, zeros to read): refused at its first NUL byte, not hashed first in full (a 2 GB one held
+    /// every inbox for 8 s), and the file behind it goes on at once.
+    @Test func aPreallocatedFileOfZerosIsRefusedAtItsFirstBytesNotHashedFirst() async throws {
+        let dir = TempDir("budget-zeros")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let staged = dir.file("zeros.ndjson")
+        let fd = open(staged, O_CREAT | O_WRONLY, 0o644)
+        #expect(fd >= 0 && posix_fallocate(fd, 0, 2 << 30) == 0)
+        close(fd)
+        let run = try await Daemon.serve(spool: spool) { pid in
+            try await waitUntilServing(spool)
+            let started = ContinuousClock.now
+            #expect(rename(staged, spool + "/inbox/appointments/zeros.ndjson") == 0)
+            try dropLikeRsync(event("Z1", "2025-01-10T12:30:00Z"), into: spool + "/inbox/appointments", name: "after.json")
+            let view = SpoolView(root: spool)
+            let finished = await eventually(timeout: .seconds(60)) {
+                view.failed().count == 1 && view.done().count == 1
+            }
+            let elapsed = ContinuousClock.now - started
+            kill(pid, SIGTERM)
+            return (finished, elapsed)
+        }
+        #expect(run.result.0)
+        // The verdict needs 16 MiB read (well under a second here; a loaded CI machine gets room).
+        #expect(run.result.1 < .seconds(10), "\(run.result.1)")
+        let view = SpoolView(root: spool)
+        let sidecar = try #require(view.sidecars().first { $0.hasSuffix("zeros.ndjson.error.json") })
+        let reason = try String(contentsOfFile: spool + "/failed/appointments/" + sidecar, encoding: .utf8)
+        #expect(reason.contains("a NUL byte at byte 0: not JSON or CSV text"), "\(reason)")
+    }
+
     /// A streamed record over the record limit is rejected with its size and line, and the records
     /// around it are stored: nothing of it is parsed.
     @Test func aStreamedRecordOverTheLimitIsRejectedWithItsLineAndTheOthersStored() async throws {

@@ -159,6 +159,43 @@ import Testing
 /// Paging arithmetic is checked (issue 16, finding 7): a page so far out that its offset overflows is an
 /// empty page, never a trap (`query patients --page 9223372036854775807` died on an overflow).
 @Suite struct PagingTests {
+    /// An operator runs `drop` through sudo as the daemon's user: a path would be opened with that user's
+    /// rights (and a secret only it may read copied into failed/, where operators read). Under sudo the
+    /// file comes on standard input, opened by the operator's own shell; a path is refused.
+    @Test func underSudoDropReadsOnlyStandardInputOpenedWithTheOperatorsRights() async throws {
+        let dir = TempDir("drop-sudo")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        for folder in ["/tmp", "/inbox/appointments"] {
+            try FileManager.default.createDirectory(atPath: spool + folder, withIntermediateDirectories: true)
+        }
+        let secret = dir.file("secret-token")
+        try "SECRET-SECRET-SECRET".write(toFile: secret, atomically: true, encoding: .utf8)
+        try event("SU1", "2025-01-10T12:30:00Z").write(toFile: dir.file("mine.json"), atomically: true, encoding: .utf8)
+        func sh(_ script: String) async throws -> (status: TerminationStatus, out: String, err: String) {
+            try await Daemon.command(["-c", script], executable: "/bin/sh")
+        }
+        let me = getuid()
+        let refused = try await sh(
+            "SUDO_UID=\(me + 4242) SUDO_USER=op '\(Daemon.binary)' drop --kind appointments --spool '\(spool)' '\(secret)'"
+        )
+        #expect(refused.status != .exited(0))
+        #expect(refused.err.contains("under sudo, drop reads its file from standard input"), "\(refused.err)")
+        #expect(SpoolView(root: spool).names("inbox/appointments").isEmpty)
+        let piped = try await sh(
+            "SUDO_UID=\(me + 4242) SUDO_USER=op '\(Daemon.binary)' drop --kind appointments --spool '\(spool)' "
+                + "--name mine.json - < '\(dir.file("mine.json"))'"
+        )
+        #expect(piped.status == .exited(0), "\(piped.err)")
+        let dropped = try String(contentsOfFile: spool + "/inbox/appointments/mine.json", encoding: .utf8)
+        #expect(dropped == event("SU1", "2025-01-10T12:30:00Z"))
+        // Not under sudo, a path is read as before; - needs its name.
+        let plain = try await sh("'\(Daemon.binary)' drop --kind appointments --spool '\(spool)' '\(secret)'")
+        #expect(plain.status == .exited(0), "\(plain.err)")
+        let unnamed = try await sh("'\(Daemon.binary)' drop --kind appointments --spool '\(spool)' - < /dev/null")
+        #expect(unnamed.err.contains("needs --name NAME"), "\(unnamed.err)")
+    }
+
     @Test func anOffsetThatWouldOverflowIsPastEveryRow() {
         #expect(AppDatabase.offset(page: 1, pageSize: 50) == 0)
         #expect(AppDatabase.offset(page: 3, pageSize: 50) == 100)
