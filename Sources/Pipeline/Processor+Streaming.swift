@@ -86,7 +86,8 @@ extension Engine {
                     record: nil,
                     line: 1,
                     pointer: nil,
-                    message: "header: its line is longer than \(CSVReader().maxRecordBytes) bytes; the file is not read further"
+                    message:
+                        "header: its line is longer than \(CSVReader().maxRecordBytes) bytes; the file is not read further"
                 )
             } else if readWhole {
                 guard size > configuration.recordLimit else {

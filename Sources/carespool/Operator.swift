@@ -235,7 +235,9 @@ struct Drop: AsyncParsableCommand {
         var dropped: [JSONValue] = []
         defer { if json { print(JSONValue.object([.init(key: "dropped", value: .array(dropped))]).compactText) } }
         for file in files {
-            let read = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : FileManager.default.contents(atPath: file)
+            let read =
+                file == "-"
+                ? FileHandle.standardInput.readDataToEndOfFile() : FileManager.default.contents(atPath: file)
             guard let data = read else {
                 FileHandle.standardError.write(Data("cannot read \(Terminal.safe(file))\n".utf8))
                 failures += 1

@@ -84,7 +84,11 @@ import Testing
             try await waitUntilServing(spool)
             let started = ContinuousClock.now
             #expect(rename(staged, spool + "/inbox/appointments/zeros.ndjson") == 0)
-            try dropLikeRsync(event("Z1", "2025-01-10T12:30:00Z"), into: spool + "/inbox/appointments", name: "after.json")
+            try dropLikeRsync(
+                event("Z1", "2025-01-10T12:30:00Z"),
+                into: spool + "/inbox/appointments",
+                name: "after.json"
+            )
             let view = SpoolView(root: spool)
             let finished = await eventually(timeout: .seconds(60)) {
                 view.failed().count == 1 && view.done().count == 1
