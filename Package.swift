@@ -50,7 +50,7 @@ let package = Package(
         .target(
             name: "Pipeline",
             dependencies: [
-                "Spool", "Watcher", "Kinds", "Store", "JSONSchema",
+                "Spool", "Watcher", "Kinds", "Store", "JSONSchema", "CMemory",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -59,6 +59,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "CRename"),
+        .target(name: "CMemory"),
         .target(name: "Spool", dependencies: ["CRename"], swiftSettings: swiftSettings),
         .target(
             name: "Systemd",

@@ -1,28 +1,60 @@
 import Synchronization
 
-/// The door's memory budget: bytes of request bodies held at once. A request takes from it as its body
-/// arrives and gives everything back when it is answered. A part fits while the sum stays within the
-/// budget — and always when nothing but that request's own body is held, so one request as large as
-/// its route allows is never refused for memory.
-final class BodyBudget: Sendable {
-    private let budget: Int
-    private let held = Mutex(0)
+/// The door's memory budget: bytes of request bodies held at once, counted as each part arrives and
+/// given back when the request is answered. Two pools, so that senders who have not proved who they are
+/// cannot take what proven ones need: bodies of requests whose credential was checked before the body
+/// (a bearer token, an opened route) share `verified`; bodies read before their signature can be checked
+/// (the Zoom route, Standard Webhooks routes) share `unverified`, and one client address holds at most
+/// `perAddress` of it. A route's body limit is capped to its pool (``limit(_:)``), so a request alone in
+/// its pool always fits.
+package final class BodyBudget: Sendable {
+    package let verified: Int
+    package let unverified: Int
+    package let perAddress: Int
+    private struct State {
+        var verified = 0
+        var unverified = 0
+        var byAddress: [String: Int] = [:]
+    }
+    private let state = Mutex(State())
 
-    init(_ budget: Int) { self.budget = budget }
+    /// Pools sized from the door's share of the memory budget (a quarter of it): all of it for verified
+    /// senders, half as much again for unverified ones, an eighth of that per address.
+    package init(share: Int) {
+        verified = share
+        unverified = share / 2
+        perAddress = max(1, share / 16)
+    }
+
+    /// The most one request's body may be in its pool: a larger one could never fit (413, not 503).
+    package func limit(verifiedFirst: Bool) -> Int { verifiedFirst ? verified : perAddress }
 
     /// One request's share.
-    final class Holding: Sendable {
+    package final class Holding: Sendable {
         private let budget: BodyBudget
+        /// nil: a verified sender; else the client address of an unverified one.
+        private let address: String?
         private let mine = Mutex(0)
 
-        fileprivate init(_ budget: BodyBudget) { self.budget = budget }
+        fileprivate init(_ budget: BodyBudget, address: String?) {
+            self.budget = budget
+            self.address = address
+        }
 
-        /// Takes `bytes` more; false when they do not fit beside what other requests hold.
-        func take(_ bytes: Int) -> Bool {
+        /// Takes `bytes` more; false when they do not fit beside what others hold in its pool.
+        package func take(_ bytes: Int) -> Bool {
             mine.withLock { mine in
-                let fits = budget.held.withLock { held in
-                    guard held == mine || held + bytes <= budget.budget else { return false }
-                    held += bytes
+                let fits = budget.state.withLock { state in
+                    if let address {
+                        let fromAddress = state.byAddress[address, default: 0]
+                        guard state.unverified + bytes <= budget.unverified, fromAddress + bytes <= budget.perAddress
+                        else { return false }
+                        state.unverified += bytes
+                        state.byAddress[address] = fromAddress + bytes
+                    } else {
+                        guard state.verified + bytes <= budget.verified else { return false }
+                        state.verified += bytes
+                    }
                     return true
                 }
                 if fits { mine += bytes }
@@ -31,16 +63,27 @@ final class BodyBudget: Sendable {
         }
 
         /// Gives back everything this request took.
-        func release() {
+        package func release() {
             mine.withLock { mine in
-                budget.held.withLock { $0 -= mine }
+                guard mine > 0 else { return }
+                budget.state.withLock { state in
+                    if let address {
+                        state.unverified -= mine
+                        let left = state.byAddress[address, default: 0] - mine
+                        state.byAddress[address] = left > 0 ? left : nil
+                    } else {
+                        state.verified -= mine
+                    }
+                }
                 mine = 0
             }
         }
     }
 
-    func holding() -> Holding { Holding(self) }
+    /// A holding for a request whose credential was checked before its body (`address` nil), or for an
+    /// unverified one from `address`.
+    package func holding(unverifiedFrom address: String?) -> Holding { Holding(self, address: address) }
 
-    /// Bytes held now.
-    var current: Int { held.withLock { $0 } }
+    /// Bytes held now in both pools.
+    package var current: Int { state.withLock { $0.verified + $0.unverified } }
 }

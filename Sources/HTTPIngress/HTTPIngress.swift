@@ -113,10 +113,12 @@ package struct HTTPConfiguration: Sendable {
     package var bodyTimeout: Duration
     /// Most connections open at once; further ones wait in the listen backlog (default 1,024).
     package var maxConnections: Int
-    /// Memory budget of the door: request bodies held at once, in bytes (default 64 MiB, a quarter of
-    /// `memory_budget`). Each request reserves twice its declared length (the body and its copy), or
-    /// twice its route's limit when it declares none; one that does not fit while others are held is
-    /// answered 503 with Retry-After, before its body is read. One request alone always fits.
+    /// Memory budget of the door (``BodyBudget``), in bytes (default 64 MiB, a quarter of
+    /// `memory_budget`): bodies of senders verified before their body (bearer tokens, opened routes) hold
+    /// at most this together, bodies read before their signature is checked half of it, one client
+    /// address a sixteenth. A body is counted as its parts arrive; one whose next part does not fit is
+    /// answered 503 with Retry-After. A route's body limit is capped to what its pool lets one request
+    /// hold, so one request alone always fits.
     package var bodyBudget: Int
     /// The largest JSON document, or element of an ingest array, accepted (default 2 MiB, the pipeline's
     /// record limit): a larger one is answered 413, never parsed.
@@ -293,7 +295,7 @@ package func buildRouter(
         highWater: configuration.inboxHighWater,
         reserve: configuration.diskReserve
     )
-    let bodies = BodyBudget(configuration.bodyBudget)
+    let bodies = BodyBudget(share: configuration.bodyBudget)
     let router = Router(context: IngressContext.self)
     router.add(middleware: RequestMetrics())
     let routes: [(path: RouterPath, kind: String)] = [
@@ -506,22 +508,23 @@ private struct Ingress {
         upTo limit: Int,
         within timeout: Duration,
         holding held: BodyBudget.Holding
-    ) async throws -> ByteBuffer {
+    ) async throws -> [UInt8] {
         let now = Clock.monotonicNanos()
         let deadline = now + min(timeout.nanoseconds, Int64.max - now)
         async let reading = Deadlines.shared.run(until: deadline) {
-            // Each part is counted against the door's budget as it arrives (twice: the buffer, and the
-            // copy checked and written), so a body held is a body paid for, a slow one only for its part.
-            var buffer = ByteBuffer()
+            // Each part is counted against the door's budget as it arrives and copied once into the bytes
+            // that are checked and written (NIO's part is let go), so a body held is a body paid for, a
+            // slow one only for what it sent.
+            var bytes: [UInt8] = []
             for try await part in body {
-                guard buffer.readableBytes + part.readableBytes <= limit else { throw BodyError.tooLarge }
-                guard held.take(2 * part.readableBytes) else { throw BodyError.overBudget }
-                buffer.writeImmutableBuffer(part)
+                guard bytes.count + part.readableBytes <= limit else { throw BodyError.tooLarge }
+                guard held.take(part.readableBytes) else { throw BodyError.overBudget }
+                bytes.append(contentsOf: part.readableBytesView)
             }
-            return buffer
+            return bytes
         }
-        guard let buffer = try await reading else { throw BodyError.timedOut }
-        return buffer
+        guard let bytes = try await reading else { throw BodyError.timedOut }
+        return bytes
     }
 
     /// N of a `Prefer: wait=N` header, capped at 60 s.
@@ -640,14 +643,20 @@ private struct Ingress {
         if let coding = request.headers[.contentEncoding], coding.trimmingCharacters().lowercased() != "identity" {
             return Self.error(.unsupportedMediaType, "Content-Encoding is not supported: send the body uncompressed")
         }
-        let limit = inbox.kind == "intake" ? configuration.ingestBodyLimit : configuration.webhookBodyLimit
+        // Bodies read before their signature can be checked come from the unverified pool, capped per
+        // client address; a route's limit never exceeds what its pool lets one request hold.
+        let verifiedFirst = protection != .zoomSignature && protection != .webhookSignature
+        let limit = min(
+            inbox.kind == "intake" ? configuration.ingestBodyLimit : configuration.webhookBodyLimit,
+            bodies.limit(verifiedFirst: verifiedFirst)
+        )
         // A declared length over the limit is refused before a byte of the body is read.
         if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > limit {
             return Self.error(.contentTooLarge, "body larger than \(limit) bytes")
         }
         // Memory: the bodies held at once stay within the door's budget (a request that does not fit is
         // told when to come back), whatever their number and size.
-        let held = bodies.holding()
+        let held = bodies.holding(unverifiedFrom: verifiedFirst ? nil : client)
         defer { held.release() }
         // A sender expecting `100 Continue` gets it only here, after every check its head allows, so a
         // refusal above reaches it before it has sent its body (and the body it may still send is read
@@ -665,9 +674,9 @@ private struct Ingress {
             // The sender waits for this before it sends the body.
             try? await context.channel.writeAndFlush(HTTPResponsePart.head(HTTPResponse(status: .continue)))
         }
-        let buffer: ByteBuffer
+        let bytes: [UInt8]
         do {
-            buffer = try await Self.collect(
+            bytes = try await Self.collect(
                 request.body,
                 upTo: limit,
                 within: configuration.bodyTimeout,
@@ -688,7 +697,6 @@ private struct Ingress {
             response.headers[.connection] = "close"
             return response
         }
-        let bytes = Array(buffer.readableBytesView)
         var idempotencyKey: String?
         if !webhookKeys.isEmpty {
             let id = request.headers[Self.webhookID] ?? ""
@@ -747,7 +755,7 @@ private struct Ingress {
             if error.tooLarge {
                 return Self.error(
                     .contentTooLarge,
-                    "at byte \(error.offset): \(error.reason), the record limit (memory_budget / 128)"
+                    "at byte \(error.offset): \(error.reason), the record limit (memory_budget / 256)"
                 )
             }
             return Self.error(.badRequest, "not valid JSON at byte \(error.offset): \(error.reason)")

@@ -51,10 +51,11 @@ enum CrashGuard {
         }
     }
 
-    /// Runs `work` with `ids` named as the batch in hand.
+    /// Runs `work` with `ids` named as the batch in hand — besides the batch already named, when small
+    /// files are committed between two chunks of a large one (both are then suspects of a crash there).
     static func during<T>(_ ids: [String], _ work: () throws -> T) rethrows -> T {
-        length.pointee = 0
-        var count = 0
+        let named = length.pointee
+        var count = named
         for id in ids {
             guard count + id.utf8.count + 1 <= capacity else { break }
             for byte in id.utf8 {
@@ -65,7 +66,7 @@ enum CrashGuard {
             count += 1
         }
         length.pointee = count
-        defer { length.pointee = 0 }
+        defer { length.pointee = named }
         return try work()
     }
 

@@ -1,3 +1,4 @@
+import CMemory
 import CSV
 import Crypto
 import JSONSchema
@@ -22,6 +23,8 @@ extension Engine {
     static let listedProblems = 1_000
 
     func processLarge(_ file: Spool.Claimed, claimedAt: Int64) {
+        // What the file's chunks freed goes back to the system, not only to malloc's free lists.
+        defer { _ = carespool_malloc_trim() }
         guard let kind = Kind(rawValue: file.kind) else { return }
         do {
             // Size before work: fstat says how large it is before a byte is read.
@@ -50,7 +53,8 @@ extension Engine {
                         throw StopReading()
                     }
                     firstLine += chunk
-                    if firstLine.count > 16 << 20 { throw StopReading() }
+                    // A first line longer than a record may be is no NDJSON record: enough to judge.
+                    if firstLine.count > configuration.recordLimit { throw StopReading() }
                 }
             } catch is StopReading {}
             let firstByte = firstLine.first { ![0x20, 0x09, 0x0D, 0xEF, 0xBB, 0xBF].contains($0) }
@@ -81,13 +85,14 @@ extension Engine {
                     pointer: nil,
                     message: "a NUL byte at byte \(nul): not JSON or CSV text; the file is not read further"
                 )
-            } else if isCSV && firstLine.count >= CSVReader().maxRecordBytes {
+            } else if isCSV && firstLine.count > configuration.recordLimit {
                 tooLarge = RecordProblem(
                     record: nil,
                     line: 1,
                     pointer: nil,
                     message:
-                        "header: its line is longer than \(CSVReader().maxRecordBytes) bytes; the file is not read further"
+                        "header: its line is longer than the record limit of \(configuration.recordLimit) bytes "
+                        + "(memory_budget / 256); the file is not read further"
                 )
             } else if readWhole {
                 guard size > configuration.recordLimit else {
@@ -189,6 +194,7 @@ extension Engine {
     func chunkDone() throws {
         progressed()
         if stopping.load(ordering: .relaxed) { throw StoppedMidFile() }
+        interleave()
     }
 
     /// Pass 2: every line (or with `array`, every element of the JSON array) parsed, validated and
@@ -254,7 +260,7 @@ extension Engine {
             var error = JSONParseError(
                 line: line,
                 column: 1,
-                reason: "the record is over the record limit of \(maxLine) bytes (memory_budget / 128): not parsed"
+                reason: "the record is over the record limit of \(maxLine) bytes (memory_budget / 256): not parsed"
             )
             error.tooLarge = true
             return JSONRecords.Raw(number: number, line: line, text: "", raw: "", value: .failure(error))
@@ -327,7 +333,10 @@ extension Engine {
         var totals = FileReport(outcome: .accepted)
         totals.details = ["patients_created": 0, "patients_updated": 0, "visits_created": 0]
         var unlisted = 0
-        var reader = CSVReader()
+        // A row may be as long as the record limit; a chunk is committed at 2,000 rows or at `batchBytes`
+        // of them, whichever comes first (memory budget: rows of a megabyte each made chunks of 2 GB).
+        var reader = CSVReader(maxRecordBytes: configuration.recordLimit)
+        var pendingBytes = 0
         var columns: IntakeColumns?
         var headerRaw: [UInt8] = []
         var wroteHeader = false
@@ -386,7 +395,11 @@ extension Engine {
             if record.fields == [""] { return }
             rows += 1
             pending.append(catalog.intake.row(record, number: rows, columns: mapped, today: today))
-            if pending.count >= Self.chunkRecords { try flush() }
+            pendingBytes += record.raw.count
+            if pending.count >= Self.chunkRecords || pendingBytes >= configuration.batchBytes {
+                try flush()
+                pendingBytes = 0
+            }
         }
 
         try spool.readChunks(file) { chunk in try reader.feed(chunk, take) }

@@ -7,6 +7,7 @@
 //   from its ledger row or processes it again; record writes are idempotent on natural keys.
 // Trusts nothing in the files. Logs ids, kinds, outcomes, counts and timings only: never a name or value.
 
+import CMemory
 import Crypto
 import Dispatch
 import JSONSchema
@@ -53,13 +54,14 @@ package struct PipelineConfiguration: Sendable {
     /// stays under it whatever is dropped. Default 256 MiB. ARCHITECTURE.md ("Memory") has the sums.
     package var memoryBudget: Int
 
-    /// The largest record (an NDJSON line, an array element) or JSON document parsed into values; a
-    /// larger one is rejected with its size. Parsed, a document takes up to ~32 times its bytes (an
-    /// array of `1,` : a value of 64 bytes every 2 bytes): 1/128 of the budget, 2 MiB at 256 MiB.
-    package var recordLimit: Int { max(64 << 10, memoryBudget / 128) }
+    /// The largest record (an NDJSON line, an array element, a CSV row) or JSON document parsed into
+    /// values; a larger one is rejected with its size. Parsed, a document takes up to ~32 times its bytes
+    /// (an array of `1,`: a value of 64 bytes every 2 bytes), and two chunks may be in hand at once (one
+    /// committing, one parsing): 1/256 of the budget, 1 MiB at 256 MiB.
+    package var recordLimit: Int { max(64 << 10, memoryBudget / 256) }
     /// The bytes of whole files parsed together in one group commit (a single file that is larger is
-    /// streamed) and of the records of one streamed chunk: 1/128 of the budget.
-    package var batchBytes: Int { max(64 << 10, memoryBudget / 128) }
+    /// streamed) and of the records of one streamed chunk: 1/256 of the budget.
+    package var batchBytes: Int { max(64 << 10, memoryBudget / 256) }
     /// The records parsed together, whole files or a streamed chunk: each costs up to ~3 KiB parsed and
     /// rejected with its problems, so 1/16,384 of the budget (16,384 at 256 MiB). A file that alone has
     /// more records than ``Engine/chunkRecords`` is streamed.
@@ -132,6 +134,7 @@ package final class Processor: Service {
         try spool.prepare()
         try CrashGuard.install(spool: spool)
         let watcher = try Watcher(folders: spool.inboxes.map(\.path), tick: configuration.tick)
+        engine.drainHints = { watcher.drain() }
         do {
             try await onQueue { try self.engine.recover() }
         } catch {
@@ -198,6 +201,14 @@ package final class Processor: Service {
     }
 }
 
+extension Processor {
+    /// Caps malloc's arenas at two: left to itself, glibc gives each allocating thread (event loops, the
+    /// engine, the chunk committer, the parse workers) an arena of its own, and memory freed in one is not
+    /// reused by another — the daemon resided 150–320 MiB under the `cost` campaign for sums of about
+    /// 100, 143 MiB steadily with two arenas. Called first thing by `serve`.
+    package static func tuneMemory() { _ = carespool_malloc_arenas(2) }
+}
+
 /// The processor's state; used only on the processor's serial queue.
 final class Engine: @unchecked Sendable {
     let spool: Spool
@@ -220,6 +231,14 @@ final class Engine: @unchecked Sendable {
     /// Set when a batch left large files for later: one large file a step, so that the small files that
     /// arrive meanwhile are claimed between two large ones instead of waiting for all of them.
     private var largeDeferred = false
+    /// Set while small files are committed between two chunks of a large one (``interleave()``).
+    private var interleaving = false
+    private var lastInterleave: Int64 = 0
+    /// Set there too: a file that turns out large is queued, not streamed from inside another's stream.
+    private var noStreaming = false
+    /// The watcher's hints so far (set by the processor once its watcher runs): ``interleave()`` takes them
+    /// in, so that it knows which files were completed (closed, renamed in) and which are still open.
+    var drainHints: @Sendable () -> WatchHints = { WatchHints() }
     private var retries: [String: Retry] = [:]
     /// Transient failures so far of each file still in processing/: kept while a retry is queued, so that
     /// the backoff grows; forgotten when the file is finished.
@@ -401,45 +420,15 @@ final class Engine: @unchecked Sendable {
             while start < ready.count && batch.count < room {
                 let (inbox, entry) = ready[start]
                 start += 1
-                settle.forget(SettleTracker.key(folder: inbox.path, name: entry.bytes))
-                do {
-                    if let claimed = try spool.claim(entry, from: inbox, id: ids.next()) {
-                        claimedFresh.insert(claimed.id)
-                        batch.append(claimed)
-                        claimedAt[claimed.id] = Clock.monotonicNanos()
-                    }
-                } catch {
-                    if error.isInboxReplaced {
-                        continue  // said at the next scan
-                    } else if error.isTransient {
-                        // Looked at again at the next rescan.
-                        logger.warning(
-                            "cannot claim file yet",
-                            metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.summary)"]
-                        )
-                    } else if spool.markUnclaimable(entry, in: inbox, error: error.summary) {
-                        // A verdict on the entry: said once, not counted as pending, left until it changes.
-                        logger.error(
-                            "inbox entry cannot be claimed: left in place, not tried again until it changes",
-                            metadata: [
-                                "inbox.kind": "\(inbox.kind)", "entry.type": "\(entry.type.rawValue)",
-                                "entry.inode": "\(entry.inode)", "error": "\(error.summary)",
-                            ]
-                        )
-                    }
+                if let claimed = claim(entry, from: inbox) {
+                    batch.append(claimed)
+                    claimedAt[claimed.id] = Clock.monotonicNanos()
                 }
             }
             if batch.isEmpty { break }
             CrashGuard.during(batch.map(\.id)) { process(batch, claimedAt: claimedAt) }
             progressed()
-            let waiting = Set(queued.map(\.id))
-            for file in batch where !waiting.contains(file.id) {
-                claimedFresh.remove(file.id)
-                isolated.remove(file.id)
-                quarantined.remove(file.id)
-                if retries[file.id] == nil { attempts[file.id] = nil }
-                unreadVerdicts[file.id] = nil
-            }
+            forgetFinished(batch)
             // Large files left for later: end the step once every ready file is claimed, so that the next
             // one (at the next wake-up) looks at the inboxes again before the next large file.
             if largeDeferred && start >= ready.count {
@@ -450,6 +439,96 @@ final class Engine: @unchecked Sendable {
         writeRetryState()
         writeUnclaimableState()
         checkpointIfDue()
+    }
+
+    /// Claims one ready inbox entry under a fresh id; nil when it is gone, or cannot be claimed (said).
+    private func claim(_ entry: Spool.Entry, from inbox: Spool.Inbox) -> Spool.Claimed? {
+        settle.forget(SettleTracker.key(folder: inbox.path, name: entry.bytes))
+        do {
+            guard let claimed = try spool.claim(entry, from: inbox, id: ids.next()) else { return nil }
+            claimedFresh.insert(claimed.id)
+            return claimed
+        } catch {
+            if error.isInboxReplaced {
+                return nil  // said at the next scan
+            } else if error.isTransient {
+                // Looked at again at the next rescan.
+                logger.warning(
+                    "cannot claim file yet",
+                    metadata: ["inbox.kind": "\(inbox.kind)", "error": "\(error.summary)"]
+                )
+            } else if spool.markUnclaimable(entry, in: inbox, error: error.summary) {
+                // A verdict on the entry: said once, not counted as pending, left until it changes.
+                logger.error(
+                    "inbox entry cannot be claimed: left in place, not tried again until it changes",
+                    metadata: [
+                        "inbox.kind": "\(inbox.kind)", "entry.type": "\(entry.type.rawValue)",
+                        "entry.inode": "\(entry.inode)", "error": "\(error.summary)",
+                    ]
+                )
+            }
+            return nil
+        }
+    }
+
+    /// Forgets the bookkeeping of a processed batch's files, except those left queued for later.
+    private func forgetFinished(_ batch: [Spool.Claimed]) {
+        let waiting = Set(queued.map(\.id))
+        for file in batch where !waiting.contains(file.id) {
+            claimedFresh.remove(file.id)
+            isolated.remove(file.id)
+            quarantined.remove(file.id)
+            if retries[file.id] == nil { attempts[file.id] = nil }
+            unreadVerdicts[file.id] = nil
+        }
+    }
+
+    /// While a large file is streamed (called between its chunks, at most every second): the small files
+    /// that became ready in any inbox meanwhile are claimed and committed now, so that one large file
+    /// never holds up the others for its whole time. Files that turn out large are queued for later, never
+    /// streamed from here; nothing here recurses.
+    func interleave() {
+        let now = Clock.monotonicNanos()
+        guard !interleaving, now - lastInterleave >= 1_000_000_000 else { return }
+        interleaving = true
+        defer {
+            interleaving = false
+            lastInterleave = Clock.monotonicNanos()
+        }
+        let small = Int64(configuration.wholeLimit)
+        let streamIntake = configuration.streamThreshold != Int.max
+        // What the watcher saw meanwhile: completed and still-open files (an SFTP upload that paused is
+        // not taken half-written), as a step would. The folders it named are rescanned here.
+        let hints = drainHints()
+        settle.absorb(complete: hints.complete, opened: hints.opened, overflow: hints.overflow)
+        var batch: [Spool.Claimed] = []
+        var claimedAt: [String: Int64] = [:]
+        for inbox in spool.inboxes where !replacedInboxes.contains(inbox.path) {
+            guard var entries = try? spool.scan(inbox.path, withStat: false) else { continue }
+            entries.removeAll { spool.isUnclaimable($0, in: inbox) }
+            let (found, _) = settle.scan(
+                folder: inbox.path,
+                entries: entries,
+                now: now,
+                wallNow: Clock.nowNanos(),
+                fullEntry: { spool.entry(inbox.path, $0.bytes) }
+            )
+            for entry in found where batch.count < configuration.batchSize {
+                // Only what the whole-file path takes: a large file (or intake CSV, always streamed) waits.
+                guard streamIntake ? inbox.kind != Kind.intake.rawValue : true,
+                    let full = spool.entry(inbox.path, entry.bytes), full.type == .regular, full.size <= small,
+                    let claimed = claim(entry, from: inbox)
+                else { continue }
+                batch.append(claimed)
+                claimedAt[claimed.id] = Clock.monotonicNanos()
+            }
+        }
+        guard !batch.isEmpty else { return }
+        let streamingBefore = noStreaming
+        noStreaming = true
+        defer { noStreaming = streamingBefore }
+        CrashGuard.during(batch.map(\.id)) { process(batch, claimedAt: claimedAt) }
+        forgetFinished(batch)
     }
 
     /// Says that work advanced (the watchdog's proof), at most every 500 ms.
@@ -517,8 +596,12 @@ final class Engine: @unchecked Sendable {
         }
         defer {
             // One large file now; the others wait in the queue (still claimed, in processing/) for the
-            // steps after this one, each of which first takes what arrived meanwhile.
-            if let first = large.first {
+            // steps after this one, each of which first takes what arrived meanwhile. Between two chunks
+            // of another large file, none now.
+            if noStreaming {
+                queued.append(contentsOf: large)
+                largeDeferred = largeDeferred || !large.isEmpty
+            } else if let first = large.first {
                 if large.count > 1 {
                     queued.append(contentsOf: large.dropFirst())
                     largeDeferred = true

@@ -272,6 +272,7 @@ struct Serve: AsyncParsableCommand {
     var testCrashOn: String?
 
     func run() async throws {
+        Processor.tuneMemory()
         // Files the daemon creates are its own and its group's (operators) only: at least umask 027, as
         // the unit's UMask= sets it (docs/SECURITY.md), also when started by hand.
         umask(umask(0o027) | 0o027)

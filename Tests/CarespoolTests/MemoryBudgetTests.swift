@@ -53,9 +53,7 @@ import Testing
         let sidecar = try #require(view.sidecars().first { $0.hasSuffix("nested.json.error.json") })
         let reason = try String(contentsOfFile: spool + "/failed/appointments/" + sidecar, encoding: .utf8)
         #expect(
-            reason.contains(
-                "\"the record is over the record limit of 524288 bytes (memory_budget / 128): not parsed\""
-            ),
+            reason.contains("the record is over the record limit of 262144 bytes (memory_budget / 256): not parsed"),
             "\(reason)"
         )
         // Every record of the others was judged: the rejected sidecars hold one line per record.
@@ -106,6 +104,79 @@ import Testing
         #expect(reason.contains("a NUL byte at byte 0: not JSON or CSV text"), "\(reason)")
     }
 
+    /// Rows near the record limit: a streamed CSV chunk is committed at `batchBytes` of rows, not only at
+    /// 2,000 rows (rows of a megabyte made chunks of 2 GB: 1.5 GB of RSS for a 1.5 GB file), and a row
+    /// over the limit is rejected with its line.
+    @Test func wideCSVRowsAreCommittedInChunksOfBoundedBytes() async throws {
+        let dir = TempDir("budget-csv")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let wide = String(repeating: "r", count: 200_000)
+        var text = intakeHeader + "\n"
+        for n in 0..<400 { text += "MRN\(n),Zoë,Müller,1980-01-01,VAN\(n),2025-03-01,\"\(wide)\"\n" }
+        text += "MRN9,Ana,Núñez,1980-01-01,VAN9999,2025-03-01,\"" + String(repeating: "x", count: 300_000) + "\"\n"
+        let staged = dir.file("wide.csv")
+        try Data(text.utf8).write(to: URL(fileURLWithPath: staged))
+        let run = try await Daemon.serve(spool: spool, arguments: ["--memory-budget", "64"]) { pid in
+            try await waitUntilServing(spool)
+            #expect(rename(staged, spool + "/inbox/intake/wide.csv") == 0)
+            let view = SpoolView(root: spool)
+            let finished = await eventually(timeout: .seconds(120)) {
+                view.done("intake").count + view.failed("intake").count == 1
+            }
+            let peak = peakResidentBytes(pid)
+            kill(pid, SIGTERM)
+            return (finished, peak)
+        }
+        #expect(run.result.0)
+        let peak = try #require(run.result.1)
+        print("wide CSV rows: 80 MB, 64 MiB budget, peak RSS \(peak >> 20) MiB")
+        #expect(peak < 128 << 20, "peak resident memory \(peak >> 20) MiB")
+        let report = try await SpoolView(root: spool).database().read { db in
+            try String.fetchOne(db, sql: "SELECT report FROM files WHERE original_name = 'wide.csv'")
+        }
+        #expect(report?.contains("record longer than 262144 bytes") == true, "\(report ?? "")")
+    }
+
+    /// One large file does not hold up the others for its whole time: between its chunks, the small files
+    /// that became ready are claimed and committed (a 64 MB file of tiny records held a one-record file
+    /// for 21 s, a 1 GB one would have held every inbox for minutes).
+    @Test func aSmallFileDroppedBesideALargeOneIsDoneLongBeforeIt() async throws {
+        let dir = TempDir("budget-beside")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let staged = dir.file("big.ndjson")
+        try Data(String(repeating: "{}\n", count: 1_500_000).utf8).write(to: URL(fileURLWithPath: staged))
+        let run = try await Daemon.serve(spool: spool) { pid in
+            try await waitUntilServing(spool)
+            let view = SpoolView(root: spool)
+            #expect(rename(staged, spool + "/inbox/appointments/big.ndjson") == 0)
+            // Once the big one is being streamed:
+            _ = await eventually(timeout: .seconds(20)) { !view.names("processing/appointments").isEmpty }
+            try? await Task.sleep(for: .seconds(1))
+            let dropped = ContinuousClock.now
+            try dropLikeRsync(
+                event("BESIDE", "2025-01-10T12:30:00Z"),
+                into: spool + "/inbox/appointments",
+                name: "s.json"
+            )
+            let small = await eventually(timeout: .seconds(60)) { view.done().contains { $0.hasSuffix("--s.json") } }
+            let waited = ContinuousClock.now - dropped
+            let bigStillInHand =
+                !view.done().contains { $0.hasSuffix("--big.ndjson") }
+                && !view.failed().contains { $0.hasSuffix("--big.ndjson") }
+            let big = await eventually(timeout: .seconds(240)) {
+                view.failed().contains { $0.hasSuffix("--big.ndjson") }
+            }
+            kill(pid, SIGTERM)
+            return (small, waited, bigStillInHand, big)
+        }
+        #expect(run.result.0 && run.result.3)
+        print("small file beside a 4.5 MB file of 1,500,000 records: done after \(run.result.1)")
+        #expect(run.result.2, "the small file was done only with the big one")
+        #expect(run.result.1 < .seconds(10), "\(run.result.1)")
+    }
+
     /// A streamed record over the record limit is rejected with its size and line, and the records
     /// around it are stored: nothing of it is parsed.
     @Test func aStreamedRecordOverTheLimitIsRejectedWithItsLineAndTheOthersStored() async throws {
@@ -127,7 +198,7 @@ import Testing
         let report = try await view.database().read { db in
             try String.fetchOne(db, sql: "SELECT report FROM files WHERE original_name = 'mixed.ndjson'")
         }
-        #expect(report?.contains("over the record limit of 524288 bytes") == true, "\(report ?? "")")
+        #expect(report?.contains("over the record limit of 262144 bytes") == true, "\(report ?? "")")
         let stored = try await view.database().read { db in
             try String.fetchAll(db, sql: "SELECT appointment_id FROM appointment_events ORDER BY 1")
         }

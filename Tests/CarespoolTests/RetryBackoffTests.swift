@@ -1,0 +1,54 @@
+import Foundation
+import GRDB
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Transient trouble backs off exponentially, the attempt count kept while a retry waits (it was lost
+/// when a retry fell due: a file was retried every second for ever). The real daemon, its database held
+/// by another writer for six seconds.
+@Suite(.serialized) struct RetryBackoffTests {
+    @Test func aFileKeptWaitingByABusyDatabaseIsRetriedWithAGrowingBackoffThenStoredOnce() async throws {
+        let dir = TempDir("backoff")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let run = try await Daemon.serve(spool: spool, arguments: ["--busy-timeout-ms", "100"]) { pid in
+            try await waitUntilServing(spool)
+            // Another writer holds the write lock (a backup tool, an operator's sqlite3 session).
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(10)
+            let other = try DatabaseQueue(path: spool + "/carespool.sqlite3", configuration: configuration)
+            let held = Task.detached {
+                try other.inTransaction(.immediate) { _ in
+                    Thread.sleep(forTimeInterval: 6)
+                    return .commit
+                }
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            try dropLikeRsync(
+                event("BUSY-1", "2025-01-10T12:30:00Z"),
+                into: spool + "/inbox/appointments",
+                name: "b.json"
+            )
+            try await held.value
+            let view = SpoolView(root: spool)
+            let done = await eventually(timeout: .seconds(30)) { view.done().count == 1 }
+            kill(pid, SIGTERM)
+            return done
+        }
+        #expect(run.result)
+        // Attempts numbered 1, 2, 3 … (a lost count says 1 every time), at 1 s, 2 s, 4 s: over six seconds
+        // no more than four retries (a retry every second would be six or more).
+        let attempts = run.log.split(separator: "\n").filter { $0.contains("transient trouble") }.compactMap { line in
+            line.split(separator: " ").first { $0.hasPrefix("retry.attempt=") }.map { String($0.dropFirst(14)) }
+        }
+        #expect(attempts.count >= 2 && attempts.count <= 4, "\(attempts)")
+        #expect(attempts == (1...attempts.count).map(String.init), "\(attempts)")
+        let stored = try await SpoolView(root: spool).database().read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")
+        }
+        #expect(stored == 1)
+    }
+}
