@@ -325,9 +325,13 @@ extension AppDatabase {
             return try writer.write { db in
                 var results: [CommittedFile] = []
                 results.reserveCapacity(files.count)
+                var visits = Set<String>()
                 for file in files {
-                    results.append(try commitOne(file, finishedAt: finishedAt, db: db))
+                    results.append(try commitOne(file, finishedAt: finishedAt, db: db, visits: &visits))
                 }
+                // Each Zoom visit the batch touched, once (its timeline from all of its events).
+                let timelines = ZoomWriter(db: db, fileID: "")
+                for uuid in visits.sorted() { try timelines.refreshVisit(uuid) }
                 return results
             }
         } catch {
@@ -356,7 +360,12 @@ extension AppDatabase {
         return CommittedFile(report: report, finishedAt: row["finished_at"], replayed: true)
     }
 
-    private func commitOne(_ file: PreparedFile, finishedAt: String, db: Database) throws -> CommittedFile {
+    private func commitOne(
+        _ file: PreparedFile,
+        finishedAt: String,
+        db: Database,
+        visits: inout Set<String>
+    ) throws -> CommittedFile {
         if file.mayHaveLedgerRow, let done = try Self.existing(id: file.id, db: db) { return done }
         // The ledger row first, its verdict filled in below (the same transaction): records then never
         // reference a ledger row that does not exist yet, so the deferred foreign keys to `files` have
@@ -380,7 +389,10 @@ extension AppDatabase {
             }
         case .zoom(let parsed):
             report = try Self.judge(file, parsed, db: db) {
-                try ZoomWriter(db: db, fileID: file.id).write(parsed.items)
+                try ZoomWriter(db: db, fileID: file.id, refreshVisits: false).write(
+                    parsed.items,
+                    touchedVisits: &visits
+                )
             }
         case .intake(let parsed):
             report = try Self.judge(file, parsed, db: db) {

@@ -45,6 +45,45 @@ func zoomEvent(
         try database.writer.read { db in try Int.fetchOne(db, sql: sql) ?? -1 }
     }
 
+    /// Zoom posts one event per request, so a visit's events arrive one file each: its timeline is
+    /// refreshed once per group commit, not once per file (that was quadratic in the visit's events: a
+    /// visit of 4,000 took 82 s). Measured against the same events spread over as many visits, whose
+    /// refreshes cost one event each: the one long visit may not cost more than a few times that.
+    @Test func aVisitOfManyOneEventFilesCostsNoMoreThanManyVisitsOfOneEvent() throws {
+        defer { dir.cleanup() }
+        func seconds(_ uuid: (Int) -> String) throws -> Double {
+            let database = try AppDatabase.open(path: dir.file("cost-\(uuid(1)).sqlite3"))
+            let catalog = try projectCatalog()
+            let files = try (0..<3_000).map { n in
+                let text = zoomEvent(
+                    "meeting.participant_joined",
+                    ts: 1_700_000_000_000 + Int64(n),
+                    uuid: uuid(n),
+                    participant: "\"user_id\":\"u\(n)\",\"user_name\":\"P\",\"join_time\":\"2025-01-01T00:00:00Z\""
+                )
+                return PreparedFile(
+                    id: "f\(n)",
+                    kind: .zoom,
+                    originalName: "f\(n)",
+                    sha256: String(repeating: "0", count: 58) + String(format: "%06d", n),
+                    size: text.utf8.count,
+                    receivedAt: "t",
+                    content: .zoom(try catalog.zoom.read(Array(text.utf8)))
+                )
+            }
+            let start = ContinuousClock.now
+            for batch in stride(from: 0, to: files.count, by: 512) {
+                _ = try database.commit(Array(files[batch..<min(files.count, batch + 512)]), finishedAt: "t")
+            }
+            let elapsed = ContinuousClock.now - start
+            #expect(try count(database, "SELECT count(*) FROM zoom_events") == 3_000)
+            return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        }
+        let spread = try seconds { "visit-\($0)==" }
+        let one = try seconds { _ in "the-visit==" }
+        #expect(one < 4 * spread + 0.5, "one visit \(one) s, 3,000 visits \(spread) s")
+    }
+
     @Test func identicalMeetingLevelEventsWithNoParticipantAreStoredOnce() throws {
         defer { dir.cleanup() }
         let database = try open()
