@@ -1,5 +1,9 @@
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The door's memory budget: bytes of request bodies held at once, counted as each part arrives and
 /// given back when the request is answered. Two pools, so that senders who have not proved who they are
 /// cannot take what proven ones need: bodies of requests whose credential was checked before the body
@@ -83,6 +87,14 @@ package final class BodyBudget: Sendable {
     /// A holding for a request whose credential was checked before its body (`address` nil), or for an
     /// unverified one from `address`.
     package func holding(unverifiedFrom address: String?) -> Holding { Holding(self, address: address) }
+
+    /// The key a client address is capped by: an IPv6 address by its /64 (a sender holds a whole /64, one
+    /// host's worth), any other as it is.
+    package static func addressKey(_ address: String) -> String {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        guard address.contains(":"), inet_pton(AF_INET6, address, &bytes) == 1 else { return address }
+        return bytes[0..<8].map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() + "/64"
+    }
 
     /// Bytes held now in both pools.
     package var current: Int { state.withLock { $0.verified + $0.unverified } }

@@ -120,7 +120,7 @@ package struct HTTPConfiguration: Sendable {
     /// answered 503 with Retry-After. A route's body limit is capped to what its pool lets one request
     /// hold, so one request alone always fits.
     package var bodyBudget: Int
-    /// The largest JSON document, or element of an ingest array, accepted (default 2 MiB, the pipeline's
+    /// The largest JSON document, or element of an ingest array, accepted (default 1 MiB, the pipeline's
     /// record limit): a larger one is answered 413, never parsed.
     package var recordLimit: Int
 
@@ -141,7 +141,7 @@ package struct HTTPConfiguration: Sendable {
         maxConnections: Int = 1_024,
         openRoutes: Set<String> = [],
         bodyBudget: Int = 64 << 20,
-        recordLimit: Int = 2 << 20
+        recordLimit: Int = 1 << 20
     ) {
         self.bodyBudget = bodyBudget
         self.recordLimit = recordLimit
@@ -506,6 +506,7 @@ private struct Ingress {
     static func collect(
         _ body: RequestBody,
         upTo limit: Int,
+        declared: Int?,
         within timeout: Duration,
         holding held: BodyBudget.Holding
     ) async throws -> [UInt8] {
@@ -516,6 +517,9 @@ private struct Ingress {
             // that are checked and written (NIO's part is let go), so a body held is a body paid for, a
             // slow one only for what it sent.
             var bytes: [UInt8] = []
+            // Reserved once from the declared length: grown by doubling, the bytes would take up to twice
+            // what the budget counts while they grow.
+            if let declared { bytes.reserveCapacity(min(declared, limit)) }
             for try await part in body {
                 guard bytes.count + part.readableBytes <= limit else { throw BodyError.tooLarge }
                 guard held.take(part.readableBytes) else { throw BodyError.overBudget }
@@ -656,7 +660,7 @@ private struct Ingress {
         }
         // Memory: the bodies held at once stay within the door's budget (a request that does not fit is
         // told when to come back), whatever their number and size.
-        let held = bodies.holding(unverifiedFrom: verifiedFirst ? nil : client)
+        let held = bodies.holding(unverifiedFrom: verifiedFirst ? nil : BodyBudget.addressKey(client))
         defer { held.release() }
         // A sender expecting `100 Continue` gets it only here, after every check its head allows, so a
         // refusal above reaches it before it has sent its body (and the body it may still send is read
@@ -679,6 +683,7 @@ private struct Ingress {
             bytes = try await Self.collect(
                 request.body,
                 upTo: limit,
+                declared: request.headers[.contentLength].flatMap { Int($0) },
                 within: configuration.bodyTimeout,
                 holding: held
             )

@@ -183,85 +183,90 @@ package struct JSONParser {
         index += count
     }
 
-    private mutating func parseObject(depth: Int) throws(JSONParseError) -> JSONValue {
-        index += 1
-        var members: [JSONMember] = []
-        // The names seen, filled once the object outgrows a scan: checking each new name against all the
-        // earlier ones made an object of 92,000 names take 16 s.
-        var names = Set<JSONKey>()
-        skipWhitespace()
-        if index < bytes.count && bytes[index] == UInt8(ascii: "}") {
-            index += 1
-            return .object(members)
+    /// The names of one object so far, for the duplicate check: scanned while there are few, hashed (by
+    /// their Unicode scalars, as ``JSONKey``) once the object outgrows a scan — checking each new name
+    /// against all the earlier ones made an object of 92,000 names take 16 s.
+    private struct Names {
+        private var few: [String] = []
+        private var many = Set<JSONKey>()
+
+        /// Adds `name`; false when the object has it already.
+        mutating func insert(_ name: String) -> Bool {
+            if many.isEmpty && few.count < JSONValue.linearScanMembers {
+                if few.contains(where: { $0.utf8.elementsEqual(name.utf8) }) { return false }
+                few.append(name)
+                return true
+            }
+            if many.isEmpty {
+                many.reserveCapacity(few.count * 2)
+                for earlier in few { many.insert(JSONKey(earlier)) }
+                few = []
+            }
+            return many.insert(JSONKey(name)).inserted
         }
-        while true {
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unexpected end of input inside an object") }
-            guard bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
-            let keyStart = index
-            let key = try parseString()
-            let duplicate: Bool
-            if members.count < JSONValue.linearScanMembers {
-                duplicate = members.contains { $0.key.utf8.elementsEqual(key.utf8) }
-            } else {
-                if names.isEmpty {
-                    names.reserveCapacity(members.count * 2)
-                    for member in members { names.insert(JSONKey(member.key)) }
-                }
-                duplicate = !names.insert(JSONKey(key)).inserted
-            }
-            if duplicate {
-                index = keyStart
-                throw error("duplicate key \(JSONValue.quoted(String(key.prefix(64))))")
-            }
-            skipWhitespace()
-            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+    }
+
+    /// Moves into the object or array at `index`; true when it is empty (and moved past).
+    private mutating func opens(closing: UInt8) -> Bool {
+        index += 1
+        skipWhitespace()
+        guard index < bytes.count && bytes[index] == closing else { return false }
+        index += 1
+        return true
+    }
+
+    /// A member's name and its `:`, checked against the object's `names`; leaves `index` at the value.
+    private mutating func memberName(_ names: inout Names) throws(JSONParseError) -> String {
+        skipWhitespace()
+        guard index < bytes.count else { throw error("unexpected end of input inside an object") }
+        guard bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
+        let keyStart = index
+        let key = try parseString()
+        guard names.insert(key) else {
+            index = keyStart
+            throw error("duplicate key \(JSONValue.quoted(String(key.prefix(64))))")
+        }
+        skipWhitespace()
+        guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+        index += 1
+        skipWhitespace()
+        return key
+    }
+
+    /// After a member or an element: true at the closing bracket, false after a `,` (both moved past).
+    private mutating func closes(_ closing: UInt8) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        let inside = closing == UInt8(ascii: "]") ? "an array" : "an object"
+        guard index < bytes.count else { throw error("unexpected end of input inside \(inside)") }
+        if bytes[index] == UInt8(ascii: ",") {
             index += 1
-            skipWhitespace()
-            let value = try parseValue(depth: depth + 1)
-            members.append(JSONMember(key: key, value: value))
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unexpected end of input inside an object") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "}") {
-                index += 1
-                return .object(members)
-            }
-            throw error("expected ',' or '}'")
+            return false
+        }
+        if bytes[index] == closing {
+            index += 1
+            return true
+        }
+        throw error(closing == UInt8(ascii: "]") ? "expected ',' or ']'" : "expected ',' or '}'")
+    }
+
+    private mutating func parseObject(depth: Int) throws(JSONParseError) -> JSONValue {
+        var members: [JSONMember] = []
+        if opens(closing: UInt8(ascii: "}")) { return .object(members) }
+        var names = Names()
+        while true {
+            let key = try memberName(&names)
+            members.append(JSONMember(key: key, value: try parseValue(depth: depth + 1)))
+            if try closes(UInt8(ascii: "}")) { return .object(members) }
         }
     }
 
     private mutating func parseArray(depth: Int) throws(JSONParseError) -> JSONValue {
         var items: [JSONValue] = []
-        try walkArray(depth: depth) { items.append($0) }
-        return .array(items)
-    }
-
-    /// Parses the array at `index`, handing each element to `each` as soon as it is parsed.
-    private mutating func walkArray(depth: Int, _ each: (JSONValue) -> Void) throws(JSONParseError) {
-        index += 1
-        skipWhitespace()
-        if index < bytes.count && bytes[index] == UInt8(ascii: "]") {
-            index += 1
-            return
-        }
+        if opens(closing: UInt8(ascii: "]")) { return .array(items) }
         while true {
             skipWhitespace()
-            each(try parseValue(depth: depth + 1))
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unexpected end of input inside an array") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "]") {
-                index += 1
-                return
-            }
-            throw error("expected ',' or ']'")
+            items.append(try parseValue(depth: depth + 1))
+            if try closes(UInt8(ascii: "]")) { return .array(items) }
         }
     }
 
@@ -292,12 +297,7 @@ package struct JSONParser {
         counted: UnsafeMutablePointer<Int>? = nil
     ) throws(JSONParseError) -> Int {
         var count = 0
-        index += 1
-        skipWhitespace()
-        if index < bytes.count && bytes[index] == UInt8(ascii: "]") {
-            index += 1
-            return 0
-        }
+        if opens(closing: UInt8(ascii: "]")) { return 0 }
         while true {
             skipWhitespace()
             let start = index
@@ -310,67 +310,17 @@ package struct JSONParser {
                 error.tooLarge = true
                 throw error
             }
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unexpected end of input inside an array") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "]") {
-                index += 1
-                return count
-            }
-            throw error("expected ',' or ']'")
+            if try closes(UInt8(ascii: "]")) { return count }
         }
     }
 
     private mutating func skipObject(depth: Int) throws(JSONParseError) {
-        index += 1
-        // Names are kept while the object is walked, for the duplicate check (as in parseObject).
-        var names: [String] = []
-        var named = Set<JSONKey>()
-        skipWhitespace()
-        if index < bytes.count && bytes[index] == UInt8(ascii: "}") {
-            index += 1
-            return
-        }
+        if opens(closing: UInt8(ascii: "}")) { return }
+        var names = Names()
         while true {
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unexpected end of input inside an object") }
-            guard bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
-            let keyStart = index
-            let key = try parseString()
-            let duplicate: Bool
-            if named.isEmpty && names.count < JSONValue.linearScanMembers {
-                duplicate = names.contains { $0.utf8.elementsEqual(key.utf8) }
-                names.append(key)
-            } else {
-                if named.isEmpty {
-                    for name in names { named.insert(JSONKey(name)) }
-                    names = []
-                }
-                duplicate = !named.insert(JSONKey(key)).inserted
-            }
-            if duplicate {
-                index = keyStart
-                throw error("duplicate key \(JSONValue.quoted(String(key.prefix(64))))")
-            }
-            skipWhitespace()
-            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
-            index += 1
-            skipWhitespace()
+            _ = try memberName(&names)
             try skipValue(depth: depth + 1)
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unexpected end of input inside an object") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "}") {
-                index += 1
-                return
-            }
-            throw error("expected ',' or '}'")
+            if try closes(UInt8(ascii: "}")) { return }
         }
     }
 

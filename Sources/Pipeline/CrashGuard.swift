@@ -54,6 +54,7 @@ enum CrashGuard {
     /// Runs `work` with `ids` named as the batch in hand — besides the batch already named, when small
     /// files are committed between two chunks of a large one (both are then suspects of a crash there).
     static func during<T>(_ ids: [String], _ work: () throws -> T) rethrows -> T {
+        alternateStack()
         let named = length.pointee
         var count = named
         for id in ids {
@@ -68,6 +69,19 @@ enum CrashGuard {
         length.pointee = count
         defer { length.pointee = named }
         return try work()
+    }
+
+    /// Gives the calling thread a signal stack of its own, once: a stack overflow (a recursion too deep)
+    /// is a SIGSEGV that the handler can only run for on another stack — without one it died unheard, no
+    /// marker was written, and the file crashed the daemon again at every start. The handlers ask for it
+    /// (SA_ONSTACK); each thread that processes batches gets one the first time (64 KiB, kept).
+    private static func alternateStack() {
+        var current = stack_t()
+        guard sigaltstack(nil, &current) == 0, current.ss_flags & Int32(SS_DISABLE) != 0 else { return }
+        let size = 64 * 1024
+        guard let memory = malloc(size) else { return }
+        var stack = stack_t(ss_sp: memory, ss_flags: 0, ss_size: size)
+        if sigaltstack(&stack, nil) != 0 { free(memory) }
     }
 
     /// Dies of a signal sent from outside with its default action (async-signal-safe), without naming

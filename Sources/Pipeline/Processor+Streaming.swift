@@ -65,7 +65,7 @@ extension Engine {
             let isArray = firstByte == UInt8(ascii: "[")
             // An intake file is CSV unless it begins like JSON.
             let isCSV = kind == .intake && !isArray && firstByte != UInt8(ascii: "{")
-            let readWhole: Bool
+            var readWhole: Bool
             if isArray || isCSV {
                 readWhole = false
             } else {
@@ -74,6 +74,20 @@ extension Engine {
                 var line = firstLine[...]
                 if line.last == 0x0D { line.removeLast() }
                 readWhole = (try? JSONParser.check(Array(line), keepUpTo: 0)) == nil
+            }
+            // Within the record limit, read whole only what is one JSON document (a pretty-printed object):
+            // NDJSON whose first line is bad is streamed, its first line a rejected record. (Read whole,
+            // such a file of many lines was counted by its lines, sent back to streaming, and round again:
+            // a 7.5 KB file recursed until the stack overflowed.)
+            if readWhole && size <= configuration.recordLimit {
+                var whole: [UInt8] = []
+                try spool.readChunks(file) { whole += $0 }
+                if whole.starts(with: [0xEF, 0xBB, 0xBF]) { whole.removeFirst(3) }
+                if (try? JSONParser.check(whole, keepUpTo: 0)) != nil {
+                    processWhole(file, claimedAt: claimedAt)
+                    return
+                }
+                readWhole = false
             }
             // Text never holds a NUL byte (JSON forbids it, RFC 4180 has no place for it): a file whose
             // first line does — preallocated zeros (fallocate), a disk image — is refused unread, before
@@ -85,7 +99,7 @@ extension Engine {
                     pointer: nil,
                     message: "a NUL byte at byte \(nul): not JSON or CSV text; the file is not read further"
                 )
-            } else if isCSV && firstLine.count > configuration.recordLimit {
+            } else if isCSV && firstLine.count >= configuration.recordLimit {
                 tooLarge = RecordProblem(
                     record: nil,
                     line: 1,
@@ -95,18 +109,15 @@ extension Engine {
                         + "(memory_budget / 256); the file is not read further"
                 )
             } else if readWhole {
-                guard size > configuration.recordLimit else {
-                    processWhole(file, claimedAt: claimedAt)
-                    return
-                }
                 tooLarge = RecordProblem(
                     record: nil,
                     line: nil,
                     pointer: nil,
                     message:
-                        "file is \(size) bytes and not \(kind == .intake ? "CSV, " : "")NDJSON or a JSON array: a JSON "
-                        + "document over \(configuration.recordLimit) bytes is not read; send large data one record "
-                        + "per line or as an array of records"
+                        "file is \(size) bytes and its first line is no JSON record of at most "
+                        + "\(configuration.recordLimit) bytes (the record limit): not \(kind == .intake ? "CSV, " : "")"
+                        + "NDJSON or a JSON array, and a JSON document over the record limit is not read; send large "
+                        + "data one record per line or as an array of records"
                 )
             }
             // Pass 1, only for a file that will be read: its sha256.

@@ -234,8 +234,18 @@ final class Engine: @unchecked Sendable {
     /// Set while small files are committed between two chunks of a large one (``interleave()``).
     private var interleaving = false
     private var lastInterleave: Int64 = 0
+    /// How many times small files were taken between chunks: a step's list of ready entries is stale
+    /// after that (names freed and maybe reused), so the step ends and the next one scans anew.
+    private var interleaves = 0
     /// Set there too: a file that turns out large is queued, not streamed from inside another's stream.
     private var noStreaming = false
+    /// Set while ``processWhole(_:claimedAt:)`` reads a large file's one document whole: never streamed.
+    private var wholeOnly = false
+    /// Set while the batch in hand is a crash suspect processed alone: nothing is interleaved beside it
+    /// (a file that crashed beside it would count as its second crash).
+    private var isolatedInHand = false
+    /// Folders the watcher named while ``interleave()`` took its hints: scanned at the next step.
+    private var hintedFolders: Set<String> = []
     /// The watcher's hints so far (set by the processor once its watcher runs): ``interleave()`` takes them
     /// in, so that it knows which files were completed (closed, renamed in) and which are still open.
     var drainHints: @Sendable () -> WatchHints = { WatchHints() }
@@ -326,7 +336,8 @@ final class Engine: @unchecked Sendable {
         let now = Clock.monotonicNanos()
         let wallNow = Clock.nowNanos()
         settle.absorb(complete: hints.complete, opened: hints.opened, overflow: hints.overflow)
-        var folders = hints.folders
+        var folders = hints.folders.union(hintedFolders)
+        hintedFolders = []
         if hints.overflow || now >= nextRescan {
             folders = Set(spool.inboxes.map(\.path))
             nextRescan = now + configuration.rescanInterval.nanoseconds
@@ -426,9 +437,16 @@ final class Engine: @unchecked Sendable {
                 }
             }
             if batch.isEmpty { break }
+            isolatedInHand = room == 1
+            let interleavedBefore = interleaves
             CrashGuard.during(batch.map(\.id)) { process(batch, claimedAt: claimedAt) }
+            isolatedInHand = false
             progressed()
             forgetFinished(batch)
+            if interleaves != interleavedBefore {
+                for (inbox, _) in ready[start...] { hintedFolders.insert(inbox.path) }
+                break
+            }
             // Large files left for later: end the step once every ready file is claimed, so that the next
             // one (at the next wake-up) looks at the inboxes again before the next large file.
             if largeDeferred && start >= ready.count {
@@ -443,9 +461,10 @@ final class Engine: @unchecked Sendable {
 
     /// Claims one ready inbox entry under a fresh id; nil when it is gone, or cannot be claimed (said).
     private func claim(_ entry: Spool.Entry, from inbox: Spool.Inbox) -> Spool.Claimed? {
-        settle.forget(SettleTracker.key(folder: inbox.path, name: entry.bytes))
         do {
+            // Gone, or another file under that name now (claimed by its inode): its state stays tracked.
             guard let claimed = try spool.claim(entry, from: inbox, id: ids.next()) else { return nil }
+            settle.forget(SettleTracker.key(folder: inbox.path, name: entry.bytes))
             claimedFresh.insert(claimed.id)
             return claimed
         } catch {
@@ -489,7 +508,7 @@ final class Engine: @unchecked Sendable {
     /// streamed from here; nothing here recurses.
     func interleave() {
         let now = Clock.monotonicNanos()
-        guard !interleaving, now - lastInterleave >= 1_000_000_000 else { return }
+        guard !interleaving, !isolatedInHand, now - lastInterleave >= 1_000_000_000 else { return }
         interleaving = true
         defer {
             interleaving = false
@@ -501,6 +520,9 @@ final class Engine: @unchecked Sendable {
         // not taken half-written), as a step would. The folders it named are rescanned here.
         let hints = drainHints()
         settle.absorb(complete: hints.complete, opened: hints.opened, overflow: hints.overflow)
+        // Every inbox is scanned here, but a file skipped here (large) is looked at by the next step too.
+        hintedFolders.formUnion(hints.folders)
+        if hints.overflow { hintedFolders.formUnion(spool.inboxes.map(\.path)) }
         var batch: [Spool.Claimed] = []
         var claimedAt: [String: Int64] = [:]
         for inbox in spool.inboxes where !replacedInboxes.contains(inbox.path) {
@@ -524,6 +546,7 @@ final class Engine: @unchecked Sendable {
             }
         }
         guard !batch.isEmpty else { return }
+        interleaves += 1
         let streamingBefore = noStreaming
         noStreaming = true
         defer { noStreaming = streamingBefore }
@@ -611,9 +634,11 @@ final class Engine: @unchecked Sendable {
         }
         var group: [Spool.Claimed] = []
         var groupBytes: Int64 = 0
+        // Between two chunks of a large file (two chunks in hand), half as much at a time.
+        let groupBytesLimit = noStreaming ? configuration.batchBytes / 2 : configuration.batchBytes
         for file in whole {
             let size = sizes[file.id] ?? 0
-            if !group.isEmpty && groupBytes + size > Int64(configuration.batchBytes) {
+            if !group.isEmpty && groupBytes + size > Int64(groupBytesLimit) {
                 large += processGroup(group, claimedAt: claimedAt)
                 group = []
                 groupBytes = 0
@@ -644,7 +669,8 @@ final class Engine: @unchecked Sendable {
                 var records = 1
                 if case .regular(let bytes) = content {
                     records = JSONParser.topLevelCount(bytes) ?? (bytes.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) } + 1)
-                    if records > Self.chunkRecords {
+                    // Never back to streaming from processWhole (one document, already judged there).
+                    if records > Self.chunkRecords && !wholeOnly {
                         streamed.append(file)
                         continue
                     }
@@ -657,7 +683,8 @@ final class Engine: @unchecked Sendable {
         var part: [(file: Spool.Claimed, content: Result<Spool.Content, SpoolError>?)] = []
         var partRecords = 0
         for entry in read {
-            if !part.isEmpty && partRecords + entry.records > configuration.batchRecords {
+            let recordsLimit = noStreaming ? configuration.batchRecords / 2 : configuration.batchRecords
+            if !part.isEmpty && partRecords + entry.records > recordsLimit {
                 commit(part, claimedAt: claimedAt)
                 part = []
                 partRecords = 0
@@ -790,7 +817,12 @@ final class Engine: @unchecked Sendable {
     func processWhole(_ file: Spool.Claimed, claimedAt: Int64) {
         let saved = configuration.streamThreshold
         configuration.streamThreshold = Int.max
-        defer { configuration.streamThreshold = saved }
+        let wasWhole = wholeOnly
+        wholeOnly = true
+        defer {
+            configuration.streamThreshold = saved
+            wholeOnly = wasWhole
+        }
         process([file], claimedAt: [file.id: claimedAt])
     }
 

@@ -114,6 +114,12 @@ extension Spool {
         var changed: Int64 = 0
         var sender: String?
         if Self.withCName(entry.bytes, { fstatat(source, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 {
+            // Another file under the name since the scan (its sender uploads the next one under the same
+            // name): not the entry that settled — it has its own settling to do.
+            if entry.inode != 0 && UInt64(st.st_ino) != entry.inode {
+                if stored != original { unlinkat(target, SpoolName.nameNote(id: id), 0) }
+                return nil
+            }
             changed = Self.nanoseconds(st.st_ctim)
             // Files the daemon's own user wrote may be HTTP requests naming their sender.
             if st.st_uid == getuid() && FileType(mode: st.st_mode) == .regular {

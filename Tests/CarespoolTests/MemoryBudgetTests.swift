@@ -177,6 +177,36 @@ import Testing
         #expect(run.result.1 < .seconds(10), "\(run.result.1)")
     }
 
+    /// A small file of many lines whose first line is no JSON value (NDJSON after a blank line, a CSV in a
+    /// JSON inbox): counted by its lines it went to streaming, which read it as one document, which counted
+    /// its lines again — a 7.5 KB file recursed until the stack overflowed, and again at every start. It is
+    /// streamed once, its lines judged, and the daemon lives on.
+    @Test func aSmallFileOfManyLinesAfterABadFirstLineIsStreamedOnce() async throws {
+        let dir = TempDir("budget-loop")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let text = "\n" + String(repeating: "{}\n", count: 2_500) + event("LOOP-1", "2025-01-10T12:30:00Z") + "\n"
+        let run = try await Daemon.serve(spool: spool) { pid in
+            try await waitUntilServing(spool)
+            try dropLikeRsync(text, into: spool + "/inbox/appointments", name: "lines.ndjson")
+            try dropLikeRsync(
+                "mrn,first_name\n" + String(repeating: "a,b\n", count: 2_500),
+                into: spool + "/inbox/appointments",
+                name: "table.csv"
+            )
+            let view = SpoolView(root: spool)
+            let finished = await eventually(timeout: .seconds(60)) { view.done().count + view.failed().count == 2 }
+            let alive = kill(pid, 0) == 0
+            kill(pid, SIGTERM)
+            return (finished, alive)
+        }
+        #expect(run.result.0 && run.result.1, "\(run.status) \(run.log.suffix(2000))")
+        let stored = try await SpoolView(root: spool).database().read { db in
+            try String.fetchAll(db, sql: "SELECT appointment_id FROM appointment_events")
+        }
+        #expect(stored == ["LOOP-1"])
+    }
+
     /// A streamed record over the record limit is rejected with its size and line, and the records
     /// around it are stored: nothing of it is parsed.
     @Test func aStreamedRecordOverTheLimitIsRejectedWithItsLineAndTheOthersStored() async throws {

@@ -151,6 +151,27 @@ import Testing
         #expect(try spool.claimedFiles(kind: "appointments").map(\.id) == ["id1"])
     }
 
+    /// A scan's entry names a file by its name and inode: when its sender has since put another file under
+    /// that name (the next upload, still being written), the claim takes nothing — that file settles on
+    /// its own — and the new file stays in the inbox untouched.
+    @Test func anEntryWhoseNameNowHoldsAnotherFileIsNotClaimed() throws {
+        let dir = TempDir("spool")
+        defer { dir.cleanup() }
+        let spool = try makeSpool(dir)
+        let inbox = spool.inboxes[0]
+        try Data("first".utf8).write(to: URL(fileURLWithPath: inbox.path + "/a.json"))
+        let entry = try #require(try spool.scan(inbox.path).first)
+        // Taken meanwhile (claimed between two chunks of a large file; here, moved aside), so its inode
+        // stays in use and the next file under the name has another.
+        #expect(rename(inbox.path + "/a.json", dir.path + "/taken.json") == 0)
+        try Data("sec".utf8).write(to: URL(fileURLWithPath: inbox.path + "/.next"))
+        #expect(rename(inbox.path + "/.next", inbox.path + "/a.json") == 0)
+        #expect(try spool.scan(inbox.path).first?.inode != entry.inode)
+        #expect(try spool.claim(entry, from: inbox, id: "id1") == nil)
+        #expect(try String(contentsOfFile: inbox.path + "/a.json", encoding: .utf8) == "sec")
+        #expect(try spool.claimedFiles(kind: "appointments").isEmpty)
+    }
+
     @Test func neverOpensWhatIsNotARegularFile() throws {
         let dir = TempDir("spool")
         defer { dir.cleanup() }
