@@ -233,54 +233,71 @@ def http_phase(binary, schema, seconds):
     print("| GET /health (the server's ceiling) | %.0f requests/s, p99 %.2f ms |" % (health[0], health[2]))
 
 
-def shapes_phase(binary, schema, size):
+def shapes_phase(binary, schema, size, runs):
     """Each adversarial shape of bench/shapes.py (and the plain file of its kind it is measured against),
     dropped alone into a fresh daemon: MB/s from the drop to its verdict (done/ or failed/), the daemon's
-    peak RSS, and the ratio of its MB/s to the plain file's (target: within 3x, ratio >= 0.33)."""
+    peak RSS, and the ratio of its MB/s to the plain file's (target: within 3x, ratio >= 0.33). Each is
+    run `runs` times and its fastest run kept (the highest peak RSS): on a shared virtual machine a
+    single run of the same file varied by half its time."""
     import glob
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import shapes
     rows = []
     for kind, name, suffix, data in shapes.shapes(size):
-        root = tempfile.mkdtemp(prefix="carespool-bench-shape-")
-        spool = os.path.join(root, "spool")
-        os.makedirs(os.path.join(spool, "inbox", kind))
-        log = open(os.path.join(root, "daemon.log"), "w")
-        daemon = subprocess.Popen([binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning",
-                                   "--http", "off"], stderr=log)
-        try:
-            deadline = time.monotonic() + 30
-            while not os.path.exists(os.path.join(spool, "processing", "retrying.json")):
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    sys.exit("shapes: daemon did not start; see " + log.name)
-                time.sleep(0.01)
-            staged = os.path.join(root, "staged")
-            with open(staged, "wb") as f:
-                f.write(data)
-            file_name = "%s.%s" % (name, suffix)
-            begin = time.monotonic()
-            os.rename(staged, os.path.join(spool, "inbox", kind, file_name))
-            where = None
-            while where is None:
-                if glob.glob(os.path.join(spool, "done", kind, "*", "*--" + file_name)):
-                    where = "done"
-                elif glob.glob(os.path.join(spool, "failed", kind, "*--" + file_name)):
-                    where = "failed"
-                elif daemon.poll() is not None or time.monotonic() - begin > 600:
-                    sys.exit("shapes: %s never finished; see %s" % (name, log.name))
-                else:
-                    time.sleep(0.005)
-            seconds = time.monotonic() - begin
-            with open("/proc/%d/status" % daemon.pid) as f:
-                peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-            db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
-            outcome, stored, rejected = db.execute("SELECT outcome, stored, rejected FROM files").fetchone()
-            db.close()
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=60)
-            shutil.rmtree(root, ignore_errors=True)
-        rows.append((kind, name, len(data), seconds, peak_kib / 1024.0, outcome, stored, rejected))
+        best = None
+        for _ in range(runs):
+            row = shape_run(binary, schema, kind, name, suffix, data, glob)
+            best = row if best is None or row[3] < best[3] else best
+            best = best[:4] + (max(best[4], row[4]),) + best[5:]
+        rows.append(best)
+    print_shapes(size, rows)
+
+
+def shape_run(binary, schema, kind, name, suffix, data, glob):
+    """One run of one shape in a fresh daemon: (kind, name, bytes, seconds, peak MiB, outcome, stored,
+    rejected)."""
+    root = tempfile.mkdtemp(prefix="carespool-bench-shape-")
+    spool = os.path.join(root, "spool")
+    os.makedirs(os.path.join(spool, "inbox", kind))
+    log = open(os.path.join(root, "daemon.log"), "w")
+    daemon = subprocess.Popen([binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning",
+                               "--http", "off"], stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(spool, "processing", "retrying.json")):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                sys.exit("shapes: daemon did not start; see " + log.name)
+            time.sleep(0.01)
+        staged = os.path.join(root, "staged")
+        with open(staged, "wb") as f:
+            f.write(data)
+        file_name = "%s.%s" % (name, suffix)
+        begin = time.monotonic()
+        os.rename(staged, os.path.join(spool, "inbox", kind, file_name))
+        where = None
+        while where is None:
+            if glob.glob(os.path.join(spool, "done", kind, "*", "*--" + file_name)):
+                where = "done"
+            elif glob.glob(os.path.join(spool, "failed", kind, "*--" + file_name)):
+                where = "failed"
+            elif daemon.poll() is not None or time.monotonic() - begin > 600:
+                sys.exit("shapes: %s never finished; see %s" % (name, log.name))
+            else:
+                time.sleep(0.005)
+        seconds = time.monotonic() - begin
+        with open("/proc/%d/status" % daemon.pid) as f:
+            peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+        outcome, stored, rejected = db.execute("SELECT outcome, stored, rejected FROM files").fetchone()
+        db.close()
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+    return (kind, name, len(data), seconds, peak_kib / 1024.0, outcome, stored, rejected)
+
+
+def print_shapes(size, rows):
     plain = {kind: r for r in rows for kind in [r[0]] if r[1].startswith("plain")}
     print("| adversarial shapes (%d MB each, one per fresh daemon) | MB/s | ratio to plain | peak RSS | verdict |" % (size // 1000000))
     print("| --- | --- | --- | --- | --- |")
@@ -303,6 +320,7 @@ def main():
     ap.add_argument("--http-seconds", type=int, default=20)
     ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes")
     ap.add_argument("--shape-bytes", type=int, default=8000000)
+    ap.add_argument("--shape-runs", type=int, default=3, help="runs of each shape; the fastest is kept")
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
@@ -503,7 +521,7 @@ def main():
             http_phase(args.binary, schema, args.http_seconds)
         if want("shapes"):
             print()
-            shapes_phase(args.binary, schema, args.shape_bytes)
+            shapes_phase(args.binary, schema, args.shape_bytes, args.shape_runs)
     finally:
         for daemon in daemons:
             if daemon.poll() is None:

@@ -202,6 +202,10 @@ package struct CSVReader {
             var decoded: [String] = []
             decoded.reserveCapacity(fields.count)
             for bytes in fields {
+                if bytes.isEmpty {
+                    decoded.append("")
+                    continue
+                }
                 if bytes.contains(0) {
                     error = "NUL byte in a field"
                     break
@@ -216,7 +220,7 @@ package struct CSVReader {
         }
         let record = CSVRecord(number: number, line: recordLine, fields: strings, error: error, raw: raw)
         field = []
-        fields = []
+        fields.removeAll(keepingCapacity: true)
         raw = []
         error = nil
         state = .fieldStart

@@ -16,6 +16,11 @@ import Synchronization
 /// 3. only then does each request's `await` return, and it may answer 202.
 /// A rename never precedes its data's sync, so whatever fails — a crash, a power cut, a full disk — an
 /// inbox never holds a partial request file.
+/// An idempotency key already recorded for a request with another body: `id` is that request's.
+package struct IdempotencyConflict: Error, Sendable {
+    package let id: String
+}
+
 package final class DurableWriter: Sendable {
     private let spool: Spool
     private let ids = IDGenerator()
@@ -52,9 +57,16 @@ package final class DurableWriter: Sendable {
     /// idempotency key (a file name, see ``Spool/keysPath(_:)``) already recorded, writes nothing and
     /// returns the recorded id with `replayed` true. Requests with the same key are serialised here; the
     /// key is renamed into place right after its request file, so a recorded key always names a file.
-    package func write(_ bytes: [UInt8], into inbox: Spool.Inbox, idempotencyKey: String?, sender: String?)
-        async throws -> (id: String, replayed: Bool)
-    {
+    ///
+    /// A key already recorded for another body (`digest` differs) is an ``IdempotencyConflict``: the
+    /// sender reused a key for new content, which would otherwise be dropped without a word.
+    package func write(
+        _ bytes: [UInt8],
+        into inbox: Spool.Inbox,
+        idempotencyKey: String?,
+        digest: String? = nil,
+        sender: String?
+    ) async throws -> (id: String, replayed: Bool) {
         if let key = idempotencyKey {
             while !inFlight.withLock({ $0.insert(key).inserted }) { try await Task.sleep(for: .milliseconds(2)) }
         }
@@ -65,7 +77,12 @@ package final class DurableWriter: Sendable {
         let replayedID: String? = try await withCheckedThrowingContinuation { continuation in
             io.async {
                 do {
-                    if let key = idempotencyKey, let earlier = try spool.idempotentID(kind: inbox.kind, name: key) {
+                    if let key = idempotencyKey,
+                        let (earlier, recorded) = try spool.idempotentID(kind: inbox.kind, name: key)
+                    {
+                        if let recorded, let digest, recorded != digest {
+                            throw IdempotencyConflict(id: earlier)
+                        }
                         // A replay waits for a sync all the same: the earlier request may still be waiting.
                         self.enqueue(
                             Waiter(body: nil, key: nil) { failure in
@@ -93,7 +110,7 @@ package final class DurableWriter: Sendable {
                     var keyFile: (temporary: String, kind: String, name: String)?
                     if let key = idempotencyKey {
                         do {
-                            keyFile = (try spool.prepareIdempotencyKey(id: id), inbox.kind, key)
+                            keyFile = (try spool.prepareIdempotencyKey(id: id, digest: digest), inbox.kind, key)
                         } catch {
                             spool.removeTemporary(temporary)
                             throw error

@@ -123,6 +123,9 @@ package struct HTTPConfiguration: Sendable {
     /// The largest JSON document, or element of an ingest array, accepted (default 1 MiB, the pipeline's
     /// record limit): a larger one is answered 413, never parsed.
     package var recordLimit: Int
+    /// The schema's own strings (``Catalog/schemaConstants``): error messages show these to senders and
+    /// mask every other quoted value.
+    package var schemaConstants: Set<String> = []
 
     package init(
         host: String = "127.0.0.1",
@@ -316,12 +319,15 @@ package func buildRouter(
             )
             let response = try await ingress.handle(request, context: context)
             // RFC 7240 `Prefer: wait=N`: wait up to N seconds for the pipeline's verdict.
-            guard response.status == .accepted, let seconds = Ingress.preferredWait(request),
+            guard response.status == .accepted || (route.kind == "zoom" && response.status == .ok),
+                response.headers[Ingress.spoolID] != nil, let seconds = Ingress.preferredWait(request),
                 let id = response.headers[Ingress.spoolID]
             else { return response }
             let deadline = ContinuousClock.now + .seconds(seconds)
             while ContinuousClock.now < deadline {
-                if let found = await verdict(id + ".json", inbox.kind) { return Ingress.answer(id: id, found) }
+                if let found = await verdict(id + ".json", inbox.kind) {
+                    return Ingress.answer(id: id, found, constants: configuration.schemaConstants)
+                }
                 try await Task.sleep(for: .milliseconds(25))
             }
             return response
@@ -358,7 +364,7 @@ package func buildRouter(
                 let errors = found.errors.map { problem in
                     "{\"record\":\(problem.record.map(String.init) ?? "null"),\"line\":\(problem.line.map(String.init) ?? "null"),"
                         + "\"pointer\":\(problem.pointer.map(JSONValue.quoted) ?? "null"),"
-                        + "\"message\":\(JSONValue.quoted(Ingress.withoutValues(problem.message)))}"
+                        + "\"message\":\(JSONValue.quoted(JSONSchema.masked(problem.message, keeping: configuration.schemaConstants)))}"
                 }
                 return Ingress.json(
                     .ok,
@@ -469,28 +475,9 @@ private struct Ingress {
         )
     }
 
-    /// A validation message with every quoted value replaced by `"…"`: senders get the rule, never
-    /// payload values.
-    static func withoutValues(_ message: String) -> String {
-        var out = ""
-        var inQuote = false
-        var escaped = false
-        for character in message {
-            if inQuote {
-                if escaped {
-                    escaped = false
-                } else if character == "\\" {
-                    escaped = true
-                } else if character == "\"" {
-                    inQuote = false
-                    out += "…\""
-                }
-                continue
-            }
-            out.append(character)
-            if character == "\"" { inQuote = true }
-        }
-        return out
+    /// A digest in lower-case hexadecimal.
+    static func hex(_ digest: SHA256.Digest) -> String {
+        digest.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
     }
 
     static let spoolID = HTTPField.Name("x-carespool-id")!
@@ -542,11 +529,11 @@ private struct Ingress {
     }
 
     /// The answer of the appointment receiver this replaces: 200 stored, 409 duplicate or conflict, 400
-    /// with the validation errors (values masked).
-    static func answer(id: String, _ found: SpoolVerdict) -> Response {
+    /// with the validation errors (the payload's values masked, the schema's own strings shown).
+    static func answer(id: String, _ found: SpoolVerdict, constants: Set<String>) -> Response {
         let errors = found.errors.map { problem in
             "{\"record\":\(problem.record.map(String.init) ?? "null"),\"pointer\":\(problem.pointer.map(JSONValue.quoted) ?? "null"),"
-                + "\"message\":\(JSONValue.quoted(withoutValues(problem.message)))}"
+                + "\"message\":\(JSONValue.quoted(JSONSchema.masked(problem.message, keeping: constants)))}"
         }
         let conflict = found.errors.contains { $0.message.hasPrefix("conflicts with") }
         let status: HTTPResponse.Status =
@@ -730,8 +717,7 @@ private struct Ingress {
             sender = "webhook:" + inbox.kind
             if let limited = rateLimited(sender) { return limited }
             // The key's file name: hex SHA-256 of the id (any bytes a sender chooses stay out of paths).
-            idempotencyKey = SHA256.hash(data: Array(id.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }
-                .joined()
+            idempotencyKey = Self.hex(SHA256.hash(data: Array(id.utf8)))
         }
         if zoomSigned {
             let timestamp = request.headers[Self.zoomTimestamp] ?? ""
@@ -793,7 +779,22 @@ private struct Ingress {
         do {
             // The audit trail's "who": the token's name, or how the request proved itself.
             let who = "http:" + (sender.hasPrefix("token:") ? String(sender.dropFirst(6)) : sender)
-            (id, replayed) = try await writer.write(bytes, into: inbox, idempotencyKey: idempotencyKey, sender: who)
+            let digest = idempotencyKey.map { _ in Self.hex(SHA256.hash(data: bytes)) }
+            (id, replayed) = try await writer.write(
+                bytes,
+                into: inbox,
+                idempotencyKey: idempotencyKey,
+                digest: digest,
+                sender: who
+            )
+        } catch let conflict as IdempotencyConflict {
+            // Stripe's answer to a key reused with other parameters: the first request stands.
+            return Self.error(
+                .conflict,
+                "webhook-id \(JSONValue.quoted(request.headers[Self.webhookID] ?? "")) was already used for "
+                    + "another body (request \(conflict.id)): an idempotency key names one request; "
+                    + "send new content under a new webhook-id"
+            )
         } catch let error as SpoolError where error.isNotAFolderAnyMore {
             // The inbox was replaced after start (said once by the pipeline, critical): nothing is taken in
             // that nobody would process.
@@ -815,7 +816,12 @@ private struct Ingress {
         } else {
             context.logger.info("request spooled", metadata: ["spool.id": "\(id)", "route.kind": "\(inbox.kind)"])
         }
-        var response = Self.json(.accepted, "{\"status\":\"accepted\",\"id\":\"\(id)\",\"request_id\":\"\(id)\"}")
+        // Zoom counts only 200 and 204 as delivered (anything else is retried at +5, +20 and +60 minutes,
+        // then dropped): the Zoom route answers 200, with the same body; the others keep 202.
+        var response = Self.json(
+            isZoom ? .ok : .accepted,
+            "{\"status\":\"accepted\",\"id\":\"\(id)\",\"request_id\":\"\(id)\"}"
+        )
         response.headers[Self.spoolID] = id
         if replayed { response.headers[Self.replayedHeader] = "true" }
         return response

@@ -193,7 +193,7 @@ package struct JSONParser {
         /// Adds `name`; false when the object has it already.
         mutating func insert(_ name: String) -> Bool {
             if many.isEmpty && few.count < JSONValue.linearScanMembers {
-                if few.contains(where: { $0.utf8.elementsEqual(name.utf8) }) { return false }
+                if few.contains(where: { $0.hasSameUTF8(as: name) }) { return false }
                 few.append(name)
                 return true
             }

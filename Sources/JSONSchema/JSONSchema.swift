@@ -43,12 +43,16 @@ package struct JSONSchema: Sendable {
 
     private let nodes: [Node]
     private let root: Int
+    /// The schema's own strings as its messages quote them (`enum` and `const` strings, `pattern`s):
+    /// what a message may show a sender where the instance's values are masked (``masked(_:keeping:)``).
+    package let constants: Set<String>
 
     /// Compiles `document`, refusing any keyword outside ``supportedKeywords``.
     package init(document: JSONValue) throws(SchemaError) {
         var compiler = Compiler(document: document)
         root = try compiler.compile(document, pointer: "", isRoot: true)
         nodes = compiler.nodes.map { $0! }
+        constants = Self.constants(of: nodes)
     }
 
     /// Compiles the subschema at `pointer` (e.g. `/$defs/appointment_event`) of `document`, with `$ref`s
@@ -61,6 +65,50 @@ package struct JSONSchema: Sendable {
         }
         root = try compiler.compile(target, pointer: pointer, isRoot: false)
         nodes = compiler.nodes.map { $0! }
+        constants = Self.constants(of: nodes)
+    }
+
+    private static func constants(of nodes: [Node]) -> Set<String> {
+        var found = Set<String>()
+        for node in nodes {
+            for value in (node.enumValues ?? []) + (node.constValue.map { [$0] } ?? []) {
+                if case .string = value { found.insert(value.compactText) }
+            }
+            if let pattern = node.pattern { found.insert(JSONValue.quoted(pattern.source)) }
+        }
+        return found
+    }
+
+    /// `message` with every quoted string replaced by `"…"` but those in `keeping` (a schema's
+    /// ``constants``): a sender learns the rule and what is allowed, never a payload's values. A value
+    /// that equals one of the schema's own strings shows: it is no secret.
+    package static func masked(_ message: String, keeping: Set<String>) -> String {
+        var out = ""
+        var quoted = ""
+        var inQuote = false
+        var escaped = false
+        for character in message {
+            guard inQuote else {
+                if character == "\"" {
+                    inQuote = true
+                    quoted = "\""
+                } else {
+                    out.append(character)
+                }
+                continue
+            }
+            quoted.append(character)
+            if escaped {
+                escaped = false
+            } else if character == "\\" {
+                escaped = true
+            } else if character == "\"" {
+                inQuote = false
+                out += keeping.contains(quoted) ? quoted : "\"…\""
+            }
+        }
+        if inQuote { out += "\"…" }
+        return out
     }
 
     /// Validates `instance`; an empty result means valid.
@@ -239,7 +287,7 @@ package struct JSONSchema: Sendable {
                 if indexed {
                     present = names.contains(JSONKey(name))
                 } else {
-                    present = members.contains(where: { $0.key.utf8.elementsEqual(name.utf8) })
+                    present = members.contains(where: { $0.key.hasSameUTF8(as: name) })
                 }
                 if !present {
                     path.enter(name)
@@ -251,7 +299,7 @@ package struct JSONSchema: Sendable {
         for member in members {
             path.enter(member.key)
             defer { path.leave() }
-            if let property = node.properties[JSONKey(member.key)] {
+            if let property = node.property(member.key) {
                 validate(member.value, node: property, path: &path, errors: &errors)
             } else if let additional = node.additionalProperties {
                 if nodes[additional].boolean == false {
@@ -339,6 +387,7 @@ private struct InstancePath {
     /// The JSON pointer (RFC 6901) of this place; "" is the whole instance.
     var pointer: String {
         var text = ""
+        if steps.count == 1, case .name(let name) = steps[0] { return "/" + JSONSchema.escape(name) }
         for step in steps {
             text += "/"
             switch step {
@@ -350,14 +399,30 @@ private struct InstancePath {
     }
 }
 
-/// A compiled subschema.
-private struct Node: Sendable {
+/// A compiled subschema. A class, so that visiting one costs a reference, not a copy of its dozen
+/// arrays and strings (each retained and released per visit: a third of validating a small record).
+/// Filled in only while the schema is compiled, read-only once it is: hence `@unchecked Sendable`.
+private final class Node: @unchecked Sendable {
     var boolean: Bool?
     var ref: Int?
     var types: [String]?
     var required: [String] = []
     /// Each property's subschema by name (a lookup per member, not a scan of the schema's properties).
-    var properties: [JSONKey: Int] = [:]
+    var properties: [JSONKey: Int] = [:] {
+        didSet { few = properties.count <= Self.scanned ? properties.map { ($0.key.name, $0.value) } : [] }
+    }
+    /// The same, when there are at most `scanned`: comparing a few names' bytes beats hashing one.
+    private var few: [(name: String, node: Int)] = []
+    private static let scanned = 8
+
+    /// The subschema of the property called `name`, if the schema names it.
+    func property(_ name: String) -> Int? {
+        if properties.count <= Self.scanned {
+            for entry in few where entry.name.hasSameUTF8(as: name) { return entry.node }
+            return nil
+        }
+        return properties[JSONKey(name)]
+    }
     var additionalProperties: Int?
     var enumValues: [JSONValue]?
     var constValue: JSONValue?
@@ -418,7 +483,7 @@ private struct Compiler {
         let index = nodes.count
         nodes.append(nil)
         byPointer[pointer] = index
-        var node = Node()
+        let node = Node()
         switch schema {
         case .bool(let b):
             node.boolean = b

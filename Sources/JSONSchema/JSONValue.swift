@@ -4,6 +4,8 @@
 // logs. Numbers keep their source text (so `1.0` and `1` round-trip as written) and booleans never
 // compare equal to numbers, which Foundation's bridging gets wrong.
 
+import Foundation
+
 /// One member of a JSON object, in document order.
 package struct JSONMember: Sendable, Equatable {
     package var key: String
@@ -23,7 +25,7 @@ package struct JSONKey: Hashable, Sendable {
 
     package init(_ name: String) { self.name = name }
 
-    package static func == (lhs: JSONKey, rhs: JSONKey) -> Bool { lhs.name.utf8.elementsEqual(rhs.name.utf8) }
+    package static func == (lhs: JSONKey, rhs: JSONKey) -> Bool { lhs.name.hasSameUTF8(as: rhs.name) }
 
     package func hash(into hasher: inout Hasher) {
         // Native strings keep their UTF-8 contiguous: hashed as one buffer, not byte by byte.
@@ -49,7 +51,7 @@ package indirect enum JSONValue: Sendable {
     /// The member named `key` of an object, or nil.
     package subscript(key: String) -> JSONValue? {
         guard case .object(let members) = self else { return nil }
-        for member in members where member.key.utf8.elementsEqual(key.utf8) { return member.value }
+        for member in members where member.key.hasSameUTF8(as: key) { return member.value }
         return nil
     }
 
@@ -105,7 +107,7 @@ extension JSONValue: Equatable {
             if a.count <= JSONValue.linearScanMembers {
                 for member in a {
                     guard
-                        let other = b.first(where: { $0.key.utf8.elementsEqual(member.key.utf8) }),
+                        let other = b.first(where: { $0.key.hasSameUTF8(as: member.key) }),
                         other.value == member.value
                     else { return false }
                 }
@@ -189,5 +191,21 @@ extension JSONValue {
         var out = ""
         writeString(s, to: &out)
         return out
+    }
+}
+
+extension String {
+    /// Whether both hold the same UTF-8 bytes: JSON's equality of names and strings (code points, with
+    /// no Unicode normalisation, unlike `==`). Compares the contiguous buffers of native strings at once,
+    /// after their lengths; byte by byte only for bridged ones.
+    package func hasSameUTF8(as other: String) -> Bool {
+        guard utf8.count == other.utf8.count else { return false }
+        let fast: Bool? =
+            utf8.withContiguousStorageIfAvailable { mine in
+                other.utf8.withContiguousStorageIfAvailable { theirs in
+                    mine.count == 0 || memcmp(mine.baseAddress!, theirs.baseAddress!, mine.count) == 0
+                }
+            } ?? nil
+        return fast ?? utf8.elementsEqual(other.utf8)
     }
 }

@@ -67,19 +67,19 @@ package struct Catalog: Sendable {
     package let appointments: AppointmentsReader
     package let zoom: ZoomReader
     package let intake: IntakeReader
+    /// Every kind's schema strings that messages may show (``JSONSchema/constants``).
+    package let schemaConstants: Set<String>
 
     /// Compiles every kind's `$defs` entry; refuses a schema with an unsupported keyword, naming it.
     package init(schemaDocument: JSONValue) throws(KindsError) {
         do {
-            appointments = AppointmentsReader(
-                schema: try JSONSchema(document: schemaDocument, entry: "/$defs/" + Kind.appointments.schemaDefinition)
-            )
-            zoom = ZoomReader(
-                schema: try JSONSchema(document: schemaDocument, entry: "/$defs/" + Kind.zoom.schemaDefinition)
-            )
-            intake = IntakeReader(
-                schema: try JSONSchema(document: schemaDocument, entry: "/$defs/" + Kind.intake.schemaDefinition)
-            )
+            let schemas = try [Kind.appointments, .zoom, .intake].map { kind throws(SchemaError) in
+                try JSONSchema(document: schemaDocument, entry: "/$defs/" + kind.schemaDefinition)
+            }
+            appointments = AppointmentsReader(schema: schemas[0])
+            zoom = ZoomReader(schema: schemas[1])
+            intake = IntakeReader(schema: schemas[2])
+            schemaConstants = schemas.reduce(into: Set()) { $0.formUnion($1.constants) }
         } catch {
             throw KindsError(description: "schema.json \(error.description)")
         }

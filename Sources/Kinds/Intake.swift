@@ -123,6 +123,7 @@ package struct IntakeReader: Sendable {
             return failure("row has \(fields.count) fields; the header needs at least \(width)")
         }
         var members: [JSONMember] = []
+        members.reserveCapacity(IntakeColumns.required.count)
         for name in IntakeColumns.required {
             let value = fields[columns.index[name]!]
             if name == "reason" && value.isEmpty { continue }

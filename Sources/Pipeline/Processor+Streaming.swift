@@ -220,20 +220,30 @@ extension Engine {
         var number = 0
 
         let database = self.database
-        let committer = ChunkCommitter<AppDatabase.Chunk> { chunk in try database.commitChunk(chunk, fileID: file.id) }
-        func done(_ chunk: AppDatabase.Chunk, _ chunkReport: FileReport) throws {
-            var rejectedText = ""
-            let numbers = Set(chunkReport.errors.compactMap(\.record))  // no need to sort them first
-            switch chunk {
-            case .appointments(let items):
-                for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
-            case .zoom(let items):
-                for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
-            case .intake(let items):
-                for item in items where numbers.contains(item.number) { rejectedText += item.text + "\n" }
+        // The chunk comes back with its report: its few rejected records are listed on this thread
+        // (listing them on the commit thread measured slower here, unlike a CSV file's rows).
+        let committer = ChunkCommitter<AppDatabase.Chunk, (AppDatabase.Chunk, FileReport)> { chunk in
+            (chunk, try database.commitChunk(chunk, fileID: file.id))
+        }
+        func done(_ committed: (AppDatabase.Chunk, FileReport)) throws {
+            let (chunk, report) = committed
+            var out: [UInt8] = []
+            func list<Record>(_ items: [Item<Record>]) {
+                let problems = ProblemIndex(report.errors, numbers: items.lazy.map(\.number))
+                for item in items where !problems[item.number].isEmpty {
+                    out += item.text.utf8
+                    out.append(0x0A)
+                }
             }
-            if !rejectedText.isEmpty { try rejected.append(Array(rejectedText.utf8)) }
-            unlisted += totals.absorb(chunkReport, listing: Self.listedProblems)
+            if !report.errors.isEmpty {
+                switch chunk {
+                case .appointments(let items): list(items)
+                case .zoom(let items): list(items)
+                case .intake(let items): list(items)
+                }
+            }
+            if !out.isEmpty { try rejected.append(out) }
+            unlisted += totals.absorb(report, listing: Self.listedProblems)
             try chunkDone()
         }
 
@@ -357,30 +367,19 @@ extension Engine {
         let today = String(Clock.timestamp().prefix(10))
 
         let database = self.database
-        let committer = ChunkCommitter<[Item<IntakeRecord>]> { items in
-            try database.commitChunk(.intake(items), fileID: file.id)
+        let committer = ChunkCommitter<[Item<IntakeRecord>], Committed> { items in
+            let report = try database.commitChunk(.intake(items), fileID: file.id)
+            return Committed(report, rejected: Self.rejectedRows(items, report))
         }
-        func done(_ items: [Item<IntakeRecord>], _ chunk: FileReport) throws {
-            let numbers = Set(chunk.errors.compactMap(\.record))
+        func done(_ committed: Committed) throws {
             var out: [UInt8] = []
-            if !numbers.isEmpty && !wroteHeader {
+            if !committed.rejected.isEmpty && !wroteHeader {
                 out += headerRaw + Array(",error,line\n".utf8)
                 wroteHeader = true
             }
-            // Each record's problems, gathered once: looking them up per record was quadratic in the
-            // chunk (a file of empty rows, every one rejected, ran at 0.2 MB/s).
-            var problems: [Int: [RecordProblem]] = [:]
-            for problem in chunk.errors {
-                if let record = problem.record { problems[record, default: []].append(problem) }
-            }
-            for item in items where numbers.contains(item.number) {
-                let message = (problems[item.number] ?? []).map { problem in
-                    (problem.pointer.map { String($0.dropFirst()) + ": " } ?? "") + problem.message
-                }.joined(separator: "; ")
-                out += Array(item.text.utf8) + Array(("," + Self.csvField(message) + ",\(item.line)\n").utf8)
-            }
+            out += committed.rejected
             if !out.isEmpty { try rejected.append(out) }
-            unlisted += totals.absorb(chunk, listing: Self.listedProblems)
+            unlisted += totals.absorb(committed.report, listing: Self.listedProblems) + committed.unlisted
             try chunkDone()
         }
 
@@ -433,18 +432,59 @@ extension Engine {
         return totals
     }
 
-    /// A CSV field, quoted when it must be.
-    static func csvField(_ text: String) -> String {
-        // By bytes, not Characters: a rejected row's reason is quoted for every row of a bad file.
-        let utf8 = text.utf8
-        guard utf8.contains(where: { $0 == 0x2C || $0 == 0x22 || $0 == 0x0A || $0 == 0x0D }) else { return text }
-        var quoted: [UInt8] = [0x22]
-        quoted.reserveCapacity(utf8.count + 8)
-        for byte in utf8 {
-            quoted.append(byte)
-            if byte == 0x22 { quoted.append(0x22) }
+    /// A committed chunk's report, and its rejected records as the lines of the `.rejected` file. The
+    /// report keeps only the problems a file's report can list; the others are counted.
+    struct Committed: Sendable {
+        var report: FileReport
+        var unlisted: Int
+        var rejected: [UInt8]
+
+        init(_ report: FileReport, rejected: [UInt8]) {
+            self.report = report
+            self.unlisted = max(0, report.errors.count - Engine.listedProblems)
+            if unlisted > 0 { self.report.errors.removeLast(unlisted) }
+            self.rejected = rejected
         }
-        quoted.append(0x22)
-        return String(decoding: quoted, as: UTF8.self)
+    }
+
+    /// The rejected rows of a committed intake chunk as lines of the `.rejected` CSV file: each row as
+    /// it was, then its problems and its line. Written as bytes into one buffer, on the commit thread.
+    static func rejectedRows(_ items: [Item<IntakeRecord>], _ report: FileReport) -> [UInt8] {
+        guard !report.errors.isEmpty else { return [] }
+        let problems = ProblemIndex(report.errors, numbers: items.lazy.map(\.number))
+        var out: [UInt8] = []
+        var message: [UInt8] = []
+        for item in items where !problems[item.number].isEmpty {
+            message.removeAll(keepingCapacity: true)
+            for (index, problem) in problems[item.number].enumerated() {
+                if index > 0 { message += "; ".utf8 }
+                if let pointer = problem.pointer {
+                    message += pointer.utf8.dropFirst()
+                    message += ": ".utf8
+                }
+                message += problem.message.utf8
+            }
+            out += item.text.utf8
+            out.append(0x2C)
+            appendCSVField(message, to: &out)
+            out.append(0x2C)
+            out += String(item.line).utf8
+            out.append(0x0A)
+        }
+        return out
+    }
+
+    /// A CSV field's bytes appended to `out`, quoted when they must be.
+    static func appendCSVField(_ bytes: [UInt8], to out: inout [UInt8]) {
+        guard bytes.contains(where: { $0 == 0x2C || $0 == 0x22 || $0 == 0x0A || $0 == 0x0D }) else {
+            out += bytes
+            return
+        }
+        out.append(0x22)
+        for byte in bytes {
+            out.append(byte)
+            if byte == 0x22 { out.append(0x22) }
+        }
+        out.append(0x22)
     }
 }

@@ -36,8 +36,9 @@ extension Spool {
     /// The name the HTTP door gives a request file: `<id>.json`.
     package static func requestName(id: String) -> String { id + ".json" }
 
-    /// The spool id recorded for idempotency key file `name` of `kind`, or nil when there is none.
-    package func idempotentID(kind: String, name: String) throws(SpoolError) -> String? {
+    /// The spool id recorded for idempotency key file `name` of `kind`, and the digest of the body it
+    /// was recorded for (nil in a key written before digests were kept); nil when there is none.
+    package func idempotentID(kind: String, name: String) throws(SpoolError) -> (id: String, digest: String?)? {
         let folder = try folders.descriptor(keysPath(kind))
         let fd = openat(folder, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
@@ -45,18 +46,22 @@ extension Spool {
             throw SpoolError("open", keysPath(kind), errno)
         }
         defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 64)
+        var buffer = [UInt8](repeating: 0, count: 256)
         let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
         guard count > 0 else { return nil }
-        return String(decoding: buffer[..<count], as: UTF8.self)
+        let lines = buffer[..<count].split(separator: 0x0A, omittingEmptySubsequences: false)
+        let id = String(decoding: lines[0], as: UTF8.self)
+        let digest = lines.count > 1 && !lines[1].isEmpty ? String(decoding: lines[1], as: UTF8.self) : nil
+        return (id, digest)
     }
 
-    /// Writes `id` to a temporary key file in tmp/ (not synced: the caller syncs the filesystem before
-    /// ``publishIdempotencyKey(temporaryName:kind:name:)``); returns its name there.
-    package func prepareIdempotencyKey(id: String) throws(SpoolError) -> String {
+    /// Writes `id` and the `digest` of its body to a temporary key file in tmp/ (not synced: the caller
+    /// syncs the filesystem before ``publishIdempotencyKey(temporaryName:kind:name:)``); returns its name
+    /// there.
+    package func prepareIdempotencyKey(id: String, digest: String? = nil) throws(SpoolError) -> String {
         let file = try temporaryFile("key", mode: 0o600)
         do throws(SpoolError) {
-            try file.append(Array(id.utf8))
+            try file.append(Array((id + (digest.map { "\n" + $0 } ?? "")).utf8))
             try file.closeWithoutSync()
         } catch {
             file.discard()

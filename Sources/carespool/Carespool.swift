@@ -344,7 +344,8 @@ struct Serve: AsyncParsableCommand {
         )
         let health = HealthCache()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: processor)]
-        if let http = settings.http {
+        if var http = settings.http {
+            http.schemaConstants = catalog.schemaConstants
             services.append(
                 .init(
                     service: Self.httpApplication(

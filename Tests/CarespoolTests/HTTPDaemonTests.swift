@@ -114,10 +114,14 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
             func id(_ reply: String) -> String {
                 (try? JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any])?["id"] as? String ?? ""
             }
+            // A value outside the schema's enum: the sender is told what is allowed, not what it sent.
+            let unknown = try await curl(
+                post + [event("B2", "2025-01-10T12:30:00Z", type: "SECRET-TYPE"), url + "/webhook/appointments"]
+            )
             let view = SpoolView(root: spool)
-            _ = await eventually { view.done().count == 1 && view.failed().count == 1 }
+            _ = await eventually { view.done().count == 1 && view.failed().count == 2 }
             let goodState = try await curl([url + "/spool/" + id(good)])
-            let badState = try await curl([url + "/spool/" + id(bad)])
+            let badState = try await curl([url + "/spool/" + id(bad)]) + "\n" + curl([url + "/spool/" + id(unknown)])
             let missing = try await curl([
                 "-o", "/dev/null", "-w", "%{http_code}", url + "/spool/01900000-0000-7000-8000-000000000000",
             ])
@@ -134,13 +138,21 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
         let good = try JSONSerialization.jsonObject(with: Data(run.result.0.utf8)) as? [String: Any]
         #expect(good?["state"] as? String == "done")
         #expect(good?["outcome"] as? String == "accepted")
-        let bad = try JSONSerialization.jsonObject(with: Data(run.result.1.utf8)) as? [String: Any]
+        let badStates = run.result.1.split(separator: "\n").map(String.init)
+        let bad = try JSONSerialization.jsonObject(with: Data(badStates[0].utf8)) as? [String: Any]
+        let unknown = try JSONSerialization.jsonObject(with: Data(badStates[1].utf8)) as? [String: Any]
+        let unknownErrors = unknown?["errors"] as? [[String: Any]]
+        #expect(unknownErrors?.first?["pointer"] as? String == "/event_type")
+        #expect(
+            unknownErrors?.first?["message"] as? String
+                == "\"…\" is not one of \"appointment.scheduled\", \"appointment.cancelled\", \"appointment.updated\""
+        )
         #expect(bad?["state"] as? String == "failed")
         #expect(bad?["outcome"] as? String == "rejected")
         let errors = bad?["errors"] as? [[String: Any]]
         #expect(errors?.first?["pointer"] as? String == "/timestamp")
         #expect(errors?.first?["message"] as? String == "\"…\" is not an RFC 3339 date-time")
-        #expect(!run.result.1.contains("SECRET-PATIENT") && !run.result.1.contains("12:30"))
+        #expect(!run.result.1.contains("SECRET") && !run.result.1.contains("12:30"))
         #expect(run.result.2 == "404")
         #expect(run.result.3 == ["200", "409", "400"])
     }

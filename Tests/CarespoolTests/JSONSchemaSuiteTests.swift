@@ -79,3 +79,27 @@ import Testing
         #expect(cases > 0 || file == "defs.json", "\(file): no case ran")
     }
 }
+
+/// What a sender may see of a validation message: the rule and the schema's own strings, never a value
+/// of its payload, whatever quotes and escapes the value holds.
+@Suite struct MaskedMessageTests {
+    @Test func theSchemasAllowedValuesShowAndThePayloadsValuesDoNot() throws {
+        let document = try JSONParser.parse(
+            Array(
+                #"{"$defs":{"r":{"type":"object","properties":{"t":{"enum":["a.b","c \"d\""]},"k":{"const":"K"},"p":{"type":"string","pattern":"^M[0-9]+$"}}}}}"#
+                    .utf8
+            )
+        )
+        let schema = try JSONSchema(document: document, entry: "/$defs/r")
+        let instance = try JSONParser.parse(Array(#"{"t":"se\"cret","k":"SECRET2","p":"SECRET3"}"#.utf8))
+        let messages = schema.validate(instance).map { JSONSchema.masked($0.message, keeping: schema.constants) }
+        #expect(
+            messages == [
+                #""…" is not one of "a.b", "c \"d\"""#, #""…" is not "K""#, #""…" does not match pattern "^M[0-9]+$""#,
+            ]
+        )
+        #expect(!messages.joined().contains("SECRET") && !messages.joined().contains("cret"))
+        // A value that is one of the schema's strings is no secret; an unterminated quote masks the rest.
+        #expect(JSONSchema.masked(#""K" is fine, "x"#, keeping: schema.constants) == #""K" is fine, "…"#)
+    }
+}
