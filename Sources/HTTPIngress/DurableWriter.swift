@@ -101,6 +101,8 @@ package final class DurableWriter: Sendable {
                     do {
                         // Who sent it travels with the file to the pipeline's audit row.
                         if let sender { file.setAttribute(Spool.senderAttribute, sender) }
+                        // The id answered to the sender is the one the pipeline claims it under.
+                        file.setAttribute(Spool.idAttribute, id)
                         try file.append(bytes)
                         try file.closeWithoutSync()
                     } catch {

@@ -463,7 +463,15 @@ final class Engine: @unchecked Sendable {
     private func claim(_ entry: Spool.Entry, from inbox: Spool.Inbox) -> Spool.Claimed? {
         do {
             // Gone, or another file under that name now (claimed by its inode): its state stays tracked.
-            guard let claimed = try spool.claim(entry, from: inbox, id: ids.next()) else { return nil }
+            // A request's or a drop's own id, when it is free: not in hand, not waiting for a retry, not in
+            // the ledger (a retried request comes back under its old id, which is taken).
+            let reuse = { (candidate: String) -> Bool in
+                guard !self.claimedFresh.contains(candidate), self.attempts[candidate] == nil,
+                    self.retries[candidate] == nil
+                else { return false }
+                return (try? self.database.hasLedgerRow(id: candidate)) == false
+            }
+            guard let claimed = try spool.claim(entry, from: inbox, id: ids.next(), reuse: reuse) else { return nil }
             settle.forget(SettleTracker.key(folder: inbox.path, name: entry.bytes))
             claimedFresh.insert(claimed.id)
             return claimed

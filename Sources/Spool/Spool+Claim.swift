@@ -95,12 +95,41 @@ extension Spool {
     /// is shortened on disk, keeping its extension, and kept whole in a note beside it (read back by
     /// ``claimedFiles(kind:)``). Returns nil when the file is gone (another claimer won, or the writer
     /// renamed it away).
-    package func claim(_ entry: Entry, from inbox: Inbox, id: String) throws(SpoolError) -> Claimed? {
+    ///
+    /// A regular file that the daemon's own user (or root) wrote — an HTTP request, a `drop` — keeps the
+    /// id it was given and answered with (``idAttribute``, else a request's name `<id>.json`) when
+    /// `reuse` says that id is free; any other file, or one whose id is taken, is claimed under `fresh`.
+    /// Partners cannot write files the daemon's user owns, so no partner chooses an id.
+    package func claim(
+        _ entry: Entry,
+        from inbox: Inbox,
+        id fresh: String,
+        reuse: (String) -> Bool = { _ in false }
+    ) throws(SpoolError) -> Claimed? {
         try folders.checkIdentity(inbox.path)
         let source = try folders.descriptor(inbox.path)
         let processing = processingPath(inbox.kind)
         let target = try folders.descriptor(processing)
         let original = entry.name
+        var id = fresh
+        var st = stat()
+        var changed: Int64 = 0
+        var sender: String?
+        if Self.withCName(entry.bytes, { fstatat(source, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 {
+            // Another file under the name since the scan (its sender uploads the next one under the same
+            // name): not the entry that settled — it has its own settling to do.
+            if entry.inode != 0 && UInt64(st.st_ino) != entry.inode { return nil }
+            changed = Self.nanoseconds(st.st_ctim)
+            // Files the daemon's own user wrote may be HTTP requests naming their sender and their id.
+            if (st.st_uid == getuid() || st.st_uid == 0) && FileType(mode: st.st_mode) == .regular {
+                if st.st_uid == getuid() { sender = Self.attribute(in: source, entry.bytes, Self.senderAttribute) }
+                let given =
+                    Self.attribute(in: source, entry.bytes, Self.idAttribute)
+                    ?? (original.hasSuffix(".json") ? String(original.dropLast(5)) : "")
+                if Self.isID(given) && given != fresh && reuse(given) { id = given }
+            }
+            if sender == nil { sender = Self.userName(st.st_uid) }
+        }
         let stored = SpoolName.fit(original, prefixBytes: id.utf8.count + SpoolName.separator.utf8.count)
         if stored != original {
             try writeFileDurably(
@@ -109,23 +138,6 @@ extension Spool {
                 as: SpoolName.nameNote(id: id),
                 mode: 0o600
             )
-        }
-        var st = stat()
-        var changed: Int64 = 0
-        var sender: String?
-        if Self.withCName(entry.bytes, { fstatat(source, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 {
-            // Another file under the name since the scan (its sender uploads the next one under the same
-            // name): not the entry that settled — it has its own settling to do.
-            if entry.inode != 0 && UInt64(st.st_ino) != entry.inode {
-                if stored != original { unlinkat(target, SpoolName.nameNote(id: id), 0) }
-                return nil
-            }
-            changed = Self.nanoseconds(st.st_ctim)
-            // Files the daemon's own user wrote may be HTTP requests naming their sender.
-            if st.st_uid == getuid() && FileType(mode: st.st_mode) == .regular {
-                sender = Self.attribute(in: source, entry.bytes, Self.senderAttribute)
-            }
-            if sender == nil { sender = Self.userName(st.st_uid) }
         }
         let spoolName = SpoolName.claimed(id: id, name: stored)
         if Self.withCName(entry.bytes, { renameat(source, $0, target, spoolName) }) != 0 {

@@ -7,9 +7,11 @@
 extension Spool {
     /// Drops `bytes` into an inbox as a producer should: a fresh temporary file, fdatasync, then into the
     /// inbox as `name` without replacing a file of that name (link + unlink), then fsync of the inbox.
-    package func drop(bytes: [UInt8], into inbox: Inbox, name: String) throws(SpoolError) {
+    package func drop(bytes: [UInt8], into inbox: Inbox, name: String, id: String? = nil) throws(SpoolError) {
         let file = try temporaryFile("drop")
         do throws(SpoolError) {
+            // The id `drop` prints is the one the pipeline claims it under (``Spool/idAttribute``).
+            if let id { file.setAttribute(Self.idAttribute, id) }
             try file.append(bytes)
             try file.close()
             let from = try folders.descriptor(tmpPath)

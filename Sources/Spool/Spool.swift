@@ -140,6 +140,16 @@ package struct Spool: Sendable {
 
     /// The extended attribute in which the HTTP endpoint names a request file's sender.
     package static let senderAttribute = "user.carespool.sender"
+    /// The extended attribute in which the HTTP endpoint and `drop` give a file the id they answered
+    /// with, so that the sender's id and the operator's (ledger, `show`, `GET /spool/{id}`, messages)
+    /// are one.
+    package static let idAttribute = "user.carespool.id"
+
+    /// Whether `text` has a spool id's form: 36 characters of lower-case hex digits and dashes.
+    package static func isID(_ text: String) -> Bool {
+        text.utf8.count == 36
+            && text.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) || $0 == 0x2D }
+    }
 
     /// Where a finished file goes.
     package enum Destination: Sendable {

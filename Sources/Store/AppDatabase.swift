@@ -339,6 +339,17 @@ extension AppDatabase {
         }
     }
 
+    /// Whether the ledger has a row of `id`.
+    package func hasLedgerRow(id: String) throws(StoreError) -> Bool {
+        do {
+            return try writer.read { db in
+                try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM files WHERE id = ?"), arguments: [id]) != nil
+            }
+        } catch {
+            throw StoreError(error)
+        }
+    }
+
     /// The ledger row of `id`, if the file has one.
     package func ledgerReport(id: String) throws(StoreError) -> CommittedFile? {
         do {

@@ -234,6 +234,7 @@ struct Drop: AsyncParsableCommand {
         var failures = 0
         var dropped: [JSONValue] = []
         defer { if json { print(JSONValue.object([.init(key: "dropped", value: .array(dropped))]).compactText) } }
+        let ids = IDGenerator()
         for file in files {
             let read =
                 file == "-"
@@ -245,16 +246,19 @@ struct Drop: AsyncParsableCommand {
             }
             let name = file == "-" ? self.name ?? "stdin" : (file as NSString).lastPathComponent
             do {
-                try spool.drop(bytes: Array(data), into: inbox, name: name)
+                // The id it will be known by: in the ledger, `show`, `GET /spool/{id}` and messages.
+                let id = ids.next()
+                try spool.drop(bytes: Array(data), into: inbox, name: name, id: id)
                 if json {
                     dropped.append(
                         .object([
                             .init(key: "file", value: .string(file)),
                             .init(key: "path", value: .string(inbox.path + "/" + name)),
+                            .init(key: "id", value: .string(id)),
                         ])
                     )
                 } else {
-                    print("dropped \(Terminal.safe(file)) into \(Terminal.safe(inbox.path + "/" + name))")
+                    print("dropped \(Terminal.safe(file)) into \(Terminal.safe(inbox.path + "/" + name)) as \(id)")
                 }
                 try? Operator.audit(
                     databasePath,

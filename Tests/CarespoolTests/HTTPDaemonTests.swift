@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Spool
 import Subprocess
 import Testing
 
@@ -155,6 +156,69 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
         #expect(!run.result.1.contains("SECRET") && !run.result.1.contains("12:30"))
         #expect(run.result.2 == "404")
         #expect(run.result.3 == ["200", "409", "400"])
+    }
+
+    /// One id end to end: the id a sender is answered (POST) and the one `drop` prints are the ids of
+    /// the ledger, `show`, `GET /spool/{id}` and the conflict messages. A file whose id is taken (a
+    /// request retried after it was judged) or that the daemon's user did not write gets a fresh one.
+    @Test func theIdASenderOrDropGetsIsTheLedgersId() async throws {
+        let dir = TempDir("httpid")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let port = freePort()
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool, arguments: ["--http", "127.0.0.1:\(port)"]) { pid in
+            try await waitUntilServing(spool)
+            let url = "http://127.0.0.1:\(port)"
+            let post = ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary"]
+            func id(_ reply: String) -> String {
+                (try? JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any])?["id"] as? String ?? ""
+            }
+            let first = id(try await curl(post + [event("I1", "2025-01-10T12:30:00Z"), url + "/webhook/appointments"]))
+            // The same appointment with another patient: a conflict naming the file that holds the first.
+            let second = id(
+                try await curl(
+                    post + [event("I1", "2025-01-10T12:30:00Z", patient: "P2"), url + "/webhook/appointments"]
+                )
+            )
+            _ = await eventually { view.done().count == 1 && view.failed().count == 1 }
+            let staged = dir.path + "/visit.json"
+            try event("I2", "2025-01-10T12:30:00Z").write(toFile: staged, atomically: true, encoding: .utf8)
+            let dropped = try await HostileNeighbourTests.run([
+                Daemon.binary, "drop", "--spool", spool, "--kind", "appointments", staged,
+            ])
+            _ = await eventually { view.done().count == 2 }
+            let shown = try await HostileNeighbourTests.run([Daemon.binary, "show", "--spool", spool, first])
+            let state = try await curl([url + "/spool/" + second])
+            // The rejected request retried (its id is in the ledger), and a file named like a request
+            // written by another user: each claimed under a fresh id.
+            let retried = try await HostileNeighbourTests.run([Daemon.binary, "retry", "--spool", spool, second])
+            let foreignID = "01a2d000-0000-7000-8000-000000000001"
+            let foreign = dir.path + "/\(foreignID).json"
+            try event("I3", "2025-01-10T12:30:00Z").write(toFile: foreign, atomically: true, encoding: .utf8)
+            _ = try await HostileNeighbourTests.sh(
+                "chown 65534 \(foreign) && mv \(foreign) \(spool)/inbox/appointments/"
+            )
+            _ = await eventually {
+                (try? view.database().read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM files") }) == 5
+            }
+            let ids = try await view.database().read { db in
+                try String.fetchAll(db, sql: "SELECT id FROM files ORDER BY received_at")
+            }
+            kill(pid, SIGTERM)
+            return (first, second, dropped.out, shown, state, retried.status, ids, foreignID)
+        }
+        let (first, second, dropped, shown, state, retried, ids, foreignID) = run.result
+        #expect(Spool.isID(first) && Spool.isID(second))
+        let droppedID = String(dropped.split(separator: " ").last ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(Spool.isID(droppedID), "\(dropped)")
+        #expect(Array(ids.prefix(3)) == [first, second, droppedID], "\(ids)")
+        #expect(ids.count == 5)
+        #expect(!ids.dropFirst(3).contains(second) && !ids.contains(foreignID))
+        #expect(shown.status == .exited(0) && shown.out.contains(first))
+        #expect(state.contains("\"id\":\"\(second)\"") && state.contains("\"outcome\":\"rejected\""))
+        #expect(state.contains("conflicts with the event stored from file \(first)"), "\(state)")
+        #expect(retried == .exited(0))
     }
 
     /// RFC 9110 §10.1.1 with the real binary on a live socket: a sender that sends `Expect:
