@@ -160,12 +160,23 @@ extension AppDatabase {
     /// Patients (with their person and number of visits), filtered like the pipeline this replaces:
     /// `GET /patients?page=&page_size=&mrn=&first_name=&last_name=` (names match case-insensitively
     /// from their start).
-    package func patients(mrn: String?, firstName: String?, lastName: String?, page: Int, pageSize: Int) throws
-        -> Page<(mrn: String, firstName: String, lastName: String, birthDate: String, visits: Int)>
+    package func patients(
+        id: Int64? = nil,
+        mrn: String?,
+        firstName: String?,
+        lastName: String?,
+        page: Int,
+        pageSize: Int
+    ) throws
+        -> Page<(id: Int64, mrn: String, firstName: String, lastName: String, birthDate: String, visits: Int)>
     {
         try writer.read { db in
             var conditions: [String] = []
             var arguments: StatementArguments = []
+            if let id {
+                conditions.append("p.id = ?")
+                arguments += [id]
+            }
             if let mrn {
                 conditions.append("p.mrn = ?")
                 arguments += [mrn]
@@ -188,7 +199,7 @@ extension AppDatabase {
             let rows = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT p.mrn, s.first_name, s.last_name, s.birth_date,
+                    SELECT p.id, p.mrn, s.first_name, s.last_name, s.birth_date,
                            (SELECT count(*) FROM visits v WHERE v.patient_id = p.id) AS visits
                     FROM patients p JOIN persons s ON s.patient_id = p.id \(filter)
                     ORDER BY p.mrn LIMIT ? OFFSET ?
@@ -196,11 +207,36 @@ extension AppDatabase {
                 arguments: arguments + [pageSize, Self.offset(page: page, pageSize: pageSize)]
             ).map {
                 (
-                    $0["mrn"] as String, $0["first_name"] as String, $0["last_name"] as String,
+                    $0["id"] as Int64, $0["mrn"] as String, $0["first_name"] as String, $0["last_name"] as String,
                     $0["birth_date"] as String, $0["visits"] as Int
                 )
             }
             return Page(total: total, rows: rows)
+        }
+    }
+
+    /// The visits of each of `patients` (their ids), by visit date then id: one query for a page.
+    package func visits(ofPatients patients: [Int64]) throws
+        -> [Int64: [(id: Int64, number: String, date: String, reason: String?)]]
+    {
+        guard !patients.isEmpty else { return [:] }
+        return try writer.read { db in
+            var found: [Int64: [(id: Int64, number: String, date: String, reason: String?)]] = [:]
+            let marks = Array(repeating: "?", count: patients.count).joined(separator: ",")
+            let rows = try Row.fetchCursor(
+                db,
+                sql: """
+                    SELECT id, patient_id, visit_account_number, visit_date, reason FROM visits
+                    WHERE patient_id IN (\(marks)) ORDER BY patient_id, visit_date, id
+                    """,
+                arguments: StatementArguments(patients)
+            )
+            while let row = try rows.next() {
+                found[row["patient_id"] as Int64, default: []].append(
+                    (row["id"], row["visit_account_number"], row["visit_date"], row["reason"])
+                )
+            }
+            return found
         }
     }
 

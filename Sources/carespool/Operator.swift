@@ -380,6 +380,9 @@ struct PatientsQuery: AsyncParsableCommand {
     @OptionGroup var spoolOptions: SpoolOptions
     @OptionGroup var paging: Paging
 
+    @Option(help: "Exactly this patient (the `id` of --json): prints that one patient's JSON object.")
+    var id: Int64?
+
     @Option(help: "Exactly this MRN.")
     var mrn: String?
 
@@ -394,14 +397,16 @@ struct PatientsQuery: AsyncParsableCommand {
 
     func run() async throws {
         let databasePath = try spoolOptions.resolved().database
-        let result = try Operator.database(databasePath, readonly: true).patients(
+        let database = try Operator.database(databasePath, readonly: true)
+        let result = try database.patients(
+            id: id,
             mrn: mrn,
             firstName: firstName,
             lastName: lastName,
             page: paging.page,
             pageSize: paging.pageSize
         )
-        let filter = [("mrn", mrn), ("first_name", firstName), ("last_name", lastName)]
+        let filter = [("id", id.map(String.init)), ("mrn", mrn), ("first_name", firstName), ("last_name", lastName)]
             .compactMap { key, value in value.map { "\(key)=\($0)" } }.joined(separator: " ")
         try Operator.audit(
             databasePath,
@@ -409,14 +414,44 @@ struct PatientsQuery: AsyncParsableCommand {
             target: filter.isEmpty ? nil : filter,
             detail: "page \(paging.page), \(result.rows.count) of \(result.total) rows"
         )
-        if json {
+        if json || id != nil {
+            // The replaced ingestion pipeline's `GET /patients` and `GET /patients/{id}` shapes, key for key,
+            // so that scripts written against it keep working.
+            let visits = try database.visits(ofPatients: result.rows.map(\.id))
             let values: [JSONValue] = result.rows.map { row in
                 .object([
-                    .init(key: "mrn", value: .string(row.mrn)), .init(key: "first_name", value: .string(row.firstName)),
-                    .init(key: "last_name", value: .string(row.lastName)),
-                    .init(key: "birth_date", value: .string(row.birthDate)),
-                    .init(key: "visits", value: Operator.number(row.visits)),
+                    .init(key: "id", value: .number(String(row.id))),
+                    .init(key: "mrn", value: .string(row.mrn)),
+                    .init(
+                        key: "person",
+                        value: .object([
+                            .init(key: "first_name", value: .string(row.firstName)),
+                            .init(key: "last_name", value: .string(row.lastName)),
+                            .init(key: "birth_date", value: .string(row.birthDate)),
+                        ])
+                    ),
+                    .init(
+                        key: "visits",
+                        value: .array(
+                            (visits[row.id] ?? []).map { visit in
+                                .object([
+                                    .init(key: "id", value: .number(String(visit.id))),
+                                    .init(key: "visit_account_number", value: .string(visit.number)),
+                                    .init(key: "visit_date", value: .string(visit.date)),
+                                    .init(key: "reason", value: visit.reason.map { .string($0) } ?? .null),
+                                ])
+                            }
+                        )
+                    ),
                 ])
+            }
+            if id != nil {
+                guard let patient = values.first else {
+                    FileHandle.standardError.write(Data("no patient with id \(id!)\n".utf8))
+                    throw ExitCode(1)
+                }
+                print(patient.compactText)
+                return
             }
             print(
                 JSONValue.object([

@@ -133,8 +133,26 @@ import Testing
         )
         #expect(patients["total"] as? Int == 11)  // Last1, Last10…Last19 of the 20 rows, 17 distinct MRNs
         #expect((patients["patients"] as? [[String: Any]])?.count == 5)
+        // The replaced ingestion pipeline's shapes, key by key: GET /patients and GET /patients/{id}.
+        #expect(Set(patients.keys) == ["total", "page", "page_size", "patients"])
         let one = try await json(["query", "patients", "--mrn", "MRN3", "--json"] + base)
-        #expect((one["patients"] as? [[String: Any]])?.first?["visits"] as? Int == 2)  // rows 3 and 10
+        let patient = try #require((one["patients"] as? [[String: Any]])?.first)
+        #expect(Set(patient.keys) == ["id", "mrn", "person", "visits"])
+        #expect(patient["mrn"] as? String == "MRN3")
+        let person = try #require(patient["person"] as? [String: Any])
+        #expect(Set(person.keys) == ["first_name", "last_name", "birth_date"])
+        #expect(person.values.allSatisfy { $0 is String })
+        let patientVisits = try #require(patient["visits"] as? [[String: Any]])
+        #expect(patientVisits.count == 2)  // rows 3 and 10
+        for visit in patientVisits {
+            #expect(Set(visit.keys) == ["id", "visit_account_number", "visit_date", "reason"])
+            #expect(visit["id"] is Int && visit["visit_account_number"] is String && visit["visit_date"] is String)
+        }
+        let patientID = try #require(patient["id"] as? Int)
+        let byID = try await Daemon.command(["query", "patients", "--id", String(patientID)] + base)
+        let same = try JSONSerialization.jsonObject(with: Data(byID.out.utf8)) as? [String: Any]
+        #expect(same?["mrn"] as? String == "MRN3" && (same?["visits"] as? [Any])?.count == 2, "\(byID.out)")
+        #expect(try await Daemon.command(["query", "patients", "--id", "999999"] + base).status == .exited(1))
         let visits = try await json(["query", "visits", "--mrn", "MRN3", "--json"] + base)
         #expect(visits["total"] as? Int == 2)
         let appointments = try await json(["query", "appointments", "--id", "OP2", "--json"] + base)
