@@ -239,6 +239,8 @@ package struct HealthReport: Sendable {
 
 /// A spooled request's verdict, from the ledger (which only the executable can read).
 package struct SpoolVerdict: Sendable {
+    /// Who sent the file (the audit trail's actor: `http:<token name>` for a bearer token), if known.
+    package var sender: String?
     package var outcome: String
     package var stored: Int
     package var duplicates: Int
@@ -247,12 +249,14 @@ package struct SpoolVerdict: Sendable {
     package var errors: [(record: Int?, line: Int?, pointer: String?, message: String)]
 
     package init(
+        sender: String? = nil,
         outcome: String,
         stored: Int,
         duplicates: Int,
         rejected: Int,
         errors: [(record: Int?, line: Int?, pointer: String?, message: String)]
     ) {
+        self.sender = sender
         self.outcome = outcome
         self.stored = stored
         self.duplicates = duplicates
@@ -277,13 +281,13 @@ package struct IngressContext: RequestContext {
 }
 
 /// The routes, for the application and for tests (`app.test(.router)`). `verdict` finds the ledger's
-/// verdict on a request file by its name (`<id>.json`) and kind.
+/// verdict on a file by its id and kind.
 package func buildRouter(
     configuration: HTTPConfiguration,
     spool: Spool,
     health: @escaping @Sendable () async -> HealthReport,
     metrics: (@Sendable () async -> String)? = nil,
-    verdict: @escaping @Sendable (_ name: String, _ kind: String) async -> SpoolVerdict? = { _, _ in nil },
+    verdict: @escaping @Sendable (_ id: String, _ kind: String) async -> SpoolVerdict? = { _, _ in nil },
     now: @escaping @Sendable () -> Int = { Int(time(nil)) }
 ) -> Router<IngressContext> {
     let writer = DurableWriter(spool: spool)
@@ -325,7 +329,7 @@ package func buildRouter(
             else { return response }
             let deadline = ContinuousClock.now + .seconds(seconds)
             while ContinuousClock.now < deadline {
-                if let found = await verdict(id + ".json", inbox.kind) {
+                if let found = await verdict(id, inbox.kind) {
                     return Ingress.answer(id: id, found, constants: configuration.schemaConstants)
                 }
                 try await Task.sleep(for: .milliseconds(25))
@@ -337,12 +341,17 @@ package func buildRouter(
         // Readable: the kinds whose route is open, and those the presented bearer token may write. A
         // signed sender has no token: it waits for its verdict with `Prefer: wait` instead.
         let client = Ingress.clientAddress(context)
-        var readable = Set(spool.kinds.filter { configuration.protection(of: $0) == .open })
+        let opened = Set(spool.kinds.filter { configuration.protection(of: $0) == .open })
+        var readable = opened
+        // A token reads the verdicts of what it sent, never another sender's: a conflict message names
+        // the file that holds the first record, and that id must not open another sender's verdict.
+        var reader: String?
         if let header = request.headers[.authorization], let credentials = Ingress.bearerCredentials(header) {
             let presented = Array(SHA256.hash(data: Array(credentials.utf8)))
             if let token = configuration.tokens.first(where: { ZoomSignature.constantTimeEqual($0.sha256, presented) })
             {
                 readable.formUnion(token.routes)
+                reader = "http:" + token.name
             }
         }
         guard !readable.isEmpty else {
@@ -354,12 +363,11 @@ package func buildRouter(
             return Ingress.error(.unauthorized, "a bearer token of the request's route is required")
         }
         let id = context.parameters.get("id") ?? ""
-        guard id.count == 36,
-            id.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) || $0 == 0x2D })
-        else { return Ingress.error(.badRequest, "not a spool id") }
+        guard Spool.isID(id) else { return Ingress.error(.badRequest, "not a spool id") }
         let name = Spool.requestName(id: id)
         for kind in spool.kinds where readable.contains(kind) {
-            if let found = await verdict(name, kind) {
+            // An opened route has no senders to tell apart: anyone who may post there reads its verdicts.
+            if let found = await verdict(id, kind), opened.contains(kind) || (reader != nil && found.sender == reader) {
                 let state = found.outcome == "rejected" ? "failed" : "done"
                 let errors = found.errors.map { problem in
                     "{\"record\":\(problem.record.map(String.init) ?? "null"),\"line\":\(problem.line.map(String.init) ?? "null"),"
@@ -373,7 +381,7 @@ package func buildRouter(
                         + "\"errors\":[\(errors.joined(separator: ","))]}"
                 )
             }
-            let (inInbox, inProcessing) = spool.requestState(kind: kind, name: name)
+            let (inInbox, inProcessing) = spool.requestState(kind: kind, name: name, id: id)
             if inInbox || inProcessing {
                 let state = inInbox ? "inbox" : "processing"
                 return Ingress.json(

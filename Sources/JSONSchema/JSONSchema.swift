@@ -80,35 +80,45 @@ package struct JSONSchema: Sendable {
     }
 
     /// `message` with every quoted string replaced by `"…"` but those in `keeping` (a schema's
-    /// ``constants``): a sender learns the rule and what is allowed, never a payload's values. A value
-    /// that equals one of the schema's own strings shows: it is no secret.
+    /// ``constants``), and a number it begins with (an instance's number: `123456789 is not of type
+    /// string`) by `…`: a sender learns the rule and what is allowed, never a payload's values. A value
+    /// that equals one of the schema's own strings shows: it is no secret. Walked by Unicode scalars, not
+    /// characters: a value beginning with a combining mark fused with its opening quote into one
+    /// character, and the quote was not seen.
     package static func masked(_ message: String, keeping: Set<String>) -> String {
-        var out = ""
-        var quoted = ""
+        var out = String.UnicodeScalarView()
+        var quoted = String.UnicodeScalarView()
         var inQuote = false
         var escaped = false
-        for character in message {
+        var scalars = message.unicodeScalars[...]
+        let number = scalars.prefix { "0123456789+-.eE".unicodeScalars.contains($0) }
+        if number.contains(where: { $0.properties.numericType != nil }), number.first != "e", number.first != "E" {
+            out.append(contentsOf: "…".unicodeScalars)
+            scalars = scalars.dropFirst(number.count)
+        }
+        for scalar in scalars {
             guard inQuote else {
-                if character == "\"" {
+                if scalar == "\"" {
                     inQuote = true
-                    quoted = "\""
+                    quoted = String.UnicodeScalarView(["\""])
                 } else {
-                    out.append(character)
+                    out.append(scalar)
                 }
                 continue
             }
-            quoted.append(character)
+            quoted.append(scalar)
             if escaped {
                 escaped = false
-            } else if character == "\\" {
+            } else if scalar == "\\" {
                 escaped = true
-            } else if character == "\"" {
+            } else if scalar == "\"" {
                 inQuote = false
-                out += keeping.contains(quoted) ? quoted : "\"…\""
+                let text = String(quoted)
+                out.append(contentsOf: (keeping.contains(text) ? text : "\"…\"").unicodeScalars)
             }
         }
-        if inQuote { out += "\"…" }
-        return out
+        if inQuote { out.append(contentsOf: "\"…".unicodeScalars) }
+        return String(out)
     }
 
     /// Validates `instance`; an empty result means valid.

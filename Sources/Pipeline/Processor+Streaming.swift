@@ -120,15 +120,19 @@ extension Engine {
                         + "data one record per line or as an array of records"
                 )
             }
-            // Pass 1, only for a file that will be read: its sha256.
+            // Pass 1, only for a file that will be read: its sha256, and whether its last line is cut short
+            // (a CSV or NDJSON upload that died mid-record: rejected whole, nothing stored).
             var digest = String(repeating: "0", count: 64)
             if tooLarge == nil {
                 var hasher = SHA256()
+                var tail = isArray ? nil : TailCheck(csv: isCSV, limit: configuration.recordLimit)
                 try spool.readChunks(file) { chunk in
                     hasher.update(data: chunk)
+                    tail?.feed(chunk)
                     try chunkDone()
                 }
                 digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+                tooLarge = tail?.problem(headerWidth: isCSV ? csvWidth(header: firstLine) : nil)
             }
             let receivedAt = Clock.timestamp()
             // Rejected JSON records are NDJSON, an intake file's too when it is JSON.
@@ -430,6 +434,17 @@ extension Engine {
             totals.outcome = .accepted
         }
         return totals
+    }
+
+    /// How many fields a row of a CSV file with this header line needs; nil for a header that is not
+    /// one (the file is rejected for it anyway).
+    private func csvWidth(header line: [UInt8]) -> Int? {
+        var reader = CSVReader(maxRecordBytes: configuration.recordLimit)
+        var header: CSVRecord?
+        reader.feed(line[...]) { header = $0 }
+        reader.finish { header = header ?? $0 }
+        guard let header, case .success(let columns) = catalog.intake.columns(header: header) else { return nil }
+        return (columns.index.values.max() ?? 0) + 1
     }
 
     /// A committed chunk's report, and its rejected records as the lines of the `.rejected` file. The

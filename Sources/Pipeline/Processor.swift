@@ -894,6 +894,10 @@ final class Engine: @unchecked Sendable {
                     + "drop it again once it is complete"
             )
         case .regular(let bytes):
+            // NDJSON cut short (its last line no record, with no line end): rejected whole, nothing stored.
+            if let truncated = TailCheck.ndjson(bytes, limit: configuration.recordLimit) {
+                return unread(file, kind: kind, receivedAt: receivedAt, mayHaveLedgerRow: !fresh, problem: truncated)
+            }
             let digest = SHA256.hash(data: bytes).map { byte in
                 let hex = String(byte, radix: 16)
                 return byte < 16 ? "0" + hex : hex
@@ -940,6 +944,23 @@ final class Engine: @unchecked Sendable {
         mayHaveLedgerRow: Bool,
         _ message: String
     ) -> Prepared {
+        unread(
+            file,
+            kind: kind,
+            receivedAt: receivedAt,
+            mayHaveLedgerRow: mayHaveLedgerRow,
+            problem: RecordProblem(record: nil, line: nil, pointer: nil, message: message)
+        )
+    }
+
+    /// A file rejected without its records being read, with `problem` as its one problem.
+    func unread(
+        _ file: Spool.Claimed,
+        kind: Kind,
+        receivedAt: String,
+        mayHaveLedgerRow: Bool,
+        problem: RecordProblem
+    ) -> Prepared {
         var prepared = PreparedFile(
             id: file.id,
             kind: kind,
@@ -947,7 +968,7 @@ final class Engine: @unchecked Sendable {
             sha256: String(repeating: "0", count: 64),
             size: 0,
             receivedAt: receivedAt,
-            content: .unreadable(RecordProblem(record: nil, line: nil, pointer: nil, message: message)),
+            content: .unreadable(problem),
             mayHaveLedgerRow: mayHaveLedgerRow
         )
         prepared.sender = file.sender ?? "unknown"

@@ -90,13 +90,11 @@ extension Spool {
         return removed
     }
 
-    /// Whether request file `name` (``requestName(id:)``) of `kind` waits in its inbox, or is in
-    /// processing/ under any id: what `GET /spool/{id}` says before the ledger has a row.
-    package func requestState(kind: String, name: String) -> (inInbox: Bool, inProcessing: Bool) {
+    /// Whether request file `name` (``requestName(id:)``) of `kind` waits in its inbox, or file `id` is in
+    /// processing/: what `GET /spool/{id}` says before the ledger has a row.
+    package func requestState(kind: String, name: String, id: String) -> (inInbox: Bool, inProcessing: Bool) {
         let inInbox = ((try? scanAll(inboxPath(kind))) ?? []).contains(name)
-        let inProcessing = ((try? scanAll(processingPath(kind))) ?? []).contains {
-            SpoolName.parse($0)?.name == name
-        }
+        let inProcessing = ((try? scanAll(processingPath(kind))) ?? []).contains { SpoolName.parse($0)?.id == id }
         return (inInbox, inProcessing)
     }
 }

@@ -145,10 +145,19 @@ package struct Spool: Sendable {
     /// are one.
     package static let idAttribute = "user.carespool.id"
 
-    /// Whether `text` has a spool id's form: 36 characters of lower-case hex digits and dashes.
+    /// Whether `text` has a spool id's form: a UUID in lower-case hex, 8-4-4-4-12 (never `--`, the
+    /// separator of a claimed file's name).
     package static func isID(_ text: String) -> Bool {
-        text.utf8.count == 36
-            && text.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) || $0 == 0x2D }
+        let bytes = Array(text.utf8)
+        guard bytes.count == 36 else { return false }
+        for (index, byte) in bytes.enumerated() {
+            if [8, 13, 18, 23].contains(index) {
+                guard byte == 0x2D else { return false }
+            } else if !((byte >= 0x30 && byte <= 0x39) || (byte >= 0x61 && byte <= 0x66)) {
+                return false
+            }
+        }
+        return true
     }
 
     /// Where a finished file goes.

@@ -166,6 +166,9 @@ package struct AppDatabase: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v7: the audit trail by target (GET /spool/{id} answers only its sender)") { db in
+            try db.execute(sql: "CREATE INDEX audit_by_target ON audit (target)")
+        }
         return migrator
     }
 }
@@ -564,17 +567,23 @@ struct AppointmentWriter {
 }
 
 extension AppDatabase {
-    /// The verdict on the file of `kind` that arrived as `name`, if it has a ledger row.
-    package func verdict(name: String, kind: String) throws -> FileReport? {
+    /// The verdict on file `id` of `kind`, and who sent it (the audit trail's actor of its outcome), if
+    /// it has a ledger row.
+    package func verdict(id: String, kind: String) throws -> (report: FileReport, sender: String?)? {
         try writer.read { db in
             guard
-                let text = try String.fetchOne(
+                let row = try Row.fetchOne(
                     db,
-                    sql: "SELECT report FROM files WHERE kind = ? AND original_name = ? ORDER BY id DESC LIMIT 1",
-                    arguments: [kind, name]
-                )
+                    sql: """
+                        SELECT f.report, (SELECT a.actor FROM audit a WHERE a.target = f.id AND a.action LIKE 'file.%'
+                                          ORDER BY a.seq LIMIT 1) AS sender
+                        FROM files f WHERE f.id = ? AND f.kind = ?
+                        """,
+                    arguments: [id, kind]
+                ),
+                let report = FileReport(json: row["report"])
             else { return nil }
-            return FileReport(json: text)
+            return (report, row["sender"])
         }
     }
 

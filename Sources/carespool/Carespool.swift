@@ -422,9 +422,10 @@ extension Serve {
                 }
                 return registry.emitToString()
             },
-            verdict: { name, kind in
-                guard let report = try? database.verdict(name: name, kind: kind) else { return nil }
+            verdict: { id, kind in
+                guard let (report, sender) = (try? database.verdict(id: id, kind: kind)) ?? nil else { return nil }
                 return SpoolVerdict(
+                    sender: sender,
                     outcome: report.outcome.rawValue,
                     stored: report.stored,
                     duplicates: report.duplicates,

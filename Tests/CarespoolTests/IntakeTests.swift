@@ -106,6 +106,47 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
         #expect(!log.contains("Ann") && !log.contains("1980-02-01") && !log.contains("M1,"))
     }
 
+    /// An upload that died mid-record (an sftp client killed during `put`: sshd closes the half file) is
+    /// rejected whole, nothing stored, naming its last line and byte; the partner's re-send is then
+    /// processed cleanly. A complete last line without a line end is no cut.
+    @Test func anUploadCutMidRecordIsRejectedWholeAndItsResendIsStored() async throws {
+        let body = intakeCSV(count: 50)
+        let ndjson = (0..<30).map {
+            "{\"mrn\":\"J\($0)\",\"first_name\":\"Zoë\",\"last_name\":\"Müller\",\"birth_date\":\"1980-01-02\","
+                + "\"visit_account_number\":\"JV\($0)\",\"visit_date\":\"2025-03-01\"}\n"
+        }.joined()
+        let files: [(name: String, text: String)] = [
+            ("cut.csv", body + "MRN999,Ann,Lee,1980-0"),
+            ("quote.csv", intakeCSV(count: 5, start: 200) + "MRN998,Ann,Lee,1980-01-01,VAN998,2025-03-01,\"knee"),
+            ("cut.ndjson", ndjson + "{\"mrn\":\"J99\",\"first_na"),
+            ("whole.csv", String(intakeCSV(count: 20, start: 100).dropLast())),
+            ("cut.csv", body + "MRN999,Ann,Lee,1980-01-01,VAN999,2025-03-01,\n"),
+        ]
+        let (view, _) = try await ingest(files)
+        let database = try view.database()
+        let rows = try await database.read { db in
+            try Row.fetchAll(db, sql: "SELECT original_name, outcome, report FROM files ORDER BY received_at")
+        }
+        #expect(rows.map { $0["outcome"] as String } == ["rejected", "rejected", "rejected", "accepted", "accepted"])
+        let reports = rows.map { $0["report"] as String }
+        #expect(
+            reports[0].contains(
+                "truncated upload: last line incomplete (line 52, byte \(body.utf8.count))"
+            ),
+            "\(reports[0])"
+        )
+        #expect(reports[1].contains("truncated upload: last line incomplete (line 7,"), "\(reports[1])")
+        #expect(reports[2].contains("truncated upload: last line incomplete (line 31,"), "\(reports[2])")
+        let (visits, cutRows) = try await database.read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM visits")!,
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM visits WHERE visit_account_number LIKE 'JV%'")!
+            )
+        }
+        // Nothing of the cut files: the 20 of whole.csv and the 51 of the re-sent cut.csv.
+        #expect(visits == 71 && cutRows == 0)
+    }
+
     @Test func aMissingColumnRejectsTheFileNamingItAndRepeatsAreDuplicatesOrConflicts() async throws {
         let missing = "mrn,first_name,last_name,birth_date,visit_date,reason\nM1,A,B,1980-01-01,2025-01-01,x\n"
         let first = intakeHeader + "\nM1,A,B,1980-01-01,V1,2025-01-01,x\nM2,C,D,1981-01-01,V2,2025-01-01,\n"

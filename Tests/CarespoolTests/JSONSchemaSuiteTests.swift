@@ -101,5 +101,10 @@ import Testing
         #expect(!messages.joined().contains("SECRET") && !messages.joined().contains("cret"))
         // A value that is one of the schema's strings is no secret; an unterminated quote masks the rest.
         #expect(JSONSchema.masked(#""K" is fine, "x"#, keeping: schema.constants) == #""K" is fine, "…"#)
+        // A value beginning with a combining mark (fused with its opening quote into one Character) and
+        // an instance's number are masked too.
+        #expect(JSONSchema.masked("\"\u{301}SSN-999\" is not a date", keeping: []) == "\"…\" is not a date")
+        #expect(JSONSchema.masked("123456789 is not of type string", keeping: []) == "… is not of type string")
+        #expect(JSONSchema.masked("-5.5e3 is less than the minimum 0", keeping: []) == "… is less than the minimum 0")
     }
 }

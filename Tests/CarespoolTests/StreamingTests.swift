@@ -120,7 +120,10 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
         let dir = TempDir("stream")
         defer { dir.cleanup() }
         let spool = dir.path + "/spool"
-        let text = Self.export(count: 5_000, badEvery: 1_000) + "{\"event\":\"meeting.started\",\"event_ts\":1,\"pay"
+        // A bad last line with its line end is a bad record; without one it would be an upload cut short
+        // (IntakeDaemonTests.anUploadCutMidRecordIsRejectedWholeAndItsResendIsStored).
+        let text =
+            Self.export(count: 5_000, badEvery: 1_000) + "{\"event\":\"meeting.started\",\"event_ts\":1,\"pay\n"
         let run = try await Daemon.serve(spool: spool, arguments: ["--stream-threshold", "4096"]) { pid in
             try await waitUntilServing(spool)
             let view = SpoolView(root: spool)
