@@ -122,10 +122,10 @@ extension Spool {
             changed = Self.nanoseconds(st.st_ctim)
             // Files the daemon's own user wrote may be HTTP requests naming their sender and their id.
             if (st.st_uid == getuid() || st.st_uid == 0) && FileType(mode: st.st_mode) == .regular {
-                if st.st_uid == getuid() { sender = Self.attribute(in: source, entry.bytes, Self.senderAttribute) }
-                let given =
-                    Self.attribute(in: source, entry.bytes, Self.idAttribute)
-                    ?? (original.hasSuffix(".json") ? String(original.dropLast(5)) : "")
+                // One open for both attributes: this runs for every request claimed.
+                let found = Self.attributes(in: source, entry.bytes, [Self.senderAttribute, Self.idAttribute])
+                if st.st_uid == getuid() { sender = found[0] }
+                let given = found[1] ?? (original.hasSuffix(".json") ? String(original.dropLast(5)) : "")
                 if Self.isID(given) && given != fresh && reuse(given) { id = given }
             }
             if sender == nil { sender = Self.userName(st.st_uid) }
@@ -304,17 +304,19 @@ extension Spool {
         }
     }
 
-    /// The value of extended attribute `name` of entry `bytes` of folder `fd` (a regular file, opened
-    /// O_NOFOLLOW|O_NONBLOCK), if it has one.
-    static func attribute(in fd: Int32, _ bytes: [UInt8], _ name: String) -> String? {
-        guard let get = XAttr.fget else { return nil }
+    /// The values of extended attributes `names` of entry `bytes` of folder `fd` (a regular file, opened
+    /// once O_NOFOLLOW|O_NONBLOCK), each nil where it has none.
+    static func attributes(in fd: Int32, _ bytes: [UInt8], _ names: [String]) -> [String?] {
+        let none = [String?](repeating: nil, count: names.count)
+        guard let get = XAttr.fget else { return none }
         let file = withCName(bytes) { openat(fd, $0, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
-        guard file >= 0 else { return nil }
+        guard file >= 0 else { return none }
         defer { close(file) }
         var buffer = [UInt8](repeating: 0, count: 256)
-        let count = buffer.withUnsafeMutableBytes { get(file, name, $0.baseAddress, $0.count) }
-        guard count > 0 else { return nil }
-        return String(decoding: buffer[..<count], as: UTF8.self)
+        return names.map { name in
+            let count = buffer.withUnsafeMutableBytes { get(file, name, $0.baseAddress, $0.count) }
+            return count > 0 ? String(decoding: buffer[..<count], as: UTF8.self) : nil
+        }
     }
 
     /// The first 4 KiB of `<folder>/<name>` (opened O_NOFOLLOW), or nil when there is no such file.

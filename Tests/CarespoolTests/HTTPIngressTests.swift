@@ -36,6 +36,20 @@ import WebhookSignatures
 
     func inbox(_ spool: Spool, _ kind: String) throws -> [String] { try spool.scanAll(spool.inboxPath(kind)) }
 
+    /// The headers of a Standard Webhooks delivery of `body` as `id`, signed with `secret` at `time`.
+    static func signed(_ id: String, _ body: String, secret: String, at time: Int) -> HTTPFields {
+        let signature = StandardWebhooks.signature(
+            id: id,
+            timestamp: String(time),
+            body: Array(body.utf8),
+            key: StandardWebhooks.key(secret: secret)
+        )
+        return [
+            .contentType: "application/json", HTTPField.Name("webhook-id")!: id,
+            HTTPField.Name("webhook-timestamp")!: String(time), HTTPField.Name("webhook-signature")!: signature,
+        ]
+    }
+
     @Test func aWebhookIsOnDiskInTheInboxBeforeThe202() async throws {
         defer { dir.cleanup() }
         let (app, spool) = try app()
@@ -538,16 +552,7 @@ import WebhookSignatures
             now: now
         )
         @Sendable func headers(_ id: String, _ body: String, secret: String, at time: Int = now) -> HTTPFields {
-            let signature = StandardWebhooks.signature(
-                id: id,
-                timestamp: String(time),
-                body: Array(body.utf8),
-                key: StandardWebhooks.key(secret: secret)
-            )
-            return [
-                .contentType: "application/json", HTTPField.Name("webhook-id")!: id,
-                HTTPField.Name("webhook-timestamp")!: String(time), HTTPField.Name("webhook-signature")!: signature,
-            ]
+            Self.signed(id, body, secret: secret, at: time)
         }
         let body = event("S1", "2025-01-10T12:30:00Z")
         try await app.test(.router) { client in
@@ -612,16 +617,7 @@ import WebhookSignatures
         let secret = "whsec_" + Base64.encode(Array(repeating: 4, count: 32))
         let (app, spool) = try app(HTTPConfiguration(webhookSecrets: ["appointments": [secret]]), now: now)
         @Sendable func headers(_ id: String, _ body: String) -> HTTPFields {
-            let signature = StandardWebhooks.signature(
-                id: id,
-                timestamp: String(now),
-                body: Array(body.utf8),
-                key: StandardWebhooks.key(secret: secret)
-            )
-            return [
-                .contentType: "application/json", HTTPField.Name("webhook-id")!: id,
-                HTTPField.Name("webhook-timestamp")!: String(now), HTTPField.Name("webhook-signature")!: signature,
-            ]
+            Self.signed(id, body, secret: secret, at: now)
         }
         let first = event("K1", "2025-01-10T12:30:00Z")
         let other = event("K2", "2025-01-10T12:45:00Z")
