@@ -691,6 +691,50 @@ import WebhookSignatures
         }
     }
 
+    /// Found by a hostile review: with one id end to end, a conflict message names another sender's
+    /// file; that id must not open its verdict. A token reads only what it sent, looked up by id.
+    @Test func aTokenReadsTheVerdictsOfWhatItSentAndNoOneElses() async throws {
+        defer { dir.cleanup() }
+        let spool = Spool(root: dir.path + "/spool", kinds: ["appointments", "zoom", "intake"])
+        try spool.prepare()
+        let aliceFile = "01a2d000-0000-7000-8000-00000000000a"
+        let router = buildRouter(
+            configuration: HTTPConfiguration(
+                tokens: [
+                    try #require(HTTPToken(spec: "alice:alice-secret-0123456:appointments")),
+                    try #require(HTTPToken(spec: "bob:bob-secret-0123456789:appointments")),
+                ]
+            ),
+            spool: spool,
+            health: { HealthReport(databaseUp: true, received: 0, inserted: 0, inbox: 0, processing: 0, failed: 0) },
+            verdict: { id, kind in
+                guard id == aliceFile, kind == "appointments" else { return nil }
+                return SpoolVerdict(
+                    sender: "http:alice",
+                    outcome: "partial",
+                    stored: 1,
+                    duplicates: 0,
+                    rejected: 1,
+                    errors: [(2, 2, "/patient_id", "\"SECRET\" is shorter than 1 characters")]
+                )
+            }
+        )
+        try await Application(router: router).test(.router) { client in
+            for (secret, status) in [
+                ("alice-secret-0123456", HTTPResponse.Status.ok), ("bob-secret-0123456789", .notFound),
+            ] {
+                try await client.execute(
+                    uri: "/spool/" + aliceFile,
+                    method: .get,
+                    headers: [.authorization: "Bearer " + secret]
+                ) { response in
+                    #expect(response.status == status, "\(secret)")
+                    #expect(!String(buffer: response.body).contains("SECRET"))
+                }
+            }
+        }
+    }
+
     @Test func concurrentDeliveriesOfOneWebhookIdSpoolOneFile() async throws {
         defer { dir.cleanup() }
         let spool = Spool(root: dir.path + "/spool", kinds: ["appointments"])
