@@ -8,7 +8,7 @@
 #              sysusers and tmpfiles files, schema, default /etc/carespool/carespool.toml (DESTDIR, PREFIX)
 
 SWIFT        ?= swift
-APT_PACKAGES := libsqlite3-dev sqlite3 curl systemd make python3
+APT_PACKAGES := libsqlite3-dev sqlite3 curl systemd make python3 rsync openssh-client openssh-server
 SPOOL        ?= spool
 CONFIG       ?= /dev/null
 # make run opens the HTTP routes without credentials on loopback (a route with none is closed otherwise);

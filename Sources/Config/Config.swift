@@ -52,6 +52,9 @@ package struct ConfigFile: Sendable {
     package var schema: String?
     package var logLevel: String?
     package var settleMs: Int?
+    /// How long a file written in place under its name (closed, not renamed in) must stay unchanged
+    /// before it is claimed.
+    package var closeGraceMs: Int?
     package var openHoldMs: Int?
     package var rescanMs: Int?
     package var batchSize: Int?
@@ -62,7 +65,8 @@ package struct ConfigFile: Sendable {
     /// Days finished files stay in done/ before the daemon removes them (the ledger rows stay).
     package var retentionDays: Int?
     /// Extra folders watched as inboxes, each for one kind (a partner's SFTP upload folder, say).
-    package var inboxes: [(path: String, kind: String)] = []
+    /// `arrival` is "close" (the default) or "rename" (only files renamed or linked in are claimed).
+    package var inboxes: [(path: String, kind: String, arrival: String)] = []
 
     package var httpListen: String?
     package var tokens: [ConfiguredToken] = []
@@ -115,6 +119,7 @@ package struct ConfigFile: Sendable {
             throw reader.error("log_level", "must be one of " + Self.logLevels.joined(separator: ", "))
         }
         settleMs = try reader.int(table, "settle_ms", in: ConfigLimits.settleMs)
+        closeGraceMs = try reader.int(table, "close_grace_ms", in: ConfigLimits.closeGraceMs)
         openHoldMs = try reader.int(table, "open_hold_ms", in: ConfigLimits.openHoldMs)
         rescanMs = try reader.int(table, "rescan_ms", in: ConfigLimits.rescanMs)
         batchSize = try reader.int(table, "batch_size", in: ConfigLimits.batchSize)
@@ -129,7 +134,7 @@ package struct ConfigFile: Sendable {
         if let list = try reader.tables(table, "inbox") {
             for (index, entry) in list.enumerated() {
                 let at = "inbox[\(index)]"
-                try reader.only(entry, at: at, allowed: ["path", "kind"])
+                try reader.only(entry, at: at, allowed: ["path", "kind", "arrival"])
                 guard let folder = try reader.string(entry, "path", at: at, nonEmpty: true), folder.hasPrefix("/")
                 else { throw reader.error(at + ".path", "an absolute folder path is required") }
                 guard let kind = try reader.string(entry, "kind", at: at), kinds.contains(kind) else {
@@ -138,7 +143,11 @@ package struct ConfigFile: Sendable {
                 if inboxes.contains(where: { $0.path == folder }) {
                     throw reader.error(at + ".path", "\(folder) is already an inbox")
                 }
-                inboxes.append((folder, kind))
+                let arrival = try reader.string(entry, "arrival", at: at) ?? "close"
+                guard Self.arrivals.contains(arrival) else {
+                    throw reader.error(at + ".arrival", "must be one of " + Self.arrivals.joined(separator: ", "))
+                }
+                inboxes.append((folder, kind, arrival))
             }
         }
         if let http = try reader.table(table, "http") {
@@ -236,8 +245,12 @@ package struct ConfigFile: Sendable {
         }
     }
 
+    /// The values of an inbox's `arrival` (Spool.Arrival's raw values; this module does not see Spool).
+    static let arrivals = ["close", "rename"]
+
     static let topKeys = [
-        "spool", "database", "schema", "log_level", "settle_ms", "open_hold_ms", "rescan_ms", "batch_size",
+        "spool", "database", "schema", "log_level", "settle_ms", "close_grace_ms", "open_hold_ms", "rescan_ms",
+        "batch_size",
         "stream_threshold", "memory_budget", "busy_timeout_ms", "retention", "inbox", "http",
     ]
     static let httpKeys = [
@@ -425,6 +438,7 @@ extension Substring {
 package enum ConfigLimits {
     package static let settleMs = 0...86_400_000  // a day
     package static let openHoldMs = 0...86_400_000
+    package static let closeGraceMs = 0...3_600_000  // an hour
     package static let rescanMs = 100...86_400_000
     package static let batchSize = 1...100_000_000
     package static let streamThreshold = 0...(1 << 40)  // 1 TiB

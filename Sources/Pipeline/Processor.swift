@@ -34,6 +34,10 @@ package struct PipelineConfiguration: Sendable {
     /// unchanged this long (or `settle`, if longer): a writer that never closes cannot hold it for ever.
     /// Default 10 min.
     package var openHold: Duration
+    /// A file written in place under its name (inotify saw it closed after writing, not renamed in) is
+    /// claimed once it has stayed unchanged (size, mtime, ctime, inode) and closed this long: its writer
+    /// may still set its times and mode by name (`rsync --inplace`), or open it again. Default 1 s.
+    package var closeGrace: Duration
     /// Full rescan of every inbox, the safety net under inotify. Default 5 s.
     package var rescanInterval: Duration
     /// Most files claimed and committed in one transaction. Default 512.
@@ -74,6 +78,7 @@ package struct PipelineConfiguration: Sendable {
     package init(
         settle: Duration = .seconds(2),
         openHold: Duration = .seconds(600),
+        closeGrace: Duration = .seconds(1),
         rescanInterval: Duration = .seconds(5),
         batchSize: Int = 512,
         retryInitial: Duration = .seconds(1),
@@ -86,6 +91,7 @@ package struct PipelineConfiguration: Sendable {
     ) {
         self.settle = settle
         self.openHold = openHold
+        self.closeGrace = closeGrace
         self.rescanInterval = rescanInterval
         self.batchSize = batchSize
         self.retryInitial = retryInitial
@@ -294,7 +300,8 @@ final class Engine: @unchecked Sendable {
         self.directorySync = DirectorySync(logger: logger)
         self.settle = SettleTracker(
             settle: configuration.settle.nanoseconds,
-            openHold: configuration.openHold.nanoseconds
+            openHold: configuration.openHold.nanoseconds,
+            closeGrace: configuration.closeGrace.nanoseconds
         )
     }
 
@@ -335,7 +342,7 @@ final class Engine: @unchecked Sendable {
         // early); the wall clock only to compare with file mtimes.
         let now = Clock.monotonicNanos()
         let wallNow = Clock.nowNanos()
-        settle.absorb(complete: hints.complete, opened: hints.opened, overflow: hints.overflow)
+        settle.absorb(hints)
         var folders = hints.folders.union(hintedFolders)
         hintedFolders = []
         if hints.overflow || now >= nextRescan {
@@ -373,6 +380,7 @@ final class Engine: @unchecked Sendable {
             entries.removeAll { spool.isUnclaimable($0, in: inbox) }
             let (found, events) = settle.scan(
                 folder: inbox.path,
+                arrival: inbox.arrival,
                 entries: entries,
                 now: now,
                 wallNow: wallNow,
@@ -392,6 +400,16 @@ final class Engine: @unchecked Sendable {
                     logger.warning(
                         "file still open by its writer claimed after holding still",
                         metadata: ["inbox.kind": "\(inbox.kind)", "held.ms": "\(held / 1_000_000)"]
+                    )
+                case .writtenInPlace:
+                    logger.notice(
+                        "file written in place in an inbox that takes renamed files only: left for its writer",
+                        metadata: ["inbox.kind": "\(inbox.kind)", "inbox.arrival": "rename"]
+                    )
+                case .arrivalUnknown:
+                    logger.notice(
+                        "file found with no arrival seen, unchanged since written: waiting to be renamed in",
+                        metadata: ["inbox.kind": "\(inbox.kind)", "inbox.arrival": "rename"]
                     )
                 }
             }
@@ -527,7 +545,7 @@ final class Engine: @unchecked Sendable {
         // What the watcher saw meanwhile: completed and still-open files (an SFTP upload that paused is
         // not taken half-written), as a step would. The folders it named are rescanned here.
         let hints = drainHints()
-        settle.absorb(complete: hints.complete, opened: hints.opened, overflow: hints.overflow)
+        settle.absorb(hints)
         // Every inbox is scanned here, but a file skipped here (large) is looked at by the next step too.
         hintedFolders.formUnion(hints.folders)
         if hints.overflow { hintedFolders.formUnion(spool.inboxes.map(\.path)) }
@@ -538,6 +556,7 @@ final class Engine: @unchecked Sendable {
             entries.removeAll { spool.isUnclaimable($0, in: inbox) }
             let (found, _) = settle.scan(
                 folder: inbox.path,
+                arrival: inbox.arrival,
                 entries: entries,
                 now: now,
                 wallNow: Clock.nowNanos(),
@@ -1138,5 +1157,18 @@ extension String {
     fileprivate init(format2 byte: UInt8) {
         let hex = String(byte, radix: 16)
         self = byte < 16 ? "0" + hex : hex
+    }
+}
+
+extension SettleTracker {
+    /// Takes in what the watcher saw (``absorb(renamed:closed:created:opened:overflow:)``).
+    mutating func absorb(_ hints: WatchHints) {
+        absorb(
+            renamed: hints.renamed,
+            closed: hints.closed,
+            created: hints.created,
+            opened: hints.opened,
+            overflow: hints.overflow
+        )
     }
 }

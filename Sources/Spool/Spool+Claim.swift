@@ -70,7 +70,8 @@ extension Spool {
             type: FileType(mode: st.st_mode),
             size: Int64(st.st_size),
             mtime: nanoseconds(st.st_mtim),
-            inode: UInt64(st.st_ino)
+            inode: UInt64(st.st_ino),
+            ctime: nanoseconds(st.st_ctim)
         )
     }
 

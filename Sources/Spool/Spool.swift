@@ -33,11 +33,24 @@ package struct Spool: Sendable {
     package struct Inbox: Sendable, Hashable {
         package var path: String
         package var kind: String
+        /// How a file counts as arrived in it (``Arrival``).
+        package var arrival: Arrival
 
-        package init(path: String, kind: String) {
+        package init(path: String, kind: String, arrival: Arrival = .close) {
             self.path = path
             self.kind = kind
+            self.arrival = arrival
         }
+    }
+
+    /// How a file counts as arrived in an inbox, and so may be claimed.
+    package enum Arrival: String, Sendable, Hashable, CaseIterable {
+        /// Renamed or linked in, or written in place under its name and closed (then left alone for the
+        /// close grace), or (no event seen) unchanged for the settle interval.
+        case close
+        /// Only renamed or linked in: a file written in place under its name is its writer's, never claimed
+        /// (a client that uploads to a temporary name and renames it when done; a killed upload stays).
+        case rename
     }
 
     /// What a scan found in an inbox.
@@ -52,14 +65,26 @@ package struct Spool: Sendable {
         /// Modification time in nanoseconds since the epoch.
         package var mtime: Int64
         package var inode: UInt64
+        /// Status change time in nanoseconds since the epoch (-1 when the scan did not stat): later than
+        /// `mtime` when the file was renamed, linked, chmod'ed or given times after its last write.
+        package var ctime: Int64
 
-        package init(name: String, bytes: [UInt8], type: FileType, size: Int64, mtime: Int64, inode: UInt64) {
+        package init(
+            name: String,
+            bytes: [UInt8],
+            type: FileType,
+            size: Int64,
+            mtime: Int64,
+            inode: UInt64,
+            ctime: Int64 = -1
+        ) {
             self.name = name
             self.bytes = bytes
             self.type = type
             self.size = size
             self.mtime = mtime
             self.inode = inode
+            self.ctime = ctime
         }
     }
 

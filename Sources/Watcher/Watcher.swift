@@ -17,9 +17,14 @@ import Synchronization
 
 /// What the watcher saw since the last ``Watcher/drain()``.
 package struct WatchHints: Sendable {
-    /// `<folder>/<name>` of files closed after writing or renamed in, as the path's exact bytes (two
-    /// canonically equivalent names are two files): complete, claim them at once.
-    package var complete: Set<[UInt8]> = []
+    /// `<folder>/<name>` of files renamed in (IN_MOVED_TO), as the path's exact bytes (two canonically
+    /// equivalent names are two files): arrived whole, claim them at once.
+    package var renamed: Set<[UInt8]> = []
+    /// Files closed after writing under their name (IN_CLOSE_WRITE): written in place.
+    package var closed: Set<[UInt8]> = []
+    /// Files created under their name (IN_CREATE): by open(2) for writing, or by link(2) (sftp-server's
+    /// rename); a create that no open and no write-close follows was a link.
+    package var created: Set<[UInt8]> = []
     /// Folders with any event (a create included): look at them.
     package var folders: Set<String> = []
     /// The kernel dropped events (IN_Q_OVERFLOW) or a watch went away: rescan everything, and forget
@@ -162,17 +167,19 @@ package final class Watcher: Sendable {
                     if name.isEmpty || Spool.isIncompleteName(name) { continue }
                     found.folders.insert(folder)
                     let key = Array(folder.utf8) + [0x2F] + name
-                    if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO) != 0 {
-                        found.complete.insert(key)
-                    }
+                    if mask & UInt32(IN_MOVED_TO) != 0 { found.renamed.insert(key) }
                     if isDirectory { continue }
+                    if mask & UInt32(IN_CLOSE_WRITE) != 0 { found.closed.insert(key) }
+                    if mask & UInt32(IN_CREATE) != 0 { found.created.insert(key) }
                     if mask & UInt32(IN_OPEN) != 0 { found.opened[key, default: 0] += 1 }
                     if mask & UInt32(IN_CLOSE_WRITE | IN_CLOSE_NOWRITE) != 0 { found.opened[key, default: 0] -= 1 }
                 }
             }
             any = any || found.overflow || !found.folders.isEmpty
             hints.withLock { current in
-                current.complete.formUnion(found.complete)
+                current.renamed.formUnion(found.renamed)
+                current.closed.formUnion(found.closed)
+                current.created.formUnion(found.created)
                 current.folders.formUnion(found.folders)
                 current.overflow = current.overflow || found.overflow
                 current.opened.merge(found.opened, uniquingKeysWith: +)

@@ -90,7 +90,9 @@ struct SpoolOptions: ParsableArguments {
     func resolved() throws -> (spool: Spool, database: String, config: ConfigFile) {
         let config = try configOption.load()
         let root = spool ?? config.spool ?? "spool"
-        let extra = config.inboxes.map { Spool.Inbox(path: $0.path, kind: $0.kind) }
+        let extra = config.inboxes.map {
+            Spool.Inbox(path: $0.path, kind: $0.kind, arrival: Spool.Arrival(rawValue: $0.arrival) ?? .close)
+        }
         return (
             Spool(root: root, kinds: Kind.allCases.map(\.rawValue), extraInboxes: extra),
             db ?? config.database ?? (root + "/carespool.sqlite3"), config
@@ -172,6 +174,14 @@ struct Serve: AsyncParsableCommand {
             """
     )
     var openHoldMs: Int?
+
+    @Option(
+        help: """
+            Milliseconds a file written in place under its name (closed, not renamed in) must stay closed and \
+            unchanged before it is claimed: its writer may still set its times and mode (1000).
+            """
+    )
+    var closeGraceMs: Int?
 
     @Option(help: "Milliseconds between full rescans of every inbox (5000).")
     var rescanMs: Int?

@@ -59,6 +59,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 "log_level = \(quoted(settings.logLevel.rawValue))",
                 "settle_ms = \(millis(settings.pipeline.settle))",
                 "open_hold_ms = \(millis(settings.pipeline.openHold))",
+                "close_grace_ms = \(millis(settings.pipeline.closeGrace))",
                 "rescan_ms = \(millis(settings.pipeline.rescanInterval))",
                 "batch_size = \(settings.pipeline.batchSize)",
                 "stream_threshold = \(settings.pipeline.streamThreshold)",
@@ -69,7 +70,10 @@ struct ConfigCommand: AsyncParsableCommand {
                 "done_days = \(settings.retentionDays)",
             ]
             for inbox in config.inboxes {
-                lines += ["", "[[inbox]]", "path = \(quoted(inbox.path))", "kind = \(quoted(inbox.kind))"]
+                lines += [
+                    "", "[[inbox]]", "path = \(quoted(inbox.path))", "kind = \(quoted(inbox.kind))",
+                    "arrival = \(quoted(inbox.arrival))",
+                ]
             }
             lines += ["", "[http]"]
             guard let http = settings.http else {

@@ -40,6 +40,10 @@ struct Settings {
                 try bounded("--open-hold-ms", serve?.openHoldMs, ConfigLimits.openHoldMs) ?? config.openHoldMs
                     ?? 600_000
             ),
+            closeGrace: .milliseconds(
+                try bounded("--close-grace-ms", serve?.closeGraceMs, ConfigLimits.closeGraceMs) ?? config.closeGraceMs
+                    ?? 1_000
+            ),
             rescanInterval: .milliseconds(
                 try bounded("--rescan-ms", serve?.rescanMs, ConfigLimits.rescanMs) ?? config.rescanMs ?? 5_000
             ),

@@ -26,6 +26,7 @@ import Testing
         [[inbox]]
         path = "/srv/sftp/acme/upload"
         kind = "intake"
+        arrival = "rename"
 
         [[inbox]]
         path = "/srv/sftp/clinic/zoom"
@@ -60,6 +61,7 @@ import Testing
         #expect(config.retentionDays == 7)
         #expect(config.inboxes.map(\.path) == ["/srv/sftp/acme/upload", "/srv/sftp/clinic/zoom"])
         #expect(config.inboxes.map(\.kind) == ["intake", "zoom"])
+        #expect(config.inboxes.map(\.arrival) == ["rename", "close"])
         #expect(config.httpListen == "0.0.0.0:8443")
         #expect(config.zoomSecrets == ["old", "new"])
         #expect(config.ratePerSecond == 50)
@@ -75,13 +77,18 @@ import Testing
     @Test(arguments: [
         ("done_days = 7", "done_days = \"7\"", 8, "retention.done_days", "must be an integer"),
         ("settle_ms = 500", "settle_ms = 500\nsettle = 1", 6, "settle", "unknown key"),
-        ("kind = \"zoom\"", "kind = \"video\"", 16, "inbox[1].kind", "must be one of appointments, zoom, intake"),
+        ("kind = \"zoom\"", "kind = \"video\"", 17, "inbox[1].kind", "must be one of appointments, zoom, intake"),
         ("path = \"/srv/sftp/acme/upload\"", "path = \"upload\"", 11, "inbox[0].path", "an absolute folder path"),
-        ("listen = \"0.0.0.0:8443\"", "listen = \"8443\"", 19, "http.listen", "must be HOST:PORT or \"off\""),
-        ("secret = \"test\"", "secret = \"test\"\nsha256 = \"00\"", 31, "http.token[1]", "give exactly one of"),
-        ("routes = [\"*\"]", "routes = [\"billing\"]", 34, "http.token[1].routes", "list routes among"),
+        ("listen = \"0.0.0.0:8443\"", "listen = \"8443\"", 20, "http.listen", "must be HOST:PORT or \"off\""),
+        ("secret = \"test\"", "secret = \"test\"\nsha256 = \"00\"", 32, "http.token[1]", "give exactly one of"),
+        ("routes = [\"*\"]", "routes = [\"billing\"]", 35, "http.token[1].routes", "list routes among"),
         ("log_level = \"notice\"", "log_level = \"loud\"", 4, "log_level", "must be one of trace"),
-        ("appointments = [", "appointment = [", 24, "http.webhook_secrets.appointment", "unknown key"),
+        ("arrival = \"rename\"", "arrival = \"moved\"", 13, "inbox[0].arrival", "must be one of close, rename"),
+        (
+            "settle_ms = 500", "settle_ms = 500\nclose_grace_ms = 3600001", 6, "close_grace_ms",
+            "must be at most 3600000"
+        ),
+        ("appointments = [", "appointment = [", 25, "http.webhook_secrets.appointment", "unknown key"),
         // Beyond the bounds a duration would overflow: a trap at run time, not an error at start.
         ("settle_ms = 500", "settle_ms = 99999999999999999", 5, "settle_ms", "must be at most 86400000"),
         ("done_days = 7", "done_days = 9223372036854775807", 8, "retention.done_days", "must be at most 36500"),
@@ -191,6 +198,7 @@ import Testing
         [[inbox]]
         path = "\(partner)"
         kind = "appointments"
+        arrival = "rename"
 
         [http]
         listen = "127.0.0.1:\(port)"
@@ -204,6 +212,7 @@ import Testing
         #expect(check.status == .exited(0))
         #expect(check.out.contains("listen = \"127.0.0.1:\(port)\"") && !check.out.contains("s3cret"))
         #expect(check.out.contains("open_hold_ms = 45000"), "\(check.out)")
+        #expect(check.out.contains("close_grace_ms = 1000") && check.out.contains("arrival = \"rename\""))
 
         let run = try await Daemon.serveWithConfig(config) { pid in
             let url = "http://127.0.0.1:\(port)/webhook/appointments"
