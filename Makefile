@@ -8,7 +8,7 @@
 #              sysusers and tmpfiles files, schema, default /etc/carespool/carespool.toml (DESTDIR, PREFIX)
 
 SWIFT        ?= swift
-APT_PACKAGES := libsqlite3-dev sqlite3 curl systemd make python3 rsync openssh-client openssh-server
+APT_PACKAGES := libsqlite3-dev sqlite3 curl systemd make python3 python3-venv rsync openssh-client openssh-server
 SPOOL        ?= spool
 CONFIG       ?= /dev/null
 # make run opens the HTTP routes without credentials on loopback (a route with none is closed otherwise);
@@ -21,7 +21,10 @@ DESTDIR      ?=
 # The binary to install; by default a release build with the Swift standard library linked statically.
 BIN          ?= $(INSTALL_BUILD)/release/carespool
 
-.PHONY: deps build run test lint format bench clean install install-build uninstall man torture systemd-check
+# The official Standard Webhooks library (PyPI's standardwebhooks) for the tests, in a virtual environment.
+TEST_PYTHON  := .build/test-python
+
+.PHONY: deps build run test test-python lint format bench clean install install-build uninstall man torture systemd-check
 
 deps:
 	@missing=""; \
@@ -45,7 +48,11 @@ lint:
 format:
 	$(SWIFT) format --in-place --recursive Sources Tests Package.swift fuzz
 
-test: deps lint
+test-python: deps
+	@$(TEST_PYTHON)/bin/python3 -c 'import standardwebhooks' 2>/dev/null || { \
+		python3 -m venv $(TEST_PYTHON) && $(TEST_PYTHON)/bin/pip install -q standardwebhooks==1.3.0; }
+
+test: deps lint test-python
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory torture

@@ -306,6 +306,61 @@ extension AppDatabase {
         }
     }
 
+    /// One stored appointment event, as the replaced appointment receiver's `GET /events` listed it.
+    package struct StoredEvent: Sendable {
+        package var id: Int64
+        package var eventType: String
+        package var appointmentID: String
+        package var patientID: String
+        package var timestamp: String
+        package var notes: String?
+        /// When the file that brought it was received (the ledger's `received_at`).
+        package var receivedAt: String
+    }
+
+    /// Stored appointment events, in the order they were stored, filtered and paged like
+    /// ``appointments(id:patient:page:pageSize:)``.
+    package func appointmentEvents(id: String?, patient: String?, page: Int, pageSize: Int) throws
+        -> Page<StoredEvent>
+    {
+        try writer.read { db in
+            var conditions: [String] = []
+            var arguments: StatementArguments = []
+            if let id {
+                conditions.append("e.appointment_id = ?")
+                arguments += [id]
+            }
+            if let patient {
+                conditions.append("e.patient_id = ?")
+                arguments += [patient]
+            }
+            let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+            let total =
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events e \(filter)", arguments: arguments)
+                ?? 0
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT e.seq, e.event_type, e.appointment_id, e.patient_id, e.timestamp, e.notes, f.received_at
+                    FROM appointment_events e JOIN files f ON f.id = e.file_id \(filter)
+                    ORDER BY e.seq LIMIT ? OFFSET ?
+                    """,
+                arguments: arguments + [pageSize, Self.offset(page: page, pageSize: pageSize)]
+            ).map {
+                StoredEvent(
+                    id: $0["seq"],
+                    eventType: $0["event_type"],
+                    appointmentID: $0["appointment_id"],
+                    patientID: $0["patient_id"],
+                    timestamp: $0["timestamp"],
+                    notes: $0["notes"],
+                    receivedAt: $0["received_at"]
+                )
+            }
+            return Page(total: total, rows: rows)
+        }
+    }
+
     /// `text%` for LIKE, with `%`, `_` and `\` in `text` taken literally.
     static func likePrefix(_ text: String) -> String {
         var escaped = ""

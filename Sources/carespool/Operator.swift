@@ -532,7 +532,14 @@ struct VisitsQuery: AsyncParsableCommand {
 struct AppointmentsQuery: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "appointments",
-        abstract: "Appointments' current state (recorded in the audit trail)."
+        abstract: "Appointments' current state, or their stored events (recorded in the audit trail).",
+        discussion: """
+            The table shows each appointment's current state; --events shows the stored events instead. \
+            --json prints the stored events as the replaced appointment receiver's GET /events did: an \
+            array of {id, event_type, appointment_id, patient_id, timestamp, notes, received_at}, in the \
+            order they were stored. --json --current prints the current states as \
+            {total, page, appointments: [...]}.
+            """
     )
 
     @OptionGroup var spoolOptions: SpoolOptions
@@ -544,19 +551,65 @@ struct AppointmentsQuery: AsyncParsableCommand {
     @Option(help: "Only this patient's appointments.")
     var patient: String?
 
-    @Flag(help: "Print JSON.")
+    @Flag(help: "The stored events, not the current states.")
+    var events = false
+
+    @Flag(help: "With --json: the current states, not the events.")
+    var current = false
+
+    @Flag(help: "Print JSON (the stored events, as GET /events listed them).")
     var json = false
 
     func run() async throws {
         let databasePath = try spoolOptions.resolved().database
-        let result = try Operator.database(databasePath, readonly: true).appointments(
+        let database = try Operator.database(databasePath, readonly: true)
+        let filter = [("id", id), ("patient", patient)].compactMap { key, value in value.map { "\(key)=\($0)" } }
+            .joined(separator: " ")
+        if events || (json && !current) {
+            let result = try database.appointmentEvents(
+                id: id,
+                patient: patient,
+                page: paging.page,
+                pageSize: paging.pageSize
+            )
+            try Operator.audit(
+                databasePath,
+                action: "query.appointments",
+                target: filter.isEmpty ? nil : filter,
+                detail: "events, page \(paging.page), \(result.rows.count) of \(result.total) rows"
+            )
+            if json {
+                let values: [JSONValue] = result.rows.map { event in
+                    .object([
+                        .init(key: "id", value: Operator.number(Int(event.id))),
+                        .init(key: "event_type", value: .string(event.eventType)),
+                        .init(key: "appointment_id", value: .string(event.appointmentID)),
+                        .init(key: "patient_id", value: .string(event.patientID)),
+                        .init(key: "timestamp", value: .string(event.timestamp)),
+                        .init(key: "notes", value: event.notes.map { .string($0) } ?? .null),
+                        .init(key: "received_at", value: .string(event.receivedAt)),
+                    ])
+                }
+                print(JSONValue.array(values).compactText)
+                return
+            }
+            print(
+                Operator.table(
+                    ["ID", "APPOINTMENT", "PATIENT", "EVENT", "TIMESTAMP", "RECEIVED"],
+                    result.rows.map {
+                        [String($0.id), $0.appointmentID, $0.patientID, $0.eventType, $0.timestamp, $0.receivedAt]
+                    }
+                )
+            )
+            print("page \(paging.page): \(result.rows.count) of \(result.total)")
+            return
+        }
+        let result = try database.appointments(
             id: id,
             patient: patient,
             page: paging.page,
             pageSize: paging.pageSize
         )
-        let filter = [("id", id), ("patient", patient)].compactMap { key, value in value.map { "\(key)=\($0)" } }
-            .joined(separator: " ")
         try Operator.audit(
             databasePath,
             action: "query.appointments",

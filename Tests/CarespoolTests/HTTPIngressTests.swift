@@ -611,16 +611,31 @@ import WebhookSignatures
 
     /// Stripe's rule for an idempotency key reused with other parameters: the first request stands, the
     /// second is a 409 naming the key, and nothing new is spooled; the same body again stays a replay.
+    /// Every request is signed by the official Standard Webhooks library, as a real sender's would be.
     @Test func aWebhookIdReusedForAnotherBodyIsA409AndTheSameBodyAgainAReplay() async throws {
         defer { dir.cleanup() }
         let now = 1_720_707_175
         let secret = "whsec_" + Base64.encode(Array(repeating: 4, count: 32))
         let (app, spool) = try app(HTTPConfiguration(webhookSecrets: ["appointments": [secret]]), now: now)
-        @Sendable func headers(_ id: String, _ body: String) -> HTTPFields {
-            Self.signed(id, body, secret: secret, at: now)
-        }
         let first = event("K1", "2025-01-10T12:30:00Z")
         let other = event("K2", "2025-01-10T12:45:00Z")
+        var signatures: [String: String] = [:]
+        for body in [first, other] {
+            signatures[body] = try await OfficialStandardWebhooks.sign(
+                id: "msg_reused",
+                timestamp: now,
+                body: body,
+                secret: secret
+            )
+        }
+        let signed = signatures
+        @Sendable func headers(_ id: String, _ body: String) -> HTTPFields {
+            [
+                .contentType: "application/json", HTTPField.Name("webhook-id")!: id,
+                HTTPField.Name("webhook-timestamp")!: String(now),
+                HTTPField.Name("webhook-signature")!: signed[body]!,
+            ]
+        }
         try await app.test(.router) { client in
             var firstID = ""
             try await client.execute(
@@ -655,6 +670,32 @@ import WebhookSignatures
                 #expect(response.headers[HTTPField.Name("x-carespool-replayed")!] == "true")
             }
             #expect(try inbox(spool, "appointments") == [firstID + ".json"])
+        }
+    }
+
+    /// The official library and carespool agree on every signature (any secret length, bodies with
+    /// non-ASCII text, a trailing line end): the verifier checks what real senders send.
+    @Test func theOfficialLibrarysSignaturesMatchOurs() async throws {
+        let cases: [(secret: [UInt8], body: String)] = [
+            (Array(repeating: 7, count: 24), "{\"notes\":\"Zoë Müller, 東京\"}"),
+            (Array(0..<64), "[]"),
+            (Array(repeating: 0xFF, count: 32), "{\"a\":1}\n"),
+        ]
+        for (index, item) in cases.enumerated() {
+            let secret = "whsec_" + Base64.encode(item.secret)
+            let library = try await OfficialStandardWebhooks.sign(
+                id: "msg_\(index)",
+                timestamp: 1_720_707_175 + index,
+                body: item.body,
+                secret: secret
+            )
+            let ours = StandardWebhooks.signature(
+                id: "msg_\(index)",
+                timestamp: String(1_720_707_175 + index),
+                body: Array(item.body.utf8),
+                key: StandardWebhooks.key(secret: secret)
+            )
+            #expect(library == ours, "case \(index)")
         }
     }
 

@@ -155,8 +155,26 @@ import Testing
         #expect(try await Daemon.command(["query", "patients", "--id", "999999"] + base).status == .exited(1))
         let visits = try await json(["query", "visits", "--mrn", "MRN3", "--json"] + base)
         #expect(visits["total"] as? Int == 2)
-        let appointments = try await json(["query", "appointments", "--id", "OP2", "--json"] + base)
+        let appointments = try await json(["query", "appointments", "--id", "OP2", "--json", "--current"] + base)
         #expect((appointments["appointments"] as? [[String: Any]])?.first?["status"] as? String == "scheduled")
+        // The replaced appointment receiver's GET /events: an array of the stored events, key by key.
+        let listed = try await Daemon.command(["query", "appointments", "--json"] + base)
+        let events = try #require(try JSONSerialization.jsonObject(with: Data(listed.out.utf8)) as? [[String: Any]])
+        #expect(Set(events.compactMap { $0["appointment_id"] as? String }) == ["OP1", "OP2"], "\(listed.out)")
+        #expect(events.compactMap { $0["id"] as? Int } == events.compactMap { $0["id"] as? Int }.sorted())
+        for stored in events {
+            #expect(
+                Set(stored.keys) == [
+                    "id", "event_type", "appointment_id", "patient_id", "timestamp", "notes", "received_at",
+                ]
+            )
+            #expect(stored["id"] is Int && stored["event_type"] as? String == "appointment.scheduled")
+            #expect(stored["timestamp"] as? String == "2025-01-10T12:30:00Z" && stored["patient_id"] is String)
+            #expect(stored["notes"] is NSNull || stored["notes"] is String)
+            #expect((stored["received_at"] as? String)?.hasPrefix("20") == true)
+        }
+        let byPatient = try await Daemon.command(["query", "appointments", "--events", "--id", "OP2"] + base)
+        #expect(byPatient.out.contains("OP2") && !byPatient.out.contains("OP1") && byPatient.out.contains("1 of 1"))
 
         // The audit trail: file outcomes with their senders, operator actions with the Unix user.
         let audit = try await json(["audit", "--json"] + base)
@@ -232,16 +250,24 @@ import Testing
         #expect(direct.rows.isEmpty && direct.total == 0)
         #expect(try database.visits(mrn: nil, page: .max, pageSize: 1_000).rows.isEmpty)
         #expect(try database.appointments(id: nil, patient: nil, page: .max, pageSize: 1_000).rows.isEmpty)
+        #expect(try database.appointmentEvents(id: nil, patient: nil, page: .max, pageSize: 1_000).rows.isEmpty)
         for query in ["patients", "visits", "appointments"] {
             for size in ["1", "1000"] {
-                let result = try await Daemon.command([
-                    "query", query, "--spool", spool, "--page", "9223372036854775807", "--page-size", size, "--json",
-                ])
+                let result = try await Daemon.command(
+                    [
+                        "query", query, "--spool", spool, "--page", "9223372036854775807", "--page-size", size,
+                        "--json",
+                    ] + (query == "appointments" ? ["--current"] : [])
+                )
                 #expect(result.status == .exited(0), "\(query) \(size): \(result.err)")
                 let parsed = try? JSONSerialization.jsonObject(with: Data(result.out.utf8)) as? [String: Any]
                 #expect((parsed?[query] as? [Any])?.isEmpty == true, "\(result.out)")
                 #expect(result.out.contains("\"page\":9223372036854775807"), "\(result.out)")
             }
         }
+        let events = try await Daemon.command([
+            "query", "appointments", "--spool", spool, "--page", "9223372036854775807", "--json",
+        ])
+        #expect(events.status == .exited(0) && events.out == "[]\n", "\(events.out)")
     }
 }

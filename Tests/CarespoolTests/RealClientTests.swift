@@ -125,8 +125,11 @@ import Testing
                 let path = spool + "/inbox/intake/late-\(n).csv"
                 try Self.fixedRows(20, start: n * 1_000).write(toFile: path, atomically: false, encoding: .utf8)
                 try await Task.sleep(for: .milliseconds(400))
-                var times = [timespec(tv_sec: 1_700_000_000, tv_nsec: 0), timespec(tv_sec: 1_700_000_000, tv_nsec: 0)]
-                found.append(utimensat(AT_FDCWD, path, &times, 0) == 0 && chmod(path, 0o640) == 0)
+                // Times and mode by name, as rsync's set_file_attrs does (utimensat, chmod).
+                let attributes: [FileAttributeKey: Any] = [
+                    .modificationDate: Date(timeIntervalSince1970: 1_700_000_000), .posixPermissions: 0o640,
+                ]
+                found.append((try? FileManager.default.setAttributes(attributes, ofItemAtPath: path)) != nil)
             }
             let done = await eventually(timeout: .seconds(30)) { view.done("intake").count == 5 }
             kill(pid, SIGTERM)

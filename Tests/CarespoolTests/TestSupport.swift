@@ -1,4 +1,11 @@
 import Foundation
+import Subprocess
+
+#if canImport(System)
+    import System
+#else
+    import SystemPackage
+#endif
 
 /// Paths and helpers shared by the tests.
 enum TestPaths {
@@ -25,4 +32,39 @@ struct TempDir {
     func cleanup() { try? FileManager.default.removeItem(atPath: path) }
 
     func file(_ relative: String) -> String { path + "/" + relative }
+}
+
+/// The official Standard Webhooks library — Python's `standardwebhooks`, which `make test` installs into
+/// `.build/test-python` (a virtual environment) — signing as a real sender does.
+enum OfficialStandardWebhooks {
+    static let python = TestPaths.repoRoot.appendingPathComponent(".build/test-python/bin/python3").path
+
+    /// The `webhook-signature` the library gives `body` sent as `id` at `timestamp` with `secret`.
+    static func sign(id: String, timestamp: Int, body: String, secret: String) async throws -> String {
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            throw Missing(what: python + " (run `make test-python`, which `make test` runs)")
+        }
+        let script = """
+            import sys, datetime
+            from standardwebhooks.webhooks import Webhook
+            when = datetime.datetime.fromtimestamp(int(sys.argv[3]), tz=datetime.timezone.utc)
+            print(Webhook(sys.argv[1]).sign(sys.argv[2], when, sys.stdin.buffer.read()))
+            """
+        let result = try await run(
+            .path(FilePath(python)),
+            arguments: ["-c", script, secret, id, String(timestamp)],
+            input: .string(body),
+            output: .string(limit: 1 << 16),
+            error: .string(limit: 1 << 16)
+        )
+        guard result.terminationStatus.isSuccess else {
+            throw Missing(what: "a signature from standardwebhooks: \(result.standardError)")
+        }
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    struct Missing: Error, CustomStringConvertible {
+        let what: String
+        var description: String { "missing " + what }
+    }
 }
