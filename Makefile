@@ -3,7 +3,8 @@
 #   make test  install what is missing, check formatting, build, run every test, then the bounded
 #              torture campaigns against the release binary (make torture), then the installed service
 #              under a real systemd in private namespaces (make systemd-check)
-#   make bench release build, throughput and latency benchmark (not part of make test)
+#   make bench release build, throughput and latency benchmark (not part of make test);
+#              BENCH_ARGS=--long adds the 10,000,000-row intake, BENCH_ARGS="--only keys" one phase
 #   make install / make uninstall   the release binary (static Swift standard library), systemd units,
 #              sysusers and tmpfiles files, schema, default /etc/carespool/carespool.toml (DESTDIR, PREFIX)
 
@@ -62,7 +63,7 @@ bench: deps
 	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq wrk; }
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product csv-parse-bench
-	python3 bench/bench.py $(BENCH_BUILD)/release/carespool --csv-parse-bench $(BENCH_BUILD)/release/csv-parse-bench
+	python3 bench/bench.py $(BENCH_BUILD)/release/carespool --csv-parse-bench $(BENCH_BUILD)/release/csv-parse-bench $(BENCH_ARGS)
 
 # The torture campaigns (torture/torture.py) against the release binary: crash, disk full, inotify
 # overflow, database locked, hostile drops, slow senders, fuzzing. Bounded by default (under 5 minutes: 200 kills,

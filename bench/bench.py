@@ -15,6 +15,11 @@ the data model's floor (the same rows loaded set-based into carespool's schema b
 the leanest schema's floor (the same into the fewest tables and indexes the prescribed model allows).
 Phase 5 posts unique webhooks with wrk: durable 202s/s on a disk spool, on tmpfs, and on disk with
 processing held off (the write path alone), and GET /health's rate.
+Phase 7 ("keys") generates realistic intake files with bench/intake_data.py (seeded; accented names,
+quoted reasons, 30% repeated patients, columns in an order of their own) whose MRNs and visit numbers are
+scrambled, as real feeds send them, or ascending: carespool's rows/s and peak RSS on each, and a plain
+Python loader (bench/python_loader.py: stdlib csv + sqlite3 into the same normalised tables) as the peer
+on the scrambled one. --long adds a 10,000,000-row scrambled file.
 Phase 6 drops each adversarial shape of bench/shapes.py (8 MB) and the plain file of its kind into a fresh
 daemon: MB/s to its verdict, the ratio to the plain file's, and the peak RSS. docs/PERFORMANCE.md has the
 details.
@@ -233,6 +238,85 @@ def http_phase(binary, schema, seconds):
     print("| GET /health (the server's ceiling) | %.0f requests/s, p99 %.2f ms |" % (health[0], health[2]))
 
 
+def intake_run(binary, schema, csv_path):
+    """carespool's full intake of one CSV file in a fresh spool: (seconds, peak RSS in KiB, stored rows)."""
+    root = tempfile.mkdtemp(prefix="carespool-bench-keys-")
+    try:
+        spool = os.path.join(root, "spool")
+        inbox = os.path.join(spool, "inbox", "intake")
+        os.makedirs(inbox)
+        log = open(os.path.join(root, "daemon.log"), "w")
+        daemon = subprocess.Popen([binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning",
+                                   "--http", "off"], stderr=log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(spool, "processing", "retrying.json")):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                sys.exit("keys phase: the daemon did not start")
+            time.sleep(0.01)
+        staged = os.path.join(root, "staged.csv")
+        shutil.copyfile(csv_path, staged)
+        start = time.monotonic()
+        os.rename(staged, os.path.join(inbox, "visits.csv"))
+        done = os.path.join(spool, "done", "intake")
+        failed = os.path.join(spool, "failed", "intake")
+        deadline = time.monotonic() + 3600
+        while not any(os.listdir(os.path.join(done, d)) for d in (os.listdir(done) if os.path.isdir(done) else [])) \
+                and not (os.path.isdir(failed) and os.listdir(failed)):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                sys.exit("keys phase: the file was not finished")
+            time.sleep(0.05)
+        seconds = time.monotonic() - start
+        with open("/proc/%d/status" % daemon.pid) as f:
+            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+        db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+        stored = db.execute("SELECT count(*) FROM visits").fetchone()[0]
+        db.close()
+        return seconds, peak, stored
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def keys_phase(binary, schema, rows, long):
+    """Intake at scale on realistic keys: scrambled against ascending, carespool against the Python peer."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    import intake_data, python_loader
+    work = tempfile.mkdtemp(prefix="carespool-bench-keydata-")
+    try:
+        sizes = [rows] + ([10000000] if long else [])
+        print("| keys phase: intake CSV | rows | MB | carespool s | carespool rows/s | peak RSS MiB | Python peer rows/s | carespool / Python |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        results = {}
+        for size in sizes:
+            for ascending in ([True, False] if size == rows else [False]):
+                label = "%s, %s keys" % ("{:,}".format(size), "ascending" if ascending else "scrambled")
+                path = os.path.join(work, "keys-%d-%s.csv" % (size, "asc" if ascending else "scr"))
+                intake_data.write(path, size, ascending=ascending)
+                megabytes = os.path.getsize(path) / 1e6
+                seconds, peak, stored = intake_run(binary, schema, path)
+                if stored != size:
+                    sys.exit("keys phase: %s stored %d of %d rows" % (label, stored, size))
+                peer = ""
+                ratio = ""
+                if not ascending:
+                    database = os.path.join(work, "peer.sqlite3")
+                    _, peer_stored, _, peer_seconds = python_loader.load(path, database)
+                    os.remove(database)
+                    peer = "%.0f" % (size / peer_seconds)
+                    ratio = "%.2f" % (peer_seconds / seconds)
+                results[(size, ascending)] = size / seconds
+                print("| %s | %d | %.1f | %.1f | %.0f | %.1f | %s | %s |"
+                      % (label, size, megabytes, seconds, size / seconds, peak / 1024.0, peer, ratio))
+                os.remove(path)
+        print("| scrambled / ascending rows/s (%s rows) | %.2f |" % ("{:,}".format(rows), results[(rows, False)] / results[(rows, True)]))
+        if long:
+            print("| 10M / 1M scrambled rows/s | %.2f |" % (results[(10000000, False)] / results[(rows, False)]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def shapes_phase(binary, schema, size, runs):
     """Each adversarial shape of bench/shapes.py (and the plain file of its kind it is measured against),
     dropped alone into a fresh daemon: MB/s from the drop to its verdict (done/ or failed/), the daemon's
@@ -318,14 +402,16 @@ def main():
     ap.add_argument("--intake-rows", type=int, default=1000000)
     ap.add_argument("--csv-parse-bench", help="path of the csv-parse-bench binary (parsing-only speed)")
     ap.add_argument("--http-seconds", type=int, default=20)
-    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes")
+    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes, keys")
     ap.add_argument("--shape-bytes", type=int, default=8000000)
     ap.add_argument("--shape-runs", type=int, default=3, help="runs of each shape; the fastest is kept")
+    ap.add_argument("--keys-rows", type=int, default=1000000, help="rows of the keys phase's files")
+    ap.add_argument("--long", action="store_true", help="the keys phase adds a 10,000,000-row scrambled file")
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
-    if args.only not in (None, "files", "zoom", "intake", "http", "shapes"):
-        sys.exit("--only: one of files, zoom, intake, http, shapes")
+    if args.only not in (None, "files", "zoom", "intake", "http", "shapes", "keys"):
+        sys.exit("--only: one of files, zoom, intake, http, shapes, keys")
 
     def want(phase):
         return args.only in (None, phase)
@@ -519,6 +605,9 @@ def main():
         print("| daemon exit statuses after SIGTERM | %s |" % ", ".join(str(s) for s in statuses))
         if want("http"):
             http_phase(args.binary, schema, args.http_seconds)
+        if want("keys"):
+            print()
+            keys_phase(args.binary, schema, args.keys_rows, args.long)
         if want("shapes"):
             print()
             shapes_phase(args.binary, schema, args.shape_bytes, args.shape_runs)

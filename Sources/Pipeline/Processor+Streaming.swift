@@ -25,6 +25,8 @@ extension Engine {
     func processLarge(_ file: Spool.Claimed, claimedAt: Int64) {
         // What the file's chunks freed goes back to the system, not only to malloc's free lists.
         defer { _ = carespool_malloc_trim() }
+        // Whatever ends it early, nothing of it stays in an open transaction (committed chunks stay).
+        defer { database.rollbackChunks() }
         guard let kind = Kind(rawValue: file.kind) else { return }
         do {
             // Size before work: fstat says how large it is before a byte is read.
@@ -208,7 +210,11 @@ extension Engine {
     /// Between chunks: proof of progress for the watchdog, and the point where a shutdown stops.
     func chunkDone() throws {
         progressed()
-        if stopping.load(ordering: .relaxed) { throw StoppedMidFile() }
+        if stopping.load(ordering: .relaxed) {
+            // What was written is kept: the restart resumes after it.
+            try? database.commitChunks()
+            throw StoppedMidFile()
+        }
         interleave()
     }
 
@@ -227,7 +233,7 @@ extension Engine {
         // The chunk comes back with its report: its few rejected records are listed on this thread
         // (listing them on the commit thread measured slower here, unlike a CSV file's rows).
         let committer = ChunkCommitter<AppDatabase.Chunk, (AppDatabase.Chunk, FileReport)> { chunk in
-            (chunk, try database.commitChunk(chunk, fileID: file.id))
+            (chunk, try database.writeChunk(chunk, fileID: file.id))
         }
         func done(_ committed: (AppDatabase.Chunk, FileReport)) throws {
             let (chunk, report) = committed
@@ -319,6 +325,7 @@ extension Engine {
         }
         try flush()
         try committer.finish(done: done)
+        try database.commitChunks()
         if number == 0 {
             let what = array ? "the array is empty: no records" : "file is empty: no records"
             totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: what)]
@@ -372,7 +379,7 @@ extension Engine {
 
         let database = self.database
         let committer = ChunkCommitter<[Item<IntakeRecord>], Committed> { items in
-            let report = try database.commitChunk(.intake(items), fileID: file.id)
+            let report = try database.writeChunk(.intake(items), fileID: file.id)
             return Committed(report, rejected: Self.rejectedRows(items, report))
         }
         func done(_ committed: Committed) throws {
@@ -427,6 +434,7 @@ extension Engine {
         }
         try flush()
         try committer.finish(done: done)
+        try database.commitChunks()
         totals.close(unlisted: unlisted)
         if rows == 0 {
             // A header and no rows (a daily feed on a day without visits): a valid file of zero records.

@@ -573,6 +573,14 @@ final class Engine: @unchecked Sendable {
             }
         }
         guard !batch.isEmpty else { return }
+        // The large file's open chunk transaction first: the small files commit in transactions of their own.
+        do {
+            try database.commitChunks()
+        } catch {
+            // Not now: the claimed small files wait for the next step (they are in processing/, queued).
+            queued += batch
+            return
+        }
         interleaves += 1
         let streamingBefore = noStreaming
         noStreaming = true

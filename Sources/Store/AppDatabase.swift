@@ -7,6 +7,7 @@
 import CSQLiteTuning
 package import GRDB
 package import Kinds
+import Synchronization
 
 /// SQLite's memory statistics, off before the process's first connection: Debian's build counts every
 /// allocation under one global mutex (it has no lookaside allocator), which the intake's chunk writer
@@ -20,6 +21,8 @@ package struct AppDatabase: Sendable {
     /// A connection of its own for WAL checkpoints, so that copying the WAL into the database file (and
     /// that file's fsync) never runs inside a commit that files are waiting on. Nil in memory.
     private let checkpointer: DatabaseQueue?
+    /// The large file's chunk transaction left open between chunks, if any (``writeChunk(_:fileID:)``).
+    private let chunkTransaction = ChunkTransaction()
 
     /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous = FULL`, so that a
     /// commit is on disk before any file is moved to done/ or failed/.
@@ -35,6 +38,8 @@ package struct AppDatabase: Sendable {
         )
         config.readonly = readonly
         config.publicStatementArguments = false
+        // A large file's chunks share a transaction across calls (``writeChunk(_:fileID:)``).
+        config.allowsUnsafeTransactions = !readonly
         config.prepareDatabase { db in
             if !db.configuration.readonly {
                 // Commits are on disk before any file moves; checkpoints are ours (see checkpoint()).
@@ -78,7 +83,9 @@ package struct AppDatabase: Sendable {
 
     /// An in-memory database with the same schema (for `carespool validate`, which writes nothing).
     package static func inMemory() throws -> AppDatabase {
-        try AppDatabase(DatabaseQueue())
+        var config = Configuration()
+        config.allowsUnsafeTransactions = true  // a large file's chunks share a transaction
+        return try AppDatabase(DatabaseQueue(configuration: config))
     }
 
     package init(_ writer: any DatabaseWriter, checkpointer: DatabaseQueue? = nil) throws {
@@ -250,42 +257,60 @@ package struct StoreError: Error, Sendable, CustomStringConvertible {
 }
 
 extension AppDatabase {
-    /// Records of one chunk of a large file in one transaction, without its ledger row (that comes last,
-    /// as a ``PreparedFile/Content/streamed(_:)`` file). A crash between chunks is safe: replaying the file
-    /// finds its own records (same file id and record number) and counts them stored, writing nothing.
-    package func commitChunk(_ chunk: Chunk, fileID: String) throws(StoreError) -> FileReport {
+    /// How long a large file's chunk transaction stays open at most (commits at the first chunk past it),
+    /// and the records it holds at most. One commit per chunk of 2,000 rows rewrote, with keys in no
+    /// order, a page of every unique index per row into the write-ahead log, and checkpointed it every
+    /// 16 MiB: 1M scrambled rows wrote gigabytes. Commits a second apart write each page once a second.
+    /// A second is also the longest an operator's command waits for the write lock.
+    static let chunkTransactionSpan: Duration = .seconds(1)
+    static let chunkTransactionRecords = 200_000
+
+    /// Records of one chunk of a large file, without its ledger row (that comes last, as a
+    /// ``PreparedFile/Content/streamed(_:)`` file), in a transaction shared with the file's next chunks:
+    /// committed once it is ``chunkTransactionSpan`` old or holds ``chunkTransactionRecords``, and by
+    /// ``commitChunks()`` at the file's end (before its ledger row) and before any other write. A crash
+    /// loses only the uncommitted chunks, and is safe: replaying the file finds its own records (same file
+    /// id and record number) and counts them stored, writing nothing. A failed chunk rolls back the
+    /// transaction, every uncommitted chunk with it.
+    package func writeChunk(_ chunk: Chunk, fileID: String) throws(StoreError) -> FileReport {
         do {
-            // The file's ledger row comes last, so its records reference a row that does not exist yet:
-            // foreign keys are off for these transactions only (PRAGMA foreign_keys cannot change inside one).
             return try writer.writeWithoutTransaction { db in
                 // A chunk's commit is not fsynced (synchronous = NORMAL): the file's ledger row, committed
                 // last with synchronous = FULL, fsyncs the write-ahead log and every chunk before it. A
                 // power cut before that loses chunks of a file that is still in processing/, and its
-                // replay stores them again; a crash of the process alone loses nothing written.
+                // replay stores them again; a crash of the process alone loses nothing committed.
                 // The chunks of one file commit back to back, with no pause in which the checkpointing
-                // thread's passive checkpoint could catch up and let the log start over: without one of
-                // their own (every 16 MiB, right after the commit that reaches it, on this connection),
-                // a 1M-row intake grew the log to 580 MiB, eight times the file.
-                try db.execute(
-                    sql: """
-                        PRAGMA foreign_keys = OFF; PRAGMA synchronous = NORMAL;
-                        PRAGMA wal_autocheckpoint = \(Self.chunkCheckpointFrames)
-                        """
-                )
-                defer {
-                    try? db.execute(
-                        sql: "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0"
+                // thread's passive checkpoint could catch up and let the log start over: they checkpoint
+                // on this connection, right after the commit that passes ``chunkCheckpointFrames``.
+                if !db.isInsideTransaction {
+                    // The file's ledger row comes last, so its records reference a row that does not exist
+                    // yet: foreign keys are off for these transactions only (not changeable inside one).
+                    try db.execute(
+                        sql: """
+                            PRAGMA foreign_keys = OFF; PRAGMA synchronous = NORMAL;
+                            PRAGMA wal_autocheckpoint = \(Self.chunkCheckpointFrames); BEGIN IMMEDIATE
+                            """
                     )
+                    chunkTransaction.begin()
                 }
                 var report = FileReport(outcome: .accepted)
-                try db.inTransaction(.immediate) {
+                do {
                     switch chunk {
                     case .appointments(let items): report = try AppointmentWriter(db: db, fileID: fileID).write(items)
                     case .zoom(let items):
                         report = try ZoomWriter(db: db, fileID: fileID, refreshVisits: false).write(items)
                     case .intake(let items): report = try IntakeWriter(db: db, fileID: fileID).write(items)
                     }
-                    return .commit
+                } catch {
+                    try? Self.endChunkTransaction(db, commit: false)
+                    chunkTransaction.end()
+                    throw error
+                }
+                if chunkTransaction.add(chunk.count) >= Self.chunkTransactionRecords
+                    || chunkTransaction.age >= Self.chunkTransactionSpan
+                {
+                    try Self.endChunkTransaction(db, commit: true)
+                    chunkTransaction.end()
                 }
                 return report
             }
@@ -294,11 +319,66 @@ extension AppDatabase {
         }
     }
 
+    /// Commits the open chunk transaction, if any: at a large file's end, before its ledger row, and
+    /// before the small files committed between two chunks.
+    package func commitChunks() throws(StoreError) {
+        do {
+            try writer.writeWithoutTransaction { db in
+                guard db.isInsideTransaction else { return }
+                try Self.endChunkTransaction(db, commit: true)
+                chunkTransaction.end()
+            }
+        } catch {
+            throw StoreError(error)
+        }
+    }
+
+    /// Rolls the open chunk transaction back, if any: a large file that ends in error keeps nothing
+    /// uncommitted (its replay writes it again).
+    package func rollbackChunks() {
+        try? writer.writeWithoutTransaction { db in
+            guard db.isInsideTransaction else { return }
+            try? Self.endChunkTransaction(db, commit: false)
+            chunkTransaction.end()
+        }
+    }
+
+    /// Commits (or rolls back) and restores the writer's settings.
+    private static func endChunkTransaction(_ db: Database, commit: Bool) throws {
+        defer {
+            try? db.execute(
+                sql: "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0"
+            )
+        }
+        if commit {
+            try db.execute(sql: "COMMIT")
+        } else if db.isInsideTransaction {
+            try db.execute(sql: "ROLLBACK")
+        }
+    }
+
+    /// Records of one chunk of a large file in one transaction of its own (``writeChunk(_:fileID:)``, then
+    /// ``commitChunks()``).
+    package func commitChunk(_ chunk: Chunk, fileID: String) throws(StoreError) -> FileReport {
+        let report = try writeChunk(chunk, fileID: fileID)
+        try commitChunks()
+        return report
+    }
+
     /// The records of one chunk of a large file.
     package enum Chunk: Sendable {
         case appointments([Item<AppointmentEvent>])
         case zoom([Item<ZoomRecord>])
         case intake([Item<IntakeRecord>])
+
+        /// Its records.
+        var count: Int {
+            switch self {
+            case .appointments(let items): items.count
+            case .zoom(let items): items.count
+            case .intake(let items): items.count
+            }
+        }
     }
 
     /// An earlier file of `kind` with these bytes whose records were stored, other than `id`.
@@ -676,4 +756,25 @@ extension AppDatabase {
             .map { ($0["event_name"], $0["received"], $0["inserted"]) }
         }
     }
+}
+
+/// When the open chunk transaction began and the records it holds.
+final class ChunkTransaction: Sendable {
+    private let state = Mutex<(began: ContinuousClock.Instant, records: Int)?>(nil)
+
+    func begin() { state.withLock { $0 = (.now, 0) } }
+    func end() { state.withLock { $0 = nil } }
+
+    /// Adds `records`; returns the records held now.
+    func add(_ records: Int) -> Int {
+        state.withLock { current in
+            guard var open = current else { return records }
+            open.records += records
+            current = open
+            return open.records
+        }
+    }
+
+    /// How long the transaction has been open (zero with none).
+    var age: Duration { state.withLock { $0.map { .now - $0.began } ?? .zero } }
 }

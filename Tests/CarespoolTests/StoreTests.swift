@@ -207,4 +207,37 @@ import Testing
         #expect(report.stored == 1)
         #expect(try settings() == [2, 1])
     }
+
+    /// A large file's chunks share a transaction (one commit per chunk rewrote a page of every unique
+    /// index per row): readers see nothing of it until it commits, a rollback keeps nothing of it, and the
+    /// writer's settings come back either way.
+    @Test func aLargeFilesChunksShareATransactionThatCommitsOrRollsBackWhole() throws {
+        defer { dir.cleanup() }
+        let database = try AppDatabase.open(path: dir.file("db.sqlite3"))
+        func chunk(_ id: String) throws -> AppDatabase.Chunk {
+            let event =
+                #"{"event_type":"appointment.scheduled","appointment_id":""# + id + #"","patient_id":"P1","#
+                + #""timestamp":"2025-01-10T12:30:00Z"}"#
+            return .appointments(try projectCatalog().appointments.read(Array(event.utf8)).items)
+        }
+        func stored() throws -> Int {
+            try database.writer.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")! }
+        }
+        func settings() throws -> [Int?] {
+            try database.writer.writeWithoutTransaction { db in
+                [try Int.fetchOne(db, sql: "PRAGMA synchronous"), try Int.fetchOne(db, sql: "PRAGMA foreign_keys")]
+            }
+        }
+        #expect(try database.writeChunk(try chunk("T1"), fileID: "big").stored == 1)
+        #expect(try database.writeChunk(try chunk("T2"), fileID: "big").stored == 1)
+        #expect(try stored() == 0, "uncommitted")
+        database.rollbackChunks()
+        #expect(try stored() == 0 && settings() == [2, 1])
+        _ = try database.writeChunk(try chunk("T3"), fileID: "big")
+        _ = try database.writeChunk(try chunk("T4"), fileID: "big")
+        try database.commitChunks()
+        #expect(try stored() == 2 && settings() == [2, 1])
+        try database.commitChunks()  // nothing open: nothing happens
+        #expect(try stored() == 2)
+    }
 }
