@@ -135,8 +135,13 @@ package struct ConfigFile: Sendable {
             for (index, entry) in list.enumerated() {
                 let at = "inbox[\(index)]"
                 try reader.only(entry, at: at, allowed: ["path", "kind", "arrival"])
-                guard let folder = try reader.string(entry, "path", at: at, nonEmpty: true), folder.hasPrefix("/")
+                guard var folder = try reader.string(entry, "path", at: at, nonEmpty: true), folder.hasPrefix("/")
                 else { throw reader.error(at + ".path", "an absolute folder path is required") }
+                // One folder, one inbox: `/srv/p/` is `/srv/p`, and the spool's own inboxes are taken.
+                while folder.count > 1 && folder.hasSuffix("/") { folder.removeLast() }
+                if let spool, kinds.contains(where: { folder == Self.trimmed(spool) + "/inbox/" + $0 }) {
+                    throw reader.error(at + ".path", "\(folder) is one of the spool's own inboxes")
+                }
                 guard let kind = try reader.string(entry, "kind", at: at), kinds.contains(kind) else {
                     throw reader.error(at + ".kind", "must be one of " + kinds.joined(separator: ", "))
                 }
@@ -243,6 +248,13 @@ package struct ConfigFile: Sendable {
                 }
             }
         }
+    }
+
+    /// `path` without trailing slashes (`/` stays).
+    static func trimmed(_ path: String) -> String {
+        var path = path
+        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+        return path
     }
 
     /// The values of an inbox's `arrival` (Spool.Arrival's raw values; this module does not see Spool).

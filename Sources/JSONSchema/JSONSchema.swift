@@ -46,6 +46,10 @@ package struct JSONSchema: Sendable {
     /// The schema's own strings as its messages quote them (`enum` and `const` strings, `pattern`s):
     /// what a message may show a sender where the instance's values are masked (``masked(_:keeping:)``).
     package let constants: Set<String>
+    /// Beyond the schema: a string holding U+0000 is invalid. SQLite's text bindings end at the first NUL
+    /// byte, so `"P0\u0000x"` was stored as `P0` (and two ids differing after a NUL conflicted). On for
+    /// carespool's kinds; off for the JSON-Schema-Test-Suite, whose valid instances include such strings.
+    package var forbidsNUL = false
 
     /// Compiles `document`, refusing any keyword outside ``supportedKeywords``.
     package init(document: JSONValue) throws(SchemaError) {
@@ -126,7 +130,34 @@ package struct JSONSchema: Sendable {
         var errors: [ValidationError] = []
         var path = InstancePath()
         validate(instance, node: root, path: &path, errors: &errors)
+        if forbidsNUL { Self.findNUL(instance, path: &path, errors: &errors) }
         return errors
+    }
+
+    /// Every string of `value` (member names too) that holds U+0000, once each, at its pointer.
+    private static func findNUL(_ value: JSONValue, path: inout InstancePath, errors: inout [ValidationError]) {
+        switch value {
+        case .string(let s):
+            if s.utf8.contains(0) {
+                errors.append(.init(pointer: path.pointer, message: "contains a NUL character (U+0000): not storable"))
+            }
+        case .object(let members):
+            for member in members {
+                path.enter(member.key)
+                if member.key.utf8.contains(0) {
+                    errors.append(.init(pointer: path.pointer, message: "name contains a NUL character (U+0000)"))
+                }
+                findNUL(member.value, path: &path, errors: &errors)
+                path.leave()
+            }
+        case .array(let items):
+            for (index, item) in items.enumerated() {
+                path.enter(index)
+                findNUL(item, path: &path, errors: &errors)
+                path.leave()
+            }
+        default: break
+        }
     }
 
     /// Whether `instance` is valid.

@@ -74,7 +74,9 @@ package struct Catalog: Sendable {
     package init(schemaDocument: JSONValue) throws(KindsError) {
         do {
             let schemas = try [Kind.appointments, .zoom, .intake].map { kind throws(SchemaError) in
-                try JSONSchema(document: schemaDocument, entry: "/$defs/" + kind.schemaDefinition)
+                var schema = try JSONSchema(document: schemaDocument, entry: "/$defs/" + kind.schemaDefinition)
+                schema.forbidsNUL = true
+                return schema
             }
             appointments = AppointmentsReader(schema: schemas[0])
             zoom = ZoomReader(schema: schemas[1])

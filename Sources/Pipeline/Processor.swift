@@ -310,6 +310,7 @@ final class Engine: @unchecked Sendable {
     func recover() throws {
         // Temporary files an earlier run left half-written (a kill mid-write): never renamed, never needed.
         spool.removeStaleTemporaries(olderThan: 3_600)
+        restoreInPlaceState()
         for kind in spool.kinds {
             queued += try spool.claimedFiles(kind: kind)
         }
@@ -351,7 +352,7 @@ final class Engine: @unchecked Sendable {
         }
         // Unsettled files are looked at again every wake-up (a file held open is among them: it is observed
         // from its first scan on, and its open and close events name its folder).
-        for folder in settle.foldersToRevisit { folders.insert(String(decoding: folder, as: UTF8.self)) }
+        for folder in settle.foldersToRevisit(now: now) { folders.insert(String(decoding: folder, as: UTF8.self)) }
         var ready: [(Spool.Inbox, Spool.Entry)] = []
         for inbox in spool.inboxes where folders.contains(inbox.path) && !replacedInboxes.contains(inbox.path) {
             var entries: [Spool.Entry]
@@ -386,8 +387,19 @@ final class Engine: @unchecked Sendable {
                 wallNow: wallNow,
                 fullEntry: { spool.entry(inbox.path, $0.bytes) }
             )
+            // Files left for their writers are said as one count a scan (a restart finds them all again).
+            let leftInPlace = events.filter { if case .writtenInPlace = $0 { true } else { false } }.count
+            if leftInPlace > 0 {
+                logger.notice(
+                    "files written in place in an inbox that takes renamed files only: left for their writers",
+                    metadata: [
+                        "inbox.kind": "\(inbox.kind)", "inbox.arrival": "rename", "files.count": "\(leftInPlace)",
+                    ]
+                )
+            }
             for event in events {
                 switch event {
+                case .writtenInPlace: break
                 case .heldOpen:
                     logger.info(
                         "file settled but still open by its writer: waiting for the close",
@@ -400,16 +412,6 @@ final class Engine: @unchecked Sendable {
                     logger.warning(
                         "file still open by its writer claimed after holding still",
                         metadata: ["inbox.kind": "\(inbox.kind)", "held.ms": "\(held / 1_000_000)"]
-                    )
-                case .writtenInPlace:
-                    logger.notice(
-                        "file written in place in an inbox that takes renamed files only: left for its writer",
-                        metadata: ["inbox.kind": "\(inbox.kind)", "inbox.arrival": "rename"]
-                    )
-                case .arrivalUnknown:
-                    logger.notice(
-                        "file found with no arrival seen, unchanged since written: waiting to be renamed in",
-                        metadata: ["inbox.kind": "\(inbox.kind)", "inbox.arrival": "rename"]
                     )
                 }
             }
@@ -474,6 +476,7 @@ final class Engine: @unchecked Sendable {
         }
         writeRetryState()
         writeUnclaimableState()
+        writeInPlaceState()
         checkpointIfDue()
     }
 
@@ -1050,6 +1053,39 @@ final class Engine: @unchecked Sendable {
     private var lastRetryState: String?
     private var lastUnclaimableState: [UInt8] = []
 
+    /// Remembers the files written in place in rename-only inboxes (`processing/written-in-place`: inbox
+    /// index, inode, size, mtime, ctime a line; no names), so that a restart leaves them to their writers.
+    private func writeInPlaceState() {
+        guard settle.inPlaceChanged else { return }
+        var text = ""
+        for (folder, stamp) in settle.inPlaceRecords() {
+            guard let index = spool.inboxes.firstIndex(where: { Array($0.path.utf8) == folder }) else { continue }
+            text += "\(index) \(stamp.inode) \(stamp.size) \(stamp.mtime) \(stamp.ctime)\n"
+        }
+        do {
+            try spool.writeState(SpoolName.inPlaceState, Array(text.utf8))
+            settle.inPlaceSaved()
+        } catch {
+            logger.error("cannot write written-in-place state", metadata: ["error": "\(error.summary)"])
+        }
+    }
+
+    /// Reads back what ``writeInPlaceState()`` remembered: lines for rename-only inboxes only, others
+    /// (a malformed line, an inbox since configured otherwise) ignored.
+    private func restoreInPlaceState() {
+        guard let bytes = spool.readState(SpoolName.inPlaceState) else { return }
+        var stamps: [Int: Set<SettleTracker.Stamp>] = [:]
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count == 5, let index = Int(fields[0]), spool.inboxes.indices.contains(index),
+                spool.inboxes[index].arrival == .rename, let inode = UInt64(fields[1]), let size = Int64(fields[2]),
+                let mtime = Int64(fields[3]), let ctime = Int64(fields[4])
+            else { continue }
+            stamps[index, default: []].insert(.init(inode: inode, size: size, mtime: mtime, ctime: ctime))
+        }
+        for (index, set) in stamps { settle.restoreInPlace(folder: spool.inboxes[index].path, stamps: set) }
+    }
+
     /// Publishes the inbox entries that cannot be claimed to `processing/unclaimable` for `carespool status`.
     private func writeUnclaimableState() {
         let state = spool.unclaimableState()
@@ -1169,14 +1205,8 @@ extension String {
 }
 
 extension SettleTracker {
-    /// Takes in what the watcher saw (``absorb(renamed:closed:created:opened:overflow:)``).
+    /// Takes in what the watcher saw (``absorb(arrivals:opened:overflow:)``).
     mutating func absorb(_ hints: WatchHints) {
-        absorb(
-            renamed: hints.renamed,
-            closed: hints.closed,
-            created: hints.created,
-            opened: hints.opened,
-            overflow: hints.overflow
-        )
+        absorb(arrivals: hints.arrivals, opened: hints.opened, overflow: hints.overflow)
     }
 }

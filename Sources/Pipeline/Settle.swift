@@ -5,32 +5,54 @@ package import Spool
 ///
 /// Every entry is keyed by its folder's path and its name's exact bytes (``Key``), never by a Swift
 /// `String`: two names that are canonically equivalent (the NFC and NFD forms of "é") are equal Strings,
-/// and keyed by String each would hide the other for ever. An entry that nobody holds open is ready when
-/// - it is not a regular file (it goes to failed/ unread), or inotify saw it renamed in;
-/// - it was written in place under its name (inotify saw it closed after writing) and has stayed closed
-///   and unchanged — size, mtime, ctime, inode — for `closeGrace` by our clock: `rsync --inplace` sets the
-///   times and mode of the final name after closing it, and must still find it. In an inbox with
-///   ``Spool/Arrival/rename`` such a file is never ready: it is its writer's until renamed in;
-/// - (``Spool/Arrival/rename`` only) it was created under its name by a link — created, never opened and
-///   written — and has stayed unchanged for `closeGrace`;
+/// and keyed by String each would hide the other for ever. How an entry arrived is the last of inotify's
+/// events for it (``Spool/ArrivalHint``): a file renamed in and then rewritten in place was written in
+/// place. An entry that nobody holds open is ready when
+/// - it is not a regular file (it goes to failed/ unread), or it was renamed in;
+/// - it was written in place under its name (closed after writing) and has stayed closed and unchanged —
+///   size, mtime, ctime, inode — for `closeGrace` by our clock since its last close: `rsync --inplace`
+///   sets the times and mode of the final name after closing it, and must still find it. In an inbox
+///   with ``Spool/Arrival/rename`` such a file is never ready: it is its writer's until renamed in, and
+///   it is remembered across restarts (``inPlaceRecords()``, by inode, size and times; no names);
+/// - (``Spool/Arrival/rename`` only) it was created under its name by a link — created, never written
+///   and closed — and has stayed unchanged for `closeGrace`;
 /// - else, arrival unknown (found by a rescan: after a restart or an inotify overflow), when it has held
-///   still for `settle` (by its mtime, or by our clock when its mtime is in the future). In an inbox with
-///   ``Spool/Arrival/rename`` only if its ctime is later than its mtime (renamed, linked or given times
-///   after its last write; a killed upload's file is not); the others wait for a rename.
+///   still for `settle` (by its mtime, or by our clock when its mtime is in the future).
 ///
 /// Held open, an entry is ready once it has held still for `openHold` (a writer that never closes cannot
 /// hold it for ever) — except, in a rename-only inbox, one created under its name: a writer's.
+///
+/// Folders are looked at again only when one of their waiting entries is due (``foldersToRevisit(now:)``):
+/// a file held open, or many files left in a rename-only inbox, cost no scan of their folder per tick.
 package struct SettleTracker: Sendable {
     /// A folder's path bytes, "/", and a name's bytes.
     package typealias Key = [UInt8]
 
+    /// A file's identity and state as stat(2) gives them: what a restart matches a remembered file by.
+    package struct Stamp: Sendable, Hashable {
+        package var inode: UInt64
+        package var size: Int64
+        package var mtime: Int64
+        package var ctime: Int64
+
+        package init(inode: UInt64, size: Int64, mtime: Int64, ctime: Int64) {
+            self.inode = inode
+            self.size = size
+            self.mtime = mtime
+            self.ctime = ctime
+        }
+
+        package init(_ entry: Spool.Entry) {
+            self.init(inode: entry.inode, size: entry.size, mtime: entry.mtime, ctime: entry.ctime)
+        }
+    }
+
     package struct Observation: Sendable, Equatable {
-        var size: Int64
-        var mtime: Int64
-        var ctime: Int64
-        var inode: UInt64
+        var stamp: Stamp
         /// Our monotonic clock when it was first seen looking like this.
         var since: Int64
+        /// When its folder must be looked at again for it.
+        var due: Int64
     }
 
     /// What the tracker wants said in the log (once each).
@@ -41,26 +63,25 @@ package struct SettleTracker: Sendable {
         case claimedWhileOpen(Key, held: Int64)
         /// Written in place in a rename-only inbox: left for its writer.
         case writtenInPlace(Key)
-        /// In a rename-only inbox, found with no arrival seen and not changed since its last write: waits
-        /// for a rename.
-        case arrivalUnknown(Key)
     }
 
     package var settle: Int64
     package var openHold: Int64
     package var closeGrace: Int64
-    /// Entries renamed in: claimed without waiting.
-    private(set) var renamed: Set<Key> = []
-    /// Entries closed after writing under their name: written in place.
-    private(set) var closed: Set<Key> = []
-    /// Entries created under their name (an open for writing, or a link).
-    private(set) var created: Set<Key> = []
+    /// How each entry arrived, when inotify saw it.
+    private(set) var arrival: [Key: Spool.ArrivalHint] = [:]
     /// Last observation of each unsettled entry.
     private(set) var observed: [Key: Observation] = [:]
     /// Entries held open (opens minus closes, by inotify).
     private(set) var openCount: [Key: Int] = [:]
     /// Entries whose wait was already said in the log.
     private var logged: Set<Key> = []
+    /// Files written in place in rename-only inboxes, as first seen so: what a restart must know.
+    private var inPlace: [Key: Stamp] = [:]
+    /// Such files remembered from before a restart, by folder, until the folder's first scan.
+    private var restored: [[UInt8]: Set<Stamp>] = [:]
+    /// Whether ``inPlaceRecords()`` changed since ``inPlaceSaved()``.
+    package private(set) var inPlaceChanged = false
 
     /// - Parameters: `settle`, `openHold` and `closeGrace` in nanoseconds.
     package init(settle: Int64, openHold: Int64, closeGrace: Int64 = 0) {
@@ -71,22 +92,25 @@ package struct SettleTracker: Sendable {
 
     package static func key(folder: String, name: [UInt8]) -> Key { Array(folder.utf8) + [0x2F] + name }
 
-    /// Takes in a wake-up's inotify hints. After an overflow the open counts may be wrong: they are dropped
-    /// and files settle by size and time; a create whose write-close may have been lost is no longer taken
-    /// for a link.
+    /// Takes in a wake-up's inotify hints. A write-close starts the close grace again (the time a file was
+    /// open is no grace). After an overflow the open counts may be wrong: they are dropped and files settle
+    /// by size and time; a create whose write-close may have been lost is no longer taken for a link.
     package mutating func absorb(
-        renamed: Set<Key> = [],
-        closed: Set<Key> = [],
-        created: Set<Key> = [],
+        arrivals: [Key: Spool.ArrivalHint] = [:],
         opened: [Key: Int],
         overflow: Bool
     ) {
-        self.renamed.formUnion(renamed)
-        self.closed.formUnion(closed)
-        self.created.formUnion(created)
+        for (key, hint) in arrivals {
+            arrival[key] = hint
+            if hint == .closed {
+                observed[key] = nil
+                // Written again: its stamp is taken anew at the next scan.
+                if inPlace.removeValue(forKey: key) != nil { inPlaceChanged = true }
+            }
+        }
         if overflow {
             openCount.removeAll()
-            self.created.removeAll()
+            arrival = arrival.filter { $0.value != .created }
         }
         for (key, delta) in opened {
             let count = (openCount[key] ?? 0) + delta
@@ -95,10 +119,10 @@ package struct SettleTracker: Sendable {
         }
     }
 
-    /// The folders (as path bytes) that hold unsettled entries: looked at again every wake-up.
-    package var foldersToRevisit: Set<[UInt8]> {
+    /// The folders (as path bytes) that hold an unsettled entry due to be looked at by `now`.
+    package func foldersToRevisit(now: Int64) -> Set<[UInt8]> {
         var folders = Set<[UInt8]>()
-        for key in observed.keys {
+        for (key, observation) in observed where observation.due <= now {
             if let slash = key.lastIndex(of: 0x2F) { folders.insert(Array(key[..<slash])) }
         }
         return folders
@@ -109,13 +133,15 @@ package struct SettleTracker: Sendable {
     /// did not (-1): nil when it is gone.
     package mutating func scan(
         folder: String,
-        arrival: Spool.Arrival = .close,
+        arrival mode: Spool.Arrival = .close,
         entries: [Spool.Entry],
         now: Int64,
         wallNow: Int64,
         fullEntry: (Spool.Entry) -> Spool.Entry?
     ) -> (ready: [Spool.Entry], events: [Event]) {
-        let prefix = Array(folder.utf8) + [0x2F]
+        let folderBytes = Array(folder.utf8)
+        let prefix = folderBytes + [0x2F]
+        let remembered = restored.removeValue(forKey: folderBytes) ?? []
         var ready: [Spool.Entry] = []
         var events: [Event] = []
         var present = Set<Key>()
@@ -123,73 +149,89 @@ package struct SettleTracker: Sendable {
             let key = prefix + entry.bytes
             present.insert(key)
             let isOpen = openCount[key] != nil
-            let isRenamed = renamed.contains(key)
-            if entry.type != .regular || (isRenamed && !isOpen) {
+            var hint = arrival[key]
+            if entry.type != .regular || (hint == .renamed && !isOpen) {
                 ready.append(entry)
                 continue
             }
-            // How it arrived, when inotify saw it: a rename wins over a write-close (a file replaced by a
-            // rename onto its name); a create with no write-close is a link (in a rename-only inbox).
-            let inPlace = !isRenamed && closed.contains(key)
-            let linked = !isRenamed && !inPlace && created.contains(key)
-            if arrival == .rename && inPlace {
+            if mode == .rename && hint == .closed && inPlace[key] != nil {
+                // Known and left for its writer: nothing to look at until an event names it again.
                 observed[key] = nil
-                if logged.insert(key).inserted { events.append(.writtenInPlace(key)) }
                 continue
             }
-            if entry.size < 0 || (arrival == .rename && entry.ctime < 0) {
+            if entry.size < 0 || entry.ctime < 0 {
                 guard let full = fullEntry(entry) else { continue }
                 entry = full
             }
-            if arrival == .rename && !isRenamed && !linked && entry.ctime <= entry.mtime {
+            let stamp = Stamp(entry)
+            if mode == .rename && hint == nil && remembered.contains(stamp) {
+                // Written in place before a restart, unchanged since: still its writer's.
+                hint = .closed
+                arrival[key] = .closed
+            }
+            if mode == .rename && hint == .closed {
                 observed[key] = nil
-                if logged.insert(key).inserted { events.append(.arrivalUnknown(key)) }
+                inPlace[key] = stamp
+                inPlaceChanged = true
+                if logged.insert(key).inserted { events.append(.writtenInPlace(key)) }
                 continue
             }
-            guard let before = observed[key], before.size == entry.size, before.mtime == entry.mtime,
-                before.ctime == entry.ctime, before.inode == entry.inode
-            else {
-                observed[key] = Observation(
-                    size: entry.size,
-                    mtime: entry.mtime,
-                    ctime: entry.ctime,
-                    inode: entry.inode,
-                    since: now
-                )
+            let inPlaceWrite = hint == .closed
+            let linked = mode == .rename && hint == .created
+            if isOpen && linked {
+                // A rename-only inbox's file created under its name and open: its writer's, however long;
+                // looked at again when its close names it.
+                observed[key] = nil
+                continue
+            }
+            guard let before = observed[key], before.stamp == stamp else {
+                // First seen like this: the grace, the settle interval or the open hold starts now.
+                let (age, overflow) = wallNow.subtractingReportingOverflow(entry.mtime)
+                let oldAlready = !overflow && age >= settle && !inPlaceWrite && !linked
+                let wait = isOpen ? settle : (inPlaceWrite || linked) ? closeGrace : settle
+                observed[key] = Observation(stamp: stamp, since: now, due: oldAlready ? now : now + wait)
                 // No grace: a file written in place is ready as soon as it is closed.
-                if !isOpen && closeGrace <= 0 && (inPlace || (arrival == .rename && linked)) { ready.append(entry) }
+                if !isOpen && closeGrace <= 0 && (inPlaceWrite || linked) {
+                    observed[key] = nil
+                    ready.append(entry)
+                }
                 continue
             }
             let held = now - before.since
             if isOpen {
-                // A rename-only inbox's file created under its name and open: its writer's, however long.
-                if arrival == .rename && linked { continue }
                 if held >= settle && logged.insert(key).inserted { events.append(.heldOpen(key)) }
                 if held >= max(settle, openHold) {
                     events.append(.claimedWhileOpen(key, held: held))
                     ready.append(entry)
+                } else {
+                    observed[key]?.due = before.since + (held >= settle ? max(settle, openHold) : settle)
                 }
                 continue
             }
             // Written in place (or linked in): closed and unchanged for the grace, by our clock only — its
             // mtime may be any time its writer chose (`rsync -a` keeps the sender's).
-            if inPlace || (arrival == .rename && linked) {
-                if held >= closeGrace { ready.append(entry) }
+            if inPlaceWrite || linked {
+                if held >= closeGrace { ready.append(entry) } else { observed[key]?.due = before.since + closeGrace }
                 continue
             }
             // Settled: unchanged for the settle interval, by its mtime or by our own clock — an mtime in
             // the future (a sender's clock, `rsync -t`) must not keep a file waiting until then.
             let (age, overflow) = wallNow.subtractingReportingOverflow(entry.mtime)
-            if (!overflow && age >= settle) || held >= settle { ready.append(entry) }
+            if (!overflow && age >= settle) || held >= settle {
+                ready.append(entry)
+            } else {
+                observed[key]?.due = before.since + settle
+            }
         }
         // Forget what vanished from this folder.
         func kept(_ key: Key) -> Bool { present.contains(key) || !Self.isEntry(key, of: prefix) }
         observed = observed.filter { kept($0.key) }
         openCount = openCount.filter { kept($0.key) }
         logged = logged.filter(kept)
-        renamed = renamed.filter(kept)
-        closed = closed.filter(kept)
-        created = created.filter(kept)
+        arrival = arrival.filter { kept($0.key) }
+        let before = inPlace.count
+        inPlace = inPlace.filter { kept($0.key) }
+        if inPlace.count != before { inPlaceChanged = true }
         return (ready, events)
     }
 
@@ -201,11 +243,27 @@ package struct SettleTracker: Sendable {
 
     /// Forgets `key`: it was claimed (or found unclaimable).
     package mutating func forget(_ key: Key) {
-        renamed.remove(key)
-        closed.remove(key)
-        created.remove(key)
+        arrival[key] = nil
         observed[key] = nil
         openCount[key] = nil
         logged.remove(key)
+        if inPlace.removeValue(forKey: key) != nil { inPlaceChanged = true }
+    }
+
+    /// The files written in place in rename-only inboxes, by folder path bytes: what to remember across a
+    /// restart (no names).
+    package func inPlaceRecords() -> [(folder: [UInt8], stamp: Stamp)] {
+        inPlace.compactMap { key, stamp in
+            key.lastIndex(of: 0x2F).map { (Array(key[..<$0]), stamp) }
+        }
+    }
+
+    /// ``inPlaceRecords()`` was saved.
+    package mutating func inPlaceSaved() { inPlaceChanged = false }
+
+    /// Files written in place in `folder` before a restart: an entry matching one when the folder is first
+    /// scanned is still its writer's.
+    package mutating func restoreInPlace(folder: String, stamps: Set<Stamp>) {
+        restored[Array(folder.utf8), default: []].formUnion(stamps)
     }
 }

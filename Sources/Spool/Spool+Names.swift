@@ -123,4 +123,7 @@ package enum SpoolName {
     package static let retryState = "retrying.json"
     /// Inbox entries that cannot be claimed, in `processing/`: `<inbox index> <inode> <error>` a line.
     package static let unclaimableState = "unclaimable"
+    /// Files written in place in rename-only inboxes, left for their writers, in `processing/`:
+    /// `<inbox index> <inode> <size> <mtime ns> <ctime ns>` a line (no names), so a restart knows them.
+    package static let inPlaceState = "written-in-place"
 }

@@ -43,6 +43,17 @@ package struct Spool: Sendable {
         }
     }
 
+    /// The last thing inotify saw become of a name (later events replace earlier ones).
+    package enum ArrivalHint: Sendable, Hashable {
+        /// Renamed in (IN_MOVED_TO): arrived whole.
+        case renamed
+        /// Closed after writing under its name (IN_CLOSE_WRITE): written in place.
+        case closed
+        /// Created under its name (IN_CREATE): by open(2) for writing, or by link(2) (sftp-server's
+        /// rename); a create that no write-close follows was a link.
+        case created
+    }
+
     /// How a file counts as arrived in an inbox, and so may be claimed.
     package enum Arrival: String, Sendable, Hashable, CaseIterable {
         /// Renamed or linked in, or written in place under its name and closed (then left alone for the

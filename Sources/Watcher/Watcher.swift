@@ -8,7 +8,7 @@
 // open is not claimed half-written when the writer pauses longer than the settle interval.
 
 import Foundation
-import Spool
+package import Spool
 import Synchronization
 
 #if canImport(Glibc)
@@ -17,14 +17,10 @@ import Synchronization
 
 /// What the watcher saw since the last ``Watcher/drain()``.
 package struct WatchHints: Sendable {
-    /// `<folder>/<name>` of files renamed in (IN_MOVED_TO), as the path's exact bytes (two canonically
-    /// equivalent names are two files): arrived whole, claim them at once.
-    package var renamed: Set<[UInt8]> = []
-    /// Files closed after writing under their name (IN_CLOSE_WRITE): written in place.
-    package var closed: Set<[UInt8]> = []
-    /// Files created under their name (IN_CREATE): by open(2) for writing, or by link(2) (sftp-server's
-    /// rename); a create that no open and no write-close follows was a link.
-    package var created: Set<[UInt8]> = []
+    /// `<folder>/<name>` → the last of IN_MOVED_TO, IN_CLOSE_WRITE and IN_CREATE seen for it, as the
+    /// path's exact bytes (two canonically equivalent names are two files): a file renamed in and then
+    /// rewritten in place is a file written in place.
+    package var arrivals: [[UInt8]: Spool.ArrivalHint] = [:]
     /// Folders with any event (a create included): look at them.
     package var folders: Set<String> = []
     /// The kernel dropped events (IN_Q_OVERFLOW) or a watch went away: rescan everything, and forget
@@ -167,19 +163,18 @@ package final class Watcher: Sendable {
                     if name.isEmpty || Spool.isIncompleteName(name) { continue }
                     found.folders.insert(folder)
                     let key = Array(folder.utf8) + [0x2F] + name
-                    if mask & UInt32(IN_MOVED_TO) != 0 { found.renamed.insert(key) }
+                    // In the order they happened: the last one says how the file arrived.
+                    if mask & UInt32(IN_CREATE) != 0 && !isDirectory { found.arrivals[key] = .created }
+                    if mask & UInt32(IN_MOVED_TO) != 0 { found.arrivals[key] = .renamed }
                     if isDirectory { continue }
-                    if mask & UInt32(IN_CLOSE_WRITE) != 0 { found.closed.insert(key) }
-                    if mask & UInt32(IN_CREATE) != 0 { found.created.insert(key) }
+                    if mask & UInt32(IN_CLOSE_WRITE) != 0 { found.arrivals[key] = .closed }
                     if mask & UInt32(IN_OPEN) != 0 { found.opened[key, default: 0] += 1 }
                     if mask & UInt32(IN_CLOSE_WRITE | IN_CLOSE_NOWRITE) != 0 { found.opened[key, default: 0] -= 1 }
                 }
             }
             any = any || found.overflow || !found.folders.isEmpty
             hints.withLock { current in
-                current.renamed.formUnion(found.renamed)
-                current.closed.formUnion(found.closed)
-                current.created.formUnion(found.created)
+                current.arrivals.merge(found.arrivals) { _, later in later }
                 current.folders.formUnion(found.folders)
                 current.overflow = current.overflow || found.overflow
                 current.opened.merge(found.opened, uniquingKeysWith: +)

@@ -90,8 +90,24 @@ struct SpoolOptions: ParsableArguments {
     func resolved() throws -> (spool: Spool, database: String, config: ConfigFile) {
         let config = try configOption.load()
         let root = spool ?? config.spool ?? "spool"
-        let extra = config.inboxes.map {
-            Spool.Inbox(path: $0.path, kind: $0.kind, arrival: Spool.Arrival(rawValue: $0.arrival) ?? .close)
+        // A folder is one inbox: the spool's own inboxes and the configured ones, trailing slashes aside
+        // (listed twice, a folder was scanned under two rules and its files counted twice).
+        func normal(_ path: String) -> String {
+            var path = path
+            while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+            return path
+        }
+        let trimmedRoot = normal(root)
+        var taken = Set(Kind.allCases.map { trimmedRoot + "/inbox/" + $0.rawValue })
+        var extra: [Spool.Inbox] = []
+        for inbox in config.inboxes {
+            let path = normal(inbox.path)
+            guard taken.insert(path).inserted else {
+                throw ValidationError("inbox \(path) is listed twice, or is one of the spool's own inboxes")
+            }
+            extra.append(
+                Spool.Inbox(path: path, kind: inbox.kind, arrival: Spool.Arrival(rawValue: inbox.arrival) ?? .close)
+            )
         }
         return (
             Spool(root: root, kinds: Kind.allCases.map(\.rawValue), extraInboxes: extra),

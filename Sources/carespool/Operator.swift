@@ -560,6 +560,11 @@ struct AppointmentsQuery: AsyncParsableCommand {
     @Flag(help: "Print JSON (the stored events, as GET /events listed them).")
     var json = false
 
+    func validate() throws {
+        if current && !json { throw ValidationError("--current goes with --json (the table shows the current states)") }
+        if current && events { throw ValidationError("--current and --events exclude each other") }
+    }
+
     func run() async throws {
         let databasePath = try spoolOptions.resolved().database
         let database = try Operator.database(databasePath, readonly: true)
@@ -591,6 +596,15 @@ struct AppointmentsQuery: AsyncParsableCommand {
                     ])
                 }
                 print(JSONValue.array(values).compactText)
+                // The array is GET /events' shape: how far it goes is said beside it.
+                if result.rows.count < result.total {
+                    FileHandle.standardError.write(
+                        Data(
+                            "page \(paging.page): \(result.rows.count) of \(result.total) events (--page, --page-size)\n"
+                                .utf8
+                        )
+                    )
+                }
                 return
             }
             print(

@@ -59,6 +59,25 @@ func event(_ id: String, _ ts: String, type: String = "scheduled", patient: Stri
         )
     }
 
+    /// SQLite's text bindings end at a NUL byte: `"P0\u0000x"` was stored as `P0`, and two ids equal up
+    /// to a NUL conflicted. A string holding U+0000 is a rejected record, named by its pointer, in every
+    /// kind (the intake's CSV rows go through the same schema).
+    @Test func aStringHoldingNULIsRejectedNotTruncated() throws {
+        let catalog = try projectCatalog()
+        let line = event("Z\\u0000first", "2025-01-10T12:30:00Z", patient: "P0\\u0000x", notes: "ok")
+        let parsed = catalog.appointments.read(Array(line.utf8))
+        guard case .failure(let problems) = parsed.items.first?.result else {
+            Issue.record("accepted: \(line)")
+            return
+        }
+        #expect(
+            problems.list.map(\.text) == [
+                "record 1 /appointment_id: contains a NUL character (U+0000): not storable (line 1)",
+                "record 1 /patient_id: contains a NUL character (U+0000): not storable (line 1)",
+            ]
+        )
+    }
+
     @Test func aBrokenArrayOrEmptyFileIsAFileProblem() throws {
         let reader = try projectCatalog().appointments
         #expect(reader.read(Array("[\(event("A", "2025-01-10T12:30:00Z")),".utf8)).fileProblem?.line == 1)

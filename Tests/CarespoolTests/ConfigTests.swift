@@ -84,6 +84,15 @@ import Testing
         ("routes = [\"*\"]", "routes = [\"billing\"]", 35, "http.token[1].routes", "list routes among"),
         ("log_level = \"notice\"", "log_level = \"loud\"", 4, "log_level", "must be one of trace"),
         ("arrival = \"rename\"", "arrival = \"moved\"", 13, "inbox[0].arrival", "must be one of close, rename"),
+        // One folder, one inbox (found by the hostile review: listed twice, a folder was counted twice).
+        (
+            "path = \"/srv/sftp/clinic/zoom\"", "path = \"/srv/sftp/acme/upload/\"", 16, "inbox[1].path",
+            "/srv/sftp/acme/upload is already an inbox"
+        ),
+        (
+            "path = \"/srv/sftp/clinic/zoom\"", "path = \"/var/spool/carespool/inbox/zoom//\"", 16, "inbox[1].path",
+            "/var/spool/carespool/inbox/zoom is one of the spool's own inboxes"
+        ),
         (
             "settle_ms = 500", "settle_ms = 500\nclose_grace_ms = 3600001", 6, "close_grace_ms",
             "must be at most 3600000"

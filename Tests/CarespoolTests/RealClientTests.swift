@@ -142,6 +142,51 @@ import Testing
         #expect(visits == 100)
     }
 
+    /// Found by the hostile review: after a restart, files renamed into a rename-only inbox while the
+    /// daemon was down waited for ever. Files written in place are remembered instead: after the restart
+    /// the one left before stays left, and the ones renamed in meanwhile — one with an mtime in the future,
+    /// as `rsync -a` keeps a sender's clock — are claimed.
+    @Test func aRestartKeepsLeavingTheFilesWrittenInPlaceAndTakesTheRenamedOnes() async throws {
+        let dir = TempDir("rename-restart")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let partner = dir.path + "/partner"
+        let view = SpoolView(root: spool)
+        let config = dir.file("carespool.toml")
+        try "[[inbox]]\npath = \"\(partner)\"\nkind = \"intake\"\narrival = \"rename\"\n"
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        let first = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
+            try await waitUntilServing(spool)
+            try Self.fixedRows(10, start: 0).write(toFile: partner + "/half.csv", atomically: false, encoding: .utf8)
+            let remembered = await eventually(timeout: .seconds(20)) {
+                (try? String(contentsOfFile: spool + "/processing/written-in-place", encoding: .utf8))?.isEmpty == false
+            }
+            kill(pid, SIGTERM)
+            return remembered
+        }
+        #expect(first.result, "the file written in place is remembered")
+        // While the daemon is down: two files renamed in, one with an mtime an hour ahead.
+        try dropLikeRsync(Self.fixedRows(10, start: 100), into: partner, name: "renamed.csv")
+        try Self.fixedRows(10, start: 200).write(toFile: partner + "/.ahead.tmp", atomically: false, encoding: .utf8)
+        try FileManager.default.setAttributes(
+            [.modificationDate: Date().addingTimeInterval(3_600)],
+            ofItemAtPath: partner + "/.ahead.tmp"
+        )
+        #expect(rename(partner + "/.ahead.tmp", partner + "/ahead.csv") == 0)
+        let second = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
+            try await waitUntilServing(spool)
+            let taken = await eventually(timeout: .seconds(30)) { view.done("intake").count == 2 }
+            try await Task.sleep(for: .seconds(3))  // past settle and grace: the left file stays left
+            let left = view.names("../partner")
+            kill(pid, SIGTERM)
+            return (taken, left)
+        }
+        #expect(second.result.0, "both renamed files claimed after the restart")
+        #expect(second.result.1 == ["half.csv"])
+        let (files, visits) = try await Self.ledger(view)
+        #expect(files == ["renamed.csv": ["accepted"], "ahead.csv": ["accepted"]] && visits == 20)
+    }
+
     // MARK: sftp against a local sshd
 
     /// An sshd of the test's own on a free loopback port, root logging in with a key made for it, the
@@ -345,7 +390,9 @@ import Testing
         #expect(leftAlone == ["direct.csv", "visits.csv.uploading"], "the writer's files are left alone")
         #expect(after == ["direct.csv"], "the re-send overwrote the half file and was renamed in and claimed")
         #expect(
-            result.log.contains("file written in place in an inbox that takes renamed files only: left for its writer")
+            result.log.contains(
+                "files written in place in an inbox that takes renamed files only: left for their writers"
+            )
         )
         let database = try view.database()
         let rows = try await database.read { db in

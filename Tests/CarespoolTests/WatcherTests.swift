@@ -1,4 +1,5 @@
 import Foundation
+import Spool
 import Synchronization
 import Testing
 import Watcher
@@ -16,9 +17,7 @@ import Watcher
         let deadline = ContinuousClock.now + .seconds(20)
         while ContinuousClock.now < deadline {
             let hints = watcher.drain()
-            all.renamed.formUnion(hints.renamed)
-            all.closed.formUnion(hints.closed)
-            all.created.formUnion(hints.created)
+            all.arrivals.merge(hints.arrivals) { _, later in later }
             all.folders.formUnion(hints.folders)
             all.overflow = all.overflow || hints.overflow
             all.opened.merge(hints.opened, uniquingKeysWith: +)
@@ -36,11 +35,14 @@ import Watcher
         try Data("a".utf8).write(to: URL(fileURLWithPath: dir.file("written.json")))
         try Data("b".utf8).write(to: URL(fileURLWithPath: dir.file(".rsync.tmp123")))
         #expect(rename(dir.file(".rsync.tmp123"), dir.file("renamed.json")) == 0)
-        let hints = await gather(watcher) { !$0.closed.isEmpty && !$0.renamed.isEmpty }
-        #expect(hints.closed == [Array(dir.file("written.json").utf8)])
-        #expect(hints.renamed == [Array(dir.file("renamed.json").utf8)])
-        // Created in place under its name; the temporary name is an incomplete one, never reported.
-        #expect(hints.created == [Array(dir.file("written.json").utf8)])
+        let hints = await gather(watcher) { $0.arrivals.count >= 2 }
+        // Created, then written and closed under its name: written in place. The temporary name is an
+        // incomplete one, never reported.
+        #expect(
+            hints.arrivals == [
+                Array(dir.file("written.json").utf8): .closed, Array(dir.file("renamed.json").utf8): .renamed,
+            ]
+        )
         #expect(hints.folders == [dir.path])
     }
 
@@ -57,8 +59,23 @@ import Watcher
         #expect(unlink(dir.file("upload.filepart")) == 0)
         let hints = await gather(watcher) { !$0.folders.isEmpty }
         #expect(hints.folders == [dir.path])
-        #expect(hints.created == [Array(dir.file("upload.json").utf8)])
-        #expect(hints.closed.isEmpty && hints.renamed.isEmpty && hints.opened.isEmpty)
+        #expect(hints.arrivals == [Array(dir.file("upload.json").utf8): .created] && hints.opened.isEmpty)
+    }
+
+    /// The last event decides: renamed in, then opened and rewritten in place, a file was written in place.
+    @Test func aRenameThenARewriteInPlaceIsAWriteInPlace() async throws {
+        let dir = TempDir("watch")
+        defer { dir.cleanup() }
+        let watcher = try Watcher(folders: [dir.path])
+        defer { watcher.stop() }
+        try Data("a,b\n".utf8).write(to: URL(fileURLWithPath: dir.file(".q.tmp")))
+        #expect(rename(dir.file(".q.tmp"), dir.file("q.csv")) == 0)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.file("q.csv")))
+        try handle.write(contentsOf: Data("half".utf8))
+        try handle.close()
+        let key = Array(dir.file("q.csv").utf8)
+        let hints = await gather(watcher) { $0.arrivals[key] == .closed }
+        #expect(hints.arrivals == [key: .closed])
     }
 
     @Test func wakesWithoutEventsEveryTickAndEndsOnStop() async throws {
@@ -85,7 +102,7 @@ import Watcher
         #expect(write(writer, "mrn\n", 4) == 4)
         let whileOpen = await gather(watcher) { $0.opened[key] == 1 }
         #expect(whileOpen.opened == [key: 1])
-        #expect(whileOpen.closed.isEmpty && whileOpen.created == [key])
+        #expect(whileOpen.arrivals == [key: .created])
         // A reader counts too: inotify does not say whether an open was for writing.
         let reader = open(path, O_RDONLY)
         #expect(reader >= 0)
@@ -95,7 +112,7 @@ import Watcher
         close(writer)
         let closed = await gather(watcher) { $0.opened[key] == -2 }
         #expect(closed.opened == [key: -2])
-        #expect(closed.closed == [key] && closed.renamed.isEmpty)
+        #expect(closed.arrivals == [key: .closed])
     }
 
     @Test func theFoldersOwnOpensWakeNoOne() async throws {
