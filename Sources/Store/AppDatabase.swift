@@ -28,9 +28,16 @@ package struct AppDatabase: Sendable {
     /// commit is on disk before any file is moved to done/ or failed/.
     /// `busyTimeout`: how long a write waits for a lock held by another connection (an operator's
     /// `sqlite3` session, say) before it fails as transient trouble. Default 10 s.
-    package static func open(path: String, readonly: Bool = false, busyTimeout: Duration = .seconds(10)) throws
-        -> AppDatabase
-    {
+    /// `cacheBytes`: the writer's page cache (SQLite's default is about 2 MB). A large file's records
+    /// land, with keys in no order, anywhere in the unique indexes: a cache that holds them saves a read
+    /// of a page per lookup (1M scrambled intake rows: 19 s with 2 MB, 16 s with 32 MiB). The daemon gives
+    /// it an eighth of its memory budget.
+    package static func open(
+        path: String,
+        readonly: Bool = false,
+        busyTimeout: Duration = .seconds(10),
+        cacheBytes: Int = 2 << 20
+    ) throws -> AppDatabase {
         _ = memoryStatisticsOff
         var config = Configuration()
         config.busyMode = .timeout(
@@ -48,7 +55,7 @@ package struct AppDatabase: Sendable {
                 try db.execute(
                     sql: """
                         PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0;
-                        PRAGMA journal_size_limit = \(Self.walSizeLimit)
+                        PRAGMA journal_size_limit = \(Self.walSizeLimit); PRAGMA cache_size = -\(max(cacheBytes >> 10, 2_000))
                         """
                 )
             }

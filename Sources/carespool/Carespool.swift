@@ -353,7 +353,11 @@ struct Serve: AsyncParsableCommand {
                 )
             }
         }
-        let database = try AppDatabase.open(path: databasePath, busyTimeout: .milliseconds(settings.busyTimeoutMs))
+        let database = try AppDatabase.open(
+            path: databasePath,
+            busyTimeout: .milliseconds(settings.busyTimeoutMs),
+            cacheBytes: settings.pipeline.memoryBudget / 8
+        )
         let readiness = Readiness(http: settings.http != nil)
         var pipeline = settings.pipeline
         pipeline.testCrashOn = testCrashOn

@@ -422,7 +422,9 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
         }
         #expect(run.result.0)
         let peak = try #require(run.result.1)
-        #expect(peak < 64 << 20, "peak resident memory \(peak >> 20) MiB")
+        // Flat whatever the file's size: ~40 MiB of binary and chunks, plus the writer's page cache (an
+        // eighth of the memory budget, 32 MiB at the default).
+        #expect(peak < 96 << 20, "peak resident memory \(peak >> 20) MiB")
         // 16 MiB between checkpoints and the chunk that passes it; without them, about 90 MiB here.
         let largestLog = run.result.2
         #expect(largestLog > 0 && largestLog < 40 << 20, "write-ahead log reached \(largestLog >> 20) MiB")

@@ -60,7 +60,9 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
         }
         #expect(run.result.0)
         let peak = try #require(run.result.1)
-        #expect(peak < 64 << 20, "peak resident memory \(peak / (1 << 20)) MiB")
+        // Flat whatever the file's size: ~40 MiB of binary and chunks, plus the writer's page cache (an
+        // eighth of the memory budget, 32 MiB at the default).
+        #expect(peak < 96 << 20, "peak resident memory \(peak / (1 << 20)) MiB")
         print(
             "streaming test: \(count) events, \(text.utf8.count >> 20) MiB, peak RSS \(peak >> 20) MiB, \(run.result.2)"
         )
@@ -248,7 +250,9 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
         }
         #expect(run.result.0)
         let peak = try #require(run.result.1)
-        #expect(peak < 64 << 20, "peak resident memory \(peak >> 20) MiB")
+        // Flat whatever the file's size: ~40 MiB of binary and chunks, plus the writer's page cache (an
+        // eighth of the memory budget, 32 MiB at the default).
+        #expect(peak < 96 << 20, "peak resident memory \(peak >> 20) MiB")
         let stored = try await SpoolView(root: spool).database().read { db in
             try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events")
         }
