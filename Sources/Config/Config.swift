@@ -62,6 +62,8 @@ package struct ConfigFile: Sendable {
     /// `memory_budget`: MiB the pipeline plans its work for.
     package var memoryBudgetMib: Int?
     package var busyTimeoutMs: Int?
+    /// How long a large file's chunk transaction may hold the write lock (`chunk_commit_ms`).
+    package var chunkCommitMs: Int?
     /// Days finished files stay in done/ before the daemon removes them (the ledger rows stay).
     package var retentionDays: Int?
     /// Extra folders watched as inboxes, each for one kind (a partner's SFTP upload folder, say).
@@ -126,6 +128,7 @@ package struct ConfigFile: Sendable {
         streamThreshold = try reader.int(table, "stream_threshold", in: ConfigLimits.streamThreshold)
         memoryBudgetMib = try reader.int(table, "memory_budget", in: ConfigLimits.memoryBudgetMib)
         busyTimeoutMs = try reader.int(table, "busy_timeout_ms", in: ConfigLimits.busyTimeoutMs)
+        chunkCommitMs = try reader.int(table, "chunk_commit_ms", in: ConfigLimits.chunkCommitMs)
 
         if let retention = try reader.table(table, "retention") {
             try reader.only(retention, at: "retention", allowed: ["done_days"])
@@ -263,7 +266,7 @@ package struct ConfigFile: Sendable {
     static let topKeys = [
         "spool", "database", "schema", "log_level", "settle_ms", "close_grace_ms", "open_hold_ms", "rescan_ms",
         "batch_size",
-        "stream_threshold", "memory_budget", "busy_timeout_ms", "retention", "inbox", "http",
+        "stream_threshold", "memory_budget", "busy_timeout_ms", "chunk_commit_ms", "retention", "inbox", "http",
     ]
     static let httpKeys = [
         "listen", "token", "zoom_secrets", "zoom_secret_files", "webhook_secrets", "webhook_secret_files",
@@ -456,6 +459,7 @@ package enum ConfigLimits {
     package static let streamThreshold = 0...(1 << 40)  // 1 TiB
     package static let memoryBudgetMib = 64...(1 << 20)  // memory_budget: 64 MiB to 1 TiB
     package static let busyTimeoutMs = 0...3_600_000  // an hour
+    package static let chunkCommitMs = 0...60_000
     package static let doneDays = 1...36_500  // a hundred years
     package static let inboxHighWater = 1...100_000_000
     package static let diskReserveMib = 0...(1 << 20)  // 1 TiB

@@ -23,6 +23,8 @@ package struct AppDatabase: Sendable {
     private let checkpointer: DatabaseQueue?
     /// The large file's chunk transaction left open between chunks, if any (``writeChunk(_:fileID:)``).
     private let chunkTransaction = ChunkTransaction()
+    /// How long it stays open at most (``chunkTransactionSpan`` unless ``open(path:readonly:busyTimeout:cacheBytes:chunkCommit:)`` said).
+    private var chunkSpan: Duration = Self.chunkTransactionSpan
 
     /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous = FULL`, so that a
     /// commit is on disk before any file is moved to done/ or failed/.
@@ -36,7 +38,8 @@ package struct AppDatabase: Sendable {
         path: String,
         readonly: Bool = false,
         busyTimeout: Duration = .seconds(10),
-        cacheBytes: Int = 2 << 20
+        cacheBytes: Int = 2 << 20,
+        chunkCommit: Duration = Self.chunkTransactionSpan
     ) throws -> AppDatabase {
         _ = memoryStatisticsOff
         var config = Configuration()
@@ -67,7 +70,9 @@ package struct AppDatabase: Sendable {
         // GRDB's WAL set-up, which runs after prepareDatabase, picks `synchronous = NORMAL` (commits
         // durable only at the next checkpoint): the writer is set back to FULL here.
         try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
-        return try AppDatabase(pool, checkpointer: DatabaseQueue(path: path, configuration: config))
+        var database = try AppDatabase(pool, checkpointer: DatabaseQueue(path: path, configuration: config))
+        database.chunkSpan = chunkCommit
+        return database
     }
 
     /// The size the write-ahead log is cut back to when it starts over (`journal_size_limit`).
@@ -267,10 +272,11 @@ extension AppDatabase {
     /// How long a large file's chunk transaction stays open at most (commits at the first chunk past it),
     /// and the records it holds at most. One commit per chunk of 2,000 rows rewrote, with keys in no
     /// order, a page of every unique index per row into the write-ahead log, and checkpointed it every
-    /// 16 MiB: 1M scrambled rows wrote gigabytes. Commits a second apart write each page once a second.
-    /// A second is also the longest an operator's command waits for the write lock.
-    static let chunkTransactionSpan: Duration = .seconds(1)
-    static let chunkTransactionRecords = 200_000
+    /// 16 MiB: 1M scrambled rows took 50 s. Each commit writes every page its transaction touched once:
+    /// commits a second apart, 16–21 s; five seconds apart, 14 s. Five seconds (the default of
+    /// `chunk_commit_ms`) is also the longest an operator's command (busy timeout 10 s) waits for the lock.
+    static let chunkTransactionSpan: Duration = .seconds(5)
+    static let chunkTransactionRecords = 1_000_000
 
     /// Records of one chunk of a large file, without its ledger row (that comes last, as a
     /// ``PreparedFile/Content/streamed(_:)`` file), in a transaction shared with the file's next chunks:
@@ -314,7 +320,7 @@ extension AppDatabase {
                     throw error
                 }
                 if chunkTransaction.add(chunk.count) >= Self.chunkTransactionRecords
-                    || chunkTransaction.age >= Self.chunkTransactionSpan
+                    || chunkTransaction.age >= chunkSpan
                 {
                     try Self.endChunkTransaction(db, commit: true)
                     chunkTransaction.end()

@@ -218,6 +218,14 @@ struct Serve: AsyncParsableCommand {
     )
     var busyTimeoutMs: Int?
 
+    @Option(
+        help: """
+            Milliseconds a large file's records may stay uncommitted, holding the database's write lock: \
+            longer is faster with keys in no order, shorter lets operators' commands wait less (5000).
+            """
+    )
+    var chunkCommitMs: Int?
+
     @Option(help: "Days finished files stay in done/ before they are removed; the ledger keeps their rows (30).")
     var retentionDays: Int?
 
@@ -356,7 +364,8 @@ struct Serve: AsyncParsableCommand {
         let database = try AppDatabase.open(
             path: databasePath,
             busyTimeout: .milliseconds(settings.busyTimeoutMs),
-            cacheBytes: settings.pipeline.memoryBudget / 8
+            cacheBytes: settings.pipeline.memoryBudget / 8,
+            chunkCommit: .milliseconds(settings.chunkCommitMs)
         )
         let readiness = Readiness(http: settings.http != nil)
         var pipeline = settings.pipeline

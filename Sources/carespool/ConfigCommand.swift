@@ -65,6 +65,7 @@ struct ConfigCommand: AsyncParsableCommand {
                 "stream_threshold = \(settings.pipeline.streamThreshold)",
                 "memory_budget = \(settings.pipeline.memoryBudget >> 20)",
                 "busy_timeout_ms = \(settings.busyTimeoutMs)",
+                "chunk_commit_ms = \(settings.chunkCommitMs)",
                 "",
                 "[retention]",
                 "done_days = \(settings.retentionDays)",

@@ -16,6 +16,7 @@ private func bounded(_ flag: String, _ value: Int?, _ range: ClosedRange<Int>) t
 struct Settings {
     var logLevel: Logger.Level
     var busyTimeoutMs: Int
+    var chunkCommitMs: Int
     var pipeline: PipelineConfiguration
     /// Days finished files stay in done/.
     var retentionDays: Int
@@ -29,6 +30,9 @@ struct Settings {
             throw ValidationError("--log-level must be one of " + ConfigFile.logLevels.joined(separator: ", "))
         }
         logLevel = parsed
+        chunkCommitMs =
+            try bounded("--chunk-commit-ms", serve?.chunkCommitMs, ConfigLimits.chunkCommitMs) ?? config.chunkCommitMs
+            ?? 5_000
         busyTimeoutMs =
             try bounded("--busy-timeout-ms", serve?.busyTimeoutMs, ConfigLimits.busyTimeoutMs) ?? config.busyTimeoutMs
             ?? 10_000

@@ -443,7 +443,8 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
         let text = intakeCSV(count: count)
         var killedMidFile = false
         for attempt in 0..<4 where !killedMidFile {
-            let run = try await Daemon.serve(spool: spool) { pid in
+            // Commits every 100 ms (`--chunk-commit-ms`; five seconds by default): several before the end.
+            let run = try await Daemon.serve(spool: spool, arguments: ["--chunk-commit-ms", "100"]) { pid in
                 try await waitUntilServing(spool)
                 if attempt == 0 { try dropLikeRsync(text, into: spool + "/inbox/intake", name: "big.csv") }
                 _ = await eventually(timeout: .seconds(60)) {
