@@ -276,17 +276,7 @@ extension AppDatabase {
         -> Page<(id: String, patient: String, status: String, eventType: String, at: String)>
     {
         try writer.read { db in
-            var conditions: [String] = []
-            var arguments: StatementArguments = []
-            if let id {
-                conditions.append("appointment_id = ?")
-                arguments += [id]
-            }
-            if let patient {
-                conditions.append("patient_id = ?")
-                arguments += [patient]
-            }
-            let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+            let (filter, arguments) = Self.appointmentFilter(id: id, patient: patient, table: "")
             let total =
                 try Int.fetchOne(db, sql: "SELECT count(*) FROM appointments \(filter)", arguments: arguments) ?? 0
             let rows = try Row.fetchAll(
@@ -304,6 +294,23 @@ extension AppDatabase {
             }
             return Page(total: total, rows: rows)
         }
+    }
+
+    /// The WHERE clause (or nothing) and arguments of an appointment query by id and patient; `table` is
+    /// the columns' qualifier (`"e."` or `""`).
+    private static func appointmentFilter(id: String?, patient: String?, table: String) -> (String, StatementArguments)
+    {
+        var conditions: [String] = []
+        var arguments: StatementArguments = []
+        if let id {
+            conditions.append(table + "appointment_id = ?")
+            arguments += [id]
+        }
+        if let patient {
+            conditions.append(table + "patient_id = ?")
+            arguments += [patient]
+        }
+        return (conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND "), arguments)
     }
 
     /// One stored appointment event, as the replaced appointment receiver's `GET /events` listed it.
@@ -324,17 +331,7 @@ extension AppDatabase {
         -> Page<StoredEvent>
     {
         try writer.read { db in
-            var conditions: [String] = []
-            var arguments: StatementArguments = []
-            if let id {
-                conditions.append("e.appointment_id = ?")
-                arguments += [id]
-            }
-            if let patient {
-                conditions.append("e.patient_id = ?")
-                arguments += [patient]
-            }
-            let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+            let (filter, arguments) = Self.appointmentFilter(id: id, patient: patient, table: "e.")
             let total =
                 try Int.fetchOne(db, sql: "SELECT count(*) FROM appointment_events e \(filter)", arguments: arguments)
                 ?? 0

@@ -570,6 +570,14 @@ struct AppointmentsQuery: AsyncParsableCommand {
         let database = try Operator.database(databasePath, readonly: true)
         let filter = [("id", id), ("patient", patient)].compactMap { key, value in value.map { "\(key)=\($0)" } }
             .joined(separator: " ")
+        func audit(_ what: String, shown: Int, of total: Int) throws {
+            try Operator.audit(
+                databasePath,
+                action: "query.appointments",
+                target: filter.isEmpty ? nil : filter,
+                detail: "\(what)page \(paging.page), \(shown) of \(total) rows"
+            )
+        }
         if events || (json && !current) {
             let result = try database.appointmentEvents(
                 id: id,
@@ -577,12 +585,7 @@ struct AppointmentsQuery: AsyncParsableCommand {
                 page: paging.page,
                 pageSize: paging.pageSize
             )
-            try Operator.audit(
-                databasePath,
-                action: "query.appointments",
-                target: filter.isEmpty ? nil : filter,
-                detail: "events, page \(paging.page), \(result.rows.count) of \(result.total) rows"
-            )
+            try audit("events, ", shown: result.rows.count, of: result.total)
             if json {
                 let values: [JSONValue] = result.rows.map { event in
                     .object([
@@ -624,12 +627,7 @@ struct AppointmentsQuery: AsyncParsableCommand {
             page: paging.page,
             pageSize: paging.pageSize
         )
-        try Operator.audit(
-            databasePath,
-            action: "query.appointments",
-            target: filter.isEmpty ? nil : filter,
-            detail: "page \(paging.page), \(result.rows.count) of \(result.total) rows"
-        )
+        try audit("", shown: result.rows.count, of: result.total)
         if json {
             let values: [JSONValue] = result.rows.map { row in
                 .object([

@@ -205,7 +205,7 @@ import Testing
                 #expect(made.status.isSuccess, "ssh-keygen: \(made.err)")
             }
             try FileManager.default.copyItem(atPath: dir + "/client_key.pub", toPath: dir + "/authorized_keys")
-            let port = try freePort()
+            let port = freePort()
             let config = """
                 Port \(port)
                 ListenAddress 127.0.0.1
@@ -245,23 +245,6 @@ import Testing
                 "-b", batch, "-P", "\(port)", "-i", key, "-o", "StrictHostKeyChecking=no", "-o",
                 "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
             ] + (kbits.map { ["-l", "\($0)"] } ?? []) + ["root@127.0.0.1"]
-        }
-
-        static func freePort() throws -> Int {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            address.sin_port = 0
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-                }
-            }
-            guard bound else { throw CocoaError(.fileWriteUnknown) }
-            return Int(UInt16(bigEndian: address.sin_port))
         }
     }
 
