@@ -140,9 +140,9 @@ package struct ConfigFile: Sendable {
                 try reader.only(entry, at: at, allowed: ["path", "kind", "arrival"])
                 guard var folder = try reader.string(entry, "path", at: at, nonEmpty: true), folder.hasPrefix("/")
                 else { throw reader.error(at + ".path", "an absolute folder path is required") }
-                // One folder, one inbox: `/srv/p/` is `/srv/p`, and the spool's own inboxes are taken.
-                while folder.count > 1 && folder.hasSuffix("/") { folder.removeLast() }
-                if let spool, kinds.contains(where: { folder == Self.trimmed(spool) + "/inbox/" + $0 }) {
+                // One folder, one inbox: `/srv/p/.` is `/srv/p`, and the spool's own inboxes are taken.
+                folder = Self.normalized(folder)
+                if let spool, kinds.contains(where: { folder == Self.normalized(spool + "/inbox/" + $0) }) {
                     throw reader.error(at + ".path", "\(folder) is one of the spool's own inboxes")
                 }
                 guard let kind = try reader.string(entry, "kind", at: at), kinds.contains(kind) else {
@@ -253,11 +253,21 @@ package struct ConfigFile: Sendable {
         }
     }
 
-    /// `path` without trailing slashes (`/` stays).
-    static func trimmed(_ path: String) -> String {
-        var path = path
-        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
-        return path
+    /// `path` in one spelling: `//`, `.` and trailing slashes gone, `..` taken back lexically (`/x/../p/.`
+    /// is `/p`), so that one folder is never two inboxes. A relative path stays relative.
+    package static func normalized(_ path: String) -> String {
+        var parts: [Substring] = []
+        for part in path.split(separator: "/", omittingEmptySubsequences: true) {
+            if part == "." { continue }
+            if part == "..", let last = parts.last, last != ".." {
+                parts.removeLast()
+                continue
+            }
+            if part == ".." && path.hasPrefix("/") { continue }  // above the root is the root
+            parts.append(part)
+        }
+        let joined = parts.joined(separator: "/")
+        return path.hasPrefix("/") ? "/" + joined : (joined.isEmpty ? "." : joined)
     }
 
     /// The values of an inbox's `arrival` (Spool.Arrival's raw values; this module does not see Spool).

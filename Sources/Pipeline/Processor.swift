@@ -112,9 +112,11 @@ package final class Processor: Service {
     private let queue = DispatchQueue(label: "carespool.pipeline")
     private let heartbeat: @Sendable (_ first: Bool) -> Void
 
-    /// `heartbeat` is called after every step of the processing loop (at least every `tick`), with
-    /// `first` true once recovery and the first full rescan are done: readiness, and the watchdog's
-    /// proof that the pipeline is not hung.
+    /// `heartbeat` is called after every step of the processing loop (at least every `tick`) and as a
+    /// large file makes progress, with `first` true once recovery and the first full rescan are done:
+    /// readiness, and the watchdog's proof that the pipeline is not hung. A large file resumed after a
+    /// restart is progress after that rescan: readiness does not wait for its end (a 10M-row file took
+    /// five minutes, past systemd's start timeout).
     package init(
         spool: Spool,
         database: AppDatabase,
@@ -132,7 +134,7 @@ package final class Processor: Service {
             catalog: catalog,
             configuration: configuration,
             logger: logger,
-            progress: { heartbeat(false) }
+            progress: { heartbeat(true) }
         )
     }
 
@@ -575,6 +577,8 @@ final class Engine: @unchecked Sendable {
                 claimedAt[claimed.id] = Clock.monotonicNanos()
             }
         }
+        // What its scans learnt of files left in place is saved now: the large file may take minutes.
+        writeInPlaceState()
         guard !batch.isEmpty else { return }
         // The large file's open chunk transaction first: the small files commit in transactions of their own.
         do {
@@ -1053,14 +1057,15 @@ final class Engine: @unchecked Sendable {
     private var lastRetryState: String?
     private var lastUnclaimableState: [UInt8] = []
 
-    /// Remembers the files written in place in rename-only inboxes (`processing/written-in-place`: inbox
-    /// index, inode, size, mtime, ctime a line; no names), so that a restart leaves them to their writers.
-    private func writeInPlaceState() {
+    /// Remembers the files written in place in rename-only inboxes (`processing/written-in-place`: inode,
+    /// size, mtime, ctime and the inbox's path a line; no file names), so that a restart leaves them to
+    /// their writers — whatever order the inboxes are configured in then.
+    func writeInPlaceState() {
         guard settle.inPlaceChanged else { return }
         var text = ""
         for (folder, stamp) in settle.inPlaceRecords() {
-            guard let index = spool.inboxes.firstIndex(where: { Array($0.path.utf8) == folder }) else { continue }
-            text += "\(index) \(stamp.inode) \(stamp.size) \(stamp.mtime) \(stamp.ctime)\n"
+            text += "\(stamp.inode) \(stamp.size) \(stamp.mtime) \(stamp.ctime) "
+            text += String(decoding: folder, as: UTF8.self) + "\n"
         }
         do {
             try spool.writeState(SpoolName.inPlaceState, Array(text.utf8))
@@ -1074,16 +1079,16 @@ final class Engine: @unchecked Sendable {
     /// (a malformed line, an inbox since configured otherwise) ignored.
     private func restoreInPlaceState() {
         guard let bytes = spool.readState(SpoolName.inPlaceState) else { return }
-        var stamps: [Int: Set<SettleTracker.Stamp>] = [:]
+        var stamps: [String: Set<SettleTracker.Stamp>] = [:]
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-            let fields = line.split(separator: " ")
-            guard fields.count == 5, let index = Int(fields[0]), spool.inboxes.indices.contains(index),
-                spool.inboxes[index].arrival == .rename, let inode = UInt64(fields[1]), let size = Int64(fields[2]),
-                let mtime = Int64(fields[3]), let ctime = Int64(fields[4])
+            let fields = line.split(separator: " ", maxSplits: 4)
+            guard fields.count == 5, let inode = UInt64(fields[0]), let size = Int64(fields[1]),
+                let mtime = Int64(fields[2]), let ctime = Int64(fields[3]),
+                spool.inboxes.contains(where: { $0.path == fields[4] && $0.arrival == .rename })
             else { continue }
-            stamps[index, default: []].insert(.init(inode: inode, size: size, mtime: mtime, ctime: ctime))
+            stamps[String(fields[4]), default: []].insert(.init(inode: inode, size: size, mtime: mtime, ctime: ctime))
         }
-        for (index, set) in stamps { settle.restoreInPlace(folder: spool.inboxes[index].path, stamps: set) }
+        for (path, set) in stamps { settle.restoreInPlace(folder: path, stamps: set) }
     }
 
     /// Publishes the inbox entries that cannot be claimed to `processing/unclaimable` for `carespool status`.

@@ -124,6 +124,6 @@ package enum SpoolName {
     /// Inbox entries that cannot be claimed, in `processing/`: `<inbox index> <inode> <error>` a line.
     package static let unclaimableState = "unclaimable"
     /// Files written in place in rename-only inboxes, left for their writers, in `processing/`:
-    /// `<inbox index> <inode> <size> <mtime ns> <ctime ns>` a line (no names), so a restart knows them.
+    /// `<inode> <size> <mtime ns> <ctime ns> <inbox path>` a line (no file names), so a restart knows them.
     package static let inPlaceState = "written-in-place"
 }

@@ -92,10 +92,9 @@ struct SpoolOptions: ParsableArguments {
         let root = spool ?? config.spool ?? "spool"
         // A folder is one inbox: the spool's own inboxes and the configured ones, trailing slashes aside
         // (listed twice, a folder was scanned under two rules and its files counted twice).
+        // Compared absolute: a relative spool is under the working directory.
         func normal(_ path: String) -> String {
-            var path = path
-            while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
-            return path
+            ConfigFile.normalized(path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path)
         }
         let trimmedRoot = normal(root)
         var taken = Set(Kind.allCases.map { trimmedRoot + "/inbox/" + $0.rawValue })
@@ -563,17 +562,18 @@ struct Validate: AsyncParsableCommand {
         if json {
             print(report.json())
         } else {
-            print("\(file): \(report.outcome.rawValue)")
+            // Human output: control characters escaped (a pointer may hold a member name's NUL or ESC).
+            print("\(Terminal.safe(file)): \(report.outcome.rawValue)")
             print("would store \(report.stored), skip \(report.duplicates) duplicates, reject \(report.rejected)")
             // A file-level rejection has its reason as its one problem (no record number): say it is the
             // file's.
             for problem in report.errors {
                 print(
                     problem.record == nil && report.outcome == .rejected
-                        ? "  file rejected: \(problem.text)" : "  \(problem.text)"
+                        ? "  file rejected: \(Terminal.safe(problem.text))" : "  \(Terminal.safe(problem.text))"
                 )
             }
-            for note in report.notes { print("  note: \(note)") }
+            for note in report.notes { print("  note: \(Terminal.safe(note))") }
         }
         if report.outcome == .partial || report.outcome == .rejected { throw ExitCode(1) }
     }

@@ -51,6 +51,17 @@ import Testing
         routes = ["*"]
         """
 
+    /// One folder has one spelling (found by the second hostile review: `/p/.` and `/p` were two inboxes).
+    @Test func pathsAreComparedInOneSpelling() {
+        #expect(ConfigFile.normalized("/p/.") == "/p")
+        #expect(ConfigFile.normalized("//p//q/") == "/p/q")
+        #expect(ConfigFile.normalized("/x/../p") == "/p")
+        #expect(ConfigFile.normalized("/../p") == "/p")
+        #expect(ConfigFile.normalized("/") == "/")
+        #expect(ConfigFile.normalized("sp6/./inbox/../inbox/intake") == "sp6/inbox/intake")
+        #expect(ConfigFile.normalized("../a") == "../a")
+    }
+
     @Test func everySettingIsRead() throws {
         let config = try ConfigFile(text: Self.sample, path: "c.toml", kinds: Self.kinds)
         #expect(config.spool == "/var/spool/carespool")
@@ -87,6 +98,10 @@ import Testing
         // One folder, one inbox (found by the hostile review: listed twice, a folder was counted twice).
         (
             "path = \"/srv/sftp/clinic/zoom\"", "path = \"/srv/sftp/acme/upload/\"", 16, "inbox[1].path",
+            "/srv/sftp/acme/upload is already an inbox"
+        ),
+        (
+            "path = \"/srv/sftp/clinic/zoom\"", "path = \"/srv/x/../sftp/./acme//upload/.\"", 16, "inbox[1].path",
             "/srv/sftp/acme/upload is already an inbox"
         ),
         (

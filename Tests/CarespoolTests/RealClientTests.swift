@@ -187,6 +187,59 @@ import Testing
         #expect(files == ["renamed.csv": ["accepted"], "ahead.csv": ["accepted"]] && visits == 20)
     }
 
+    /// Found by the second hostile review: killed (-9) during a large import, the daemon had not saved
+    /// which files it was leaving in place (saved only between steps), and the record was keyed by the
+    /// inbox's position in the configuration; a restart in the middle of a large file sent READY=1 only
+    /// once the file was done (a 10M-row file took five minutes, past systemd's start timeout).
+    @Test func aKillDuringALargeImportThenARestartWithTheInboxesReordered() async throws {
+        let dir = TempDir("rename-kill")
+        defer { dir.cleanup() }
+        let spool = dir.path + "/spool"
+        let partner = dir.path + "/partner"
+        let view = SpoolView(root: spool)
+        let before = dir.file("before.toml")
+        let after = dir.file("after.toml")
+        let inbox = { (path: String) in "[[inbox]]\npath = \"\(path)\"\nkind = \"intake\"\narrival = \"rename\"\n\n" }
+        try inbox(partner).write(toFile: before, atomically: true, encoding: .utf8)
+        try (inbox(dir.path + "/other") + inbox(partner)).write(toFile: after, atomically: true, encoding: .utf8)
+        let big = intakeCSV(count: 150_000)
+        let first = try await Daemon.serve(spool: spool, arguments: ["--config", before]) { pid in
+            try await waitUntilServing(spool)
+            try dropLikeRsync(big, into: spool + "/inbox/intake", name: "big.csv")
+            _ = await eventually { view.processing("intake").count == 1 }
+            try Self.fixedRows(10, start: 0).write(toFile: partner + "/half.csv", atomically: false, encoding: .utf8)
+            let saved = await eventually(timeout: .seconds(30)) {
+                (try? String(contentsOfFile: spool + "/processing/written-in-place", encoding: .utf8))?.isEmpty == false
+            }
+            let midFile = view.processing("intake").count == 1
+            kill(pid, SIGKILL)
+            return (saved, midFile)
+        }
+        #expect(first.result.0, "saved while the large file was in hand")
+        #expect(first.result.1, "the kill landed in the middle of the large file")
+        let notify = NotifySocket(path: dir.path + "/notify.sock")
+        defer { notify.close() }
+        let second = try await Daemon.serve(
+            spool: spool,
+            arguments: ["--config", after],
+            environment: ["NOTIFY_SOCKET": notify.path]
+        ) { pid in
+            let ready = await eventually(timeout: .seconds(30)) { notify.messages.contains { $0.hasPrefix("READY=1") } }
+            let readyMidFile = view.done("intake").isEmpty
+            let finished = await eventually(timeout: .seconds(120)) { view.done("intake").count == 1 }
+            try await Task.sleep(for: .seconds(3))  // past settle and grace
+            let left = view.names("../partner")
+            kill(pid, SIGTERM)
+            return (ready, readyMidFile, finished, left)
+        }
+        let (ready, readyMidFile, finished, left) = second.result
+        #expect(ready && readyMidFile, "READY=1 while the resumed large file was still in hand")
+        #expect(finished)
+        #expect(left == ["half.csv"], "still its writer's after the kill and with the inboxes reordered")
+        let (files, visits) = try await Self.ledger(view)
+        #expect(files == ["big.csv": ["accepted"]] && visits == 150_000)
+    }
+
     // MARK: sftp against a local sshd
 
     /// An sshd of the test's own on a free loopback port, root logging in with a key made for it, the
