@@ -33,6 +33,11 @@ import Testing
         return out
     }
 
+    /// An intake `[[inbox]]` table at `path` that takes renamed files only.
+    static func renameOnlyInbox(_ path: String) -> String {
+        "[[inbox]]\npath = \"\(path)\"\nkind = \"intake\"\narrival = \"rename\"\n\n"
+    }
+
     /// Runs `command` with `arguments`; its status and what it wrote to stderr.
     static func client(_ command: String, _ arguments: [String]) async throws -> (
         status: TerminationStatus, err: String
@@ -153,8 +158,7 @@ import Testing
         let partner = dir.path + "/partner"
         let view = SpoolView(root: spool)
         let config = dir.file("carespool.toml")
-        try "[[inbox]]\npath = \"\(partner)\"\nkind = \"intake\"\narrival = \"rename\"\n"
-            .write(toFile: config, atomically: true, encoding: .utf8)
+        try Self.renameOnlyInbox(partner).write(toFile: config, atomically: true, encoding: .utf8)
         let first = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
             try await waitUntilServing(spool)
             try Self.fixedRows(10, start: 0).write(toFile: partner + "/half.csv", atomically: false, encoding: .utf8)
@@ -199,9 +203,9 @@ import Testing
         let view = SpoolView(root: spool)
         let before = dir.file("before.toml")
         let after = dir.file("after.toml")
-        let inbox = { (path: String) in "[[inbox]]\npath = \"\(path)\"\nkind = \"intake\"\narrival = \"rename\"\n\n" }
-        try inbox(partner).write(toFile: before, atomically: true, encoding: .utf8)
-        try (inbox(dir.path + "/other") + inbox(partner)).write(toFile: after, atomically: true, encoding: .utf8)
+        try Self.renameOnlyInbox(partner).write(toFile: before, atomically: true, encoding: .utf8)
+        try (Self.renameOnlyInbox(dir.path + "/other") + Self.renameOnlyInbox(partner))
+            .write(toFile: after, atomically: true, encoding: .utf8)
         let big = intakeCSV(count: 150_000)
         let first = try await Daemon.serve(spool: spool, arguments: ["--config", before]) { pid in
             try await waitUntilServing(spool)
@@ -337,13 +341,7 @@ import Testing
         let sshd = try await LocalSSHD.start(in: dir.file("ssh"))
         defer { sshd.stop() }
         let config = dir.file("carespool.toml")
-        try """
-        [[inbox]]
-        path = "\(partner)"
-        kind = "intake"
-        arrival = "rename"
-
-        """.write(toFile: config, atomically: true, encoding: .utf8)
+        try Self.renameOnlyInbox(partner).write(toFile: config, atomically: true, encoding: .utf8)
         // 20,000 rows of 75 bytes: 1.5 MB, 15 s at 800 Kbit/s; killed after 200 KB.
         let ordinary = Self.fixedRows(20_000, start: 0)
         let renamed = Self.fixedRows(20_000, start: 100_000)
