@@ -117,31 +117,41 @@ import Testing
 
     /// What rsync does after closing a file written in place, made slow: the writer sets the file's times
     /// and mode by name 400 ms after its close, as any client may. Within the close grace the file is still
-    /// there, every time; then it is claimed and stored once.
+    /// there, every time; then it is claimed and stored once. The writer is a process of its own (`sh`,
+    /// `cat`, `touch`, `chmod`): a sleep in this test's task could be stretched past the grace by other
+    /// tests holding the cooperative threads (it was, once, in CI), a process's is not.
     @Test func aWriterThatSetsTimesAndModeAfterItsCloseStillFindsItsFile() async throws {
         let dir = TempDir("closegrace")
         defer { dir.cleanup() }
         let spool = dir.path + "/spool"
         let view = SpoolView(root: spool)
+        for n in 0..<5 {
+            try Self.fixedRows(20, start: n * 1_000).write(
+                toFile: dir.file("source\(n)"),
+                atomically: true,
+                encoding: .utf8
+            )
+        }
+        // Each file written in place (the shell opens it, `cat` writes, the shell closes it), then its
+        // times and mode set by name 400 ms later, as rsync's set_file_attrs does (utimensat, chmod).
+        let script = """
+            cd "$1" || exit 2
+            for n in 0 1 2 3 4; do
+                cat "$2/source$n" > "late-$n.csv" || exit 2
+                sleep 0.4
+                touch -m -d @1700000000 "late-$n.csv" && chmod 640 "late-$n.csv" || echo "late-$n.csv gone" >&2
+            done
+            """
         let result = try await Daemon.serve(spool: spool) { pid in
             try await waitUntilServing(spool)
-            var found: [Bool] = []
-            for n in 0..<5 {
-                let path = spool + "/inbox/intake/late-\(n).csv"
-                try Self.fixedRows(20, start: n * 1_000).write(toFile: path, atomically: false, encoding: .utf8)
-                try await Task.sleep(for: .milliseconds(400))
-                // Times and mode by name, as rsync's set_file_attrs does (utimensat, chmod).
-                let attributes: [FileAttributeKey: Any] = [
-                    .modificationDate: Date(timeIntervalSince1970: 1_700_000_000), .posixPermissions: 0o640,
-                ]
-                found.append((try? FileManager.default.setAttributes(attributes, ofItemAtPath: path)) != nil)
-            }
+            let writer = try await Self.client("/bin/sh", ["-c", script, "sh", spool + "/inbox/intake", dir.path])
             let done = await eventually(timeout: .seconds(30)) { view.done("intake").count == 5 }
             kill(pid, SIGTERM)
-            return (found, done)
+            return (writer, done)
         }
-        #expect(result.result.0 == Array(repeating: true, count: 5), "the file was still under its name")
-        #expect(result.result.1)
+        let (writer, done) = result.result
+        #expect(writer.status.isSuccess && writer.err.isEmpty, "the file was still under its name: \(writer.err)")
+        #expect(done)
         let (files, visits) = try await Self.ledger(view)
         #expect(files.count == 5 && files.values.allSatisfy { $0 == ["accepted"] })
         #expect(visits == 100)
