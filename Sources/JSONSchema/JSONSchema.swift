@@ -18,11 +18,150 @@ package struct SchemaError: Error, Sendable, Equatable, CustomStringConvertible 
 }
 
 /// One validation failure: where in the instance, and which rule.
-package struct ValidationError: Sendable, Equatable {
+///
+/// Its pointer and message are written when first read, not when the failure is found: a file of a
+/// million rows with six failures each is mostly rejected records whose messages are read once, on the
+/// thread that writes them (or never, past a report's cap), so finding them builds no strings — the
+/// failure keeps the values it would quote (references, not copies), in plain fields: copying one is a
+/// few retains.
+package struct ValidationError: Sendable {
+    /// Where, as found: a pointer, or (the common case) one member of the instance by its name.
+    enum Place: Sendable {
+        case pointer(String)
+        case member(String)
+    }
+
+    /// Which rule, with what its message quotes, as found.
+    enum Rule: Sendable {
+        case text(String)
+        case requiredMissing
+        case notOfType(JSONValue, expected: [String])
+        case notOneOf(JSONValue, options: [JSONValue])
+        case shorter(String, min: Double)
+        case pattern(String, source: String)
+        case format(String, dateTime: Bool)
+    }
+
+    /// The rules whose messages are written when read; the others' are written when found (`text`).
+    private enum Deferred: UInt8, Sendable {
+        case text, requiredMissing, shorter, pattern, date, dateTime
+    }
+
+    /// The pointer, or (when `isMember`) the member's unescaped name.
+    private var place: String
+    private var isMember: Bool
+    private var rule: Deferred
+    /// The message (`text`), or the value the message quotes.
+    private var value: String
+    /// `pattern`'s source.
+    private var source = ""
+    /// `shorter`'s minimum length.
+    private var limit = 0.0
+
+    init(_ place: Place, _ rule: Rule) {
+        switch place {
+        case .pointer(let text): (self.place, isMember) = (text, false)
+        case .member(let name): (self.place, isMember) = (name, true)
+        }
+        switch rule {
+        case .text(let text): (self.rule, value) = (.text, text)
+        case .requiredMissing: (self.rule, value) = (.requiredMissing, "")
+        case .notOfType(let instance, let expected):
+            let names = expected.count == 1 ? expected[0] : expected.joined(separator: " or ")
+            (self.rule, value) = (.text, "\(JSONSchema.describe(instance)) is not of type \(names)")
+        case .notOneOf(let instance, let options):
+            let list = options.map { $0.compactText }.joined(separator: ", ")
+            (self.rule, value) = (.text, "\(JSONSchema.describe(instance)) is not one of \(list)")
+        case .shorter(let text, let min): (self.rule, value, limit) = (.shorter, text, min)
+        case .pattern(let text, let source): (self.rule, value, self.source) = (.pattern, text, source)
+        case .format(let text, let dateTime): (self.rule, value) = (dateTime ? .dateTime : .date, text)
+        }
+    }
+
+    package init(pointer: String, message: String) {
+        self.init(.pointer(pointer), .text(message))
+    }
+
     /// JSON pointer into the instance ("" is the whole instance).
-    package var pointer: String
+    package var pointer: String {
+        get { isMember ? "/" + JSONSchema.escape(place) : place }
+        set { (place, isMember) = (newValue, false) }
+    }
+
     /// The rule broken, e.g. `"2025-01-10 12:30" is not an RFC 3339 date-time`.
-    package var message: String
+    package var message: String {
+        get {
+            if rule == .text { return value }
+            var bytes: [UInt8] = []
+            appendMessage(to: &bytes)
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        set { (rule, value) = (.text, newValue) }
+    }
+
+    /// Appends ``pointer``'s UTF-8 to `out`, without its leading "/" when `dropSlash`.
+    package func appendPointer(to out: inout [UInt8], dropSlash: Bool = false) {
+        guard isMember else {
+            out += place.utf8.dropFirst(dropSlash && place.utf8.first == 0x2F ? 1 : 0)
+            return
+        }
+        if !dropSlash { out.append(0x2F) }
+        var name = place
+        name.withUTF8 { bytes in
+            guard bytes.contains(where: { $0 == 0x7E || $0 == 0x2F }) else {
+                out.append(contentsOf: bytes)
+                return
+            }
+            for byte in bytes {
+                switch byte {
+                case 0x7E: out += [0x7E, 0x30]  // ~ is ~0
+                case 0x2F: out += [0x7E, 0x31]  // / is ~1
+                default: out.append(byte)
+                }
+            }
+        }
+    }
+
+    /// Appends ``message``'s UTF-8 to `out`: the common rules' messages written straight as bytes (the
+    /// thread writing a million rejected rows' reasons builds no string for each).
+    package func appendMessage(to out: inout [UInt8]) {
+        switch rule {
+        case .text:
+            out += value.utf8
+        case .requiredMissing:
+            out += "required property is missing".utf8
+        case .shorter:
+            JSONSchema.appendDescribed(value, to: &out)
+            out += " is shorter than ".utf8
+            out += JSONSchema.number(limit).utf8
+            out += " characters".utf8
+        case .date, .dateTime:
+            JSONSchema.appendDescribed(value, to: &out)
+            out += (rule == .dateTime ? " is not an RFC 3339 date-time" : " is not an RFC 3339 date").utf8
+        case .pattern:
+            JSONSchema.appendDescribed(value, to: &out)
+            out += " does not match pattern ".utf8
+            JSONValue.appendQuoted(source.unicodeScalars, to: &out)
+        }
+    }
+}
+
+extension JSONSchema {
+    /// ``describe(_:)`` of a string, as UTF-8 appended to `out`.
+    static func appendDescribed(_ s: String, to out: inout [UInt8]) {
+        if s.utf8.count <= 80 || s.unicodeScalars.count <= 80 {
+            JSONValue.appendQuoted(s.unicodeScalars, to: &out)
+        } else {
+            // Cut inside the quotes, as ``describe(_:)`` does.
+            JSONValue.appendQuoted(Array(s.unicodeScalars.prefix(80)) + ["…"], to: &out)
+        }
+    }
+}
+
+extension ValidationError: Equatable {
+    package static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.pointer == rhs.pointer && lhs.message == rhs.message
+    }
 }
 
 /// A compiled schema. Build once at start, validate many instances concurrently.
@@ -138,13 +277,13 @@ package struct JSONSchema: Sendable {
     private static func findNUL(_ value: JSONValue, path: inout InstancePath, errors: inout [ValidationError]) {
         switch value {
         case .string(let s):
-            if s.utf8.contains(0) {
+            if s.containsNUL {
                 errors.append(.init(pointer: path.pointer, message: "contains a NUL character (U+0000): not storable"))
             }
         case .object(let members):
             for member in members {
                 path.enter(member.key)
-                if member.key.utf8.contains(0) {
+                if member.key.containsNUL {
                     errors.append(.init(pointer: path.pointer, message: "name contains a NUL character (U+0000)"))
                 }
                 findNUL(member.value, path: &path, errors: &errors)
@@ -172,20 +311,28 @@ package struct JSONSchema: Sendable {
         path: inout InstancePath,
         errors: inout [ValidationError]
     ) {
-        let node = nodes[index]
+        unowned(unsafe) let node = nodes[index]  // the schema holds every node: no retain per visit
         if let always = node.boolean {
             if !always { errors.append(.init(pointer: path.pointer, message: "no value is allowed here")) }
             return
         }
         if let ref = node.ref { validate(value, node: ref, path: &path, errors: &errors) }
         if let types = node.types {
-            let actual = value.typeName
-            let ok = types.contains { $0 == actual || ($0 == "number" && actual == "integer") }
+            // By bits: a number is parsed only when the schema allows integers but not all numbers.
+            let ok: Bool
+            switch value {
+            case .null: ok = node.typeMask & Node.nullBit != 0
+            case .bool: ok = node.typeMask & Node.booleanBit != 0
+            case .string: ok = node.typeMask & Node.stringBit != 0
+            case .array: ok = node.typeMask & Node.arrayBit != 0
+            case .object: ok = node.typeMask & Node.objectBit != 0
+            case .number:
+                ok =
+                    node.typeMask & Node.numberBit != 0
+                    || (node.typeMask & Node.integerBit != 0 && value.typeName == "integer")
+            }
             if !ok {
-                let expected = types.count == 1 ? types[0] : types.joined(separator: " or ")
-                errors.append(
-                    .init(pointer: path.pointer, message: "\(Self.describe(value)) is not of type \(expected)")
-                )
+                errors.append(.init(path.place, .notOfType(value, expected: types)))
                 return
             }
         }
@@ -195,14 +342,13 @@ package struct JSONSchema: Sendable {
             )
         }
         if let options = node.enumValues, !options.contains(where: { $0 == value }) {
-            let list = options.map { $0.compactText }.joined(separator: ", ")
-            errors.append(.init(pointer: path.pointer, message: "\(Self.describe(value)) is not one of \(list)"))
+            errors.append(.init(path.place, .notOneOf(value, options: options)))
         }
         switch value {
         case .string(let s):
-            validateString(s, node: node, path: path, errors: &errors)
+            validateString(s, node: node, path: &path, errors: &errors)
         case .number(let text):
-            if let x = Double(text) { validateNumber(x, node: node, path: path, errors: &errors) }
+            if let x = Double(text) { validateNumber(x, node: node, path: &path, errors: &errors) }
         case .object(let members):
             validateObject(members, node: node, path: &path, errors: &errors)
         case .array(let items):
@@ -240,16 +386,11 @@ package struct JSONSchema: Sendable {
         return errors.isEmpty
     }
 
-    private func validateString(_ s: String, node: Node, path: InstancePath, errors: inout [ValidationError]) {
+    private func validateString(_ s: String, node: Node, path: inout InstancePath, errors: inout [ValidationError]) {
         if node.minLength != nil || node.maxLength != nil {
             let length = s.unicodeScalars.count
             if let min = node.minLength, Double(length) < min {
-                errors.append(
-                    .init(
-                        pointer: path.pointer,
-                        message: "\(Self.describe(.string(s))) is shorter than \(Self.number(min)) characters"
-                    )
-                )
+                errors.append(.init(path.place, .shorter(s, min: min)))
             }
             if let max = node.maxLength, Double(length) > max {
                 errors.append(
@@ -261,23 +402,17 @@ package struct JSONSchema: Sendable {
             }
         }
         if let pattern = node.pattern, !pattern.matches(s) {
-            errors.append(
-                .init(
-                    pointer: path.pointer,
-                    message: "\(Self.describe(.string(s))) does not match pattern \(JSONValue.quoted(pattern.source))"
-                )
-            )
+            errors.append(.init(path.place, .pattern(s, source: pattern.source)))
         }
         if let format = node.format {
-            let ok = format == "date-time" ? RFC3339.isDateTime(s) : RFC3339.isDate(s)
-            if !ok {
-                let name = format == "date-time" ? "an RFC 3339 date-time" : "an RFC 3339 date"
-                errors.append(.init(pointer: path.pointer, message: "\(Self.describe(.string(s))) is not \(name)"))
+            let dateTime = format == "date-time"
+            if !(dateTime ? RFC3339.isDateTime(s) : RFC3339.isDate(s)) {
+                errors.append(.init(path.place, .format(s, dateTime: dateTime)))
             }
         }
     }
 
-    private func validateNumber(_ x: Double, node: Node, path: InstancePath, errors: inout [ValidationError]) {
+    private func validateNumber(_ x: Double, node: Node, path: inout InstancePath, errors: inout [ValidationError]) {
         if let min = node.minimum, x < min {
             errors.append(
                 .init(pointer: path.pointer, message: "\(Self.number(x)) is less than the minimum \(Self.number(min))")
@@ -315,6 +450,40 @@ package struct JSONSchema: Sendable {
         path: inout InstancePath,
         errors: inout [ValidationError]
     ) {
+        if node.scansFew && members.count <= JSONValue.linearScanMembers {
+            // A schema of a few properties and a small object: each member found by a scan of the
+            // properties, marking its bit; a required name is present when its bit is set.
+            let start = errors.count
+            var seen: UInt32 = 0
+            var hint = 0
+            for member in members {
+                path.enter(member.key)
+                defer { path.leave() }
+                if let slot = node.slot(member.key, hint: &hint) {
+                    seen |= 1 << UInt32(slot)
+                    validate(member.value, node: node.few[slot].node, path: &path, errors: &errors)
+                } else if let additional = node.additionalProperties {
+                    if nodes[additional].boolean == false {
+                        errors.append(.init(pointer: path.pointer, message: "property is not allowed"))
+                    } else {
+                        validate(member.value, node: additional, path: &path, errors: &errors)
+                    }
+                }
+            }
+            // Missing required names are said first, as below.
+            var missing: [ValidationError] = []
+            for (name, slot) in zip(node.required, node.requiredSlots) {
+                let present =
+                    slot >= 0 ? seen & (1 << UInt32(slot)) != 0 : members.contains { $0.key.hasSameUTF8(as: name) }
+                if !present {
+                    path.enter(name)
+                    missing.append(.init(path.place, .requiredMissing))
+                    path.leave()
+                }
+            }
+            if !missing.isEmpty { errors.insert(contentsOf: missing, at: start) }
+            return
+        }
         if !node.required.isEmpty {
             // Small objects by scanning; larger ones through a set of their names, built once.
             let indexed = members.count > JSONValue.linearScanMembers
@@ -332,7 +501,7 @@ package struct JSONSchema: Sendable {
                 }
                 if !present {
                     path.enter(name)
-                    errors.append(.init(pointer: path.pointer, message: "required property is missing"))
+                    errors.append(.init(path.place, .requiredMissing))
                     path.leave()
                 }
             }
@@ -405,7 +574,7 @@ package struct JSONSchema: Sendable {
         }
     }
 
-    private static func number(_ x: Double) -> String {
+    static func number(_ x: Double) -> String {
         x.rounded() == x && abs(x) < 1e15 ? String(Int(x)) : String(x)
     }
 }
@@ -424,6 +593,13 @@ private struct InstancePath {
     mutating func enter(_ name: String) { steps.append(.name(name)) }
     mutating func enter(_ index: Int) { steps.append(.index(index)) }
     mutating func leave() { steps.removeLast() }
+
+    /// This place for an error: a member of the instance by its name, kept as it is (its pointer is
+    /// written only if the error is read), or the pointer.
+    var place: ValidationError.Place {
+        if steps.count == 1, case .name(let name) = steps[0] { return .member(name) }
+        return .pointer(pointer)
+    }
 
     /// The JSON pointer (RFC 6901) of this place; "" is the whole instance.
     var pointer: String {
@@ -446,21 +622,75 @@ private struct InstancePath {
 private final class Node: @unchecked Sendable {
     var boolean: Bool?
     var ref: Int?
-    var types: [String]?
-    var required: [String] = []
-    /// Each property's subschema by name (a lookup per member, not a scan of the schema's properties).
-    var properties: [JSONKey: Int] = [:] {
-        didSet { few = properties.count <= Self.scanned ? properties.map { ($0.key.name, $0.value) } : [] }
+    var types: [String]? {
+        didSet {
+            let bits: [String: UInt8] = [
+                "null": Self.nullBit, "boolean": Self.booleanBit, "string": Self.stringBit, "array": Self.arrayBit,
+                "object": Self.objectBit, "number": Self.numberBit, "integer": Self.integerBit,
+            ]
+            typeMask = (types ?? []).reduce(0) { $0 | (bits[$1] ?? 0) }
+        }
     }
-    /// The same, when there are at most `scanned`: comparing a few names' bytes beats hashing one.
-    private var few: [(name: String, node: Int)] = []
+    /// ``types`` as bits (a comparison of strings per value was a tenth of validating a small record).
+    private(set) var typeMask: UInt8 = 0
+    static let nullBit: UInt8 = 1
+    static let booleanBit: UInt8 = 2
+    static let stringBit: UInt8 = 4
+    static let arrayBit: UInt8 = 8
+    static let objectBit: UInt8 = 16
+    static let numberBit: UInt8 = 32
+    static let integerBit: UInt8 = 64
+    var required: [String] = [] {
+        didSet { indexRequired() }
+    }
+    /// Each property's subschema by name (a lookup per member, not a scan of the schema's properties).
+    private(set) var properties: [JSONKey: Int] = [:]
+    /// The same in the schema's order: scanned when there are at most `scanned` (comparing a few names'
+    /// bytes beats hashing one), from where the last member was found (members mostly come in order).
+    private(set) var few: [(name: String, node: Int)] = []
     private static let scanned = 8
+    /// Whether properties are looked up in ``few``: then ``requiredSlots`` says where each required
+    /// name is in it (-1: not a property), and an object's required names are checked by a bit each.
+    var scansFew: Bool { properties.count <= Self.scanned }
+    private(set) var requiredSlots: [Int] = []
+
+    func addProperty(_ name: String, node: Int) {
+        properties[JSONKey(name)] = node
+        if let slot = few.firstIndex(where: { $0.name.hasSameUTF8(as: name) }) {
+            few[slot].node = node
+        } else {
+            few.append((name, node))
+        }
+        indexRequired()
+    }
+
+    private func indexRequired() {
+        requiredSlots = required.map { name in
+            scansFew ? few.firstIndex(where: { $0.name.hasSameUTF8(as: name) }) ?? -1 : -1
+        }
+    }
+
+    /// The position in ``few`` of the property called `name`, scanning from `hint` round (and setting
+    /// it past the one found). Only when ``scansFew``.
+    func slot(_ name: String, hint: inout Int) -> Int? {
+        let count = few.count
+        var slot = hint
+        for _ in 0..<count {
+            if slot >= count { slot = 0 }
+            if few[slot].name.hasSameUTF8(as: name) {
+                hint = slot + 1
+                return slot
+            }
+            slot += 1
+        }
+        return nil
+    }
 
     /// The subschema of the property called `name`, if the schema names it.
     func property(_ name: String) -> Int? {
-        if properties.count <= Self.scanned {
-            for entry in few where entry.name.hasSameUTF8(as: name) { return entry.node }
-            return nil
+        if scansFew {
+            var hint = 0
+            return slot(name, hint: &hint).map { few[$0].node }
         }
         return properties[JSONKey(name)]
     }
@@ -572,7 +802,7 @@ private struct Compiler {
                             pointer: here + "/" + JSONSchema.escape(prop.key),
                             isRoot: false
                         )
-                        node.properties[JSONKey(prop.key)] = sub
+                        node.addProperty(prop.key, node: sub)
                     }
                 case "additionalProperties":
                     node.additionalProperties = try compile(value, pointer: here, isRoot: false)

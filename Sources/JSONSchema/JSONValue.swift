@@ -39,7 +39,7 @@ package struct JSONKey: Hashable, Sendable {
 }
 
 /// A parsed JSON value.
-package indirect enum JSONValue: Sendable {
+package enum JSONValue: Sendable {
     case null
     case bool(Bool)
     /// The number's text exactly as written in the document.
@@ -186,6 +186,32 @@ extension JSONValue {
         out += "\""
     }
 
+    /// ``quoted(_:)`` of `scalars`, as UTF-8 appended to `out`.
+    package static func appendQuoted(_ scalars: some Sequence<Unicode.Scalar>, to out: inout [UInt8]) {
+        out.append(0x22)
+        for scalar in scalars {
+            switch scalar {
+            case "\"": out += [0x5C, 0x22]
+            case "\\": out += [0x5C, 0x5C]
+            case "\n": out += [0x5C, 0x6E]
+            case "\r": out += [0x5C, 0x72]
+            case "\t": out += [0x5C, 0x74]
+            case "\u{08}": out += [0x5C, 0x62]
+            case "\u{0C}": out += [0x5C, 0x66]
+            default:
+                if scalar.value < 0x20 {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u".utf8
+                    out += String(repeating: "0", count: 4 - hex.count).utf8
+                    out += hex.utf8
+                } else {
+                    UTF8.encode(scalar) { out.append($0) }
+                }
+            }
+        }
+        out.append(0x22)
+    }
+
     /// A JSON string literal for `s`.
     package static func quoted(_ s: String) -> String {
         var out = ""
@@ -195,6 +221,13 @@ extension JSONValue {
 }
 
 extension String {
+    /// Whether it holds U+0000: memchr over a native string's bytes.
+    package var containsNUL: Bool {
+        utf8.withContiguousStorageIfAvailable { bytes in
+            bytes.count > 0 && memchr(bytes.baseAddress!, 0, bytes.count) != nil
+        } ?? utf8.contains(0)
+    }
+
     /// Whether both hold the same UTF-8 bytes: JSON's equality of names and strings (code points, with
     /// no Unicode normalisation, unlike `==`). Compares the contiguous buffers of native strings at once,
     /// after their lengths; byte by byte only for bridged ones.

@@ -24,6 +24,18 @@ package struct IntakeColumns: Sendable {
     /// How many fields the header has: a row with more is shifted (a field with an unquoted comma, a
     /// value in no column) and is rejected rather than stored without its extra field.
     package let fieldCount: Int
+    /// Each required column's field position, in ``required``'s order (a row reads its fields by these,
+    /// not by a name lookup per field); and the fields a row needs at least.
+    let positions: [Int]
+    let width: Int
+
+    package init(index: [String: Int], extra: [String], fieldCount: Int) {
+        self.index = index
+        self.extra = extra
+        self.fieldCount = fieldCount
+        positions = Self.required.map { index[$0] ?? 0 }
+        width = (index.values.max() ?? 0) + 1
+    }
 
     /// The note in the report of a file with no rows after its header.
     package static let noRowsNote = "no rows after the header: a valid file with nothing to store"
@@ -118,14 +130,13 @@ package struct IntakeReader: Sendable {
         if fields.count > columns.fieldCount {
             return failure("row has \(fields.count) fields; the header has \(columns.fieldCount)")
         }
-        let width = (columns.index.values.max() ?? 0) + 1
-        if fields.count < width {
-            return failure("row has \(fields.count) fields; the header needs at least \(width)")
+        if fields.count < columns.width {
+            return failure("row has \(fields.count) fields; the header needs at least \(columns.width)")
         }
         var members: [JSONMember] = []
         members.reserveCapacity(IntakeColumns.required.count)
-        for name in IntakeColumns.required {
-            let value = fields[columns.index[name]!]
+        for (name, position) in zip(IntakeColumns.required, columns.positions) {
+            let value = fields[position]
             if name == "reason" && value.isEmpty { continue }
             members.append(JSONMember(key: name, value: .string(value)))
         }
@@ -155,7 +166,7 @@ package struct IntakeReader: Sendable {
         if !errors.isEmpty {
             return .failure(
                 Problems(
-                    errors.map { RecordProblem(record: number, line: line, pointer: $0.pointer, message: $0.message) }
+                    errors.map { RecordProblem(record: number, line: line, $0) }
                 )
             )
         }

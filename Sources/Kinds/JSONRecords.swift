@@ -185,7 +185,7 @@ package enum JSONRecords {
         let errors = schema.validate(value)
         if errors.isEmpty { return nil }
         return Problems(
-            errors.map { RecordProblem(record: raw.number, line: raw.line, pointer: $0.pointer, message: $0.message) }
+            errors.map { RecordProblem(record: raw.number, line: raw.line, $0) }
         )
     }
 

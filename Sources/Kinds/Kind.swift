@@ -30,21 +30,44 @@ package enum Kind: String, CaseIterable, Sendable, Codable {
 }
 
 /// A problem with a file or one of its records: where, and which rule.
-package struct RecordProblem: Error, Sendable, Equatable, Codable {
+package struct RecordProblem: Error, Sendable {
     /// 1-based record number in the file, nil when the problem is the file's.
     package var record: Int?
     /// 1-based line in the file where the record (or the problem) starts, when known.
     package var line: Int?
-    /// JSON pointer into the record, when the problem is one field.
-    package var pointer: String?
-    /// The rule broken; may quote the offending value, so never log it.
-    package var message: String
+    /// What and where: as written, or a schema failure whose pointer and message are written only when
+    /// read (on the thread that writes the rejected records, not the one that finds them).
+    private var detail: ValidationError
+    private var hasPointer: Bool
 
     package init(record: Int?, line: Int?, pointer: String?, message: String) {
         self.record = record
         self.line = line
-        self.pointer = pointer
-        self.message = message
+        detail = ValidationError(pointer: pointer ?? "", message: message)
+        hasPointer = pointer != nil
+    }
+
+    /// A schema failure of one record.
+    init(record: Int?, line: Int?, _ error: ValidationError) {
+        self.record = record
+        self.line = line
+        detail = error
+        hasPointer = true
+    }
+
+    /// JSON pointer into the record, when the problem is one field.
+    package var pointer: String? {
+        get { hasPointer ? detail.pointer : nil }
+        set {
+            detail.pointer = newValue ?? ""
+            hasPointer = newValue != nil
+        }
+    }
+
+    /// The rule broken; may quote the offending value, so never log it.
+    package var message: String {
+        get { detail.message }
+        set { detail.message = newValue }
     }
 
     /// One line for people: `record 3 /timestamp: "2025-01-10 12:30" is not an RFC 3339 date-time (line 3)`.
@@ -55,6 +78,51 @@ package struct RecordProblem: Error, Sendable, Equatable, Codable {
         let located = parts.isEmpty ? message : parts.joined(separator: " ") + ": " + message
         if let line, record != nil { return located + " (line \(line))" }
         return located
+    }
+}
+
+extension RecordProblem {
+    /// Appends ``pointer``'s UTF-8 (without its leading "/" when `dropSlash`) to `out`; false, appending
+    /// nothing, when the problem has no pointer.
+    package func appendPointer(to out: inout [UInt8], dropSlash: Bool = false) -> Bool {
+        guard hasPointer else { return false }
+        detail.appendPointer(to: &out, dropSlash: dropSlash)
+        return true
+    }
+
+    /// Appends ``message``'s UTF-8 to `out` (a schema failure's written straight as bytes).
+    package func appendMessage(to out: inout [UInt8]) {
+        detail.appendMessage(to: &out)
+    }
+}
+
+extension RecordProblem: Equatable {
+    package static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.record == rhs.record && lhs.line == rhs.line && lhs.pointer == rhs.pointer && lhs.message == rhs.message
+    }
+}
+
+extension RecordProblem: Codable {
+    private enum CodingKeys: String, CodingKey {
+        case record, line, pointer, message
+    }
+
+    package init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(
+            record: try container.decodeIfPresent(Int.self, forKey: .record),
+            line: try container.decodeIfPresent(Int.self, forKey: .line),
+            pointer: try container.decodeIfPresent(String.self, forKey: .pointer),
+            message: try container.decode(String.self, forKey: .message)
+        )
+    }
+
+    package func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encodeIfPresent(record, forKey: .record)
+        try container.encodeIfPresent(line, forKey: .line)
+        try container.encodeIfPresent(pointer, forKey: .pointer)
+        try container.encode(message, forKey: .message)
     }
 }
 

@@ -6,7 +6,9 @@ package import Kinds
 package struct ProblemIndex {
     private let first: Int
     private let starts: [Int]
-    private let ordered: [RecordProblem]
+    /// Positions in `problems`, record by record (no problem is copied: a million rows' problems were).
+    private let ordered: [Int]
+    private let problems: [RecordProblem]
 
     /// - Parameters:
     ///   - problems: a chunk report's problems, in any order; those without a record are left out.
@@ -18,6 +20,7 @@ package struct ProblemIndex {
             low = min(low, number)
             high = max(high, number)
         }
+        self.problems = problems
         guard low <= high, !problems.isEmpty else {
             first = 0
             starts = [0]
@@ -32,20 +35,24 @@ package struct ProblemIndex {
         }
         for slot in 0..<span { starts[slot + 1] += starts[slot] }
         var next = starts
-        var ordered = [RecordProblem?](repeating: nil, count: starts[span])
-        for problem in problems {
+        var ordered = [Int](repeating: 0, count: starts[span])
+        for (position, problem) in problems.enumerated() {
             guard let record = problem.record, record >= low, record <= high else { continue }
-            ordered[next[record - low]] = problem
+            ordered[next[record - low]] = position
             next[record - low] += 1
         }
         self.starts = starts
-        self.ordered = ordered.map { $0! }
+        self.ordered = ordered
     }
 
     /// The problems of record `number`, in the order the report had them; empty when it has none.
-    package subscript(number: Int) -> ArraySlice<RecordProblem> {
+    package subscript(number: Int) -> LazyMapCollection<ArraySlice<Int>, RecordProblem> {
+        positions(number).lazy.map { [problems] in problems[$0] }
+    }
+
+    /// Where the problems of record `number` are in the list given, in its order (none copied).
+    package func positions(_ number: Int) -> ArraySlice<Int> {
         let slot = number - first
-        guard slot >= 0, slot + 1 < starts.count else { return [] }
-        return ordered[starts[slot]..<starts[slot + 1]]
+        return ordered[slot >= 0 && slot + 1 < starts.count ? starts[slot]..<starts[slot + 1] : 0..<0]
     }
 }

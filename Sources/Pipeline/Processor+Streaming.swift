@@ -477,15 +477,14 @@ extension Engine {
         let problems = ProblemIndex(report.errors, numbers: items.lazy.map(\.number))
         var out: [UInt8] = []
         var message: [UInt8] = []
-        for item in items where !problems[item.number].isEmpty {
+        for item in items {
+            let positions = problems.positions(item.number)
+            if positions.isEmpty { continue }
             message.removeAll(keepingCapacity: true)
-            for (index, problem) in problems[item.number].enumerated() {
-                if index > 0 { message += "; ".utf8 }
-                if let pointer = problem.pointer {
-                    message += pointer.utf8.dropFirst()
-                    message += ": ".utf8
-                }
-                message += problem.message.utf8
+            for position in positions {
+                if position != positions.first { message += "; ".utf8 }
+                if report.errors[position].appendPointer(to: &message, dropSlash: true) { message += ": ".utf8 }
+                report.errors[position].appendMessage(to: &message)
             }
             out += item.text.utf8
             out.append(0x2C)
@@ -499,15 +498,21 @@ extension Engine {
 
     /// A CSV field's bytes appended to `out`, quoted when they must be.
     static func appendCSVField(_ bytes: [UInt8], to out: inout [UInt8]) {
-        guard bytes.contains(where: { $0 == 0x2C || $0 == 0x22 || $0 == 0x0A || $0 == 0x0D }) else {
-            out += bytes
-            return
+        bytes.withUnsafeBufferPointer { bytes in
+            guard bytes.contains(where: { $0 == 0x2C || $0 == 0x22 || $0 == 0x0A || $0 == 0x0D }) else {
+                out.append(contentsOf: bytes)
+                return
+            }
+            // Quoted, each quote doubled: the runs between quotes copied whole.
+            out.append(0x22)
+            var run = 0
+            for index in bytes.indices where bytes[index] == 0x22 {
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run...index]))
+                out.append(0x22)
+                run = index + 1
+            }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run...]))
+            out.append(0x22)
         }
-        out.append(0x22)
-        for byte in bytes {
-            out.append(byte)
-            if byte == 0x22 { out.append(0x22) }
-        }
-        out.append(0x22)
     }
 }

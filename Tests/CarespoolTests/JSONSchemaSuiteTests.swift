@@ -108,3 +108,61 @@ import Testing
         #expect(JSONSchema.masked("-5.5e3 is less than the minimum 0", keeping: []) == "… is less than the minimum 0")
     }
 }
+
+/// A failure's pointer and message are written when read (as bytes, by the thread writing rejected
+/// records): what is written must be what the strings say, for every rule written so, and for names and
+/// values that need escaping or cutting.
+@Suite struct DeferredMessageTests {
+    @Test func theBytesWrittenAreThePointerAndMessageForEveryRuleAndAwkwardValues() throws {
+        let document = try JSONParser.parse(
+            Array(
+                #"""
+                {"type":"object","required":["a~b/c","gone"],"properties":{
+                  "a~b/c":{"type":"string","minLength":5},
+                  "d":{"type":"string","format":"date"},
+                  "t":{"type":"string","format":"date-time"},
+                  "p":{"type":"string","pattern":"^M[0-9]+\\\\\"$"},
+                  "n":{"type":"integer"},
+                  "e":{"enum":["x",1]},
+                  "o":{"type":"object","properties":{"deep":{"type":"string","minLength":2}}}}}
+                """#.utf8
+            )
+        )
+        let schema = try JSONSchema(document: document)
+        let long = String(repeating: "é", count: 79) + "\u{301}\u{1F600}zz"
+        let instance: JSONValue = .object([
+            JSONMember(key: "a~b/c", value: .string("\u{1}\"\\\n")),
+            JSONMember(key: "d", value: .string(long)),
+            JSONMember(key: "t", value: .string("2025-01-10 12:30")),
+            JSONMember(key: "p", value: .string("Zoë\t")),
+            JSONMember(key: "n", value: .string("1")),
+            JSONMember(key: "e", value: .string("y")),
+            JSONMember(key: "o", value: .object([JSONMember(key: "deep", value: .string("q"))])),
+        ])
+        let errors = schema.validate(instance)
+        #expect(errors.count == 8, "\(errors.map(\.message))")
+        #expect(errors.first?.pointer == "/gone" && errors.first?.message == "required property is missing")
+        #expect(
+            errors.contains {
+                $0.pointer == "/a~0b~1c" && $0.message == #""\u0001\"\\\n" is shorter than 5 characters"#
+            }
+        )
+        #expect(errors.contains { $0.pointer == "/d" && $0.message.hasSuffix("…\" is not an RFC 3339 date") })
+        #expect(errors.contains { $0.pointer == "/o/deep" && $0.message == #""q" is shorter than 2 characters"# })
+        for error in errors {
+            var pointer: [UInt8] = []
+            var trimmed: [UInt8] = []
+            var message: [UInt8] = []
+            error.appendPointer(to: &pointer)
+            error.appendPointer(to: &trimmed, dropSlash: true)
+            error.appendMessage(to: &message)
+            #expect(pointer == Array(error.pointer.utf8))
+            #expect(trimmed == Array(error.pointer.utf8.dropFirst()))
+            #expect(message == Array(error.message.utf8), "\(error.message)")
+            #expect(error == ValidationError(pointer: error.pointer, message: error.message))
+        }
+        // The cut is within the quotes, after 80 scalars, as ``JSONSchema/describe(_:)`` cuts.
+        let date = try #require(errors.first { $0.pointer == "/d" })
+        #expect(date.message == JSONSchema.describe(.string(long)) + " is not an RFC 3339 date")
+    }
+}
