@@ -45,6 +45,9 @@ package struct ValidationError: Sendable {
     /// The rules whose messages are written when read; the others' are written when found (`text`).
     private enum Deferred: UInt8, Sendable {
         case text, requiredMissing, shorter, pattern, date, dateTime
+        /// `value` is a string instance (quoted when written) or another's text as written; `source` the
+        /// types expected.
+        case stringNotOfType, otherNotOfType
     }
 
     /// The pointer, or (when `isMember`) the member's unescaped name.
@@ -67,8 +70,14 @@ package struct ValidationError: Sendable {
         case .text(let text): (self.rule, value) = (.text, text)
         case .requiredMissing: (self.rule, value) = (.requiredMissing, "")
         case .notOfType(let instance, let expected):
-            let names = expected.count == 1 ? expected[0] : expected.joined(separator: " or ")
-            (self.rule, value) = (.text, "\(JSONSchema.describe(instance)) is not of type \(names)")
+            source = expected.count == 1 ? expected[0] : expected.joined(separator: " or ")
+            switch instance {
+            case .string(let text): (self.rule, value) = (.stringNotOfType, text)
+            case .number(let text): (self.rule, value) = (.otherNotOfType, text)
+            case .null: (self.rule, value) = (.otherNotOfType, "null")
+            case .bool(let flag): (self.rule, value) = (.otherNotOfType, flag ? "true" : "false")
+            case .object, .array: (self.rule, value) = (.otherNotOfType, JSONSchema.describe(instance))
+            }
         case .notOneOf(let instance, let options):
             let list = options.map { $0.compactText }.joined(separator: ", ")
             (self.rule, value) = (.text, "\(JSONSchema.describe(instance)) is not one of \(list)")
@@ -142,6 +151,10 @@ package struct ValidationError: Sendable {
             JSONSchema.appendDescribed(value, to: &out)
             out += " does not match pattern ".utf8
             JSONValue.appendQuoted(source.unicodeScalars, to: &out)
+        case .stringNotOfType, .otherNotOfType:
+            if rule == .stringNotOfType { JSONSchema.appendDescribed(value, to: &out) } else { out += value.utf8 }
+            out += " is not of type ".utf8
+            out += source.utf8
         }
     }
 }
@@ -451,16 +464,28 @@ package struct JSONSchema: Sendable {
         errors: inout [ValidationError]
     ) {
         if node.scansFew && members.count <= JSONValue.linearScanMembers {
-            // A schema of a few properties and a small object: each member found by a scan of the
-            // properties, marking its bit; a required name is present when its bit is set.
-            let start = errors.count
+            // A schema of a few properties and a small object: which properties are present first (a bit
+            // each, found by a scan from the last one found: members mostly come in the schema's order),
+            // so that missing required names are said first, as below; then each member.
             var seen: UInt32 = 0
             var hint = 0
+            for member in members {
+                if let slot = node.slot(member.key, hint: &hint) { seen |= 1 << UInt32(slot) }
+            }
+            for (name, slot) in zip(node.required, node.requiredSlots) {
+                let present =
+                    slot >= 0 ? seen & (1 << UInt32(slot)) != 0 : members.contains { $0.key.hasSameUTF8(as: name) }
+                if !present {
+                    path.enter(name)
+                    errors.append(.init(path.place, .requiredMissing))
+                    path.leave()
+                }
+            }
+            hint = 0
             for member in members {
                 path.enter(member.key)
                 defer { path.leave() }
                 if let slot = node.slot(member.key, hint: &hint) {
-                    seen |= 1 << UInt32(slot)
                     validate(member.value, node: node.few[slot].node, path: &path, errors: &errors)
                 } else if let additional = node.additionalProperties {
                     if nodes[additional].boolean == false {
@@ -470,18 +495,6 @@ package struct JSONSchema: Sendable {
                     }
                 }
             }
-            // Missing required names are said first, as below.
-            var missing: [ValidationError] = []
-            for (name, slot) in zip(node.required, node.requiredSlots) {
-                let present =
-                    slot >= 0 ? seen & (1 << UInt32(slot)) != 0 : members.contains { $0.key.hasSameUTF8(as: name) }
-                if !present {
-                    path.enter(name)
-                    missing.append(.init(path.place, .requiredMissing))
-                    path.leave()
-                }
-            }
-            if !missing.isEmpty { errors.insert(contentsOf: missing, at: start) }
             return
         }
         if !node.required.isEmpty {

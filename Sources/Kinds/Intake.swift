@@ -164,11 +164,7 @@ package struct IntakeReader: Sendable {
     private func check(_ value: JSONValue, number: Int, line: Int, today: String) -> Result<IntakeRecord, Problems> {
         let errors = schema.validate(value)
         if !errors.isEmpty {
-            return .failure(
-                Problems(
-                    errors.map { RecordProblem(record: number, line: line, $0) }
-                )
-            )
+            return .failure(Problems(record: number, line: line, failures: errors))
         }
         let record = IntakeRecord(
             mrn: value["mrn"]?.stringValue ?? "",

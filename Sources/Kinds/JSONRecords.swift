@@ -184,9 +184,7 @@ package enum JSONRecords {
     package static func violations(of value: JSONValue, in raw: Raw, against schema: JSONSchema) -> Problems? {
         let errors = schema.validate(value)
         if errors.isEmpty { return nil }
-        return Problems(
-            errors.map { RecordProblem(record: raw.number, line: raw.line, $0) }
-        )
+        return Problems(record: raw.number, line: raw.line, failures: errors)
     }
 
     private static func notJSON(_ error: JSONParseError) -> RecordProblem {

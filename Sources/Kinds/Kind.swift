@@ -139,8 +139,39 @@ package struct Item<Record: Sendable>: Sendable {
 
 /// The problems of one record (an `Error` so that it fits `Result`).
 package struct Problems: Error, Sendable {
-    package var list: [RecordProblem]
-    package init(_ list: [RecordProblem]) { self.list = list }
+    /// Problems as made, or none when they are a record's schema failures (kept as found: a record of
+    /// tiny rejected records copied each failure into a problem, then each problem into the report).
+    private var made: [RecordProblem]
+    private var failures: [ValidationError] = []
+    private var record: Int?
+    private var line: Int?
+
+    package init(_ list: [RecordProblem]) { made = list }
+
+    /// A record's schema failures (not empty).
+    init(record: Int?, line: Int?, failures: [ValidationError]) {
+        made = []
+        self.failures = failures
+        self.record = record
+        self.line = line
+    }
+
+    package var list: [RecordProblem] {
+        get {
+            guard made.isEmpty else { return made }
+            return failures.map { RecordProblem(record: record, line: line, $0) }
+        }
+        set {
+            made = newValue
+            failures = []
+        }
+    }
+
+    /// Appends ``list`` to `problems`, with no array between.
+    package func append(to problems: inout [RecordProblem]) {
+        guard made.isEmpty else { return problems += made }
+        for failure in failures { problems.append(RecordProblem(record: record, line: line, failure)) }
+    }
 }
 
 /// What a reader made of a whole file.

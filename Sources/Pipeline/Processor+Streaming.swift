@@ -230,17 +230,24 @@ extension Engine {
         var number = 0
 
         let database = self.database
-        // The chunk comes back with its report: its few rejected records are listed on this thread
-        // (listing them on the commit thread measured slower here, unlike a CSV file's rows).
-        let committer = ChunkCommitter<AppDatabase.Chunk, (AppDatabase.Chunk, FileReport)> { chunk in
-            (chunk, try database.writeChunk(chunk, fileID: file.id))
-        }
-        func done(_ committed: (AppDatabase.Chunk, FileReport)) throws {
-            let (chunk, report) = committed
+        let catalog = self.catalog
+        let today = String(Clock.timestamp().prefix(10))
+        // This thread splits and parses the records; the commit thread judges them against the schema,
+        // writes them, and lists the rejected ones' lines: the records are made and freed on one thread
+        // (freed on another, their many small allocations contended for one malloc arena), and a file of
+        // tiny rejected records keeps both cores busy instead of one.
+        let committer = ChunkCommitter<[JSONRecords.Raw], (FileReport, [UInt8])> { raws in
+            let chunk: AppDatabase.Chunk
+            switch kind {
+            case .appointments: chunk = .appointments(raws.map { catalog.appointments.record($0) })
+            case .zoom: chunk = .zoom(raws.map { catalog.zoom.record($0) })
+            case .intake: chunk = .intake(raws.map { catalog.intake.record($0, today: today) })
+            }
+            let report = try database.writeChunk(chunk, fileID: file.id)
             var out: [UInt8] = []
             func list<Record>(_ items: [Item<Record>]) {
-                let problems = ProblemIndex(report.errors, numbers: items.lazy.map(\.number))
-                for item in items where !problems[item.number].isEmpty {
+                let problems = ProblemIndex(report.errors, numbers: items.lazy.map { $0.number })
+                for item in items where !problems.positions(item.number).isEmpty {
                     out += item.text.utf8
                     out.append(0x0A)
                 }
@@ -252,6 +259,10 @@ extension Engine {
                 case .intake(let items): list(items)
                 }
             }
+            return (report, out)
+        }
+        func done(_ committed: (FileReport, [UInt8])) throws {
+            let (report, out) = committed
             if !out.isEmpty { try rejected.append(out) }
             unlisted += totals.absorb(report, listing: Self.listedProblems)
             try chunkDone()
@@ -259,18 +270,9 @@ extension Engine {
 
         func flush() throws {
             guard !pending.isEmpty else { return }
-            switch kind {
-            case .appointments:
-                try committer.submit(.appointments(pending.map { catalog.appointments.record($0) }), done: done)
-            case .zoom:
-                try committer.submit(.zoom(pending.map { catalog.zoom.record($0) }), done: done)
-            case .intake:
-                try committer.submit(.intake(pending.map { catalog.intake.record($0, today: today) }), done: done)
-            }
+            try committer.submit(pending, done: done)
             pending.removeAll(keepingCapacity: true)
         }
-        let today = String(Clock.timestamp().prefix(10))
-
         // A chunk holds at most `chunkRecords` records and, parsed, about 32 times `batchBytes`: it is
         // committed as soon as either is reached (memory budget).
         var pendingBytes = 0
@@ -474,7 +476,7 @@ extension Engine {
     /// it was, then its problems and its line. Written as bytes into one buffer, on the commit thread.
     static func rejectedRows(_ items: [Item<IntakeRecord>], _ report: FileReport) -> [UInt8] {
         guard !report.errors.isEmpty else { return [] }
-        let problems = ProblemIndex(report.errors, numbers: items.lazy.map(\.number))
+        let problems = ProblemIndex(report.errors, numbers: items.lazy.map { $0.number })
         var out: [UInt8] = []
         var message: [UInt8] = []
         for item in items {

@@ -571,14 +571,14 @@ struct AppointmentWriter {
     func write(_ items: [Item<AppointmentEvent>]) throws -> FileReport {
         var stored = 0
         var duplicates = 0
-        var rejectedRecords = Set<Int>()
+        var rejectedRecords = 0  // each item is one record, judged once: a count, no set
         var errors: [RecordProblem] = []
         var touched = Set<String>()
         for item in items {
             switch item.result {
             case .failure(let problems):
-                rejectedRecords.insert(item.number)
-                errors += problems.list
+                rejectedRecords += 1
+                problems.append(to: &errors)
             case .success(let event):
                 let existing = try Row.fetchOne(
                     db.cachedStatement(
@@ -599,7 +599,7 @@ struct AppointmentWriter {
                     } else if same {
                         duplicates += 1
                     } else {
-                        rejectedRecords.insert(item.number)
+                        rejectedRecords += 1
                         let earlier: String = existing["file_id"]
                         errors.append(
                             RecordProblem(
@@ -628,7 +628,7 @@ struct AppointmentWriter {
             }
         }
         for appointmentID in touched { try refreshState(appointmentID) }
-        let rejected = rejectedRecords.count
+        let rejected = rejectedRecords
         return FileReport(
             outcome: FileReport.outcome(stored: stored, duplicates: duplicates, rejected: rejected),
             stored: stored,

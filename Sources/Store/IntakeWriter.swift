@@ -59,7 +59,7 @@ struct IntakeWriter {
     /// arrays, rows decoded by column name) cost more than SQLite's own work.
     func write(_ items: [Item<IntakeRecord>]) throws -> FileReport {
         var report = FileReport(outcome: .accepted)
-        var rejectedRecords = Set<Int>()
+        var rejectedRecords = 0  // each item is one record, judged once: a count, no set
         var patientsCreated = 0
         var patientsUpdated = 0
         guard let connection = db.sqliteConnection else { throw DatabaseError(resultCode: .SQLITE_MISUSE) }
@@ -68,8 +68,8 @@ struct IntakeWriter {
         for item in items {
             switch item.result {
             case .failure(let problems):
-                rejectedRecords.insert(item.number)
-                report.errors += problems.list
+                rejectedRecords += 1
+                problems.append(to: &report.errors)
             case .success(let row):
                 // The visit first: a conflicting row changes nothing, not even the person.
                 try sql.visitByNumber.bind(1, row.visitAccountNumber)
@@ -81,7 +81,7 @@ struct IntakeWriter {
                     let ours = earlier == fileID && visit.int(4) == Int64(item.number)
                     try visit.reset()
                     if !same {
-                        rejectedRecords.insert(item.number)
+                        rejectedRecords += 1
                         report.errors.append(
                             RecordProblem(
                                 record: item.number,
@@ -116,7 +116,7 @@ struct IntakeWriter {
                 report.stored += 1
             }
         }
-        report.rejected = rejectedRecords.count
+        report.rejected = rejectedRecords
         report.outcome = FileReport.outcome(
             stored: report.stored,
             duplicates: report.duplicates,

@@ -79,14 +79,14 @@ struct ZoomWriter {
         var stored = 0
         var duplicates = 0
         var skipped = 0
-        var rejectedRecords = Set<Int>()
+        var rejectedRecords = 0  // each item is one record, judged once: a count, no set
         var errors: [RecordProblem] = []
         var mine = Set<String>()
         for item in items {
             switch item.result {
             case .failure(let problems):
-                rejectedRecords.insert(item.number)
-                errors += problems.list
+                rejectedRecords += 1
+                problems.append(to: &errors)
             case .success(.urlValidation):
                 skipped += 1
             case .success(.event(let event)):
@@ -99,7 +99,7 @@ struct ZoomWriter {
                 case .duplicate:
                     duplicates += 1
                 case .conflict(let earlier):
-                    rejectedRecords.insert(item.number)
+                    rejectedRecords += 1
                     errors.append(
                         RecordProblem(
                             record: item.number,
@@ -120,12 +120,12 @@ struct ZoomWriter {
             outcome: FileReport.outcome(
                 stored: stored,
                 duplicates: duplicates,
-                rejected: rejectedRecords.count,
+                rejected: rejectedRecords,
                 skipped: skipped
             ),
             stored: stored,
             duplicates: duplicates,
-            rejected: rejectedRecords.count,
+            rejected: rejectedRecords,
             errors: errors
         )
         if skipped > 0 {

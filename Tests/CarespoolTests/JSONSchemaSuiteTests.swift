@@ -123,6 +123,8 @@ import Testing
                   "t":{"type":"string","format":"date-time"},
                   "p":{"type":"string","pattern":"^M[0-9]+\\\\\"$"},
                   "n":{"type":"integer"},
+                  "m":{"type":["string","null"]},
+                  "b":{"type":"string"},
                   "e":{"enum":["x",1]},
                   "o":{"type":"object","properties":{"deep":{"type":"string","minLength":2}}}}}
                 """#.utf8
@@ -136,11 +138,16 @@ import Testing
             JSONMember(key: "t", value: .string("2025-01-10 12:30")),
             JSONMember(key: "p", value: .string("Zoë\t")),
             JSONMember(key: "n", value: .string("1")),
+            JSONMember(key: "m", value: .number("-12.5e3")),
+            JSONMember(key: "b", value: .array([.bool(true)])),
             JSONMember(key: "e", value: .string("y")),
             JSONMember(key: "o", value: .object([JSONMember(key: "deep", value: .string("q"))])),
         ])
         let errors = schema.validate(instance)
-        #expect(errors.count == 8, "\(errors.map(\.message))")
+        #expect(errors.count == 10, "\(errors.map(\.message))")
+        #expect(errors.contains { $0.pointer == "/m" && $0.message == "-12.5e3 is not of type string or null" })
+        #expect(errors.contains { $0.pointer == "/b" && $0.message == "an array is not of type string" })
+        #expect(errors.contains { $0.pointer == "/n" && $0.message == #""1" is not of type integer"# })
         #expect(errors.first?.pointer == "/gone" && errors.first?.message == "required property is missing")
         #expect(
             errors.contains {

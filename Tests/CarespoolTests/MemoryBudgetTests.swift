@@ -97,7 +97,9 @@ import Testing
         }
         #expect(run.result.0)
         // The verdict needs 16 MiB read (well under a second here; a loaded CI machine gets room).
-        #expect(run.result.1 < .seconds(10), "\(run.result.1)")
+        // Within the interleave's reach (a second between chunks), with room for a busy machine; the big
+        // file takes far longer.
+        #expect(run.result.1 < .seconds(20), "\(run.result.1)")
         let view = SpoolView(root: spool)
         let sidecar = try #require(view.sidecars().first { $0.hasSuffix("zeros.ndjson.error.json") })
         let reason = try String(contentsOfFile: spool + "/failed/appointments/" + sidecar, encoding: .utf8)
@@ -153,7 +155,6 @@ import Testing
             #expect(rename(staged, spool + "/inbox/appointments/big.ndjson") == 0)
             // Once the big one is being streamed:
             _ = await eventually(timeout: .seconds(20)) { !view.names("processing/appointments").isEmpty }
-            try? await Task.sleep(for: .seconds(1))
             let dropped = ContinuousClock.now
             try dropLikeRsync(
                 event("BESIDE", "2025-01-10T12:30:00Z"),

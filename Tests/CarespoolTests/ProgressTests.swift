@@ -43,7 +43,8 @@ import Testing
             return (Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18, midway)
         }
         #expect(first.result.midway, "the file finished before the stop: make it larger")
-        #expect(first.result.stoppedWithin < 5, "SIGTERM took \(first.result.stoppedWithin) s mid-file")
+        // Seconds, not the file's minutes (a commit and a checkpoint on a busy machine: room to 15 s).
+        #expect(first.result.stoppedWithin < 15, "SIGTERM took \(first.result.stoppedWithin) s mid-file")
         #expect(first.status == .exited(0))
         #expect(first.log.contains("stopped in the middle of a large file"))
         let view = SpoolView(root: spool)

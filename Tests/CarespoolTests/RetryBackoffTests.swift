@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Subprocess
 import Testing
 
 #if canImport(Glibc)
@@ -16,23 +17,29 @@ import Testing
         let spool = dir.path + "/spool"
         let run = try await Daemon.serve(spool: spool, arguments: ["--busy-timeout-ms", "100"]) { pid in
             try await waitUntilServing(spool)
-            // Another writer holds the write lock (a backup tool, an operator's sqlite3 session).
-            var configuration = Configuration()
-            configuration.busyMode = .timeout(10)
-            let other = try DatabaseQueue(path: spool + "/carespool.sqlite3", configuration: configuration)
-            let held = Task.detached {
-                try other.inTransaction(.immediate) { _ in
-                    Thread.sleep(forTimeInterval: 6)
-                    return .commit
-                }
+            // Another writer holds the write lock for six seconds: an operator's sqlite3 session, a process
+            // of its own (a transaction held from a test task would also hold one of the few threads every
+            // test shares, and start late on a busy machine).
+            let locked = dir.path + "/locked"
+            let operatorSession = Task {
+                try await Subprocess.run(
+                    .name("sqlite3"),
+                    arguments: [
+                        spool + "/carespool.sqlite3", "BEGIN IMMEDIATE;", ".shell touch '\(locked)'", ".shell sleep 6",
+                        "COMMIT;",
+                    ],
+                    output: .discarded,
+                    error: .string(limit: 1 << 16)
+                )
             }
-            try await Task.sleep(for: .milliseconds(300))
+            #expect(await eventually { FileManager.default.fileExists(atPath: locked) }, "sqlite3 never took the lock")
             try dropLikeRsync(
                 event("BUSY-1", "2025-01-10T12:30:00Z"),
                 into: spool + "/inbox/appointments",
                 name: "b.json"
             )
-            try await held.value
+            let session = try await operatorSession.value
+            #expect(session.terminationStatus == .exited(0), "\(session.standardError)")
             let view = SpoolView(root: spool)
             let done = await eventually(timeout: .seconds(30)) { view.done().count == 1 }
             kill(pid, SIGTERM)
