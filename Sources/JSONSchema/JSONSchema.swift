@@ -312,6 +312,95 @@ package struct JSONSchema: Sendable {
         }
     }
 
+    /// How objects whose members are all strings, always under the same names in the same order (a CSV
+    /// file's rows), are validated without being built: each name's subschema found once.
+    package struct StringObjectPlan: Sendable {
+        fileprivate let names: [String]
+        /// Each name's subschema (its property's, or `additionalProperties`'), nil when none applies.
+        fileprivate let members: [Int?]
+        /// Whether each name is disallowed (`additionalProperties: false`).
+        fileprivate let disallowed: [Bool]
+        /// For each required name, its position in `names`, or -1 (never present).
+        fileprivate let required: [(name: String, position: Int)]
+        /// Whether a name holds U+0000.
+        fileprivate let nulNames: [Bool]
+    }
+
+    /// The plan for objects of string members named `names`, in that order; nil when the root schema is
+    /// more than an object's `type`, `required`, `properties` and `additionalProperties` (then the object
+    /// is built and validated whole).
+    package func stringObjectPlan(names: [String]) -> StringObjectPlan? {
+        let node = nodes[root]
+        guard node.boolean == nil, node.ref == nil, node.constValue == nil, node.enumValues == nil,
+            node.allOf.isEmpty, node.anyOf.isEmpty, node.oneOf.isEmpty, node.not == nil,
+            node.types == nil || node.typeMask & Node.objectBit != 0
+        else { return nil }
+        var members: [Int?] = []
+        var disallowed: [Bool] = []
+        for name in names {
+            if let property = node.property(name) {
+                members.append(property)
+                disallowed.append(false)
+            } else if let additional = node.additionalProperties {
+                let no = nodes[additional].boolean == false
+                members.append(no ? nil : additional)
+                disallowed.append(no)
+            } else {
+                members.append(nil)
+                disallowed.append(false)
+            }
+        }
+        let required = node.required.map { name in
+            (name, names.firstIndex { $0.hasSameUTF8(as: name) } ?? -1)
+        }
+        return StringObjectPlan(
+            names: names,
+            members: members,
+            disallowed: disallowed,
+            required: required,
+            nulNames: names.map(\.containsNUL)
+        )
+    }
+
+    /// Validates the object whose members are `plan`'s names with `values` (nil: no such member), as
+    /// ``validate(_:)`` validates it built — the same failures in the same order — without building it.
+    package func validate(strings values: [String?], plan: StringObjectPlan) -> [ValidationError] {
+        precondition(values.count == plan.names.count)
+        var errors: [ValidationError] = []
+        var path = InstancePath()
+        for (name, position) in plan.required where position < 0 || values[position] == nil {
+            path.enter(name)
+            errors.append(.init(path.place, .requiredMissing))
+            path.leave()
+        }
+        for position in values.indices {
+            guard let value = values[position] else { continue }
+            path.enter(plan.names[position])
+            if plan.disallowed[position] {
+                errors.append(.init(pointer: path.pointer, message: "property is not allowed"))
+            } else if let member = plan.members[position] {
+                validate(.string(value), node: member, path: &path, errors: &errors)
+            }
+            path.leave()
+        }
+        if forbidsNUL {
+            for position in values.indices {
+                guard let value = values[position] else { continue }
+                path.enter(plan.names[position])
+                if plan.nulNames[position] {
+                    errors.append(.init(pointer: path.pointer, message: "name contains a NUL character (U+0000)"))
+                }
+                if value.containsNUL {
+                    errors.append(
+                        .init(pointer: path.pointer, message: "contains a NUL character (U+0000): not storable")
+                    )
+                }
+                path.leave()
+            }
+        }
+        return errors
+    }
+
     /// Whether `instance` is valid.
     package func isValid(_ instance: JSONValue) -> Bool {
         matches(instance, root)

@@ -51,9 +51,14 @@ package struct IntakeColumns: Sendable {
 /// stored short of a field); a header with no rows is a valid file of zero records (a day without visits).
 package struct IntakeReader: Sendable {
     private let schema: JSONSchema
+    /// How a CSV row's fields are validated without building the object (nil: a schema that needs it).
+    private let rowPlan: JSONSchema.StringObjectPlan?
 
     /// - Parameter schema: the compiled `intake_record` schema.
-    package init(schema: JSONSchema) { self.schema = schema }
+    package init(schema: JSONSchema) {
+        self.schema = schema
+        rowPlan = schema.stringObjectPlan(names: IntakeColumns.required)
+    }
 
     /// Maps a CSV header; a missing required column is a problem with the whole file, naming the column.
     package func columns(header: CSVRecord) -> Result<IntakeColumns, RecordProblem> {
@@ -133,15 +138,49 @@ package struct IntakeReader: Sendable {
         if fields.count < columns.width {
             return failure("row has \(fields.count) fields; the header needs at least \(columns.width)")
         }
-        var members: [JSONMember] = []
-        members.reserveCapacity(IntakeColumns.required.count)
-        for (name, position) in zip(IntakeColumns.required, columns.positions) {
-            let value = fields[position]
-            if name == "reason" && value.isEmpty { continue }
-            members.append(JSONMember(key: name, value: .string(value)))
+        guard let rowPlan else {
+            var members: [JSONMember] = []
+            members.reserveCapacity(IntakeColumns.required.count)
+            for (name, position) in zip(IntakeColumns.required, columns.positions) {
+                let value = fields[position]
+                if name == "reason" && value.isEmpty { continue }
+                members.append(JSONMember(key: name, value: .string(value)))
+            }
+            let result = check(.object(members), number: number, line: record.line, today: today)
+            return Item(number: number, line: record.line, text: text, result: result)
         }
-        let result = check(.object(members), number: number, line: record.line, today: today)
-        return Item(number: number, line: record.line, text: text, result: result)
+        // Field by field against the properties' subschemas, as the object would be (an empty reason is
+        // no member): no object built for each row.
+        let positions = columns.positions
+        let reason = fields[positions[6]]
+        let values: [String?] = [
+            fields[positions[0]], fields[positions[1]], fields[positions[2]], fields[positions[3]],
+            fields[positions[4]], fields[positions[5]], reason.isEmpty ? nil : reason,
+        ]
+        let errors = schema.validate(strings: values, plan: rowPlan)
+        if !errors.isEmpty {
+            return Item(
+                number: number,
+                line: record.line,
+                text: text,
+                result: .failure(Problems(record: number, line: record.line, failures: errors))
+            )
+        }
+        let row = IntakeRecord(
+            mrn: values[0]!,
+            firstName: values[1]!,
+            lastName: values[2]!,
+            birthDate: values[3]!,
+            visitAccountNumber: values[4]!,
+            visitDate: values[5]!,
+            reason: values[6]
+        )
+        return Item(
+            number: number,
+            line: record.line,
+            text: text,
+            result: judge(row, number: number, line: record.line, today: today)
+        )
     }
 
     /// A JSON array of intake records (the body of `POST /ingest`), or NDJSON.
@@ -175,6 +214,12 @@ package struct IntakeReader: Sendable {
             visitDate: value["visit_date"]?.stringValue ?? "",
             reason: value["reason"]?.stringValue
         )
+        return judge(record, number: number, line: line, today: today)
+    }
+
+    /// The rules beyond the schema, for a record the schema passed.
+    private func judge(_ record: IntakeRecord, number: Int, line: Int, today: String) -> Result<IntakeRecord, Problems>
+    {
         var problems: [RecordProblem] = []
         // Dates are YYYY-MM-DD (the schema checked), so text order is date order.
         if record.birthDate > today {

@@ -173,3 +173,65 @@ import Testing
         #expect(date.message == JSONSchema.describe(.string(long)) + " is not an RFC 3339 date")
     }
 }
+
+/// A CSV row is validated field by field (``JSONSchema/validate(strings:plan:)``), not built into an
+/// object: the failures must be the object's, in the same order, whatever the row holds.
+@Suite struct StringObjectPlanTests {
+    static let names = ["mrn", "first_name", "last_name", "birth_date", "visit_account_number", "visit_date", "reason"]
+
+    static func compare(_ schema: JSONSchema, names: [String], rows: [[String?]]) throws {
+        let plan = try #require(schema.stringObjectPlan(names: names))
+        for row in rows {
+            let object: JSONValue = .object(
+                zip(names, row).compactMap { name, value in value.map { JSONMember(key: name, value: .string($0)) } }
+            )
+            let built = schema.validate(object)
+            let planned = schema.validate(strings: row, plan: plan)
+            #expect(planned.map(\.pointer) == built.map(\.pointer), "\(row)")
+            #expect(planned.map(\.message) == built.map(\.message), "\(row)")
+        }
+    }
+
+    @Test func theIntakeSchemasFailuresAreTheBuiltObjectsInOrder() throws {
+        let document = try JSONParser.parse(Array(try Data(contentsOf: TestPaths.schemaJSON)))
+        var schema = try JSONSchema(document: document, entry: "/$defs/intake_record")
+        schema.forbidsNUL = true
+        let long = String(repeating: "Zoë ", count: 60)
+        try Self.compare(
+            schema,
+            names: Self.names,
+            rows: [
+                ["M1", "Zoë", "Müller", "1980-01-02", "V1", "2025-03-01", nil],
+                ["M1", "Zoë", "Müller", "1980-01-02", "V1", "2025-03-01", "checkup, \"quoted\""],
+                ["", "", "", "", "", "", nil],
+                [nil, "", nil, "1980-02-30", nil, "2025-13-01", ""],
+                [
+                    "M\u{0}1", long, "x", "1980-01-02T00:00:00Z", String(repeating: "9", count: 65), "2025-03-01",
+                    "a\u{0}",
+                ],
+                [nil, nil, nil, nil, nil, nil, nil],
+            ]
+        )
+    }
+
+    @Test func otherSchemasOfStringMembersToo() throws {
+        let document = try JSONParser.parse(
+            Array(
+                #"""
+                {"type":"object","required":["a","zz"],"additionalProperties":false,
+                 "properties":{"a":{"type":"string","pattern":"^[a-z]+$"},"b":{"enum":["x","y"]},"c":{"type":"integer"}}}
+                """#.utf8
+            )
+        )
+        var schema = try JSONSchema(document: document)
+        schema.forbidsNUL = true
+        try Self.compare(
+            schema,
+            names: ["a", "b", "c", "d", "n\u{0}"],
+            rows: [["ok", "x", nil, nil, nil], ["OK", "z", "1", "extra", "v"], [nil, nil, nil, nil, nil]]
+        )
+        // A root that is more than an object's properties is validated whole: no plan.
+        let anyOf = try JSONSchema(document: try JSONParser.parse(Array(#"{"anyOf":[{"type":"object"}]}"#.utf8)))
+        #expect(anyOf.stringObjectPlan(names: ["a"]) == nil)
+    }
+}
