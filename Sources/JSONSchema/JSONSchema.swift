@@ -108,6 +108,20 @@ package struct ValidationError: Sendable {
         set { (rule, value) = (.text, newValue) }
     }
 
+    /// Whether its pointer and message are certainly `other`'s: the same place, rule and quoted values.
+    package func saysTheSame(as other: ValidationError) -> Bool {
+        // By their bytes (canonically equal strings are written differently); a pair that differs here
+        // but reads the same is merely written twice.
+        rule == other.rule && isMember == other.isMember && limit == other.limit
+            && place.hasSameUTF8(as: other.place) && value.hasSameUTF8(as: other.value)
+            && source.hasSameUTF8(as: other.source)
+    }
+
+    /// Whether its pointer is certainly `other`'s (the same place, by its bytes).
+    package func isAtSamePlace(as other: ValidationError) -> Bool {
+        isMember == other.isMember && place.hasSameUTF8(as: other.place)
+    }
+
     /// Appends ``pointer``'s UTF-8 to `out`, without its leading "/" when `dropSlash`.
     package func appendPointer(to out: inout [UInt8], dropSlash: Bool = false) {
         guard isMember else {
@@ -375,6 +389,8 @@ package struct JSONSchema: Sendable {
         }
         for position in values.indices {
             guard let value = values[position] else { continue }
+            // Room for a failure a field once the row has one (grown one by one: four reallocations).
+            if !errors.isEmpty && errors.capacity < values.count { errors.reserveCapacity(values.count + 1) }
             path.enter(plan.names[position])
             if plan.disallowed[position] {
                 errors.append(.init(pointer: path.pointer, message: "property is not allowed"))

@@ -90,6 +90,17 @@ extension RecordProblem {
         return true
     }
 
+    /// Whether its pointer and message are those of `other` (its record and line aside), known without
+    /// writing them when both are schema failures.
+    package func saysTheSame(as other: RecordProblem) -> Bool {
+        hasPointer == other.hasPointer && detail.saysTheSame(as: other.detail)
+    }
+
+    /// Whether its pointer is certainly `other`'s (compared as found, not written).
+    package func isAtSamePlace(as other: RecordProblem) -> Bool {
+        hasPointer == other.hasPointer && detail.isAtSamePlace(as: other.detail)
+    }
+
     /// Appends ``message``'s UTF-8 to `out` (a schema failure's written straight as bytes).
     package func appendMessage(to out: inout [UInt8]) {
         detail.appendMessage(to: &out)

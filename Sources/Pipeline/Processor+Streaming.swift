@@ -382,7 +382,7 @@ extension Engine {
         let database = self.database
         let committer = ChunkCommitter<[Item<IntakeRecord>], Committed> { items in
             let report = try database.writeChunk(.intake(items), fileID: file.id)
-            return Committed(report, rejected: Self.rejectedRows(items, report))
+            return Committed(report, rejected: RejectedRows.csv(items, report))
         }
         func done(_ committed: Committed) throws {
             var out: [UInt8] = []
@@ -472,49 +472,4 @@ extension Engine {
         }
     }
 
-    /// The rejected rows of a committed intake chunk as lines of the `.rejected` CSV file: each row as
-    /// it was, then its problems and its line. Written as bytes into one buffer, on the commit thread.
-    static func rejectedRows(_ items: [Item<IntakeRecord>], _ report: FileReport) -> [UInt8] {
-        guard !report.errors.isEmpty else { return [] }
-        let problems = ProblemIndex(report.errors, numbers: items.lazy.map { $0.number })
-        var out: [UInt8] = []
-        var message: [UInt8] = []
-        for item in items {
-            let positions = problems.positions(item.number)
-            if positions.isEmpty { continue }
-            message.removeAll(keepingCapacity: true)
-            for position in positions {
-                if position != positions.first { message += "; ".utf8 }
-                if report.errors[position].appendPointer(to: &message, dropSlash: true) { message += ": ".utf8 }
-                report.errors[position].appendMessage(to: &message)
-            }
-            out += item.text.utf8
-            out.append(0x2C)
-            appendCSVField(message, to: &out)
-            out.append(0x2C)
-            out += String(item.line).utf8
-            out.append(0x0A)
-        }
-        return out
-    }
-
-    /// A CSV field's bytes appended to `out`, quoted when they must be.
-    static func appendCSVField(_ bytes: [UInt8], to out: inout [UInt8]) {
-        bytes.withUnsafeBufferPointer { bytes in
-            guard bytes.contains(where: { $0 == 0x2C || $0 == 0x22 || $0 == 0x0A || $0 == 0x0D }) else {
-                out.append(contentsOf: bytes)
-                return
-            }
-            // Quoted, each quote doubled: the runs between quotes copied whole.
-            out.append(0x22)
-            var run = 0
-            for index in bytes.indices where bytes[index] == 0x22 {
-                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run...index]))
-                out.append(0x22)
-                run = index + 1
-            }
-            out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run...]))
-            out.append(0x22)
-        }
-    }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Kinds
 import Pipeline
 import Testing
@@ -74,5 +75,57 @@ import Testing
         #expect(TailCheck.ndjson(Array("{\n  \"a\": 1\n}".utf8), limit: 1 << 20) == nil)
         #expect(TailCheck.ndjson(Array("{\"a\":1}\n{\"a\"".utf8), limit: 1 << 20)?.line == 2)
         #expect(TailCheck.ndjson(Array("{\"a\":1}\n".utf8), limit: 1 << 20) == nil)
+    }
+}
+
+/// The rejected rows' sidecar reuses a reason already written (the last row's, each field's usual
+/// problem): what it writes must be what writing every reason afresh writes, whatever the rows' order —
+/// runs, alternations, values that differ only after a cut, quotes, commas, NFC against NFD.
+@Suite struct RejectedRowsTests {
+    /// Every reason written afresh: `pointer: message` joined by "; ", quoted when it must be.
+    static func plain(_ items: [Item<IntakeRecord>], _ errors: [RecordProblem]) -> [UInt8] {
+        var out: [UInt8] = []
+        for item in items {
+            let mine = errors.filter { $0.record == item.number }
+            if mine.isEmpty { continue }
+            let reason = mine.map { ($0.pointer.map { String($0.dropFirst()) + ": " } ?? "") + $0.message }
+                .joined(separator: "; ")
+            let special = reason.utf8.contains { $0 == 0x22 || $0 == 0x2C || $0 == 0x0A || $0 == 0x0D }
+            let field = special ? "\"" + reason.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : reason
+            out += Array((item.text + "," + field + ",\(item.line)\n").utf8)
+        }
+        return out
+    }
+
+    @Test func aReusedReasonIsTheReasonWrittenAfresh() throws {
+        let catalog = try projectCatalog()
+        let long = String(repeating: "é", count: 81)
+        var rows = [
+            ",,,,,,", ",,,,,,", "x,,,,,,", ",,,,,,", "x,,,,,,", "x,,,,,,",
+            "M1,Zoë,Müller,1980-01-02,V1,2025-03-01,", "M2,Zoë,Müller,2980-01-02,V2,2025-03-01,",
+            "M3,Zoë,Müller,\"1980,1\",V3,2025-03-01,", "M3,Zoë,Müller,\"1980\"\"1\",V3,2025-03-01,",
+            "M4,,Müller,\(long)a,V4,2025-03-01,", "M4,,Müller,\(long)b,V4,2025-03-01,",
+            "M5,Zoë,,e\u{301},V5,y,", "M5,Zoë,,\u{E9},V5,y,",
+        ]
+        // Past the 16 problems kept: twenty fields' worth of other dates, then the first rows again.
+        for n in 0..<20 { rows.append(",,,bad\(n),,,") }
+        rows += [",,,,,,", "x,,,,,,", ",,,bad3,,,"]
+        let csv = intakeHeader + "\n" + rows.joined(separator: "\n") + "\n"
+        let parsed = catalog.intake.readCSV(Array(csv.utf8), today: "2026-11-23")
+        var errors: [RecordProblem] = []
+        for item in parsed.items {
+            if case .failure(let problems) = item.result { problems.append(to: &errors) }
+        }
+        let report = FileReport(outcome: .partial, errors: errors)
+        let written = RejectedRows.csv(parsed.items, report)
+        let afresh = Self.plain(parsed.items, errors)
+        // By bytes: two strings canonically equal (NFC and NFD) are equal Strings, not equal bytes.
+        let differ =
+            zip(written, afresh).enumerated().first { $1.0 != $1.1 }?.offset ?? min(written.count, afresh.count)
+        #expect(
+            written == afresh,
+            "from byte \(differ): \(String(decoding: written.dropFirst(differ).prefix(120), as: UTF8.self))"
+        )
+        #expect(written.split(separator: 0x0A).count == rows.count - 1, "every row but the good one")
     }
 }
