@@ -43,6 +43,23 @@ def plain_csv(size, rng):
     return ("\n".join(rows) + "\n").encode()
 
 
+def tiny_rows_mixed(size, rng):
+    """Tiny rejected rows that rarely repeat the row before: each row a random one of several patterns of
+    empty and bad fields, one with a different bad date each time (what a reuse of the last row's reason
+    cannot help)."""
+    patterns = [",,,,,,", "x,,,,,,", ",y,,,,,", ",,z,,,,", ",,,%d,,,", "x,y,,,,,", ",,,,v,,", ",,,,,%d,"]
+    out = [(INTAKE_HEADER + "\n").encode()]
+    total = len(out[0])
+    n = 0
+    while total < size:
+        pattern = rng.choice(patterns)
+        row = ((pattern % n) if "%d" in pattern else pattern).encode() + b"\n"
+        out.append(row)
+        total += len(row)
+        n += 1
+    return b"".join(out)
+
+
 def shapes(size, seed=1):
     """(kind, name, suffix, bytes) for each adversarial shape of about `size` bytes, and the plain files
     they are measured against (names starting with 'plain')."""
@@ -67,3 +84,4 @@ def shapes(size, seed=1):
     yield "intake", "csv-many-columns", "csv", (
         ",".join("c%d" % i for i in range(columns)) + "\n" + ",".join("v" for _ in range(columns)) + "\n").encode()
     yield "intake", "csv-tiny-rows", "csv", (INTAKE_HEADER + "\n").encode() + b",,,,,,\n" * (size // 7)
+    yield "intake", "csv-tiny-rows-mixed", "csv", tiny_rows_mixed(size, rng)
