@@ -67,7 +67,14 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
             let stored = await eventually { view.done().count == 10 }
             let health = try await curl(["http://127.0.0.1:\(port)/health"])
             _ = try await curl(["-o", "/dev/null", "http://127.0.0.1:\(port)/no/such/path"], attempts: 1)
-            let metrics = try await curl(["http://127.0.0.1:\(port)/metrics"])
+            // A batch's files are counted just after their renames into done/: read again until they are.
+            var metrics = ""
+            let deadline = ContinuousClock.now + .seconds(20)
+            repeat {
+                metrics = try await curl(["http://127.0.0.1:\(port)/metrics"])
+                if metrics.contains("carespool_files_total{kind=\"appointments\",outcome=\"accepted\"} 10") { break }
+                try await Task.sleep(for: .milliseconds(100))
+            } while ContinuousClock.now < deadline
             kill(pid, SIGTERM)
             return (statuses, stored, health, metrics)
         }
