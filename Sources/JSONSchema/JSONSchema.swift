@@ -105,7 +105,7 @@ package struct ValidationError: Sendable {
             appendMessage(to: &bytes)
             return String(decoding: bytes, as: UTF8.self)
         }
-        set { (rule, value) = (.text, newValue) }
+        set { (rule, value, source, limit) = (.text, newValue, "", 0) }
     }
 
     /// Whether its pointer and message are certainly `other`'s: the same place, rule and quoted values.

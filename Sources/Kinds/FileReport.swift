@@ -50,17 +50,32 @@ package struct FileReport: Sendable, Equatable {
         return stored > 0 || skipped > 0 ? .accepted : .rejected
     }
 
-    /// Adds a chunk's counts, problems (listing at most `limit` in all), notes and details to these totals.
-    /// Returns how many of the chunk's problems were not listed.
+    /// The text of the problems a streamed file's report lists, at most (and the one that passes it): a
+    /// listed problem is kept until the file ends, and one may name a member up to the record limit long.
+    package static let listedBytes = 1 << 20
+
+    /// Adds a chunk's counts, problems (listing at most `limit` in all, and about ``listedBytes`` of their
+    /// text), notes and details to these totals. Returns how many of the chunk's problems were not listed.
+    /// A problem listed is kept as its text: a schema failure refers to the value it quotes, which may be
+    /// as long as a record (a thousand of them held a gigabyte until the file ended).
     package mutating func absorb(_ chunk: FileReport, listing limit: Int) -> Int {
         stored += chunk.stored
         duplicates += chunk.duplicates
         rejected += chunk.rejected
-        let room = max(0, limit - errors.count)
-        errors += chunk.errors.prefix(room)
+        var bytes = errors.reduce(0) { $0 + $1.textBytes }
+        var unlisted = 0
+        for problem in chunk.errors {
+            guard errors.count < limit, bytes < Self.listedBytes else {
+                unlisted += 1
+                continue
+            }
+            let text = problem.asText
+            bytes += text.textBytes
+            errors.append(text)
+        }
         for note in chunk.notes where !notes.contains(note) { notes.append(note) }
         for (key, value) in chunk.details { details[key, default: 0] += value }
-        return max(0, chunk.errors.count - room)
+        return unlisted
     }
 
     /// Closes a streamed file's totals: the count of unlisted problems noted, the outcome set.

@@ -3,7 +3,7 @@
 // Trusts nothing in the bytes. Knows payloads only: it never touches the file system or the database,
 // and never logs (its errors quote field values, so they go to sidecars and the ledger, never to logs).
 
-import JSONSchema
+package import JSONSchema
 
 /// A kind of data, with its inbox folder name.
 package enum Kind: String, CaseIterable, Sendable, Codable {
@@ -48,7 +48,7 @@ package struct RecordProblem: Error, Sendable {
     }
 
     /// A schema failure of one record.
-    init(record: Int?, line: Int?, _ error: ValidationError) {
+    package init(record: Int?, line: Int?, _ error: ValidationError) {
         self.record = record
         self.line = line
         detail = error
@@ -95,6 +95,15 @@ extension RecordProblem {
     package func saysTheSame(as other: RecordProblem) -> Bool {
         hasPointer == other.hasPointer && detail.saysTheSame(as: other.detail)
     }
+
+    /// The same problem as written text, holding nothing of the record (a schema failure refers to the
+    /// value it quotes until then).
+    package var asText: RecordProblem {
+        RecordProblem(record: record, line: line, pointer: pointer, message: message)
+    }
+
+    /// The bytes of its pointer and message (as text: see ``asText``).
+    var textBytes: Int { (pointer?.utf8.count ?? 0) + message.utf8.count }
 
     /// Whether its pointer is certainly `other`'s (compared as found, not written).
     package func isAtSamePlace(as other: RecordProblem) -> Bool {
@@ -160,7 +169,7 @@ package struct Problems: Error, Sendable {
     package init(_ list: [RecordProblem]) { made = list }
 
     /// A record's schema failures (not empty).
-    init(record: Int?, line: Int?, failures: [ValidationError]) {
+    package init(record: Int?, line: Int?, failures: [ValidationError]) {
         made = []
         self.failures = failures
         self.record = record

@@ -1,4 +1,5 @@
 import Foundation
+import JSONSchema
 import Kinds
 import Pipeline
 import Testing
@@ -127,5 +128,38 @@ import Testing
             "from byte \(differ): \(String(decoding: written.dropFirst(differ).prefix(120), as: UTF8.self))"
         )
         #expect(written.split(separator: 0x0A).count == rows.count - 1, "every row but the good one")
+    }
+}
+
+/// Found by the hostile review: a listed problem was kept until its file ended with the whole value it
+/// quotes (a thousand 1 MB dates in an intake file held 1.2 GB). Listed problems are kept as their text,
+/// and about 1 MiB of it at most.
+@Suite struct ListedProblemsTests {
+    @Test func listedProblemsAreTextAndBoundedByTheirBytes() throws {
+        let document = try JSONParser.parse(Array(#"{"properties":{"d":{"type":"string","format":"date"}}}"#.utf8))
+        let schema = try JSONSchema(document: document)
+        let huge = String(repeating: "9", count: 2_000_000)
+        let failure = try #require(schema.validate(.object([JSONMember(key: "d", value: .string(huge))])).first)
+        var chunk = FileReport(outcome: .rejected)
+        var errors: [RecordProblem] = []
+        for n in 1...10 {
+            Problems(record: n, line: n + 1, failures: [failure]).append(to: &errors)
+        }
+        // Problems whose pointer names a member 300 KB long.
+        let name = String(repeating: "k", count: 300_000)
+        for n in 11...20 {
+            errors.append(
+                RecordProblem(record: n, line: n + 1, pointer: "/" + name, message: "property is not allowed")
+            )
+        }
+        chunk.errors = errors
+        var totals = FileReport(outcome: .accepted)
+        let unlisted = totals.absorb(chunk, listing: 1_000)
+        // Ten dates (their messages cut at 80 characters), then the long pointers until about 1 MiB.
+        #expect(totals.errors.prefix(10).allSatisfy { $0.message.utf8.count < 120 && $0.pointer == "/d" })
+        #expect(totals.errors.count == 14 && unlisted == 6, "\(totals.errors.count) listed, \(unlisted) not")
+        #expect(totals.errors[0] == errors[0] && totals.errors[13] == errors[13])
+        // The next chunk lists nothing more: the text listed is past its bound.
+        #expect(totals.absorb(chunk, listing: 1_000) == 20)
     }
 }
