@@ -498,7 +498,7 @@ def inside_checks():
     took = time.monotonic() - started
     state = show("carespool.service", "ActiveState", "NRestarts", "MainPID")
     check("watchdog: a %.0f s file under WatchdogSec=3s stored once, no restart, not quarantined" % took,
-          done and took > 6 and state["NRestarts"] == "0" and int(state["MainPID"]) == first
+          done and took > 4 and state["NRestarts"] == "0" and int(state["MainPID"]) == first
           and query("SELECT count(*) FROM visits WHERE visit_account_number LIKE 'WV%'") == "1200000"
           and not os.path.exists(os.path.join(SPOOL, "processing", ".crashed")),
           "%s, %.1f s, %s visits" % (state, took, query("SELECT count(*) FROM visits WHERE visit_account_number LIKE 'WV%'")))
