@@ -71,49 +71,60 @@ struct IntakeWriter {
                 rejectedRecords += 1
                 problems.append(to: &report.errors)
             case .success(let row):
-                // The visit first: a conflicting row changes nothing, not even the person.
-                try sql.visitByNumber.bind(1, row.visitAccountNumber)
-                if try sql.visitByNumber.step() {
-                    let visit = sql.visitByNumber
-                    let same =
-                        visit.equals(0, row.mrn) && visit.equals(1, row.visitDate) && visit.equals(2, row.reason)
-                    let earlier = visit.text(3)
-                    let ours = earlier == fileID && visit.int(4) == Int64(item.number)
-                    try visit.reset()
-                    if !same {
-                        rejectedRecords += 1
-                        report.errors.append(
-                            RecordProblem(
-                                record: item.number,
-                                line: item.line,
-                                pointer: "/visit_account_number",
-                                message:
-                                    "conflicts with the visit stored from file \(earlier) (another MRN, date or reason)"
-                            )
-                        )
-                    } else if ours {
-                        // This very row, committed by an earlier chunk before a crash: stored, not again.
-                        report.stored += 1
-                    } else {
-                        // A duplicate is skipped whole (its person fields too), so that processing rows
-                        // again changes nothing.
-                        report.duplicates += 1
+                // One descent of each unique index for a new row: the patient is inserted unless its MRN
+                // is there (then looked up), the visit unless its number is there (then looked up and
+                // judged). Looking each key up first and then inserting it took two.
+                let patient = try patient(row, sql)
+                let visit = sql.insertVisit
+                try visit.bind(1, row.visitAccountNumber)
+                try visit.bind(2, patient.id)
+                try visit.bind(3, row.visitDate)
+                try visit.bind(4, row.reason)
+                try visit.bind(5, fileID)
+                try visit.bind(6, Int64(item.number))
+                if try visit.insert() {
+                    report.stored += 1
+                    if patient.created {
+                        try insertPerson(row, patient: patient.id, sql)
+                        patientsCreated += 1
+                    } else if !patient.changes.isEmpty {
+                        try updatePerson(row, patient: patient.id, changes: patient.changes, record: item.number, sql)
+                        patientsUpdated += 1
                     }
                     continue
                 }
-                try sql.visitByNumber.reset()
-                let (patientID, created, updated) = try upsertPatient(row, record: item.number, sql)
-                if created { patientsCreated += 1 }
-                if updated { patientsUpdated += 1 }
-                let insert = sql.insertVisit
-                try insert.bind(1, row.visitAccountNumber)
-                try insert.bind(2, patientID)
-                try insert.bind(3, row.visitDate)
-                try insert.bind(4, row.reason)
-                try insert.bind(5, fileID)
-                try insert.bind(6, Int64(item.number))
-                try insert.run()
-                report.stored += 1
+                // The visit was there: this row changes nothing, not even the person; a patient it
+                // created goes again (nothing refers to it yet).
+                if patient.created {
+                    try sql.deletePatient.bind(1, patient.id)
+                    try sql.deletePatient.run()
+                }
+                let stored = sql.visitByNumber
+                try stored.bind(1, row.visitAccountNumber)
+                guard try stored.step() else { throw DatabaseError(resultCode: .SQLITE_CORRUPT) }
+                let same = stored.equals(0, row.mrn) && stored.equals(1, row.visitDate) && stored.equals(2, row.reason)
+                let earlier = stored.text(3)
+                let ours = earlier == fileID && stored.int(4) == Int64(item.number)
+                try stored.reset()
+                if !same {
+                    rejectedRecords += 1
+                    report.errors.append(
+                        RecordProblem(
+                            record: item.number,
+                            line: item.line,
+                            pointer: "/visit_account_number",
+                            message:
+                                "conflicts with the visit stored from file \(earlier) (another MRN, date or reason)"
+                        )
+                    )
+                } else if ours {
+                    // This very row, committed by an earlier chunk before a crash: stored, not again.
+                    report.stored += 1
+                } else {
+                    // A duplicate is skipped whole (its person fields too), so that processing rows
+                    // again changes nothing.
+                    report.duplicates += 1
+                }
             }
         }
         report.rejected = rejectedRecords
@@ -128,48 +139,30 @@ struct IntakeWriter {
         return report
     }
 
-    /// The patient of `row.mrn`, created with its person if new; the person's fields updated (with
-    /// history) only where they changed.
-    private func upsertPatient(_ row: IntakeRecord, record: Int, _ sql: IntakeStatements) throws -> (
-        Int64, created: Bool, updated: Bool
+    /// The patient of `row.mrn`: inserted if new (its person follows once the row's visit is stored),
+    /// else looked up with the person fields this row would change.
+    private func patient(_ row: IntakeRecord, _ sql: IntakeStatements) throws -> (
+        id: Int64, created: Bool, changes: [(field: String, old: String, new: String)]
     ) {
+        let insert = sql.insertPatient
+        try insert.bind(1, row.mrn)
+        try insert.bind(2, fileID)
+        if try insert.insert() { return (db.lastInsertedRowID, true, []) }
         let lookup = sql.patientByMRN
         try lookup.bind(1, row.mrn)
-        if try lookup.step() {
-            let id = lookup.int(0)
-            var changes: [(field: String, old: String, new: String)] = []
-            for (column, field, new) in [
-                (Int32(1), "first_name", row.firstName), (2, "last_name", row.lastName),
-                (3, "birth_date", row.birthDate),
-            ] where !lookup.equals(column, new) {
-                changes.append((field, lookup.text(column), new))
-            }
-            try lookup.reset()
-            guard !changes.isEmpty else { return (id, false, false) }
-            let update = sql.updatePerson
-            try update.bind(1, row.firstName)
-            try update.bind(2, row.lastName)
-            try update.bind(3, row.birthDate)
-            try update.bind(4, fileID)
-            try update.bind(5, id)
-            try update.run()
-            for change in changes {
-                let history = sql.insertHistory
-                try history.bind(1, id)
-                try history.bind(2, change.field)
-                try history.bind(3, change.old)
-                try history.bind(4, change.new)
-                try history.bind(5, fileID)
-                try history.bind(6, Int64(record))
-                try history.run()
-            }
-            return (id, false, true)
+        guard try lookup.step() else { throw DatabaseError(resultCode: .SQLITE_CORRUPT) }
+        let id = lookup.int(0)
+        var changes: [(field: String, old: String, new: String)] = []
+        for (column, field, new) in [
+            (Int32(1), "first_name", row.firstName), (2, "last_name", row.lastName), (3, "birth_date", row.birthDate),
+        ] where !lookup.equals(column, new) {
+            changes.append((field, lookup.text(column), new))
         }
         try lookup.reset()
-        try sql.insertPatient.bind(1, row.mrn)
-        try sql.insertPatient.bind(2, fileID)
-        try sql.insertPatient.run()
-        let id = db.lastInsertedRowID
+        return (id, false, changes)
+    }
+
+    private func insertPerson(_ row: IntakeRecord, patient id: Int64, _ sql: IntakeStatements) throws {
         let person = sql.insertPerson
         try person.bind(1, id)
         try person.bind(2, row.firstName)
@@ -177,7 +170,33 @@ struct IntakeWriter {
         try person.bind(4, row.birthDate)
         try person.bind(5, fileID)
         try person.run()
-        return (id, true, false)
+    }
+
+    /// The person's fields as this row has them, and each change in `person_history`.
+    private func updatePerson(
+        _ row: IntakeRecord,
+        patient id: Int64,
+        changes: [(field: String, old: String, new: String)],
+        record: Int,
+        _ sql: IntakeStatements
+    ) throws {
+        let update = sql.updatePerson
+        try update.bind(1, row.firstName)
+        try update.bind(2, row.lastName)
+        try update.bind(3, row.birthDate)
+        try update.bind(4, fileID)
+        try update.bind(5, id)
+        try update.run()
+        for change in changes {
+            let history = sql.insertHistory
+            try history.bind(1, id)
+            try history.bind(2, change.field)
+            try history.bind(3, change.old)
+            try history.bind(4, change.new)
+            try history.bind(5, fileID)
+            try history.bind(6, Int64(record))
+            try history.run()
+        }
     }
 }
 
@@ -186,6 +205,7 @@ private struct IntakeStatements {
     let visitByNumber: RawStatement
     let patientByMRN: RawStatement
     let insertPatient: RawStatement
+    let deletePatient: RawStatement
     let insertPerson: RawStatement
     let updatePerson: RawStatement
     let insertHistory: RawStatement
@@ -207,7 +227,11 @@ private struct IntakeStatements {
             JOIN persons s ON s.patient_id = p.id WHERE p.mrn = ?
             """
         )
-        insertPatient = try RawStatement(connection, "INSERT INTO patients (mrn, file_id) VALUES (?, ?)")
+        insertPatient = try RawStatement(
+            connection,
+            "INSERT INTO patients (mrn, file_id) VALUES (?, ?) ON CONFLICT (mrn) DO NOTHING"
+        )
+        deletePatient = try RawStatement(connection, "DELETE FROM patients WHERE id = ?")
         insertPerson = try RawStatement(
             connection,
             "INSERT INTO persons (patient_id, first_name, last_name, birth_date, file_id) VALUES (?, ?, ?, ?, ?)"
@@ -227,14 +251,15 @@ private struct IntakeStatements {
             connection,
             """
             INSERT INTO visits (visit_account_number, patient_id, visit_date, reason, file_id, record)
-            VALUES (?, ?, ?, ?, ?, ?)
+            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (visit_account_number) DO NOTHING
             """
         )
     }
 
     func finalize() {
         for statement in [
-            visitByNumber, patientByMRN, insertPatient, insertPerson, updatePerson, insertHistory, insertVisit,
+            visitByNumber, patientByMRN, insertPatient, deletePatient, insertPerson, updatePerson, insertHistory,
+            insertVisit,
         ] {
             statement.finalize()
         }

@@ -65,6 +65,15 @@ final class RawStatement {
         try reset()
     }
 
+    /// Runs an `INSERT … ON CONFLICT DO NOTHING`, then resets it: true when it inserted a row, false
+    /// when a unique key was already there (one descent of the index either way).
+    func insert() throws -> Bool {
+        _ = try step()
+        let inserted = sqlite3_changes(connection) > 0
+        try reset()
+        return inserted
+    }
+
     /// Ready for the next use (every use binds all its parameters again, so bindings are not cleared).
     func reset() throws {
         sqlite3_reset(statement)
