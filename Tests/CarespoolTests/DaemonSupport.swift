@@ -110,6 +110,47 @@ func eventually(timeout: Duration = .seconds(20), _ condition: () throws -> Bool
     return try condition()
 }
 
+/// Sends `signal` to `pid` as soon as `condition` holds, polled every 2 ms on a thread of its own, and
+/// returns when it sent it (nil: the condition did not hold within `timeout`; the signal is sent then
+/// all the same, so that the daemon ends). A test task polling on the cooperative pool — two threads
+/// here, shared by every test running at once — can be held back for seconds, long enough for the file
+/// a kill was meant to interrupt to finish first.
+func signal(
+    _ pid: pid_t,
+    _ number: Int32,
+    when condition: @escaping @Sendable () -> Bool,
+    timeout: Duration = .seconds(60)
+) async -> ContinuousClock.Instant? {
+    await offThePool {
+        let deadline = ContinuousClock.now + timeout
+        var held = condition()
+        while !held && ContinuousClock.now < deadline {
+            usleep(2_000)
+            held = condition()
+        }
+        kill(pid, number)
+        return held ? ContinuousClock.now : nil
+    }
+}
+
+/// Counts rows of the spool's database with `sql` on the calling thread (0 while the database is not
+/// there yet): the condition of ``signal(_:_:when:timeout:)``, used from its one thread only.
+final class RowCount: @unchecked Sendable {
+    private let path: String
+    private let sql: String
+    private var queue: DatabaseQueue?
+
+    init(spool: String, _ sql: String) {
+        path = spool + "/carespool.sqlite3"
+        self.sql = sql
+    }
+
+    func callAsFunction() -> Int {
+        if queue == nil { queue = try? SpoolView(root: "").database(path) }
+        return ((try? queue?.read { db in try Int.fetchOne(db, sql: sql) }) ?? 0) ?? 0
+    }
+}
+
 /// A spool folder's files, seen from outside as an operator sees them.
 struct SpoolView {
     let root: String

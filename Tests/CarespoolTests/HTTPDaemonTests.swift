@@ -182,6 +182,8 @@ func curl(_ arguments: [String], attempts: Int = 50) async throws -> String {
                 (try? JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any])?["id"] as? String ?? ""
             }
             let first = id(try await curl(post + [event("I1", "2025-01-10T12:30:00Z"), url + "/webhook/appointments"]))
+            // Judged before the second is sent: in one scan, two files are taken in no set order.
+            _ = await eventually { view.done().count == 1 }
             // The same appointment with another patient: a conflict naming the file that holds the first.
             let second = id(
                 try await curl(

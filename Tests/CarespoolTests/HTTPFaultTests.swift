@@ -89,6 +89,20 @@ func offThePool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
     }
 }
 
+/// Connections waiting in the accept queue of the socket listening on 127.0.0.1:`port`: the `rx_queue`
+/// of its LISTEN line in /proc/net/tcp (nil when there is none).
+func acceptQueue(port: Int) -> Int? {
+    guard let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return nil }
+    let local = String(format: "0100007F:%04X", port)
+    for line in table.split(separator: "\n").dropFirst() {
+        let fields = line.split(separator: " ")
+        // sl, local_address, rem_address, st, tx_queue:rx_queue, …; st 0A is LISTEN.
+        guard fields.count > 4, fields[1] == local, fields[3] == "0A" else { continue }
+        return fields[4].split(separator: ":").last.flatMap { Int($0, radix: 16) }
+    }
+    return nil
+}
+
 /// A counter tasks share.
 final class Counter: Sendable {
     let value = Atomic<Int>(0)
@@ -266,6 +280,8 @@ final class Counter: Sendable {
             let url = "http://127.0.0.1:\(port)/webhook/appointments"
             let post = ["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json"]
             let holders = try (0..<3).map { _ in try RawConnection(port: port) }
+            // Taken by the daemon before the fourth comes (it accepts several in one read when late).
+            #expect(await eventually { acceptQueue(port: port) == 0 }, "the daemon never accepted the three")
             try await Task.sleep(for: .milliseconds(200))
             let blocked = try await curl(
                 ["-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", "http://127.0.0.1:\(port)/health"],

@@ -200,8 +200,9 @@ import Testing
             mkdir(elsewhere, 0o777)
             Self.plant(elsewhere, Array("other.csv".utf8), "mrn,first_name\n", owner: Self.partnerB, mode: 0o666)
             checks["swapped"] = rename(b, b + ".old") == 0 && symlink(elsewhere, b) == 0
-            // Several rescans. time (1 s apart), for a busy machine: the swap must be seen before the stop.
-            try? await Task.sleep(for: .seconds(4))
+            // Rescans come 1 s apart; eight seconds of them, for a busy machine: the swap must be seen
+            // before the stop.
+            try? await Task.sleep(for: .seconds(8))
             checks["nothing taken from the link's target"] = FileManager.default.fileExists(
                 atPath: elsewhere + "/other.csv"
             )

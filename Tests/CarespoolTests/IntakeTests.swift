@@ -440,27 +440,25 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
     @Test func killMinus9InTheMiddleOfABigFileThenRestartStoresEveryRowOnce() async throws {
         let dir = TempDir("intake-crash")
         defer { dir.cleanup() }
-        let spool = dir.path + "/spool"
         let count = 40_000
-        let text = intakeCSV(count: count)
-        var killedMidFile = false
-        for attempt in 0..<4 where !killedMidFile {
-            // Commits every 100 ms (`--chunk-commit-ms`; five seconds by default): several before the end.
+        let text = await offThePool { intakeCSV(count: count) }
+        // Each attempt a fresh spool and the file dropped anew: the kill comes from a thread of its own as
+        // soon as 4,000 rows are committed (every 100 ms, `--chunk-commit-ms`; five seconds by default),
+        // but a fast daemon may still finish first.
+        var landed: String?
+        for attempt in 0..<4 where landed == nil {
+            let spool = dir.path + "/spool\(attempt)"
             let run = try await Daemon.serve(spool: spool, arguments: ["--chunk-commit-ms", "100"]) { pid in
                 try await waitUntilServing(spool)
-                if attempt == 0 { try dropLikeRsync(text, into: spool + "/inbox/intake", name: "big.csv") }
-                _ = await eventually(timeout: .seconds(60)) {
-                    let stored = try? SpoolView(root: spool).database().read { db in
-                        try Int.fetchOne(db, sql: "SELECT count(*) FROM visits")
-                    }
-                    return (stored ?? 0) ?? 0 >= 4_000
-                }
-                kill(pid, SIGKILL)
+                try dropLikeRsync(text, into: spool + "/inbox/intake", name: "big.csv")
+                let visits = RowCount(spool: spool, "SELECT count(*) FROM visits")
+                return await signal(pid, SIGKILL, when: { visits() >= 4_000 })
             }
             #expect(run.status == .signaled(SIGKILL))
-            killedMidFile = SpoolView(root: spool).processing("intake").count == 1
+            #expect(run.result != nil, "4,000 rows were not committed within a minute")
+            if SpoolView(root: spool).processing("intake").count == 1 { landed = spool }
         }
-        #expect(killedMidFile, "the kill never landed mid-file")
+        let spool = try #require(landed, "the kill never landed mid-file")
         let view = SpoolView(root: spool)
         let final = try await Daemon.serve(spool: spool) { pid in
             let finished = await eventually(timeout: .seconds(180)) { view.done("intake").count == 1 }

@@ -29,22 +29,20 @@ import Testing
         let dir = TempDir("midfile")
         defer { dir.cleanup() }
         let spool = dir.path + "/spool"
-        let text = Self.bigFile()
-        let first = try await Daemon.serve(spool: spool) { pid -> (stoppedWithin: Double, midway: Bool) in
+        let text = await offThePool { Self.bigFile() }
+        // Commits every 200 ms: the stop comes, from a thread of its own, once 20,000 events are stored.
+        let first = try await Daemon.serve(spool: spool, arguments: ["--chunk-commit-ms", "200"]) { pid in
             try await waitUntilServing(spool)
             try dropLikeRsync(text, into: spool + "/inbox/appointments", name: "big.ndjson")
-            // Some chunks committed, not all: then the stop.
-            _ = await eventually(timeout: .seconds(60)) { ((try? Self.stored(spool)) ?? 0) >= 20_000 }
-            let midway = ((try? Self.stored(spool)) ?? 0) < 300_000
-            let asked = ContinuousClock.now
-            kill(pid, SIGTERM)
+            let events = RowCount(spool: spool, "SELECT count(*) FROM appointment_events")
+            guard let asked = await signal(pid, SIGTERM, when: { events() >= 20_000 }) else { return Double?.none }
             _ = await eventually(timeout: .seconds(60)) { CrashGuardTests.ended(pid) }
             let took = ContinuousClock.now - asked
-            return (Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18, midway)
+            return Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18
         }
-        #expect(first.result.midway, "the file finished before the stop: make it larger")
+        let stoppedWithin = try #require(first.result, "20,000 events were not stored within a minute")
         // Seconds, not the file's minutes (a commit and a checkpoint on a busy machine: room to 15 s).
-        #expect(first.result.stoppedWithin < 15, "SIGTERM took \(first.result.stoppedWithin) s mid-file")
+        #expect(stoppedWithin < 15, "SIGTERM took \(stoppedWithin) s mid-file")
         #expect(first.status == .exited(0))
         #expect(first.log.contains("stopped in the middle of a large file"))
         let view = SpoolView(root: spool)
@@ -62,14 +60,16 @@ import Testing
         let dir = TempDir("outside-abort")
         defer { dir.cleanup() }
         let spool = dir.path + "/spool"
-        let text = Self.bigFile()
-        let first = try await Daemon.serve(spool: spool) { pid in
+        let text = await offThePool { Self.bigFile() }
+        let first = try await Daemon.serve(spool: spool, arguments: ["--chunk-commit-ms", "200"]) { pid in
             try await waitUntilServing(spool)
             try dropLikeRsync(text, into: spool + "/inbox/appointments", name: "big.ndjson")
-            _ = await eventually(timeout: .seconds(60)) { ((try? Self.stored(spool)) ?? 0) >= 20_000 }
-            kill(pid, SIGABRT)  // what systemd sends when the watchdog starves
+            let events = RowCount(spool: spool, "SELECT count(*) FROM appointment_events")
+            // What systemd sends when the watchdog starves, mid-file.
+            guard await signal(pid, SIGABRT, when: { events() >= 20_000 }) != nil else { return false }
             return await eventually(timeout: .seconds(30)) { CrashGuardTests.ended(pid) }
         }
+        #expect(SpoolView(root: spool).processing().count == 1, "the signal came after the file was done")
         #expect(first.result)
         #expect(CrashGuardTests.markerLines(spool).isEmpty, "an outside signal named the file in hand")
         let second = try await Daemon.serve(spool: spool) { pid in

@@ -19,25 +19,21 @@ import Testing
             try await waitUntilServing(spool)
             // Another writer holds the write lock for six seconds: an operator's sqlite3 session, a process
             // of its own (a transaction held from a test task would also hold one of the few threads every
-            // test shares, and start late on a busy machine).
-            let locked = dir.path + "/locked"
+            // test shares, and start late on a busy machine). The session itself drops the file once it
+            // holds the lock, so the file meets six seconds of it however late this task runs.
+            let staged = dir.file("b.json")
+            try Data(event("BUSY-1", "2025-01-10T12:30:00Z").utf8).write(to: URL(fileURLWithPath: staged))
             let operatorSession = Task {
                 try await Subprocess.run(
                     .name("sqlite3"),
                     arguments: [
-                        spool + "/carespool.sqlite3", "BEGIN IMMEDIATE;", ".shell touch '\(locked)'", ".shell sleep 6",
-                        "COMMIT;",
+                        spool + "/carespool.sqlite3", "BEGIN IMMEDIATE;",
+                        ".shell mv '\(staged)' '\(spool)/inbox/appointments/b.json'", ".shell sleep 6", "COMMIT;",
                     ],
                     output: .discarded,
                     error: .string(limit: 1 << 16)
                 )
             }
-            #expect(await eventually { FileManager.default.fileExists(atPath: locked) }, "sqlite3 never took the lock")
-            try dropLikeRsync(
-                event("BUSY-1", "2025-01-10T12:30:00Z"),
-                into: spool + "/inbox/appointments",
-                name: "b.json"
-            )
             let session = try await operatorSession.value
             #expect(session.terminationStatus == .exited(0), "\(session.standardError)")
             let view = SpoolView(root: spool)

@@ -262,27 +262,27 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
     @Test func killMinus9MidStreamThenRestartStoresEveryEventOnceAndCountsThemOnce() async throws {
         let dir = TempDir("stream")
         defer { dir.cleanup() }
-        let spool = dir.path + "/spool"
         let count = 40_000
-        let text = Self.export(count: count)
-        var killedMidStream = false
-        for attempt in 0..<4 where !killedMidStream {
-            let run = try await Daemon.serve(spool: spool, arguments: ["--stream-threshold", "4096"]) { pid in
+        let text = await offThePool { Self.export(count: count) }
+        // Each attempt a fresh spool and the file dropped anew: the kill comes from a thread of its own as
+        // soon as 4,000 events are committed (every 100 ms), but a fast daemon may still finish first.
+        var landed: String?
+        for attempt in 0..<4 where landed == nil {
+            let spool = dir.path + "/spool\(attempt)"
+            let run = try await Daemon.serve(
+                spool: spool,
+                arguments: ["--stream-threshold", "4096", "--chunk-commit-ms", "100"]
+            ) { pid in
                 try await waitUntilServing(spool)
-                if attempt == 0 { try dropLikeRsync(text, into: spool + "/inbox/zoom", name: "export.ndjson") }
-                // Wait until some chunks are committed, then kill.
-                _ = await eventually(timeout: .seconds(30)) {
-                    let rows = try? SpoolView(root: spool).database().read { db in
-                        try Int.fetchOne(db, sql: "SELECT count(*) FROM zoom_events")
-                    }
-                    return (rows ?? 0) ?? 0 >= 4_000
-                }
-                kill(pid, SIGKILL)
+                try dropLikeRsync(text, into: spool + "/inbox/zoom", name: "export.ndjson")
+                let events = RowCount(spool: spool, "SELECT count(*) FROM zoom_events")
+                return await signal(pid, SIGKILL, when: { events() >= 4_000 })
             }
             #expect(run.status == .signaled(SIGKILL))
-            killedMidStream = SpoolView(root: spool).processing("zoom").count == 1
+            #expect(run.result != nil, "4,000 events were not committed within a minute")
+            if SpoolView(root: spool).processing("zoom").count == 1 { landed = spool }
         }
-        #expect(killedMidStream, "the kill never landed mid-stream")
+        let spool = try #require(landed, "the kill never landed mid-stream")
         let view = SpoolView(root: spool)
         let final = try await Daemon.serve(spool: spool, arguments: ["--stream-threshold", "4096"]) { pid in
             let finished = await eventually(timeout: .seconds(120)) { view.done("zoom").count == 1 }

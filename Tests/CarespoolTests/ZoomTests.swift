@@ -81,7 +81,9 @@ func zoomEvent(
         }
         let spread = try seconds { "visit-\($0)==" }
         let one = try seconds { _ in "the-visit==" }
-        #expect(one < 4 * spread + 0.5, "one visit \(one) s, 3,000 visits \(spread) s")
+        // Two wall-clock timings, one after the other, on a machine other tests load unevenly: room to
+        // 8× and 3 s more; the quadratic refresh took about 25× (46 s against 2 s in a debug build).
+        #expect(one < 8 * spread + 3, "one visit \(one) s, 3,000 visits \(spread) s")
     }
 
     @Test func identicalMeetingLevelEventsWithNoParticipantAreStoredOnce() throws {
