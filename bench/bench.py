@@ -11,7 +11,8 @@ Phase 3 renames a generated 50 MB Zoom NDJSON export into inbox/zoom/ and report
 done/ and the daemon's peak resident memory (VmHWM).
 Phase 4 generates a 1,000,000-row intake CSV (30% repeated MRNs), times `sqlite3 .import` of it into one
 raw table and carespool's full intake of it, and prints both rows/s, their ratio and the peak RSS, then
-the data model's floor (the same rows loaded set-based into carespool's schema by the sqlite3 shell) and
+the data model's floor (the same rows loaded set-based into carespool's schema by the sqlite3 shell, with
+carespool's 32 MiB page cache) and
 the leanest schema's floor (the same into the fewest tables and indexes the prescribed model allows).
 Phase 5 posts unique webhooks with wrk: durable 202s/s on a disk spool, on tmpfs, and on disk with
 processing held off (the write path alone), and GET /health's rate.
@@ -19,12 +20,14 @@ Phase 7 ("keys") generates realistic intake files with bench/intake_data.py (see
 quoted reasons, 30% repeated patients, columns in an order of their own) whose MRNs and visit numbers are
 scrambled, as real feeds send them, or ascending: carespool's rows/s and peak RSS on each, and a plain
 Python loader (bench/python_loader.py: stdlib csv + sqlite3 into the same normalised tables) as the peer
-on the scrambled one. --long adds a 10,000,000-row scrambled file.
+on the scrambled one, and SQLite's floor for each file (phase 4's set-based load into the same schema, with
+carespool's 32 MiB page cache): what key order costs SQLite itself. --long adds a 10,000,000-row scrambled
+file.
 Phase 6 drops each adversarial shape of bench/shapes.py (8 MB) and the plain file of its kind into a fresh
 daemon: MB/s to its verdict, the ratio to the plain file's, and the peak RSS. docs/PERFORMANCE.md has the
 details.
 """
-import argparse, ctypes, ctypes.util, datetime, os, shutil, signal, sqlite3, struct, subprocess, sys, tempfile, threading, time
+import argparse, ctypes, ctypes.util, datetime, glob, os, shutil, signal, sqlite3, struct, subprocess, sys, tempfile, threading, time
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 IN_MOVED_TO = 0x80
@@ -123,14 +126,18 @@ def group_commits(port):
             ms("directories"))
 
 
-def data_model_floor(daemon_db, raw_db, floor_db):
+def schema_of(daemon_db):
+    """The tables and indexes of a database carespool made, as SQL."""
+    return subprocess.run(["sqlite3", daemon_db,
+                           "SELECT sql || ';' FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def data_model_floor(schema, raw_db, floor_db):
     """Seconds the sqlite3 shell takes to load the raw table's rows into a fresh copy of carespool's own
     schema (patients, persons, visits, every index and deferred foreign key) with three set-based
     INSERT ... SELECT in one transaction: SQLite's own work for this data model, without parsing,
     validation, person history or dedupe classification - a ceiling for any writer of this schema."""
-    schema = subprocess.run(["sqlite3", daemon_db,
-                             "SELECT sql || ';' FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"],
-                            check=True, capture_output=True, text=True).stdout
     file_id = "00000000-0000-7000-8000-000000000000"
     setup = ("PRAGMA journal_mode = WAL;\n" + schema +
              "INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome, report) "
@@ -162,7 +169,7 @@ def leanest_floor(raw_db, floor_db):
 
 def timed_load(raw_db, floor_db, file_column, file_value):
     """Three set-based INSERT ... SELECT from the raw table in one transaction; checks the counts loaded."""
-    load = """PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;
+    load = """PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA cache_size = -32768;
 ATTACH '%(raw)s' AS r;
 BEGIN;
 INSERT INTO patients (mrn, %(col)s) SELECT mrn, %(val)s FROM r.raw WHERE true ON CONFLICT DO NOTHING;
@@ -239,7 +246,8 @@ def http_phase(binary, schema, seconds):
 
 
 def intake_run(binary, schema, csv_path):
-    """carespool's full intake of one CSV file in a fresh spool: (seconds, peak RSS in KiB, stored rows)."""
+    """carespool's full intake of one CSV file in a fresh spool: (seconds, peak RSS in KiB, stored rows,
+    the database's schema)."""
     root = tempfile.mkdtemp(prefix="carespool-bench-keys-")
     try:
         spool = os.path.join(root, "spool")
@@ -273,29 +281,33 @@ def intake_run(binary, schema, csv_path):
         db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
         stored = db.execute("SELECT count(*) FROM visits").fetchone()[0]
         db.close()
-        return seconds, peak, stored
+        return seconds, peak, stored, schema_of(os.path.join(spool, "carespool.sqlite3"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def keys_phase(binary, schema, rows, long):
-    """Intake at scale on realistic keys: scrambled against ascending, carespool against the Python peer."""
+    """Intake at scale on realistic keys: scrambled against ascending, carespool against the Python peer,
+    and both against SQLite's own set-based load of the same rows into the same schema with the same page
+    cache (the floor: what any writer of this data model pays SQLite, parsing and validation aside)."""
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
     import intake_data, python_loader
     work = tempfile.mkdtemp(prefix="carespool-bench-keydata-")
     try:
         sizes = [rows] + ([10000000] if long else [])
-        print("| keys phase: intake CSV | rows | MB | carespool s | carespool rows/s | peak RSS MiB | Python peer rows/s | carespool / Python |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| keys phase: intake CSV | rows | MB | carespool s | carespool rows/s | peak RSS MiB "
+              "| Python peer rows/s | carespool / Python | SQLite's floor s | carespool / floor |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         results = {}
+        floors = {}
         for size in sizes:
             for ascending in ([True, False] if size == rows else [False]):
                 label = "%s, %s keys" % ("{:,}".format(size), "ascending" if ascending else "scrambled")
                 path = os.path.join(work, "keys-%d-%s.csv" % (size, "asc" if ascending else "scr"))
                 intake_data.write(path, size, ascending=ascending)
                 megabytes = os.path.getsize(path) / 1e6
-                seconds, peak, stored = intake_run(binary, schema, path)
+                seconds, peak, stored, daemon_schema = intake_run(binary, schema, path)
                 if stored != size:
                     sys.exit("keys phase: %s stored %d of %d rows" % (label, stored, size))
                 peer = ""
@@ -306,13 +318,25 @@ def keys_phase(binary, schema, rows, long):
                     os.remove(database)
                     peer = "%.0f" % (size / peer_seconds)
                     ratio = "%.2f" % (peer_seconds / seconds)
+                raw_db = os.path.join(work, "raw.sqlite3")
+                subprocess.run(["sqlite3", raw_db, ".import --csv %s raw" % path], check=True)
+                floor_db = os.path.join(work, "floor.sqlite3")
+                floor = data_model_floor(daemon_schema, raw_db, floor_db)
+                for leftover in glob.glob(raw_db + "*") + glob.glob(floor_db + "*"):
+                    os.remove(leftover)
                 results[(size, ascending)] = size / seconds
-                print("| %s | %d | %.1f | %.1f | %.0f | %.1f | %s | %s |"
-                      % (label, size, megabytes, seconds, size / seconds, peak / 1024.0, peer, ratio))
+                floors[(size, ascending)] = floor
+                print("| %s | %d | %.1f | %.1f | %.0f | %.1f | %s | %s | %.1f | %.2f |"
+                      % (label, size, megabytes, seconds, size / seconds, peak / 1024.0, peer, ratio, floor,
+                         floor / seconds))
                 os.remove(path)
-        print("| scrambled / ascending rows/s (%s rows) | %.2f |" % ("{:,}".format(rows), results[(rows, False)] / results[(rows, True)]))
+        print("| scrambled / ascending rows/s (%s rows): carespool %.2f, SQLite's floor %.2f |"
+              % ("{:,}".format(rows), results[(rows, False)] / results[(rows, True)],
+                 floors[(rows, True)] / floors[(rows, False)]))
         if long:
-            print("| 10M / 1M scrambled rows/s | %.2f |" % (results[(10000000, False)] / results[(rows, False)]))
+            print("| 10M / 1M scrambled rows/s: carespool %.2f, SQLite's floor %.2f |"
+                  % (results[(10000000, False)] / results[(rows, False)],
+                     (10000000 / floors[(10000000, False)]) / (rows / floors[(rows, False)])))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -566,7 +590,8 @@ def main():
             with open("/proc/%d/status" % daemon.pid) as f:
                 intake_peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
             statuses.append(stop(daemon))
-            floor_seconds = data_model_floor(os.path.join(os.path.dirname(os.path.dirname(inbox)), "carespool.sqlite3"),
+            floor_seconds = data_model_floor(schema_of(os.path.join(os.path.dirname(os.path.dirname(inbox)),
+                                                                    "carespool.sqlite3")),
                                              raw_db, os.path.join(work, "floor.sqlite3"))
             leanest_seconds = leanest_floor(raw_db, os.path.join(work, "leanest.sqlite3"))
 
