@@ -151,7 +151,11 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
         let missing = "mrn,first_name,last_name,birth_date,visit_date,reason\nM1,A,B,1980-01-01,2025-01-01,x\n"
         let first = intakeHeader + "\nM1,A,B,1980-01-01,V1,2025-01-01,x\nM2,C,D,1981-01-01,V2,2025-01-01,\n"
         let again = intakeHeader + "\nM1,A,B,1980-01-01,V1,2025-01-01,x\n"
-        let conflict = intakeHeader + "\nM9,A,B,1980-01-01,V2,2025-01-01,\nM1,A,B,1980-01-01,V1,2025-01-02,x\n"
+        // Conflicts change nothing: not a patient for a new MRN (M9: the writer inserts it before it finds
+        // the visit taken, then deletes it), not the names of a known one (M2 as X Y).
+        let conflict =
+            intakeHeader
+            + "\nM9,A,B,1980-01-01,V2,2025-01-01,\nM1,A,B,1980-01-01,V1,2025-01-02,x\nM2,X,Y,1981-01-01,V1,2025-01-01,x\n"
         let (view, _) = try await ingest([
             ("missing.csv", missing), ("first.csv", first), ("again.csv", again), ("conflict.csv", conflict),
         ])
@@ -166,7 +170,17 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
         #expect(rows[2]["duplicates"] == 1)
         let conflictReport = rows[3]["report"] as String
         #expect(conflictReport.contains("conflicts with the visit stored from file"))
-        #expect(rows[3]["rejected"] == 2)
+        #expect(rows[3]["rejected"] == 3)
+        let (patients, people, history) = try await view.database().read { db in
+            (
+                try String.fetchAll(db, sql: "SELECT mrn FROM patients ORDER BY mrn"),
+                try String.fetchAll(db, sql: "SELECT first_name || ' ' || last_name FROM persons ORDER BY patient_id"),
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM person_history")
+            )
+        }
+        #expect(patients == ["M1", "M2"])
+        #expect(people == ["A B", "C D"])
+        #expect(history == 0)
     }
 
     /// Keys and values are compared as SQLite stores them, byte for byte: a precomposed "é" and an "e"
