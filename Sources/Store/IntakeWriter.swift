@@ -85,7 +85,7 @@ struct IntakeWriter {
                 if try visit.insert() {
                     report.stored += 1
                     if patient.created {
-                        try insertPerson(row, patient: patient.id, sql)
+                        try writePerson(row, patient: patient.id, sql.insertPerson)
                         patientsCreated += 1
                     } else if !patient.changes.isEmpty {
                         try updatePerson(row, patient: patient.id, changes: patient.changes, record: item.number, sql)
@@ -162,14 +162,15 @@ struct IntakeWriter {
         return (id, false, changes)
     }
 
-    private func insertPerson(_ row: IntakeRecord, patient id: Int64, _ sql: IntakeStatements) throws {
-        let person = sql.insertPerson
-        try person.bind(1, id)
-        try person.bind(2, row.firstName)
-        try person.bind(3, row.lastName)
-        try person.bind(4, row.birthDate)
-        try person.bind(5, fileID)
-        try person.run()
+    /// Writes the person's fields as `row` has them with `statement` (an insert or an update, each taking
+    /// the patient's id, the three fields and the file's id as parameters 1 to 5).
+    private func writePerson(_ row: IntakeRecord, patient id: Int64, _ statement: RawStatement) throws {
+        try statement.bind(1, id)
+        try statement.bind(2, row.firstName)
+        try statement.bind(3, row.lastName)
+        try statement.bind(4, row.birthDate)
+        try statement.bind(5, fileID)
+        try statement.run()
     }
 
     /// The person's fields as this row has them, and each change in `person_history`.
@@ -180,13 +181,7 @@ struct IntakeWriter {
         record: Int,
         _ sql: IntakeStatements
     ) throws {
-        let update = sql.updatePerson
-        try update.bind(1, row.firstName)
-        try update.bind(2, row.lastName)
-        try update.bind(3, row.birthDate)
-        try update.bind(4, fileID)
-        try update.bind(5, id)
-        try update.run()
+        try writePerson(row, patient: id, sql.updatePerson)
         for change in changes {
             let history = sql.insertHistory
             try history.bind(1, id)
@@ -238,7 +233,7 @@ private struct IntakeStatements {
         )
         updatePerson = try RawStatement(
             connection,
-            "UPDATE persons SET first_name = ?, last_name = ?, birth_date = ?, file_id = ? WHERE patient_id = ?"
+            "UPDATE persons SET first_name = ?2, last_name = ?3, birth_date = ?4, file_id = ?5 WHERE patient_id = ?1"
         )
         insertHistory = try RawStatement(
             connection,
