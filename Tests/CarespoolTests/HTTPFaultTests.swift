@@ -127,13 +127,17 @@ final class Counter: Sendable {
             _ = try await curl(["http://127.0.0.1:\(port)/health"])
             let accepted = Counter()
             let killed = Counter()
+            let stopped = Counter()
             // Each sender's outcome: the ids of its 202s by key, and how many of its requests failed.
             return try await withThrowingTaskGroup(of: ([String: String], Int).self) { group in
                 for sender in 0..<senders {
                     group.addTask {
+                        defer { stopped.value.add(1, ordering: .relaxed) }
                         var ids: [String: String] = [:]
                         // A sender stops at its first failure: the daemon is gone (or 500 requests
-                        // passed, should the kill never come; the test then fails on its status).
+                        // passed, should the kill never come; the test then fails on its status). Asked
+                        // to wait (503, 429: the door's backpressure), it sends its next request a little
+                        // later.
                         for n in 0..<500 {
                             let key = "S\(sender)-\(n)"
                             let response = try? await TestClient.withClient(host: "127.0.0.1", port: port) {
@@ -143,6 +147,10 @@ final class Counter: Sendable {
                                     headers: [.contentType: "application/json"],
                                     body: ByteBuffer(string: event(key, "2025-01-10T12:30:00Z"))
                                 )
+                            }
+                            if let response, [.serviceUnavailable, .tooManyRequests].contains(response.status) {
+                                try? await Task.sleep(for: .milliseconds(50))
+                                continue
                             }
                             guard let response, response.status == .accepted,
                                 let id = response.headers[HTTPField.Name("x-carespool-id")!]
@@ -154,8 +162,11 @@ final class Counter: Sendable {
                     }
                 }
                 // Kill the daemon once 300 requests have their 202: every sender is mid-request then.
+                // (Should every sender stop before that, the kill comes then, and the checks below fail.)
                 group.addTask {
-                    while accepted.value.load(ordering: .relaxed) < 300 {
+                    while accepted.value.load(ordering: .relaxed) < 300
+                        && stopped.value.load(ordering: .relaxed) < senders
+                    {
                         try await Task.sleep(for: .milliseconds(1))
                     }
                     kill(pid, SIGKILL)
