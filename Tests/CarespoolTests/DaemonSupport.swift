@@ -122,15 +122,21 @@ func signal(
     timeout: Duration = .seconds(60)
 ) async -> ContinuousClock.Instant? {
     await offThePool {
-        let deadline = ContinuousClock.now + timeout
-        var held = condition()
-        while !held && ContinuousClock.now < deadline {
-            usleep(2_000)
-            held = condition()
-        }
+        let held = pollUntil(timeout, condition)
         kill(pid, number)
         return held ? ContinuousClock.now : nil
     }
+}
+
+/// Polls `condition` every 2 ms on the calling thread (one of its own: see ``offThePool(_:)``) until it
+/// holds or `timeout` passes; returns whether it held.
+func pollUntil(_ timeout: Duration, _ condition: () -> Bool) -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        if ContinuousClock.now >= deadline { return condition() }
+        usleep(2_000)
+    }
+    return true
 }
 
 /// Counts rows of the spool's database with `sql` on the calling thread (0 while the database is not

@@ -228,14 +228,9 @@ import Testing
             try dropLikeRsync(big, into: spool + "/inbox/intake", name: "big.csv")
             let half = Self.fixedRows(10, start: 0)
             return await offThePool {
-                func within(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-                    let deadline = Date().addingTimeInterval(seconds)
-                    while !condition() && Date() < deadline { usleep(2_000) }
-                    return condition()
-                }
-                _ = within(30) { view.processing("intake").count == 1 }
+                _ = pollUntil(.seconds(30)) { view.processing("intake").count == 1 }
                 try? half.write(toFile: partner + "/half.csv", atomically: false, encoding: .utf8)
-                let saved = within(30) {
+                let saved = pollUntil(.seconds(30)) {
                     (try? String(contentsOfFile: spool + "/processing/written-in-place", encoding: .utf8))?.isEmpty
                         == false
                 }
