@@ -60,7 +60,9 @@ let package = Package(
         ),
         .target(name: "CRename"),
         .target(name: "CMemory"),
-        .target(name: "Spool", dependencies: ["CRename"], swiftSettings: swiftSettings),
+        // The system's zlib (zlib1g-dev), for gzip-compressed drops.
+        .target(name: "CZlib", linkerSettings: [.linkedLibrary("z")]),
+        .target(name: "Spool", dependencies: ["CRename", "CZlib"], swiftSettings: swiftSettings),
         .target(
             name: "Systemd",
             dependencies: [.product(name: "Logging", package: "swift-log")],

@@ -23,6 +23,8 @@ Python loader (bench/python_loader.py: stdlib csv + sqlite3 into the same normal
 on the scrambled one, and SQLite's floor for each file (phase 4's set-based load into the same schema, with
 carespool's 32 MiB page cache): what key order costs SQLite itself. --long adds a 10,000,000-row scrambled
 file.
+Phase 8 ("gzip") drops one 1,000,000-row realistic intake file (scrambled keys) plain and as .csv.gz into
+fresh daemons: rows/s of each, their ratio (target at least 0.8) and each one's peak RSS.
 Phase 6 drops each adversarial shape of bench/shapes.py (8 MB) and the plain file of its kind into a fresh
 daemon: MB/s to its verdict, the ratio to the plain file's, and the peak RSS. docs/PERFORMANCE.md has the
 details.
@@ -245,9 +247,9 @@ def http_phase(binary, schema, seconds):
     print("| GET /health (the server's ceiling) | %.0f requests/s, p99 %.2f ms |" % (health[0], health[2]))
 
 
-def intake_run(binary, schema, csv_path):
-    """carespool's full intake of one CSV file in a fresh spool: (seconds, peak RSS in KiB, stored rows,
-    the database's schema)."""
+def intake_run(binary, schema, csv_path, name="visits.csv"):
+    """carespool's full intake of one CSV file (`name` in the inbox) in a fresh spool: (seconds, peak RSS
+    in KiB, stored rows, the database's schema)."""
     root = tempfile.mkdtemp(prefix="carespool-bench-keys-")
     try:
         spool = os.path.join(root, "spool")
@@ -264,7 +266,7 @@ def intake_run(binary, schema, csv_path):
         staged = os.path.join(root, "staged.csv")
         shutil.copyfile(csv_path, staged)
         start = time.monotonic()
-        os.rename(staged, os.path.join(inbox, "visits.csv"))
+        os.rename(staged, os.path.join(inbox, name))
         done = os.path.join(spool, "done", "intake")
         failed = os.path.join(spool, "failed", "intake")
         deadline = time.monotonic() + 3600
@@ -337,6 +339,35 @@ def keys_phase(binary, schema, rows, long):
             print("| 10M / 1M scrambled rows/s: carespool %.2f, SQLite's floor %.2f |"
                   % (results[(10000000, False)] / results[(rows, False)],
                      (10000000 / floors[(10000000, False)]) / (rows / floors[(rows, False)])))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def gzip_phase(binary, schema, rows):
+    """A realistic intake file (bench/intake_data.py, scrambled keys) dropped plain and as .csv.gz (gzip
+    level 6, as gzip(1) makes it), each into a fresh daemon: rows/s of each, their ratio, peak RSS of each."""
+    import gzip
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    import intake_data
+    work = tempfile.mkdtemp(prefix="carespool-bench-gzip-")
+    try:
+        plain = os.path.join(work, "visits.csv")
+        intake_data.write(plain, rows, ascending=False)
+        packed = plain + ".gz"
+        with open(plain, "rb") as source, gzip.open(packed, "wb", compresslevel=6) as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        print("| gzip phase: intake CSV, scrambled keys | rows | MB on disk | s | rows/s | peak RSS MiB |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        rates = {}
+        for label, path, name in (("plain .csv", plain, "visits.csv"), (".csv.gz", packed, "visits.csv.gz")):
+            seconds, peak, stored, _ = intake_run(binary, schema, path, name=name)
+            if stored != rows:
+                sys.exit("gzip phase: %s stored %d of %d rows" % (label, stored, rows))
+            rates[label] = rows / seconds
+            print("| %s | %d | %.1f | %.1f | %.0f | %.1f |"
+                  % (label, rows, os.path.getsize(path) / 1e6, seconds, rows / seconds, peak / 1024.0))
+        print("| .csv.gz / plain rows/s: %.2f (target at least 0.8) |" % (rates[".csv.gz"] / rates["plain .csv"]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -426,7 +457,7 @@ def main():
     ap.add_argument("--intake-rows", type=int, default=1000000)
     ap.add_argument("--csv-parse-bench", help="path of the csv-parse-bench binary (parsing-only speed)")
     ap.add_argument("--http-seconds", type=int, default=20)
-    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes, keys")
+    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes, keys, gzip")
     ap.add_argument("--shape-bytes", type=int, default=8000000)
     ap.add_argument("--shape-runs", type=int, default=3, help="runs of each shape; the fastest is kept")
     ap.add_argument("--keys-rows", type=int, default=1000000, help="rows of the keys phase's files")
@@ -434,8 +465,8 @@ def main():
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
-    if args.only not in (None, "files", "zoom", "intake", "http", "shapes", "keys"):
-        sys.exit("--only: one of files, zoom, intake, http, shapes, keys")
+    if args.only not in (None, "files", "zoom", "intake", "http", "shapes", "keys", "gzip"):
+        sys.exit("--only: one of files, zoom, intake, http, shapes, keys, gzip")
 
     def want(phase):
         return args.only in (None, phase)
@@ -633,6 +664,9 @@ def main():
         if want("keys"):
             print()
             keys_phase(args.binary, schema, args.keys_rows, args.long)
+        if want("gzip"):
+            print()
+            gzip_phase(args.binary, schema, args.keys_rows)
         if want("shapes"):
             print()
             shapes_phase(args.binary, schema, args.shape_bytes, args.shape_runs)

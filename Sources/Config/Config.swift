@@ -88,6 +88,9 @@ package struct ConfigFile: Sendable {
     package var maxConnections: Int?
     package var webhookBodyLimit: Int?
     package var ingestBodyLimit: Int?
+    /// `[compression]`: how far a gzip file may expand (MiB, and decompressed bytes per compressed byte).
+    package var maxDecompressedMib: Int?
+    package var maxRatio: Int?
     private var keyLines = KeyLines("")
 
     package init() {}
@@ -130,6 +133,16 @@ package struct ConfigFile: Sendable {
         busyTimeoutMs = try reader.int(table, "busy_timeout_ms", in: ConfigLimits.busyTimeoutMs)
         chunkCommitMs = try reader.int(table, "chunk_commit_ms", in: ConfigLimits.chunkCommitMs)
 
+        if let compression = try reader.table(table, "compression") {
+            try reader.only(compression, at: "compression", allowed: ["max_decompressed_mib", "max_ratio"])
+            maxDecompressedMib = try reader.int(
+                compression,
+                "max_decompressed_mib",
+                at: "compression",
+                in: ConfigLimits.maxDecompressedMib
+            )
+            maxRatio = try reader.int(compression, "max_ratio", at: "compression", in: ConfigLimits.maxRatio)
+        }
         if let retention = try reader.table(table, "retention") {
             try reader.only(retention, at: "retention", allowed: ["done_days"])
             retentionDays = try reader.int(retention, "done_days", at: "retention", in: ConfigLimits.doneDays)
@@ -277,6 +290,7 @@ package struct ConfigFile: Sendable {
         "spool", "database", "schema", "log_level", "settle_ms", "close_grace_ms", "open_hold_ms", "rescan_ms",
         "batch_size",
         "stream_threshold", "memory_budget", "busy_timeout_ms", "chunk_commit_ms", "retention", "inbox", "http",
+        "compression",
     ]
     static let httpKeys = [
         "listen", "token", "zoom_secrets", "zoom_secret_files", "webhook_secrets", "webhook_secret_files",
@@ -476,4 +490,6 @@ package enum ConfigLimits {
     package static let timeoutSeconds = 1...86_400  // header_timeout_s, body_timeout_s: a day
     package static let maxConnections = 1...100_000_000
     package static let bodyLimit = 1...(1 << 40)  // webhook_body_limit, ingest_body_limit
+    package static let maxDecompressedMib = 1...(1 << 30)  // compression.max_decompressed_mib: 1 MiB to 1 PiB
+    package static let maxRatio = 2...1_000_000  // compression.max_ratio
 }

@@ -30,7 +30,7 @@ extension Engine {
         guard let kind = Kind(rawValue: file.kind) else { return }
         do {
             // Size before work: fstat says how large it is before a byte is read.
-            guard let (size64, sparse, links) = spool.sizeBeforeReading(file) else {
+            guard let (size64, sparse, links, compression) = spool.sizeBeforeReading(file) else {
                 throw SpoolError("read", file.path, ENOENT)
             }
             if sparse || links > 1 {
@@ -81,15 +81,26 @@ extension Engine {
             // NDJSON whose first line is bad is streamed, its first line a rejected record. (Read whole,
             // such a file of many lines was counted by its lines, sent back to streaming, and round again:
             // a 7.5 KB file recursed until the stack overflowed.)
-            if readWhole && size <= configuration.recordLimit {
+            // A gzip file's size says nothing of its records': it is read (decompressed) up to the limit.
+            let gzip = compression == .gzip
+            if readWhole && (size <= configuration.recordLimit || gzip) {
                 var whole: [UInt8] = []
-                try spool.readChunks(file) { whole += $0 }
+                var fits = true
+                do {
+                    try spool.readChunks(file) { chunk in
+                        whole += chunk
+                        if whole.count > configuration.recordLimit {
+                            fits = false
+                            throw StopReading()
+                        }
+                    }
+                } catch is StopReading {}
                 if whole.starts(with: [0xEF, 0xBB, 0xBF]) { whole.removeFirst(3) }
-                if (try? JSONParser.check(whole, keepUpTo: 0)) != nil {
+                if fits, (try? JSONParser.check(whole, keepUpTo: 0)) != nil {
                     processWhole(file, claimedAt: claimedAt)
                     return
                 }
-                readWhole = false
+                readWhole = fits ? false : readWhole
             }
             // Text never holds a NUL byte (JSON forbids it, RFC 4180 has no place for it): a file whose
             // first line does — preallocated zeros (fallocate), a disk image — is refused unread, before
@@ -124,17 +135,27 @@ extension Engine {
             }
             // Pass 1, only for a file that will be read: its sha256, and whether its last line is cut short
             // (a CSV or NDJSON upload that died mid-record: rejected whole, nothing stored).
+            // A gzip file is decompressed whole in this pass, before a record is stored: one that is corrupt,
+            // truncated or a bomb is rejected whole, nothing of it stored (ARCHITECTURE.md, "Compressed files").
             var digest = String(repeating: "0", count: 64)
+            var decompressedSize: Int?
             if tooLarge == nil {
                 var hasher = SHA256()
                 var tail = isArray ? nil : TailCheck(csv: isCSV, limit: configuration.recordLimit)
-                try spool.readChunks(file) { chunk in
-                    hasher.update(data: chunk)
-                    tail?.feed(chunk)
-                    try chunkDone()
+                var plain = 0
+                do {
+                    try spool.readChunks(file, raw: { hasher.update(data: $0) }) { chunk in
+                        plain += chunk.count
+                        tail?.feed(chunk)
+                        try chunkDone()
+                    }
+                    tooLarge = tail?.problem(headerWidth: isCSV ? csvWidth(header: firstLine) : nil)
+                    digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+                    if gzip { decompressedSize = plain }
+                } catch let problem as DecompressionProblem {
+                    // Not read to its end: no digest (zeros, as for any file rejected unread).
+                    tooLarge = RecordProblem(record: nil, line: nil, pointer: nil, message: problem.message)
                 }
-                digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
-                tooLarge = tail?.problem(headerWidth: isCSV ? csvWidth(header: firstLine) : nil)
             }
             let receivedAt = Clock.timestamp()
             // Rejected JSON records are NDJSON, an intake file's too when it is JSON.
@@ -164,6 +185,7 @@ extension Engine {
                 receivedAt: receivedAt,
                 content: .streamed(totals)
             )
+            prepared.decompressedSize = decompressedSize
             prepared.sender = file.sender ?? "unknown"
             let result = try database.commit([prepared], finishedAt: Clock.timestamp())[0]
             let report = result.report
@@ -186,6 +208,9 @@ extension Engine {
                 "stopped in the middle of a large file: it resumes at the next start",
                 metadata: ["file.id": "\(file.id)"]
             )
+        } catch let problem as DecompressionProblem {
+            // Found in the first line's read, or (changed since the pass that checked it) mid-stream.
+            rejectUnread(file, problem.message, claimedAt: claimedAt)
         } catch let error as SpoolError where error.code == ENOENT {
             logger.warning("claimed file vanished", metadata: ["file.id": "\(file.id)"])
         } catch let error as SpoolError where error.isTransient {

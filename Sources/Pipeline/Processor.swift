@@ -631,9 +631,15 @@ final class Engine: @unchecked Sendable {
         // Size before work: a sparse file (a hole reads as NULs, which no JSON or CSV holds) is rejected
         // unread, before a byte of it is read or hashed — a 20 GB file with nothing on disk is no work.
         var sizes: [String: Int64] = [:]
+        var gzipped = Set<String>()
         for file in all where !quarantined.contains(file.id) && unreadVerdicts[file.id] == nil {
-            guard let (size, sparse, links) = spool.sizeBeforeReading(file) else { continue }
+            guard let (size, sparse, links, compression) = spool.sizeBeforeReading(file) else { continue }
             sizes[file.id] = size
+            if case .unsupported(let format) = compression {
+                unreadVerdicts[file.id] = Compression.unsupportedMessage(format)
+            } else if compression == .gzip {
+                gzipped.insert(file.id)
+            }
             if sparse {
                 unreadVerdicts[file.id] =
                     "a sparse file (\(size) bytes long, with holes that read as NUL bytes): never read; "
@@ -648,9 +654,11 @@ final class Engine: @unchecked Sendable {
         var large = all.filter { file in
             guard !quarantined.contains(file.id), unreadVerdicts[file.id] == nil else { return false }
             guard let entry = spool.entry(spool.processingPath(file.kind), file.spoolName) else { return false }
-            // Intake CSV is always streamed (processLarge reads a JSON array of intake records whole).
+            // Intake CSV is always streamed (processLarge reads a JSON array of intake records whole). So is
+            // a gzip file: its size says nothing of its records' (processLarge sends one document back here).
             return entry.type == .regular
-                && (entry.size > threshold || (streamIntake && file.kind == Kind.intake.rawValue))
+                && (entry.size > threshold || (streamIntake && file.kind == Kind.intake.rawValue)
+                    || (gzipped.contains(file.id) && !wholeOnly))
         }
         let largeIDs = Set(large.map(\.id))
         // Read whole only up to the threshold that sent them here: grown past it since, a file is not read.
@@ -707,7 +715,11 @@ final class Engine: @unchecked Sendable {
                 fatalError("test crash on \(file.id) (--test-crash-on)")
             }
             do throws(SpoolError) {
-                let content = try spool.read(file)
+                // A gzip file comes here from processLarge, checked to decompress to a record at most.
+                let content = try spool.read(
+                    file,
+                    decompressedLimit: max(configuration.wholeLimit, configuration.recordLimit)
+                )
                 var records = 1
                 if case .regular(let bytes) = content {
                     records = JSONParser.topLevelCount(bytes) ?? (bytes.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) } + 1)
@@ -927,34 +939,52 @@ final class Engine: @unchecked Sendable {
                 "the file grew to \(size) bytes after it was claimed (its sender still writes it): not read; "
                     + "drop it again once it is complete"
             )
+        case .badCompression(let problem):
+            return unread(file, kind: kind, receivedAt: receivedAt, mayHaveLedgerRow: !fresh, problem.message)
         case .regular(let bytes):
-            // NDJSON cut short (its last line no record, with no line end): rejected whole, nothing stored.
-            if let truncated = TailCheck.ndjson(bytes, limit: configuration.recordLimit) {
-                return unread(file, kind: kind, receivedAt: receivedAt, mayHaveLedgerRow: !fresh, problem: truncated)
-            }
-            let digest = SHA256.hash(data: bytes).map { byte in
-                let hex = String(byte, radix: 16)
-                return byte < 16 ? "0" + hex : hex
-            }.joined()
-            let parsed: PreparedFile.Content
-            switch kind {
-            case .appointments: parsed = .appointments(catalog.appointments.read(bytes))
-            case .zoom: parsed = .zoom(catalog.zoom.read(bytes))
-            case .intake: parsed = .intake(catalog.intake.read(bytes, today: String(receivedAt.prefix(10))))
-            }
-            var prepared = PreparedFile(
-                id: file.id,
-                kind: kind,
-                originalName: file.originalName,
-                sha256: digest,
-                size: bytes.count,
-                receivedAt: receivedAt,
-                content: parsed,
-                mayHaveLedgerRow: !fresh
-            )
-            prepared.sender = file.sender ?? "unknown"
-            return (file, prepared, bytes)
+            return prepareRead(file, kind: kind, bytes: bytes, received: nil, receivedAt: receivedAt, fresh: fresh)
+        case .decompressed(let bytes, let received):
+            return prepareRead(file, kind: kind, bytes: bytes, received: received, receivedAt: receivedAt, fresh: fresh)
         }
+    }
+
+    /// A file read whole: `bytes` its records' bytes, `received` the gzip bytes they came from (nil when
+    /// they are the file's own).
+    private func prepareRead(
+        _ file: Spool.Claimed,
+        kind: Kind,
+        bytes: [UInt8],
+        received: [UInt8]?,
+        receivedAt: String,
+        fresh: Bool
+    ) -> Prepared {
+        // NDJSON cut short (its last line no record, with no line end): rejected whole, nothing stored.
+        if let truncated = TailCheck.ndjson(bytes, limit: configuration.recordLimit) {
+            return unread(file, kind: kind, receivedAt: receivedAt, mayHaveLedgerRow: !fresh, problem: truncated)
+        }
+        let digest = SHA256.hash(data: received ?? bytes).map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined()
+        let parsed: PreparedFile.Content
+        switch kind {
+        case .appointments: parsed = .appointments(catalog.appointments.read(bytes))
+        case .zoom: parsed = .zoom(catalog.zoom.read(bytes))
+        case .intake: parsed = .intake(catalog.intake.read(bytes, today: String(receivedAt.prefix(10))))
+        }
+        var prepared = PreparedFile(
+            id: file.id,
+            kind: kind,
+            originalName: file.originalName,
+            sha256: digest,
+            size: received?.count ?? bytes.count,
+            receivedAt: receivedAt,
+            content: parsed,
+            mayHaveLedgerRow: !fresh
+        )
+        if received != nil { prepared.decompressedSize = bytes.count }
+        prepared.sender = file.sender ?? "unknown"
+        return (file, prepared, bytes)
     }
 
     /// A file that crashed the daemon twice, committed as rejected without reading it.

@@ -149,8 +149,8 @@ extension Spool {
 
     /// Reads a claimed file whole, at most the size it had when opened (a writer still appending cannot
     /// make it grow without bound). Only a regular file is opened, with O_NOFOLLOW, and checked again by
-    /// fstat(2).
-    package func read(_ file: Claimed) throws(SpoolError) -> Content {
+    /// fstat(2). A gzip file is decompressed, to at most `decompressedLimit` bytes.
+    package func read(_ file: Claimed, decompressedLimit: Int) throws(SpoolError) -> Content {
         let folder = try folders.descriptor(processingPath(file.kind))
         var st = stat()
         guard fstatat(folder, file.spoolName, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
@@ -182,14 +182,25 @@ extension Spool {
             filled += n
         }
         bytes.removeSubrange(filled...)
-        return .regular(bytes)
+        guard Compression.of(bytes) == .gzip else { return .regular(bytes) }
+        let limit = decompressedLimit
+        do throws(DecompressionProblem) {
+            guard let plain = try GzipStream.decompress(bytes, limits: decompression, upTo: limit) else {
+                return .grown(Int64(limit) + 1)
+            }
+            return .decompressed(plain, received: bytes)
+        } catch {
+            return .badCompression(error)
+        }
     }
 
     /// What fstat(2) says of a claimed regular file before anything is read: its size, whether it has
     /// holes (a sparse file: SEEK_HOLE finds one before its end — holes read as NUL bytes, which no JSON
     /// or CSV holds), and its hard links (more than one: its partner can still change it through another
-    /// name). nil when it is not a regular file or is gone.
-    package func sizeBeforeReading(_ file: Claimed) -> (size: Int64, sparse: Bool, links: Int)? {
+    /// name); and what its first bytes say of its compression. nil when it is not a regular file or is gone.
+    package func sizeBeforeReading(_ file: Claimed) -> (
+        size: Int64, sparse: Bool, links: Int, compression: Compression?
+    )? {
         guard let folder = try? folders.descriptor(processingPath(file.kind)) else { return nil }
         let fd = openat(folder, file.spoolName, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
@@ -198,19 +209,25 @@ extension Spool {
         guard fstat(fd, &st) == 0, FileType(mode: st.st_mode) == .regular else { return nil }
         let size = Int64(st.st_size)
         let links = Int(st.st_nlink)
+        var head = [UInt8](repeating: 0, count: 6)
+        let got = head.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, $0.count, 0) }
+        let compression = got > 1 ? Compression.of(head[0..<got]) : nil
         // st_blocks first (cheap): a file with all its blocks on disk has no hole worth naming. Then
         // SEEK_HOLE, which a filesystem without hole reporting answers with the file's end.
         let allocated = Int64(st.st_blocks) * 512
-        guard size > 1 << 20, allocated < size else { return (size, false, links) }
+        guard size > 1 << 20, allocated < size else { return (size, false, links, compression) }
         let hole = lseek(fd, 0, 4 /* SEEK_HOLE */)
-        return (size, hole >= 0 && Int64(hole) < size, links)
+        return (size, hole >= 0 && Int64(hole) < size, links, compression)
     }
 
     /// Calls `body` with successive chunks (at most `chunkSize` bytes) of a claimed regular file, opened
-    /// with O_NOFOLLOW: memory stays bounded whatever the file's size.
+    /// with O_NOFOLLOW: memory stays bounded whatever the file's size. A gzip file (by its magic bytes) is
+    /// decompressed on the way, within ``decompression``'s limits (a ``DecompressionProblem`` when it is
+    /// corrupt, truncated or a bomb); `raw` sees the bytes as they are on disk (for their digest).
     package func readChunks(
         _ file: Claimed,
         chunkSize: Int = 1 << 20,
+        raw: ((ArraySlice<UInt8>) throws -> Void)? = nil,
         _ body: (ArraySlice<UInt8>) throws -> Void
     ) throws -> Void {
         let folder = try folders.descriptor(processingPath(file.kind))
@@ -223,6 +240,8 @@ extension Spool {
         var buffer = [UInt8](repeating: 0, count: chunkSize)
         // Never past the size checked before work (``Claimed/readLimit``), else past the size at open.
         var remaining = min(file.readLimit ?? Int64(st.st_size), Int64(st.st_size))
+        var gzip: GzipStream?
+        var first = true
         while remaining > 0 {
             let want = Int(min(Int64(buffer.count), remaining))
             let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, want) }
@@ -230,10 +249,15 @@ extension Spool {
                 if errno == EINTR { continue }
                 throw SpoolError("read", file.path, errno)
             }
-            if n == 0 { return }
+            if n == 0 { break }
             remaining -= Int64(n)
-            try body(buffer[0..<n])
+            // The magic bytes are in the first read (at least 2 bytes of a regular file, unless it is shorter).
+            if first, Compression.of(buffer[0..<n]) == .gzip { gzip = GzipStream(limits: decompression) }
+            first = false
+            try raw?(buffer[0..<n])
+            if let gzip { try gzip.feed(buffer[0..<n], body) } else { try body(buffer[0..<n]) }
         }
+        try gzip?.finish()
     }
 
     /// fsyncs each folder, making renames into and out of it durable.

@@ -206,6 +206,10 @@ package struct Spool: Sendable {
     /// A file's content, or why it has none.
     package enum Content: Sendable {
         case regular([UInt8])
+        /// A gzip file: its records' bytes, and the bytes as received (for the ledger's digest and size).
+        case decompressed([UInt8], received: [UInt8])
+        /// A gzip file that is corrupt, truncated or a bomb.
+        case badCompression(DecompressionProblem)
         case notRegular(FileType)
         /// It grew past its ``Claimed/readLimit`` after the claim (to this size): not read.
         case grown(Int64)
@@ -213,6 +217,8 @@ package struct Spool: Sendable {
 
     /// The spool's root folder.
     package let root: String
+    /// How far a gzip file may expand as it is read (`[compression]`).
+    package var decompression = DecompressionLimits()
     /// The spool's own inboxes, one per kind, plus any extra folders mapped to a kind.
     package let inboxes: [Inbox]
     package let kinds: [String]

@@ -188,6 +188,11 @@ package struct AppDatabase: Sendable {
         migrator.registerMigration("v7: the audit trail by target (GET /spool/{id} answers only its sender)") { db in
             try db.execute(sql: "CREATE INDEX audit_by_target ON audit (target)")
         }
+        migrator.registerMigration("v8: a gzip file's decompressed size in the ledger") { db in
+            try db.execute(
+                sql: "ALTER TABLE files ADD COLUMN decompressed_size INTEGER CHECK (decompressed_size >= 0)"
+            )
+        }
         return migrator
     }
 }
@@ -210,6 +215,8 @@ package struct PreparedFile: Sendable {
     package var originalName: String
     package var sha256: String
     package var size: Int
+    /// A gzip file's size once decompressed (`size` and `sha256` are the bytes as received); nil for others.
+    package var decompressedSize: Int?
     package var receivedAt: String
     package var content: Content
     /// False for a file claimed by this run: its fresh id cannot have a ledger row, so none is looked up.
@@ -480,11 +487,13 @@ extension AppDatabase {
         // an index on their `file_id`, would scan the whole table (migration v6 drops intake's).
         try db.cachedStatement(
             sql: """
-                INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome, report)
-                VALUES (?, ?, ?, ?, ?, ?, ?, 'rejected', '{}')
+                INSERT INTO files (id, kind, original_name, sha256, size, decompressed_size, received_at, finished_at,
+                                   outcome, report)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'rejected', '{}')
                 """
         ).execute(arguments: [
-            file.id, file.kind.rawValue, file.originalName, file.sha256, file.size, file.receivedAt, finishedAt,
+            file.id, file.kind.rawValue, file.originalName, file.sha256, file.size, file.decompressedSize,
+            file.receivedAt, finishedAt,
         ])
         var report: FileReport
         switch file.content {

@@ -41,6 +41,8 @@ package struct LedgerEntry: Sendable {
     package var kind: String
     package var originalName: String
     package var size: Int
+    /// A gzip file's size decompressed (`size` is as received).
+    package var decompressedSize: Int?
     package var receivedAt: String
     package var finishedAt: String
     package var outcome: String
@@ -95,7 +97,8 @@ extension AppDatabase {
     }
 
     private static let ledgerColumns =
-        "id, kind, original_name, size, received_at, finished_at, outcome, stored, duplicates, rejected, report"
+        "id, kind, original_name, size, decompressed_size, received_at, finished_at, outcome, stored, duplicates, "
+        + "rejected, report"
 
     private static func ledgerEntry(_ row: Row) -> LedgerEntry {
         LedgerEntry(
@@ -103,6 +106,7 @@ extension AppDatabase {
             kind: row["kind"],
             originalName: row["original_name"],
             size: row["size"],
+            decompressedSize: row["decompressed_size"],
             receivedAt: row["received_at"],
             finishedAt: row["finished_at"],
             outcome: row["outcome"],

@@ -108,10 +108,9 @@ struct SpoolOptions: ParsableArguments {
                 Spool.Inbox(path: path, kind: inbox.kind, arrival: Spool.Arrival(rawValue: inbox.arrival) ?? .close)
             )
         }
-        return (
-            Spool(root: root, kinds: Kind.allCases.map(\.rawValue), extraInboxes: extra),
-            db ?? config.database ?? (root + "/carespool.sqlite3"), config
-        )
+        var spool = Spool(root: root, kinds: Kind.allCases.map(\.rawValue), extraInboxes: extra)
+        spool.decompression = config.decompressionLimits
+        return (spool, db ?? config.database ?? (root + "/carespool.sqlite3"), config)
     }
 }
 
@@ -557,8 +556,28 @@ struct Validate: AsyncParsableCommand {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw ValidationError("cannot read \(file)")
         }
-        let catalog = try schemaOption.catalog(config: configOption.load())
-        let report = try dryRun(bytes: Array(data), kind: kind, catalog: catalog)
+        let config = try configOption.load()
+        let catalog = try schemaOption.catalog(config: config)
+        var bytes = Array(data)
+        var refusal: String?
+        switch Compression.of(bytes.prefix(6)) {
+        case .unsupported(let format): refusal = Compression.unsupportedMessage(format)
+        case .gzip:
+            // Decompressed whole (a partner's own file, on the partner's machine), within the same limits.
+            do throws(DecompressionProblem) {
+                bytes = try GzipStream.decompress(bytes, limits: config.decompressionLimits, upTo: Int.max) ?? []
+            } catch {
+                refusal = error.message
+            }
+        case nil: break
+        }
+        let report =
+            try refusal.map {
+                FileReport(
+                    outcome: .rejected,
+                    errors: [RecordProblem(record: nil, line: nil, pointer: nil, message: $0)]
+                )
+            } ?? dryRun(bytes: bytes, kind: kind, catalog: catalog)
         if json {
             print(report.json())
         } else {

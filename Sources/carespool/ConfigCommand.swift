@@ -4,6 +4,7 @@ import Foundation
 import HTTPIngress
 import Logging
 import Pipeline
+import Spool
 
 struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -66,6 +67,10 @@ struct ConfigCommand: AsyncParsableCommand {
                 "memory_budget = \(settings.pipeline.memoryBudget >> 20)",
                 "busy_timeout_ms = \(settings.busyTimeoutMs)",
                 "chunk_commit_ms = \(settings.chunkCommitMs)",
+                "",
+                "[compression]",
+                "max_decompressed_mib = \(config.decompressionLimits.maxBytes >> 20)",
+                "max_ratio = \(config.decompressionLimits.maxRatio)",
                 "",
                 "[retention]",
                 "done_days = \(settings.retentionDays)",

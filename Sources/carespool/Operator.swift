@@ -60,7 +60,9 @@ enum Operator {
         var members: [JSONMember] = [
             .init(key: "id", value: .string(entry.id)), .init(key: "kind", value: .string(entry.kind)),
             .init(key: "original_name", value: .string(entry.originalName)),
-            .init(key: "size", value: number(entry.size)), .init(key: "received_at", value: .string(entry.receivedAt)),
+            .init(key: "size", value: number(entry.size)),
+            .init(key: "decompressed_size", value: entry.decompressedSize.map(number) ?? .null),
+            .init(key: "received_at", value: .string(entry.receivedAt)),
             .init(key: "finished_at", value: .string(entry.finishedAt)),
             .init(key: "outcome", value: .string(entry.outcome)), .init(key: "stored", value: number(entry.stored)),
             .init(key: "duplicates", value: number(entry.duplicates)),
@@ -165,7 +167,10 @@ struct Show: AsyncParsableCommand {
         print("file \(id)")
         if let entry {
             print("  kind       \(entry.kind)")
-            print("  name       \(Terminal.safe(entry.originalName)) (\(entry.size) bytes)")
+            print(
+                "  name       \(Terminal.safe(entry.originalName)) (\(entry.size) bytes"
+                    + (entry.decompressedSize.map { ", gzip: \($0) bytes decompressed" } ?? "") + ")"
+            )
             print("  received   \(entry.receivedAt)")
             print("  finished   \(entry.finishedAt)")
             print(

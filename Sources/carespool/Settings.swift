@@ -3,6 +3,7 @@ import Config
 import HTTPIngress
 import Logging
 import Pipeline
+import Spool
 
 /// A flag's value in `range`: raised to its lower bound, refused above its upper one (the configuration
 /// file's reader refuses both for its key).
@@ -274,5 +275,15 @@ extension String {
     /// Itself without `prefix`, if it starts with it.
     fileprivate func replacingPrefix(_ prefix: String) -> String {
         hasPrefix(prefix) ? String(dropFirst(prefix.count)) : self
+    }
+}
+
+extension ConfigFile {
+    /// `[compression]`'s limits, or the defaults.
+    var decompressionLimits: DecompressionLimits {
+        DecompressionLimits(
+            maxBytes: Int64(maxDecompressedMib ?? DecompressionLimits.defaultMaxMib) << 20,
+            maxRatio: maxRatio ?? DecompressionLimits.defaultMaxRatio
+        )
     }
 }
