@@ -32,7 +32,7 @@ let package = Package(
         .executableTarget(
             name: "carespool",
             dependencies: [
-                "Pipeline", "Spool", "Store", "Kinds", "HTTPIngress", "Config", "Systemd",
+                "Pipeline", "Spool", "Store", "Kinds", "HTTPIngress", "Config", "Systemd", "Notify",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -94,6 +94,16 @@ let package = Package(
             dependencies: [.product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "Notify",
+            dependencies: [
+                "Store", "WebhookSignatures",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(name: "Watcher", dependencies: ["Spool"], swiftSettings: swiftSettings),
         .target(name: "JSONSchema", swiftSettings: swiftSettings),
         .target(name: "CSV", swiftSettings: swiftSettings),
@@ -114,7 +124,7 @@ let package = Package(
             name: "CarespoolTests",
             dependencies: [
                 "Pipeline", "Spool", "Watcher", "Kinds", "Store", "JSONSchema", "WebhookSignatures", "CSV",
-                "HTTPIngress", "Config",
+                "HTTPIngress", "Config", "Notify",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

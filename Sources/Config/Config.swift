@@ -91,6 +91,8 @@ package struct ConfigFile: Sendable {
     /// `[compression]`: how far a gzip file may expand (MiB, and decompressed bytes per compressed byte).
     package var maxDecompressedMib: Int?
     package var maxRatio: Int?
+    /// `[notify]`: where verdicts are announced; nil when the table is absent.
+    package var notify: NotifyConfig?
     private var keyLines = KeyLines("")
 
     package init() {}
@@ -142,6 +144,9 @@ package struct ConfigFile: Sendable {
                 in: ConfigLimits.maxDecompressedMib
             )
             maxRatio = try reader.int(compression, "max_ratio", at: "compression", in: ConfigLimits.maxRatio)
+        }
+        if let table = try reader.table(table, "notify") {
+            notify = try NotifyConfig(table, reader: reader)
         }
         if let retention = try reader.table(table, "retention") {
             try reader.only(retention, at: "retention", allowed: ["done_days"])
@@ -290,7 +295,7 @@ package struct ConfigFile: Sendable {
         "spool", "database", "schema", "log_level", "settle_ms", "close_grace_ms", "open_hold_ms", "rescan_ms",
         "batch_size",
         "stream_threshold", "memory_budget", "busy_timeout_ms", "chunk_commit_ms", "retention", "inbox", "http",
-        "compression",
+        "compression", "notify",
     ]
     static let httpKeys = [
         "listen", "token", "zoom_secrets", "zoom_secret_files", "webhook_secrets", "webhook_secret_files",
@@ -332,8 +337,104 @@ package struct ConfigFile: Sendable {
     }
 }
 
+/// `[notify]`: a hook program and/or a webhook URL told of every verdict whose outcome is listed.
+package struct NotifyConfig: Sendable, Equatable {
+    /// An absolute path, run with no arguments (the file's id, kind, outcome and counts in its
+    /// environment, the JSON document on stdin).
+    package var command: String?
+    /// `http://HOST[:PORT]/PATH`: the JSON document is posted there, signed as Standard Webhooks do.
+    package var url: String?
+    package var host: String = ""
+    package var port: Int = 80
+    package var path: String = "/"
+    /// `secret` (whsec_…), or `secret_file` read by the executable at start.
+    package var secret: String?
+    package var secretFile: String?
+    package var outcomes: [String] = ["partial", "rejected"]
+    /// Whether the file's original name is in the document and the environment (off: names can hold
+    /// patient data).
+    package var includeName = false
+    package var timeoutSeconds = 30
+    package var retryInitialMs = 1_000
+    package var retryMaxSeconds = 3_600
+
+    package static let keys = [
+        "command", "url", "secret", "secret_file", "outcomes", "include_name", "timeout_s", "retry_initial_ms",
+        "retry_max_s",
+    ]
+    package static let allOutcomes = ["accepted", "duplicate", "partial", "rejected"]
+
+    package init() {}
+
+    fileprivate init(_ table: TOMLTable, reader: Reader) throws(ConfigError) {
+        try reader.only(table, at: "notify", allowed: Self.keys)
+        command = try reader.string(table, "command", at: "notify", nonEmpty: true)
+        if let command, !command.hasPrefix("/") {
+            throw reader.error("notify.command", "must be an absolute path (run as is, without a shell)")
+        }
+        url = try reader.string(table, "url", at: "notify", nonEmpty: true)
+        if let url {
+            guard let parsed = Self.parse(url) else {
+                if url.lowercased().hasPrefix("https://") {
+                    throw reader.error(
+                        "notify.url",
+                        "https is not supported: carespool has no TLS client; post through a relay on this host "
+                            + "(http://127.0.0.1:…) or use notify.command with curl"
+                    )
+                }
+                throw reader.error("notify.url", "must be http://HOST[:PORT]/PATH")
+            }
+            (host, port, path) = parsed
+        }
+        if command == nil && url == nil { throw reader.error("notify", "give command, url or both") }
+        secret = try reader.string(table, "secret", at: "notify", nonEmpty: true)
+        secretFile = try reader.string(table, "secret_file", at: "notify", nonEmpty: true)
+        if secret != nil && secretFile != nil {
+            throw reader.error("notify.secret", "give secret or secret_file, not both")
+        }
+        if url != nil && secret == nil && secretFile == nil {
+            throw reader.error(
+                "notify.url",
+                "a webhook needs secret_file (or secret): its receiver checks the signature"
+            )
+        }
+        if let list = try reader.strings(table, "outcomes", at: "notify") {
+            guard !list.isEmpty, list.allSatisfy(Self.allOutcomes.contains) else {
+                throw reader.error("notify.outcomes", "list outcomes among " + Self.allOutcomes.joined(separator: ", "))
+            }
+            outcomes = Array(Set(list)).sorted()
+        }
+        if let value = table["include_name"] {
+            guard let flag = value.bool else { throw reader.error("notify.include_name", "must be true or false") }
+            includeName = flag
+        }
+        timeoutSeconds = try reader.int(table, "timeout_s", at: "notify", in: 1...3_600) ?? timeoutSeconds
+        retryInitialMs = try reader.int(table, "retry_initial_ms", at: "notify", in: 10...3_600_000) ?? retryInitialMs
+        retryMaxSeconds = try reader.int(table, "retry_max_s", at: "notify", in: 1...604_800) ?? retryMaxSeconds
+    }
+
+    /// HOST, PORT and PATH of `http://HOST[:PORT][/PATH]` (an IPv6 host in brackets); nil otherwise.
+    package static func parse(_ url: String) -> (host: String, port: Int, path: String)? {
+        guard url.lowercased().hasPrefix("http://") else { return nil }
+        let rest = url.dropFirst(7)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let authority = String(rest[..<slash])
+        let path = slash == rest.endIndex ? "/" : String(rest[slash...])
+        guard !authority.isEmpty, !authority.contains("@"),
+            !path.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F })
+        else { return nil }
+        if let hostPort = ConfigFile.hostPort(authority), authority.last != "]" {
+            return (hostPort.host, hostPort.port, path)
+        }
+        var host = authority
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, !host.contains(":") || authority.hasPrefix("[") else { return nil }
+        return (host, 80, path)
+    }
+}
+
 /// Typed reads that fail naming the key and its line.
-private struct Reader {
+struct Reader {
     let path: String
     let lines: KeyLines
 

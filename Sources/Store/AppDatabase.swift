@@ -23,6 +23,8 @@ package struct AppDatabase: Sendable {
     private let checkpointer: DatabaseQueue?
     /// The large file's chunk transaction left open between chunks, if any (``writeChunk(_:fileID:)``).
     private let chunkTransaction = ChunkTransaction()
+    /// Which verdicts owe a notification, to which targets (none: nothing is queued).
+    package var notify = NotifyPolicy()
     /// How long it stays open at most (``chunkTransactionSpan`` unless ``open(path:readonly:busyTimeout:cacheBytes:chunkCommit:)`` said).
     private var chunkSpan: Duration = Self.chunkTransactionSpan
 
@@ -191,6 +193,28 @@ package struct AppDatabase: Sendable {
         migrator.registerMigration("v8: a gzip file's decompressed size in the ledger") { db in
             try db.execute(
                 sql: "ALTER TABLE files ADD COLUMN decompressed_size INTEGER CHECK (decompressed_size >= 0)"
+            )
+        }
+        migrator.registerMigration("v9: notifications owed") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE notifications (
+                        file_id       TEXT NOT NULL,
+                        target        TEXT NOT NULL CHECK (target IN ('command', 'webhook')),
+                        kind          TEXT NOT NULL,
+                        outcome       TEXT NOT NULL,
+                        stored        INTEGER NOT NULL,
+                        duplicates    INTEGER NOT NULL,
+                        rejected      INTEGER NOT NULL,
+                        original_name TEXT NOT NULL,
+                        finished_at   TEXT NOT NULL,
+                        attempts      INTEGER NOT NULL DEFAULT 0,
+                        next_attempt  INTEGER NOT NULL,
+                        last_error    TEXT,
+                        PRIMARY KEY (file_id, target)
+                    ) STRICT;
+                    CREATE INDEX notifications_due ON notifications (next_attempt);
+                    """
             )
         }
         return migrator
@@ -527,6 +551,8 @@ extension AppDatabase {
             report.outcome.rawValue, report.stored, report.duplicates, report.rejected, report.summary,
             report.json(), file.id,
         ])
+        // The notification owed, in the verdict's own transaction: no crash can separate them.
+        try enqueueNotification(file, report, finishedAt: finishedAt, db: db)
         try AuditTrail.record(
             db,
             at: finishedAt,

@@ -11,6 +11,7 @@ import JSONSchema
 import Kinds
 import Logging
 import Metrics
+import Notify
 import Pipeline
 import Prometheus
 import ServiceLifecycle
@@ -359,12 +360,16 @@ struct Serve: AsyncParsableCommand {
                 )
             }
         }
-        let database = try AppDatabase.open(
+        var opened = try AppDatabase.open(
             path: databasePath,
             busyTimeout: .milliseconds(settings.busyTimeoutMs),
             cacheBytes: settings.pipeline.memoryBudget / 8,
             chunkCommit: .milliseconds(settings.chunkCommitMs)
         )
+        if let notifier = settings.notifier, let notify = config.notify {
+            opened.notify = NotifyPolicy(outcomes: Set(notify.outcomes), targets: notifier.targets)
+        }
+        let database = opened
         let readiness = Readiness(http: settings.http != nil)
         var pipeline = settings.pipeline
         pipeline.testCrashOn = testCrashOn
@@ -381,6 +386,9 @@ struct Serve: AsyncParsableCommand {
         )
         let health = HealthCache()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: processor)]
+        if let notifier = settings.notifier {
+            services.append(.init(service: Notifier(database: database, configuration: notifier, logger: logger)))
+        }
         if var http = settings.http {
             http.schemaConstants = catalog.schemaConstants
             services.append(

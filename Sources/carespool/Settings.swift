@@ -2,8 +2,11 @@ import ArgumentParser
 import Config
 import HTTPIngress
 import Logging
+import Notify
 import Pipeline
 import Spool
+import Store
+import WebhookSignatures
 
 /// A flag's value in `range`: raised to its lower bound, refused above its upper one (the configuration
 /// file's reader refuses both for its key).
@@ -23,6 +26,10 @@ struct Settings {
     var retentionDays: Int
     /// The HTTP endpoint's settings; nil when it is off.
     var http: HTTPConfiguration?
+    /// `[notify]`'s targets (the webhook's secret read); nil when nothing is notified.
+    var notifier: NotifierConfiguration?
+    /// The outcomes that owe a notification.
+    var notifyOutcomes: Set<String> = []
 
     /// `serve` nil: the file and the defaults only (`carespool config check`).
     init(serve: Serve?, config: ConfigFile) throws {
@@ -184,6 +191,7 @@ struct Settings {
             ),
             config: config
         )
+        notifier = try Self.notifier(config, credentials: credentials)
         guard listen != "off" else {
             http = nil
             return
@@ -240,6 +248,33 @@ struct Settings {
             throw ValidationError(refusal)
         }
         http = configuration
+    }
+
+    /// The notifier's settings from `[notify]`, its webhook secret read (from `secret_file` or a
+    /// systemd credential) and judged like every other secret.
+    private static func notifier(_ config: ConfigFile, credentials: String?) throws -> NotifierConfiguration? {
+        guard let notify = config.notify else { return nil }
+        var result = NotifierConfiguration()
+        result.command = notify.command
+        result.includeName = notify.includeName
+        result.timeout = .seconds(notify.timeoutSeconds)
+        result.retryInitial = .milliseconds(notify.retryInitialMs)
+        result.retryMax = .seconds(notify.retryMaxSeconds)
+        if notify.url != nil {
+            var secret = notify.secret ?? ""
+            var key = "notify.secret"
+            if let file = notify.secretFile {
+                key = "notify.secret_file"
+                do {
+                    secret = try SecretFile.read(file, key: key, credentials: credentials)
+                } catch let error as ValidationError {
+                    throw config.error(key, error.message.replacingPrefix(key + ": "))
+                }
+            }
+            if let reason = SecretRule.weakness(webhookSecret: secret) { throw config.error(key, reason) }
+            result.webhook = (notify.host, notify.port, notify.path, StandardWebhooks.key(secret: secret))
+        }
+        return result
     }
 
     /// Refuses an empty or weak secret (``SecretRule``) naming where it was given: the flag, or the

@@ -60,10 +60,13 @@ struct Status: AsyncParsableCommand {
             .map { String(decoding: $0, as: UTF8.self) }?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "[]"
         var failures: [[String: String?]] = []
         var zoom: [(event: String, received: Int, inserted: Int)] = []
+        var backlog = NotificationBacklog(count: 0, mostAttempts: 0)
         if FileManager.default.fileExists(atPath: databasePath) {
             let database = try AppDatabase.open(path: databasePath, readonly: true)
             failures = try database.lastFailures(limit: 10)
             zoom = try database.zoomCounters()
+            // A database from before migration v9 has no queue: nothing is owed.
+            backlog = (try? database.notificationBacklog()) ?? backlog
         }
         if json {
             var out = "{\"folders\":["
@@ -76,6 +79,11 @@ struct Status: AsyncParsableCommand {
             }
             .joined(separator: ",")
             out += "],\"retrying\":" + (retrying.isEmpty ? "[]" : retrying) + ",\"unclaimable\":\(unclaimable)"
+            out +=
+                ",\"notifications\":{\"undelivered\":\(backlog.count),\"oldest_finished_at\":"
+                + (backlog.oldestFinishedAt.map { JSONValue.quoted($0) } ?? "null") + ",\"most_attempts\":"
+                + "\(backlog.mostAttempts),\"last_error\":" + (backlog.lastError.map { JSONValue.quoted($0) } ?? "null")
+                + "}"
             out += ",\"last_failures\":["
             out += failures.map { row in
                 "{"
@@ -114,6 +122,15 @@ struct Status: AsyncParsableCommand {
         print("retrying: " + (retrying == "[]" ? "none" : retrying))
         if unclaimable > 0 {
             print("unclaimable: \(unclaimable) inbox entries cannot be claimed (left in place; the log says why)")
+        }
+        if backlog.count == 0 {
+            print("notifications: none undelivered")
+        } else {
+            print(
+                "notifications: \(backlog.count) undelivered, the oldest for a verdict of "
+                    + "\(backlog.oldestFinishedAt ?? "?"), up to \(backlog.mostAttempts) attempts; last error: "
+                    + Terminal.safe(backlog.lastError ?? "none yet")
+            )
         }
         let received = zoom.reduce(0) { $0 + $1.received }
         let inserted = zoom.reduce(0) { $0 + $1.inserted }

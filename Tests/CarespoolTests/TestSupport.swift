@@ -63,6 +63,31 @@ enum OfficialStandardWebhooks {
         return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Whether the library accepts `body` with these `webhook-*` headers under `secret` (its own check,
+    /// timestamp tolerance included).
+    static func verify(body: [UInt8], headers: [String: String], secret: String) async throws -> Bool {
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            throw Missing(what: python + " (run `make test-python`, which `make test` runs)")
+        }
+        let script = """
+            import sys
+            from standardwebhooks.webhooks import Webhook
+            headers = {"webhook-id": sys.argv[2], "webhook-timestamp": sys.argv[3], "webhook-signature": sys.argv[4]}
+            Webhook(sys.argv[1]).verify(sys.stdin.buffer.read(), headers)
+            """
+        let result = try await run(
+            .path(FilePath(python)),
+            arguments: [
+                "-c", script, secret, headers["webhook-id"] ?? "", headers["webhook-timestamp"] ?? "",
+                headers["webhook-signature"] ?? "",
+            ],
+            input: .array(body),
+            output: .discarded,
+            error: .discarded
+        )
+        return result.terminationStatus.isSuccess
+    }
+
     struct Missing: Error, CustomStringConvertible {
         let what: String
         var description: String { "missing " + what }

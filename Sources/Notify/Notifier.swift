@@ -1,0 +1,222 @@
+// Notify: tells an operator's hook program and/or webhook of verdicts, from the queue the ledger keeps
+// (Store/Notifications.swift: a row per verdict and target, written in the verdict's transaction).
+//
+// At least once: a row is deleted only after its delivery succeeded, so a kill -9 between the two
+// delivers it again at the next start (the document's `id` lets a receiver drop the repeat). Failures
+// are retried with doubling delays up to a ceiling, for ever; `carespool status` shows what is owed.
+// Runs beside the pipeline, one delivery at a time on a thread of its own: a slow or hanging hook or
+// receiver (bounded by `timeout_s`) never holds a file back. Never sends or logs a field value; the
+// file's name only when the operator enables it (`include_name`).
+
+import Dispatch
+package import Logging
+import Metrics
+package import ServiceLifecycle
+package import Store
+import WebhookSignatures
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What the executable configures: targets, their settings, the retry schedule.
+package struct NotifierConfiguration: Sendable {
+    package var command: String?
+    package var webhook: (host: String, port: Int, path: String, key: [UInt8])?
+    package var includeName = false
+    package var timeout: Duration = .seconds(30)
+    package var retryInitial: Duration = .seconds(1)
+    package var retryMax: Duration = .seconds(3_600)
+
+    package init() {}
+
+    /// The targets rows are queued for, in order.
+    package var targets: [String] { (command != nil ? ["command"] : []) + (webhook != nil ? ["webhook"] : []) }
+}
+
+package final class Notifier: Service, Sendable {
+    private let database: AppDatabase
+    private let configuration: NotifierConfiguration
+    private let logger: Logger
+    private let queue = DispatchQueue(label: "carespool.notify")
+    private let host: String
+
+    package init(database: AppDatabase, configuration: NotifierConfiguration, logger: Logger) {
+        self.database = database
+        self.configuration = configuration
+        self.logger = logger
+        var name = [CChar](repeating: 0, count: 256)
+        host = gethostname(&name, name.count - 1) == 0 ? String(cString: name) : "localhost"
+        // A hook that exits before reading its stdin must not kill the daemon with SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    package func run() async throws {
+        if let dropped = try? database.dropNotifications(except: configuration.targets), dropped > 0 {
+            logger.warning(
+                "notifications dropped: their target is no longer configured",
+                metadata: ["notify.dropped": "\(dropped)"]
+            )
+        }
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let due = (try? database.dueNotifications(nowMillis: Self.nowMillis(), limit: 16)) ?? []
+            for note in due {
+                if Task.isShuttingDownGracefully || Task.isCancelled { return }
+                await deliver(note)
+            }
+            if due.isEmpty {
+                // New verdicts are looked for four times a second; a retry is waited for no longer.
+                let next = (try? database.nextNotificationDue()) ?? nil
+                let wait = min(250, max(10, (next ?? Int64.max) - Self.nowMillis()))
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(wait)) }
+            }
+        }
+    }
+
+    private func deliver(_ note: PendingNotification) async {
+        let attempt = note.attempts + 1
+        let body = document(note, attempt: attempt)
+        let configuration = self.configuration
+        let environment = self.environment(note, attempt: attempt)
+        let failure: String? = await withCheckedContinuation { continuation in
+            queue.async {
+                switch note.target {
+                case "command":
+                    guard let command = configuration.command else {
+                        return continuation.resume(returning: "no command")
+                    }
+                    continuation.resume(
+                        returning: Hook.run(
+                            command,
+                            environment: environment,
+                            input: body,
+                            timeout: configuration.timeout
+                        )
+                    )
+                default:
+                    guard let webhook = configuration.webhook else { return continuation.resume(returning: "no url") }
+                    let timestamp = String(Self.nowMillis() / 1_000)
+                    let signature = StandardWebhooks.signature(
+                        id: note.fileID,
+                        timestamp: timestamp,
+                        body: body,
+                        key: webhook.key
+                    )
+                    continuation.resume(
+                        returning: HTTPPost.post(
+                            host: webhook.host,
+                            port: webhook.port,
+                            path: webhook.path,
+                            headers: [
+                                ("Content-Type", "application/json"), ("webhook-id", note.fileID),
+                                ("webhook-timestamp", timestamp), ("webhook-signature", signature),
+                                ("User-Agent", "carespool"),
+                            ],
+                            body: body,
+                            timeout: configuration.timeout
+                        )
+                    )
+                }
+            }
+        }
+        var metadata: Logger.Metadata = [
+            "file.id": "\(note.fileID)", "notify.target": "\(note.target)", "notify.attempt": "\(attempt)",
+        ]
+        if let failure {
+            let delay = retryDelay(afterAttempt: attempt)
+            metadata["notify.error"] = "\(failure)"
+            metadata["notify.retry_s"] = "\(Double(delay) / 1_000)"
+            logger.warning("notification not delivered", metadata: metadata)
+            Counter(
+                label: "carespool_notifications_total",
+                dimensions: [("target", note.target), ("result", "failed")]
+            )
+            .increment()
+            try? database.notificationFailed(note, nextMillis: Self.nowMillis() + delay, error: failure)
+        } else {
+            logger.info("notification delivered", metadata: metadata)
+            Counter(
+                label: "carespool_notifications_total",
+                dimensions: [("target", note.target), ("result", "delivered")]
+            )
+            .increment()
+            try? database.notificationDelivered(note)
+        }
+    }
+
+    /// Milliseconds before the attempt after `attempt`: the initial delay doubled each time, at most the
+    /// ceiling.
+    func retryDelay(afterAttempt attempt: Int) -> Int64 {
+        let initial = Self.millis(configuration.retryInitial)
+        let ceiling = Self.millis(configuration.retryMax)
+        let shift = min(attempt - 1, 40)
+        let (scaled, overflow) = initial.multipliedReportingOverflow(by: Int64(1) << shift)
+        return overflow ? ceiling : min(scaled, ceiling)
+    }
+
+    /// The JSON document: ids, kind, outcome, counts — never a field value; the name only if enabled.
+    func document(_ note: PendingNotification, attempt: Int) -> [UInt8] {
+        var text = "{\"type\":\"carespool.file.finished\",\"id\":\(Self.quoted(note.fileID))"
+        text += ",\"file_id\":\(Self.quoted(note.fileID)),\"kind\":\(Self.quoted(note.kind))"
+        text += ",\"outcome\":\(Self.quoted(note.outcome))"
+        text +=
+            ",\"counts\":{\"stored\":\(note.stored),\"duplicates\":\(note.duplicates),\"rejected\":\(note.rejected)}"
+        text += ",\"finished_at\":\(Self.quoted(note.finishedAt)),\"host\":\(Self.quoted(host)),\"attempt\":\(attempt)"
+        if configuration.includeName { text += ",\"file_name\":\(Self.quoted(note.originalName))" }
+        text += ",\"show\":\(Self.quoted("carespool show " + note.fileID))}\n"
+        return Array(text.utf8)
+    }
+
+    /// The hook's whole environment (nothing of the daemon's own: no credentials directory, no secrets).
+    func environment(_ note: PendingNotification, attempt: Int) -> [String: String] {
+        var values = [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "CARESPOOL_EVENT": "file.finished",
+            "CARESPOOL_FILE_ID": note.fileID,
+            "CARESPOOL_KIND": note.kind,
+            "CARESPOOL_OUTCOME": note.outcome,
+            "CARESPOOL_STORED": String(note.stored),
+            "CARESPOOL_DUPLICATES": String(note.duplicates),
+            "CARESPOOL_REJECTED": String(note.rejected),
+            "CARESPOOL_FINISHED_AT": note.finishedAt,
+            "CARESPOOL_HOST": host,
+            "CARESPOOL_ATTEMPT": String(attempt),
+        ]
+        // A name with a NUL cannot be in an environment; such a name is left out.
+        if configuration.includeName && !note.originalName.utf8.contains(0) {
+            values["CARESPOOL_FILE_NAME"] = note.originalName
+        }
+        return values
+    }
+
+    static func quoted(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _
+            where scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value)
+                || scalar.value == 0x2028 || scalar.value == 0x2029:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    static func nowMillis() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000 + Int64(now.tv_nsec) / 1_000_000
+    }
+
+    static func millis(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1_000 + duration.components.attoseconds / 1_000_000_000_000_000
+    }
+}

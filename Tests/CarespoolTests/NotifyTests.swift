@@ -1,0 +1,309 @@
+import Foundation
+import GRDB
+import Subprocess
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An HTTP receiver on loopback for the notifier's webhook: records each request's headers and body and
+/// answers with the status `answer` gives for the request's index (from 0).
+final class LoopbackReceiver: @unchecked Sendable {
+    struct Request: Sendable {
+        var headers: [String: String]
+        var body: [UInt8]
+    }
+
+    let port: Int
+    private let fd: Int32
+    private let answer: @Sendable (Int) -> Int
+    let requests = Mutex<[Request]>([])
+
+    init(answer: @escaping @Sendable (Int) -> Int) throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0, listen(listener, 16) == 0 else { throw CocoaError(.fileWriteUnknown) }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
+        }
+        fd = listener
+        port = Int(UInt16(bigEndian: address.sin_port))
+        self.answer = answer
+        Thread { [self] in serve() }.start()
+    }
+
+    func close() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    private func serve() {
+        while true {
+            let client = accept(fd, nil, nil)
+            if client < 0 { return }
+            var data: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4_096)
+            var request: Request?
+            while request == nil {
+                let n = buffer.withUnsafeMutableBytes { recv(client, $0.baseAddress!, $0.count, 0) }
+                if n <= 0 { break }
+                data += buffer[0..<n]
+                guard let end = data.indices.first(where: { data[$0...].starts(with: [13, 10, 13, 10]) }) else {
+                    continue
+                }
+                var headers: [String: String] = [:]
+                for line in String(decoding: data[..<end], as: UTF8.self).split(separator: "\r\n").dropFirst() {
+                    guard let colon = line.firstIndex(of: ":") else { continue }
+                    headers[line[..<colon].lowercased()] = line[line.index(after: colon)...]
+                        .trimmingCharacters(in: .whitespaces)
+                }
+                let length = Int(headers["content-length"] ?? "0") ?? 0
+                if data.count - (end + 4) >= length {
+                    request = Request(headers: headers, body: Array(data[(end + 4)..<(end + 4 + length)]))
+                }
+            }
+            if let request {
+                let index = requests.withLock { list in
+                    list.append(request)
+                    return list.count - 1
+                }
+                let status = answer(index)
+                let reply = Array("HTTP/1.1 \(status) X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
+                _ = reply.withUnsafeBytes { send(client, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+            }
+            Glibc.close(client)
+        }
+    }
+}
+
+/// Notifications through the real daemon: a hook program and a webhook, delivered at least once from the
+/// queue in the database, retried with backoff, never repeated after success, never carrying a value.
+@Suite(.serialized) struct NotifyDaemonTests {
+    /// A hook that logs each call (its environment and stdin) to `log`, failing while `fail` has lines
+    /// left (one taken per call), and blocking 20 s after logging "blocked" while `block` exists.
+    static func hook(in dir: TempDir) throws -> (path: String, log: String, fail: String, block: String) {
+        let path = dir.file("page-oncall")
+        let log = dir.file("hook.log")
+        let fail = dir.file("fail")
+        let block = dir.file("block")
+        let script = """
+            #!/bin/sh
+            input=$(cat)
+            if [ -e \(block) ]; then echo "blocked $CARESPOOL_FILE_ID" >> \(log); exec sleep 20; fi
+            if [ -s \(fail) ]; then
+              sed -i 1d \(fail)
+              echo "failed $CARESPOOL_FILE_ID $CARESPOOL_ATTEMPT" >> \(log)
+              exit 1
+            fi
+            leaked=$(ls -l /proc/$$/fd | grep -c -E 'socket:|anon_inode:|[.]sqlite3')
+            echo "delivered leaked=$leaked $CARESPOOL_FILE_ID $CARESPOOL_KIND $CARESPOOL_OUTCOME $CARESPOOL_STORED $CARESPOOL_REJECTED $CARESPOOL_ATTEMPT name=${CARESPOOL_FILE_NAME-none} path=$PATH home=${HOME-none} $input" >> \(log)
+            """
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o755)
+        return (path, log, fail, block)
+    }
+
+    static func lines(_ path: String) -> [String] {
+        ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+    }
+
+    static func config(_ dir: TempDir, _ body: String) throws -> String {
+        let path = dir.file("carespool.toml")
+        try body.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test func aHookThatFailsTwiceIsCalledOnceMoreAndNeverAgainAndCarriesNoValue() async throws {
+        let dir = TempDir("notify-hook")
+        defer { dir.cleanup() }
+        let spool = dir.file("spool")
+        let hook = try Self.hook(in: dir)
+        try "1\n2\n".write(toFile: hook.fail, atomically: true, encoding: .utf8)
+        let config = try Self.config(dir, "[notify]\ncommand = \"\(hook.path)\"\nretry_initial_ms = 300\n")
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
+            try await waitUntilServing(spool)
+            // Accepted: no notification (only partial and rejected by default). Then a partial file.
+            try dropLikeRsync(
+                event("OK1", "2031-05-06T07:08:09Z"),
+                into: spool + "/inbox/appointments",
+                name: "ok.json"
+            )
+            _ = await eventually { view.done().count == 1 }
+            let partial =
+                event("A1", "2031-05-06T07:08:09Z", patient: "PATIENT-7fz9", notes: "Allergic to penicillin") + "\n"
+                + event("B1", "2025-01-10 12:30", patient: "PATIENT-7fz9") + "\n"
+            try dropLikeRsync(partial, into: spool + "/inbox/appointments", name: "secret-name.ndjson")
+            // While the hook fails, status shows the notification owed and the last error.
+            var owed = false
+            for _ in 0..<100 where !owed {
+                let status = try await Daemon.command(["status", "--spool", spool])
+                owed = status.out.contains("notifications: 1 undelivered") && status.out.contains("exit status 1")
+                if !owed { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(owed, "status never showed the notification owed")
+            let delivered = await eventually { Self.lines(hook.log).contains { $0.hasPrefix("delivered") } }
+            // Backoff 300 ms, 600 ms: well past it, no further call.
+            try await Task.sleep(for: .milliseconds(2_500))
+            kill(pid, SIGTERM)
+            return delivered
+        }
+        #expect(run.result)
+        let calls = Self.lines(hook.log)
+        #expect(calls.count == 3, "\(calls)")
+        let id = try #require(calls.last?.split(separator: " ").dropFirst(2).first.map(String.init))
+        #expect(
+            calls.prefix(2).map { $0.split(separator: " ").prefix(2).joined(separator: " ") } == [
+                "failed \(id)", "failed \(id)",
+            ]
+        )
+        let last = calls[2]
+        // Nothing of the daemon's open descriptors reaches the hook (its database, sockets, epoll).
+        #expect(last.hasPrefix("delivered leaked=0 \(id) appointments partial 1 1 3 name=none path=/usr/local/sbin"))
+        #expect(last.contains("home=none"))
+        #expect(
+            last.contains("\"outcome\":\"partial\"")
+                && last.contains("\"counts\":{\"stored\":1,\"duplicates\":0,\"rejected\":1}")
+        )
+        #expect(last.contains("\"id\":\"\(id)\"") && last.contains("\"attempt\":3"))
+        for secret in DaemonTests.secrets { #expect(!last.contains(secret), "\(secret)") }
+        #expect(!run.log.contains("secret-name") && !run.log.contains("PATIENT-7fz9"))
+        #expect(run.log.contains("notification not delivered") && run.log.contains("notification delivered"))
+        let owed = try await view.database().read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM notifications")
+        }
+        #expect(owed == 0)
+        let status = try await Daemon.command(["status", "--spool", spool, "--json"])
+        #expect(status.out.contains("\"notifications\":{\"undelivered\":0,"))
+    }
+
+    @Test func aKillBetweenTheVerdictAndTheDeliveryDeliversAfterTheRestartOnce() async throws {
+        let dir = TempDir("notify-kill")
+        defer { dir.cleanup() }
+        let spool = dir.file("spool")
+        let hook = try Self.hook(in: dir)
+        try "".write(toFile: hook.block, atomically: true, encoding: .utf8)
+        let config = try Self.config(
+            dir,
+            "[notify]\ncommand = \"\(hook.path)\"\nretry_initial_ms = 200\ninclude_name = true\ntimeout_s = 60\n"
+        )
+        let view = SpoolView(root: spool)
+        let first = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
+            try await waitUntilServing(spool)
+            try dropLikeRsync("{not json", into: spool + "/inbox/appointments", name: "broken.json")
+            // The verdict is committed and the hook is running: kill -9 now.
+            let blocked = await eventually { Self.lines(hook.log).contains { $0.hasPrefix("blocked") } }
+            kill(pid, SIGKILL)
+            return blocked
+        }
+        #expect(first.result)
+        #expect(first.status == .signaled(SIGKILL))
+        #expect(view.failed().count == 1)
+        // The hook killed with the daemon's group is not ours to wait for: its sleep ends on its own.
+        try FileManager.default.removeItem(atPath: hook.block)
+        let second = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
+            let delivered = await eventually { Self.lines(hook.log).contains { $0.hasPrefix("delivered") } }
+            try await Task.sleep(for: .milliseconds(1_000))
+            kill(pid, SIGTERM)
+            return delivered
+        }
+        #expect(second.result)
+        let delivered = Self.lines(hook.log).filter { $0.hasPrefix("delivered") }
+        #expect(delivered.count == 1)
+        #expect(delivered.first?.contains(" appointments rejected 0 0 1 name=broken.json ") == true, "\(delivered)")
+        #expect(delivered.first?.contains("\"file_name\":\"broken.json\"") == true)
+    }
+
+    @Test func aWebhookIsSignedAsStandardWebhooksRetriedAfterA500AndTheHookBesideItNotRepeated() async throws {
+        let dir = TempDir("notify-webhook")
+        defer { dir.cleanup() }
+        let spool = dir.file("spool")
+        let hook = try Self.hook(in: dir)
+        let receiver = try LoopbackReceiver { index in index == 0 ? 500 : 204 }
+        defer { receiver.close() }
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        let secretFile = dir.file("notify.secret")
+        try secret.write(toFile: secretFile, atomically: true, encoding: .utf8)
+        chmod(secretFile, 0o600)
+        let config = try Self.config(
+            dir,
+            """
+            [notify]
+            command = "\(hook.path)"
+            url = "http://127.0.0.1:\(receiver.port)/hooks/carespool"
+            secret_file = "\(secretFile)"
+            outcomes = ["rejected", "partial", "accepted"]
+            retry_initial_ms = 300
+
+            """
+        )
+        let run = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
+            try await waitUntilServing(spool)
+            try dropLikeRsync(
+                intakeCSV(count: 3) + "M9,,Bad,1980-01-01,VX1,2025-03-01,x\n",
+                into: spool + "/inbox/intake",
+                name: "visits.csv"
+            )
+            let both = await eventually {
+                receiver.requests.withLock { $0.count } == 2 && Self.lines(hook.log).count == 1
+            }
+            try await Task.sleep(for: .milliseconds(1_500))
+            kill(pid, SIGTERM)
+            return both
+        }
+        #expect(run.result)
+        let requests = receiver.requests.withLock { $0 }
+        #expect(requests.count == 2)
+        #expect(Self.lines(hook.log).count == 1)
+        for request in requests {
+            #expect(
+                try await OfficialStandardWebhooks.verify(body: request.body, headers: request.headers, secret: secret)
+            )
+            // Tampered, it is refused: the check is real.
+            #expect(
+                !(try await OfficialStandardWebhooks.verify(
+                    body: request.body + [0x20],
+                    headers: request.headers,
+                    secret: secret
+                ))
+            )
+            let text = String(decoding: request.body, as: UTF8.self)
+            #expect(text.contains("\"kind\":\"intake\",\"outcome\":\"partial\""))
+            #expect(!text.contains("visits.csv") && !text.contains("MRN") && !text.contains("file_name"))
+        }
+        #expect(requests[0].headers["webhook-id"] == requests[1].headers["webhook-id"])
+        #expect(requests[0].headers["content-type"] == "application/json")
+        #expect(String(decoding: requests[1].body, as: UTF8.self).contains("\"attempt\":2"))
+    }
+
+    @Test func notifyConfigurationMistakesAreNamed() async throws {
+        let dir = TempDir("notify-config")
+        defer { dir.cleanup() }
+        for (body, expected) in [
+            ("[notify]\ncommand = \"page-oncall\"\n", "notify.command"),
+            (
+                "[notify]\nurl = \"https://alerts.example.com/x\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "https is not supported"
+            ),
+            ("[notify]\nurl = \"http://127.0.0.1:9/x\"\n", "needs secret_file"),
+            ("[notify]\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"whsec_c2hvcnQ=\"\n", "notify.secret"),
+            ("[notify]\ncommand = \"/bin/true\"\noutcomes = [\"failed\"]\n", "notify.outcomes"),
+            ("[notify]\n", "give command, url or both"),
+        ] {
+            let path = try Self.config(dir, body)
+            let checked = try await Daemon.command([
+                "serve", "--config", path, "--spool", dir.file("spool"), "--http", "off",
+            ])
+            #expect(checked.status == .exited(78), "\(body)")
+            #expect(checked.err.contains(expected), "\(body): \(checked.err)")
+        }
+    }
+}
