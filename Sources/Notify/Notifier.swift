@@ -41,6 +41,9 @@ package final class Notifier: Service, Sendable {
     private let queue = DispatchQueue(label: "carespool.notify")
     private let host: String
 
+    /// The journal's MESSAGE_ID of `notification not delivered`: frozen, like the outcomes' own.
+    package static let undeliveredMessageID = "f4433425c7cc8c83fa10207deaedae2b"
+
     package init(database: AppDatabase, configuration: NotifierConfiguration, logger: Logger) {
         self.database = database
         self.configuration = configuration
@@ -126,6 +129,7 @@ package final class Notifier: Service, Sendable {
             let delay = retryDelay(afterAttempt: attempt)
             metadata["notify.error"] = "\(failure)"
             metadata["notify.retry_s"] = "\(Double(delay) / 1_000)"
+            metadata["message_id"] = "\(Self.undeliveredMessageID)"
             logger.warning("notification not delivered", metadata: metadata)
             Counter(
                 label: "carespool_notifications_total",

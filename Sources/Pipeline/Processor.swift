@@ -880,6 +880,15 @@ final class Engine: @unchecked Sendable {
         process([file], claimedAt: [file.id: claimedAt])
     }
 
+    /// The journal's MESSAGE_ID of each outcome's `file finished` entry: frozen (alerting rules key on
+    /// them; docs/OPERATIONS.md lists them).
+    package static let messageIDs = [
+        "accepted": "a06cce9fcdf9203c84f6fcf43c309085",
+        "duplicate": "caacce223c460dad9aaa278e4dfa1773",
+        "partial": "6d8e8c9d88a4175ab891bcfe7cdd6dcb",
+        "rejected": "6da8d4b10f92ce050ac7de87de08491a",
+    ]
+
     /// The one log line per file: ids, kind, outcome, counts and milliseconds, never a name or value.
     func logFinished(_ file: Spool.Claimed, _ report: FileReport, claimedAt: Int64) {
         let millis = Double(Clock.monotonicNanos() - claimedAt) / 1_000_000
@@ -891,6 +900,7 @@ final class Engine: @unchecked Sendable {
             "file.duplicates": "\(report.duplicates)",
             "file.rejected": "\(report.rejected)",
             "file.ms": "\(Int(millis.rounded()))",
+            "message_id": "\(Self.messageIDs[report.outcome.rawValue] ?? "")",
         ]
         // Intake's summary: patients created and updated, visits created.
         for (key, value) in report.details { metadata["file." + key] = "\(value)" }

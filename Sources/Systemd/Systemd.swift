@@ -69,6 +69,9 @@ package enum Systemd {
         if due { notify("WATCHDOG=1") }
     }
 
+    /// journald's socket for the native protocol (systemd.journal-fields(7), "native protocol").
+    package static let journalSocket = "/run/systemd/journal/socket"
+
     /// Whether stderr goes to the journal ($JOURNAL_STREAM names stderr's device and inode).
     package static var stderrIsJournal: Bool {
         guard let text = getenv("JOURNAL_STREAM").map({ String(cString: $0) }) else { return false }
@@ -81,9 +84,11 @@ package enum Systemd {
     }
 }
 
-/// Log lines for the journal: `<priority>label: message key=value…` on stderr, the priority from the
-/// level (debug 7 … critical 2), so `journalctl -p warning` filters them. No timestamp: the journal
-/// adds its own.
+/// Log entries for the journal. Connected to journald's native socket (``connect(_:)``): one datagram an
+/// entry, with MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, MESSAGE_ID (from the `message_id` metadata: the
+/// stable id of an outcome, for alerting) and each metadata key as a `CARESPOOL_` field; else (or when a
+/// datagram cannot be sent) `<priority>label: message key=value…` on stderr, the priority from the level
+/// (debug 7 … critical 2), so `journalctl -p warning` filters them. No timestamp: the journal adds its own.
 package struct JournalLogHandler: LogHandler {
     package var metadata: Logger.Metadata = [:]
     package var logLevel: Logger.Level = .info
@@ -110,9 +115,80 @@ package struct JournalLogHandler: LogHandler {
     package func log(event: LogEvent) {
         var all = metadata
         if let extra = event.metadata { all.merge(extra) { _, new in new } }
-        var line = "<\(Self.priority(event.level))>\(label): \(event.message)"
-        for key in all.keys.sorted() { line += " \(key)=\(all[key]!)" }
-        line += "\n"
+        var text = "\(label): \(event.message)"
+        for key in all.keys.sorted() { text += " \(key)=\(all[key]!)" }
+        if Self.send(native(event, all, text: text)) { return }
+        let line = "<\(Self.priority(event.level))>" + text + "\n"
         _ = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
+    }
+
+    /// The entry in journald's native format: `NAME=value\n`, or for a value with a line break
+    /// `NAME\n<64-bit little-endian length><value>\n`.
+    private func native(_ event: LogEvent, _ all: Logger.Metadata, text: String) -> [UInt8] {
+        var fields: [(String, String)] = [
+            ("MESSAGE", text), ("PRIORITY", String(Self.priority(event.level))), ("SYSLOG_IDENTIFIER", "carespool"),
+        ]
+        for key in all.keys.sorted() {
+            let value = "\(all[key]!)"
+            if key == "message_id" {
+                fields.append(("MESSAGE_ID", value))
+            } else {
+                fields.append((Self.fieldName(key), value))
+            }
+        }
+        var bytes: [UInt8] = []
+        for (name, value) in fields {
+            bytes += name.utf8
+            if value.utf8.contains(0x0A) {
+                bytes.append(0x0A)
+                withUnsafeBytes(of: UInt64(value.utf8.count).littleEndian) { bytes += $0 }
+                bytes += value.utf8
+            } else {
+                bytes.append(UInt8(ascii: "="))
+                bytes += value.utf8
+            }
+            bytes.append(0x0A)
+        }
+        return bytes
+    }
+
+    /// `file.id` as `CARESPOOL_FILE_ID`: upper-case letters, digits and underscores, at most 64 bytes.
+    static func fieldName(_ key: String) -> String {
+        let mapped = key.uppercased().unicodeScalars.map { scalar -> Character in
+            switch scalar {
+            case "A"..."Z", "0"..."9": Character(scalar)
+            default: "_"
+            }
+        }
+        return String(("CARESPOOL_" + String(mapped)).prefix(64))
+    }
+
+    private static let socket = Mutex<(fd: Int32, address: sockaddr_un, length: socklen_t)?>(nil)
+
+    /// Sends entries to journald's native socket at `path` from now on.
+    package static func connect(_ path: String) {
+        guard path.utf8.count < 108 else { return }
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+        }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + path.utf8.count + 1)
+        socket.withLock { $0 = (fd, address, length) }
+    }
+
+    /// Whether the datagram went to the journal (false: not connected, or refused — too large, no journald).
+    private static func send(_ datagram: [UInt8]) -> Bool {
+        guard var target = socket.withLock({ $0 }) else { return false }
+        let sent = withUnsafePointer(to: &target.address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                datagram.withUnsafeBytes {
+                    sendto(target.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), address, target.length)
+                }
+            }
+        }
+        return sent == datagram.count
     }
 }

@@ -297,6 +297,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (info).")
     var logLevel: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Send log entries with their fields (MESSAGE_ID, CARESPOOL_FILE_ID, …) to journald's native socket "
+                + "at this path (default: /run/systemd/journal/socket when stderr is the journal).",
+            valueName: "socket"
+        )
+    )
+    var logJournal: String?
+
     @Option(help: .hidden)
     var testEnospcWhile: String?
 
@@ -320,8 +329,11 @@ struct Serve: AsyncParsableCommand {
         } catch let error as ConfigError {
             throw ConfigOption.fail(error)
         }
-        // Under systemd with stderr to the journal: priority prefixes, no timestamps (the journal's own).
-        let journal = Systemd.stderrIsJournal
+        // Under systemd with stderr to the journal: entries with their fields on journald's native socket
+        // (MESSAGE_ID for alerting), else stderr lines with priority prefixes; no timestamps (the journal's own).
+        let journalSocket = logJournal ?? (Systemd.stderrIsJournal ? Systemd.journalSocket : nil)
+        if let journalSocket { JournalLogHandler.connect(journalSocket) }
+        let journal = journalSocket != nil || Systemd.stderrIsJournal
         LoggingSystem.bootstrap { label in
             if journal {
                 var handler = JournalLogHandler(label: label)
@@ -388,6 +400,12 @@ struct Serve: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: processor)]
         if let notifier = settings.notifier {
             services.append(.init(service: Notifier(database: database, configuration: notifier, logger: logger)))
+        } else if let dropped = try? database.dropNotifications(except: []), dropped > 0 {
+            // [notify] removed: what was owed would show in `status` for ever.
+            logger.warning(
+                "notifications dropped: their target is no longer configured",
+                metadata: ["notify.dropped": "\(dropped)"]
+            )
         }
         if var http = settings.http {
             http.schemaConstants = catalog.schemaConstants

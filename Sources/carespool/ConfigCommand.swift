@@ -81,6 +81,19 @@ struct ConfigCommand: AsyncParsableCommand {
                     "arrival = \(quoted(inbox.arrival))",
                 ]
             }
+            if let notify = config.notify {
+                lines += ["", "[notify]"]
+                if let command = notify.command { lines.append("command = \(quoted(command))") }
+                if let url = notify.url {
+                    lines.append("url = \(quoted(url))")
+                    lines.append(notify.secretFile.map { "secret_file = \(quoted($0))" } ?? "secret = \(masked)")
+                }
+                lines += [
+                    "outcomes = [" + notify.outcomes.map(quoted).joined(separator: ", ") + "]",
+                    "include_name = \(notify.includeName)", "timeout_s = \(notify.timeoutSeconds)",
+                    "retry_initial_ms = \(notify.retryInitialMs)", "retry_max_s = \(notify.retryMaxSeconds)",
+                ]
+            }
             lines += ["", "[http]"]
             guard let http = settings.http else {
                 lines.append("listen = \"off\"")

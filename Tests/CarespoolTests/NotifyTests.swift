@@ -307,3 +307,105 @@ final class LoopbackReceiver: @unchecked Sendable {
         }
     }
 }
+
+/// A journald stand-in: a datagram socket at `path`, every entry it receives kept.
+final class JournalSink: @unchecked Sendable {
+    let path: String
+    private let fd: Int32
+    let entries = Mutex<[[UInt8]]>([])
+
+    init(path: String) throws {
+        self.path = path
+        let socketFD = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(socketFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard bound == 0 else { throw CocoaError(.fileWriteUnknown) }
+        fd = socketFD
+        Thread { [self] in receive() }.start()
+    }
+
+    func close() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    private func receive() {
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n <= 0 { return }
+            entries.withLock { $0.append(Array(buffer[0..<n])) }
+        }
+    }
+
+    /// Each entry's fields (native protocol: `NAME=value` lines, or `NAME\n<u64 length><value>\n`).
+    var fields: [[String: String]] {
+        entries.withLock { $0 }.map { bytes in
+            var result: [String: String] = [:]
+            var index = 0
+            while index < bytes.count {
+                let end = bytes[index...].firstIndex(of: 0x0A) ?? bytes.count
+                let line = bytes[index..<end]
+                if let equals = line.firstIndex(of: UInt8(ascii: "=")) {
+                    result[String(decoding: line[..<equals], as: UTF8.self)] = String(
+                        decoding: line[(equals + 1)...],
+                        as: UTF8.self
+                    )
+                    index = end + 1
+                } else {
+                    var length: UInt64 = 0
+                    for (shift, byte) in bytes[(end + 1)..<(end + 9)].enumerated() {
+                        length |= UInt64(byte) << (8 * shift)
+                    }
+                    let start = end + 9
+                    result[String(decoding: line, as: UTF8.self)] = String(
+                        decoding: bytes[start..<(start + Int(length))],
+                        as: UTF8.self
+                    )
+                    index = start + Int(length) + 1
+                }
+            }
+            return result
+        }
+    }
+}
+
+@Suite(.serialized) struct JournalDaemonTests {
+    @Test func outcomesReachTheJournalWithTheirStableMessageIDAndNoName() async throws {
+        let dir = TempDir("journal")
+        defer { dir.cleanup() }
+        let spool = dir.file("spool")
+        let sink = try JournalSink(path: dir.file("journal.socket"))
+        defer { sink.close() }
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool, arguments: ["--log-journal", sink.path]) { pid in
+            try await waitUntilServing(spool)
+            try dropLikeRsync(
+                event("OK1", "2031-05-06T07:08:09Z"),
+                into: spool + "/inbox/appointments",
+                name: "ok.json"
+            )
+            try dropLikeRsync("{\"x\n", into: spool + "/inbox/appointments", name: "secret-name.json")
+            let finished = await eventually { view.done().count == 1 && view.failed().count == 1 }
+            _ = await eventually { sink.fields.filter { $0["MESSAGE_ID"] != nil }.count == 2 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result)
+        let entries = sink.fields
+        let rejected = try #require(entries.first { $0["MESSAGE_ID"] == "6da8d4b10f92ce050ac7de87de08491a" })
+        let accepted = try #require(entries.first { $0["MESSAGE_ID"] == "a06cce9fcdf9203c84f6fcf43c309085" })
+        #expect(rejected["CARESPOOL_FILE_OUTCOME"] == "rejected" && accepted["CARESPOOL_FILE_OUTCOME"] == "accepted")
+        #expect(rejected["PRIORITY"] == "6" && rejected["SYSLOG_IDENTIFIER"] == "carespool")
+        #expect(rejected["CARESPOOL_FILE_ID"]?.count == 36)
+        #expect(rejected["MESSAGE"]?.hasPrefix("carespool: file finished") == true)
+        #expect(!sink.entries.withLock { $0 }.contains { String(decoding: $0, as: UTF8.self).contains("secret-name") })
+        // Sent to the journal, not written to stderr as well.
+        #expect(!run.log.contains("file finished"))
+    }
+}
