@@ -86,8 +86,9 @@ extension Engine {
             if readWhole && (size <= configuration.recordLimit || gzip) {
                 var whole: [UInt8] = []
                 var fits = true
+                var hasher = SHA256()
                 do {
-                    try spool.readChunks(file) { chunk in
+                    try spool.readChunks(file, raw: { if gzip { hasher.update(data: $0) } }) { chunk in
                         whole += chunk
                         if whole.count > configuration.recordLimit {
                             fits = false
@@ -95,8 +96,14 @@ extension Engine {
                         }
                     }
                 } catch is StopReading {}
-                if whole.starts(with: [0xEF, 0xBB, 0xBF]) { whole.removeFirst(3) }
-                if fits, (try? JSONParser.check(whole, keepUpTo: 0)) != nil {
+                let document = whole.starts(with: [0xEF, 0xBB, 0xBF]) ? whole[3...] : whole[...]
+                if fits, (try? JSONParser.check(Array(document), keepUpTo: 0)) != nil {
+                    // A gzip document is handed over decompressed: read again by the whole-file path, its
+                    // compressed bytes (which padding can make any size) would be what is held.
+                    if gzip {
+                        let digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+                        gzipWhole[file.id] = (whole, digest, size)
+                    }
                     processWhole(file, claimedAt: claimedAt)
                     return
                 }
@@ -105,12 +112,22 @@ extension Engine {
             // Text never holds a NUL byte (JSON forbids it, RFC 4180 has no place for it): a file whose
             // first line does — preallocated zeros (fallocate), a disk image — is refused unread, before
             // a pass over gigabytes of it. So is a CSV file whose header line is longer than a record may be.
-            if let nul = firstLine.firstIndex(of: 0) {
+            if gzip, let inner = Compression.of(firstLine.prefix(6)) {
+                let format = if case .unsupported(let name) = inner { name } else { "gzip" }
+                tooLarge = RecordProblem(
+                    record: nil,
+                    line: nil,
+                    pointer: nil,
+                    message: "compressed twice: decompressed, the file is \(format) again; compress it once"
+                )
+            } else if let nul = firstLine.firstIndex(of: 0) {
                 tooLarge = RecordProblem(
                     record: nil,
                     line: 1,
                     pointer: nil,
-                    message: "a NUL byte at byte \(nul): not JSON or CSV text; the file is not read further"
+                    message:
+                        "a NUL byte at \(gzip ? "decompressed " : "")byte \(nul): not JSON or CSV text; the file is "
+                        + "not read further"
                 )
             } else if isCSV && firstLine.count >= configuration.recordLimit {
                 tooLarge = RecordProblem(
@@ -126,8 +143,9 @@ extension Engine {
                     record: nil,
                     line: nil,
                     pointer: nil,
-                    message:
-                        "file is \(size) bytes and its first line is no JSON record of at most "
+                    message: (gzip
+                        ? "file decompresses to more than \(configuration.recordLimit) bytes" : "file is \(size) bytes")
+                        + " and its first line is no JSON record of at most "
                         + "\(configuration.recordLimit) bytes (the record limit): not \(kind == .intake ? "CSV, " : "")"
                         + "NDJSON or a JSON array, and a JSON document over the record limit is not read; send large "
                         + "data one record per line or as an array of records"
@@ -209,7 +227,8 @@ extension Engine {
                 metadata: ["file.id": "\(file.id)"]
             )
         } catch let problem as DecompressionProblem {
-            // Found in the first line's read, or (changed since the pass that checked it) mid-stream.
+            // Found before pass 1 (pass 2 reports its own as the file's last rejected record).
+            database.rollbackChunks()
             rejectUnread(file, problem.message, claimedAt: claimedAt)
         } catch let error as SpoolError where error.code == ENOENT {
             logger.warning("claimed file vanished", metadata: ["file.id": "\(file.id)"])
@@ -335,6 +354,7 @@ extension Engine {
             try add(raw)
         }
 
+        var broken: DecompressionProblem?
         if array {
             var reader = JSONArrayReader(maxElementBytes: maxLine + 1)
             func element(_ element: JSONArrayReader.Element) throws {
@@ -345,15 +365,17 @@ extension Engine {
                     try add(JSONRecords.record(element: element))
                 }
             }
-            try spool.readChunks(file) { chunk in try reader.feed(chunk, element) }
-            try reader.finish(element)
+            broken = try readBreakable(file) { chunk in try reader.feed(chunk, element) }
+            if broken == nil { try reader.finish(element) }
         } else {
-            try readLines(file, maxLine: maxLine + 1, take)
+            broken = try readLines(file, maxLine: maxLine + 1, take)
         }
         try flush()
         try committer.finish(done: done)
         try database.commitChunks()
-        if number == 0 {
+        if let broken {
+            totals.reject(broken)
+        } else if number == 0 {
             let what = array ? "the array is empty: no records" : "file is empty: no records"
             totals.errors = [RecordProblem(record: nil, line: nil, pointer: nil, message: what)]
         }
@@ -362,14 +384,30 @@ extension Engine {
         return totals
     }
 
-    /// Each line of `file` (without its line break, cut at `maxLine` bytes) to `take`, in order.
+    /// Pass 2's read of a gzip file checked whole in pass 1: a stream that breaks now (the file changed
+    /// while it was read: its sender still holds it) ends the read there, with the chunks before it
+    /// committed — returned, for the file's report to say so.
+    private func readBreakable(
+        _ file: Spool.Claimed,
+        _ body: (ArraySlice<UInt8>) throws -> Void
+    ) throws -> DecompressionProblem? {
+        do {
+            try spool.readChunks(file, body)
+            return nil
+        } catch let problem as DecompressionProblem {
+            return problem
+        }
+    }
+
+    /// Each line of `file` (without its line break, cut at `maxLine` bytes) to `take`, in order; a
+    /// broken gzip stream ends it (the line it cut is not taken).
     private func readLines(
         _ file: Spool.Claimed,
         maxLine: Int,
         _ take: (ArraySlice<UInt8>) throws -> Void
-    ) throws {
+    ) throws -> DecompressionProblem? {
         var carry: [UInt8] = []
-        try spool.readChunks(file) { chunk in
+        let broken = try readBreakable(file) { chunk in
             var start = chunk.startIndex
             while let newline = chunk[start...].firstIndex(of: 0x0A) {
                 if carry.isEmpty {
@@ -383,7 +421,8 @@ extension Engine {
             }
             carry += chunk[start..<min(chunk.endIndex, start + max(0, maxLine - carry.count))]
         }
-        if !carry.isEmpty { try take(carry[...]) }
+        if broken == nil && !carry.isEmpty { try take(carry[...]) }
+        return broken
     }
 
     /// Pass 2 for an intake CSV: the header mapped, then rows validated and committed in chunks; rejected
@@ -450,9 +489,10 @@ extension Engine {
             }
         }
 
-        try spool.readChunks(file) { chunk in try reader.feed(chunk, take) }
-        try reader.finish(take)
+        let broken = try readBreakable(file) { chunk in try reader.feed(chunk, take) }
+        if broken == nil { try reader.finish(take) }
         if let fileProblem { return FileReport(outcome: .rejected, errors: [fileProblem]) }
+        if let broken, columns == nil { return FileReport(outcome: .rejected, errors: [broken.problem]) }
         if columns == nil {
             return FileReport(
                 outcome: .rejected,
@@ -462,8 +502,9 @@ extension Engine {
         try flush()
         try committer.finish(done: done)
         try database.commitChunks()
+        if let broken { totals.reject(broken) }
         totals.close(unlisted: unlisted)
-        if rows == 0 {
+        if rows == 0 && broken == nil {
             // A header and no rows (a daily feed on a day without visits): a valid file of zero records.
             totals.notes.append(IntakeColumns.noRowsNote)
             totals.outcome = .accepted
@@ -497,4 +538,24 @@ extension Engine {
         }
     }
 
+}
+
+extension DecompressionProblem {
+    /// The file's problem: no record, no line (an offset in the compressed bytes).
+    var problem: RecordProblem {
+        RecordProblem(record: nil, line: nil, pointer: nil, message: message)
+    }
+}
+
+extension FileReport {
+    /// The rest of a file that broke in pass 2 is one rejected record (the records before it stand, as
+    /// for a JSON array whose structure breaks): `partial`, not `rejected` with records stored.
+    mutating func reject(_ broken: DecompressionProblem) {
+        var problem = broken.problem
+        problem.message =
+            broken.message + " — the file changed after it was checked (its sender still writes it); the records "
+            + "before this point are stored, the rest is not read: send the whole file again"
+        errors.insert(problem, at: 0)
+        rejected += 1
+    }
 }

@@ -265,6 +265,9 @@ final class Engine: @unchecked Sendable {
     private var replacedInboxes: Set<String> = []
     /// Files to commit as rejected unread, with their one problem (sparse, or a permanent read error).
     private var unreadVerdicts: [String: String] = [:]
+    /// A gzip file that is one JSON document, decompressed and hashed by processLarge for processWhole:
+    /// never read again (its compressed size may be anything; its document is at most the record limit).
+    var gzipWhole: [String: (bytes: [UInt8], sha256: String, size: Int)] = [:]
     private let unclaimableGauge = Gauge(label: "carespool_unclaimable_entries")
     /// Ids claimed by this run and not yet finished: they cannot have a ledger row.
     private var claimedFresh: Set<String> = []
@@ -656,15 +659,17 @@ final class Engine: @unchecked Sendable {
             guard let entry = spool.entry(spool.processingPath(file.kind), file.spoolName) else { return false }
             // Intake CSV is always streamed (processLarge reads a JSON array of intake records whole). So is
             // a gzip file: its size says nothing of its records' (processLarge sends one document back here).
-            return entry.type == .regular
+            // Back from processLarge (one document), a file is read whole whatever its size on disk.
+            return entry.type == .regular && !wholeOnly
                 && (entry.size > threshold || (streamIntake && file.kind == Kind.intake.rawValue)
-                    || (gzipped.contains(file.id) && !wholeOnly))
+                    || gzipped.contains(file.id))
         }
         let largeIDs = Set(large.map(\.id))
         // Read whole only up to the threshold that sent them here: grown past it since, a file is not read.
         let whole = all.filter { !largeIDs.contains($0.id) }.map { file in
             var bounded = file
-            bounded.readLimit = min(file.readLimit ?? threshold, threshold)
+            // processLarge bounded it already (at most the record limit) when it sent it back here.
+            bounded.readLimit = wholeOnly ? file.readLimit : min(file.readLimit ?? threshold, threshold)
             return bounded
         }
         defer {
@@ -714,12 +719,12 @@ final class Engine: @unchecked Sendable {
             if let crash = configuration.testCrashOn, file.originalName.contains(crash) {
                 fatalError("test crash on \(file.id) (--test-crash-on)")
             }
+            if let whole = gzipWhole.removeValue(forKey: file.id) {
+                read.append((file, .success(.decompressed(whole.bytes, sha256: whole.sha256, size: whole.size)), 1))
+                continue
+            }
             do throws(SpoolError) {
-                // A gzip file comes here from processLarge, checked to decompress to a record at most.
-                let content = try spool.read(
-                    file,
-                    decompressedLimit: max(configuration.wholeLimit, configuration.recordLimit)
-                )
+                let content = try spool.read(file)
                 var records = 1
                 if case .regular(let bytes) = content {
                     records = JSONParser.topLevelCount(bytes) ?? (bytes.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) } + 1)
@@ -949,22 +954,27 @@ final class Engine: @unchecked Sendable {
                 "the file grew to \(size) bytes after it was claimed (its sender still writes it): not read; "
                     + "drop it again once it is complete"
             )
-        case .badCompression(let problem):
-            return unread(file, kind: kind, receivedAt: receivedAt, mayHaveLedgerRow: !fresh, problem.message)
         case .regular(let bytes):
             return prepareRead(file, kind: kind, bytes: bytes, received: nil, receivedAt: receivedAt, fresh: fresh)
-        case .decompressed(let bytes, let received):
-            return prepareRead(file, kind: kind, bytes: bytes, received: received, receivedAt: receivedAt, fresh: fresh)
+        case .decompressed(let bytes, let sha256, let size):
+            return prepareRead(
+                file,
+                kind: kind,
+                bytes: bytes,
+                received: (sha256, size),
+                receivedAt: receivedAt,
+                fresh: fresh
+            )
         }
     }
 
-    /// A file read whole: `bytes` its records' bytes, `received` the gzip bytes they came from (nil when
-    /// they are the file's own).
+    /// A file read whole: `bytes` its records' bytes, `received` the digest and size of the gzip bytes
+    /// they came from (nil when they are the file's own).
     private func prepareRead(
         _ file: Spool.Claimed,
         kind: Kind,
         bytes: [UInt8],
-        received: [UInt8]?,
+        received: (sha256: String, size: Int)?,
         receivedAt: String,
         fresh: Bool
     ) -> Prepared {
@@ -972,10 +982,12 @@ final class Engine: @unchecked Sendable {
         if let truncated = TailCheck.ndjson(bytes, limit: configuration.recordLimit) {
             return unread(file, kind: kind, receivedAt: receivedAt, mayHaveLedgerRow: !fresh, problem: truncated)
         }
-        let digest = SHA256.hash(data: received ?? bytes).map { byte in
-            let hex = String(byte, radix: 16)
-            return byte < 16 ? "0" + hex : hex
-        }.joined()
+        let digest =
+            received?.sha256
+            ?? SHA256.hash(data: bytes).map { byte in
+                let hex = String(byte, radix: 16)
+                return byte < 16 ? "0" + hex : hex
+            }.joined()
         let parsed: PreparedFile.Content
         switch kind {
         case .appointments: parsed = .appointments(catalog.appointments.read(bytes))
@@ -987,7 +999,7 @@ final class Engine: @unchecked Sendable {
             kind: kind,
             originalName: file.originalName,
             sha256: digest,
-            size: received?.count ?? bytes.count,
+            size: received?.size ?? bytes.count,
             receivedAt: receivedAt,
             content: parsed,
             mayHaveLedgerRow: !fresh

@@ -70,6 +70,10 @@ package final class GzipStream {
     package private(set) var produced: Int64 = 0
     /// Inside a member: more bytes are owed before the stream may end.
     private var open = false
+    /// A member has ended (and no other begun since).
+    private var afterMember = false
+    /// Only zero bytes since the last member (padding to a block size, which gzip(1) ignores too).
+    private var padding = false
 
     package init(limits: DecompressionLimits) {
         guard let inflater = carespool_inflater_new() else { fatalError("zlib: out of memory") }
@@ -85,6 +89,19 @@ package final class GzipStream {
             guard let base = source.baseAddress else { return }
             var offset = 0
             while true {
+                if padding || (afterMember && base[offset] == 0) {
+                    padding = true
+                    while offset < source.count && base[offset] == 0 {
+                        offset += 1
+                        consumed += 1
+                    }
+                    if offset == source.count { return }
+                    throw DecompressionProblem(
+                        offset: consumed,
+                        message: "the gzip stream is corrupt at compressed byte \(consumed): data after the zero "
+                            + "padding that follows its last member"
+                    )
+                }
                 var used = 0
                 var made = 0
                 var message: UnsafePointer<CChar>?
@@ -114,8 +131,10 @@ package final class GzipStream {
                 }
                 if status == CARESPOOL_INFLATE_MEMBER_END {
                     open = false
+                    afterMember = true
                 } else if used > 0 {
                     open = true
+                    afterMember = false
                 }
                 try checkLimits()
                 if made > 0 { try body(output[0..<made]) }
@@ -146,8 +165,8 @@ package final class GzipStream {
             throw DecompressionProblem(
                 offset: consumed,
                 message:
-                    "refused as a decompression bomb: it decompresses to more than \(limits.maxBytes) bytes "
-                    + "(\(consumed) compressed bytes read); the limits are \(limits.named)"
+                    "refused: it decompresses to more than \(limits.maxBytes) bytes (a decompression bomb, or a "
+                    + "file larger than allowed; \(consumed) compressed bytes read); the limits are \(limits.named)"
             )
         }
         if produced > DecompressionLimits.ratioFloor && produced > Int64(limits.maxRatio) * max(consumed, 1) {

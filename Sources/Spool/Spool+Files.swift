@@ -149,8 +149,8 @@ extension Spool {
 
     /// Reads a claimed file whole, at most the size it had when opened (a writer still appending cannot
     /// make it grow without bound). Only a regular file is opened, with O_NOFOLLOW, and checked again by
-    /// fstat(2). A gzip file is decompressed, to at most `decompressedLimit` bytes.
-    package func read(_ file: Claimed, decompressedLimit: Int) throws(SpoolError) -> Content {
+    /// fstat(2). Its bytes as they are: a gzip file is decompressed only by ``readChunks``.
+    package func read(_ file: Claimed) throws(SpoolError) -> Content {
         let folder = try folders.descriptor(processingPath(file.kind))
         var st = stat()
         guard fstatat(folder, file.spoolName, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
@@ -182,16 +182,7 @@ extension Spool {
             filled += n
         }
         bytes.removeSubrange(filled...)
-        guard Compression.of(bytes) == .gzip else { return .regular(bytes) }
-        let limit = decompressedLimit
-        do throws(DecompressionProblem) {
-            guard let plain = try GzipStream.decompress(bytes, limits: decompression, upTo: limit) else {
-                return .grown(Int64(limit) + 1)
-            }
-            return .decompressed(plain, received: bytes)
-        } catch {
-            return .badCompression(error)
-        }
+        return .regular(bytes)
     }
 
     /// What fstat(2) says of a claimed regular file before anything is read: its size, whether it has

@@ -206,10 +206,9 @@ package struct Spool: Sendable {
     /// A file's content, or why it has none.
     package enum Content: Sendable {
         case regular([UInt8])
-        /// A gzip file: its records' bytes, and the bytes as received (for the ledger's digest and size).
-        case decompressed([UInt8], received: [UInt8])
-        /// A gzip file that is corrupt, truncated or a bomb.
-        case badCompression(DecompressionProblem)
+        /// A gzip file's one document, decompressed (by the streaming path), and the digest and size of
+        /// the bytes as received, for the ledger.
+        case decompressed([UInt8], sha256: String, size: Int)
         case notRegular(FileType)
         /// It grew past its ``Claimed/readLimit`` after the claim (to this size): not read.
         case grown(Int64)

@@ -589,9 +589,16 @@ struct Validate: AsyncParsableCommand {
         switch Compression.of(bytes.prefix(6)) {
         case .unsupported(let format): refusal = Compression.unsupportedMessage(format)
         case .gzip:
-            // Decompressed whole (a partner's own file, on the partner's machine), within the same limits.
+            // Decompressed whole, within the same limits and at most 256 MiB (the daemon streams any size;
+            // this dry run holds the file in memory).
             do throws(DecompressionProblem) {
-                bytes = try GzipStream.decompress(bytes, limits: config.decompressionLimits, upTo: Int.max) ?? []
+                if let plain = try GzipStream.decompress(bytes, limits: config.decompressionLimits, upTo: 256 << 20) {
+                    bytes = plain
+                } else {
+                    refusal =
+                        "validate reads at most 256 MiB of decompressed data (the daemon streams files of any size "
+                        + "within [compression]'s limits): check a part of the file"
+                }
             } catch {
                 refusal = error.message
             }

@@ -101,6 +101,17 @@ func inflate(_ input: [UInt8], limits: DecompressionLimits = .init(), piece: Int
         }
     }
 
+    @Test func zeroPaddingAfterTheLastMemberIsIgnoredAndDataAfterItIsNot() async throws {
+        let plain = Array("mrn,first_name\nM1,Zoë\n".utf8)
+        let padded = try await gzipped(plain) + [UInt8](repeating: 0, count: 4_000)
+        for piece in [1, 7, 1 << 20] { #expect(try inflate(padded, piece: piece) == plain) }
+        #expect {
+            _ = try inflate(padded + [0x41])
+        } throws: { error in
+            (error as? DecompressionProblem)?.message.contains("data after the zero padding") == true
+        }
+    }
+
     @Test func bombsAreRefusedByRatioOrSizeNamingBothLimitsBeforeTheirEnd() async throws {
         // 64 MiB of one byte: about 65 KB of gzip, a ratio near 1,000.
         let bomb = try await gzipped([UInt8](repeating: 0x41, count: 64 << 20), level: 9)
@@ -293,6 +304,7 @@ extension Compression {
             ("corrupt.csv.gz", "intake", corrupt),
             ("bomb.csv.gz", "intake", bomb),
             ("visits.csv.zst", "intake", zstd),
+            ("twice.csv.gz.gz", "intake", try await gzipped(whole)),
             (
                 "events.ndjson.gz", "appointments",
                 Array(try await gzipped(event("T", "2031-05-06T07:08:09Z")).prefix(20))
@@ -300,7 +312,7 @@ extension Compression {
             ("after.csv.gz", "intake", after),
         ])
         let failed = Set(view.failed("intake").map(SpoolView.original))
-        #expect(failed == ["cut.csv.gz", "corrupt.csv.gz", "bomb.csv.gz", "visits.csv.zst"])
+        #expect(failed == ["cut.csv.gz", "corrupt.csv.gz", "bomb.csv.gz", "visits.csv.zst", "twice.csv.gz.gz"])
         #expect(view.failed("appointments").map(SpoolView.original) == ["events.ndjson.gz"])
         func reason(_ kind: String, _ name: String) throws -> String {
             let failed = try #require(view.failed(kind).first { SpoolView.original($0) == name })
@@ -319,6 +331,9 @@ extension Compression {
         #expect(bombReason.contains("decompression bomb") && bombReason.contains("max_ratio = 200"))
         #expect(bombReason.contains("max_decompressed_mib = 16384"))
         #expect(try reason("intake", "visits.csv.zst").contains("compressed as zstd"))
+        #expect(
+            try reason("intake", "twice.csv.gz.gz").contains("compressed twice: decompressed, the file is gzip again")
+        )
         #expect(try reason("appointments", "events.ndjson.gz").contains("truncated"))
         // Nothing of a rejected file is stored: records before the cut do not count.
         let (visits, appointments) = try await view.database().read { db in
@@ -348,7 +363,7 @@ extension Compression {
         try Data(try await gzipped(text)).write(to: URL(fileURLWithPath: file))
         let refused = try await Daemon.command(["validate", "--kind", "intake", "--config", config, file])
         #expect(refused.status == .exited(1))
-        #expect(refused.out.contains("file rejected: refused as a decompression bomb"))
+        #expect(refused.out.contains("file rejected: refused: it decompresses to more than 1048576 bytes"))
         #expect(refused.out.contains("max_decompressed_mib = 1, compression.max_ratio = 50"))
         let read = try await Daemon.command(["validate", "--kind", "intake", file])
         #expect(read.status == .exited(0))
@@ -401,5 +416,69 @@ extension Compression {
         #expect(row?["size"] == compressed.count)
         #expect(row?["sha256"] == Self.hex(compressed))
         #expect(visits == count)
+    }
+
+    @Test func aGzipDocumentIsReadOnceWhateverItsCompressedSize() async throws {
+        // One pretty-printed event, then 60,000 empty gzip members: 1.2 MB on disk, 150 bytes of JSON.
+        let pretty =
+            "{\n  \"event_type\": \"appointment.scheduled\",\n  \"appointment_id\": \"PADDED\",\n"
+            + "  \"patient_id\": \"P1\",\n  \"timestamp\": \"2031-05-06T07:08:09Z\"\n}\n"
+        let empty = try await gzipped([UInt8]())
+        var padded = try await gzipped(pretty)
+        padded.reserveCapacity(padded.count + empty.count * 60_000)
+        for _ in 0..<60_000 { padded += empty }
+        let (view, log) = try await drop([("padded.json.gz", "appointments", padded)])
+        let row = try #require(try await ledger(view, "padded.json.gz"))
+        #expect(row.outcome == "accepted")
+        #expect(row.size == padded.count && row.decompressed == pretty.utf8.count)
+        #expect(row.sha256 == Self.hex(padded))
+        #expect(!log.contains("crashed"))
+    }
+
+    @Test func aGzipFileCutWhileItsRecordsAreStoredIsPartialCountingWhatIsStored() async throws {
+        let dir = TempDir("gzip-cut")
+        defer { dir.cleanup() }
+        let count = 300_000
+        let compressed = try await gzipped(await offThePool { intakeCSV(count: count) })
+        var landed: String?
+        for attempt in 0..<4 where landed == nil {
+            let spool = dir.path + "/spool\(attempt)"
+            let view = SpoolView(root: spool)
+            let run = try await Daemon.serve(spool: spool, arguments: ["--chunk-commit-ms", "100"]) { pid in
+                try await waitUntilServing(spool)
+                let folder = spool + "/inbox/intake"
+                try Data(compressed).write(to: URL(fileURLWithPath: folder + "/.v.tmp"))
+                #expect(rename(folder + "/.v.tmp", folder + "/visits.csv.gz") == 0)
+                // Pass 2 has begun once visits are stored: its sender cuts the file in half now.
+                let visits = RowCount(spool: spool, "SELECT count(*) FROM visits")
+                let cut = await offThePool {
+                    guard pollUntil(.seconds(60), { visits() >= 2_000 }) else { return false }
+                    guard let name = view.processing("intake").first else { return false }
+                    return truncate(spool + "/processing/intake/" + name, off_t(compressed.count / 2)) == 0
+                }
+                let finished = await eventually(timeout: .seconds(120)) {
+                    view.done("intake").count + view.failed("intake").count == 1
+                }
+                kill(pid, SIGTERM)
+                return cut && finished
+            }
+            #expect(run.status == .exited(0))
+            if run.result { landed = spool }
+        }
+        let spool = try #require(landed, "the cut never landed mid-file")
+        let view = SpoolView(root: spool)
+        let (row, visits) = try await view.database().read { db in
+            (
+                try Row.fetchOne(db, sql: "SELECT outcome, stored, rejected, error FROM files"),
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM visits")
+            )
+        }
+        let stored: Int = try #require(row?["stored"])
+        // What the ledger says is what is stored: the rows before the cut, and the cut one rejected record.
+        #expect(row?["outcome"] == "partial")
+        #expect(stored == visits && stored > 0 && stored < count)
+        #expect(row?["rejected"] == 1)
+        let error: String = try #require(row?["error"])
+        #expect(error.contains("truncated") && error.contains("the file changed after it was checked"))
     }
 }
