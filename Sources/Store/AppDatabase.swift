@@ -165,16 +165,16 @@ package struct AppDatabase: Sendable {
             )
         }
         migrator.registerMigration("v2: zoom events, visit timelines and counters") { db in
-            try db.execute(sql: ZoomWriter.schema)
+            try db.execute(sql: FrozenMigrations.zoomV2)
         }
         migrator.registerMigration("v3: intake patients, persons with history, visits") { db in
-            try db.execute(sql: IntakeWriter.schema)
+            try db.execute(sql: FrozenMigrations.intakeV3)
         }
         migrator.registerMigration("v4: ledger by original name (GET /spool/{id})") { db in
             try db.execute(sql: "CREATE INDEX files_by_name ON files (kind, original_name)")
         }
         migrator.registerMigration("v5: audit trail") { db in
-            try db.execute(sql: AuditTrail.schema)
+            try db.execute(sql: FrozenMigrations.auditV5)
         }
         migrator.registerMigration("v6: intake without per-file indexes") { db in
             // They served only the deferred foreign keys' search for a new ledger row's records; the

@@ -11,49 +11,6 @@ struct IntakeWriter {
     let db: Database
     let fileID: String
 
-    /// Migration v3's schema (frozen once shipped).
-    static let schema = """
-        CREATE TABLE patients (
-            id         INTEGER PRIMARY KEY,
-            mrn        TEXT NOT NULL UNIQUE,
-            file_id    TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED
-        ) STRICT;
-        CREATE INDEX patients_by_file ON patients (file_id);
-
-        CREATE TABLE persons (
-            patient_id  INTEGER PRIMARY KEY REFERENCES patients (id),
-            first_name  TEXT NOT NULL,
-            last_name   TEXT NOT NULL,
-            birth_date  TEXT NOT NULL,
-            file_id     TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED
-        ) STRICT;
-        CREATE INDEX persons_by_file ON persons (file_id);
-
-        CREATE TABLE person_history (
-            seq        INTEGER PRIMARY KEY,
-            patient_id INTEGER NOT NULL REFERENCES patients (id),
-            field      TEXT NOT NULL CHECK (field IN ('first_name', 'last_name', 'birth_date')),
-            old_value  TEXT NOT NULL,
-            new_value  TEXT NOT NULL,
-            file_id    TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED,
-            record     INTEGER NOT NULL
-        ) STRICT;
-        CREATE INDEX person_history_by_patient ON person_history (patient_id);
-        CREATE INDEX person_history_by_file ON person_history (file_id);
-
-        CREATE TABLE visits (
-            id                   INTEGER PRIMARY KEY,
-            visit_account_number TEXT NOT NULL UNIQUE,
-            patient_id           INTEGER NOT NULL REFERENCES patients (id),
-            visit_date           TEXT NOT NULL,
-            reason               TEXT,
-            file_id              TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED,
-            record               INTEGER NOT NULL
-        ) STRICT;
-        CREATE INDEX visits_by_patient ON visits (patient_id);
-        CREATE INDEX visits_by_file ON visits (file_id);
-        """
-
     /// Writes a chunk of rows. The statements run through SQLite's C API on statements prepared once
     /// per chunk: at hundreds of thousands of rows a file, GRDB's per-call conveniences (argument
     /// arrays, rows decoded by column name) cost more than SQLite's own work.

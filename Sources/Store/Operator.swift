@@ -4,18 +4,6 @@ package import Kinds
 /// The audit trail: every file's outcome and every operator action, with who, what and when — the
 /// trail a HIPAA review asks for. Rows are only ever added.
 package enum AuditTrail {
-    /// Migration v5's schema (frozen once shipped).
-    static let schema = """
-        CREATE TABLE audit (
-            seq    INTEGER PRIMARY KEY,
-            at     TEXT NOT NULL,
-            actor  TEXT NOT NULL,
-            action TEXT NOT NULL,
-            target TEXT,
-            detail TEXT
-        ) STRICT;
-        CREATE INDEX audit_by_time ON audit (at);
-        """
 
     static func record(_ db: Database, at: String, actor: String, action: String, target: String?, detail: String?)
         throws

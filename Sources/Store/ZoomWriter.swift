@@ -12,62 +12,6 @@ struct ZoomWriter {
     /// False for the chunks of a streamed file: its visits are refreshed once, with its ledger row.
     var refreshVisits = true
 
-    /// Migration v2's schema (frozen once shipped).
-    static let schema = """
-        CREATE TABLE zoom_events (
-            seq                   INTEGER PRIMARY KEY,
-            meeting_id            TEXT NOT NULL,
-            visit_uuid            TEXT,
-            event_name            TEXT NOT NULL,
-            event_ts              INTEGER NOT NULL,
-            participant_id        TEXT,
-            participant_name      TEXT,
-            join_time             TEXT,
-            leave_time            TEXT,
-            start_time            TEXT,
-            end_time              TEXT,
-            latency_ms            REAL,
-            interpreter_requested INTEGER NOT NULL CHECK (interpreter_requested IN (0, 1)),
-            account_id            TEXT,
-            raw_json              TEXT NOT NULL,
-            file_id               TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED,
-            record                INTEGER NOT NULL
-        ) STRICT;
-        -- UNIQUE treats NULLs as distinct: key on ifnull(…, '') so meeting-level events dedupe too.
-        CREATE UNIQUE INDEX zoom_events_key
-            ON zoom_events (meeting_id, ifnull(visit_uuid, ''), event_name, event_ts, ifnull(participant_id, ''));
-        CREATE INDEX zoom_events_by_visit ON zoom_events (visit_uuid);
-        CREATE INDEX zoom_events_by_file ON zoom_events (file_id);
-
-        CREATE TABLE zoom_visits (
-            visit_uuid            TEXT PRIMARY KEY NOT NULL,
-            meeting_id            TEXT NOT NULL,
-            started_at            TEXT,
-            ended_at              TEXT,
-            duration_seconds      INTEGER,
-            max_latency_ms        REAL,
-            interpreter_requested INTEGER NOT NULL,
-            participants          INTEGER NOT NULL,
-            events                INTEGER NOT NULL
-        ) STRICT;
-        CREATE INDEX zoom_visits_by_meeting ON zoom_visits (meeting_id);
-
-        CREATE TABLE zoom_visit_intervals (
-            visit_uuid       TEXT NOT NULL REFERENCES zoom_visits (visit_uuid) ON DELETE CASCADE,
-            participant_id   TEXT NOT NULL,
-            participant_name TEXT,
-            joined_at        TEXT,
-            left_at          TEXT
-        ) STRICT;
-        CREATE INDEX zoom_visit_intervals_by_visit ON zoom_visit_intervals (visit_uuid);
-
-        CREATE TABLE zoom_counters (
-            event_name TEXT PRIMARY KEY NOT NULL,
-            received   INTEGER NOT NULL,
-            inserted   INTEGER NOT NULL
-        ) STRICT;
-        """
-
     func write(_ items: [Item<ZoomRecord>]) throws -> FileReport {
         var touched = Set<String>()
         return try write(items, touchedVisits: &touched)

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import GRDB
 import Kinds
@@ -239,5 +240,19 @@ import Testing
         #expect(try stored() == 2 && settings() == [2, 1])
         try database.commitChunks()  // nothing open: nothing happens
         #expect(try stored() == 2)
+    }
+}
+
+/// Shipped migrations never change: each frozen literal keeps the digest it shipped with.
+@Suite struct FrozenMigrationsTests {
+    @Test func theFrozenMigrationsAreTheTextsThatShipped() {
+        func digest(_ text: String) -> String {
+            SHA256.hash(data: Array(text.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        }
+        // The digests of the writers' `schema` constants these migrations executed until they were frozen
+        // (computed from the last commit that had them, independently of Swift's string literal rules).
+        #expect(digest(FrozenMigrations.zoomV2) == "1314aaadcca4be845e84083058f487c4871246a6734b95524de3bc339d7728e3")
+        #expect(digest(FrozenMigrations.intakeV3) == "beeaed51ee9bc94ac2fc97e765781e329986be4c0c83354e7d79954db8fccb3a")
+        #expect(digest(FrozenMigrations.auditV5) == "9a8e5bbb8251d5f4ffa8f70cfed39340d82b8df47f6bd02abd79aea1a5950780")
     }
 }

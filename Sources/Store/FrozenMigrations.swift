@@ -1,0 +1,117 @@
+// The SQL of migrations v2, v3 and v5, frozen as literals: they used to execute the writers' own `schema`
+// constants, so that editing a writer would silently have edited a shipped migration. Never edit these:
+// a change to a table is a new migration (AppDatabase.migrator).
+
+package enum FrozenMigrations {
+    /// Migration "v2: zoom events, visit timelines and counters", as shipped.
+    package static let zoomV2 = """
+        CREATE TABLE zoom_events (
+            seq                   INTEGER PRIMARY KEY,
+            meeting_id            TEXT NOT NULL,
+            visit_uuid            TEXT,
+            event_name            TEXT NOT NULL,
+            event_ts              INTEGER NOT NULL,
+            participant_id        TEXT,
+            participant_name      TEXT,
+            join_time             TEXT,
+            leave_time            TEXT,
+            start_time            TEXT,
+            end_time              TEXT,
+            latency_ms            REAL,
+            interpreter_requested INTEGER NOT NULL CHECK (interpreter_requested IN (0, 1)),
+            account_id            TEXT,
+            raw_json              TEXT NOT NULL,
+            file_id               TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED,
+            record                INTEGER NOT NULL
+        ) STRICT;
+        -- UNIQUE treats NULLs as distinct: key on ifnull(…, '') so meeting-level events dedupe too.
+        CREATE UNIQUE INDEX zoom_events_key
+            ON zoom_events (meeting_id, ifnull(visit_uuid, ''), event_name, event_ts, ifnull(participant_id, ''));
+        CREATE INDEX zoom_events_by_visit ON zoom_events (visit_uuid);
+        CREATE INDEX zoom_events_by_file ON zoom_events (file_id);
+
+        CREATE TABLE zoom_visits (
+            visit_uuid            TEXT PRIMARY KEY NOT NULL,
+            meeting_id            TEXT NOT NULL,
+            started_at            TEXT,
+            ended_at              TEXT,
+            duration_seconds      INTEGER,
+            max_latency_ms        REAL,
+            interpreter_requested INTEGER NOT NULL,
+            participants          INTEGER NOT NULL,
+            events                INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX zoom_visits_by_meeting ON zoom_visits (meeting_id);
+
+        CREATE TABLE zoom_visit_intervals (
+            visit_uuid       TEXT NOT NULL REFERENCES zoom_visits (visit_uuid) ON DELETE CASCADE,
+            participant_id   TEXT NOT NULL,
+            participant_name TEXT,
+            joined_at        TEXT,
+            left_at          TEXT
+        ) STRICT;
+        CREATE INDEX zoom_visit_intervals_by_visit ON zoom_visit_intervals (visit_uuid);
+
+        CREATE TABLE zoom_counters (
+            event_name TEXT PRIMARY KEY NOT NULL,
+            received   INTEGER NOT NULL,
+            inserted   INTEGER NOT NULL
+        ) STRICT;
+        """
+
+    /// Migration "v3: intake patients, persons with history, visits", as shipped.
+    package static let intakeV3 = """
+        CREATE TABLE patients (
+            id         INTEGER PRIMARY KEY,
+            mrn        TEXT NOT NULL UNIQUE,
+            file_id    TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED
+        ) STRICT;
+        CREATE INDEX patients_by_file ON patients (file_id);
+
+        CREATE TABLE persons (
+            patient_id  INTEGER PRIMARY KEY REFERENCES patients (id),
+            first_name  TEXT NOT NULL,
+            last_name   TEXT NOT NULL,
+            birth_date  TEXT NOT NULL,
+            file_id     TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED
+        ) STRICT;
+        CREATE INDEX persons_by_file ON persons (file_id);
+
+        CREATE TABLE person_history (
+            seq        INTEGER PRIMARY KEY,
+            patient_id INTEGER NOT NULL REFERENCES patients (id),
+            field      TEXT NOT NULL CHECK (field IN ('first_name', 'last_name', 'birth_date')),
+            old_value  TEXT NOT NULL,
+            new_value  TEXT NOT NULL,
+            file_id    TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED,
+            record     INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX person_history_by_patient ON person_history (patient_id);
+        CREATE INDEX person_history_by_file ON person_history (file_id);
+
+        CREATE TABLE visits (
+            id                   INTEGER PRIMARY KEY,
+            visit_account_number TEXT NOT NULL UNIQUE,
+            patient_id           INTEGER NOT NULL REFERENCES patients (id),
+            visit_date           TEXT NOT NULL,
+            reason               TEXT,
+            file_id              TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED,
+            record               INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX visits_by_patient ON visits (patient_id);
+        CREATE INDEX visits_by_file ON visits (file_id);
+        """
+
+    /// Migration "v5: audit trail", as shipped.
+    package static let auditV5 = """
+        CREATE TABLE audit (
+            seq    INTEGER PRIMARY KEY,
+            at     TEXT NOT NULL,
+            actor  TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            detail TEXT
+        ) STRICT;
+        CREATE INDEX audit_by_time ON audit (at);
+        """
+}
