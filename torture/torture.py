@@ -743,6 +743,28 @@ def peak_rss_mib(pid):
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
+def gzip_shapes(shapes, size):
+    """Compressed drops for the cost campaign: a bomb (1 GiB of one byte in about 1 MB), a small document
+    after 60,000 empty members, a stream cut in half, a file compressed twice, and an adversarial CSV
+    shape gzipped — each must end in done/ or failed/ without slowing the ordinary files."""
+    import gzip, zlib
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"a" * (1 << 20)
+    bomb = b"".join(packer.compress(block) for _ in range(1024)) + packer.flush()
+    document = json.dumps({"event_type": "appointment.scheduled", "appointment_id": "GZDOC", "patient_id": "P1",
+                           "timestamp": "2031-05-06T07:08:09Z"}, indent=2).encode()
+    padded = gzip.compress(document, mtime=0) + gzip.compress(b"", mtime=0) * 60000
+    csv = next(data for kind, name, suffix, data in shapes.shapes(size) if suffix == "csv" and not name.startswith("plain"))
+    packed = gzip.compress(csv, compresslevel=6, mtime=0)
+    return [
+        ("intake", "gzip-bomb", "csv.gz", bomb),
+        ("appointments", "gzip-padded-document", "json.gz", padded),
+        ("intake", "gzip-cut", "csv.gz", packed[: len(packed) // 2]),
+        ("intake", "gzip-twice", "csv.gz.gz", gzip.compress(packed, mtime=0)),
+        ("intake", "gzip-csv-shape", "csv.gz", packed),
+    ]
+
+
 def campaign_cost(binary, work, full):
     """Every adversarial shape of bench/shapes.py (8 MB; 32 MB with --full), dropped into its inbox and
     posted (appointment shapes to /ingest's 64 MiB door as well as the webhook's 1 MiB one), while an
@@ -807,7 +829,7 @@ def campaign_cost(binary, work, full):
     sent_shapes = []
     answers = {}
     try:
-        for kind, name, suffix, data in shapes.shapes(size):
+        for kind, name, suffix, data in list(shapes.shapes(size)) + gzip_shapes(shapes, size):
             if name.startswith("plain"):
                 continue
             staged = os.path.join(work, "staged")
