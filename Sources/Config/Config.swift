@@ -413,23 +413,51 @@ package struct NotifyConfig: Sendable, Equatable {
         retryMaxSeconds = try reader.int(table, "retry_max_s", at: "notify", in: 1...604_800) ?? retryMaxSeconds
     }
 
-    /// HOST, PORT and PATH of `http://HOST[:PORT][/PATH]` (an IPv6 host in brackets); nil otherwise.
+    /// HOST, PORT and PATH of `http://HOST[:PORT][/PATH][?QUERY]`: a host name or IPv4 address of letters,
+    /// digits, dots and dashes, or an IPv6 address in brackets; a port of 1 to 65535; a path and query of
+    /// printable ASCII without spaces or a fragment. nil otherwise (a CR or LF could split the request).
     package static func parse(_ url: String) -> (host: String, port: Int, path: String)? {
         guard url.lowercased().hasPrefix("http://") else { return nil }
-        let rest = url.dropFirst(7)
-        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
-        let authority = String(rest[..<slash])
-        let path = slash == rest.endIndex ? "/" : String(rest[slash...])
-        guard !authority.isEmpty, !authority.contains("@"),
-            !path.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F })
-        else { return nil }
-        if let hostPort = ConfigFile.hostPort(authority), authority.last != "]" {
-            return (hostPort.host, hostPort.port, path)
+        let rest = Substring(url.dropFirst(7))
+        let end = rest.firstIndex { $0 == "/" || $0 == "?" } ?? rest.endIndex
+        let authority = rest[..<end]
+        var path = String(rest[end...])
+        if path.isEmpty { path = "/" }
+        if path.hasPrefix("?") { path = "/" + path }
+        guard path.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "#") }) else { return nil }
+        var host: Substring
+        var portText: Substring?
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else { return nil }
+            host = authority[authority.index(after: authority.startIndex)..<close]
+            let after = authority[authority.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":") else { return nil }
+                portText = after.dropFirst()
+            }
+            guard !host.isEmpty,
+                host.unicodeScalars.allSatisfy({ $0.properties.isASCIIHexDigit || $0 == ":" || $0 == "." })
+            else { return nil }
+        } else {
+            let parts = authority.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count <= 2 else { return nil }
+            host = parts[0]
+            portText = parts.count == 2 ? parts[1] : nil
+            guard !host.isEmpty,
+                host.unicodeScalars.allSatisfy({
+                    $0.isASCII
+                        && ($0.properties.isAlphabetic || $0.properties.numericType != nil || $0 == "." || $0 == "-")
+                })
+            else { return nil }
         }
-        var host = authority
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty, !host.contains(":") || authority.hasPrefix("[") else { return nil }
-        return (host, 80, path)
+        var port = 80
+        if let portText {
+            guard let value = Int(portText), (1...65_535).contains(value), portText.allSatisfy(\.isASCII) else {
+                return nil
+            }
+            port = value
+        }
+        return (String(host), port, path)
     }
 }
 

@@ -1,17 +1,24 @@
 // The two ways a notification leaves: a hook program (posix_spawn, its own process group, stdin a
-// pipe, stdout and stderr /dev/null) and an HTTP/1.1 POST over a plain socket. Each returns nil when
-// delivered, else why not (an exit status, an HTTP status, a connection error: never a value).
+// pipe, stdout and stderr /dev/null, working directory /) and an HTTP/1.1 POST over a plain socket.
+// Each says how it went (failed: an exit status, an HTTP status, a connection error — never a value);
+// both give up at once, as `cancelled`, when the daemon stops.
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
 enum Hook {
-    /// Runs `command` with exactly `environment`, `input` on its stdin; nil when it exits 0 within
-    /// `timeout`. Past it, its whole process group is killed.
-    static func run(_ command: String, environment: [String: String], input: [UInt8], timeout: Duration) -> String? {
+    /// Runs `command` with exactly `environment`, `input` on its stdin: delivered when it exits 0 within
+    /// `timeout`. Past it, or once `cancelled`, its whole process group is killed.
+    static func run(
+        _ command: String,
+        environment: [String: String],
+        input: [UInt8],
+        timeout: Duration,
+        cancelled: () -> Bool
+    ) -> Delivery {
         var pipeFDs: [Int32] = [-1, -1]
-        guard pipe(&pipeFDs) == 0 else { return "pipe: \(String(cString: strerror(errno)))" }
+        guard pipe(&pipeFDs) == 0 else { return .failed("pipe: \(String(cString: strerror(errno)))") }
         // Close-on-exec (pipe2 is not in Swift's Glibc): only the dup2 to the hook's stdin stays open in it.
         for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         defer {
@@ -26,6 +33,8 @@ enum Hook {
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
         // Nothing else of the daemon's: not its database, its listening socket, its epoll or inotify
         // descriptors (some libraries open theirs without close-on-exec).
+        // Not the daemon's working directory (its state folder, say): the root.
+        _ = Self.addChdir.map { $0(&actions, "/") }
         if let closeFrom = Self.addCloseFrom {
             _ = closeFrom(&actions, 3)
         } else {
@@ -56,7 +65,7 @@ enum Hook {
         }
         var pid: pid_t = 0
         let spawned = posix_spawn(&pid, command, &actions, &attributes, argv, envp)
-        guard spawned == 0 else { return "cannot run \(command): \(String(cString: strerror(spawned)))" }
+        guard spawned == 0 else { return .failed("cannot run \(command): \(String(cString: strerror(spawned)))") }
         close(pipeFDs[0])
         pipeFDs[0] = -1
         // The document is small (under a pipe's 64 KiB): written whole even if the hook never reads it.
@@ -74,18 +83,19 @@ enum Hook {
         while true {
             let done = waitpid(pid, &status, WNOHANG)
             if done == pid { break }
-            if done < 0 && errno != EINTR { return "waitpid: \(String(cString: strerror(errno)))" }
-            if ContinuousClock.now >= deadline {
+            if done < 0 && errno != EINTR { return .failed("waitpid: \(String(cString: strerror(errno)))") }
+            let stop = cancelled()
+            if stop || ContinuousClock.now >= deadline {
                 kill(-pid, SIGKILL)
                 while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-                return "timed out after \(timeout.components.seconds) s (killed)"
+                return stop ? .cancelled : .failed("timed out after \(timeout.components.seconds) s (killed)")
             }
             usleep(5_000)
         }
         let signalled = status & 0x7F
-        if signalled != 0 { return "killed by signal \(signalled)" }
+        if signalled != 0 { return .failed("killed by signal \(signalled)") }
         let code = (status >> 8) & 0xFF
-        return code == 0 ? nil : "exit status \(code)"
+        return code == 0 ? .delivered : .failed("exit status \(code)")
     }
 }
 
@@ -99,6 +109,17 @@ extension Hook {
                 to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self
             )
         }
+
+    /// glibc's posix_spawn_file_actions_addchdir_np (2.29 and later); nil before it.
+    static let addChdir:
+        (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32)? =
+            dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np").map {
+                unsafeBitCast(
+                    $0,
+                    to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) ->
+                        Int32).self
+                )
+            }
 
     /// The descriptors open now (/proc/self/fd), for a glibc without closefrom.
     static func openDescriptors() -> [Int32] {
@@ -123,8 +144,23 @@ enum HTTPPost {
         path: String,
         headers: [(String, String)],
         body: [UInt8],
-        timeout: Duration
-    ) -> String? {
+        timeout: Duration,
+        cancelled: () -> Bool
+    ) -> Delivery {
+        let outcome = attempt(host, port, path, headers, body, timeout, cancelled)
+        if cancelled() && outcome != .delivered { return .cancelled }
+        return outcome
+    }
+
+    private static func attempt(
+        _ host: String,
+        _ port: Int,
+        _ path: String,
+        _ headers: [(String, String)],
+        _ body: [UInt8],
+        _ timeout: Duration,
+        _ cancelled: () -> Bool
+    ) -> Delivery {
         let deadline = ContinuousClock.now + timeout
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
@@ -132,7 +168,7 @@ enum HTTPPost {
         var list: UnsafeMutablePointer<addrinfo>?
         let looked = getaddrinfo(host, String(port), &hints, &list)
         guard looked == 0, let first = list else {
-            return "cannot resolve the host: \(String(cString: gai_strerror(looked)))"
+            return .failed("cannot resolve the host: \(String(cString: gai_strerror(looked)))")
         }
         defer { freeaddrinfo(list) }
         var failure = "cannot connect"
@@ -150,7 +186,7 @@ enum HTTPPost {
                 failure = "cannot connect: \(String(cString: strerror(errno)))"
                 continue
             }
-            guard wait(fd, for: Int16(POLLOUT), until: deadline) else {
+            guard wait(fd, for: Int16(POLLOUT), until: deadline, cancelled) else {
                 failure = "connect timed out"
                 continue
             }
@@ -172,9 +208,11 @@ enum HTTPPost {
                 if n > 0 {
                     sent += n
                 } else if n < 0 && (errno == EAGAIN || errno == EINTR) {
-                    guard wait(fd, for: Int16(POLLOUT), until: deadline) else { return "timed out sending" }
+                    guard wait(fd, for: Int16(POLLOUT), until: deadline, cancelled) else {
+                        return .failed("timed out sending")
+                    }
                 } else {
-                    return "send: \(String(cString: strerror(errno)))"
+                    return .failed("send: \(String(cString: strerror(errno)))")
                 }
             }
             // The status line is all that is read (at most 4 KiB).
@@ -185,9 +223,11 @@ enum HTTPPost {
                 if n > 0 {
                     answer += buffer[0..<n]
                 } else if n < 0 && (errno == EAGAIN || errno == EINTR) {
-                    guard wait(fd, for: Int16(POLLIN), until: deadline) else {
-                        return "timed out waiting for the answer"
+                    guard wait(fd, for: Int16(POLLIN), until: deadline, cancelled) else {
+                        return .failed("timed out waiting for the answer")
                     }
+                } else if n < 0 {
+                    return .failed("receive: \(String(cString: strerror(errno)))")
                 } else {
                     break
                 }
@@ -195,21 +235,27 @@ enum HTTPPost {
             let line = String(decoding: answer.prefix { $0 != 0x0D && $0 != 0x0A }, as: UTF8.self)
             let parts = line.split(separator: " ")
             guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let code = Int(parts[1]) else {
-                return "no HTTP answer"
+                return .failed("no HTTP answer")
             }
-            return (200..<300).contains(code) ? nil : "HTTP \(code)"
+            return (200..<300).contains(code) ? .delivered : .failed("HTTP \(code)")
         }
-        return failure
+        return .failed(failure)
     }
 
-    /// Waits until `fd` is ready for `events` or the deadline passes; false on a timeout.
-    private static func wait(_ fd: Int32, for events: Int16, until deadline: ContinuousClock.Instant) -> Bool {
+    /// Waits until `fd` is ready for `events`; false once the deadline passes or the wait is cancelled
+    /// (looked at every 100 ms).
+    private static func wait(
+        _ fd: Int32,
+        for events: Int16,
+        until deadline: ContinuousClock.Instant,
+        _ cancelled: () -> Bool
+    ) -> Bool {
         while true {
             let left = deadline - ContinuousClock.now
-            if left <= .zero { return false }
+            if left <= .zero || cancelled() { return false }
             var entry = pollfd(fd: fd, events: events, revents: 0)
             let millis = Int32(
-                min(left.components.seconds * 1_000 + left.components.attoseconds / 1_000_000_000_000_000 + 1, 60_000)
+                min(left.components.seconds * 1_000 + left.components.attoseconds / 1_000_000_000_000_000 + 1, 100)
             )
             let ready = poll(&entry, 1, millis)
             if ready > 0 { return true }

@@ -4,8 +4,8 @@
 // At least once: a row is deleted only after its delivery succeeded, so a kill -9 between the two
 // delivers it again at the next start (the document's `id` lets a receiver drop the repeat). Failures
 // are retried with doubling delays up to a ceiling, for ever; `carespool status` shows what is owed.
-// Runs beside the pipeline, one delivery at a time on a thread of its own: a slow or hanging hook or
-// receiver (bounded by `timeout_s`) never holds a file back. Never sends or logs a field value; the
+// Runs beside the pipeline, a worker per target delivering one at a time on a thread of its own: a slow
+// or hanging hook or receiver (bounded by `timeout_s`) never holds a file back, nor the other target. Never sends or logs a field value; the
 // file's name only when the operator enables it (`include_name`).
 
 import Dispatch
@@ -13,11 +13,21 @@ package import Logging
 import Metrics
 package import ServiceLifecycle
 package import Store
+import Synchronization
 import WebhookSignatures
 
 #if canImport(Glibc)
     import Glibc
 #endif
+
+/// How one delivery went.
+enum Delivery: Sendable, Equatable {
+    case delivered
+    /// Why not: an exit status, an HTTP status, a connection error — never a value.
+    case failed(String)
+    /// Abandoned: the daemon is stopping.
+    case cancelled
+}
 
 /// What the executable configures: targets, their settings, the retry schedule.
 package struct NotifierConfiguration: Sendable {
@@ -38,7 +48,8 @@ package final class Notifier: Service, Sendable {
     private let database: AppDatabase
     private let configuration: NotifierConfiguration
     private let logger: Logger
-    private let queue = DispatchQueue(label: "carespool.notify")
+    private let commandQueue = DispatchQueue(label: "carespool.notify.command")
+    private let webhookQueue = DispatchQueue(label: "carespool.notify.webhook")
     private let host: String
 
     /// The journal's MESSAGE_ID of `notification not delivered`: frozen, like the outcomes' own.
@@ -61,43 +72,113 @@ package final class Notifier: Service, Sendable {
                 metadata: ["notify.dropped": "\(dropped)"]
             )
         }
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            let due = (try? database.dueNotifications(nowMillis: Self.nowMillis(), limit: 16)) ?? []
+        // One worker per target: a receiver that never answers delays only its own notifications.
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                for target in configuration.targets {
+                    group.addTask { await self.work(target) }
+                }
+            }
+        } onGracefulShutdown: {
+            self.stopping.withLock { $0 = true }
+        }
+    }
+
+    /// Whether the daemon is stopping: a delivery in progress is abandoned (a hook killed with its group),
+    /// not counted as an attempt, and made again after the next start.
+    let stopping = Mutex(false)
+
+    /// What a worker could not write to the queue (the database busy, full or read-only): kept here, and
+    /// written as soon as it can be, so that a delivered notification is never delivered again meanwhile
+    /// and a failed one keeps its backoff.
+    private enum Unsaved {
+        case delivered
+        case failed(next: Int64, error: String)
+    }
+
+    private func work(_ target: String) async {
+        var unsaved: [String: (note: PendingNotification, state: Unsaved)] = [:]
+        var warned = false
+        while !stopping.withLock({ $0 }) && !Task.isCancelled {
+            for (key, entry) in unsaved {
+                do {
+                    try save(entry.note, entry.state)
+                    unsaved[key] = nil
+                } catch {
+                    break
+                }
+            }
+            let now = Self.nowMillis()
+            let due: [PendingNotification]
+            do {
+                due = try database.dueNotifications(target: target, nowMillis: now, limit: 16)
+                    .filter { unsaved[$0.fileID] == nil }
+            } catch {
+                due = []
+                if !warned { logger.warning("notification queue cannot be read", metadata: ["error": "\(error)"]) }
+                warned = true
+            }
             for note in due {
-                if Task.isShuttingDownGracefully || Task.isCancelled { return }
-                await deliver(note)
+                if stopping.withLock({ $0 }) { return }
+                guard let state = await deliver(note) else { return }
+                do {
+                    try save(note, state)
+                    warned = false
+                } catch {
+                    unsaved[note.fileID] = (note, state)
+                    if !warned {
+                        logger.warning(
+                            "notification queue cannot be written: what was delivered is kept in memory until it can",
+                            metadata: ["error": "\(error)", "notify.target": "\(target)"]
+                        )
+                    }
+                    warned = true
+                }
             }
             if due.isEmpty {
                 // New verdicts are looked for four times a second; a retry is waited for no longer.
-                let next = (try? database.nextNotificationDue()) ?? nil
+                let next = (try? database.nextNotificationDue(target: target)) ?? nil
                 let wait = min(250, max(10, (next ?? Int64.max) - Self.nowMillis()))
-                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(wait)) }
+                try? await Task.sleep(for: .milliseconds(wait))
             }
         }
     }
 
-    private func deliver(_ note: PendingNotification) async {
+    private func save(_ note: PendingNotification, _ state: Unsaved) throws {
+        switch state {
+        case .delivered: try database.notificationDelivered(note)
+        case .failed(let next, let error): try database.notificationFailed(note, nextMillis: next, error: error)
+        }
+    }
+
+    /// Delivers `note` once; nil when abandoned because the daemon is stopping.
+    private func deliver(_ note: PendingNotification) async -> Unsaved? {
         let attempt = note.attempts + 1
         let body = document(note, attempt: attempt)
         let configuration = self.configuration
         let environment = self.environment(note, attempt: attempt)
-        let failure: String? = await withCheckedContinuation { continuation in
+        let cancelled: @Sendable () -> Bool = { [self] in stopping.withLock { $0 } }
+        let queue = note.target == "command" ? commandQueue : webhookQueue
+        let result: Delivery = await withCheckedContinuation { continuation in
             queue.async {
                 switch note.target {
                 case "command":
                     guard let command = configuration.command else {
-                        return continuation.resume(returning: "no command")
+                        return continuation.resume(returning: .failed("no command configured"))
                     }
                     continuation.resume(
                         returning: Hook.run(
                             command,
                             environment: environment,
                             input: body,
-                            timeout: configuration.timeout
+                            timeout: configuration.timeout,
+                            cancelled: cancelled
                         )
                     )
                 default:
-                    guard let webhook = configuration.webhook else { return continuation.resume(returning: "no url") }
+                    guard let webhook = configuration.webhook else {
+                        return continuation.resume(returning: .failed("no url configured"))
+                    }
                     let timestamp = String(Self.nowMillis() / 1_000)
                     let signature = StandardWebhooks.signature(
                         id: note.fileID,
@@ -116,7 +197,8 @@ package final class Notifier: Service, Sendable {
                                 ("User-Agent", "carespool"),
                             ],
                             body: body,
-                            timeout: configuration.timeout
+                            timeout: configuration.timeout,
+                            cancelled: cancelled
                         )
                     )
                 }
@@ -125,7 +207,14 @@ package final class Notifier: Service, Sendable {
         var metadata: Logger.Metadata = [
             "file.id": "\(note.fileID)", "notify.target": "\(note.target)", "notify.attempt": "\(attempt)",
         ]
-        if let failure {
+        switch result {
+        case .cancelled:
+            logger.notice(
+                "notification abandoned: the daemon is stopping; it is made again at the next start",
+                metadata: metadata
+            )
+            return nil
+        case .failed(let failure):
             let delay = retryDelay(afterAttempt: attempt)
             metadata["notify.error"] = "\(failure)"
             metadata["notify.retry_s"] = "\(Double(delay) / 1_000)"
@@ -136,15 +225,15 @@ package final class Notifier: Service, Sendable {
                 dimensions: [("target", note.target), ("result", "failed")]
             )
             .increment()
-            try? database.notificationFailed(note, nextMillis: Self.nowMillis() + delay, error: failure)
-        } else {
+            return .failed(next: Self.nowMillis() + delay, error: failure)
+        case .delivered:
             logger.info("notification delivered", metadata: metadata)
             Counter(
                 label: "carespool_notifications_total",
                 dimensions: [("target", note.target), ("result", "delivered")]
             )
             .increment()
-            try? database.notificationDelivered(note)
+            return .delivered
         }
     }
 

@@ -63,16 +63,20 @@ extension AppDatabase {
         }
     }
 
-    /// At most `limit` notifications due at `nowMillis` (milliseconds since the epoch), oldest first.
-    package func dueNotifications(nowMillis: Int64, limit: Int) throws(StoreError) -> [PendingNotification] {
+    /// At most `limit` of `target`'s notifications due at `nowMillis` (milliseconds since the epoch):
+    /// never tried first (their `next_attempt` is 0), then the retries longest due.
+    package func dueNotifications(target: String, nowMillis: Int64, limit: Int) throws(StoreError)
+        -> [PendingNotification]
+    {
         do {
             return try writer.read { db in
                 try Row.fetchAll(
                     db,
                     sql: """
-                        SELECT * FROM notifications WHERE next_attempt <= ? ORDER BY next_attempt, finished_at LIMIT ?
+                        SELECT * FROM notifications WHERE target = ? AND next_attempt <= ?
+                        ORDER BY next_attempt, finished_at LIMIT ?
                         """,
-                    arguments: [nowMillis, limit]
+                    arguments: [target, nowMillis, limit]
                 ).map(Self.pending)
             }
         } catch {
@@ -80,10 +84,12 @@ extension AppDatabase {
         }
     }
 
-    /// When the next notification is due (milliseconds since the epoch); nil when none is owed.
-    package func nextNotificationDue() throws(StoreError) -> Int64? {
+    /// When `target`'s next notification is due (milliseconds since the epoch); nil when none is owed.
+    package func nextNotificationDue(target: String) throws(StoreError) -> Int64? {
         do {
-            return try writer.read { db in try Int64.fetchOne(db, sql: "SELECT min(next_attempt) FROM notifications") }
+            return try writer.read { db in
+                try Int64.fetchOne(db, sql: "SELECT min(next_attempt) FROM notifications WHERE target = ?", arguments: [target])
+            }
         } catch {
             throw StoreError(error)
         }

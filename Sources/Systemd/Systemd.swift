@@ -116,9 +116,10 @@ package struct JournalLogHandler: LogHandler {
         var all = metadata
         if let extra = event.metadata { all.merge(extra) { _, new in new } }
         var text = "\(label): \(event.message)"
-        for key in all.keys.sorted() { text += " \(key)=\(all[key]!)" }
+        for key in all.keys.sorted() where key != "message_id" { text += " \(key)=\(all[key]!)" }
         if Self.send(native(event, all, text: text)) { return }
-        let line = "<\(Self.priority(event.level))>" + text + "\n"
+        let line =
+            "<\(Self.priority(event.level))>" + text + (all["message_id"].map { " message_id=\($0)" } ?? "") + "\n"
         _ = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
     }
 
@@ -185,7 +186,16 @@ package struct JournalLogHandler: LogHandler {
         let sent = withUnsafePointer(to: &target.address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
                 datagram.withUnsafeBytes {
-                    sendto(target.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), address, target.length)
+                    // Never blocks: a journal that stops reading must not stop the pipeline (the line
+                    // goes to stderr instead).
+                    sendto(
+                        target.fd,
+                        $0.baseAddress,
+                        $0.count,
+                        Int32(MSG_NOSIGNAL | MSG_DONTWAIT),
+                        address,
+                        target.length
+                    )
                 }
             }
         }

@@ -8,6 +8,10 @@ import Spool
 import Store
 import WebhookSignatures
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// A flag's value in `range`: raised to its lower bound, refused above its upper one (the configuration
 /// file's reader refuses both for its key).
 private func bounded(_ flag: String, _ value: Int?, _ range: ClosedRange<Int>) throws -> Int? {
@@ -255,6 +259,10 @@ struct Settings {
     private static func notifier(_ config: ConfigFile, credentials: String?) throws -> NotifierConfiguration? {
         guard let notify = config.notify else { return nil }
         var result = NotifierConfiguration()
+        if let command = notify.command, access(command, X_OK) != 0 {
+            // Found now, not at the first failed file's notification, retried for ever.
+            throw config.error("notify.command", "\(command) is not an executable file this user may run")
+        }
         result.command = notify.command
         result.includeName = notify.includeName
         result.timeout = .seconds(notify.timeoutSeconds)

@@ -284,6 +284,101 @@ final class LoopbackReceiver: @unchecked Sendable {
         #expect(String(decoding: requests[1].body, as: UTF8.self).contains("\"attempt\":2"))
     }
 
+    @Test func aReceiverThatNeverAnswersDelaysNeitherTheFilesNorTheHook() async throws {
+        let dir = TempDir("notify-hang")
+        defer { dir.cleanup() }
+        let spool = dir.file("spool")
+        let hook = try Self.hook(in: dir)
+        // The receiver holds each request 3 s unanswered (past the 1 s timeout), one at a time.
+        let receiver = try LoopbackReceiver { _ in
+            usleep(3_000_000)
+            return 204
+        }
+        defer { receiver.close() }
+        let config = try Self.config(
+            dir,
+            "[notify]\ncommand = \"\(hook.path)\"\nurl = \"http://127.0.0.1:\(receiver.port)/x\"\n"
+                + "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\ntimeout_s = 1\n"
+        )
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
+            try await waitUntilServing(spool)
+            for n in 0..<8 { try dropLikeRsync("{x\(n)", into: spool + "/inbox/appointments", name: "bad\(n).json") }
+            let failed = await eventually { view.failed().count == 8 }
+            let start = ContinuousClock.now
+            // Eight webhook attempts take eight seconds at least; the hook's eight deliveries do not wait.
+            let hooked = await eventually(timeout: .seconds(20)) {
+                Self.lines(hook.log).filter { $0.hasPrefix("delivered") }.count == 8
+            }
+            let waited = ContinuousClock.now - start
+            kill(pid, SIGTERM)
+            return (failed, hooked, waited)
+        }
+        #expect(run.result.0 && run.result.1)
+        #expect(run.result.2 < .seconds(4), "the hook's deliveries waited \(run.result.2) behind the webhook")
+    }
+
+    @Test func aDeliveryWhoseQueueRowCannotBeWrittenIsNotRepeatedAndSigtermAbandonsAHangingHook() async throws {
+        let dir = TempDir("notify-locked")
+        defer { dir.cleanup() }
+        let spool = dir.file("spool")
+        let hook = try Self.hook(in: dir)
+        let slow = dir.file("slow-hook")
+        // Logs "started", takes a second, then delivers: the test locks the database meanwhile.
+        try "#!/bin/sh\necho started >> \(hook.log)\nsleep 1\nexec \(hook.path)\n".write(
+            toFile: slow,
+            atomically: true,
+            encoding: .utf8
+        )
+        chmod(slow, 0o755)
+        let config = try Self.config(dir, "[notify]\ncommand = \"\(slow)\"\nretry_initial_ms = 100\ntimeout_s = 60\n")
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool, arguments: ["--config", config, "--busy-timeout-ms", "100"]) {
+            pid in
+            try await waitUntilServing(spool)
+            try dropLikeRsync("{x", into: spool + "/inbox/appointments", name: "bad.json")
+            _ = await eventually { Self.lines(hook.log).contains("started") }
+            // An exclusive lock on the database for 3 s: the delivered row cannot be deleted.
+            let locked = await offThePool {
+                var configuration = Configuration()
+                configuration.busyMode = .timeout(5)
+                guard let queue = try? DatabaseQueue(path: spool + "/carespool.sqlite3", configuration: configuration)
+                else { return false }
+                return
+                    (try? queue.inTransaction(.exclusive) { _ in
+                        usleep(3_000_000)
+                        return .commit
+                    }) != nil
+            }
+            let drained = await eventually {
+                ((try? view.database().read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM notifications") })
+                    ?? nil) == 0
+            }
+            // Then a hook that hangs: SIGTERM abandons it at once, not counted as an attempt.
+            try "".write(toFile: hook.block, atomically: true, encoding: .utf8)
+            try dropLikeRsync("{y", into: spool + "/inbox/appointments", name: "bad2.json")
+            _ = await eventually { Self.lines(hook.log).contains { $0.hasPrefix("blocked") } }
+            let stopAsked = ContinuousClock.now
+            kill(pid, SIGTERM)
+            return (locked, drained, stopAsked)
+        }
+        let stopped = ContinuousClock.now
+        #expect(run.result.0, "the database was never locked")
+        #expect(run.result.1)
+        #expect(run.status == .exited(0))
+        #expect(stopped - run.result.2 < .seconds(5), "SIGTERM waited for the hanging hook")
+        #expect(Self.lines(hook.log).filter { $0.hasPrefix("delivered") }.count == 1)
+        #expect(run.log.contains("notification queue cannot be written"))
+        #expect(run.log.contains("notification abandoned"))
+        let (owed, attempts) = try await view.database().read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM notifications"),
+                try Int.fetchOne(db, sql: "SELECT max(attempts) FROM notifications")
+            )
+        }
+        #expect(owed == 1 && attempts == 0)
+    }
+
     @Test func notifyConfigurationMistakesAreNamed() async throws {
         let dir = TempDir("notify-config")
         defer { dir.cleanup() }
@@ -297,6 +392,27 @@ final class LoopbackReceiver: @unchecked Sendable {
             ("[notify]\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"whsec_c2hvcnQ=\"\n", "notify.secret"),
             ("[notify]\ncommand = \"/bin/true\"\noutcomes = [\"failed\"]\n", "notify.outcomes"),
             ("[notify]\n", "give command, url or both"),
+            ("[notify]\ncommand = \"/nonexistent/page-oncall\"\n", "is not an executable file"),
+            (
+                "[notify]\nurl = \"http://127.0.0.1\\r\\nX-Evil: 1:9/x\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "must be http://"
+            ),
+            (
+                "[notify]\nurl = \"http://::1/x\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "must be http://"
+            ),
+            (
+                "[notify]\nurl = \"http://127.0.0.1:0/x\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "must be http://"
+            ),
+            (
+                "[notify]\nurl = \"http://a b/x\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "must be http://"
+            ),
+            (
+                "[notify]\nurl = \"http://h/x#frag\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "must be http://"
+            ),
         ] {
             let path = try Self.config(dir, body)
             let checked = try await Daemon.command([
