@@ -88,7 +88,11 @@ extension AppDatabase {
     package func nextNotificationDue(target: String) throws(StoreError) -> Int64? {
         do {
             return try writer.read { db in
-                try Int64.fetchOne(db, sql: "SELECT min(next_attempt) FROM notifications WHERE target = ?", arguments: [target])
+                try Int64.fetchOne(
+                    db,
+                    sql: "SELECT min(next_attempt) FROM notifications WHERE target = ?",
+                    arguments: [target]
+                )
             }
         } catch {
             throw StoreError(error)
