@@ -97,7 +97,7 @@ let package = Package(
         .target(
             name: "Notify",
             dependencies: [
-                "Store", "WebhookSignatures",
+                "Store", "WebhookSignatures", "JSONSchema",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

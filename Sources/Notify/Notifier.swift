@@ -9,6 +9,7 @@
 // file's name only when the operator enables it (`include_name`).
 
 import Dispatch
+import JSONSchema
 package import Logging
 import Metrics
 package import ServiceLifecycle
@@ -249,14 +250,15 @@ package final class Notifier: Service, Sendable {
 
     /// The JSON document: ids, kind, outcome, counts — never a field value; the name only if enabled.
     func document(_ note: PendingNotification, attempt: Int) -> [UInt8] {
-        var text = "{\"type\":\"carespool.file.finished\",\"id\":\(Self.quoted(note.fileID))"
-        text += ",\"file_id\":\(Self.quoted(note.fileID)),\"kind\":\(Self.quoted(note.kind))"
-        text += ",\"outcome\":\(Self.quoted(note.outcome))"
+        var text = "{\"type\":\"carespool.file.finished\",\"id\":\(JSONValue.quoted(note.fileID))"
+        text += ",\"file_id\":\(JSONValue.quoted(note.fileID)),\"kind\":\(JSONValue.quoted(note.kind))"
+        text += ",\"outcome\":\(JSONValue.quoted(note.outcome))"
         text +=
             ",\"counts\":{\"stored\":\(note.stored),\"duplicates\":\(note.duplicates),\"rejected\":\(note.rejected)}"
-        text += ",\"finished_at\":\(Self.quoted(note.finishedAt)),\"host\":\(Self.quoted(host)),\"attempt\":\(attempt)"
-        if configuration.includeName { text += ",\"file_name\":\(Self.quoted(note.originalName))" }
-        text += ",\"show\":\(Self.quoted("carespool show " + note.fileID))}\n"
+        text +=
+            ",\"finished_at\":\(JSONValue.quoted(note.finishedAt)),\"host\":\(JSONValue.quoted(host)),\"attempt\":\(attempt)"
+        if configuration.includeName { text += ",\"file_name\":\(JSONValue.quoted(note.originalName))" }
+        text += ",\"show\":\(JSONValue.quoted("carespool show " + note.fileID))}\n"
         return Array(text.utf8)
     }
 
@@ -281,26 +283,6 @@ package final class Notifier: Service, Sendable {
             values["CARESPOOL_FILE_NAME"] = note.originalName
         }
         return values
-    }
-
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _
-            where scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value)
-                || scalar.value == 0x2028 || scalar.value == 0x2029:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
     }
 
     static func nowMillis() -> Int64 {

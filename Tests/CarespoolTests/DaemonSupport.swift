@@ -198,9 +198,7 @@ struct SpoolView {
 
 /// Drops `text` into `folder` as rsync does: a dot-temp name in the same folder, then rename.
 func dropLikeRsync(_ text: String, into folder: String, name: String) throws {
-    let temporary = folder + "/." + name + ".Xa1b2C"
-    try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
-    guard rename(temporary, folder + "/" + name) == 0 else { throw CocoaError(.fileWriteUnknown) }
+    try dropBytes(Array(text.utf8), into: folder, name: name)
 }
 
 /// Waits until a starting daemon has laid out its spool (and so watches its inboxes).
@@ -212,3 +210,32 @@ func waitUntilServing(_ spool: String) async throws {
 struct DaemonNotReady: Error {
     let spool: String
 }
+
+/// Runs the daemon on a fresh spool under `dir` each attempt (at most four), `drop` putting the file into
+/// its inbox, and kills it with SIGKILL from a thread of its own as soon as `sql` counts `threshold` rows
+/// (chunks commit every 100 ms) — until a kill lands with the file still in `processing/<kind>`. Returns
+/// that spool; a fast daemon may finish the file before the kill, hence the attempts.
+func killMidFile(
+    in dir: TempDir,
+    kind: String,
+    count sql: String,
+    atLeast threshold: Int,
+    arguments: [String] = ["--chunk-commit-ms", "100"],
+    drop: @escaping @Sendable (_ spool: String) throws -> Void
+) async throws -> String {
+    for attempt in 0..<4 {
+        let spool = dir.path + "/spool\(attempt)"
+        let run = try await Daemon.serve(spool: spool, arguments: arguments) { pid in
+            try await waitUntilServing(spool)
+            try drop(spool)
+            let rows = RowCount(spool: spool, sql)
+            return await signal(pid, SIGKILL, when: { rows() >= threshold })
+        }
+        #expect(run.status == .signaled(SIGKILL))
+        #expect(run.result != nil, "\(threshold) rows were not committed within a minute")
+        if SpoolView(root: spool).processing(kind).count == 1 { return spool }
+    }
+    throw KillNeverLanded()
+}
+
+struct KillNeverLanded: Error {}

@@ -24,6 +24,13 @@ func gzipped(_ bytes: [UInt8], level: Int = 6) async throws -> [UInt8] {
 
 func gzipped(_ text: String) async throws -> [UInt8] { try await gzipped(Array(text.utf8)) }
 
+/// Drops `bytes` into `folder` as rsync does: a dot-temp name in the same folder, then rename.
+func dropBytes(_ bytes: [UInt8], into folder: String, name: String) throws {
+    let temporary = folder + "/." + name + ".Xa1b2C"
+    try Data(bytes).write(to: URL(fileURLWithPath: temporary))
+    guard rename(temporary, folder + "/" + name) == 0 else { throw CocoaError(.fileWriteUnknown) }
+}
+
 /// Everything `stream` makes of `input`, fed `piece` bytes at a time, then finished.
 func inflate(_ input: [UInt8], limits: DecompressionLimits = .init(), piece: Int = 1 << 20) throws -> [UInt8] {
     let stream = GzipStream(limits: limits)
@@ -180,10 +187,7 @@ extension Compression {
             try await waitUntilServing(spool)
             var finished = true
             for (index, file) in files.enumerated() {
-                let folder = spool + "/inbox/" + file.kind
-                let temporary = folder + "/." + file.name + ".tmp"
-                try Data(file.bytes).write(to: URL(fileURLWithPath: temporary))
-                #expect(rename(temporary, folder + "/" + file.name) == 0)
+                try dropBytes(file.bytes, into: spool + "/inbox/" + file.kind, name: file.name)
                 let done = await eventually(timeout: .seconds(120)) {
                     ["appointments", "zoom", "intake"].reduce(0) { $0 + view.done($1).count + view.failed($1).count }
                         == index + 1
@@ -381,24 +385,10 @@ extension Compression {
         defer { dir.cleanup() }
         let count = 60_000
         let compressed = try await gzipped(await offThePool { intakeCSV(count: count) })
-        // Each attempt a fresh spool: the kill comes from a thread of its own once 6,000 visits are
-        // committed (chunks every 100 ms), but a fast daemon may still finish first.
-        var landed: String?
-        for attempt in 0..<4 where landed == nil {
-            let spool = dir.path + "/spool\(attempt)"
-            let run = try await Daemon.serve(spool: spool, arguments: ["--chunk-commit-ms", "100"]) { pid in
-                try await waitUntilServing(spool)
-                let folder = spool + "/inbox/intake"
-                try Data(compressed).write(to: URL(fileURLWithPath: folder + "/.v.tmp"))
-                #expect(rename(folder + "/.v.tmp", folder + "/visits.csv.gz") == 0)
-                let visits = RowCount(spool: spool, "SELECT count(*) FROM visits")
-                return await signal(pid, SIGKILL, when: { visits() >= 6_000 })
-            }
-            #expect(run.status == .signaled(SIGKILL))
-            #expect(run.result != nil, "6,000 visits were not committed within a minute")
-            if SpoolView(root: spool).processing("intake").count == 1 { landed = spool }
+        let spool = try await killMidFile(in: dir, kind: "intake", count: "SELECT count(*) FROM visits", atLeast: 6_000)
+        {
+            try dropBytes(compressed, into: $0 + "/inbox/intake", name: "visits.csv.gz")
         }
-        let spool = try #require(landed, "the kill never landed mid-file")
         let view = SpoolView(root: spool)
         let final = try await Daemon.serve(spool: spool) { pid in
             let finished = await eventually(timeout: .seconds(120)) { view.done("intake").count == 1 }
@@ -446,9 +436,7 @@ extension Compression {
             let view = SpoolView(root: spool)
             let run = try await Daemon.serve(spool: spool, arguments: ["--chunk-commit-ms", "100"]) { pid in
                 try await waitUntilServing(spool)
-                let folder = spool + "/inbox/intake"
-                try Data(compressed).write(to: URL(fileURLWithPath: folder + "/.v.tmp"))
-                #expect(rename(folder + "/.v.tmp", folder + "/visits.csv.gz") == 0)
+                try dropBytes(compressed, into: spool + "/inbox/intake", name: "visits.csv.gz")
                 // Pass 2 has begun once visits are stored: its sender cuts the file in half now.
                 let visits = RowCount(spool: spool, "SELECT count(*) FROM visits")
                 let cut = await offThePool {

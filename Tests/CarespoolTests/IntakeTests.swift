@@ -459,20 +459,10 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
         // Each attempt a fresh spool and the file dropped anew: the kill comes from a thread of its own as
         // soon as 4,000 rows are committed (every 100 ms, `--chunk-commit-ms`; five seconds by default),
         // but a fast daemon may still finish first.
-        var landed: String?
-        for attempt in 0..<4 where landed == nil {
-            let spool = dir.path + "/spool\(attempt)"
-            let run = try await Daemon.serve(spool: spool, arguments: ["--chunk-commit-ms", "100"]) { pid in
-                try await waitUntilServing(spool)
-                try dropLikeRsync(text, into: spool + "/inbox/intake", name: "big.csv")
-                let visits = RowCount(spool: spool, "SELECT count(*) FROM visits")
-                return await signal(pid, SIGKILL, when: { visits() >= 4_000 })
-            }
-            #expect(run.status == .signaled(SIGKILL))
-            #expect(run.result != nil, "4,000 rows were not committed within a minute")
-            if SpoolView(root: spool).processing("intake").count == 1 { landed = spool }
+        let spool = try await killMidFile(in: dir, kind: "intake", count: "SELECT count(*) FROM visits", atLeast: 4_000)
+        {
+            try dropLikeRsync(text, into: $0 + "/inbox/intake", name: "big.csv")
         }
-        let spool = try #require(landed, "the kill never landed mid-file")
         let view = SpoolView(root: spool)
         let final = try await Daemon.serve(spool: spool) { pid in
             let finished = await eventually(timeout: .seconds(180)) { view.done("intake").count == 1 }

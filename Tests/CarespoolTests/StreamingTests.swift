@@ -266,23 +266,13 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
         let text = await offThePool { Self.export(count: count) }
         // Each attempt a fresh spool and the file dropped anew: the kill comes from a thread of its own as
         // soon as 4,000 events are committed (every 100 ms), but a fast daemon may still finish first.
-        var landed: String?
-        for attempt in 0..<4 where landed == nil {
-            let spool = dir.path + "/spool\(attempt)"
-            let run = try await Daemon.serve(
-                spool: spool,
-                arguments: ["--stream-threshold", "4096", "--chunk-commit-ms", "100"]
-            ) { pid in
-                try await waitUntilServing(spool)
-                try dropLikeRsync(text, into: spool + "/inbox/zoom", name: "export.ndjson")
-                let events = RowCount(spool: spool, "SELECT count(*) FROM zoom_events")
-                return await signal(pid, SIGKILL, when: { events() >= 4_000 })
-            }
-            #expect(run.status == .signaled(SIGKILL))
-            #expect(run.result != nil, "4,000 events were not committed within a minute")
-            if SpoolView(root: spool).processing("zoom").count == 1 { landed = spool }
-        }
-        let spool = try #require(landed, "the kill never landed mid-stream")
+        let spool = try await killMidFile(
+            in: dir,
+            kind: "zoom",
+            count: "SELECT count(*) FROM zoom_events",
+            atLeast: 4_000,
+            arguments: ["--stream-threshold", "4096", "--chunk-commit-ms", "100"]
+        ) { try dropLikeRsync(text, into: $0 + "/inbox/zoom", name: "export.ndjson") }
         let view = SpoolView(root: spool)
         let final = try await Daemon.serve(spool: spool, arguments: ["--stream-threshold", "4096"]) { pid in
             let finished = await eventually(timeout: .seconds(120)) { view.done("zoom").count == 1 }
