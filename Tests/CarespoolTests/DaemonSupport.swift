@@ -239,3 +239,21 @@ func killMidFile(
 }
 
 struct KillNeverLanded: Error {}
+
+/// Starts the daemon again on `spool` (after a kill) and waits until `kind` has `files` files in done/;
+/// whether they got there within `timeout`.
+func finishAfterRestart(
+    _ spool: String,
+    kind: String,
+    files: Int = 1,
+    arguments: [String] = [],
+    timeout: Duration = .seconds(180)
+) async throws -> Bool {
+    let view = SpoolView(root: spool)
+    let final = try await Daemon.serve(spool: spool, arguments: arguments) { pid in
+        let finished = await eventually(timeout: timeout) { view.done(kind).count == files }
+        kill(pid, SIGTERM)
+        return finished
+    }
+    return final.result
+}

@@ -390,12 +390,7 @@ extension Compression {
             try dropBytes(compressed, into: $0 + "/inbox/intake", name: "visits.csv.gz")
         }
         let view = SpoolView(root: spool)
-        let final = try await Daemon.serve(spool: spool) { pid in
-            let finished = await eventually(timeout: .seconds(120)) { view.done("intake").count == 1 }
-            kill(pid, SIGTERM)
-            return finished
-        }
-        #expect(final.result)
+        #expect(try await finishAfterRestart(spool, kind: "intake", timeout: .seconds(120)))
         let (row, visits) = try await view.database().read { db in
             (
                 try Row.fetchOne(db, sql: "SELECT outcome, size, decompressed_size, sha256 FROM files"),

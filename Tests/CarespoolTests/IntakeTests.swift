@@ -464,12 +464,7 @@ func intakeCSV(count: Int, header: String = intakeHeader, start: Int = 0) -> Str
             try dropLikeRsync(text, into: $0 + "/inbox/intake", name: "big.csv")
         }
         let view = SpoolView(root: spool)
-        let final = try await Daemon.serve(spool: spool) { pid in
-            let finished = await eventually(timeout: .seconds(180)) { view.done("intake").count == 1 }
-            kill(pid, SIGTERM)
-            return finished
-        }
-        #expect(final.result)
+        #expect(try await finishAfterRestart(spool, kind: "intake", timeout: .seconds(180)))
         let (row, visits, patients, history) = try await view.database().read { db in
             (
                 try Row.fetchOne(db, sql: "SELECT outcome, stored, duplicates, rejected, report FROM files"),

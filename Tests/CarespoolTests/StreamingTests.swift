@@ -274,12 +274,14 @@ func peakResidentBytes(_ pid: pid_t) -> Int? {
             arguments: ["--stream-threshold", "4096", "--chunk-commit-ms", "100"]
         ) { try dropLikeRsync(text, into: $0 + "/inbox/zoom", name: "export.ndjson") }
         let view = SpoolView(root: spool)
-        let final = try await Daemon.serve(spool: spool, arguments: ["--stream-threshold", "4096"]) { pid in
-            let finished = await eventually(timeout: .seconds(120)) { view.done("zoom").count == 1 }
-            kill(pid, SIGTERM)
-            return finished
-        }
-        #expect(final.result)
+        #expect(
+            try await finishAfterRestart(
+                spool,
+                kind: "zoom",
+                arguments: ["--stream-threshold", "4096"],
+                timeout: .seconds(120)
+            )
+        )
         let (row, events, received, inserted) = try await view.database().read { db in
             (
                 try Row.fetchOne(db, sql: "SELECT outcome, stored, duplicates FROM files"),
