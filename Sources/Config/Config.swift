@@ -7,7 +7,25 @@
 // is strong enough is decided at start by the executable (HTTPIngress's SecretRule), for flags and file.
 
 import Crypto
+import Foundation
 import TOMLKit
+
+/// How a Zoom report inbox's local times are read (`[zoom_report]`, or an `[[inbox]]` of that kind):
+/// checked here, turned into Kinds' `LocalTimes` by the executable.
+package struct LocalTimeConfig: Sendable, Equatable {
+    /// An IANA zone name; nil when none is configured.
+    package var timezone: String?
+    /// "MM/DD/YYYY" (the default) or "DD/MM/YYYY".
+    package var dateOrder = "MM/DD/YYYY"
+    /// "either" (the default), "12h" or "24h".
+    package var clock = "either"
+
+    package init() {}
+
+    static let keys = ["timezone", "date_order", "clock"]
+    static let dateOrders = ["MM/DD/YYYY", "DD/MM/YYYY"]
+    static let clocks = ["either", "12h", "24h"]
+}
 
 /// A setting's problem, with where it is.
 package struct ConfigError: Error, Sendable, CustomStringConvertible {
@@ -69,6 +87,10 @@ package struct ConfigFile: Sendable {
     /// Extra folders watched as inboxes, each for one kind (a partner's SFTP upload folder, say).
     /// `arrival` is "close" (the default) or "rename" (only files renamed or linked in are claimed).
     package var inboxes: [(path: String, kind: String, arrival: String)] = []
+    /// `[zoom_report]`: the local times of the spool's own `inbox/zoom-report/`.
+    package var zoomReportTimes = LocalTimeConfig()
+    /// Each `[[inbox]]` of kind zoom-report's own local times, by its path (else `[zoom_report]`'s).
+    package var inboxTimes: [String: LocalTimeConfig] = [:]
 
     package var httpListen: String?
     package var tokens: [ConfiguredToken] = []
@@ -135,6 +157,10 @@ package struct ConfigFile: Sendable {
         busyTimeoutMs = try reader.int(table, "busy_timeout_ms", in: ConfigLimits.busyTimeoutMs)
         chunkCommitMs = try reader.int(table, "chunk_commit_ms", in: ConfigLimits.chunkCommitMs)
 
+        if let report = try reader.table(table, "zoom_report") {
+            try reader.only(report, at: "zoom_report", allowed: LocalTimeConfig.keys)
+            zoomReportTimes = try Self.localTimes(report, at: "zoom_report", reader: reader, base: LocalTimeConfig())
+        }
         if let compression = try reader.table(table, "compression") {
             try reader.only(compression, at: "compression", allowed: ["max_decompressed_mib", "max_ratio"])
             maxDecompressedMib = try reader.int(
@@ -155,7 +181,7 @@ package struct ConfigFile: Sendable {
         if let list = try reader.tables(table, "inbox") {
             for (index, entry) in list.enumerated() {
                 let at = "inbox[\(index)]"
-                try reader.only(entry, at: at, allowed: ["path", "kind", "arrival"])
+                try reader.only(entry, at: at, allowed: ["path", "kind", "arrival"] + LocalTimeConfig.keys)
                 guard var folder = try reader.string(entry, "path", at: at, nonEmpty: true), folder.hasPrefix("/")
                 else { throw reader.error(at + ".path", "an absolute folder path is required") }
                 // One folder, one inbox: `/srv/p/.` is `/srv/p`, and the spool's own inboxes are taken.
@@ -172,6 +198,12 @@ package struct ConfigFile: Sendable {
                 let arrival = try reader.string(entry, "arrival", at: at) ?? "close"
                 guard Self.arrivals.contains(arrival) else {
                     throw reader.error(at + ".arrival", "must be one of " + Self.arrivals.joined(separator: ", "))
+                }
+                if LocalTimeConfig.keys.contains(where: { entry[$0] != nil }) {
+                    guard kind == "zoom-report" else {
+                        throw reader.error(at + ".timezone", "only an inbox of kind zoom-report reads local times")
+                    }
+                    inboxTimes[folder] = try Self.localTimes(entry, at: at, reader: reader, base: zoomReportTimes)
                 }
                 inboxes.append((folder, kind, arrival))
             }
@@ -295,8 +327,44 @@ package struct ConfigFile: Sendable {
         "spool", "database", "schema", "log_level", "settle_ms", "close_grace_ms", "open_hold_ms", "rescan_ms",
         "batch_size",
         "stream_threshold", "memory_budget", "busy_timeout_ms", "chunk_commit_ms", "retention", "inbox", "http",
-        "compression", "notify",
+        "compression", "notify", "zoom_report",
     ]
+
+    /// A table's `timezone`, `date_order` and `clock`, each else `base`'s.
+    private static func localTimes(
+        _ table: TOMLTable,
+        at: String,
+        reader: Reader,
+        base: LocalTimeConfig
+    ) throws(ConfigError) -> LocalTimeConfig {
+        var times = base
+        let prefix = at + "."
+        if let zone = try reader.string(table, "timezone", at: at, nonEmpty: true) {
+            guard zone.contains("/") || zone == "UTC", TimeZone(identifier: zone) != nil else {
+                throw reader.error(
+                    prefix + "timezone",
+                    "\(zone) is not an IANA time zone name this machine knows (America/Chicago, Europe/Berlin, UTC)"
+                )
+            }
+            times.timezone = zone
+        }
+        if let order = try reader.string(table, "date_order", at: at) {
+            guard LocalTimeConfig.dateOrders.contains(order) else {
+                throw reader.error(
+                    prefix + "date_order",
+                    "must be one of " + LocalTimeConfig.dateOrders.joined(separator: ", ")
+                )
+            }
+            times.dateOrder = order
+        }
+        if let clock = try reader.string(table, "clock", at: at) {
+            guard LocalTimeConfig.clocks.contains(clock) else {
+                throw reader.error(prefix + "clock", "must be one of " + LocalTimeConfig.clocks.joined(separator: ", "))
+            }
+            times.clock = clock
+        }
+        return times
+    }
     static let httpKeys = [
         "listen", "token", "zoom_secrets", "zoom_secret_files", "webhook_secrets", "webhook_secret_files",
         "rate_per_second", "open_routes", "inbox_high_water",

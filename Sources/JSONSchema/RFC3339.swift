@@ -114,7 +114,7 @@ package enum RFC3339 {
         return value
     }
 
-    private static func daysIn(_ month: Int, _ year: Int) -> Int {
+    package static func daysIn(_ month: Int, _ year: Int) -> Int {
         switch month {
         case 2: (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 ? 29 : 28
         case 4, 6, 9, 11: 30
@@ -128,7 +128,7 @@ package enum RFC3339 {
     }
 
     // Howard Hinnant's days_from_civil / civil_from_days.
-    private static func daysFromCivil(_ year: Int, _ month: Int, _ day: Int) -> Int {
+    package static func daysFromCivil(_ year: Int, _ month: Int, _ day: Int) -> Int {
         let y = month <= 2 ? year - 1 : year
         let era = (y >= 0 ? y : y - 399) / 400
         let yoe = y - era * 400

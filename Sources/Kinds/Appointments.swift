@@ -67,6 +67,7 @@ package struct Catalog: Sendable {
     package let appointments: AppointmentsReader
     package let zoom: ZoomReader
     package let intake: IntakeReader
+    package let zoomReport = ZoomReportReader()
     /// Every kind's schema strings that messages may show (``JSONSchema/constants``).
     package let schemaConstants: Set<String>
 

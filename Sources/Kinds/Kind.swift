@@ -10,6 +10,9 @@ package enum Kind: String, CaseIterable, Sendable, Codable {
     case appointments
     case zoom
     case intake
+    /// Zoom's participants reports (the web portal's CSV export, the Reports API's JSON), into the
+    /// same visit timelines as the webhooks.
+    case zoomReport = "zoom-report"
 
     /// The `$defs` entry of schema.json that describes one record of this kind.
     package var schemaDefinition: String {
@@ -17,6 +20,7 @@ package enum Kind: String, CaseIterable, Sendable, Codable {
         case .appointments: "appointment_event"
         case .zoom: "zoom_event"
         case .intake: "intake_record"
+        case .zoomReport: "zoom_report"
         }
     }
 
@@ -24,7 +28,7 @@ package enum Kind: String, CaseIterable, Sendable, Codable {
     package var rejectedExtension: String {
         switch self {
         case .appointments, .zoom: "ndjson"
-        case .intake: "csv"
+        case .intake, .zoomReport: "csv"
         }
     }
 }
@@ -155,6 +159,13 @@ package struct Item<Record: Sendable>: Sendable {
     /// The record as one line of NDJSON (its source line when it was not valid JSON).
     package var text: String
     package var result: Result<Record, Problems>
+
+    package init(number: Int, line: Int, text: String, result: Result<Record, Problems>) {
+        self.number = number
+        self.line = line
+        self.text = text
+        self.result = result
+    }
 }
 
 /// The problems of one record (an `Error` so that it fits `Result`).

@@ -13,6 +13,8 @@ package struct ZoomEvent: Sendable {
     /// `participant.user_id`, else `participant.id`, else `participant.participant_uuid` (first non-empty).
     package var participantID: String?
     package var participantName: String?
+    /// `participant.email`, for matching the participant in a report that has no ids.
+    package var participantEmail: String?
     package var joinTime: String?
     package var leaveTime: String?
     /// `payload.object.start_time` / `end_time`.
@@ -87,6 +89,7 @@ package struct ZoomReader: Sendable {
                     participantID: Self.idText(participant?["user_id"]) ?? Self.idText(participant?["id"])
                         ?? Self.idText(participant?["participant_uuid"]),
                     participantName: participant?["user_name"]?.stringValue,
+                    participantEmail: participant?["email"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 },
                     joinTime: participant?["join_time"]?.stringValue,
                     leaveTime: participant?["leave_time"]?.stringValue,
                     startTime: object?["start_time"]?.stringValue,

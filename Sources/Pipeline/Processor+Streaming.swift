@@ -65,8 +65,8 @@ extension Engine {
             // rejected unread rather than held in memory.
             var tooLarge: RecordProblem?
             let isArray = firstByte == UInt8(ascii: "[")
-            // An intake file is CSV unless it begins like JSON.
-            let isCSV = kind == .intake && !isArray && firstByte != UInt8(ascii: "{")
+            // An intake file or a Zoom report is CSV unless it begins like JSON.
+            let isCSV = (kind == .intake || kind == .zoomReport) && !isArray && firstByte != UInt8(ascii: "{")
             var readWhole: Bool
             if isArray || isCSV {
                 readWhole = false
@@ -112,7 +112,16 @@ extension Engine {
             // Text never holds a NUL byte (JSON forbids it, RFC 4180 has no place for it): a file whose
             // first line does — preallocated zeros (fallocate), a disk image — is refused unread, before
             // a pass over gigabytes of it. So is a CSV file whose header line is longer than a record may be.
-            if gzip, let inner = Compression.of(firstLine.prefix(6)) {
+            if kind == .zoomReport && !isCSV {
+                tooLarge = RecordProblem(
+                    record: nil,
+                    line: nil,
+                    pointer: nil,
+                    message:
+                        "a Reports API file over the stream threshold of \(configuration.streamThreshold) bytes: "
+                        + "its pages (at most 300 participants each) are read whole, so drop them as several files"
+                )
+            } else if gzip, let inner = Compression.of(firstLine.prefix(6)) {
                 let format = if case .unsupported(let name) = inner { name } else { "gzip" }
                 tooLarge = RecordProblem(
                     record: nil,
@@ -167,7 +176,9 @@ extension Engine {
                         tail?.feed(chunk)
                         try chunkDone()
                     }
-                    tooLarge = tail?.problem(headerWidth: isCSV ? csvWidth(header: firstLine) : nil)
+                    tooLarge = tail?.problem(
+                        headerWidth: isCSV && kind == .intake ? csvWidth(header: firstLine) : nil
+                    )
                     digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
                     if gzip { decompressedSize = plain }
                 } catch let problem as DecompressionProblem {
@@ -188,6 +199,8 @@ extension Engine {
                 try database.ledgerReport(id: file.id) == nil
             {
                 totals = FileReport(outcome: .duplicate, duplicateOf: earlier)
+            } else if isCSV && kind == .zoomReport {
+                totals = try streamReportCSV(file, rejected: rejectedFile)
             } else if isCSV {
                 totals = try streamCSV(file, rejected: rejectedFile)
             } else {
@@ -286,6 +299,24 @@ extension Engine {
             case .appointments: chunk = .appointments(raws.map { catalog.appointments.record($0) })
             case .zoom: chunk = .zoom(raws.map { catalog.zoom.record($0) })
             case .intake: chunk = .intake(raws.map { catalog.intake.record($0, today: today) })
+            case .zoomReport:
+                // Not reached: a Reports API file is read whole, or refused over the stream threshold.
+                chunk = .zoomReport(
+                    raws.map { raw in
+                        let problem = RecordProblem(
+                            record: raw.number,
+                            line: raw.line,
+                            pointer: nil,
+                            message: "a Reports API page is read whole, not streamed"
+                        )
+                        return Item(
+                            number: raw.number,
+                            line: raw.line,
+                            text: raw.text,
+                            result: .failure(Problems([problem]))
+                        )
+                    }
+                )
             }
             let report = try database.writeChunk(chunk, fileID: file.id)
             var out: [UInt8] = []
@@ -301,6 +332,7 @@ extension Engine {
                 case .appointments(let items): list(items)
                 case .zoom(let items): list(items)
                 case .intake(let items): list(items)
+                case .zoomReport(let items): list(items)
                 }
             }
             return (report, out)
@@ -557,5 +589,68 @@ extension FileReport {
             + "before this point are stored, the rest is not read: send the whole file again"
         errors.insert(problem, at: 0)
         rejected += 1
+    }
+}
+
+extension Engine {
+    /// Pass 2 for a Zoom participants report CSV: its layout found by its headers, then rows committed in
+    /// chunks as intake's are; rejected rows go to the `.rejected.csv` sidecar after the meeting table and
+    /// header, so that it can be fixed and dropped again as it is.
+    func streamReportCSV(_ file: Spool.Claimed, rejected: Spool.TemporaryFile) throws -> FileReport {
+        var totals = FileReport(outcome: .accepted)
+        var unlisted = 0
+        var reader = CSVReader(maxRecordBytes: configuration.recordLimit)
+        var table = ZoomReportCSV(times: LocalTimeReader(file.localTimes), fileName: file.originalName)
+        var pending: [Item<ZoomReportRow>] = []
+        var pendingBytes = 0
+        var wroteHeader = false
+        var rows = 0
+        let database = self.database
+        let committer = ChunkCommitter<[Item<ZoomReportRow>], Committed> { items in
+            let report = try database.writeChunk(.zoomReport(items), fileID: file.id)
+            return Committed(report, rejected: RejectedRows.csv(items, report))
+        }
+        func done(_ committed: Committed) throws {
+            var out: [UInt8] = []
+            if !committed.rejected.isEmpty && !wroteHeader {
+                out += table.rejectedHeader
+                wroteHeader = true
+            }
+            out += committed.rejected
+            if !out.isEmpty { try rejected.append(out) }
+            unlisted += totals.absorb(committed.report, listing: Self.listedProblems) + committed.unlisted
+            try chunkDone()
+        }
+        func flush() throws {
+            guard !pending.isEmpty else { return }
+            try committer.submit(pending, done: done)
+            pending.removeAll(keepingCapacity: true)
+            pendingBytes = 0
+        }
+        func take(_ record: CSVRecord) throws {
+            guard let item = table.take(record) else { return }
+            rows += 1
+            pending.append(item)
+            pendingBytes += record.raw.count
+            if pending.count >= Self.chunkRecords || pendingBytes >= configuration.batchBytes { try flush() }
+        }
+        let broken = try readBreakable(file) { chunk in try reader.feed(chunk, take) }
+        if broken == nil {
+            try reader.finish(take)
+            table.finish()
+        }
+        if let problem = table.fileProblem { return FileReport(outcome: .rejected, errors: [problem]) }
+        if let broken, !table.hasTable { return FileReport(outcome: .rejected, errors: [broken.problem]) }
+        try flush()
+        try committer.finish(done: done)
+        try database.commitChunks()
+        if let broken { totals.reject(broken) }
+        totals.close(unlisted: unlisted)
+        if rows == 0 && broken == nil {
+            totals.notes.append("the participant table has no rows: nothing to store")
+            totals.outcome = .accepted
+        }
+        totals.notes.append("local times read as \(file.localTimes.summary)")
+        return totals
     }
 }

@@ -989,10 +989,19 @@ final class Engine: @unchecked Sendable {
                 return byte < 16 ? "0" + hex : hex
             }.joined()
         let parsed: PreparedFile.Content
+        var rejectedHeader: [UInt8]?
         switch kind {
         case .appointments: parsed = .appointments(catalog.appointments.read(bytes))
         case .zoom: parsed = .zoom(catalog.zoom.read(bytes))
         case .intake: parsed = .intake(catalog.intake.read(bytes, today: String(receivedAt.prefix(10))))
+        case .zoomReport:
+            let (report, header) = catalog.zoomReport.read(
+                bytes,
+                fileName: file.originalName,
+                times: LocalTimeReader(file.localTimes)
+            )
+            parsed = .zoomReport(report)
+            rejectedHeader = header
         }
         var prepared = PreparedFile(
             id: file.id,
@@ -1005,6 +1014,7 @@ final class Engine: @unchecked Sendable {
             mayHaveLedgerRow: !fresh
         )
         if received != nil { prepared.decompressedSize = bytes.count }
+        prepared.rejectedHeader = rejectedHeader
         prepared.sender = file.sender ?? "unknown"
         return (file, prepared, bytes)
     }
@@ -1081,12 +1091,30 @@ final class Engine: @unchecked Sendable {
                 for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
             case .intake(let parsed):
                 for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
+            case .zoomReport(let parsed):
+                if let header = prepared.rejectedHeader {
+                    // CSV: the meeting table and header first, each row with its error and line.
+                    sidecars.append(
+                        (SpoolName.rejectedSuffix("csv"), header + RejectedRows.csv(parsed.items, report))
+                    )
+                    return try finishMoving(file, report, result, sidecars)
+                }
+                for item in parsed.items where numbers.contains(item.number) { lines += item.text + "\n" }
             case .unreadable, .streamed: break
             }
             // Records read from JSON are rejected as NDJSON, whatever the kind's CSV form.
-            let ext = kind == .intake ? "ndjson" : kind.rejectedExtension
+            let ext = kind == .intake || kind == .zoomReport ? "ndjson" : kind.rejectedExtension
             sidecars.append((SpoolName.rejectedSuffix(ext), Array(lines.utf8)))
         }
+        return try finishMoving(file, report, result, sidecars)
+    }
+
+    private func finishMoving(
+        _ file: Spool.Claimed,
+        _ report: FileReport,
+        _ result: CommittedFile,
+        _ sidecars: [(suffix: String, bytes: [UInt8])]
+    ) throws(SpoolError) -> Set<String> {
         let day = String(result.finishedAt.prefix(10))
         let destination: Spool.Destination = report.outcome == .rejected ? .failed : .done(day: day)
         return try spool.finish(file, to: destination, sidecars: sidecars)
@@ -1226,10 +1254,18 @@ enum ProcessInfoCores {
 
 /// A dry run for partners: what processing `bytes` as `kind` would store and reject, and why, against an
 /// empty in-memory database with the same schema. Writes nothing to any spool or database on disk.
-package func dryRun(bytes: [UInt8], kind: Kind, catalog: Catalog) throws -> FileReport {
+package func dryRun(
+    bytes: [UInt8],
+    kind: Kind,
+    catalog: Catalog,
+    fileName: String = "dry-run",
+    times: LocalTimes = LocalTimes()
+) throws -> FileReport {
     let database = try AppDatabase.inMemory()
     let content: PreparedFile.Content
     switch kind {
+    case .zoomReport:
+        content = .zoomReport(catalog.zoomReport.read(bytes, fileName: fileName, times: LocalTimeReader(times)).0)
     case .appointments: content = .appointments(catalog.appointments.read(bytes))
     case .zoom: content = .zoom(catalog.zoom.read(bytes))
     case .intake:
@@ -1266,4 +1302,10 @@ extension SettleTracker {
     mutating func absorb(_ hints: WatchHints) {
         absorb(arrivals: hints.arrivals, opened: hints.opened, overflow: hints.overflow)
     }
+}
+
+extension Spool.Claimed {
+    /// How its Zoom report's local times are read: its inbox's settings, kept beside it since the claim
+    /// (none: no time zone, so local times are rejected, never guessed).
+    var localTimes: LocalTimes { inboxNote.flatMap(LocalTimes.init(note:)) ?? LocalTimes() }
 }

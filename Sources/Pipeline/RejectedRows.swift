@@ -4,7 +4,7 @@ package import Kinds
 package enum RejectedRows {
     /// The rejected rows of a committed intake chunk as lines of the `.rejected` CSV file: each row as
     /// it was, then its problems and its line. Written as bytes into one buffer, on the commit thread.
-    package static func csv(_ items: [Item<IntakeRecord>], _ report: FileReport) -> [UInt8] {
+    package static func csv<Record>(_ items: [Item<Record>], _ report: FileReport) -> [UInt8] {
         guard !report.errors.isEmpty else { return [] }
         let problems = ProblemIndex(report.errors, numbers: items.lazy.map { $0.number })
         var out: [UInt8] = []

@@ -140,14 +140,25 @@ extension Spool {
                 mode: 0o600
             )
         }
+        // Written before the claim, like the name's: a crash between leaves a note with no file (removed at
+        // the next scan), never a file without its note.
+        if let note = inbox.note {
+            try writeFileDurably(
+                bytes: Array(note.utf8),
+                into: processing,
+                as: SpoolName.inboxNote(id: id),
+                mode: 0o600
+            )
+        }
         let spoolName = SpoolName.claimed(id: id, name: stored)
         if Self.withCName(entry.bytes, { renameat(source, $0, target, spoolName) }) != 0 {
             let code = errno
             if stored != original { unlinkat(target, SpoolName.nameNote(id: id), 0) }
+            if inbox.note != nil { unlinkat(target, SpoolName.inboxNote(id: id), 0) }
             if code == ENOENT { return nil }
             throw SpoolError("claim", inbox.path, code)
         }
-        return Claimed(
+        var claimed = Claimed(
             id: id,
             kind: inbox.kind,
             originalName: original,
@@ -156,6 +167,8 @@ extension Spool {
             droppedAt: changed,
             sender: sender
         )
+        claimed.inboxNote = inbox.note
+        return claimed
     }
 
     /// Files already in processing/<kind>/ (left by a crash, or waiting for a retry), in id order, each
@@ -171,13 +184,21 @@ extension Spool {
             guard !name.hasPrefix("."), let (id, stored) = SpoolName.parse(name) else { continue }
             ids.insert(id)
             let note = readSmallFile(folder, SpoolName.nameNote(id: id)).map { String(decoding: $0, as: UTF8.self) }
-            claimed.append(
-                Claimed(id: id, kind: kind, originalName: note ?? stored, storedName: stored, path: folder + "/" + name)
+            var file = Claimed(
+                id: id,
+                kind: kind,
+                originalName: note ?? stored,
+                storedName: stored,
+                path: folder + "/" + name
             )
+            file.inboxNote = readSmallFile(folder, SpoolName.inboxNote(id: id)).map {
+                String(decoding: $0, as: UTF8.self)
+            }
+            claimed.append(file)
         }
         if let fd = try? folders.descriptor(folder) {
-            for name in names where name.hasPrefix(".") && name.hasSuffix(".name") {
-                let id = String(name.dropFirst().dropLast(5))
+            for name in names where name.hasPrefix(".") && (name.hasSuffix(".name") || name.hasSuffix(".inbox")) {
+                let id = String(name.dropFirst().dropLast(name.hasSuffix(".name") ? 5 : 6))
                 if !ids.contains(id) { unlinkat(fd, name, 0) }
             }
         }

@@ -38,6 +38,7 @@ extension Spool {
             throw SpoolError("finish", file.path, errno)
         }
         if file.storedName != file.originalName { unlinkat(from, SpoolName.nameNote(id: file.id), 0) }
+        if file.inboxNote != nil { unlinkat(from, SpoolName.inboxNote(id: file.id), 0) }
         touched.insert(folder)
         touched.insert(processing)
         return touched

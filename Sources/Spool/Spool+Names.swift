@@ -117,6 +117,9 @@ package enum SpoolName {
     /// The note that keeps a shortened name whole: `processing/<kind>/.<id>.name`.
     static func nameNote(id: String) -> String { "." + id + ".name" }
 
+    /// The note that keeps its inbox's ``Spool/Inbox/note`` beside a claimed file: `processing/<kind>/.<id>.inbox`.
+    static func inboxNote(id: String) -> String { "." + id + ".inbox" }
+
     /// The crash guard's marker in `processing/`: a dotfile, so no scan takes it for a claimed file.
     package static let crashMarker = ".crashed"
     /// The retry state that `carespool status` reads, in `processing/`.

@@ -35,11 +35,15 @@ package struct Spool: Sendable {
         package var kind: String
         /// How a file counts as arrived in it (``Arrival``).
         package var arrival: Arrival
+        /// What the files claimed from it carry beside them until their verdict (``SpoolName/inboxNote``):
+        /// how to read them that the kind alone does not say (a Zoom report inbox's time zone).
+        package var note: String?
 
-        package init(path: String, kind: String, arrival: Arrival = .close) {
+        package init(path: String, kind: String, arrival: Arrival = .close, note: String? = nil) {
             self.path = path
             self.kind = kind
             self.arrival = arrival
+            self.note = note
         }
     }
 
@@ -154,6 +158,8 @@ package struct Spool: Sendable {
         /// may still hold it (an open descriptor, another hard link) and grow it after the claim; what it
         /// adds is never read. nil: the size at each open.
         package var readLimit: Int64?
+        /// Its inbox's ``Inbox/note`` when it was claimed, kept beside it in processing/ (nil: none).
+        package var inboxNote: String?
 
         package init(
             id: String,
@@ -219,7 +225,7 @@ package struct Spool: Sendable {
     /// How far a gzip file may expand as it is read (`[compression]`).
     package var decompression = DecompressionLimits()
     /// The spool's own inboxes, one per kind, plus any extra folders mapped to a kind.
-    package let inboxes: [Inbox]
+    package var inboxes: [Inbox]
     package let kinds: [String]
     /// The folders' descriptors, opened once; shared by every copy of this value.
     let folders: Folders

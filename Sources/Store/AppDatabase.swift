@@ -217,6 +217,9 @@ package struct AppDatabase: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v10: Zoom participants reports in the visit timelines") { db in
+            try db.execute(sql: FrozenMigrations.zoomReportsV10)
+        }
         return migrator
     }
 }
@@ -227,6 +230,7 @@ package struct PreparedFile: Sendable {
         case appointments(ParsedFile<AppointmentEvent>)
         case zoom(ParsedFile<ZoomRecord>)
         case intake(ParsedFile<IntakeRecord>)
+        case zoomReport(ParsedFile<ZoomReportRow>)
         /// Not readable as its kind at all (not a regular file): rejected as a whole.
         case unreadable(RecordProblem)
         /// A large file whose records were committed chunk by chunk (``AppDatabase/commitChunk(_:fileID:)``):
@@ -241,6 +245,9 @@ package struct PreparedFile: Sendable {
     package var size: Int
     /// A gzip file's size once decompressed (`size` and `sha256` are the bytes as received); nil for others.
     package var decompressedSize: Int?
+    /// A CSV file's first lines for its `.rejected.csv` (a Zoom report's meeting table and header), when
+    /// its rejected rows are written as CSV.
+    package var rejectedHeader: [UInt8]?
     package var receivedAt: String
     package var content: Content
     /// False for a file claimed by this run: its fresh id cannot have a ledger row, so none is looked up.
@@ -344,6 +351,10 @@ extension AppDatabase {
                     case .zoom(let items):
                         report = try ZoomWriter(db: db, fileID: fileID, refreshVisits: false).write(items)
                     case .intake(let items): report = try IntakeWriter(db: db, fileID: fileID).write(items)
+                    case .zoomReport(let items):
+                        // Resolved and merged into the timelines once, with the file's ledger row.
+                        var touched = ZoomTouched()
+                        report = try ZoomReportWriter(db: db, fileID: fileID).write(items, touched: &touched)
                     }
                 } catch {
                     try? Self.endChunkTransaction(db, commit: false)
@@ -414,6 +425,7 @@ extension AppDatabase {
         case appointments([Item<AppointmentEvent>])
         case zoom([Item<ZoomRecord>])
         case intake([Item<IntakeRecord>])
+        case zoomReport([Item<ZoomReportRow>])
 
         /// Its records.
         var count: Int {
@@ -421,6 +433,7 @@ extension AppDatabase {
             case .appointments(let items): items.count
             case .zoom(let items): items.count
             case .intake(let items): items.count
+            case .zoomReport(let items): items.count
             }
         }
     }
@@ -452,13 +465,13 @@ extension AppDatabase {
             return try writer.write { db in
                 var results: [CommittedFile] = []
                 results.reserveCapacity(files.count)
-                var visits = Set<String>()
+                var touched = ZoomTouched()
                 for file in files {
-                    results.append(try commitOne(file, finishedAt: finishedAt, db: db, visits: &visits))
+                    results.append(try commitOne(file, finishedAt: finishedAt, db: db, touched: &touched))
                 }
-                // Each Zoom visit the batch touched, once (its timeline from all of its events).
-                let timelines = ZoomWriter(db: db, fileID: "")
-                for uuid in visits.sorted() { try timelines.refreshVisit(uuid) }
+                // Each Zoom visit the batch touched, once (its timeline from all of its events and report
+                // rows), and the report rows of each meeting it touched resolved to visits again.
+                try touched.refresh(db: db)
                 return results
             }
         } catch {
@@ -502,7 +515,7 @@ extension AppDatabase {
         _ file: PreparedFile,
         finishedAt: String,
         db: Database,
-        visits: inout Set<String>
+        touched: inout ZoomTouched
     ) throws -> CommittedFile {
         if file.mayHaveLedgerRow, let done = try Self.existing(id: file.id, db: db) { return done }
         // The ledger row first, its verdict filled in below (the same transaction): records then never
@@ -531,16 +544,21 @@ extension AppDatabase {
             report = try Self.judge(file, parsed, db: db) {
                 try ZoomWriter(db: db, fileID: file.id, refreshVisits: false).write(
                     parsed.items,
-                    touchedVisits: &visits
+                    touchedVisits: &touched.visits
                 )
             }
         case .intake(let parsed):
             report = try Self.judge(file, parsed, db: db) {
                 try IntakeWriter(db: db, fileID: file.id).write(parsed.items)
             }
+        case .zoomReport(let parsed):
+            report = try Self.judge(file, parsed, db: db) {
+                try ZoomReportWriter(db: db, fileID: file.id).write(parsed.items, touched: &touched)
+            }
         case .streamed(let totals):
             report = totals
             if file.kind == .zoom { try ZoomWriter(db: db, fileID: file.id).refreshVisitsOfFile() }
+            if file.kind == .zoomReport { try ZoomReportWriter(db: db, fileID: file.id).refreshOfFile() }
         }
         try db.cachedStatement(
             sql: """
@@ -747,7 +765,10 @@ extension AppDatabase {
         package var maxLatencyMs: Double?
         package var interpreterRequested: Bool
         package var events: Int
-        package var intervals: [(participantID: String, participantName: String?, joinedAt: String?, leftAt: String?)]
+        /// Each join/leave interval with where it came from: `webhook`, `report`, or `webhook+report` (webhooks
+        /// saw one end, a report gave the other).
+        package var intervals:
+            [(participantID: String, participantName: String?, joinedAt: String?, leftAt: String?, source: String)]
     }
 
     /// The visits of meeting `id` (a meeting id, or one visit's uuid), oldest first.
@@ -766,7 +787,7 @@ extension AppDatabase {
                 let intervals = try Row.fetchAll(
                     db,
                     sql: """
-                        SELECT participant_id, participant_name, joined_at, left_at FROM zoom_visit_intervals
+                        SELECT participant_id, participant_name, joined_at, left_at, source FROM zoom_visit_intervals
                         WHERE visit_uuid = ? ORDER BY joined_at IS NULL, joined_at, participant_id
                         """,
                     arguments: [uuid]
@@ -775,7 +796,8 @@ extension AppDatabase {
                         participantID: interval["participant_id"] as String,
                         participantName: interval["participant_name"] as String?,
                         joinedAt: interval["joined_at"] as String?,
-                        leftAt: interval["left_at"] as String?
+                        leftAt: interval["left_at"] as String?,
+                        source: interval["source"] as String
                     )
                 }
                 return ZoomVisit(

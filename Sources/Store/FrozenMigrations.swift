@@ -114,4 +114,55 @@ package enum FrozenMigrations {
         ) STRICT;
         CREATE INDEX audit_by_time ON audit (at);
         """
+
+    /// Migration "v10: Zoom participants reports in the visit timelines", as shipped. Intervals and visits
+    /// stored before it get what the merge needs from what they hold (an interval's e-mail stays unknown
+    /// until its visit is next refreshed).
+    package static let zoomReportsV10 = """
+        ALTER TABLE zoom_events ADD COLUMN participant_email TEXT;
+        UPDATE zoom_events
+        SET participant_email = nullif(CAST(json_extract(raw_json, '$.payload.object.participant.email') AS TEXT), '')
+        WHERE event_name LIKE '%participant%' AND json_valid(raw_json);
+
+        ALTER TABLE zoom_visits ADD COLUMN first_s INTEGER;
+        ALTER TABLE zoom_visits ADD COLUMN last_s INTEGER;
+        UPDATE zoom_visits SET
+            first_s = (SELECT min(event_ts) / 1000 FROM zoom_events e WHERE e.visit_uuid = zoom_visits.visit_uuid),
+            last_s = (SELECT max(event_ts) / 1000 FROM zoom_events e WHERE e.visit_uuid = zoom_visits.visit_uuid);
+
+        ALTER TABLE zoom_visit_intervals ADD COLUMN meeting_id TEXT;
+        ALTER TABLE zoom_visit_intervals ADD COLUMN participant_email TEXT;
+        ALTER TABLE zoom_visit_intervals ADD COLUMN joined_s INTEGER;
+        ALTER TABLE zoom_visit_intervals ADD COLUMN left_s INTEGER;
+        ALTER TABLE zoom_visit_intervals ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook'
+            CHECK (source IN ('webhook', 'report', 'webhook+report'));
+        UPDATE zoom_visit_intervals SET
+            meeting_id = (SELECT meeting_id FROM zoom_visits v WHERE v.visit_uuid = zoom_visit_intervals.visit_uuid),
+            joined_s = CAST(strftime('%s', joined_at) AS INTEGER),
+            left_s = CAST(strftime('%s', left_at) AS INTEGER);
+        CREATE INDEX zoom_visit_intervals_by_join ON zoom_visit_intervals (meeting_id, joined_s);
+
+        CREATE TABLE zoom_report_intervals (
+            seq               INTEGER PRIMARY KEY,
+            meeting_id        TEXT NOT NULL,
+            meeting_uuid      TEXT,
+            participant_key   TEXT NOT NULL,
+            joined_s          INTEGER NOT NULL,
+            participant_id    TEXT,
+            participant_email TEXT,
+            participant_name  TEXT,
+            left_s            INTEGER,
+            duration_seconds  INTEGER,
+            meeting_start_s   INTEGER,
+            meeting_end_s     INTEGER,
+            source            TEXT NOT NULL CHECK (source IN ('report-csv', 'report-api')),
+            visit_key         TEXT,
+            file_id           TEXT NOT NULL REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED,
+            record            INTEGER NOT NULL
+        ) STRICT;
+        CREATE UNIQUE INDEX zoom_report_key
+            ON zoom_report_intervals (meeting_id, ifnull(meeting_uuid, ''), participant_key, joined_s);
+        CREATE INDEX zoom_report_by_visit ON zoom_report_intervals (visit_key);
+        CREATE INDEX zoom_report_by_file ON zoom_report_intervals (file_id);
+        """
 }

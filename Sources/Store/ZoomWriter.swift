@@ -112,13 +112,13 @@ struct ZoomWriter {
                     INSERT INTO zoom_events
                         (meeting_id, visit_uuid, event_name, event_ts, participant_id, participant_name, join_time,
                          leave_time, start_time, end_time, latency_ms, interpreter_requested, account_id, raw_json,
-                         file_id, record)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                         file_id, record, participant_email)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """
             ).execute(arguments: [
                 event.meetingID, event.visitUUID, event.name, event.timestamp, event.participantID,
                 event.participantName, event.joinTime, event.leaveTime, event.startTime, event.endTime, event.latencyMs,
-                event.interpreterRequested ? 1 : 0, event.accountID, event.raw, fileID, record,
+                event.interpreterRequested ? 1 : 0, event.accountID, event.raw, fileID, record, event.participantEmail,
             ])
         }
         let inserted = if case .inserted = outcome { 1 } else { 0 }
@@ -138,74 +138,113 @@ struct ZoomWriter {
             sql: "SELECT DISTINCT visit_uuid FROM zoom_events WHERE file_id = ? AND visit_uuid IS NOT NULL",
             arguments: [fileID]
         )
-        for uuid in uuids { try refreshVisit(uuid) }
+        // And the report rows of their meetings resolved again (a visit's span may have grown).
+        try ZoomTouched(visits: Set(uuids)).refresh(db: db)
     }
 
-    /// Recomputes one visit's timeline from all of its events: the same set of events gives the same
-    /// timeline whatever order they arrived in. Its cost grows with the visit's events, so it runs once per
-    /// visit per transaction, never once per file: Zoom posts one event per request, and a visit of 4,000
-    /// events refreshed per file took 82 s (quadratic), refreshed per group commit about 1 s.
+    /// Recomputes one visit's timeline from all of its events and the report rows resolved to it: the same
+    /// set gives the same timeline whatever order they arrived in. Its cost grows with the visit's events,
+    /// so it runs once per visit per transaction, never once per file: Zoom posts one event per request,
+    /// and a visit of 4,000 events refreshed per file took 82 s (quadratic), refreshed per group commit
+    /// about 1 s. A visit left with neither (a report's visit whose rows moved to a webhook visit) goes.
     func refreshVisit(_ uuid: String) throws {
         let rows = try Row.fetchAll(
             db.cachedStatement(
                 sql: """
                     SELECT meeting_id, event_name, event_ts, participant_id, participant_name, join_time, leave_time,
-                           start_time, end_time, latency_ms, interpreter_requested
+                           start_time, end_time, latency_ms, interpreter_requested, participant_email
                     FROM zoom_events WHERE visit_uuid = ?
                     """
             ),
             arguments: [uuid]
         )
+        let reports = try Row.fetchAll(
+            db.cachedStatement(
+                sql: """
+                    SELECT meeting_id, participant_id, participant_email, participant_name, joined_s, left_s,
+                           meeting_start_s, meeting_end_s
+                    FROM zoom_report_intervals WHERE visit_key = ?
+                    """
+            ),
+            arguments: [uuid]
+        )
+        try db.execute(sql: "DELETE FROM zoom_visit_intervals WHERE visit_uuid = ?", arguments: [uuid])
+        if rows.isEmpty && reports.isEmpty {
+            try db.execute(sql: "DELETE FROM zoom_visits WHERE visit_uuid = ?", arguments: [uuid])
+            return
+        }
+        let events = rows.map { row in
+            VisitTimeline.Event(
+                name: row["event_name"],
+                timestamp: row["event_ts"],
+                participantID: row["participant_id"],
+                participantName: row["participant_name"],
+                participantEmail: row["participant_email"],
+                joinTime: row["join_time"],
+                leaveTime: row["leave_time"],
+                startTime: row["start_time"],
+                endTime: row["end_time"],
+                latencyMs: row["latency_ms"],
+                interpreterRequested: row["interpreter_requested"] == 1
+            )
+        }
         let timeline = VisitTimeline(
-            events: rows.map { row in
-                VisitTimeline.Event(
-                    name: row["event_name"],
-                    timestamp: row["event_ts"],
+            events: events,
+            reports: reports.map { row in
+                VisitTimeline.Report(
                     participantID: row["participant_id"],
-                    participantName: row["participant_name"],
-                    joinTime: row["join_time"],
-                    leaveTime: row["leave_time"],
-                    startTime: row["start_time"],
-                    endTime: row["end_time"],
-                    latencyMs: row["latency_ms"],
-                    interpreterRequested: row["interpreter_requested"] == 1
+                    email: row["participant_email"],
+                    name: row["participant_name"],
+                    joined: row["joined_s"],
+                    left: row["left_s"],
+                    meetingStart: row["meeting_start_s"],
+                    meetingEnd: row["meeting_end_s"]
                 )
             }
         )
-        let meetingID: String = rows.first?["meeting_id"] ?? ""
-        try db.execute(sql: "DELETE FROM zoom_visit_intervals WHERE visit_uuid = ?", arguments: [uuid])
+        let meetingID: String =
+            rows.first?["meeting_id"]
+            ?? reports.lazy.compactMap { $0["meeting_id"] as String? }.first { !$0.isEmpty } ?? ""
         try db.execute(
             sql: """
                 INSERT OR REPLACE INTO zoom_visits
                     (visit_uuid, meeting_id, started_at, ended_at, duration_seconds, max_latency_ms,
-                     interpreter_requested, participants, events)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     interpreter_requested, participants, events, first_s, last_s)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
                 uuid, meetingID, timeline.startedAt, timeline.endedAt, timeline.durationSeconds, timeline.maxLatencyMs,
                 timeline.interpreterRequested ? 1 : 0, Set(timeline.intervals.map(\.participantID)).count, rows.count,
+                timeline.span?.first, timeline.span?.last,
             ]
         )
         for interval in timeline.intervals {
             try db.cachedStatement(
                 sql: """
-                    INSERT INTO zoom_visit_intervals (visit_uuid, participant_id, participant_name, joined_at, left_at)
-                    VALUES (?, ?, ?, ?, ?)
+                    INSERT INTO zoom_visit_intervals
+                        (visit_uuid, participant_id, participant_name, joined_at, left_at, meeting_id, participant_email,
+                         joined_s, left_s, source)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """
             ).execute(arguments: [
-                uuid, interval.participantID, interval.participantName, interval.joinedAt, interval.leftAt,
+                uuid, interval.participantID, interval.participantName,
+                interval.joinedMs.map { RFC3339.format(epochMilliseconds: $0) },
+                interval.leftMs.map { RFC3339.format(epochMilliseconds: $0) }, meetingID, interval.email,
+                interval.joinedMs.map { VisitTimeline.seconds($0) }, interval.leftMs.map { VisitTimeline.seconds($0) },
+                interval.source.rawValue,
             ])
         }
     }
 }
 
-/// A visit's timeline, computed from its events alone (order-independent).
+/// A visit's timeline, computed from its events and its report rows alone (order-independent).
 struct VisitTimeline {
     struct Event {
         var name: String
         var timestamp: Int64
         var participantID: String?
         var participantName: String?
+        var participantEmail: String?
         var joinTime: String?
         var leaveTime: String?
         var startTime: String?
@@ -214,11 +253,33 @@ struct VisitTimeline {
         var interpreterRequested: Bool
     }
 
+    /// One row of a participants report (seconds since the epoch).
+    struct Report {
+        var participantID: String?
+        var email: String?
+        var name: String?
+        var joined: Int64
+        var left: Int64?
+        var meetingStart: Int64?
+        var meetingEnd: Int64?
+    }
+
+    enum Source: String {
+        case webhook
+        case report
+        /// Webhooks saw the join (or the leave); a report gave the other end.
+        case both = "webhook+report"
+    }
+
     struct Interval {
         var participantID: String
+        /// The id to match a report row with: the webhook's participant id, a report row's own id.
+        var matchID: String?
         var participantName: String?
-        var joinedAt: String?
-        var leftAt: String?
+        var email: String?
+        var joinedMs: Int64?
+        var leftMs: Int64?
+        var source: Source
     }
 
     var startedAt: String?
@@ -227,14 +288,23 @@ struct VisitTimeline {
     var maxLatencyMs: Double?
     var interpreterRequested: Bool
     var intervals: [Interval]
+    /// The first and last instant its webhook events name (seconds), which report rows are resolved
+    /// against; nil for a visit known from reports alone.
+    var span: (first: Int64, last: Int64)?
 
-    init(events: [Event]) {
+    /// Whole seconds of milliseconds since the epoch (rounded down, before 1970 as after).
+    static func seconds(_ ms: Int64) -> Int64 { ms >= 0 ? ms / 1_000 : (ms - 999) / 1_000 }
+
+    init(events: [Event], reports: [Report] = []) {
         /// Milliseconds of an ISO time, else of `event_ts`.
         func millis(_ iso: String?, _ fallback: Int64) -> Int64 {
             iso.flatMap(RFC3339.epochMilliseconds) ?? fallback
         }
-        let starts = events.filter { $0.name == "meeting.started" }.map { millis($0.startTime, $0.timestamp) }
-        let ends = events.filter { $0.name == "meeting.ended" }.map { millis($0.endTime, $0.timestamp) }
+        var starts = events.filter { $0.name == "meeting.started" }.map { millis($0.startTime, $0.timestamp) }
+        var ends = events.filter { $0.name == "meeting.ended" }.map { millis($0.endTime, $0.timestamp) }
+        // A visit whose webhooks never said when it started or ended: the report's meeting data does.
+        if starts.isEmpty { starts = reports.compactMap(\.meetingStart).map { $0 * 1_000 } }
+        if ends.isEmpty { ends = reports.compactMap(\.meetingEnd).map { $0 * 1_000 } }
         let start = starts.min()
         let end = ends.max()
         startedAt = start.map { RFC3339.format(epochMilliseconds: $0) }
@@ -249,66 +319,130 @@ struct VisitTimeline {
         }
         maxLatencyMs = events.compactMap(\.latencyMs).max()
         interpreterRequested = events.contains { $0.interpreterRequested }
+        var instants: [Int64] = []
+        for event in events {
+            instants.append(event.timestamp)
+            for iso in [event.joinTime, event.leaveTime, event.startTime, event.endTime] {
+                if let ms = iso.flatMap(RFC3339.epochMilliseconds) { instants.append(ms) }
+            }
+        }
+        if let first = instants.min(), let last = instants.max() {
+            span = (Self.seconds(first), Self.seconds(last))
+        }
 
         // Join/leave intervals per participant; a participant may leave and rejoin.
         struct Edge {
             var at: Int64
             var join: Bool
             var name: String?
+            var email: String?
         }
         var edges: [String: [Edge]] = [:]
         for event in events {
             guard let id = event.participantID else { continue }
             if event.name.hasSuffix("participant_joined") {
                 edges[id, default: []].append(
-                    Edge(at: millis(event.joinTime, event.timestamp), join: true, name: event.participantName)
+                    Edge(
+                        at: millis(event.joinTime, event.timestamp),
+                        join: true,
+                        name: event.participantName,
+                        email: event.participantEmail
+                    )
                 )
             } else if event.name.hasSuffix("participant_left") {
                 edges[id, default: []].append(
-                    Edge(at: millis(event.leaveTime, event.timestamp), join: false, name: event.participantName)
+                    Edge(
+                        at: millis(event.leaveTime, event.timestamp),
+                        join: false,
+                        name: event.participantName,
+                        email: event.participantEmail
+                    )
                 )
             }
         }
         var intervals: [Interval] = []
+        func interval(_ id: String, _ name: String?, _ email: String?, _ joined: Int64?, _ left: Int64?) -> Interval {
+            Interval(
+                participantID: id,
+                matchID: id,
+                participantName: name,
+                email: email,
+                joinedMs: joined,
+                leftMs: left,
+                source: .webhook
+            )
+        }
         for id in edges.keys.sorted() {
             // Same instant: the join first, so a zero-length visit is one interval.
             let sorted = edges[id]!.sorted { ($0.at, $0.join ? 0 : 1) < ($1.at, $1.join ? 0 : 1) }
-            var open: (at: Int64, name: String?)?
+            var open: Edge?
             for edge in sorted {
                 if edge.join {
-                    if open == nil { open = (edge.at, edge.name) }
+                    if open == nil { open = edge }
                 } else if let started = open {
                     intervals.append(
-                        Interval(
-                            participantID: id,
-                            participantName: started.name ?? edge.name,
-                            joinedAt: RFC3339.format(epochMilliseconds: started.at),
-                            leftAt: RFC3339.format(epochMilliseconds: edge.at)
-                        )
+                        interval(id, started.name ?? edge.name, started.email ?? edge.email, started.at, edge.at)
                     )
                     open = nil
                 } else {
                     // A leave with no join seen: the interval's start is unknown.
-                    intervals.append(
-                        Interval(
-                            participantID: id,
-                            participantName: edge.name,
-                            joinedAt: nil,
-                            leftAt: RFC3339.format(epochMilliseconds: edge.at)
-                        )
-                    )
+                    intervals.append(interval(id, edge.name, edge.email, nil, edge.at))
                 }
             }
-            if let started = open {
-                intervals.append(
-                    Interval(
-                        participantID: id,
-                        participantName: started.name,
-                        joinedAt: RFC3339.format(epochMilliseconds: started.at),
-                        leftAt: nil
-                    )
-                )
+            if let started = open { intervals.append(interval(id, started.name, started.email, started.at, nil)) }
+        }
+
+        // Report rows: one that is an interval already here (the same person, the same join second) adds
+        // only what it lacks — a leave the webhooks missed, or a join to a leave seen alone; any other is
+        // an interval of its own. Indexed by second, so a visit of many rows costs linear time.
+        var byJoin: [Int64: [Int]] = [:]
+        var leaveOnly: [Int64: [Int]] = [:]
+        for (index, interval) in intervals.enumerated() {
+            if let joined = interval.joinedMs {
+                byJoin[Self.seconds(joined), default: []].append(index)
+            } else if let left = interval.leftMs {
+                leaveOnly[Self.seconds(left), default: []].append(index)
             }
+        }
+        func same(_ report: Report, _ interval: Interval) -> Bool {
+            sameZoomParticipant(
+                (report.participantID, report.email, report.name),
+                (interval.matchID, interval.email, interval.participantName)
+            )
+        }
+        let ordered = reports.sorted {
+            ($0.joined, $0.participantID ?? "", $0.email ?? "", $0.name ?? "", $0.left ?? -1)
+                < ($1.joined, $1.participantID ?? "", $1.email ?? "", $1.name ?? "", $1.left ?? -1)
+        }
+        for report in ordered {
+            if let index = byJoin[report.joined]?.first(where: { same(report, intervals[$0]) }) {
+                if intervals[index].leftMs == nil, let left = report.left {
+                    intervals[index].leftMs = left * 1_000
+                    if intervals[index].source == .webhook { intervals[index].source = .both }
+                }
+                continue
+            }
+            if let left = report.left,
+                let at = leaveOnly[left]?.firstIndex(where: { same(report, intervals[$0]) })
+            {
+                let index = leaveOnly[left]!.remove(at: at)
+                intervals[index].joinedMs = report.joined * 1_000
+                intervals[index].source = .both
+                byJoin[report.joined, default: []].append(index)
+                continue
+            }
+            intervals.append(
+                Interval(
+                    participantID: report.participantID ?? report.email ?? report.name ?? "",
+                    matchID: report.participantID,
+                    participantName: report.name,
+                    email: report.email,
+                    joinedMs: report.joined * 1_000,
+                    leftMs: report.left.map { $0 * 1_000 },
+                    source: .report
+                )
+            )
+            byJoin[report.joined, default: []].append(intervals.count - 1)
         }
         self.intervals = intervals
     }

@@ -106,10 +106,20 @@ struct SpoolOptions: ParsableArguments {
                 throw ValidationError("inbox \(path) is listed twice, or is one of the spool's own inboxes")
             }
             extra.append(
-                Spool.Inbox(path: path, kind: inbox.kind, arrival: Spool.Arrival(rawValue: inbox.arrival) ?? .close)
+                Spool.Inbox(
+                    path: path,
+                    kind: inbox.kind,
+                    arrival: Spool.Arrival(rawValue: inbox.arrival) ?? .close,
+                    note: inbox.kind == Kind.zoomReport.rawValue
+                        ? LocalTimes(config.inboxTimes[inbox.path] ?? config.zoomReportTimes).note : nil
+                )
             )
         }
         var spool = Spool(root: root, kinds: Kind.allCases.map(\.rawValue), extraInboxes: extra)
+        // Every Zoom report claimed carries its inbox's local times beside it until its verdict.
+        for index in spool.inboxes.indices where spool.inboxes[index].kind == Kind.zoomReport.rawValue {
+            if spool.inboxes[index].note == nil { spool.inboxes[index].note = LocalTimes(config.zoomReportTimes).note }
+        }
         spool.decompression = config.decompressionLimits
         return (spool, db ?? config.database ?? (root + "/carespool.sqlite3"), config)
     }
@@ -567,6 +577,15 @@ struct Validate: AsyncParsableCommand {
     @Flag(help: "Print the report as JSON (the shape of the .error.json sidecar).")
     var json = false
 
+    @Option(help: "zoom-report: the IANA time zone of the report's local times (default: [zoom_report] timezone).")
+    var timezone: String?
+
+    @Option(help: "zoom-report: MM/DD/YYYY or DD/MM/YYYY (default: [zoom_report] date_order, else MM/DD/YYYY).")
+    var dateOrder: String?
+
+    @Option(help: "zoom-report: 12h, 24h or either (default: [zoom_report] clock, else either).")
+    var clock: String?
+
     @OptionGroup var configOption: ConfigOption
     @OptionGroup var schemaOption: SchemaOption
 
@@ -581,6 +600,28 @@ struct Validate: AsyncParsableCommand {
         }
         guard let data = FileManager.default.contents(atPath: file) else {
             throw ValidationError("cannot read \(file)")
+        }
+        func times(_ config: ConfigFile) throws -> LocalTimes {
+            var times = LocalTimes(config.zoomReportTimes)
+            if let timezone {
+                guard LocalTimes.isZoneName(timezone) else {
+                    throw ValidationError("--timezone: \(timezone) is not an IANA time zone name (America/Chicago)")
+                }
+                times.zone = timezone
+            }
+            if let dateOrder {
+                guard let order = LocalTimes.DateOrder(rawValue: dateOrder) else {
+                    throw ValidationError("--date-order: MM/DD/YYYY or DD/MM/YYYY")
+                }
+                times.dateOrder = order
+            }
+            if let clock {
+                guard let value = LocalTimes.Clock(rawValue: clock) else {
+                    throw ValidationError("--clock: 12h, 24h or either")
+                }
+                times.clock = value
+            }
+            return times
         }
         let config = try configOption.load()
         let catalog = try schemaOption.catalog(config: config)
@@ -610,7 +651,7 @@ struct Validate: AsyncParsableCommand {
                     outcome: .rejected,
                     errors: [RecordProblem(record: nil, line: nil, pointer: nil, message: $0)]
                 )
-            } ?? dryRun(bytes: bytes, kind: kind, catalog: catalog)
+            } ?? dryRun(bytes: bytes, kind: kind, catalog: catalog, fileName: file, times: try times(config))
         if json {
             print(report.json())
         } else {
@@ -748,5 +789,16 @@ struct Purge: AsyncParsableCommand {
         } catch {
             throw ValidationError("purge stopped: \(error.description)")
         }
+    }
+}
+
+extension LocalTimes {
+    /// The configuration's checked values (`[zoom_report]`, an `[[inbox]]`).
+    init(_ config: LocalTimeConfig) {
+        self.init(
+            zone: config.timezone,
+            dateOrder: DateOrder(rawValue: config.dateOrder) ?? .monthFirst,
+            clock: Clock(rawValue: config.clock) ?? .either
+        )
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import JSONSchema
+import Kinds
 import Store
 
 struct Query: AsyncParsableCommand {
@@ -31,7 +32,8 @@ struct ZoomQuery: AsyncParsableCommand {
             throw ValidationError("no database at \(databasePath)")
         }
         let database = try AppDatabase.open(path: databasePath, readonly: true)
-        let visits = try database.zoomVisits(meeting: meeting)
+        // A meeting id as Zoom prints it (`852 1848 6288`) is its digits.
+        let visits = try database.zoomVisits(meeting: zoomMeetingDigits(meeting) ?? meeting)
         if json {
             let values: [JSONValue] = visits.map { visit in
                 func text(_ s: String?) -> JSONValue { s.map { .string($0) } ?? .null }
@@ -41,6 +43,7 @@ struct ZoomQuery: AsyncParsableCommand {
                         .init(key: "participant_name", value: text(interval.participantName)),
                         .init(key: "joined_at", value: text(interval.joinedAt)),
                         .init(key: "left_at", value: text(interval.leftAt)),
+                        .init(key: "source", value: .string(interval.source)),
                     ])
                 }
                 return .object([
@@ -72,7 +75,9 @@ struct ZoomQuery: AsyncParsableCommand {
             print("  events    \(visit.events)")
             for interval in visit.intervals {
                 let who = interval.participantID + (interval.participantName.map { " (\($0))" } ?? "")
-                print("  \(interval.joinedAt ?? "?") – \(interval.leftAt ?? "…")  \(Terminal.safe(who))")
+                print(
+                    "  \(interval.joinedAt ?? "?") – \(interval.leftAt ?? "…")  \(Terminal.safe(who))  [\(interval.source)]"
+                )
             }
         }
     }
