@@ -233,8 +233,9 @@ extension Spool {
             do throws(SpoolError) {
                 total += try pendingCount(inbox.path)
             } catch {
-                // A replaced inbox is no longer used (the daemon says so once).
-                guard error.isNotAFolderAnyMore else { throw error }
+                // A replaced inbox is no longer used (the daemon says so once); one not made yet (a kind
+                // added by an upgrade, before the daemon's restart) holds nothing.
+                guard error.isNotAFolderAnyMore || error.code == ENOENT else { throw error }
             }
         }
         return total
@@ -247,7 +248,7 @@ extension Spool {
             do throws(SpoolError) {
                 if let arrived = try oldestPending(inbox.path) { oldest = min(oldest ?? arrived, arrived) }
             } catch {
-                guard error.isNotAFolderAnyMore else { throw error }
+                guard error.isNotAFolderAnyMore || error.code == ENOENT else { throw error }
             }
         }
         return oldest

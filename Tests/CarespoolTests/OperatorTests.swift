@@ -56,7 +56,8 @@ import Testing
         let text = try await Daemon.command(["status", "--config", config])
         let waiting = text.out.split(separator: "\n").first { $0.hasPrefix("  waiting") }.map(String.init) ?? ""
         let columns = waiting.split(separator: " ").map(String.init)
-        #expect(columns.count == 4 && columns[1].hasSuffix("s") && columns[2] == "-", "\(text.out)")
+        // A column per kind: appointments, zoom, intake, zoom-report.
+        #expect(columns.count == 5 && columns[1].hasSuffix("s") && columns[2] == "-" && columns[4] == "-", "\(text.out)")
     }
 
     @Test func failedShowRetryDropReportQueriesAndTheAuditTrail() async throws {
