@@ -140,7 +140,18 @@ package enum FrozenMigrations {
             meeting_id = (SELECT meeting_id FROM zoom_visits v WHERE v.visit_uuid = zoom_visit_intervals.visit_uuid),
             joined_s = CAST(strftime('%s', joined_at) AS INTEGER),
             left_s = CAST(strftime('%s', left_at) AS INTEGER);
-        CREATE INDEX zoom_visit_intervals_by_join ON zoom_visit_intervals (meeting_id, joined_s);
+        -- A report row is checked against the webhooks' intervals of its meeting and join second by one of
+        -- these, each exact to the participant and the leave: never a scan of everyone who joined that second.
+        CREATE INDEX zoom_webhook_intervals_by_id ON zoom_visit_intervals (meeting_id, joined_s, participant_id, left_s)
+            WHERE source = 'webhook';
+        CREATE INDEX zoom_webhook_intervals_by_email
+            ON zoom_visit_intervals (meeting_id, joined_s, lower(participant_email), left_s)
+            WHERE source = 'webhook' AND participant_email IS NOT NULL;
+        CREATE INDEX zoom_webhook_intervals_by_name ON zoom_visit_intervals (meeting_id, joined_s, participant_name, left_s)
+            WHERE source = 'webhook';
+        CREATE INDEX zoom_webhook_intervals_by_name_alone
+            ON zoom_visit_intervals (meeting_id, joined_s, participant_name, left_s)
+            WHERE source = 'webhook' AND participant_email IS NULL;
 
         CREATE TABLE zoom_report_intervals (
             seq               INTEGER PRIMARY KEY,

@@ -394,41 +394,39 @@ struct VisitTimeline {
 
         // Report rows: one that is an interval already here (the same person, the same join second) adds
         // only what it lacks — a leave the webhooks missed, or a join to a leave seen alone; any other is
-        // an interval of its own. Indexed by second, so a visit of many rows costs linear time.
-        var byJoin: [Int64: [Int]] = [:]
-        var leaveOnly: [Int64: [Int]] = [:]
+        // an interval of its own. Found through exact keys, so a visit of many rows costs linear time
+        // however many join in one second.
+        var byJoin = ParticipantIndex()
+        var leaveOnly = ParticipantIndex()
         for (index, interval) in intervals.enumerated() {
+            let who = (interval.matchID, interval.email, interval.participantName)
             if let joined = interval.joinedMs {
-                byJoin[Self.seconds(joined), default: []].append(index)
+                byJoin.add(index, second: Self.seconds(joined), who)
             } else if let left = interval.leftMs {
-                leaveOnly[Self.seconds(left), default: []].append(index)
+                leaveOnly.add(index, second: Self.seconds(left), who)
             }
-        }
-        func same(_ report: Report, _ interval: Interval) -> Bool {
-            sameZoomParticipant(
-                (report.participantID, report.email, report.name),
-                (interval.matchID, interval.email, interval.participantName)
-            )
         }
         let ordered = reports.sorted {
             ($0.joined, $0.participantID ?? "", $0.email ?? "", $0.name ?? "", $0.left ?? -1)
                 < ($1.joined, $1.participantID ?? "", $1.email ?? "", $1.name ?? "", $1.left ?? -1)
         }
         for report in ordered {
-            if let index = byJoin[report.joined]?.first(where: { same(report, intervals[$0]) }) {
+            let who = (report.participantID, report.email, report.name)
+            if let index = byJoin.first(second: report.joined, who) {
                 if intervals[index].leftMs == nil, let left = report.left {
                     intervals[index].leftMs = left * 1_000
                     if intervals[index].source == .webhook { intervals[index].source = .both }
                 }
                 continue
             }
-            if let left = report.left,
-                let at = leaveOnly[left]?.firstIndex(where: { same(report, intervals[$0]) })
-            {
-                let index = leaveOnly[left]!.remove(at: at)
+            if let left = report.left, let index = leaveOnly.take(second: left, who) {
                 intervals[index].joinedMs = report.joined * 1_000
                 intervals[index].source = .both
-                byJoin[report.joined, default: []].append(index)
+                byJoin.add(
+                    index,
+                    second: report.joined,
+                    (intervals[index].matchID, intervals[index].email, intervals[index].participantName)
+                )
                 continue
             }
             intervals.append(
@@ -442,8 +440,76 @@ struct VisitTimeline {
                     source: .report
                 )
             )
-            byJoin[report.joined, default: []].append(intervals.count - 1)
+            byJoin.add(intervals.count - 1, second: report.joined, who)
         }
         self.intervals = intervals
+    }
+}
+
+/// Intervals by second and person, for ``sameZoomParticipant``'s rule without comparing a row with every
+/// interval of its second: each interval is filed under exact keys, and a row looks up only keys whose
+/// every interval is the same person as it — by id when both have one, else e-mail, else name.
+struct ParticipantIndex {
+    private var lists: [String: [Int]] = [:]
+    /// Per key, how many of its first intervals are taken (``take(second:_:)``).
+    private var heads: [String: Int] = [:]
+    private var taken = Set<Int>()
+
+    private static func key(_ tag: Character, _ second: Int64, _ value: String) -> String {
+        "\(tag)\(second)\u{1}\(value)"
+    }
+
+    mutating func add(_ index: Int, second: Int64, _ who: (id: String?, email: String?, name: String?)) {
+        let email = who.email?.lowercased()
+        var keys: [String] = []
+        if let id = who.id { keys.append(Self.key("i", second, id)) }
+        if let email {
+            keys.append(Self.key("E", second, email))
+            if who.id == nil { keys.append(Self.key("e", second, email)) }
+        }
+        if let name = who.name {
+            keys.append(Self.key("N", second, name))
+            if who.id == nil { keys.append(Self.key("n", second, name)) }
+            if email == nil { keys.append(Self.key("m", second, name)) }
+            if who.id == nil && email == nil { keys.append(Self.key("o", second, name)) }
+        }
+        for key in keys { lists[key, default: []].append(index) }
+    }
+
+    /// The keys whose every interval is the same person as `who`.
+    private static func keys(_ second: Int64, _ who: (id: String?, email: String?, name: String?)) -> [String] {
+        let email = who.email?.lowercased()
+        switch (who.id, email) {
+        case (let id?, let email?):
+            // Those with an id by it; those without, by e-mail; those with neither, by name.
+            return [key("i", second, id), key("e", second, email)] + (who.name.map { [key("o", second, $0)] } ?? [])
+        case (let id?, nil):
+            return [key("i", second, id)] + (who.name.map { [key("n", second, $0)] } ?? [])
+        case (nil, let email?):
+            return [key("E", second, email)] + (who.name.map { [key("m", second, $0)] } ?? [])
+        case (nil, nil):
+            return who.name.map { [key("N", second, $0)] } ?? []
+        }
+    }
+
+    /// The first interval filed that is the same person as `who` in `second`.
+    func first(second: Int64, _ who: (id: String?, email: String?, name: String?)) -> Int? {
+        Self.keys(second, who).compactMap { lists[$0]?.first }.min()
+    }
+
+    /// As ``first(second:_:)`` among intervals not taken yet, and takes it. Each interval is passed over
+    /// at most once per key it is filed under: linear in all.
+    mutating func take(second: Int64, _ who: (id: String?, email: String?, name: String?)) -> Int? {
+        var best: (key: String, index: Int)?
+        for key in Self.keys(second, who) {
+            guard let list = lists[key] else { continue }
+            var head = heads[key] ?? 0
+            while head < list.count && taken.contains(list[head]) { head += 1 }
+            heads[key] = head
+            if head < list.count, best.map({ list[head] < $0.index }) ?? true { best = (key, list[head]) }
+        }
+        guard let best else { return nil }
+        taken.insert(best.index)
+        return best.index
     }
 }

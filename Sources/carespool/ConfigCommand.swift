@@ -74,12 +74,20 @@ struct ConfigCommand: AsyncParsableCommand {
                 "",
                 "[retention]",
                 "done_days = \(settings.retentionDays)",
+                "",
+                "[zoom_report]",
             ]
+            func times(_ times: LocalTimeConfig) -> [String] {
+                (times.timezone.map { ["timezone = \(quoted($0))"] } ?? ["# timezone: none (CSV reports are rejected)"])
+                    + ["date_order = \(quoted(times.dateOrder))", "clock = \(quoted(times.clock))"]
+            }
+            lines += times(config.zoomReportTimes)
             for inbox in config.inboxes {
                 lines += [
                     "", "[[inbox]]", "path = \(quoted(inbox.path))", "kind = \(quoted(inbox.kind))",
                     "arrival = \(quoted(inbox.arrival))",
                 ]
+                if let own = config.inboxTimes[inbox.path] { lines += times(own) }
             }
             if let notify = config.notify {
                 lines += ["", "[notify]"]

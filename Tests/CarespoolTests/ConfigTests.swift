@@ -135,6 +135,53 @@ import Testing
         #expect(error?.description.hasPrefix("/etc/carespool/carespool.toml:\(line): \(key): ") == true)
     }
 
+    /// Zoom report inboxes' local times: `[zoom_report]` for the spool's own, an `[[inbox]]`'s own, each
+    /// key else the section's; an abbreviation, an unknown zone or a path is refused, and only an inbox of
+    /// kind zoom-report reads local times.
+    @Test func zoomReportLocalTimesAreReadAndCheckedByLine() throws {
+        let kinds = Self.kinds + ["zoom-report"]
+        let text = """
+            [zoom_report]
+            timezone = "America/Chicago"
+            clock = "12h"
+
+            [[inbox]]
+            path = "/srv/sftp/berlin"
+            kind = "zoom-report"
+            timezone = "Europe/Berlin"
+            date_order = "DD/MM/YYYY"
+            """
+        let config = try ConfigFile(text: text, path: "c.toml", kinds: kinds)
+        #expect(config.zoomReportTimes.timezone == "America/Chicago")
+        #expect(config.zoomReportTimes.clock == "12h")
+        let berlin = try #require(config.inboxTimes["/srv/sftp/berlin"])
+        #expect(berlin.timezone == "Europe/Berlin")
+        #expect(berlin.dateOrder == "DD/MM/YYYY")
+        #expect(berlin.clock == "12h")
+        for (original, replacement, line, key, message) in [
+            ("\"America/Chicago\"", "\"CST\"", 2, "zoom_report.timezone", "CST is not an IANA time zone name"),
+            ("\"America/Chicago\"", "\"../../etc/passwd\"", 2, "zoom_report.timezone", "../../etc/passwd is not"),
+            ("\"Europe/Berlin\"", "\"Mars/Olympus\"", 8, "inbox[0].timezone", "Mars/Olympus is not"),
+            ("\"12h\"", "\"13h\"", 3, "zoom_report.clock", "must be one of either, 12h, 24h"),
+            ("\"DD/MM/YYYY\"", "\"YYYY/MM/DD\"", 9, "inbox[0].date_order", "must be one of MM/DD/YYYY"),
+            (
+                "kind = \"zoom-report\"", "kind = \"intake\"", 8, "inbox[0].timezone",
+                "only an inbox of kind zoom-report"
+            ),
+        ] {
+            let error = #expect(throws: ConfigError.self) {
+                try ConfigFile(
+                    text: text.replacingOccurrences(of: original, with: replacement),
+                    path: "c.toml",
+                    kinds: kinds
+                )
+            }
+            #expect(error?.line == line, "\(replacement)")
+            #expect(error?.key == key, "\(replacement)")
+            #expect(error?.message.hasPrefix(message) == true, "\(error?.message ?? "")")
+        }
+    }
+
     /// The commented default that `make install` puts in /etc/carespool: valid as shipped, and with
     /// every commented setting switched on.
     @Test func theShippedDefaultFileIsValid() throws {

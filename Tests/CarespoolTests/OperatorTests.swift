@@ -57,7 +57,10 @@ import Testing
         let waiting = text.out.split(separator: "\n").first { $0.hasPrefix("  waiting") }.map(String.init) ?? ""
         let columns = waiting.split(separator: " ").map(String.init)
         // A column per kind: appointments, zoom, intake, zoom-report.
-        #expect(columns.count == 5 && columns[1].hasSuffix("s") && columns[2] == "-" && columns[4] == "-", "\(text.out)")
+        #expect(
+            columns.count == 5 && columns[1].hasSuffix("s") && columns[2] == "-" && columns[4] == "-",
+            "\(text.out)"
+        )
     }
 
     @Test func failedShowRetryDropReportQueriesAndTheAuditTrail() async throws {

@@ -333,6 +333,83 @@ private func at(_ text: String) -> Int64 { RFC3339.epochMilliseconds(text)! / 1_
     }
 }
 
+extension ZoomReportStoreTests {
+    /// A hostile report cannot rewrite what the webhooks saw: the same person joining in the same second
+    /// with another leave is a rejected row, and the webhook interval stands.
+    @Test func aReportThatContradictsTheWebhooksIsRejectedAndTheirIntervalStands() throws {
+        let database = try AppDatabase.open(path: dir.file("x.sqlite3"))
+        _ = try commit(database, "w1", zoom: Self.webhooks)
+        let (parsed, _) = ZoomReportReader().read(
+            Array(
+                """
+                Name (Original Name),User Email,Join Time,Leave Time,Duration (Minutes)
+                Dr. Zoë Okafor,ZOE.OKAFOR@clinic.example,11/20/2026 09:00:05 AM,11/20/2026 11:00:00 AM,120
+
+                """.utf8
+            ),
+            fileName: "participants_93812345678.csv",
+            times: LocalTimeReader(ReportFixtures.chicago)
+        )
+        let file = PreparedFile(
+            id: "h1",
+            kind: .zoomReport,
+            originalName: "participants_93812345678.csv",
+            sha256: String(repeating: "4", count: 64),
+            size: 1,
+            receivedAt: "t",
+            content: .zoomReport(parsed)
+        )
+        let report = try database.commit([file], finishedAt: "t")[0].report
+        #expect(report.outcome == .rejected)
+        #expect(report.errors.first?.message.contains("conflicts with the webhooks") == true)
+        #expect(
+            try timeline(database).contains {
+                $0.contains("Okafor 2026-11-20T15:00:05.000Z 2026-11-20T15:30:00.000Z webhook")
+            }
+        )
+    }
+
+    /// Everyone joining in one second (a hostile report of 20,000 people joining at 09:00:00) costs about
+    /// what the same rows at different seconds cost: rows are matched by exact keys, never each against
+    /// every other of its second (that was quadratic: 2e8 comparisons).
+    @Test func rowsCrowdedIntoOneSecondCostNoMoreThanRowsSpreadOut() throws {
+        func seconds(_ crowded: Bool, _ name: String) throws -> Double {
+            let database = try AppDatabase.open(path: dir.file(name))
+            var rows = "Name (Original Name),User Email,Join Time,Leave Time,Duration (Minutes)\n"
+            for n in 0..<20_000 {
+                let second = crowded ? 0 : n % 60
+                let minute = crowded ? 0 : n / 60 % 60
+                let hour = crowded ? 9 : 9 + n / 3_600
+                let join = String(format: "11/20/2026 %02d:%02d:%02d", hour, minute, second)
+                rows += "Ñame \(n),,\(join),11/20/2026 20:00:00,\(n)\n"
+            }
+            let start = ContinuousClock.now
+            let (parsed, _) = ZoomReportReader().read(
+                Array(rows.utf8),
+                fileName: "participants_93812345678.csv",
+                times: LocalTimeReader(ReportFixtures.chicago)
+            )
+            for id in ["c1", "c2"] {
+                let file = PreparedFile(
+                    id: id,
+                    kind: .zoomReport,
+                    originalName: "participants_93812345678.csv",
+                    sha256: String(repeating: id == "c1" ? "5" : "6", count: 64),
+                    size: 1,
+                    receivedAt: "t",
+                    content: .zoomReport(parsed)
+                )
+                _ = try database.commit([file], finishedAt: "t")
+            }
+            let elapsed = ContinuousClock.now - start
+            return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        }
+        let spread = try seconds(false, "spread.sqlite3")
+        let crowded = try seconds(true, "crowded.sqlite3")
+        #expect(crowded < spread * 5 + 1, "crowded \(crowded) s, spread \(spread) s")
+    }
+}
+
 /// Zoom reports through the real daemon: a partner's inbox with its own zone, the spool's own inbox with
 /// `[zoom_report]`'s, webhooks first, then last week's reports.
 @Suite(.serialized) struct ZoomReportDaemonTests {
