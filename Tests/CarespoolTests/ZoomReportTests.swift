@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import JSONSchema
 import Kinds
+import Pipeline
 import Store
 import Subprocess
 import Testing
@@ -87,6 +88,55 @@ private func at(_ text: String) -> Int64 { RFC3339.epochMilliseconds(text)! / 1_
         #expect(LocalTimes.isZoneName("UTC"))
         #expect(!LocalTimes.isZoneName("CST"))
         #expect(!LocalTimes.isZoneName("Mars/Olympus_Mons"))
+    }
+}
+
+/// Every fixture, as a partner's dry run (`carespool validate`) judges it: outcome, counts, and the words
+/// of each rejected row's problem with its line.
+@Suite struct ZoomReportFixtureTests {
+    @Test(arguments: [
+        (
+            "layout-a-meeting-data.csv", ReportFixtures.chicago, "partial", 3, 1,
+            ["record 4 /Join Time: \"03/08/2026 02:30:00 AM\" never happened in America/Chicago"]
+        ),
+        (
+            "layout-b-flattened.csv", ReportFixtures.londonDayFirst, "partial", 2, 1,
+            ["record 3 /Join Time: \"31/04/2023 00:30\": no such date (DD/MM/YYYY) (line 4)"]
+        ),
+        ("participants_93812345678.csv", ReportFixtures.chicago, "accepted", 3, 0, []),
+        (
+            "reports-api-pages.json", LocalTimes(), "partial", 1, 1,
+            ["record 2 /1/participants/0/join_time: \"20/11/2026 15:10\" is not an RFC 3339 date-time"]
+        ),
+        // The same files read with settings that do not fit: rejected, not guessed. (A date that fits both
+        // orders, 01/06/2023, is read in the inbox's: the setting is the operator's, OPERATIONS.md says so.)
+        (
+            "layout-b-flattened.csv", LocalTimes(zone: "Europe/London", dateOrder: .dayFirst, clock: .twelve),
+            "rejected", 0, 3, ["record 1 /Join Time: \"01/06/2023 00:21\" has no AM/PM"]
+        ),
+        ("layout-a-meeting-data.csv", LocalTimes(), "rejected", 0, 0, ["line 4: no time zone is configured"]),
+    ])
+    func eachFixtureIsJudgedAsDocumented(
+        name: String,
+        times: LocalTimes,
+        outcome: String,
+        stored: Int,
+        rejected: Int,
+        problems: [String]
+    ) throws {
+        let report = try dryRun(
+            bytes: try ReportFixtures.bytes(name),
+            kind: .zoomReport,
+            catalog: try projectCatalog(),
+            fileName: name,
+            times: times
+        )
+        #expect(report.outcome.rawValue == outcome, "\(name)")
+        #expect(report.stored == stored, "\(name)")
+        #expect(report.rejected == rejected, "\(name)")
+        for problem in problems {
+            #expect(report.errors.contains { $0.text.hasPrefix(problem) }, "\(name): \(report.errors.map(\.text))")
+        }
     }
 }
 
@@ -522,6 +572,24 @@ extension ZoomReportStoreTests {
         #expect(london?["duration_seconds"] == 37 * 60)
         // Nothing left beside processing/ files: the inbox notes went with their files.
         #expect(view.processing("zoom-report").isEmpty)
+    }
+
+    /// `carespool validate` for partners: the zone on the command line, the verdict and each problem.
+    @Test func validateJudgesAReportInTheZoneItIsGiven() async throws {
+        let a = ReportFixtures.folder.appendingPathComponent("layout-a-meeting-data.csv").path
+        let checked = try await Daemon.command([
+            "validate", "--kind", "zoom-report", "--timezone", "America/Chicago", a,
+        ])
+        #expect(checked.status == .exited(1))
+        #expect(checked.out.contains(": partial"))
+        #expect(checked.out.contains("would store 3, skip 0 duplicates, reject 1"))
+        #expect(checked.out.contains("never happened in America/Chicago"))
+        let unzoned = try await Daemon.command(["validate", "--kind", "zoom-report", a])
+        #expect(unzoned.status == .exited(1))
+        #expect(unzoned.out.contains("no time zone is configured"))
+        let wrong = try await Daemon.command(["validate", "--kind", "zoom-report", "--timezone", "CST", a])
+        #expect(wrong.status != .exited(0))
+        #expect(wrong.err.contains("not an IANA time zone name"))
     }
 
     /// A report larger than the stream threshold is streamed in chunks, with the same verdicts, and a
