@@ -60,12 +60,12 @@ def free_port():
 class Daemon:
     """One run of `carespool serve` on a spool; stopped by SIGTERM or killed."""
 
-    def __init__(self, binary, spool, db=None, http=None, extra=()):
+    def __init__(self, binary, spool, db=None, http=None, extra=(), config="/dev/null"):
         self.spool = spool
         ready = os.path.join(spool, "processing", "retrying.json")
         if os.path.exists(ready):
             os.unlink(ready)  # written anew by every start: the readiness sign
-        args = [binary, "serve", "--config", "/dev/null", "--spool", spool, "--schema", SCHEMA,
+        args = [binary, "serve", "--config", config, "--spool", spool, "--schema", SCHEMA,
                 "--settle-ms", "200", "--rescan-ms", "1000", "--log-level", "warning",
                 "--http", "127.0.0.1:%d" % http if http else "off"]
         if db:
@@ -765,6 +765,49 @@ def gzip_shapes(shapes, size):
     ]
 
 
+def report_shapes(size):
+    """Zoom participants reports for the cost campaign (the inbox's zone is America/Chicago): everyone
+    joining in one second (rows matched by exact keys, never each against its second's others), one name
+    of 4 MB, a meeting per row of a one-table export, the skipped hour on every row, and Reports API pages
+    over the stream threshold (refused unread)."""
+    header = "Name (Original Name),User Email,Join Time,Leave Time,Duration (Minutes)\n"
+    row = "Ñandú %d, Pérez,,11/20/2026 09:00:00 AM,11/20/2026 10:00:00 AM,60\n"
+    crowded = [header]
+    total = len(header)
+    n = 0
+    while total < size:
+        line = '"' + (row % n).replace(",,", '",,', 1)
+        crowded.append(line)
+        total += len(line.encode())
+        n += 1
+    long_name = header + '"%s",x@example.org,11/20/2026 09:00:00 AM,11/20/2026 10:00:00 AM,60\n' % ("ñ" * (2 << 20))
+    flat_header = ("Topic,Meeting ID,User Name,User Email,Department,Group,Has Zoom Rooms,Creation Time,Start Time,"
+                   "End Time,Duration (Minutes),Participants,Name (Original Name),User Email,Join Time,Leave Time,"
+                   "Duration (Minutes),Guest\n")
+    flat = [flat_header]
+    total = len(flat_header)
+    n = 0
+    while total < size:
+        line = ("Visita,%d,Dr. Núñez,host@example.org,,,No,,11/20/2026 09:00,11/20/2026 10:00,60,2,Zoë %d,"
+                "z%d@example.org,11/20/2026 09:%02d,11/20/2026 09:59,30,No\n" % (80000000000 + n, n, n, n % 60))
+        flat.append(line)
+        total += len(line.encode())
+        n += 1
+    skipped = header + "".join("P%d,,03/08/2026 02:%02d:00 AM,03/08/2026 03:30:00 AM,30\n" % (i, i % 60)
+                               for i in range(size // 60))
+    pages = json.dumps([{"meeting_id": "93812345678", "participants": [
+        {"user_id": str(16778240 + i), "name": "Ana %d" % i, "user_email": "",
+         "join_time": "2026-11-20T15:00:00Z", "leave_time": "2026-11-20T15:30:00Z", "duration": 1800}
+        for i in range(300)]}] * max(1, size // 30000))
+    return [
+        ("zoom-report", "participants_93800000001-crowded", "csv", "".join(crowded).encode()),
+        ("zoom-report", "participants_93800000002-long-name", "csv", long_name.encode()),
+        ("zoom-report", "report-meeting-per-row", "csv", "".join(flat).encode()),
+        ("zoom-report", "participants_93800000003-skipped-hour", "csv", skipped.encode()),
+        ("zoom-report", "participants_93812345678-pages", "json", pages.encode()),
+    ]
+
+
 def campaign_cost(binary, work, full):
     """Every adversarial shape of bench/shapes.py (8 MB; 32 MB with --full), dropped into its inbox and
     posted (appointment shapes to /ingest's 64 MiB door as well as the webhook's 1 MiB one), while an
@@ -777,7 +820,10 @@ def campaign_cost(binary, work, full):
     budget_mib = 256
     spool = os.path.join(work, "spool")
     port = free_port()
-    daemon = Daemon(binary, spool, http=port)
+    config = os.path.join(work, "carespool.toml")
+    with open(config, "w") as f:
+        f.write('[zoom_report]\ntimezone = "America/Chicago"\n')
+    daemon = Daemon(binary, spool, http=port, config=config)
     daemon.wait_listening(port)
     size = (32 if full else 8) * 1000 * 1000
     stop = threading.Event()
@@ -829,7 +875,7 @@ def campaign_cost(binary, work, full):
     sent_shapes = []
     answers = {}
     try:
-        for kind, name, suffix, data in list(shapes.shapes(size)) + gzip_shapes(shapes, size):
+        for kind, name, suffix, data in list(shapes.shapes(size)) + gzip_shapes(shapes, size) + report_shapes(size):
             if name.startswith("plain"):
                 continue
             staged = os.path.join(work, "staged")
@@ -837,7 +883,7 @@ def campaign_cost(binary, work, full):
                 f.write(data)
             os.rename(staged, os.path.join(spool, "inbox", kind, "%s.%s" % (name, suffix)))
             sent_shapes.append((kind, "%s.%s" % (name, suffix)))
-            paths = ["/ingest"] if kind == "intake" else ["/webhook/appointments", "/ingest"]
+            paths = [] if kind == "zoom-report" else ["/ingest"] if kind == "intake" else ["/webhook/appointments", "/ingest"]
             for path in paths:
                 if kind == "intake" and suffix == "csv":
                     continue  # the door takes JSON only; CSV is a drop
@@ -853,7 +899,7 @@ def campaign_cost(binary, work, full):
         for thread in threads:
             thread.join()
     r.sent = len(sent_shapes) + len(dropped) + len(posted)
-    if not settled(spool, kinds=("appointments", "intake"), timeout=300):
+    if not settled(spool, kinds=("appointments", "intake", "zoom-report"), timeout=300):
         r.fail("the spool did not settle")
     peak = peak_rss_mib(daemon.process.pid)
     if not daemon.alive():

@@ -199,9 +199,9 @@ package struct ConfigFile: Sendable {
                 guard Self.arrivals.contains(arrival) else {
                     throw reader.error(at + ".arrival", "must be one of " + Self.arrivals.joined(separator: ", "))
                 }
-                if LocalTimeConfig.keys.contains(where: { entry[$0] != nil }) {
+                if let key = LocalTimeConfig.keys.first(where: { entry[$0] != nil }) {
                     guard kind == "zoom-report" else {
-                        throw reader.error(at + ".timezone", "only an inbox of kind zoom-report reads local times")
+                        throw reader.error(at + "." + key, "only an inbox of kind zoom-report reads local times")
                     }
                     inboxTimes[folder] = try Self.localTimes(entry, at: at, reader: reader, base: zoomReportTimes)
                 }
@@ -340,7 +340,8 @@ package struct ConfigFile: Sendable {
         var times = base
         let prefix = at + "."
         if let zone = try reader.string(table, "timezone", at: at, nonEmpty: true) {
-            guard zone.contains("/") || zone == "UTC", TimeZone(identifier: zone) != nil else {
+            // `Etc/GMT+5` is UTC−5 (POSIX's sign): a trap, and no daylight saving time anyway — refused.
+            guard zone.contains("/") || zone == "UTC", !zone.hasPrefix("Etc/"), TimeZone(identifier: zone) != nil else {
                 throw reader.error(
                     prefix + "timezone",
                     "\(zone) is not an IANA time zone name this machine knows (America/Chicago, Europe/Berlin, UTC)"

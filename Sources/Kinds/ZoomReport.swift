@@ -30,7 +30,7 @@ package struct LocalTimes: Sendable, Hashable {
     /// Whether `name` is an IANA zone name this machine knows (`America/Chicago`, `UTC`): abbreviations
     /// such as `CST` are refused, they name no rule for daylight saving time.
     package static func isZoneName(_ name: String) -> Bool {
-        (name.contains("/") || name == "UTC") && TimeZone(identifier: name) != nil
+        (name.contains("/") || name == "UTC") && !name.hasPrefix("Etc/") && TimeZone(identifier: name) != nil
     }
 
     /// One line, as kept beside a claimed file and in its report: `America/Chicago MM/DD/YYYY either`.
@@ -79,6 +79,33 @@ package struct LocalTimeReader: Sendable {
     private static let months = [
         "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
     ]
+    private static let monthNames = [
+        "january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+        "november", "december",
+    ]
+
+    /// The month a word names (`Sep`, `Sept`, `September`, any case), or nil.
+    private static func month(_ word: Substring) -> Int? {
+        let lower = word.lowercased()
+        if let index = months.firstIndex(of: lower) ?? monthNames.firstIndex(of: lower) { return index + 1 }
+        return lower == "sept" ? 9 : nil
+    }
+
+    /// As ``instant(_:)``, and whether the text gave only minutes (`09:00` names a minute: matched to the
+    /// webhooks' joins within it).
+    package func instantAndPrecision(_ text: String) -> Result<(seconds: Int64, toTheMinute: Bool), TimeProblem> {
+        // A time written with its offset (`2026-11-01T01:30:00-05:00`, `… 06:30:00Z`) needs no zone: the way
+        // to give a time of the repeated hour.
+        let trimmed = text.trimmingASCIIWhitespace()
+        if trimmed.count >= 20,
+            let ms = RFC3339.epochMilliseconds(trimmed)
+                ?? RFC3339.epochMilliseconds(trimmed.replacingOccurrences(of: " ", with: "T"))
+        {
+            return .success((ms >= 0 ? ms / 1_000 : (ms - 999) / 1_000, false))
+        }
+        let seconds = trimmed.split(separator: " ").contains { $0.split(separator: ":").count == 3 }
+        return instant(text).map { ($0, !seconds) }
+    }
 
     /// The instant `text` names in the inbox's zone, or why it names none: not a date-time as this inbox
     /// writes them, an impossible date, or a local time that daylight saving time skipped or repeated
@@ -95,11 +122,13 @@ package struct LocalTimeReader: Sendable {
             var token = Substring(token)
             let upper = token.uppercased()
             if upper == "AM" || upper == "PM" {
+                guard meridiem == nil else { return .failure("\(quoted): AM/PM twice") }
                 meridiem = upper == "PM"
                 continue
             }
             if token.contains(":") {
                 if upper.hasSuffix("AM") || upper.hasSuffix("PM") {
+                    guard meridiem == nil else { return .failure("\(quoted): AM/PM twice") }
                     meridiem = upper.hasSuffix("PM")
                     token = token.dropLast(2)
                 }
@@ -132,8 +161,11 @@ package struct LocalTimeReader: Sendable {
                 }
                 continue
             }
-            if let month = Self.months.firstIndex(where: { token.lowercased().hasPrefix($0) }), token.count <= 9 {
-                monthName = month + 1
+            if let month = Self.month(token) {
+                guard monthName == nil else {
+                    return .failure("\(quoted) is not a date-time as this inbox reads them (\(expected))")
+                }
+                monthName = month
                 continue
             }
             guard let n = Self.number(token, digits: 1...4) else {
@@ -182,15 +214,16 @@ package struct LocalTimeReader: Sendable {
             return .failure(
                 TimeProblem(
                     message:
-                        "\(quoted) never happened in \(zone): the clocks were put forward over it (daylight saving "
-                        + "time); not guessed"
+                        "\(quoted) never happened in \(zone): its clocks skipped it (put forward for daylight saving "
+                        + "time, or another change of offset); not guessed"
                 )
             )
         default:
             return .failure(
                 TimeProblem(
-                    message: "\(quoted) happened twice in \(zone): the clocks were put back over it (daylight saving "
-                        + "time), so which one is unknown; not guessed"
+                    message: "\(quoted) happened twice in \(zone): its clocks were put back over it (daylight saving "
+                        + "time), so which one is unknown; not guessed — write it with its offset "
+                        + "(2026-11-01T01:30:00-05:00) or in UTC (…Z)"
                 )
             )
         }
@@ -220,6 +253,9 @@ package struct ZoomReportRow: Sendable, Equatable {
     package var joined: Int64
     package var left: Int64?
     package var durationSeconds: Int?
+    /// The report gave its times to the minute only (`09:00`): it is the same join as a webhook's in
+    /// that minute.
+    package var toTheMinute = false
     /// The meeting's start and end as the report gives them (layouts with meeting data), seconds.
     package var meetingStart: Int64?
     package var meetingEnd: Int64?
@@ -404,7 +440,9 @@ package struct ZoomReportCSV: Sendable {
     private mutating func table(_ record: CSVRecord, names: [String]) {
         let keys = names.map { $0.trimmingASCIIWhitespace().lowercased() }
         let nameAt = keys.firstIndex { $0 == "name (original name)" || $0 == "name" || $0 == "participant" }
-        let from = nameAt ?? 0
+        // Only the one-table export has meeting columns before the participant's: there the participant's
+        // are those after its name; elsewhere any column is the participant's, in any order.
+        let from = keys[..<(nameAt ?? 0)].contains("meeting id") ? nameAt! : 0
         func find(_ key: String, after start: Int) -> Int? { keys[start...].firstIndex(of: key) }
         let email = find("user email", after: from)
         guard let join = find("join time", after: from), let leave = find("leave time", after: from) else {
@@ -489,9 +527,10 @@ package struct ZoomReportCSV: Sendable {
             end = text(columns.end).flatMap { try? times.instant($0).get() }
         }
         var joined: Int64 = 0
+        var toTheMinute = false
         if let value = text(columns.join) {
-            switch times.instant(value) {
-            case .success(let at): joined = at
+            switch times.instantAndPrecision(value) {
+            case .success(let at): (joined, toTheMinute) = at
             case .failure(let problem): add(columns.join, problem.message)
             }
         } else {
@@ -499,10 +538,10 @@ package struct ZoomReportCSV: Sendable {
         }
         var left: Int64?
         if let value = text(columns.leave) {
-            switch times.instant(value) {
+            switch times.instantAndPrecision(value) {
             case .success(let at):
-                left = at
-                if problems.isEmpty && at < joined { add(columns.leave, "before Join Time") }
+                left = at.seconds
+                if problems.isEmpty && at.seconds < joined { add(columns.leave, "before Join Time") }
             case .failure(let problem): add(columns.leave, problem.message)
             }
         }
@@ -520,21 +559,21 @@ package struct ZoomReportCSV: Sendable {
             add(columns.name ?? columns.email!, "missing: a participant needs a name or an e-mail")
         }
         if !problems.isEmpty { return .failure(Problems(problems)) }
-        return .success(
-            ZoomReportRow(
-                meetingID: meetingID,
-                meetingUUID: nil,
-                participantID: nil,
-                email: email,
-                name: name,
-                joined: joined,
-                left: left,
-                durationSeconds: duration,
-                meetingStart: start,
-                meetingEnd: end,
-                source: .csv
-            )
+        var row = ZoomReportRow(
+            meetingID: meetingID,
+            meetingUUID: nil,
+            participantID: nil,
+            email: email,
+            name: name,
+            joined: joined,
+            left: left,
+            durationSeconds: duration,
+            meetingStart: start,
+            meetingEnd: end,
+            source: .csv
         )
+        row.toTheMinute = toTheMinute
+        return .success(row)
     }
 }
 
@@ -600,11 +639,16 @@ package struct ZoomReportReader: Sendable {
                 pageProblem("a page is a JSON object with participants[] (the Reports API's answer)")
                 continue
             }
-            let uuid = (value["meeting_uuid"] ?? value["uuid"])?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+            let uuidValue = value["meeting_uuid"] ?? value["uuid"]
+            let uuid = uuidValue?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+            if uuid == nil, let uuidValue, uuidValue != .null, uuidValue.stringValue == nil {
+                pageProblem("meeting_uuid: must be a string (the visit's uuid)")
+                continue
+            }
             var meetingID: String?
             if let id = value["meeting_id"] ?? value["id"] {
                 switch id {
-                case .number(let text): meetingID = zoomMeetingDigits(text)
+                case .number(let text) where !text.hasPrefix("-"): meetingID = zoomMeetingDigits(text)
                 case .string(let text): meetingID = zoomMeetingDigits(text)
                 default: break
                 }

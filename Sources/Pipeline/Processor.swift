@@ -978,8 +978,13 @@ final class Engine: @unchecked Sendable {
         receivedAt: String,
         fresh: Bool
     ) -> Prepared {
-        // NDJSON cut short (its last line no record, with no line end): rejected whole, nothing stored.
-        if let truncated = TailCheck.ndjson(bytes, limit: configuration.recordLimit) {
+        // NDJSON (or a report's CSV) cut short (its last line no record, with no line end): rejected whole,
+        // nothing stored. A CSV row is judged as CSV: a complete last row without a line end is whole.
+        let reportCSV = kind == .zoomReport && !ZoomReportReader.isJSON(bytes)
+        if let truncated = reportCSV
+            ? TailCheck.csv(bytes, limit: configuration.recordLimit)
+            : TailCheck.ndjson(bytes, limit: configuration.recordLimit)
+        {
             return unread(file, kind: kind, receivedAt: receivedAt, mayHaveLedgerRow: !fresh, problem: truncated)
         }
         let digest =

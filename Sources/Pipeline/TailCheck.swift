@@ -83,7 +83,14 @@ package struct TailCheck {
         )
     }
 
-    /// The same judgement over a whole file in memory: for an NDJSON file (not one JSON document).
+    /// The same judgement over a whole CSV file in memory (a report read whole).
+    package static func csv(_ bytes: [UInt8], limit: Int) -> RecordProblem? {
+        var check = TailCheck(csv: true, limit: limit)
+        check.feed(bytes[...])
+        return check.problem(headerWidth: nil)
+    }
+
+    /// The same judgement over a whole NDJSON file in memory (not one JSON document).
     package static func ndjson(_ bytes: [UInt8], limit: Int) -> RecordProblem? {
         guard let last = bytes.last, last != 0x0A, bytes.contains(0x0A) else { return nil }
         if (try? JSONParser.check(bytes, keepUpTo: 0)) != nil { return nil }  // one (pretty-printed) document

@@ -440,6 +440,7 @@ extension AppDatabase {
 
     /// An earlier file of `kind` with these bytes whose records were stored, other than `id`.
     package func earlierFile(kind: Kind, sha256: String, excluding id: String) throws(StoreError) -> String? {
+        if kind == .zoomReport { return nil }  // as in sameBytes: its rows decide
         do {
             return try writer.read { db in
                 try String.fetchOne(
@@ -602,7 +603,10 @@ extension AppDatabase {
 
     /// An earlier file of the same kind with the same bytes whose records were stored.
     private static func sameBytes(_ file: PreparedFile, db: Database) throws -> String? {
-        try String.fetchOne(
+        // A report's bytes are not all it says: its meeting may come from its name and its times from its
+        // inbox's zone, so the same bytes named or dropped otherwise are another report (its rows decide).
+        if file.kind == .zoomReport { return nil }
+        return try String.fetchOne(
             db.cachedStatement(
                 sql: """
                     SELECT id FROM files INDEXED BY files_by_sha256

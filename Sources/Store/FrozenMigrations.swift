@@ -134,24 +134,27 @@ package enum FrozenMigrations {
         ALTER TABLE zoom_visit_intervals ADD COLUMN participant_email TEXT;
         ALTER TABLE zoom_visit_intervals ADD COLUMN joined_s INTEGER;
         ALTER TABLE zoom_visit_intervals ADD COLUMN left_s INTEGER;
+        ALTER TABLE zoom_visit_intervals ADD COLUMN joined_m INTEGER;
         ALTER TABLE zoom_visit_intervals ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook'
             CHECK (source IN ('webhook', 'report', 'webhook+report'));
         UPDATE zoom_visit_intervals SET
             meeting_id = (SELECT meeting_id FROM zoom_visits v WHERE v.visit_uuid = zoom_visit_intervals.visit_uuid),
             joined_s = CAST(strftime('%s', joined_at) AS INTEGER),
             left_s = CAST(strftime('%s', left_at) AS INTEGER);
-        -- A report row is checked against the webhooks' intervals of its meeting and join second by one of
-        -- these, each exact to the participant and the leave: never a scan of everyone who joined that second.
-        CREATE INDEX zoom_webhook_intervals_by_id ON zoom_visit_intervals (meeting_id, joined_s, participant_id, left_s)
+        UPDATE zoom_visit_intervals SET joined_m = joined_s / 60;
+        -- A report row is checked against the webhooks' intervals of its meeting and join minute by one of
+        -- these, each exact to the participant: never a scan of everyone who joined that minute.
+        CREATE INDEX zoom_webhook_intervals_by_id ON zoom_visit_intervals (meeting_id, joined_m, participant_id)
             WHERE source = 'webhook';
-        CREATE INDEX zoom_webhook_intervals_by_email
-            ON zoom_visit_intervals (meeting_id, joined_s, lower(participant_email), left_s)
+        CREATE INDEX zoom_webhook_intervals_by_email ON zoom_visit_intervals (meeting_id, joined_m, lower(participant_email))
             WHERE source = 'webhook' AND participant_email IS NOT NULL;
-        CREATE INDEX zoom_webhook_intervals_by_name ON zoom_visit_intervals (meeting_id, joined_s, participant_name, left_s)
+        CREATE INDEX zoom_webhook_intervals_by_name ON zoom_visit_intervals (meeting_id, joined_m, participant_name)
             WHERE source = 'webhook';
         CREATE INDEX zoom_webhook_intervals_by_name_alone
-            ON zoom_visit_intervals (meeting_id, joined_s, participant_name, left_s)
+            ON zoom_visit_intervals (meeting_id, joined_m, participant_name)
             WHERE source = 'webhook' AND participant_email IS NULL;
+        -- Report rows are resolved to visits within a window of time around what changed.
+        CREATE INDEX zoom_visits_by_start ON zoom_visits (meeting_id, first_s);
 
         CREATE TABLE zoom_report_intervals (
             seq               INTEGER PRIMARY KEY,
@@ -159,6 +162,8 @@ package enum FrozenMigrations {
             meeting_uuid      TEXT,
             participant_key   TEXT NOT NULL,
             joined_s          INTEGER NOT NULL,
+            -- 60 when the report gave the join to the minute only (`09:00`): matched within that minute.
+            join_precision    INTEGER NOT NULL DEFAULT 1 CHECK (join_precision IN (1, 60)),
             participant_id    TEXT,
             participant_email TEXT,
             participant_name  TEXT,
@@ -174,6 +179,7 @@ package enum FrozenMigrations {
         CREATE UNIQUE INDEX zoom_report_key
             ON zoom_report_intervals (meeting_id, ifnull(meeting_uuid, ''), participant_key, joined_s);
         CREATE INDEX zoom_report_by_visit ON zoom_report_intervals (visit_key);
+        CREATE INDEX zoom_report_by_join ON zoom_report_intervals (meeting_id, joined_s);
         CREATE INDEX zoom_report_by_file ON zoom_report_intervals (file_id);
         """
 }

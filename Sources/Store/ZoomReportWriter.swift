@@ -2,45 +2,56 @@ import GRDB
 import JSONSchema
 import Kinds
 
-/// What a transaction's Zoom writes touched: the visits to refresh, and the meetings whose report rows
-/// are to be resolved to visits again (each once per transaction).
+/// What a transaction's Zoom writes touched: the visits to refresh, and per meeting the span of time
+/// (seconds) in which its report rows are to be resolved to visits again — each once per transaction.
 struct ZoomTouched {
     var visits = Set<String>()
-    var meetings = Set<String>()
+    var meetings: [String: (low: Int64, high: Int64)] = [:]
 
-    /// Refreshes every touched visit, then resolves the report rows of every touched meeting that has any
-    /// (a webhook visit's span changed, or new rows came), refreshing the visits that gained or lost rows.
+    init(visits: Set<String> = []) { self.visits = visits }
+
+    mutating func touch(meeting: String, from low: Int64, to high: Int64) {
+        guard !meeting.isEmpty else { return }
+        let old = meetings[meeting]
+        meetings[meeting] = (min(old?.low ?? low, low), max(old?.high ?? high, high))
+    }
+
+    /// Refreshes every touched visit, then resolves the report rows of every touched meeting that has any,
+    /// around what changed: the rows' joins, the refreshed visits' spans.
     func refresh(db: Database) throws {
         let writer = ZoomWriter(db: db, fileID: "")
         for uuid in visits.sorted() { try writer.refreshVisit(uuid) }
-        var meetings = self.meetings
+        var touched = self
         for uuid in visits {
-            if let meeting = try String.fetchOne(
-                db,
-                sql: "SELECT meeting_id FROM zoom_visits WHERE visit_uuid = ?",
-                arguments: [uuid]
-            ) {
-                meetings.insert(meeting)
-            }
-        }
-        let reports = ZoomReportWriter(db: db, fileID: "")
-        for meeting in meetings.sorted() where !meeting.isEmpty {
+            guard
+                let visit = try Row.fetchOne(
+                    db,
+                    sql: "SELECT meeting_id, first_s, last_s FROM zoom_visits WHERE visit_uuid = ?",
+                    arguments: [uuid]
+                ), let first = visit["first_s"] as Int64?, let last = visit["last_s"] as Int64?
+            else { continue }
+            let meeting: String = visit["meeting_id"]
             let hasRows =
                 try Bool.fetchOne(
                     db,
                     sql: "SELECT EXISTS (SELECT 1 FROM zoom_report_intervals WHERE meeting_id = ?)",
                     arguments: [meeting]
                 ) ?? false
-            if hasRows { try reports.resolve(meeting: meeting) }
+            if hasRows { touched.touch(meeting: meeting, from: first, to: last) }
+        }
+        let reports = ZoomReportWriter(db: db, fileID: "")
+        for (meeting, span) in touched.meetings.sorted(by: { $0.key < $1.key }) {
+            try reports.resolve(meeting: meeting, from: span.low, to: span.high)
         }
     }
 }
 
 /// Writes the rows of Zoom participants reports, deduplicated on their natural key (meeting, visit uuid
 /// when the report names one, participant — id, else e-mail, else name — and join second), and resolves
-/// them to visits: the one the report names, else the webhook visit of the meeting whose span holds the
-/// join, else a visit of the report's own (`report:<meeting>:<first join>`). A row that a webhook interval
-/// already holds whole is a duplicate; one that completes it (a missed leave) is stored and merged.
+/// them to visits: the webhook visit the report names, else the webhook visit of the meeting whose span
+/// holds the join, else a visit of the report's own (`report:<meeting>:<first join>`). A row that a
+/// webhook interval already holds whole is a duplicate; one that completes it (a missed leave) is stored
+/// and merged; one that contradicts it (another leave) is rejected.
 struct ZoomReportWriter {
     let db: Database
     let fileID: String
@@ -50,6 +61,10 @@ struct ZoomReportWriter {
         var duplicates = 0
         var rejected = 0
         var errors: [RecordProblem] = []
+        func reject(_ item: Item<ZoomReportRow>, _ message: String) {
+            rejected += 1
+            errors.append(RecordProblem(record: item.number, line: item.line, pointer: nil, message: message))
+        }
         for item in items {
             switch item.result {
             case .failure(let problems):
@@ -59,38 +74,37 @@ struct ZoomReportWriter {
                 switch try insert(row, record: item.number) {
                 case .inserted:
                     stored += 1
-                    if let uuid = row.meetingUUID {
+                    if row.meetingID.isEmpty, let uuid = row.meetingUUID {
                         touched.visits.insert(uuid)
                     } else {
-                        touched.meetings.insert(row.meetingID)
+                        touched.touch(meeting: row.meetingID, from: row.joined, to: row.left ?? row.joined)
                     }
                 case .ours:
                     stored += 1
+                case .completed(let uuid):
+                    stored += 1
+                    touched.visits.insert(uuid)
                 case .duplicate:
                     duplicates += 1
-                case .contradicts:
-                    rejected += 1
-                    errors.append(
-                        RecordProblem(
-                            record: item.number,
-                            line: item.line,
-                            pointer: nil,
-                            message:
-                                "conflicts with the webhooks: they have this participant joining in the same second and "
-                                + "leaving at another time; not taken over them"
-                        )
+                case .conflict(let earlier, let record):
+                    reject(
+                        item,
+                        (earlier == fileID
+                            ? "conflicts with record \(record) of this file"
+                            : "conflicts with the row stored from file \(earlier)")
+                            + " for the same meeting, participant and join time: a different leave time"
                     )
-                case .conflict(let earlier):
-                    rejected += 1
-                    errors.append(
-                        RecordProblem(
-                            record: item.number,
-                            line: item.line,
-                            pointer: nil,
-                            message:
-                                "conflicts with the row stored from file \(earlier) for the same meeting, participant and "
-                                + "join time: a different leave time"
-                        )
+                case .contradicts:
+                    reject(
+                        item,
+                        "conflicts with the webhooks: they have this participant joining at this time and leaving at "
+                            + "another; not taken over them"
+                    )
+                case .otherMeeting(let meeting):
+                    reject(
+                        item,
+                        "meeting_uuid is a visit of meeting \(meeting) (its webhooks say so), not of meeting "
+                            + "\(row.meetingID)"
                     )
                 }
             }
@@ -106,45 +120,13 @@ struct ZoomReportWriter {
 
     private enum Insertion {
         case inserted, duplicate, ours
-        case conflict(String)
+        /// A row of no meeting completed: its visit to refresh.
+        case completed(String)
+        case conflict(String, record: Int)
         /// The webhooks have this join with another leave.
         case contradicts
-    }
-
-    /// Whether a webhook interval of the row's meeting has the same person joining in the same second —
-    /// leaving in second `left`, or (nil) having left at all. The same person: by id when the row has one
-    /// (a webhook interval always has), else by e-mail, else — only where the interval has no e-mail — by
-    /// name. Each lookup is exact in a partial index (migration v10): never a scan of that second's joins.
-    private func webhooksHold(_ row: ZoomReportRow, leaving left: Int64?) throws -> Bool {
-        let leave = left == nil ? "left_s IS NOT NULL" : "left_s = ?"
-        var queries: [(String, StatementArguments)] = []
-        let base: StatementArguments = [row.meetingID, row.joined]
-        let tail: StatementArguments = left.map { [$0] } ?? []
-        if let id = row.participantID {
-            queries.append(("participant_id = ?", base + [id] + tail))
-        } else if let email = row.email {
-            queries.append(
-                ("participant_email IS NOT NULL AND lower(participant_email) = ?", base + [email.lowercased()] + tail)
-            )
-            if let name = row.name {
-                queries.append(("participant_email IS NULL AND participant_name = ?", base + [name] + tail))
-            }
-        } else if let name = row.name {
-            queries.append(("participant_name = ?", base + [name] + tail))
-        }
-        for (who, arguments) in queries {
-            let found = try Bool.fetchOne(
-                db.cachedStatement(
-                    sql: """
-                        SELECT EXISTS (SELECT 1 FROM zoom_visit_intervals
-                        WHERE source = 'webhook' AND meeting_id = ? AND joined_s = ? AND \(who) AND \(leave))
-                        """
-                ),
-                arguments: arguments
-            )
-            if found == true { return true }
-        }
-        return false
+        /// The visit uuid the row names is another meeting's.
+        case otherMeeting(String)
     }
 
     private func insert(_ row: ZoomReportRow, record: Int) throws -> Insertion {
@@ -161,33 +143,92 @@ struct ZoomReportWriter {
             if existing["file_id"] == fileID && existing["record"] == record { return .ours }
             let left: Int64? = existing["left_s"]
             if left == row.left || row.left == nil { return .duplicate }
-            guard left == nil else { return .conflict(existing["file_id"]) }
+            guard left == nil else { return .conflict(existing["file_id"], record: existing["record"]) }
             // An earlier report exported while the participant was still in: this one completes it.
+            // Its visit is resolved again (and so refreshed), unless it is the uuid's of no meeting.
             try db.execute(
-                sql: "UPDATE zoom_report_intervals SET left_s = ?, duration_seconds = ? WHERE seq = ?",
+                sql: """
+                    UPDATE zoom_report_intervals
+                    SET left_s = ?, duration_seconds = ?, visit_key = CASE WHEN meeting_id = '' THEN visit_key END
+                    WHERE seq = ?
+                    """,
                 arguments: [row.left, row.durationSeconds, existing["seq"] as Int64]
             )
+            if row.meetingID.isEmpty, let uuid = row.meetingUUID { return .completed(uuid) }
             return .inserted
+        }
+        if let uuid = row.meetingUUID, !row.meetingID.isEmpty,
+            let meeting = try String.fetchOne(
+                db.cachedStatement(sql: "SELECT meeting_id FROM zoom_events WHERE visit_uuid = ? LIMIT 1"),
+                arguments: [uuid]
+            ), meeting != row.meetingID
+        {
+            return .otherMeeting(meeting)
         }
         // Webhooks delivered this join whole already: the report adds nothing. Webhooks that say the same
         // person left at another time: the report is not taken over them.
-        if row.meetingUUID == nil {
+        if !row.meetingID.isEmpty {
             if try webhooksHold(row, leaving: row.left) { return .duplicate }
             if row.left != nil, try webhooksHold(row, leaving: nil) { return .contradicts }
         }
         try db.cachedStatement(
             sql: """
                 INSERT INTO zoom_report_intervals
-                    (meeting_id, meeting_uuid, participant_key, joined_s, participant_id, participant_email,
-                     participant_name, left_s, duration_seconds, meeting_start_s, meeting_end_s, source, visit_key,
-                     file_id, record)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    (meeting_id, meeting_uuid, participant_key, joined_s, join_precision, participant_id,
+                     participant_email, participant_name, left_s, duration_seconds, meeting_start_s, meeting_end_s,
+                     source, visit_key, file_id, record)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """
         ).execute(arguments: [
-            row.meetingID, row.meetingUUID, key, row.joined, row.participantID, row.email, row.name, row.left,
-            row.durationSeconds, row.meetingStart, row.meetingEnd, row.source.rawValue, row.meetingUUID, fileID, record,
+            row.meetingID, row.meetingUUID, key, row.joined, row.toTheMinute ? 60 : 1, row.participantID, row.email,
+            row.name, row.left, row.durationSeconds, row.meetingStart, row.meetingEnd, row.source.rawValue,
+            // A row of no meeting id belongs to the visit it names; the others are resolved with their meeting.
+            row.meetingID.isEmpty ? row.meetingUUID : nil, fileID, record,
         ])
         return .inserted
+    }
+
+    /// Whether a webhook interval of the row's meeting has the same person joining at the row's join —
+    /// in the same second, or for a row given to the minute in the same minute — and leaving at `left`
+    /// (in the same second or minute alike), or (nil) having left at all. The same person: by id when the
+    /// row has one (a webhook interval always has), else by e-mail, else — only where the interval has no
+    /// e-mail — by name. Each lookup is exact in a partial index to the minute and the person (migration
+    /// v10): never a scan of that minute's joins.
+    private func webhooksHold(_ row: ZoomReportRow, leaving left: Int64?) throws -> Bool {
+        let minute = VisitTimeline.floor(row.joined, 60)
+        // Parameters, never numbers in the text: one statement per shape, prepared once.
+        var condition = row.toTheMinute ? "" : " AND joined_s = ?"
+        var extra: [Int64] = row.toTheMinute ? [] : [row.joined]
+        if let left {
+            condition += row.toTheMinute ? " AND left_s / 60 = ?" : " AND left_s = ?"
+            extra.append(row.toTheMinute ? VisitTimeline.floor(left, 60) : left)
+        } else {
+            condition += " AND left_s IS NOT NULL"
+        }
+        var queries: [(String, String)] = []
+        if let id = row.participantID {
+            queries.append(("participant_id = ?", id))
+        } else if let email = row.email {
+            queries.append(("participant_email IS NOT NULL AND lower(participant_email) = ?", email.lowercased()))
+            if let name = row.name { queries.append(("participant_email IS NULL AND participant_name = ?", name)) }
+        } else if let name = row.name {
+            queries.append(("participant_name = ?", name))
+        }
+        for (who, value) in queries {
+            var arguments: StatementArguments = [row.meetingID, minute, value]
+            for number in extra { arguments += [number] }
+            let found = try Bool.fetchOne(
+                db.cachedStatement(
+                    sql: """
+                        SELECT EXISTS (SELECT 1 FROM zoom_visit_intervals
+                        WHERE source = 'webhook' AND meeting_id = ? AND joined_m = ? AND \(who)\(condition))
+                        """
+                ),
+                arguments: arguments
+            )
+            if found == true { return true }
+        }
+        return false
     }
 
     /// How far outside a webhook visit's first and last instants a report's join still belongs to it:
@@ -196,34 +237,45 @@ struct ZoomReportWriter {
     static let openEnded: Int64 = 43_200
     /// Report rows of no webhook visit more than this apart are two visits of their own.
     static let reportGap: Int64 = 1_800
+    /// How far around what changed rows and visits are looked at: a visit or a run of rows that reaches
+    /// further is resolved in parts (ARCHITECTURE.md, "Zoom participants reports").
+    static let reach: Int64 = 2 * openEnded
 
-    /// Resolves the report rows of `meeting` that name no visit to one (see the type's summary) and
-    /// refreshes every visit that has or had any. Linear in the meeting's visits and report rows.
-    func resolve(meeting: String) throws {
+    /// Resolves the report rows of `meeting` that join between `low` and `high` (give or take ``reach``)
+    /// to visits (see the type's summary) and refreshes every visit that gained or lost rows. Linear in
+    /// the rows and visits of that window, not in the meeting's whole history (a personal meeting id
+    /// gathers thousands of visits).
+    func resolve(meeting: String, from low: Int64, to high: Int64) throws {
+        let (from, to) = (low - Self.reach, high + Self.reach)
         let visits = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT visit_uuid, first_s, last_s, ended_at FROM zoom_visits
-                WHERE meeting_id = ? AND first_s IS NOT NULL ORDER BY first_s, visit_uuid
-                """,
-            arguments: [meeting]
+            db.cachedStatement(
+                sql: """
+                    SELECT visit_uuid, first_s, last_s, ended_at FROM zoom_visits
+                    WHERE meeting_id = ? AND first_s BETWEEN ? AND ? ORDER BY first_s, visit_uuid
+                    """
+            ),
+            arguments: [meeting, from - Self.reach, to]
         )
         var windows: [(uuid: String, low: Int64, high: Int64)] = []
         for (index, visit) in visits.enumerated() {
             let first: Int64 = visit["first_s"]
             let last: Int64 = visit["last_s"]
-            let ended = (visit["ended_at"] as String?).flatMap(RFC3339.epochMilliseconds).map(VisitTimeline.seconds)
+            let ended = (visit["ended_at"] as String?).flatMap(RFC3339.epochMilliseconds).map {
+                VisitTimeline.floor($0, 1_000)
+            }
             var high = ended.map { max($0, last) + Self.margin } ?? last + Self.openEnded
             if index + 1 < visits.count { high = min(high, (visits[index + 1]["first_s"] as Int64) - 1) }
             windows.append((visit["visit_uuid"], first - Self.margin, max(high, first)))
         }
+        let webhookVisits = Set(windows.map(\.uuid))
         let rows = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT seq, joined_s, left_s, visit_key FROM zoom_report_intervals
-                WHERE meeting_id = ? AND meeting_uuid IS NULL ORDER BY joined_s, seq
-                """,
-            arguments: [meeting]
+            db.cachedStatement(
+                sql: """
+                    SELECT seq, joined_s, left_s, visit_key, meeting_uuid FROM zoom_report_intervals
+                    WHERE meeting_id = ? AND joined_s BETWEEN ? AND ? ORDER BY joined_s, seq
+                    """
+            ),
+            arguments: [meeting, from, to]
         )
         var refresh = Set<String>()
         var clusterKey: String?
@@ -234,7 +286,10 @@ struct ZoomReportWriter {
             // Windows are ordered and do not overlap; rows come in join order.
             while window < windows.count && windows[window].high < joined { window += 1 }
             let key: String
-            if window < windows.count && windows[window].low <= joined {
+            if let uuid = row["meeting_uuid"] as String?, webhookVisits.contains(uuid) {
+                // The visit the report names, where the webhooks have it (else the uuid is only a hint).
+                key = uuid
+            } else if window < windows.count && windows[window].low <= joined {
                 key = windows[window].uuid
             } else {
                 if clusterKey == nil || joined > clusterEnd + Self.reportGap {
@@ -244,24 +299,15 @@ struct ZoomReportWriter {
                 clusterEnd = max(clusterEnd, (row["left_s"] as Int64?) ?? joined)
                 key = clusterKey!
             }
-            refresh.insert(key)
             let old: String? = row["visit_key"]
             if old != key {
+                refresh.insert(key)
                 if let old { refresh.insert(old) }
-                try db.execute(
-                    sql: "UPDATE zoom_report_intervals SET visit_key = ? WHERE seq = ?",
-                    arguments: [key, row["seq"] as Int64]
-                )
+                try db.cachedStatement(sql: "UPDATE zoom_report_intervals SET visit_key = ? WHERE seq = ?")
+                    .execute(arguments: [key, row["seq"] as Int64])
             }
         }
-        // A report's own visit that no row points at any more goes.
-        for stale in try String.fetchAll(
-            db,
-            sql: "SELECT visit_uuid FROM zoom_visits WHERE meeting_id = ? AND visit_uuid LIKE 'report:%'",
-            arguments: [meeting]
-        ) {
-            refresh.insert(stale)
-        }
+        // A visit that lost all its rows goes (refreshVisit deletes a visit with neither events nor rows).
         let writer = ZoomWriter(db: db, fileID: "")
         for key in refresh.sorted() { try writer.refreshVisit(key) }
     }
@@ -271,13 +317,17 @@ struct ZoomReportWriter {
         var touched = ZoomTouched()
         for row in try Row.fetchAll(
             db,
-            sql: "SELECT DISTINCT meeting_id, meeting_uuid FROM zoom_report_intervals WHERE file_id = ?",
+            sql: """
+                SELECT meeting_id, meeting_uuid, min(joined_s) AS low, max(ifnull(left_s, joined_s)) AS high
+                FROM zoom_report_intervals WHERE file_id = ? GROUP BY meeting_id, meeting_uuid
+                """,
             arguments: [fileID]
         ) {
-            if let uuid = row["meeting_uuid"] as String? {
+            let meeting: String = row["meeting_id"]
+            if meeting.isEmpty, let uuid = row["meeting_uuid"] as String? {
                 touched.visits.insert(uuid)
             } else {
-                touched.meetings.insert(row["meeting_id"])
+                touched.touch(meeting: meeting, from: row["low"], to: row["high"])
             }
         }
         try touched.refresh(db: db)

@@ -162,7 +162,7 @@ struct ZoomWriter {
             db.cachedStatement(
                 sql: """
                     SELECT meeting_id, participant_id, participant_email, participant_name, joined_s, left_s,
-                           meeting_start_s, meeting_end_s
+                           meeting_start_s, meeting_end_s, join_precision
                     FROM zoom_report_intervals WHERE visit_key = ?
                     """
             ),
@@ -198,7 +198,8 @@ struct ZoomWriter {
                     joined: row["joined_s"],
                     left: row["left_s"],
                     meetingStart: row["meeting_start_s"],
-                    meetingEnd: row["meeting_end_s"]
+                    meetingEnd: row["meeting_end_s"],
+                    toTheMinute: row["join_precision"] == 60
                 )
             }
         )
@@ -223,15 +224,15 @@ struct ZoomWriter {
                 sql: """
                     INSERT INTO zoom_visit_intervals
                         (visit_uuid, participant_id, participant_name, joined_at, left_at, meeting_id, participant_email,
-                         joined_s, left_s, source)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                         joined_s, left_s, source, joined_m)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """
             ).execute(arguments: [
                 uuid, interval.participantID, interval.participantName,
                 interval.joinedMs.map { RFC3339.format(epochMilliseconds: $0) },
                 interval.leftMs.map { RFC3339.format(epochMilliseconds: $0) }, meetingID, interval.email,
                 interval.joinedMs.map { VisitTimeline.seconds($0) }, interval.leftMs.map { VisitTimeline.seconds($0) },
-                interval.source.rawValue,
+                interval.source.rawValue, interval.joinedMs.map { VisitTimeline.floor($0, 60_000) },
             ])
         }
     }
@@ -262,6 +263,8 @@ struct VisitTimeline {
         var left: Int64?
         var meetingStart: Int64?
         var meetingEnd: Int64?
+        /// Its times were given to the minute only: it matches a join in that minute.
+        var toTheMinute = false
     }
 
     enum Source: String {
@@ -293,7 +296,10 @@ struct VisitTimeline {
     var span: (first: Int64, last: Int64)?
 
     /// Whole seconds of milliseconds since the epoch (rounded down, before 1970 as after).
-    static func seconds(_ ms: Int64) -> Int64 { ms >= 0 ? ms / 1_000 : (ms - 999) / 1_000 }
+    static func seconds(_ ms: Int64) -> Int64 { floor(ms, 1_000) }
+
+    /// `value / unit` rounded down (before 1970 as after).
+    static func floor(_ value: Int64, _ unit: Int64) -> Int64 { value >= 0 ? value / unit : (value - unit + 1) / unit }
 
     init(events: [Event], reports: [Report] = []) {
         /// Milliseconds of an ISO time, else of `event_ts`.
@@ -397,13 +403,21 @@ struct VisitTimeline {
         // an interval of its own. Found through exact keys, so a visit of many rows costs linear time
         // however many join in one second.
         var byJoin = ParticipantIndex()
+        var byJoinMinute = ParticipantIndex()
         var leaveOnly = ParticipantIndex()
+        var leaveOnlyMinute = ParticipantIndex()
+        func file(_ index: Int, joined: Int64) {
+            let who = (intervals[index].matchID, intervals[index].email, intervals[index].participantName)
+            byJoin.add(index, second: joined, who)
+            byJoinMinute.add(index, second: Self.floor(joined, 60), who)
+        }
         for (index, interval) in intervals.enumerated() {
             let who = (interval.matchID, interval.email, interval.participantName)
             if let joined = interval.joinedMs {
-                byJoin.add(index, second: Self.seconds(joined), who)
+                file(index, joined: Self.seconds(joined))
             } else if let left = interval.leftMs {
                 leaveOnly.add(index, second: Self.seconds(left), who)
+                leaveOnlyMinute.add(index, second: Self.floor(left, 60_000), who)
             }
         }
         let ordered = reports.sorted {
@@ -412,21 +426,27 @@ struct VisitTimeline {
         }
         for report in ordered {
             let who = (report.participantID, report.email, report.name)
-            if let index = byJoin.first(second: report.joined, who) {
+            // A row given to the minute is the join of that minute; one given to the second, of that second.
+            let found =
+                report.toTheMinute
+                ? byJoinMinute.first(second: Self.floor(report.joined, 60), who)
+                : byJoin.first(second: report.joined, who)
+            if let index = found {
                 if intervals[index].leftMs == nil, let left = report.left {
                     intervals[index].leftMs = left * 1_000
                     if intervals[index].source == .webhook { intervals[index].source = .both }
                 }
                 continue
             }
-            if let left = report.left, let index = leaveOnly.take(second: left, who) {
+            if let left = report.left,
+                let index = report.toTheMinute
+                    ? leaveOnlyMinute.take(second: Self.floor(left, 60), who) : leaveOnly.take(second: left, who)
+            {
+                leaveOnly.markTaken(index)
+                leaveOnlyMinute.markTaken(index)
                 intervals[index].joinedMs = report.joined * 1_000
                 intervals[index].source = .both
-                byJoin.add(
-                    index,
-                    second: report.joined,
-                    (intervals[index].matchID, intervals[index].email, intervals[index].participantName)
-                )
+                file(index, joined: report.joined)
                 continue
             }
             intervals.append(
@@ -440,7 +460,7 @@ struct VisitTimeline {
                     source: .report
                 )
             )
-            byJoin.add(intervals.count - 1, second: report.joined, who)
+            file(intervals.count - 1, joined: report.joined)
         }
         self.intervals = intervals
     }
@@ -512,4 +532,7 @@ struct ParticipantIndex {
         taken.insert(best.index)
         return best.index
     }
+
+    /// Takes `index` (taken through another index of the same intervals).
+    mutating func markTaken(_ index: Int) { taken.insert(index) }
 }

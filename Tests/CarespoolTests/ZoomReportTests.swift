@@ -242,14 +242,14 @@ private func at(_ text: String) -> Int64 { RFC3339.epochMilliseconds(text)! / 1_
         [
             zoomEvent(
                 "meeting.started",
-                ts: 1_763_650_800_000,
+                ts: 1_795_186_800_000,
                 meeting: "93812345678",
                 uuid: "visitB==",
                 extra: ",\"start_time\":\"2026-11-20T15:00:00Z\""
             ),
             zoomEvent(
                 "meeting.participant_joined",
-                ts: 1_763_650_805_000,
+                ts: 1_795_186_805_000,
                 meeting: "93812345678",
                 uuid: "visitB==",
                 participant:
@@ -257,7 +257,7 @@ private func at(_ text: String) -> Int64 { RFC3339.epochMilliseconds(text)! / 1_
             ),
             zoomEvent(
                 "meeting.participant_left",
-                ts: 1_763_652_600_000,
+                ts: 1_795_188_600_000,
                 meeting: "93812345678",
                 uuid: "visitB==",
                 participant:
@@ -265,7 +265,7 @@ private func at(_ text: String) -> Int64 { RFC3339.epochMilliseconds(text)! / 1_
             ),
             zoomEvent(
                 "meeting.participant_joined",
-                ts: 1_763_650_920_000,
+                ts: 1_795_186_920_000,
                 meeting: "93812345678",
                 uuid: "visitB==",
                 participant:
@@ -273,7 +273,7 @@ private func at(_ text: String) -> Int64 { RFC3339.epochMilliseconds(text)! / 1_
             ),
             zoomEvent(
                 "meeting.ended",
-                ts: 1_763_652_660_000,
+                ts: 1_795_188_660_000,
                 meeting: "93812345678",
                 uuid: "visitB==",
                 extra: ",\"end_time\":\"2026-11-20T15:31:00Z\""
@@ -319,12 +319,14 @@ private func at(_ text: String) -> Int64 { RFC3339.epochMilliseconds(text)! / 1_
         #expect(report.outcome == .accepted)
         #expect(report.stored == 2)
         #expect(report.duplicates == 1)
+        let lines = try timeline(database)
         #expect(
-            try timeline(database) == [
+            lines == [
                 "visitB== Ana (Intérprete) 2026-11-20T15:05:00.000Z 2026-11-20T15:20:00.000Z report",
                 "visitB== Dr. Zoë Okafor 2026-11-20T15:00:05.000Z 2026-11-20T15:30:00.000Z webhook",
                 "visitB== Paz, Luis 2026-11-20T15:02:00.000Z 2026-11-20T15:25:00.000Z webhook+report",
-            ]
+            ],
+            "\(lines)"
         )
         // The API's page repeats Zoë (by her id): nothing new.
         let api = try commit(database, "r2", report: "reports-api-pages.json")
@@ -507,7 +509,7 @@ extension ZoomReportStoreTests {
             try dropLikeRsync(
                 try ReportFixtures.text("participants_93812345678.csv"),
                 into: spool + "/inbox/zoom-report",
-                name: "again.csv"
+                name: "participants_93812345678 (1).csv"
             )
             finished = await eventually { view.done("zoom-report").count == 5 } && finished
             kill(pid, SIGTERM)
@@ -533,7 +535,7 @@ extension ZoomReportStoreTests {
         #expect(outcomes["layout-a-meeting-data.csv"]?["stored"] == 3)
         #expect(outcomes["layout-b-flattened.csv"]?["outcome"] == "partial")
         #expect(outcomes["layout-b-flattened.csv"]?["stored"] == 2)
-        #expect(outcomes["again.csv"]?["outcome"] == "duplicate")
+        #expect(outcomes["participants_93812345678 (1).csv"]?["outcome"] == "duplicate")
 
         // The layout A file's rejected rows, ready to fix and drop again: meeting table, blank line, header.
         let rejectedName = try #require(
