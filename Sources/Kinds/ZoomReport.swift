@@ -58,6 +58,9 @@ package struct LocalTimes: Sendable, Hashable {
 /// Why a local date-time names no instant (quotes the value: never logged).
 package struct TimeProblem: Error, Sendable, ExpressibleByStringInterpolation {
     package var message: String
+    /// The date is no date in the inbox's order and is one in the other: the file is likely written in
+    /// the other order (and its dates that fit both would be read a month off).
+    package var otherOrder = false
 
     package init(message: String) { self.message = message }
     package init(stringLiteral value: String) { message = value }
@@ -94,26 +97,32 @@ package struct LocalTimeReader: Sendable {
     /// As ``instant(_:)``, and whether the text gave only minutes (`09:00` names a minute: matched to the
     /// webhooks' joins within it).
     package func instantAndPrecision(_ text: String) -> Result<(seconds: Int64, toTheMinute: Bool), TimeProblem> {
-        // A time written with its offset (`2026-11-01T01:30:00-05:00`, `… 06:30:00Z`) needs no zone: the way
-        // to give a time of the repeated hour.
         let trimmed = text.trimmingASCIIWhitespace()
-        if trimmed.count >= 20,
+        let seconds =
+            Self.withOffset(trimmed) != nil
+            || trimmed.split(separator: " ").contains { $0.split(separator: ":").count == 3 }
+        return instant(text).map { ($0, !seconds) }
+    }
+
+    /// A time written with its offset (`2026-11-01T01:30:00-05:00`, `2026-11-01 06:30:00Z`): it needs no
+    /// zone, and is the way to give a time of the repeated hour.
+    private static func withOffset(_ trimmed: String) -> Int64? {
+        guard trimmed.count >= 20,
             let ms = RFC3339.epochMilliseconds(trimmed)
                 ?? RFC3339.epochMilliseconds(trimmed.replacingOccurrences(of: " ", with: "T"))
-        {
-            return .success((ms >= 0 ? ms / 1_000 : (ms - 999) / 1_000, false))
-        }
-        let seconds = trimmed.split(separator: " ").contains { $0.split(separator: ":").count == 3 }
-        return instant(text).map { ($0, !seconds) }
+        else { return nil }
+        return ms >= 0 ? ms / 1_000 : (ms - 999) / 1_000
     }
 
     /// The instant `text` names in the inbox's zone, or why it names none: not a date-time as this inbox
     /// writes them, an impossible date, or a local time that daylight saving time skipped or repeated
     /// (reported, never guessed).
     package func instant(_ text: String) -> Result<Int64, TimeProblem> {
+        if let at = Self.withOffset(text.trimmingASCIIWhitespace()) { return .success(at) }
         let quoted = "\"\(text)\""
         let expected = "\(settings.dateOrder.rawValue) hh:mm[:ss][ AM|PM]"
         var date: (y: Int, m: Int, d: Int)?
+        var numeric = false
         var monthName: Int?
         var bare: [Int] = []
         var time: (h: Int, m: Int, s: Int)?
@@ -158,6 +167,7 @@ package struct LocalTimeReader: Sendable {
                         return .failure("\(quoted): the year must have four digits")
                     }
                     date = settings.dateOrder == .monthFirst ? (y, a, b) : (y, b, a)
+                    numeric = true
                 }
                 continue
             }
@@ -182,8 +192,21 @@ package struct LocalTimeReader: Sendable {
         }
         guard let date else { return .failure("\(quoted) has no date: a time alone names no instant") }
         guard var time else { return .failure("\(quoted) has no time of day") }
-        guard (1...12).contains(date.m), (1...RFC3339.daysIn(date.m, date.y)).contains(date.d), date.y >= 1900 else {
-            return .failure("\(quoted): no such date (\(settings.dateOrder.rawValue))")
+        func valid(_ y: Int, _ m: Int, _ d: Int) -> Bool {
+            (1...12).contains(m) && d >= 1 && d <= RFC3339.daysIn(m, y) && y >= 1900
+        }
+        guard valid(date.y, date.m, date.d) else {
+            guard numeric, valid(date.y, date.d, date.m) else {
+                return .failure("\(quoted): no such date (\(settings.dateOrder.rawValue))")
+            }
+            let other: LocalTimes.DateOrder = settings.dateOrder == .monthFirst ? .dayFirst : .monthFirst
+            var problem = TimeProblem(
+                message:
+                    "\(quoted): no such date as \(settings.dateOrder.rawValue), this inbox's date_order; it is one "
+                    + "as \(other.rawValue): the export is likely written \(other.rawValue) (set the inbox's date_order)"
+            )
+            problem.otherOrder = true
+            return .failure(problem)
         }
         switch (meridiem, settings.clock) {
         case (.some, .twentyFour):
@@ -333,6 +356,9 @@ package struct ZoomReportCSV: Sendable {
     /// meeting table and its blank line when the file has them, then the participant header with `error`
     /// and `line` columns.
     package private(set) var rejectedHeader: [UInt8] = []
+    /// The first date of the file that fits only the other date order: its line and text (a file read
+    /// whole is then rejected: its dates that fit both orders would be read a month off).
+    package private(set) var otherOrder: (line: Int, problem: String)?
 
     package init(times: LocalTimeReader, fileName: String) {
         self.times = times
@@ -383,7 +409,7 @@ package struct ZoomReportCSV: Sendable {
             }
             func time(_ column: String) -> Int64? {
                 guard let i = meetingHeader.firstIndex(of: column), i < fields.count else { return nil }
-                return try? times.instant(fields[i]).get()
+                return instant(fields[i], line: record.line)
             }
             meeting = (id, time("start time"), time("end time"))
             stage = .gap
@@ -427,6 +453,16 @@ package struct ZoomReportCSV: Sendable {
             stage == .header
                 ? "file is empty: no header" : "the file ends before the participant table (Name (Original Name),…)"
         )
+    }
+
+    /// A meeting's time (informative: unreadable, it is left out), noting a date of the other order.
+    private mutating func instant(_ text: String, line: Int) -> Int64? {
+        switch times.instant(text) {
+        case .success(let at): return at
+        case .failure(let problem):
+            if problem.otherOrder && otherOrder == nil { otherOrder = (line, problem.message) }
+            return nil
+        }
     }
 
     private mutating func fail(_ line: Int?, _ message: String) {
@@ -492,7 +528,7 @@ package struct ZoomReportCSV: Sendable {
         stage = .rows
     }
 
-    private func row(_ record: CSVRecord) -> Result<ZoomReportRow, Problems> {
+    private mutating func row(_ record: CSVRecord) -> Result<ZoomReportRow, Problems> {
         func problem(_ pointer: String?, _ message: String) -> Result<ZoomReportRow, Problems> {
             .failure(Problems([RecordProblem(record: rows, line: record.line, pointer: pointer, message: message)]))
         }
@@ -523,15 +559,19 @@ package struct ZoomReportCSV: Sendable {
             } else {
                 add(at, "\"\(fields[at])\" is not a Zoom meeting id (9 to 13 digits)")
             }
-            start = text(columns.start).flatMap { try? times.instant($0).get() }
-            end = text(columns.end).flatMap { try? times.instant($0).get() }
+            start = nil
+            end = nil
+            if let value = text(columns.start) { start = instant(value, line: record.line) }
+            if let value = text(columns.end) { end = instant(value, line: record.line) }
         }
         var joined: Int64 = 0
         var toTheMinute = false
         if let value = text(columns.join) {
             switch times.instantAndPrecision(value) {
             case .success(let at): (joined, toTheMinute) = at
-            case .failure(let problem): add(columns.join, problem.message)
+            case .failure(let problem):
+                add(columns.join, problem.message)
+                if problem.otherOrder && otherOrder == nil { otherOrder = (record.line, problem.message) }
             }
         } else {
             add(columns.join, "missing: every row is one join")
@@ -600,6 +640,16 @@ package struct ZoomReportReader: Sendable {
         reader.finish { if let item = csv.take($0) { items.append(item) } }
         csv.finish()
         if let problem = csv.fileProblem { return (ParsedFile(items: [], fileProblem: problem), nil) }
+        if let mismatch = csv.otherOrder {
+            // Its dates that fit both orders would be read a month off: nothing of it is stored.
+            let problem = RecordProblem(
+                record: nil,
+                line: mismatch.line,
+                pointer: nil,
+                message: mismatch.problem + "; nothing of the file is stored, as its other dates would be misread"
+            )
+            return (ParsedFile(items: [], fileProblem: problem), nil)
+        }
         var notes = csv.notes
         if items.isEmpty { notes.append("the participant table has no rows: nothing to store") }
         notes.append("local times read as \(times.settings.summary)")

@@ -651,6 +651,13 @@ extension Engine {
             totals.outcome = .accepted
         }
         totals.notes.append("local times read as \(file.localTimes.summary)")
+        if let mismatch = table.otherOrder {
+            // Streamed, its rows before were committed as read: said, for the operator to check.
+            totals.notes.append(
+                "line \(mismatch.line): \(mismatch.problem); dates that fit both orders were read as "
+                    + "\(file.localTimes.dateOrder.rawValue): check them"
+            )
+        }
         return totals
     }
 }

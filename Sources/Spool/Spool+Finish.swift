@@ -38,7 +38,15 @@ extension Spool {
             throw SpoolError("finish", file.path, errno)
         }
         if file.storedName != file.originalName { unlinkat(from, SpoolName.nameNote(id: file.id), 0) }
-        if file.inboxNote != nil { unlinkat(from, SpoolName.inboxNote(id: file.id), 0) }
+        if file.inboxNote != nil {
+            // A failed file keeps it (a dotfile beside it), so that `retry` can tell whether the spool's own
+            // inbox reads it as its inbox did; a finished one needs it no more.
+            var kept = false
+            if case .failed = destination, let to = try? folders.descriptor(folder) {
+                kept = renameat(from, SpoolName.inboxNote(id: file.id), to, SpoolName.inboxNote(id: file.id)) == 0
+            }
+            if !kept { unlinkat(from, SpoolName.inboxNote(id: file.id), 0) }
+        }
         touched.insert(folder)
         touched.insert(processing)
         return touched
@@ -62,6 +70,16 @@ extension Spool {
 
     /// Moves `failed/<kind>/<id>--<name>` back to `inbox/<kind>/<name>` for another try, never replacing
     /// a file of that name in the inbox. Its `.error.json` and `.rejected.*` sidecars are removed.
+    /// The inbox note a failed file kept (``Claimed/inboxNote``), and its kind; nil when it has none.
+    package func failedInboxNote(id: String) -> (kind: String, note: String)? {
+        for kind in kinds {
+            if let bytes = readSmallFile(failedPath(kind), SpoolName.inboxNote(id: id)) {
+                return (kind, String(decoding: bytes, as: UTF8.self))
+            }
+        }
+        return nil
+    }
+
     package func requeue(id: String) throws(SpoolError) -> (kind: String, name: String)? {
         for kind in kinds {
             let folder = failedPath(kind)
@@ -82,6 +100,7 @@ extension Spool {
                 for sidecar in try scanAll(folder) where sidecar.hasPrefix(name + ".") {
                     unlinkat(from, sidecar, 0)
                 }
+                unlinkat(from, SpoolName.inboxNote(id: id), 0)
                 try Self.syncDirectory(inboxPath(kind))
                 try Self.syncDirectory(folder)
                 return (kind, original)

@@ -708,6 +708,22 @@ struct Retry: AsyncParsableCommand {
         var requeued: [JSONValue] = []
         defer { if json { print(JSONValue.object([.init(key: "requeued", value: .array(requeued))]).compactText) } }
         for id in targets {
+            // A report read with its partner inbox's local times would be read with the spool's own inbox's.
+            if let (kind, note) = spool.failedInboxNote(id: id),
+                let own = spool.inboxes.first(where: { $0.path == spool.inboxPath(kind) })?.note, note != own
+            {
+                let was = LocalTimes(note: note)?.summary ?? note
+                let now = LocalTimes(note: own)?.summary ?? own
+                FileHandle.standardError.write(
+                    Data(
+                        ("\(Terminal.safe(id)) was read with its inbox's local times (\(was)), and \(spool.inboxPath(kind))/ "
+                            + "reads \(now): not requeued — move the fixed file back into the inbox it came from\n")
+                            .utf8
+                    )
+                )
+                failures += 1
+                continue
+            }
             do {
                 guard let moved = try spool.requeue(id: id) else {
                     FileHandle.standardError.write(Data("no file with id \(id) in \(spool.root)/failed/\n".utf8))

@@ -172,7 +172,9 @@ struct SpoolView {
 
     /// Payload files in failed/<kind>/ (sidecars excluded).
     func failed(_ kind: String = "appointments") -> [String] {
-        names("failed/" + kind).filter { !$0.hasSuffix(".error.json") && !$0.contains(".rejected.") }
+        names("failed/" + kind).filter {
+            !$0.hasPrefix(".") && !$0.hasSuffix(".error.json") && !$0.contains(".rejected.")
+        }
     }
 
     func sidecars(_ kind: String = "appointments") -> [String] {

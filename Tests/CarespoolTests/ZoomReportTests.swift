@@ -53,7 +53,13 @@ private func at(_ text: String) -> Int64 { RFC3339.epochMilliseconds(text)! / 1_
         ("Sep 11 2026 9:05 AM", ReportFixtures.chicago, "2026-09-11T14:05:00.000Z"),
         ("2026-09-11 09:05:00", ReportFixtures.chicago, "2026-09-11T14:05:00.000Z"),
         ("02/30/2026 10:00 AM", ReportFixtures.chicago, "no such date (MM/DD/YYYY)"),
-        ("13/01/2026 10:00 AM", ReportFixtures.chicago, "no such date (MM/DD/YYYY)"),
+        ("13/05/2026 10:00", ReportFixtures.chicago, "the export is likely written DD/MM/YYYY"),
+        ("2026-11-01T01:30:00-05:00", ReportFixtures.chicago, "2026-11-01T06:30:00.000Z"),
+        ("2026-11-01 06:30:00Z", LocalTimes(), "2026-11-01T06:30:00.000Z"),
+        ("Sept 11 2026 9:05 AM", ReportFixtures.chicago, "2026-09-11T14:05:00.000Z"),
+        ("Junk 11 2026 9:05 AM", ReportFixtures.chicago, "is not a date-time as this inbox reads them"),
+        ("01/21/2021 08:58 AM PM", ReportFixtures.chicago, "AM/PM twice"),
+        ("13/13/2026 10:00 AM", ReportFixtures.chicago, "no such date (MM/DD/YYYY)"),
         ("01/21/2021 13:58 PM", ReportFixtures.chicago, "no hour 13 on a 12-hour clock"),
         ("08:58:30 PM", ReportFixtures.chicago, "has no date"),
         ("01/21/21 08:58 PM", ReportFixtures.chicago, "the year must have four digits"),
@@ -222,6 +228,25 @@ private func at(_ text: String) -> Int64 { RFC3339.epochMilliseconds(text)! / 1_
         } else {
             Issue.record("the rejected page read differently")
         }
+    }
+
+    /// A DD/MM export dropped where MM/DD is read: one date that fits only DD/MM gives it away, and the
+    /// whole file is refused — its dates that fit both orders would be stored a month off.
+    @Test func aFileWrittenInTheOtherDateOrderIsRefusedWhole() {
+        let text = """
+            Name (Original Name),User Email,Join Time,Leave Time,Duration (Minutes)
+            Ana,ana@example.org,05/06/2026 09:00,05/06/2026 09:30,30
+            Bo,bo@example.org,13/06/2026 09:00,13/06/2026 09:30,30
+
+            """
+        let (parsed, _) = ZoomReportReader().read(
+            Array(text.utf8),
+            fileName: "participants_93812345678.csv",
+            times: LocalTimeReader(ReportFixtures.chicago)
+        )
+        #expect(parsed.items.isEmpty)
+        #expect(parsed.fileProblem?.line == 3)
+        #expect(parsed.fileProblem?.message.contains("likely written DD/MM/YYYY") == true)
     }
 
     @Test func notAReportIsSaidSo() {
@@ -462,6 +487,91 @@ extension ZoomReportStoreTests {
     }
 }
 
+extension ZoomReportStoreTests {
+    func commitReport(
+        _ database: AppDatabase,
+        _ id: String,
+        _ text: String,
+        name: String = "participants_93812345678.csv"
+    )
+        throws -> FileReport
+    {
+        let (parsed, _) = ZoomReportReader().read(
+            Array(text.utf8),
+            fileName: name,
+            times: LocalTimeReader(ReportFixtures.chicago)
+        )
+        let file = PreparedFile(
+            id: id,
+            kind: .zoomReport,
+            originalName: name,
+            sha256: String(repeating: "7", count: 64),
+            size: text.utf8.count,
+            receivedAt: "t",
+            content: .zoomReport(parsed)
+        )
+        return try database.commit([file], finishedAt: "t")[0].report
+    }
+
+    /// The one-table export writes times to the minute (`09:00`): the join the webhooks saw at 09:00:05
+    /// is that row's, not another interval (found by the hostile review: every such row was doubled).
+    @Test func aReportToTheMinuteIsTheWebhooksJoinInThatMinute() throws {
+        let database = try AppDatabase.open(path: dir.file("m.sqlite3"))
+        _ = try commit(database, "w1", zoom: Self.webhooks)
+        let report = try commitReport(
+            database,
+            "m1",
+            """
+            Topic,Meeting ID,Start Time,End Time,Name (Original Name),User Email,Join Time,Leave Time,Duration (Minutes)
+            T,938 1234 5678,11/20/2026 09:00,11/20/2026 09:31,Dr. Zoë Okafor,zoe.okafor@clinic.example,11/20/2026 09:00,11/20/2026 09:30,30
+            T,938 1234 5678,11/20/2026 09:00,11/20/2026 09:31,"Paz, Luis",luis.paz@example.org,11/20/2026 09:02,11/20/2026 09:25,23
+
+            """
+        )
+        #expect(report.duplicates == 1)
+        #expect(report.stored == 1)
+        let lines = try timeline(database)
+        #expect(lines.count == 2, "\(lines)")
+        #expect(
+            lines.contains { $0.contains("Paz, Luis 2026-11-20T15:02:00.000Z 2026-11-20T15:25:00.000Z webhook+report") }
+        )
+    }
+
+    /// A meeting_uuid is the report's word only: another meeting's visit is refused, and one the webhooks
+    /// do not have (yet) does not make a second visit of the same joins.
+    @Test func aMeetingUUIDOfAnotherMeetingIsRefusedAndAnUnknownOneIsOnlyAHint() throws {
+        let database = try AppDatabase.open(path: dir.file("u.sqlite3"))
+        _ = try commit(database, "w1", zoom: Self.webhooks)
+        let intruder = try commitReport(
+            database,
+            "u1",
+            """
+            {"meeting_id": 111111111, "meeting_uuid": "visitB==", "participants": [{"user_id": "evil",
+             "name": "Mallory", "join_time": "2026-11-20T15:10:00Z", "leave_time": "2026-11-20T15:11:00Z"}]}
+            """,
+            name: "p.json"
+        )
+        #expect(intruder.outcome == .rejected)
+        #expect(intruder.errors.first?.message.contains("is a visit of meeting 93812345678") == true)
+        #expect(try database.zoomVisits(meeting: "111111111").isEmpty)
+
+        let other = try AppDatabase.open(path: dir.file("v.sqlite3"))
+        _ = try commitReport(other, "c1", try ReportFixtures.text("participants_93812345678.csv"))
+        _ = try commitReport(
+            other,
+            "a1",
+            """
+            {"meeting_id": "93812345678", "meeting_uuid": "notYetSeen==", "participants": [{"name": "Ana (Intérprete)",
+             "user_email": "ana@example.org", "join_time": "2026-11-20T15:05:00Z", "leave_time": "2026-11-20T15:20:00Z"}]}
+            """,
+            name: "p.json"
+        )
+        let visits = try other.zoomVisits(meeting: "93812345678")
+        #expect(visits.count == 1, "\(visits.map(\.visitUUID))")
+        #expect(visits.first?.intervals.count == 3)
+    }
+}
+
 /// Zoom reports through the real daemon: a partner's inbox with its own zone, the spool's own inbox with
 /// `[zoom_report]`'s, webhooks first, then last week's reports.
 @Suite(.serialized) struct ZoomReportDaemonTests {
@@ -512,6 +622,13 @@ extension ZoomReportStoreTests {
                 name: "participants_93812345678 (1).csv"
             )
             finished = await eventually { view.done("zoom-report").count == 5 } && finished
+            // A partner's report that names no meeting: rejected, its inbox's local times kept beside it.
+            try dropLikeRsync(
+                try ReportFixtures.text("participants_93812345678.csv"),
+                into: partner,
+                name: "export.csv"
+            )
+            finished = await eventually { view.failed("zoom-report").count == 1 } && finished
             kill(pid, SIGTERM)
             return finished
         }
@@ -572,6 +689,15 @@ extension ZoomReportStoreTests {
         #expect(london?["participant_email"] == "lukasz@example.org")
         #expect(london?["joined_s"] == at("2023-05-31T23:21:00Z"))
         #expect(london?["duration_seconds"] == 37 * 60)
+        // `retry` would put the partner's report into the spool's own inbox, read in Chicago, not London:
+        // refused, saying where it belongs.
+        let failedName = try #require(view.failed("zoom-report").first)
+        let failedID = String(failedName[..<(try #require(failedName.range(of: "--"))).lowerBound])
+        let retry = try await Daemon.command(["retry", "--config", config, failedID])
+        #expect(retry.status != .exited(0))
+        #expect(retry.err.contains("Europe/London"), "\(retry.err)")
+        #expect(retry.err.contains("move the fixed file back into the inbox it came from"))
+        #expect(view.failed("zoom-report") == [failedName])
         // Nothing left beside processing/ files: the inbox notes went with their files.
         #expect(view.processing("zoom-report").isEmpty)
     }
