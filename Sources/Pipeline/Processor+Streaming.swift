@@ -460,43 +460,15 @@ extension Engine {
     /// Pass 2 for an intake CSV: the header mapped, then rows validated and committed in chunks; rejected
     /// rows go to the `.rejected.csv` sidecar as the original header plus `error` and `line` columns.
     private func streamCSV(_ file: Spool.Claimed, rejected: Spool.TemporaryFile) throws -> FileReport {
-        var totals = FileReport(outcome: .accepted)
-        totals.details = ["patients_created": 0, "patients_updated": 0, "visits_created": 0]
-        var unlisted = 0
-        // A row may be as long as the record limit; a chunk is committed at 2,000 rows or at `batchBytes`
-        // of them, whichever comes first (memory budget: rows of a megabyte each made chunks of 2 GB).
         var reader = CSVReader(maxRecordBytes: configuration.recordLimit)
-        var pendingBytes = 0
         var columns: IntakeColumns?
         var headerRaw: [UInt8] = []
-        var wroteHeader = false
         var fileProblem: RecordProblem?
-        var pending: [Item<IntakeRecord>] = []
         var rows = 0
         let today = String(Clock.timestamp().prefix(10))
-
-        let database = self.database
-        let committer = ChunkCommitter<[Item<IntakeRecord>], Committed> { items in
-            let report = try database.writeChunk(.intake(items), fileID: file.id)
-            return Committed(report, rejected: RejectedRows.csv(items, report))
-        }
-        func done(_ committed: Committed) throws {
-            var out: [UInt8] = []
-            if !committed.rejected.isEmpty && !wroteHeader {
-                out += headerRaw + Array(",error,line\n".utf8)
-                wroteHeader = true
-            }
-            out += committed.rejected
-            if !out.isEmpty { try rejected.append(out) }
-            unlisted += totals.absorb(committed.report, listing: Self.listedProblems) + committed.unlisted
-            try chunkDone()
-        }
-
-        func flush() throws {
-            guard !pending.isEmpty else { return }
-            try committer.submit(pending, done: done)
-            pending.removeAll(keepingCapacity: true)
-        }
+        let sink = CSVRowSink<IntakeRecord>(self, file, rejected: rejected) { .intake($0) }
+        sink.totals.details = ["patients_created": 0, "patients_updated": 0, "visits_created": 0]
+        sink.header = { headerRaw + Array(",error,line\n".utf8) }
 
         func take(_ record: CSVRecord) throws {
             guard fileProblem == nil else { return }
@@ -505,7 +477,7 @@ extension Engine {
                 switch catalog.intake.columns(header: record) {
                 case .success(let found):
                     columns = found
-                    if !found.extra.isEmpty { totals.notes.append(IntakeColumns.extraNote(found.extra)) }
+                    if !found.extra.isEmpty { sink.totals.notes.append(IntakeColumns.extraNote(found.extra)) }
                 case .failure(let problem): fileProblem = problem
                 }
                 return
@@ -513,12 +485,10 @@ extension Engine {
             // A blank line (one empty field) is no row.
             if record.fields == [""] { return }
             rows += 1
-            pending.append(catalog.intake.row(record, number: rows, columns: mapped, today: today))
-            pendingBytes += record.raw.count
-            if pending.count >= Self.chunkRecords || pendingBytes >= configuration.batchBytes {
-                try flush()
-                pendingBytes = 0
-            }
+            try sink.add(
+                catalog.intake.row(record, number: rows, columns: mapped, today: today),
+                bytes: record.raw.count
+            )
         }
 
         let broken = try readBreakable(file) { chunk in try reader.feed(chunk, take) }
@@ -531,11 +501,7 @@ extension Engine {
                 errors: [RecordProblem(record: nil, line: nil, pointer: nil, message: "file is empty: no header")]
             )
         }
-        try flush()
-        try committer.finish(done: done)
-        try database.commitChunks()
-        if let broken { totals.reject(broken) }
-        totals.close(unlisted: unlisted)
+        var totals = try sink.finish(broken: broken)
         if rows == 0 && broken == nil {
             // A header and no rows (a daily feed on a day without visits): a valid file of zero records.
             totals.notes.append(IntakeColumns.noRowsNote)
@@ -597,42 +563,15 @@ extension Engine {
     /// chunks as intake's are; rejected rows go to the `.rejected.csv` sidecar after the meeting table and
     /// header, so that it can be fixed and dropped again as it is.
     func streamReportCSV(_ file: Spool.Claimed, rejected: Spool.TemporaryFile) throws -> FileReport {
-        var totals = FileReport(outcome: .accepted)
-        var unlisted = 0
         var reader = CSVReader(maxRecordBytes: configuration.recordLimit)
         var table = ZoomReportCSV(times: LocalTimeReader(file.localTimes), fileName: file.originalName)
-        var pending: [Item<ZoomReportRow>] = []
-        var pendingBytes = 0
-        var wroteHeader = false
         var rows = 0
-        let database = self.database
-        let committer = ChunkCommitter<[Item<ZoomReportRow>], Committed> { items in
-            let report = try database.writeChunk(.zoomReport(items), fileID: file.id)
-            return Committed(report, rejected: RejectedRows.csv(items, report))
-        }
-        func done(_ committed: Committed) throws {
-            var out: [UInt8] = []
-            if !committed.rejected.isEmpty && !wroteHeader {
-                out += table.rejectedHeader
-                wroteHeader = true
-            }
-            out += committed.rejected
-            if !out.isEmpty { try rejected.append(out) }
-            unlisted += totals.absorb(committed.report, listing: Self.listedProblems) + committed.unlisted
-            try chunkDone()
-        }
-        func flush() throws {
-            guard !pending.isEmpty else { return }
-            try committer.submit(pending, done: done)
-            pending.removeAll(keepingCapacity: true)
-            pendingBytes = 0
-        }
+        let sink = CSVRowSink<ZoomReportRow>(self, file, rejected: rejected) { .zoomReport($0) }
+        sink.header = { table.rejectedHeader }
         func take(_ record: CSVRecord) throws {
             guard let item = table.take(record) else { return }
             rows += 1
-            pending.append(item)
-            pendingBytes += record.raw.count
-            if pending.count >= Self.chunkRecords || pendingBytes >= configuration.batchBytes { try flush() }
+            try sink.add(item, bytes: record.raw.count)
         }
         let broken = try readBreakable(file) { chunk in try reader.feed(chunk, take) }
         if broken == nil {
@@ -641,11 +580,7 @@ extension Engine {
         }
         if let problem = table.fileProblem { return FileReport(outcome: .rejected, errors: [problem]) }
         if let broken, !table.hasTable { return FileReport(outcome: .rejected, errors: [broken.problem]) }
-        try flush()
-        try committer.finish(done: done)
-        try database.commitChunks()
-        if let broken { totals.reject(broken) }
-        totals.close(unlisted: unlisted)
+        var totals = try sink.finish(broken: broken)
         if rows == 0 && broken == nil {
             totals.notes.append("the participant table has no rows: nothing to store")
             totals.outcome = .accepted
@@ -658,6 +593,72 @@ extension Engine {
                     + "\(file.localTimes.dateOrder.rawValue): check them"
             )
         }
+        return totals
+    }
+}
+
+/// A streamed CSV file's rows, committed in chunks on the commit thread — at ``Engine/chunkRecords`` rows
+/// or `batchBytes` of them, whichever comes first (rows of a megabyte each made chunks of 2 GB) — and its
+/// rejected rows written to the `.rejected.csv` sidecar after ``header`` (the file's own first lines).
+final class CSVRowSink<Record: Sendable> {
+    var totals = FileReport(outcome: .accepted)
+    /// The sidecar's first lines, asked for when the first rejected row is written.
+    var header: () -> [UInt8] = { [] }
+    private unowned let engine: Engine
+    private let rejected: Spool.TemporaryFile
+    private let committer: ChunkCommitter<[Item<Record>], Engine.Committed>
+    private var pending: [Item<Record>] = []
+    private var pendingBytes = 0
+    private var unlisted = 0
+    private var wroteHeader = false
+
+    init(
+        _ engine: Engine,
+        _ file: Spool.Claimed,
+        rejected: Spool.TemporaryFile,
+        chunk: @escaping @Sendable ([Item<Record>]) -> AppDatabase.Chunk
+    ) {
+        self.engine = engine
+        self.rejected = rejected
+        let database = engine.database
+        committer = ChunkCommitter { items in
+            let report = try database.writeChunk(chunk(items), fileID: file.id)
+            return Engine.Committed(report, rejected: RejectedRows.csv(items, report))
+        }
+    }
+
+    func add(_ item: Item<Record>, bytes: Int) throws {
+        pending.append(item)
+        pendingBytes += bytes
+        if pending.count >= Engine.chunkRecords || pendingBytes >= engine.configuration.batchBytes { try flush() }
+    }
+
+    private func flush() throws {
+        guard !pending.isEmpty else { return }
+        try committer.submit(pending, done: done)
+        pending.removeAll(keepingCapacity: true)
+        pendingBytes = 0
+    }
+
+    private func done(_ committed: Engine.Committed) throws {
+        var out: [UInt8] = []
+        if !committed.rejected.isEmpty && !wroteHeader {
+            out += header()
+            wroteHeader = true
+        }
+        out += committed.rejected
+        if !out.isEmpty { try rejected.append(out) }
+        unlisted += totals.absorb(committed.report, listing: Engine.listedProblems) + committed.unlisted
+        try engine.chunkDone()
+    }
+
+    /// Commits what is left; the file's totals (a pass that `broken` ended says so).
+    func finish(broken: DecompressionProblem?) throws -> FileReport {
+        try flush()
+        try committer.finish(done: done)
+        try engine.database.commitChunks()
+        if let broken { totals.reject(broken) }
+        totals.close(unlisted: unlisted)
         return totals
     }
 }
