@@ -80,7 +80,23 @@ extension Spool {
         return nil
     }
 
+    /// The names in failed/ of a partial file's sidecars, when `id` has only those there (its file is in
+    /// done/: its good records are stored): not a file to requeue. nil otherwise.
+    package func partialSidecars(id: String) throws(SpoolError) -> [String]? {
+        for kind in kinds {
+            let mine = try scanAll(failedPath(kind)).filter { $0.hasPrefix(id + SpoolName.separator) }
+            guard !mine.isEmpty else { continue }
+            // A file's sidecars are its name and a suffix: some name that all the others extend is the file.
+            let file = mine.first { name in mine.allSatisfy { $0 == name || $0.hasPrefix(name + ".") } }
+            return file == nil ? mine.sorted() : nil
+        }
+        return nil
+    }
+
     package func requeue(id: String) throws(SpoolError) -> (kind: String, name: String)? {
+        // A partial file's sidecars are not its file (found by the hostile review: `retry` moved a
+        // `.error.json` into the inbox, to be read as a report).
+        if try partialSidecars(id: id) != nil { return nil }
         for kind in kinds {
             let folder = failedPath(kind)
             let names = try scanAll(folder)

@@ -701,13 +701,26 @@ struct Retry: AsyncParsableCommand {
         var targets = ids
         if all, let kind {
             guard spool.kinds.contains(kind) else { throw ValidationError("unknown kind \(kind)") }
-            targets = SpoolName.files(among: try spool.scanAll(spool.failedPath(kind)).filter { !$0.hasPrefix(".") })
-                .compactMap { SpoolName.parse($0)?.id }.sorted()
+            targets = Set(
+                SpoolName.files(among: try spool.scanAll(spool.failedPath(kind)).filter { !$0.hasPrefix(".") })
+                    .compactMap { SpoolName.parse($0)?.id }
+            ).sorted()
         }
         var failures = 0
         var requeued: [JSONValue] = []
         defer { if json { print(JSONValue.object([.init(key: "requeued", value: .array(requeued))]).compactText) } }
         for id in targets {
+            if let sidecars = try spool.partialSidecars(id: id) {
+                let rejected = sidecars.first { $0.contains(".rejected.") } ?? sidecars[0]
+                FileHandle.standardError.write(
+                    Data(
+                        ("\(Terminal.safe(id)) is partial: its good records are stored and its file is in done/; fix "
+                            + "failed/…/\(Terminal.safe(rejected)) and drop that into the inbox it came from\n").utf8
+                    )
+                )
+                if !all { failures += 1 }
+                continue
+            }
             // A report read with its partner inbox's local times would be read with the spool's own inbox's.
             if let (kind, note) = spool.failedInboxNote(id: id),
                 let own = spool.inboxes.first(where: { $0.path == spool.inboxPath(kind) })?.note, note != own

@@ -698,6 +698,13 @@ extension ZoomReportStoreTests {
         #expect(retry.err.contains("Europe/London"), "\(retry.err)")
         #expect(retry.err.contains("move the fixed file back into the inbox it came from"))
         #expect(view.failed("zoom-report") == [failedName])
+        // A partial file is not retried: its sidecars stay, and the operator is told what to do.
+        let partialID = String(rejectedName[..<(try #require(rejectedName.range(of: "--"))).lowerBound])
+        let partial = try await Daemon.command(["retry", "--config", config, partialID])
+        #expect(partial.status != .exited(0))
+        #expect(partial.err.contains("is partial: its good records are stored"), "\(partial.err)")
+        #expect(view.sidecars("zoom-report").contains(rejectedName))
+        #expect(view.inbox("zoom-report").isEmpty)
         // Nothing left beside processing/ files: the inbox notes went with their files.
         #expect(view.processing("zoom-report").isEmpty)
     }
