@@ -287,9 +287,12 @@ package struct ZoomReportRow: Sendable, Equatable {
     /// Who, for the natural key (meeting, participant, join second): the id when present, else the
     /// e-mail (lowercased), else the name.
     package var participantKey: String {
-        if let participantID { return "id:" + participantID }
-        if let email { return "email:" + email.lowercased() }
-        return "name:" + (name ?? "")
+        let who =
+            if let participantID { "id:" + participantID } else if let email {
+                "email:" + email.lowercased()
+            } else { "name:" + (name ?? "") }
+        // To the minute, one person may join twice in a minute: the leave tells the joins apart.
+        return toTheMinute ? who + "|left:" + (left.map { String($0) } ?? "") : who
     }
 }
 

@@ -70,20 +70,39 @@ struct ZoomReportWriter {
             case .failure(let problems):
                 rejected += 1
                 problems.append(to: &errors)
-            case .success(let row):
+            case .success(var row):
+                if let uuid = row.meetingUUID {
+                    // A uuid is the report's word: never one of carespool's own visit keys, and without a
+                    // meeting id only one the webhooks know (whose meeting it then is).
+                    guard !uuid.hasPrefix("report:") else {
+                        reject(item, "meeting_uuid \"\(uuid)\" is not a Zoom visit uuid")
+                        continue
+                    }
+                    if row.meetingID.isEmpty {
+                        guard
+                            let meeting = try String.fetchOne(
+                                db.cachedStatement(
+                                    sql: "SELECT meeting_id FROM zoom_events WHERE visit_uuid = ? LIMIT 1"
+                                ),
+                                arguments: [uuid]
+                            )
+                        else {
+                            reject(
+                                item,
+                                "the page names no meeting_id, and its meeting_uuid is no visit the webhooks have: "
+                                    + "add meeting_id beside participants"
+                            )
+                            continue
+                        }
+                        row.meetingID = meeting
+                    }
+                }
                 switch try insert(row, record: item.number) {
                 case .inserted:
                     stored += 1
-                    if row.meetingID.isEmpty, let uuid = row.meetingUUID {
-                        touched.visits.insert(uuid)
-                    } else {
-                        touched.touch(meeting: row.meetingID, from: row.joined, to: row.left ?? row.joined)
-                    }
+                    touched.touch(meeting: row.meetingID, from: row.joined, to: row.left ?? row.joined)
                 case .ours:
                     stored += 1
-                case .completed(let uuid):
-                    stored += 1
-                    touched.visits.insert(uuid)
                 case .duplicate:
                     duplicates += 1
                 case .conflict(let earlier, let record):
@@ -120,8 +139,6 @@ struct ZoomReportWriter {
 
     private enum Insertion {
         case inserted, duplicate, ours
-        /// A row of no meeting completed: its visit to refresh.
-        case completed(String)
         case conflict(String, record: Int)
         /// The webhooks have this join with another leave.
         case contradicts
@@ -145,19 +162,15 @@ struct ZoomReportWriter {
             if left == row.left || row.left == nil { return .duplicate }
             guard left == nil else { return .conflict(existing["file_id"], record: existing["record"]) }
             // An earlier report exported while the participant was still in: this one completes it.
-            // Its visit is resolved again (and so refreshed), unless it is the uuid's of no meeting.
+            // Its visit is resolved again, and so refreshed.
             try db.execute(
-                sql: """
-                    UPDATE zoom_report_intervals
-                    SET left_s = ?, duration_seconds = ?, visit_key = CASE WHEN meeting_id = '' THEN visit_key END
-                    WHERE seq = ?
-                    """,
+                sql:
+                    "UPDATE zoom_report_intervals SET left_s = ?, duration_seconds = ?, visit_key = NULL WHERE seq = ?",
                 arguments: [row.left, row.durationSeconds, existing["seq"] as Int64]
             )
-            if row.meetingID.isEmpty, let uuid = row.meetingUUID { return .completed(uuid) }
             return .inserted
         }
-        if let uuid = row.meetingUUID, !row.meetingID.isEmpty,
+        if let uuid = row.meetingUUID,
             let meeting = try String.fetchOne(
                 db.cachedStatement(sql: "SELECT meeting_id FROM zoom_events WHERE visit_uuid = ? LIMIT 1"),
                 arguments: [uuid]
@@ -167,10 +180,9 @@ struct ZoomReportWriter {
         }
         // Webhooks delivered this join whole already: the report adds nothing. Webhooks that say the same
         // person left at another time: the report is not taken over them.
-        if !row.meetingID.isEmpty {
-            if try webhooksHold(row, leaving: row.left) { return .duplicate }
-            if row.left != nil, try webhooksHold(row, leaving: nil) { return .contradicts }
-        }
+        if try webhooksHold(row, leaving: row.left) { return .duplicate }
+        // To the minute, the same person may have joined twice in that minute: no contradiction then.
+        if row.left != nil, !row.toTheMinute, try webhooksHold(row, leaving: nil) { return .contradicts }
         try db.cachedStatement(
             sql: """
                 INSERT INTO zoom_report_intervals
@@ -182,8 +194,7 @@ struct ZoomReportWriter {
         ).execute(arguments: [
             row.meetingID, row.meetingUUID, key, row.joined, row.toTheMinute ? 60 : 1, row.participantID, row.email,
             row.name, row.left, row.durationSeconds, row.meetingStart, row.meetingEnd, row.source.rawValue,
-            // A row of no meeting id belongs to the visit it names; the others are resolved with their meeting.
-            row.meetingID.isEmpty ? row.meetingUUID : nil, fileID, record,
+            nil, fileID, record,
         ])
         return .inserted
     }
@@ -280,6 +291,26 @@ struct ZoomReportWriter {
         var refresh = Set<String>()
         var clusterKey: String?
         var clusterEnd = Int64.min
+        // The run of the report's own rows that reaches into the window from before it goes on in it (else
+        // a report of today would split yesterday's visit, depending on what came first).
+        if let before = try Row.fetchOne(
+            db.cachedStatement(
+                sql: """
+                    SELECT visit_key FROM zoom_report_intervals
+                    WHERE meeting_id = ? AND joined_s < ? ORDER BY joined_s DESC, seq DESC LIMIT 1
+                    """
+            ),
+            arguments: [meeting, from]
+        ), let key = before["visit_key"] as String?, key.hasPrefix("report:") {
+            clusterKey = key
+            clusterEnd =
+                try Int64.fetchOne(
+                    db.cachedStatement(
+                        sql: "SELECT max(ifnull(left_s, joined_s)) FROM zoom_report_intervals WHERE visit_key = ?"
+                    ),
+                    arguments: [key]
+                ) ?? Int64.min
+        }
         var window = 0
         for row in rows {
             let joined: Int64 = row["joined_s"]
@@ -323,12 +354,7 @@ struct ZoomReportWriter {
                 """,
             arguments: [fileID]
         ) {
-            let meeting: String = row["meeting_id"]
-            if meeting.isEmpty, let uuid = row["meeting_uuid"] as String? {
-                touched.visits.insert(uuid)
-            } else {
-                touched.touch(meeting: meeting, from: row["low"], to: row["high"])
-            }
+            touched.touch(meeting: row["meeting_id"], from: row["low"], to: row["high"])
         }
         try touched.refresh(db: db)
     }

@@ -404,6 +404,8 @@ struct VisitTimeline {
         // however many join in one second.
         var byJoin = ParticipantIndex()
         var byJoinMinute = ParticipantIndex()
+        // Intervals that a row given to the minute made: a row given to the second in that minute is theirs.
+        var minuteMade = ParticipantIndex()
         var leaveOnly = ParticipantIndex()
         var leaveOnlyMinute = ParticipantIndex()
         func file(_ index: Int, joined: Int64) {
@@ -426,11 +428,24 @@ struct VisitTimeline {
         }
         for report in ordered {
             let who = (report.participantID, report.email, report.name)
-            // A row given to the minute is the join of that minute; one given to the second, of that second.
-            let found =
-                report.toTheMinute
-                ? byJoinMinute.first(second: Self.floor(report.joined, 60), who)
-                : byJoin.first(second: report.joined, who)
+            // A row given to the minute is a join of that minute — the one that left in the same minute, else
+            // one still open, else the first; one given to the second is the join of that second, or a join
+            // that a row given to the minute made (its time then made exact).
+            let minute = Self.floor(report.joined, 60)
+            var found: Int?
+            if report.toTheMinute {
+                let candidates = byJoinMinute.candidates(second: minute, who)
+                let leftMinute = report.left.map { Self.floor($0, 60) }
+                found =
+                    candidates.first { index in
+                        intervals[index].leftMs.map { Self.floor($0, 60_000) } == leftMinute && leftMinute != nil
+                    } ?? candidates.first { intervals[$0].leftMs == nil } ?? candidates.first
+            } else if let exact = byJoin.first(second: report.joined, who) {
+                found = exact
+            } else if let made = minuteMade.first(second: minute, who) {
+                intervals[made].joinedMs = report.joined * 1_000
+                found = made
+            }
             if let index = found {
                 if intervals[index].leftMs == nil, let left = report.left {
                     intervals[index].leftMs = left * 1_000
@@ -461,6 +476,7 @@ struct VisitTimeline {
                 )
             )
             file(intervals.count - 1, joined: report.joined)
+            if report.toTheMinute { minuteMade.add(intervals.count - 1, second: minute, who) }
         }
         self.intervals = intervals
     }
@@ -510,6 +526,14 @@ struct ParticipantIndex {
         case (nil, nil):
             return who.name.map { [key("N", second, $0)] } ?? []
         }
+    }
+
+    /// The intervals filed that are the same person as `who` in `second`, in order: at most 16 (a crowd
+    /// of one person's joins in one minute is looked at no further, so a row costs a bounded time).
+    func candidates(second: Int64, _ who: (id: String?, email: String?, name: String?)) -> [Int] {
+        var found: [Int] = []
+        for key in Self.keys(second, who) { found += (lists[key] ?? []).prefix(16) }
+        return Array(Set(found)).sorted().prefix(16).map { $0 }
     }
 
     /// The first interval filed that is the same person as `who` in `second`.

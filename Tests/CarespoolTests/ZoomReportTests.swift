@@ -572,6 +572,104 @@ extension ZoomReportStoreTests {
     }
 }
 
+/// The second hostile review's findings, each a test that failed before its fix.
+extension ZoomReportStoreTests {
+    static let header = "Name (Original Name),User Email,Join Time,Leave Time,Duration (Minutes)\n"
+
+    func intervals(_ database: AppDatabase, _ meeting: String) throws -> [String] {
+        try database.zoomVisits(meeting: meeting).flatMap { visit in
+            visit.intervals.map {
+                "\(visit.visitUUID) \($0.participantName ?? "-") \($0.joinedAt ?? "?") \($0.leftAt ?? "…")"
+            }
+        }.sorted()
+    }
+
+    /// A daily meeting's report of today does not split yesterday's report-only visit, whichever came first.
+    @Test func todaysReportDoesNotSplitYesterdaysVisit() throws {
+        let day1 =
+            Self.header + "Al,al@example.org,11/20/2026 08:55:00 AM,11/20/2026 09:30:00 AM,35\n"
+            + "Bo,bo@example.org,11/20/2026 09:05:00 AM,11/20/2026 09:30:00 AM,25\n"
+        let day2 = Self.header + "Cy,cy@example.org,11/21/2026 09:00:00 AM,11/21/2026 09:30:00 AM,30\n"
+        let name = "participants_555666777.csv"
+        let first = try AppDatabase.open(path: dir.file("s1.sqlite3"))
+        _ = try commitReport(first, "d1", day1, name: name)
+        _ = try commitReport(first, "d2", day2, name: name)
+        let second = try AppDatabase.open(path: dir.file("s2.sqlite3"))
+        _ = try commitReport(second, "d2", day2, name: name)
+        _ = try commitReport(second, "d1", day1, name: name)
+        #expect(try first.zoomVisits(meeting: "555666777").count == 2)
+        #expect(try intervals(first, "555666777") == (try intervals(second, "555666777")))
+    }
+
+    /// A page with only a meeting_uuid: its meeting is the webhooks' visit's, else it is refused; carespool's
+    /// own visit keys are no uuids.
+    @Test func aUUIDWithoutAMeetingIdMustBeAVisitTheWebhooksHave() throws {
+        let database = try AppDatabase.open(path: dir.file("q.sqlite3"))
+        _ = try commit(database, "w1", zoom: Self.webhooks)
+        func page(_ uuid: String) -> String {
+            "{\"meeting_uuid\": \"\(uuid)\", \"participants\": [{\"name\": \"Mallory\", "
+                + "\"join_time\": \"2026-11-20T15:10:00Z\", \"leave_time\": \"2026-11-20T15:11:00Z\"}]}"
+        }
+        let unknown = try commitReport(database, "q1", page("neverSeen=="), name: "p.json")
+        #expect(unknown.errors.first?.message.contains("add meeting_id") == true)
+        let ours = try commitReport(database, "q2", page("report:93812345678:2026-11-20T15:00:05.000Z"), name: "p.json")
+        #expect(ours.errors.first?.message.contains("is not a Zoom visit uuid") == true)
+        let known = try commitReport(database, "q3", page("visitB=="), name: "p.json")
+        #expect(known.stored == 1)
+        #expect(try intervals(database, "93812345678").contains { $0.hasPrefix("visitB== Mallory") })
+    }
+
+    /// The same join from a report to the second and one to the minute, with no webhooks: one interval.
+    @Test func aJoinToTheSecondAndToTheMinuteIsOneInterval() throws {
+        let database = try AppDatabase.open(path: dir.file("p.sqlite3"))
+        _ = try commitReport(database, "c1", try ReportFixtures.text("participants_93812345678.csv"))
+        _ = try commitReport(
+            database,
+            "b1",
+            Self.header + "Dr. Zoë Okafor,zoe.okafor@clinic.example,11/20/2026 09:00,11/20/2026 09:30,30\n"
+        )
+        let zoe = try intervals(database, "93812345678").filter { $0.contains("Okafor") }
+        #expect(zoe.count == 1, "\(zoe)")
+    }
+
+    /// A rejoin within one minute, given to the minute: each report row completes its own interval.
+    @Test func aRejoinWithinAMinuteKeepsBothLeaves() throws {
+        let database = try AppDatabase.open(path: dir.file("r.sqlite3"))
+        let events = [
+            zoomEvent(
+                "meeting.participant_joined",
+                ts: 1_795_186_805_000,
+                meeting: "93812345678",
+                uuid: "visitR==",
+                participant: "\"user_id\":\"1\",\"user_name\":\"Paz\",\"join_time\":\"2026-11-20T15:00:05Z\""
+            ),
+            zoomEvent(
+                "meeting.participant_left",
+                ts: 1_795_186_830_000,
+                meeting: "93812345678",
+                uuid: "visitR==",
+                participant: "\"user_id\":\"1\",\"user_name\":\"Paz\",\"leave_time\":\"2026-11-20T15:00:30Z\""
+            ),
+            zoomEvent(
+                "meeting.participant_joined",
+                ts: 1_795_186_850_000,
+                meeting: "93812345678",
+                uuid: "visitR==",
+                participant: "\"user_id\":\"2\",\"user_name\":\"Paz\",\"join_time\":\"2026-11-20T15:00:50Z\""
+            ),
+        ].joined(separator: "\n")
+        _ = try commit(database, "w1", zoom: events)
+        let report = try commitReport(
+            database,
+            "m1",
+            Self.header + "Paz,,11/20/2026 09:00,11/20/2026 09:00,0\nPaz,,11/20/2026 09:00,11/20/2026 09:30,30\n"
+        )
+        #expect(report.rejected == 0, "\(report.errors.map(\.text))")
+        let paz = try intervals(database, "93812345678")
+        #expect(paz.contains("visitR== Paz 2026-11-20T15:00:50.000Z 2026-11-20T15:30:00.000Z"), "\(paz)")
+    }
+}
+
 /// Zoom reports through the real daemon: a partner's inbox with its own zone, the spool's own inbox with
 /// `[zoom_report]`'s, webhooks first, then last week's reports.
 @Suite(.serialized) struct ZoomReportDaemonTests {
