@@ -341,10 +341,18 @@ package struct ConfigFile: Sendable {
         let prefix = at + "."
         if let zone = try reader.string(table, "timezone", at: at, nonEmpty: true) {
             // `Etc/GMT+5` is UTC−5 (POSIX's sign): a trap, and no daylight saving time anyway — refused.
-            guard zone.contains("/") || zone == "UTC", !zone.hasPrefix("Etc/"), TimeZone(identifier: zone) != nil else {
+            if zone.hasPrefix("Etc/GMT+") || zone.hasPrefix("Etc/GMT-") {
                 throw reader.error(
                     prefix + "timezone",
-                    "\(zone) is not an IANA time zone name this machine knows (America/Chicago, Europe/Berlin, UTC)"
+                    "\(zone) is a fixed offset with POSIX's inverted sign (Etc/GMT+5 is UTC−5): name the region, "
+                        + "America/Chicago say, whose clocks the report's times are"
+                )
+            }
+            guard zone.contains("/") || zone == "UTC", TimeZone(identifier: zone) != nil else {
+                throw reader.error(
+                    prefix + "timezone",
+                    "\(zone) is not an IANA time zone name this machine knows (America/Chicago, Europe/Berlin, UTC; "
+                        + "an abbreviation such as CST names no daylight-saving rule)"
                 )
             }
             times.timezone = zone

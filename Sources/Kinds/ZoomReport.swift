@@ -30,7 +30,8 @@ package struct LocalTimes: Sendable, Hashable {
     /// Whether `name` is an IANA zone name this machine knows (`America/Chicago`, `UTC`): abbreviations
     /// such as `CST` are refused, they name no rule for daylight saving time.
     package static func isZoneName(_ name: String) -> Bool {
-        (name.contains("/") || name == "UTC") && !name.hasPrefix("Etc/") && TimeZone(identifier: name) != nil
+        (name.contains("/") || name == "UTC") && !name.hasPrefix("Etc/GMT+") && !name.hasPrefix("Etc/GMT-")
+            && TimeZone(identifier: name) != nil
     }
 
     /// One line, as kept beside a claimed file and in its report: `America/Chicago MM/DD/YYYY either`.
@@ -120,7 +121,8 @@ package struct LocalTimeReader: Sendable {
     package func instant(_ text: String) -> Result<Int64, TimeProblem> {
         if let at = Self.withOffset(text.trimmingASCIIWhitespace()) { return .success(at) }
         let quoted = "\"\(text)\""
-        let expected = "\(settings.dateOrder.rawValue) hh:mm[:ss][ AM|PM]"
+        let expected =
+            "\(settings.dateOrder.rawValue) hh:mm[:ss][ AM|PM], or with its offset: 2026-11-01T01:30:00-05:00"
         var date: (y: Int, m: Int, d: Int)?
         var numeric = false
         var monthName: Int?
@@ -310,8 +312,10 @@ package func sameZoomParticipant(
 
 /// A Zoom meeting id as printed (`852 1848 6288`, `852-1848-6288`) as its digits, or nil.
 package func zoomMeetingDigits(_ text: String) -> String? {
+    guard !text.hasPrefix("-") else { return nil }
     let digits = text.filter { !($0 == " " || $0 == "-" || $0 == "\u{A0}" || $0 == "\t") }
-    guard (9...13).contains(digits.count), digits.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+    guard (9...13).contains(digits.count), digits.first != "0", digits.allSatisfy({ $0.isASCII && $0.isNumber })
+    else { return nil }
     return digits
 }
 

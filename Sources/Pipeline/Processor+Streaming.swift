@@ -170,15 +170,31 @@ extension Engine {
                 var hasher = SHA256()
                 var tail = isArray ? nil : TailCheck(csv: isCSV, limit: configuration.recordLimit)
                 var plain = 0
+                // A report's dates are read once before a row is stored: one that fits only the other date
+                // order refuses the file whole, as when it is read whole (its other dates would be misread).
+                let checkDates = isCSV && kind == .zoomReport
+                var dateReader = CSVReader(maxRecordBytes: configuration.recordLimit)
+                var dates = ZoomReportCSV(times: LocalTimeReader(file.localTimes), fileName: file.originalName)
                 do {
                     try spool.readChunks(file, raw: { hasher.update(data: $0) }) { chunk in
                         plain += chunk.count
                         tail?.feed(chunk)
+                        if checkDates { dateReader.feed(chunk) { _ = dates.take($0) } }
                         try chunkDone()
                     }
+                    if checkDates { dateReader.finish { _ = dates.take($0) } }
                     tooLarge = tail?.problem(
                         headerWidth: isCSV && kind == .intake ? csvWidth(header: firstLine) : nil
                     )
+                    if tooLarge == nil, checkDates, let mismatch = dates.otherOrder {
+                        tooLarge = RecordProblem(
+                            record: nil,
+                            line: mismatch.line,
+                            pointer: nil,
+                            message: mismatch.problem
+                                + "; nothing of the file is stored, as its other dates would be misread"
+                        )
+                    }
                     digest = hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
                     if gzip { decompressedSize = plain }
                 } catch let problem as DecompressionProblem {

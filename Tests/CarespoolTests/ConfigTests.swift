@@ -161,6 +161,7 @@ import Testing
         for (original, replacement, line, key, message) in [
             ("\"America/Chicago\"", "\"CST\"", 2, "zoom_report.timezone", "CST is not an IANA time zone name"),
             ("\"America/Chicago\"", "\"../../etc/passwd\"", 2, "zoom_report.timezone", "../../etc/passwd is not"),
+            ("\"America/Chicago\"", "\"Etc/GMT+5\"", 2, "zoom_report.timezone", "Etc/GMT+5 is a fixed offset"),
             ("\"Europe/Berlin\"", "\"Mars/Olympus\"", 8, "inbox[0].timezone", "Mars/Olympus is not"),
             ("\"12h\"", "\"13h\"", 3, "zoom_report.clock", "must be one of either, 12h, 24h"),
             ("\"DD/MM/YYYY\"", "\"YYYY/MM/DD\"", 9, "inbox[0].date_order", "must be one of MM/DD/YYYY"),

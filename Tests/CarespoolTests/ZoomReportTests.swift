@@ -825,6 +825,38 @@ extension ZoomReportStoreTests {
         #expect(wrong.err.contains("not an IANA time zone name"))
     }
 
+    /// Streamed, a report whose dates are written in the other order is refused whole before a row is
+    /// stored (found by the hostile review: 19,990 rows were stored a month off).
+    @Test func aStreamedReportInTheOtherDateOrderIsRefusedBeforeARowIsStored() async throws {
+        var text = "Name (Original Name),User Email,Join Time,Leave Time,Duration (Minutes)\n"
+        for n in 0..<3_000 { text += "Ana \(n),a\(n)@example.org,05/11/2026 09:00,05/11/2026 09:30,30\n" }
+        text += "Bo,bo@example.org,13/11/2026 09:00,13/11/2026 09:30,30\n"
+        let report = text
+        let dir = TempDir("zoom-report-order")
+        let spool = dir.path + "/spool"
+        let config = dir.path + "/carespool.toml"
+        try "[zoom_report]\ntimezone = \"America/Chicago\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let view = SpoolView(root: spool)
+        let run = try await Daemon.serve(spool: spool, arguments: ["--config", config, "--stream-threshold", "65536"]) {
+            pid in
+            try await waitUntilServing(spool)
+            try dropLikeRsync(report, into: spool + "/inbox/zoom-report", name: "participants_93812345678.csv")
+            let finished = await eventually { view.failed("zoom-report").count == 1 }
+            kill(pid, SIGTERM)
+            return finished
+        }
+        #expect(run.result, "\(run.log)")
+        let stored = try await view.database().read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM zoom_report_intervals")
+        }
+        #expect(stored == 0)
+        let error = try String(
+            contentsOfFile: spool + "/failed/zoom-report/" + (try #require(view.sidecars("zoom-report").first)),
+            encoding: .utf8
+        )
+        #expect(error.contains("likely written DD/MM/YYYY"))
+    }
+
     /// A report larger than the stream threshold is streamed in chunks, with the same verdicts, and a
     /// kill -9 in the middle stores nothing twice.
     @Test func aLargeReportIsStreamedAndAKillInTheMiddleStoresNothingTwice() async throws {
