@@ -111,7 +111,7 @@ package struct AppDatabase: Sendable {
     }
 
     /// Migrations are frozen once shipped: add new ones, never edit these.
-    static var migrator: DatabaseMigrator {
+    package static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1: files ledger, appointment events and state") { db in
             try db.execute(

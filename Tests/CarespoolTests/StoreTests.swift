@@ -254,5 +254,57 @@ import Testing
         #expect(digest(FrozenMigrations.zoomV2) == "1314aaadcca4be845e84083058f487c4871246a6734b95524de3bc339d7728e3")
         #expect(digest(FrozenMigrations.intakeV3) == "beeaed51ee9bc94ac2fc97e765781e329986be4c0c83354e7d79954db8fccb3a")
         #expect(digest(FrozenMigrations.auditV5) == "9a8e5bbb8251d5f4ffa8f70cfed39340d82b8df47f6bd02abd79aea1a5950780")
+        // Frozen as written (migration v10 shipped as this literal).
+        #expect(
+            digest(FrozenMigrations.zoomReportsV10)
+                == "95a35ae4259ff7b995f9cce7ef8b3079a6fa7a28df0557f8856b8ac6eca51d52"
+        )
+    }
+}
+
+/// Migration v10 on a database that already holds Zoom webhooks (as an upgrade meets it): what the
+/// merge needs is filled in from what the rows hold.
+@Suite struct ZoomReportsMigrationTests {
+    @Test func v10FillsInWhatTheMergeNeedsFromTheRowsAlreadyStored() throws {
+        let dir = TempDir("v10")
+        let queue = try DatabaseQueue(path: dir.file("old.sqlite3"))
+        try AppDatabase.migrator.migrate(queue, upTo: "v9: notifications owed")
+        try queue.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome, report)
+                    VALUES ('f1', 'zoom', 'e.json', ?, 1, 't', 't', 'accepted', '{}');
+                    INSERT INTO zoom_events (meeting_id, visit_uuid, event_name, event_ts, participant_id, participant_name,
+                        join_time, interpreter_requested, raw_json, file_id, record)
+                    VALUES ('93812345678', 'v==', 'meeting.participant_joined', 1795186805000, '1', 'Zoë',
+                        '2026-11-20T15:00:05Z', 0,
+                        '{"payload":{"object":{"participant":{"email":"zoe@example.org"}}}}', 'f1', 1),
+                        ('93812345678', 'v==', 'meeting.participant_left', 1795188600000, '1', 'Zoë', NULL, 0,
+                        'not json', 'f1', 2);
+                    INSERT INTO zoom_visits (visit_uuid, meeting_id, interpreter_requested, participants, events)
+                    VALUES ('v==', '93812345678', 0, 1, 2);
+                    INSERT INTO zoom_visit_intervals (visit_uuid, participant_id, participant_name, joined_at, left_at)
+                    VALUES ('v==', '1', 'Zoë', '2026-11-20T15:00:05.000Z', '2026-11-20T15:30:00.000Z');
+                    """,
+                arguments: [String(repeating: "a", count: 64)]
+            )
+        }
+        try AppDatabase.migrator.migrate(queue)
+        let (emails, visit, interval) = try queue.read { db in
+            (
+                try String?.fetchAll(db, sql: "SELECT participant_email FROM zoom_events ORDER BY seq"),
+                try Row.fetchOne(db, sql: "SELECT first_s, last_s FROM zoom_visits")!,
+                try Row.fetchOne(
+                    db,
+                    sql: "SELECT meeting_id, joined_s, left_s, joined_m, source FROM zoom_visit_intervals"
+                )!
+            )
+        }
+        #expect(emails == ["zoe@example.org", nil])
+        #expect(visit["first_s"] == 1_795_186_805 && visit["last_s"] == 1_795_188_600)
+        #expect(interval["meeting_id"] == "93812345678")
+        #expect(interval["joined_s"] == 1_795_186_805 && interval["left_s"] == 1_795_188_600)
+        #expect(interval["joined_m"] == 1_795_186_805 / 60)
+        #expect(interval["source"] == "webhook")
     }
 }
