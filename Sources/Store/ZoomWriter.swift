@@ -283,6 +283,9 @@ struct VisitTimeline {
         var joinedMs: Int64?
         var leftMs: Int64?
         var source: Source
+        /// Its join or leave came from a report given to the minute: an exact time replaces it.
+        var joinToTheMinute = false
+        var leaveToTheMinute = false
     }
 
     var startedAt: String?
@@ -428,27 +431,42 @@ struct VisitTimeline {
         }
         for report in ordered {
             let who = (report.participantID, report.email, report.name)
-            // A row given to the minute is a join of that minute — the one that left in the same minute, else
-            // one still open, else the first; one given to the second is the join of that second, or a join
-            // that a row given to the minute made (its time then made exact).
+            // A row given to the minute is a join of that minute: the one that left in the same minute, else
+            // one still open (a row without a leave: any). One given to the second is the join of that second,
+            // or a join that a row given to the minute made in its minute — leaving in the same minute, else
+            // open — whose times it then makes exact.
             let minute = Self.floor(report.joined, 60)
+            let leftMinute = report.left.map { Self.floor($0, 60) }
+            func leavesInMinute(_ index: Int) -> Bool {
+                leftMinute != nil && intervals[index].leftMs.map { Self.floor($0, 60_000) } == leftMinute
+            }
             var found: Int?
             if report.toTheMinute {
                 let candidates = byJoinMinute.candidates(second: minute, who)
-                let leftMinute = report.left.map { Self.floor($0, 60) }
                 found =
-                    candidates.first { index in
-                        intervals[index].leftMs.map { Self.floor($0, 60_000) } == leftMinute && leftMinute != nil
-                    } ?? candidates.first { intervals[$0].leftMs == nil } ?? candidates.first
+                    candidates.first(where: leavesInMinute) ?? candidates.first { intervals[$0].leftMs == nil }
+                    ?? (report.left == nil ? candidates.first : nil)
             } else if let exact = byJoin.first(second: report.joined, who) {
                 found = exact
-            } else if let made = minuteMade.first(second: minute, who) {
-                intervals[made].joinedMs = report.joined * 1_000
-                found = made
+            } else {
+                let made = minuteMade.candidates(second: minute, who).filter { intervals[$0].joinToTheMinute }
+                if let index = made.first(where: leavesInMinute) ?? made.first(where: { intervals[$0].leftMs == nil }) {
+                    intervals[index].joinedMs = report.joined * 1_000
+                    intervals[index].joinToTheMinute = false
+                    byJoin.add(
+                        index,
+                        second: report.joined,
+                        (intervals[index].matchID, intervals[index].email, intervals[index].participantName)
+                    )
+                    found = index
+                }
             }
             if let index = found {
-                if intervals[index].leftMs == nil, let left = report.left {
+                if let left = report.left,
+                    intervals[index].leftMs == nil || (intervals[index].leaveToTheMinute && !report.toTheMinute)
+                {
                     intervals[index].leftMs = left * 1_000
+                    intervals[index].leaveToTheMinute = report.toTheMinute
                     if intervals[index].source == .webhook { intervals[index].source = .both }
                 }
                 continue
@@ -460,6 +478,7 @@ struct VisitTimeline {
                 leaveOnly.markTaken(index)
                 leaveOnlyMinute.markTaken(index)
                 intervals[index].joinedMs = report.joined * 1_000
+                intervals[index].joinToTheMinute = report.toTheMinute
                 intervals[index].source = .both
                 file(index, joined: report.joined)
                 continue
@@ -472,7 +491,9 @@ struct VisitTimeline {
                     email: report.email,
                     joinedMs: report.joined * 1_000,
                     leftMs: report.left.map { $0 * 1_000 },
-                    source: .report
+                    source: .report,
+                    joinToTheMinute: report.toTheMinute,
+                    leaveToTheMinute: report.toTheMinute
                 )
             )
             file(intervals.count - 1, joined: report.joined)

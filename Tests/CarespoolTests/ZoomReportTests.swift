@@ -632,6 +632,27 @@ extension ZoomReportStoreTests {
         #expect(zoe.count == 1, "\(zoe)")
     }
 
+    /// With no webhooks, a rejoin within one minute from a report to the second and one to the minute, in
+    /// either order: two intervals with the exact times (found by the third review: one interval that
+    /// ended before it began, and exact leaves rounded to the minute).
+    @Test func aRejoinWithinAMinuteFromBothPrecisionsKeepsTheExactTimes() throws {
+        let seconds =
+            Self.header + "Paz,,11/20/2026 09:00:05 AM,11/20/2026 09:00:30 AM,1\n"
+            + "Paz,,11/20/2026 09:00:50 AM,11/20/2026 09:30:10 AM,30\n"
+        let minutes =
+            Self.header + "Paz,,11/20/2026 09:00,11/20/2026 09:00,0\nPaz,,11/20/2026 09:00,11/20/2026 09:30,30\n"
+        let expected = [
+            "Paz 2026-11-20T15:00:05.000Z 2026-11-20T15:00:30.000Z",
+            "Paz 2026-11-20T15:00:50.000Z 2026-11-20T15:30:10.000Z",
+        ]
+        for (index, order) in [[seconds, minutes], [minutes, seconds]].enumerated() {
+            let database = try AppDatabase.open(path: dir.file("rj\(index).sqlite3"))
+            for (n, text) in order.enumerated() { _ = try commitReport(database, "f\(n)", text) }
+            let paz = try intervals(database, "93812345678").map { String($0.split(separator: " ", maxSplits: 1)[1]) }
+            #expect(paz == expected, "order \(index): \(paz)")
+        }
+    }
+
     /// A rejoin within one minute, given to the minute: each report row completes its own interval.
     @Test func aRejoinWithinAMinuteKeepsBothLeaves() throws {
         let database = try AppDatabase.open(path: dir.file("r.sqlite3"))
