@@ -29,7 +29,7 @@ Phase 6 drops each adversarial shape of bench/shapes.py (8 MB) and the plain fil
 daemon: MB/s to its verdict, the ratio to the plain file's, and the peak RSS. docs/PERFORMANCE.md has the
 details.
 """
-import argparse, ctypes, ctypes.util, datetime, glob, os, shutil, signal, sqlite3, struct, subprocess, sys, tempfile, threading, time
+import argparse, ctypes, ctypes.util, datetime, glob, json, os, shutil, signal, sqlite3, struct, subprocess, sys, tempfile, threading, time
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 IN_MOVED_TO = 0x80
@@ -372,6 +372,128 @@ def gzip_phase(binary, schema, rows):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def report_phase(binary, schema, rows):
+    """A Zoom participants report as the portal exports it for an account (the one-table layout, US
+    dates, 12-hour clock), `rows` joins over 300 clinic days of 40 recurring meetings — names with
+    accents from a small pool (people come back), rejoins, a few guests without e-mail — dropped after the
+    webhooks of every other day's visits, so that half its joins merge with webhooks and half make the
+    reports' own visits: rows/s, peak RSS, and how the rows ended (stored, duplicates)."""
+    import random
+    rnd = random.Random(19)
+    first = ["María José", "Zoë", "Łukasz", "Søren", "Amélie", "Chidi", "Nguyễn", "Ana", "Björn", "Siobhán",
+             "José Luis", "Renée", "Dmitrij", "Aylin", "Kwame", "Ingrid", "Noémie", "Joaquín"]
+    last = ["Ríos", "Okafor", "Wróbel", "Ångström", "Dubois", "Eze", "Văn An", "Núñez", "Şahin", "O'Brien",
+            "Müller", "Pérez", "Kowalczyk", "Ferreira", "Nakamura", "Lindqvist"]
+    people = ["%s %s" % (rnd.choice(first), rnd.choice(last)) for _ in range(600)]
+    meetings = [str(81000000000 + rnd.randrange(10 ** 9)) for _ in range(40)]
+    header = ("Topic,Meeting ID,User Name,User Email,Department,Group,Has Zoom Rooms,Creation Time,Start Time,"
+              "End Time,Duration (Minutes),Participants,Name (Original Name),User Email,Join Time,Leave Time,"
+              "Duration (Minutes),Guest,Recording Consent,In Waiting Room,Marketing Opt-In\n")
+    chicago = datetime.timezone(datetime.timedelta(hours=-6))  # the days chosen are all in CST
+    base = datetime.datetime(2026, 11, 9, 8, 0, tzinfo=chicago)
+
+    def us(t):
+        return t.strftime("%m/%d/%Y %I:%M %p")
+
+    out = [header]
+    events = []
+    n = 0
+    day = 0
+    while n < rows:
+        for m, meeting in enumerate(meetings):
+            if n >= rows:
+                break
+            start = base + datetime.timedelta(days=day % 20, minutes=15 * m + 600 * (day // 20))
+            end = start + datetime.timedelta(minutes=45)
+            spaced = "%s %s %s" % (meeting[:3], meeting[3:7], meeting[7:])
+            uuid = "v%d-%d==" % (day, m)
+            webhooks = (day + m) % 2 == 0
+            for p in rnd.sample(people, rnd.randrange(3, 12)):
+                joins = [start + datetime.timedelta(minutes=rnd.randrange(0, 10))]
+                if rnd.random() < 0.15:
+                    joins.append(joins[0] + datetime.timedelta(minutes=rnd.randrange(12, 20)))
+                for k, join in enumerate(joins):
+                    leave = join + datetime.timedelta(minutes=rnd.randrange(1, 10) if k + 1 < len(joins) else 35)
+                    leave = min(leave, end)
+                    email = "" if rnd.random() < 0.05 else p.lower().replace(" ", ".").replace("'", "") + "@example.org"
+                    name = '"%s"' % p if "," in p else p
+                    out.append("Consulta,%s,Dr. Núñez,host@clinic.example,Cardiología,,No,%s,%s,%s,45,%d,%s,%s,%s,%s,%d,%s,Yes,No,-\n"
+                               % (spaced, us(start - datetime.timedelta(days=2)), us(start), us(end), 5, name, email,
+                                  us(join), us(leave), (leave - join).seconds // 60, "Yes" if not email else "No"))
+                    n += 1
+                    if webhooks:
+                        who = {"user_id": str(16778240 + n), "user_name": p, "email": email}
+                        iso = lambda t: t.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                        for name_, t, field in (("meeting.participant_joined", join, "join_time"),
+                                                ("meeting.participant_left", leave, "leave_time")):
+                            obj = dict(who)
+                            obj[field] = iso(t)
+                            events.append(json.dumps({"event": name_, "event_ts": int(t.timestamp() * 1000),
+                                                      "payload": {"account_id": "acc", "object": {
+                                                          "id": meeting, "uuid": uuid, "participant": obj}}}))
+            day += 1 if m == len(meetings) - 1 else 0
+        day += 1
+    rows = n  # a visit's joins are all written: a few more than asked
+    root = tempfile.mkdtemp(prefix="carespool-bench-report-")
+    try:
+        spool = os.path.join(root, "spool")
+        config = os.path.join(root, "carespool.toml")
+        with open(config, "w") as f:
+            f.write('[zoom_report]\ntimezone = "America/Chicago"\n')
+        log = open(os.path.join(root, "daemon.log"), "w")
+        daemon = subprocess.Popen([binary, "serve", "--config", config, "--spool", spool, "--schema", schema,
+                                   "--log-level", "warning", "--http", "off"], stderr=log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(spool, "processing", "retrying.json")):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                sys.exit("report phase: the daemon did not start")
+            time.sleep(0.01)
+
+        def drop(kind, name, data):
+            staged = os.path.join(root, "staged")
+            with open(staged, "w", encoding="utf-8") as f:
+                f.write(data)
+            os.rename(staged, os.path.join(spool, "inbox", kind, name))
+
+        def finished(kind):
+            done = os.path.join(spool, "done", kind)
+            return sum(len(os.listdir(os.path.join(done, d))) for d in os.listdir(done)) if os.path.isdir(done) else 0
+
+        drop("zoom", "events.ndjson", "\n".join(events) + "\n")
+        deadline = time.monotonic() + 1800
+        while finished("zoom") < 1:
+            if time.monotonic() > deadline:
+                sys.exit("report phase: the webhooks were not finished")
+            time.sleep(0.05)
+        text = "".join(out)
+        start = time.monotonic()
+        drop("zoom-report", "participants.csv", text)
+        while finished("zoom-report") < 1:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                sys.exit("report phase: the report was not finished")
+            time.sleep(0.05)
+        seconds = time.monotonic() - start
+        with open("/proc/%d/status" % daemon.pid) as f:
+            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+        db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+        stored, duplicates, rejected = db.execute(
+            "SELECT stored, duplicates, rejected FROM files WHERE kind = 'zoom-report'").fetchone()
+        sources = dict(db.execute("SELECT source, count(*) FROM zoom_visit_intervals GROUP BY source").fetchall())
+        db.close()
+        if stored + duplicates != rows or rejected:
+            sys.exit("report phase: %d stored + %d duplicates + %d rejected of %d rows" % (stored, duplicates, rejected, rows))
+        print("| report phase: one-table export, %d rows, %.1f MB, %d webhook events first | s | rows/s | peak RSS MiB |"
+              % (rows, len(text.encode()) / 1e6, len(events)))
+        print("| --- | --- | --- | --- |")
+        print("| stored %d, duplicates %d; intervals %s | %.1f | %.0f | %.1f |"
+              % (stored, duplicates, ", ".join("%s %d" % kv for kv in sorted(sources.items())), seconds, rows / seconds,
+                 peak / 1024.0))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def shapes_phase(binary, schema, size, runs):
     """Each adversarial shape of bench/shapes.py (and the plain file of its kind it is measured against),
     dropped alone into a fresh daemon: MB/s from the drop to its verdict (done/ or failed/), the daemon's
@@ -457,7 +579,8 @@ def main():
     ap.add_argument("--intake-rows", type=int, default=1000000)
     ap.add_argument("--csv-parse-bench", help="path of the csv-parse-bench binary (parsing-only speed)")
     ap.add_argument("--http-seconds", type=int, default=20)
-    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes, keys, gzip")
+    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes, keys, gzip, report")
+    ap.add_argument("--report-rows", type=int, default=200000, help="rows of the report phase's export")
     ap.add_argument("--shape-bytes", type=int, default=8000000)
     ap.add_argument("--shape-runs", type=int, default=3, help="runs of each shape; the fastest is kept")
     ap.add_argument("--keys-rows", type=int, default=1000000, help="rows of the keys phase's files")
@@ -465,8 +588,8 @@ def main():
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
-    if args.only not in (None, "files", "zoom", "intake", "http", "shapes", "keys", "gzip"):
-        sys.exit("--only: one of files, zoom, intake, http, shapes, keys, gzip")
+    if args.only not in (None, "files", "zoom", "intake", "http", "shapes", "keys", "gzip", "report"):
+        sys.exit("--only: one of files, zoom, intake, http, shapes, keys, gzip, report")
 
     def want(phase):
         return args.only in (None, phase)
@@ -667,6 +790,9 @@ def main():
         if want("gzip"):
             print()
             gzip_phase(args.binary, schema, args.keys_rows)
+        if want("report"):
+            print()
+            report_phase(args.binary, schema, args.report_rows)
         if want("shapes"):
             print()
             shapes_phase(args.binary, schema, args.shape_bytes, args.shape_runs)

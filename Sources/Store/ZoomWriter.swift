@@ -148,7 +148,11 @@ struct ZoomWriter {
     /// and a visit of 4,000 events refreshed per file took 82 s (quadratic), refreshed per group commit
     /// about 1 s. A visit left with neither (a report's visit whose rows moved to a webhook visit) goes.
     func refreshVisit(_ uuid: String) throws {
-        let rows = try Row.fetchAll(
+        // Read through cursors into the timeline's own values: a visit of 130,000 rows held as GRDB rows
+        // took 65 MB more.
+        var meetingID: String?
+        var events: [VisitTimeline.Event] = []
+        let eventRows = try Row.fetchCursor(
             db.cachedStatement(
                 sql: """
                     SELECT meeting_id, event_name, event_ts, participant_id, participant_name, join_time, leave_time,
@@ -158,7 +162,26 @@ struct ZoomWriter {
             ),
             arguments: [uuid]
         )
-        let reports = try Row.fetchAll(
+        while let row = try eventRows.next() {
+            meetingID = meetingID ?? row["meeting_id"]
+            events.append(
+                VisitTimeline.Event(
+                    name: row["event_name"],
+                    timestamp: row["event_ts"],
+                    participantID: row["participant_id"],
+                    participantName: row["participant_name"],
+                    participantEmail: row["participant_email"],
+                    joinTime: row["join_time"],
+                    leaveTime: row["leave_time"],
+                    startTime: row["start_time"],
+                    endTime: row["end_time"],
+                    latencyMs: row["latency_ms"],
+                    interpreterRequested: row["interpreter_requested"] == 1
+                )
+            )
+        }
+        var reports: [VisitTimeline.Report] = []
+        let reportRows = try Row.fetchCursor(
             db.cachedStatement(
                 sql: """
                     SELECT meeting_id, participant_id, participant_email, participant_name, joined_s, left_s,
@@ -168,29 +191,9 @@ struct ZoomWriter {
             ),
             arguments: [uuid]
         )
-        try db.execute(sql: "DELETE FROM zoom_visit_intervals WHERE visit_uuid = ?", arguments: [uuid])
-        if rows.isEmpty && reports.isEmpty {
-            try db.execute(sql: "DELETE FROM zoom_visits WHERE visit_uuid = ?", arguments: [uuid])
-            return
-        }
-        let events = rows.map { row in
-            VisitTimeline.Event(
-                name: row["event_name"],
-                timestamp: row["event_ts"],
-                participantID: row["participant_id"],
-                participantName: row["participant_name"],
-                participantEmail: row["participant_email"],
-                joinTime: row["join_time"],
-                leaveTime: row["leave_time"],
-                startTime: row["start_time"],
-                endTime: row["end_time"],
-                latencyMs: row["latency_ms"],
-                interpreterRequested: row["interpreter_requested"] == 1
-            )
-        }
-        let timeline = VisitTimeline(
-            events: events,
-            reports: reports.map { row in
+        while let row = try reportRows.next() {
+            if meetingID == nil, let meeting = row["meeting_id"] as String?, !meeting.isEmpty { meetingID = meeting }
+            reports.append(
                 VisitTimeline.Report(
                     participantID: row["participant_id"],
                     email: row["participant_email"],
@@ -201,11 +204,18 @@ struct ZoomWriter {
                     meetingEnd: row["meeting_end_s"],
                     toTheMinute: row["join_precision"] == 60
                 )
-            }
-        )
-        let meetingID: String =
-            rows.first?["meeting_id"]
-            ?? reports.lazy.compactMap { $0["meeting_id"] as String? }.first { !$0.isEmpty } ?? ""
+            )
+        }
+        try db.execute(sql: "DELETE FROM zoom_visit_intervals WHERE visit_uuid = ?", arguments: [uuid])
+        if events.isEmpty && reports.isEmpty {
+            try db.execute(sql: "DELETE FROM zoom_visits WHERE visit_uuid = ?", arguments: [uuid])
+            return
+        }
+        let eventCount = events.count
+        let timeline = VisitTimeline(events: events, reports: reports)
+        events = []
+        reports = []
+        let meeting = meetingID ?? ""
         try db.execute(
             sql: """
                 INSERT OR REPLACE INTO zoom_visits
@@ -214,8 +224,8 @@ struct ZoomWriter {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
-                uuid, meetingID, timeline.startedAt, timeline.endedAt, timeline.durationSeconds, timeline.maxLatencyMs,
-                timeline.interpreterRequested ? 1 : 0, Set(timeline.intervals.map(\.participantID)).count, rows.count,
+                uuid, meeting, timeline.startedAt, timeline.endedAt, timeline.durationSeconds, timeline.maxLatencyMs,
+                timeline.interpreterRequested ? 1 : 0, Set(timeline.intervals.map(\.participantID)).count, eventCount,
                 timeline.span?.first, timeline.span?.last,
             ]
         )
@@ -230,7 +240,7 @@ struct ZoomWriter {
             ).execute(arguments: [
                 uuid, interval.participantID, interval.participantName,
                 interval.joinedMs.map { RFC3339.format(epochMilliseconds: $0) },
-                interval.leftMs.map { RFC3339.format(epochMilliseconds: $0) }, meetingID, interval.email,
+                interval.leftMs.map { RFC3339.format(epochMilliseconds: $0) }, meeting, interval.email,
                 interval.joinedMs.map { VisitTimeline.seconds($0) }, interval.leftMs.map { VisitTimeline.seconds($0) },
                 interval.source.rawValue, interval.joinedMs.map { VisitTimeline.floor($0, 60_000) },
             ])
@@ -440,16 +450,37 @@ struct VisitTimeline {
             func leavesInMinute(_ index: Int) -> Bool {
                 leftMinute != nil && intervals[index].leftMs.map { Self.floor($0, 60_000) } == leftMinute
             }
+            // What a key's chain holds is checked: the same person, joining in that second or minute.
+            func person(_ index: Int) -> Bool {
+                sameZoomParticipant(
+                    who,
+                    (intervals[index].matchID, intervals[index].email, intervals[index].participantName)
+                )
+            }
+            func joinsAt(_ index: Int) -> Bool {
+                person(index) && intervals[index].joinedMs.map(Self.seconds) == report.joined
+            }
+            func joinsIn(_ index: Int) -> Bool {
+                person(index) && intervals[index].joinedMs.map { Self.floor($0, 60_000) } == minute
+            }
+            func leavesIn(_ left: Int64) -> (Int) -> Bool {
+                { person($0) && intervals[$0].leftMs.map { Self.floor($0, 60_000) } == Self.floor(left, 60) }
+            }
+            func leavesAt(_ left: Int64) -> (Int) -> Bool {
+                { person($0) && intervals[$0].leftMs.map(Self.seconds) == left }
+            }
             var found: Int?
             if report.toTheMinute {
-                let candidates = byJoinMinute.candidates(second: minute, who)
+                let candidates = byJoinMinute.candidates(second: minute, who, verify: joinsIn)
                 found =
                     candidates.first(where: leavesInMinute) ?? candidates.first { intervals[$0].leftMs == nil }
                     ?? (report.left == nil ? candidates.first : nil)
-            } else if let exact = byJoin.first(second: report.joined, who) {
+            } else if let exact = byJoin.first(second: report.joined, who, verify: joinsAt) {
                 found = exact
             } else {
-                let made = minuteMade.candidates(second: minute, who).filter { intervals[$0].joinToTheMinute }
+                let made = minuteMade.candidates(second: minute, who, verify: joinsIn).filter {
+                    intervals[$0].joinToTheMinute
+                }
                 if let index = made.first(where: leavesInMinute) ?? made.first(where: { intervals[$0].leftMs == nil }) {
                     intervals[index].joinedMs = report.joined * 1_000
                     intervals[index].joinToTheMinute = false
@@ -473,7 +504,8 @@ struct VisitTimeline {
             }
             if let left = report.left,
                 let index = report.toTheMinute
-                    ? leaveOnlyMinute.take(second: Self.floor(left, 60), who) : leaveOnly.take(second: left, who)
+                    ? leaveOnlyMinute.take(second: Self.floor(left, 60), who, verify: leavesIn(left))
+                    : leaveOnly.take(second: left, who, verify: leavesAt(left))
             {
                 leaveOnly.markTaken(index)
                 leaveOnlyMinute.markTaken(index)
@@ -505,77 +537,113 @@ struct VisitTimeline {
 
 /// Intervals by second and person, for ``sameZoomParticipant``'s rule without comparing a row with every
 /// interval of its second: each interval is filed under exact keys, and a row looks up only keys whose
-/// every interval is the same person as it — by id when both have one, else e-mail, else name.
+/// every interval is the same person as it — by id when both have one, else e-mail, else name. Keys are
+/// kept as their hashes (Swift's, seeded per process) in chains of one array: a visit of 130,000 rows
+/// took 120 MB more as strings and arrays per key. A hash says where to look; `verify` says whether what
+/// is there is the one (a collision is passed over).
 struct ParticipantIndex {
-    private var lists: [String: [Int]] = [:]
-    /// Per key, how many of its first intervals are taken (``take(second:_:)``).
-    private var heads: [String: Int] = [:]
+    /// Per key hash: its chain's first and last entry.
+    private var ends: [Int: (first: Int, last: Int)] = [:]
+    /// Chains in order of filing: each entry's interval and the next entry of its chain (-1: none).
+    private var entries: [(interval: Int, next: Int)] = []
+    /// Per key hash, the entry where `take` looks next.
+    private var cursors: [Int: Int] = [:]
     private var taken = Set<Int>()
 
-    private static func key(_ tag: Character, _ second: Int64, _ value: String) -> String {
-        "\(tag)\(second)\u{1}\(value)"
+    private static func key(_ tag: UInt8, _ second: Int64, _ value: String) -> Int {
+        var hasher = Hasher()
+        hasher.combine(tag)
+        hasher.combine(second)
+        hasher.combine(value)
+        return hasher.finalize()
     }
 
     mutating func add(_ index: Int, second: Int64, _ who: (id: String?, email: String?, name: String?)) {
         let email = who.email?.lowercased()
-        var keys: [String] = []
-        if let id = who.id { keys.append(Self.key("i", second, id)) }
+        var keys: [Int] = []
+        if let id = who.id { keys.append(Self.key(1, second, id)) }
         if let email {
-            keys.append(Self.key("E", second, email))
-            if who.id == nil { keys.append(Self.key("e", second, email)) }
+            keys.append(Self.key(2, second, email))
+            if who.id == nil { keys.append(Self.key(3, second, email)) }
         }
         if let name = who.name {
-            keys.append(Self.key("N", second, name))
-            if who.id == nil { keys.append(Self.key("n", second, name)) }
-            if email == nil { keys.append(Self.key("m", second, name)) }
-            if who.id == nil && email == nil { keys.append(Self.key("o", second, name)) }
+            keys.append(Self.key(4, second, name))
+            if who.id == nil { keys.append(Self.key(5, second, name)) }
+            if email == nil { keys.append(Self.key(6, second, name)) }
+            if who.id == nil && email == nil { keys.append(Self.key(7, second, name)) }
         }
-        for key in keys { lists[key, default: []].append(index) }
+        for key in keys {
+            entries.append((index, -1))
+            let entry = entries.count - 1
+            if let end = ends[key] {
+                entries[end.last].next = entry
+                ends[key] = (end.first, entry)
+            } else {
+                ends[key] = (entry, entry)
+            }
+        }
     }
 
     /// The keys whose every interval is the same person as `who`.
-    private static func keys(_ second: Int64, _ who: (id: String?, email: String?, name: String?)) -> [String] {
+    private static func keys(_ second: Int64, _ who: (id: String?, email: String?, name: String?)) -> [Int] {
         let email = who.email?.lowercased()
         switch (who.id, email) {
         case (let id?, let email?):
             // Those with an id by it; those without, by e-mail; those with neither, by name.
-            return [key("i", second, id), key("e", second, email)] + (who.name.map { [key("o", second, $0)] } ?? [])
+            return [key(1, second, id), key(3, second, email)] + (who.name.map { [key(7, second, $0)] } ?? [])
         case (let id?, nil):
-            return [key("i", second, id)] + (who.name.map { [key("n", second, $0)] } ?? [])
+            return [key(1, second, id)] + (who.name.map { [key(5, second, $0)] } ?? [])
         case (nil, let email?):
-            return [key("E", second, email)] + (who.name.map { [key("m", second, $0)] } ?? [])
+            return [key(2, second, email)] + (who.name.map { [key(6, second, $0)] } ?? [])
         case (nil, nil):
-            return who.name.map { [key("N", second, $0)] } ?? []
+            return who.name.map { [key(4, second, $0)] } ?? []
         }
     }
 
-    /// The intervals filed that are the same person as `who` in `second`, in order: at most 16 (a crowd
-    /// of one person's joins in one minute is looked at no further, so a row costs a bounded time).
-    func candidates(second: Int64, _ who: (id: String?, email: String?, name: String?)) -> [Int] {
-        var found: [Int] = []
-        for key in Self.keys(second, who) { found += (lists[key] ?? []).prefix(16) }
-        return Array(Set(found)).sorted().prefix(16).map { $0 }
-    }
-
-    /// The first interval filed that is the same person as `who` in `second`.
-    func first(second: Int64, _ who: (id: String?, email: String?, name: String?)) -> Int? {
-        Self.keys(second, who).compactMap { lists[$0]?.first }.min()
-    }
-
-    /// As ``first(second:_:)`` among intervals not taken yet, and takes it. Each interval is passed over
-    /// at most once per key it is filed under: linear in all.
-    mutating func take(second: Int64, _ who: (id: String?, email: String?, name: String?)) -> Int? {
-        var best: (key: String, index: Int)?
+    /// The intervals filed that are the same person as `who` in `second` (and pass `verify`), in order: at
+    /// most 16 (a crowd of one person's joins in one minute is looked at no further: a bounded cost).
+    func candidates(
+        second: Int64,
+        _ who: (id: String?, email: String?, name: String?),
+        verify: (Int) -> Bool
+    ) -> [Int] {
+        var found = Set<Int>()
         for key in Self.keys(second, who) {
-            guard let list = lists[key] else { continue }
-            var head = heads[key] ?? 0
-            while head < list.count && taken.contains(list[head]) { head += 1 }
-            heads[key] = head
-            if head < list.count, best.map({ list[head] < $0.index }) ?? true { best = (key, list[head]) }
+            var entry = ends[key]?.first ?? -1
+            var looked = 0
+            while entry >= 0 && looked < 16 {
+                if verify(entries[entry].interval) { found.insert(entries[entry].interval) }
+                entry = entries[entry].next
+                looked += 1
+            }
+        }
+        return found.sorted().prefix(16).map { $0 }
+    }
+
+    /// The first interval filed that is the same person as `who` in `second` and passes `verify`.
+    func first(second: Int64, _ who: (id: String?, email: String?, name: String?), verify: (Int) -> Bool) -> Int? {
+        candidates(second: second, who, verify: verify).first
+    }
+
+    /// As ``first(second:_:verify:)`` among intervals not taken yet, and takes it. Each entry is passed
+    /// over at most once: linear in all.
+    mutating func take(
+        second: Int64,
+        _ who: (id: String?, email: String?, name: String?),
+        verify: (Int) -> Bool
+    ) -> Int? {
+        var best: Int?
+        for key in Self.keys(second, who) {
+            var entry = cursors[key] ?? ends[key]?.first ?? -1
+            while entry >= 0 && (taken.contains(entries[entry].interval) || !verify(entries[entry].interval)) {
+                entry = entries[entry].next
+            }
+            cursors[key] = entry
+            if entry >= 0, best.map({ entries[entry].interval < $0 }) ?? true { best = entries[entry].interval }
         }
         guard let best else { return nil }
-        taken.insert(best.index)
-        return best.index
+        taken.insert(best)
+        return best
     }
 
     /// Takes `index` (taken through another index of the same intervals).
