@@ -248,6 +248,8 @@ struct ZoomReportWriter {
     static let openEnded: Int64 = 43_200
     /// Report rows of no webhook visit more than this apart are two visits of their own.
     static let reportGap: Int64 = 1_800
+    /// The most rows a visit of the report's own has (Zoom meetings hold up to 1,000 people).
+    static let maxOwnRows = 20_000
     /// How far around what changed rows and visits are looked at: a visit or a run of rows that reaches
     /// further is resolved in parts (ARCHITECTURE.md, "Zoom participants reports").
     static let reach: Int64 = 2 * openEnded
@@ -279,18 +281,12 @@ struct ZoomReportWriter {
             windows.append((visit["visit_uuid"], first - Self.margin, max(high, first)))
         }
         let webhookVisits = Set(windows.map(\.uuid))
-        let rows = try Row.fetchAll(
-            db.cachedStatement(
-                sql: """
-                    SELECT seq, joined_s, left_s, visit_key, meeting_uuid FROM zoom_report_intervals
-                    WHERE meeting_id = ? AND joined_s BETWEEN ? AND ? ORDER BY joined_s, seq
-                    """
-            ),
-            arguments: [meeting, from, to]
-        )
         var refresh = Set<String>()
         var clusterKey: String?
         var clusterEnd = Int64.min
+        var clusterStart = Int64.max
+        var clusterRows = 0
+        var clusterPart = 0
         // The run of the report's own rows that reaches into the window from before it goes on in it (else
         // a report of today would split yesterday's visit, depending on what came first).
         if let before = try Row.fetchOne(
@@ -302,17 +298,36 @@ struct ZoomReportWriter {
             ),
             arguments: [meeting, from]
         ), let key = before["visit_key"] as String?, key.hasPrefix("report:") {
-            clusterKey = key
-            clusterEnd =
-                try Int64.fetchOne(
-                    db.cachedStatement(
-                        sql: "SELECT max(ifnull(left_s, joined_s)) FROM zoom_report_intervals WHERE visit_key = ?"
-                    ),
-                    arguments: [key]
-                ) ?? Int64.min
+            if let run = try Row.fetchOne(
+                db.cachedStatement(
+                    sql: """
+                        SELECT min(joined_s) AS start, max(ifnull(left_s, joined_s)) AS end, count(*) AS rows
+                        FROM zoom_report_intervals WHERE visit_key = ? AND joined_s < ?
+                        """
+                ),
+                arguments: [key, from]
+            ), let start = run["start"] as Int64? {
+                clusterKey = key
+                clusterPart = key.split(separator: "+").last.flatMap { Int($0) } ?? 0
+                clusterStart = start
+                clusterEnd = run["end"]
+                clusterRows = run["rows"]
+            }
         }
         var window = 0
-        for row in rows {
+        // Read through a cursor, the changes kept compact and written after it (a window of 130,000 rows held
+        // as GRDB rows took tens of MB; a table is not written while a statement reads it).
+        var changes: [(seq: Int64, key: String)] = []
+        let rows = try Row.fetchCursor(
+            db.cachedStatement(
+                sql: """
+                    SELECT seq, joined_s, left_s, visit_key, meeting_uuid FROM zoom_report_intervals
+                    WHERE meeting_id = ? AND joined_s BETWEEN ? AND ? ORDER BY joined_s, seq
+                    """
+            ),
+            arguments: [meeting, from, to]
+        )
+        while let row = try rows.next() {
             let joined: Int64 = row["joined_s"]
             // Windows are ordered and do not overlap; rows come in join order.
             while window < windows.count && windows[window].high < joined { window += 1 }
@@ -323,10 +338,22 @@ struct ZoomReportWriter {
             } else if window < windows.count && windows[window].low <= joined {
                 key = windows[window].uuid
             } else {
-                if clusterKey == nil || joined > clusterEnd + Self.reportGap {
-                    clusterKey = "report:\(meeting):" + RFC3339.format(epochMilliseconds: joined * 1_000)
+                // A visit of the report's own ends at a gap, after a day (no Zoom meeting lasts longer), or at
+                // `maxOwnRows` rows: a hostile run of rows never makes one visit that memory cannot hold.
+                if clusterKey == nil || joined > clusterEnd + Self.reportGap || joined > clusterStart + 86_400
+                    || clusterRows >= Self.maxOwnRows
+                {
+                    // Split at `maxOwnRows` within one second, the next part is told apart by its count.
+                    let part = joined == clusterStart && clusterRows >= Self.maxOwnRows ? clusterPart + 1 : 0
+                    clusterKey =
+                        "report:\(meeting):" + RFC3339.format(epochMilliseconds: joined * 1_000)
+                        + (part > 0 ? "+\(part)" : "")
+                    clusterPart = part
                     clusterEnd = joined
+                    clusterStart = joined
+                    clusterRows = 0
                 }
+                clusterRows += 1
                 clusterEnd = max(clusterEnd, (row["left_s"] as Int64?) ?? joined)
                 key = clusterKey!
             }
@@ -334,9 +361,12 @@ struct ZoomReportWriter {
             if old != key {
                 refresh.insert(key)
                 if let old { refresh.insert(old) }
-                try db.cachedStatement(sql: "UPDATE zoom_report_intervals SET visit_key = ? WHERE seq = ?")
-                    .execute(arguments: [key, row["seq"] as Int64])
+                changes.append((row["seq"], key))
             }
+        }
+        for change in changes {
+            try db.cachedStatement(sql: "UPDATE zoom_report_intervals SET visit_key = ? WHERE seq = ?")
+                .execute(arguments: [change.key, change.seq])
         }
         // A visit that lost all its rows goes (refreshVisit deletes a visit with neither events nor rows).
         let writer = ZoomWriter(db: db, fileID: "")
