@@ -247,6 +247,15 @@ def http_phase(binary, schema, seconds):
     print("| GET /health (the server's ceiling) | %.0f requests/s, p99 %.2f ms |" % (health[0], health[2]))
 
 
+def stop_with_peak(daemon):
+    """The daemon's peak RSS (KiB), read before it is stopped with SIGTERM."""
+    with open("/proc/%d/status" % daemon.pid) as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=60)
+    return peak
+
+
 def intake_run(binary, schema, csv_path, name="visits.csv"):
     """carespool's full intake of one CSV file (`name` in the inbox) in a fresh spool: (seconds, peak RSS
     in KiB, stored rows, the database's schema)."""
@@ -276,10 +285,7 @@ def intake_run(binary, schema, csv_path, name="visits.csv"):
                 sys.exit("keys phase: the file was not finished")
             time.sleep(0.05)
         seconds = time.monotonic() - start
-        with open("/proc/%d/status" % daemon.pid) as f:
-            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
+        peak = stop_with_peak(daemon)
         db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
         stored = db.execute("SELECT count(*) FROM visits").fetchone()[0]
         db.close()
@@ -473,10 +479,7 @@ def report_phase(binary, schema, rows):
                 sys.exit("report phase: the report was not finished")
             time.sleep(0.05)
         seconds = time.monotonic() - start
-        with open("/proc/%d/status" % daemon.pid) as f:
-            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
+        peak = stop_with_peak(daemon)
         db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
         stored, duplicates, rejected = db.execute(
             "SELECT stored, duplicates, rejected FROM files WHERE kind = 'zoom-report'").fetchone()
