@@ -118,8 +118,8 @@ extension Engine {
                     line: nil,
                     pointer: nil,
                     message:
-                        "a Reports API file over the stream threshold of \(configuration.streamThreshold) bytes: "
-                        + "its pages (at most 300 participants each) are read whole, so drop them as several files"
+                        "a Reports API file over \(configuration.wholeLimit) bytes (memory_budget / 256): its pages "
+                        + "(at most 300 participants each) are read whole, so drop them as several files"
                 )
             } else if gzip, let inner = Compression.of(firstLine.prefix(6)) {
                 let format = if case .unsupported(let name) = inner { name } else { "gzip" }
