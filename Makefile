@@ -67,7 +67,7 @@ bench: deps
 
 # The torture campaigns (torture/torture.py) against the release binary: crash, disk full, inotify
 # overflow, database locked, hostile drops, slow senders, fuzzing. Bounded by default (under 5 minutes: 200 kills,
-# the three fuzz targets side by side for 60 s); TORTURE_ARGS=--full for the long form. Part of make test.
+# the four fuzz targets side by side for 60 s); TORTURE_ARGS=--full for the long form. Part of make test.
 TORTURE_ARGS ?=
 torture: deps
 	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product carespool

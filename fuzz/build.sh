@@ -20,7 +20,7 @@ PY
 # fuzz-TARGET: optimised, with libFuzzer's coverage only — Swift's own checks (bounds, overflow,
 # preconditions) are the oracle, and it runs about five times as many inputs a second as under ASan.
 # With $2 = asan (the long form), fuzz-TARGET-asan too: AddressSanitizer and LeakSanitizer besides.
-for target in csv appointments zoom; do
+for target in csv appointments zoom report; do
     swiftc -O -sanitize=fuzzer -parse-as-library -package-name carespool -module-name Fuzz \
         "$out"/src/*.swift fuzz/$target.swift -o "$out/fuzz-$target" 2>&1 | grep -v "ld.gold: warning" || true
     test -x "$out/fuzz-$target"

@@ -18,12 +18,14 @@ status=0
 # process: LeakSanitizer reports it at exit. Only that is suppressed; a leak per input is still found.
 export LSAN_OPTIONS="suppressions=$(pwd)/fuzz/lsan.supp"
 mkdir -p "$out/crashes"
-# The three targets run side by side (each for the whole $seconds), then each is reported.
-for target in csv appointments zoom; do
+# The four targets run side by side (each for the whole $seconds), then each is reported.
+for target in csv appointments zoom report; do
     corpus="$out/corpus-$target"
     mkdir -p "$corpus"
     if [ "$target" = csv ]; then
         find "$testdata/csv" -type f -name '*.csv' -exec cp {} "$corpus/" \; 2>/dev/null
+    elif [ "$target" = report ]; then
+        cp Tests/Fixtures/zoom-report/* "$corpus/"
     else
         find "$testdata/zoom" "$testdata/json-schema-test-suite/tests/draft2020-12" -type f -name '*.json' \
             -size -64k -exec sh -c 'cp "$1" "$2/$(echo "$1" | md5sum | cut -c1-16).json"' _ {} "$corpus" \; 2>/dev/null
@@ -56,7 +58,7 @@ for target in csv appointments zoom; do
     ) &
 done
 wait
-for target in csv appointments zoom; do
+for target in csv appointments zoom report; do
     log="$out/fuzz-$target.log"
     code=$(cat "$out/fuzz-$target.status")
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s }')

@@ -952,7 +952,7 @@ def campaign_fuzz(binary, work, full, seconds):
         words = line.split()
         if len(words) > 2 and words[2].isdigit():
             r.sent += int(words[2])
-    r.faults = 3
+    r.faults = 4
     if run.returncode != 0:
         r.fail("a fuzz target crashed")
     return r

@@ -126,7 +126,9 @@ package struct ConfigFile: Sendable {
 
     /// Reads and checks `text` (the contents of `path`). `kinds` are the record kinds inboxes and routes
     /// may name.
-    package init(text: String, path: String, kinds: [String]) throws(ConfigError) {
+    package init(text: String, path: String, kinds: [String], routes routeKinds: [String]? = nil) throws(ConfigError) {
+        // The kinds the HTTP door has routes for (a Zoom report is only ever a drop); all, unless said.
+        let routeKinds = routeKinds ?? kinds
         self.path = path
         let lines = KeyLines(text)
         keyLines = lines
@@ -226,11 +228,11 @@ package struct ConfigFile: Sendable {
             }
             ratePerSecond = try reader.double(http, "rate_per_second", at: "http")
             if let routes = try reader.strings(http, "open_routes", at: "http") {
-                let expanded = routes.contains("*") ? kinds : routes
-                guard expanded.allSatisfy(kinds.contains) else {
+                let expanded = routes.contains("*") ? routeKinds : routes
+                guard expanded.allSatisfy(routeKinds.contains) else {
                     throw reader.error(
                         "http.open_routes",
-                        "list routes among " + kinds.joined(separator: ", ") + ", or \"*\""
+                        "list routes among " + routeKinds.joined(separator: ", ") + ", or \"*\""
                     )
                 }
                 openRoutes = expanded
@@ -282,11 +284,11 @@ package struct ConfigFile: Sendable {
                         throw reader.error(at, "give exactly one of sha256, secret or secret_file (preferred)")
                     }
                     let routes = try reader.strings(entry, "routes", at: at) ?? []
-                    let expanded = routes.contains("*") ? kinds : routes
-                    guard !expanded.isEmpty, expanded.allSatisfy(kinds.contains) else {
+                    let expanded = routes.contains("*") ? routeKinds : routes
+                    guard !expanded.isEmpty, expanded.allSatisfy(routeKinds.contains) else {
                         throw reader.error(
                             at + ".routes",
-                            "list routes among " + kinds.joined(separator: ", ") + ", or \"*\""
+                            "list routes among " + routeKinds.joined(separator: ", ") + ", or \"*\""
                         )
                     }
                     tokens.append(

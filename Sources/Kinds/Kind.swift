@@ -14,6 +14,9 @@ package enum Kind: String, CaseIterable, Sendable, Codable {
     /// same visit timelines as the webhooks.
     case zoomReport = "zoom-report"
 
+    /// Whether the HTTP door has a route for it (a Zoom report is only ever dropped as a file).
+    package var hasHTTPRoute: Bool { self != .zoomReport }
+
     /// The `$defs` entry of schema.json that describes one record of this kind.
     package var schemaDefinition: String {
         switch self {

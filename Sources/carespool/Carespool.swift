@@ -62,7 +62,8 @@ struct ConfigOption: ParsableArguments {
             return try ConfigFile(
                 text: String(decoding: data, as: UTF8.self),
                 path: path,
-                kinds: Kind.allCases.map(\.rawValue)
+                kinds: Kind.allCases.map(\.rawValue),
+                routes: Kind.allCases.filter(\.hasHTTPRoute).map(\.rawValue)
             )
         } catch let error as ConfigError {
             throw Self.fail(error)

@@ -135,6 +135,37 @@ import Testing
         #expect(error?.description.hasPrefix("/etc/carespool/carespool.toml:\(line): \(key): ") == true)
     }
 
+    /// A token or an opened route for "*" means the HTTP door's routes, not every kind: a Zoom report has
+    /// no route (found by the systemd check: the installed service trapped at start on such a token).
+    @Test func starMeansTheRoutesNotEveryKind() throws {
+        let text = """
+            [http]
+            open_routes = ["*"]
+
+            [[http.token]]
+            name = "scheduler"
+            secret = "0123456789abcdef0123456789abcdef"
+            routes = ["*"]
+            """
+        let config = try ConfigFile(
+            text: text,
+            path: "c.toml",
+            kinds: Self.kinds + ["zoom-report"],
+            routes: Self.kinds
+        )
+        #expect(config.tokens.first?.routes == Self.kinds)
+        #expect(config.openRoutes == Self.kinds)
+        let error = #expect(throws: ConfigError.self) {
+            try ConfigFile(
+                text: text.replacingOccurrences(of: "routes = [\"*\"]", with: "routes = [\"zoom-report\"]"),
+                path: "c.toml",
+                kinds: Self.kinds + ["zoom-report"],
+                routes: Self.kinds
+            )
+        }
+        #expect(error?.message.hasPrefix("list routes among appointments, zoom, intake") == true)
+    }
+
     /// Zoom report inboxes' local times: `[zoom_report]` for the spool's own, an `[[inbox]]`'s own, each
     /// key else the section's; an abbreviation, an unknown zone or a path is refused, and only an inbox of
     /// kind zoom-report reads local times.
