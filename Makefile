@@ -9,7 +9,7 @@
 #              sysusers and tmpfiles files, schema, default /etc/carespool/carespool.toml (DESTDIR, PREFIX)
 
 SWIFT        ?= swift
-APT_PACKAGES := libsqlite3-dev zlib1g-dev gzip tzdata sqlite3 curl systemd make python3 python3-venv rsync openssh-client openssh-server
+APT_PACKAGES := libsqlite3-dev zlib1g-dev gzip tzdata sqlite3 curl systemd make python3 python3-venv rsync openssh-client openssh-server postgresql
 SPOOL        ?= spool
 CONFIG       ?= /dev/null
 # make run opens the HTTP routes without credentials on loopback (a route with none is closed otherwise);

@@ -27,12 +27,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         .executableTarget(
             name: "carespool",
             dependencies: [
-                "Pipeline", "Spool", "Store", "Kinds", "HTTPIngress", "Config", "Systemd", "Notify",
+                "Pipeline", "Spool", "Store", "PostgresStore", "Kinds", "HTTPIngress", "Config", "Systemd", "Notify",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -120,11 +121,24 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The PostgreSQL store (several hosts against one database): postgres-nio over a Unix socket or TCP.
+        .target(
+            name: "PostgresStore",
+            dependencies: [
+                "Store", "Config",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "CarespoolTests",
             dependencies: [
                 "Pipeline", "Spool", "Watcher", "Kinds", "Store", "JSONSchema", "WebhookSignatures", "CSV",
-                "HTTPIngress", "Config", "Notify",
+                "HTTPIngress", "Config", "Notify", "PostgresStore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -67,6 +67,9 @@ package struct ConfigFile: Sendable {
     package var path: String = ""
     package var spool: String?
     package var database: String?
+    /// `[database] password_file`: the file holding a PostgreSQL role's password (an absolute path, or a
+    /// systemd credential's name), never the URL.
+    package var databasePasswordFile: String?
     package var schema: String?
     package var logLevel: String?
     package var settleMs: Int?
@@ -143,7 +146,28 @@ package struct ConfigFile: Sendable {
         let reader = Reader(path: path, lines: lines)
         try reader.only(table, at: "", allowed: Self.topKeys)
         spool = try reader.string(table, "spool", nonEmpty: true)
-        database = try reader.string(table, "database", nonEmpty: true)
+        // `database = "PATH"` (SQLite), or `[database]` with `url` (SQLite's path or a postgres:// URL)
+        // and `password_file`.
+        if table["database"]?.table != nil, let store = try reader.table(table, "database") {
+            try reader.only(store, at: "database", allowed: ["url", "password_file"])
+            database = try reader.string(store, "url", at: "database", nonEmpty: true)
+            databasePasswordFile = try reader.string(store, "password_file", at: "database", nonEmpty: true)
+            if database == nil { throw reader.error("database.url", "[database] needs its url") }
+        } else {
+            database = try reader.string(table, "database", nonEmpty: true)
+        }
+        if let database {
+            let key = databasePasswordFile == nil && table["database"]?.table == nil ? "database" : "database.url"
+            let location: DatabaseLocation
+            do throws(DatabaseURLError) {
+                location = try DatabaseLocation.parse(database)
+            } catch {
+                throw reader.error(key, error.description)
+            }
+            if case .sqlite = location, databasePasswordFile != nil {
+                throw reader.error("database.password_file", "a SQLite file has no password: name a postgres:// URL")
+            }
+        }
         schema = try reader.string(table, "schema", nonEmpty: true)
         logLevel = try reader.string(table, "log_level")
         if let level = logLevel, !Self.logLevels.contains(level) {

@@ -111,6 +111,15 @@ package struct AppDatabase: Sendable {
     }
 
     /// Migrations are frozen once shipped: add new ones, never edit these.
+    /// The migrations the SQLite file at `path` lacks, by name, oldest first; the file is only read.
+    package static func pendingMigrations(path: String) throws -> [String] {
+        var config = Configuration()
+        config.readonly = true
+        let queue = try DatabaseQueue(path: path, configuration: config)
+        let applied = try queue.read { db in try migrator.appliedIdentifiers(db) }
+        return migrator.migrations.filter { !applied.contains($0) }
+    }
+
     package static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1: files ledger, appointment events and state") { db in
@@ -283,6 +292,12 @@ package struct CommittedFile: Sendable {
     package var finishedAt: String
     /// True when the ledger already had this file's row (a replay after a crash): nothing was written.
     package var replayed: Bool
+
+    package init(report: FileReport, finishedAt: String, replayed: Bool) {
+        self.report = report
+        self.finishedAt = finishedAt
+        self.replayed = replayed
+    }
 }
 
 /// Why the store failed.

@@ -27,7 +27,7 @@ struct Carespool: AsyncParsableCommand {
         abstract: "File-drop and spool daemon for healthcare integration data.",
         subcommands: [
             Serve.self, Status.self, Failed.self, Show.self, Validate.self, Drop.self, Retry.self, Purge.self,
-            Query.self, Report.self, Audit.self, ConfigCommand.self,
+            Query.self, Report.self, Audit.self, ConfigCommand.self, Migrate.self,
         ]
     )
 }
@@ -84,8 +84,40 @@ struct SpoolOptions: ParsableArguments {
     @Option(help: "The spool folder (default: the config's spool, else ./spool).")
     var spool: String?
 
-    @Option(help: "The SQLite database (default: the config's database, else <spool>/carespool.sqlite3).")
+    @Option(
+        help: """
+            The store: a SQLite file, or postgres://USER@HOST:PORT/DB (postgres:///DB?host=/run/postgresql \
+            over a Unix socket) (default: the config's database, else <spool>/carespool.sqlite3).
+            """
+    )
     var db: String?
+
+    @Option(
+        help: """
+            The file holding the PostgreSQL role's password (an absolute path, or a systemd credential's name) \
+            (default: the config's [database] password_file). Never the password itself.
+            """
+    )
+    var dbPasswordFile: String?
+
+    /// The store in effect: `--db`, else the configuration's, else the spool's SQLite file; with the
+    /// password file for a PostgreSQL role.
+    func location() throws -> (location: DatabaseLocation, passwordFile: String?) {
+        let config = try configOption.load()
+        let root = spool ?? config.spool ?? "spool"
+        let text = db ?? config.database ?? (root + "/carespool.sqlite3")
+        let location: DatabaseLocation
+        do throws(DatabaseURLError) {
+            location = try DatabaseLocation.parse(text)
+        } catch {
+            throw ValidationError("--db: \(error.description)")
+        }
+        let passwordFile = dbPasswordFile ?? config.databasePasswordFile
+        if case .sqlite = location, dbPasswordFile != nil {
+            throw ValidationError("--db-password-file: a SQLite file has no password")
+        }
+        return (location, passwordFile)
+    }
 
     /// The spool and database paths in effect, the configuration file, and the spool with its extra
     /// inboxes.
@@ -122,7 +154,15 @@ struct SpoolOptions: ParsableArguments {
             if spool.inboxes[index].note == nil { spool.inboxes[index].note = LocalTimes(config.zoomReportTimes).note }
         }
         spool.decompression = config.decompressionLimits
-        return (spool, db ?? config.database ?? (root + "/carespool.sqlite3"), config)
+        guard case .sqlite(let path) = try location().location else {
+            // The PostgreSQL store is migrated and checked (`carespool migrate`); the pipeline and the
+            // operator commands do not read or write it yet.
+            throw ValidationError(
+                "the PostgreSQL store is not yet served by this build: `carespool migrate` prepares and checks "
+                    + "its schema; serve and the operator commands use a SQLite file (--db PATH)"
+            )
+        }
+        return (spool, path, config)
     }
 }
 

@@ -55,7 +55,10 @@ struct ConfigCommand: AsyncParsableCommand {
             let spool = config.spool ?? "spool"
             var lines = [
                 "spool = \(quoted(spool))",
-                "database = \(quoted(config.database ?? spool + "/carespool.sqlite3"))",
+                // With a password file, the store is the [database] table below.
+                config.databasePasswordFile == nil
+                    ? "database = \(quoted(config.database ?? spool + "/carespool.sqlite3"))"
+                    : "# database: [database]",
                 "schema = \(quoted(config.schema ?? SchemaOption.defaultPath ?? "schema.json"))",
                 "log_level = \(quoted(settings.logLevel.rawValue))",
                 "settle_ms = \(millis(settings.pipeline.settle))",
@@ -67,6 +70,14 @@ struct ConfigCommand: AsyncParsableCommand {
                 "memory_budget = \(settings.pipeline.memoryBudget >> 20)",
                 "busy_timeout_ms = \(settings.busyTimeoutMs)",
                 "chunk_commit_ms = \(settings.chunkCommitMs)",
+            ]
+            if let passwordFile = config.databasePasswordFile {
+                lines += [
+                    "", "[database]", "url = \(quoted(config.database ?? ""))",
+                    "password_file = \(quoted(passwordFile))",
+                ]
+            }
+            lines += [
                 "",
                 "[compression]",
                 "max_decompressed_mib = \(config.decompressionLimits.maxBytes >> 20)",

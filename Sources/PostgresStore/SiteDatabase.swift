@@ -1,0 +1,338 @@
+package import Config
+package import Logging
+package import PostgresNIO
+import _ConnectionPoolModule
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The PostgreSQL store: one database that several carespool hosts share. A pool of connections
+/// (postgres-nio's `PostgresClient`), transactions that retry by themselves on serialization failure and
+/// deadlock, and the frozen migrations applied under an advisory lock.
+package final class SiteDatabase: Sendable {
+    package let client: PostgresClient
+    package let target: PostgresTarget
+    /// This host's name, as its files' ledger rows and the migrations it applied record it.
+    package let host: String
+    let logger: Logger
+    private let runner: Task<Void, Never>
+    private let password: String?
+
+    /// A pool to `target`; nothing connects until the first query. `password` is the role's, read from
+    /// `[database] password_file` (nil: the server's peer or trust authentication).
+    package init(
+        target: PostgresTarget,
+        password: String?,
+        host: String = SiteDatabase.hostName,
+        maximumConnections: Int = 8,
+        logger: Logger = Logger(label: "carespool.postgres")
+    ) throws(PostgresStoreError) {
+        var configuration: PostgresClient.Configuration
+        switch target.endpoint {
+        case .socket(let path):
+            configuration = .init(
+                unixSocketPath: path,
+                username: target.user,
+                password: password,
+                database: target.database
+            )
+        case .tcp(let name, let port):
+            let tls: PostgresClient.Configuration.TLS
+            switch target.tls {
+            case .disable: tls = .disable
+            case .prefer, .require:
+                // libpq's `prefer` and `require` encrypt without checking whose certificate it is.
+                var settings = TLSConfiguration.makeClientConfiguration()
+                settings.certificateVerification = .none
+                tls = target.tls == .prefer ? .prefer(settings) : .require(settings)
+            case .verifyFull: tls = .require(TLSConfiguration.makeClientConfiguration())
+            }
+            configuration = .init(
+                host: name,
+                port: port,
+                username: target.user,
+                password: password,
+                database: target.database,
+                tls: tls
+            )
+        }
+        configuration.options.maximumConnections = max(1, maximumConnections)
+        configuration.options.connectTimeout = .seconds(10)
+        configuration.options.additionalStartupParameters = [("application_name", "carespool")]
+        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        self.client = client
+        self.password = password
+        self.target = target
+        self.host = host
+        self.logger = logger
+        runner = Task { await client.run() }
+    }
+
+    /// Ends the pool: open connections are closed.
+    package func close() async {
+        runner.cancel()
+        await runner.value
+    }
+
+    /// The machine's host name (`gethostname`), what the ledger's `host` says by default.
+    package static var hostName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "unknown" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "unknown" : name
+    }
+
+    /// The most tries of one transaction that fails on serialization (40001) or deadlock (40P01).
+    static let transactionTries = 8
+
+    /// `body` in one transaction, run again from the start when PostgreSQL aborts it for a serialization
+    /// failure or a deadlock (after a short random pause that doubles each time: the hosts that collided
+    /// do not collide again in step). Any other error ends it; the transaction is rolled back.
+    package func transaction<Result: Sendable>(
+        _ body: (PostgresConnection) async throws -> Result
+    ) async throws(PostgresStoreError) -> Result {
+        var pause = 5
+        for attempt in 1...Self.transactionTries {
+            do {
+                return try await client.withConnection { connection in
+                    try await connection.query("BEGIN", logger: logger)
+                    do {
+                        let result = try await body(connection)
+                        try await connection.query("COMMIT", logger: logger)
+                        return result
+                    } catch {
+                        // A connection that is gone has no transaction to roll back.
+                        _ = try? await connection.query("ROLLBACK", logger: logger)
+                        throw error
+                    }
+                }
+            } catch {
+                let failure = PostgresStoreError(error)
+                guard failure.retryable, attempt < Self.transactionTries else { throw failure }
+                logger.debug("transaction retried", metadata: ["sqlstate": "\(failure.sqlState ?? "")"])
+                try? await Task.sleep(for: .milliseconds(Int.random(in: pause...(2 * pause))))
+                pause *= 2
+            }
+        }
+        throw PostgresStoreError(description: "unreachable", transient: false)
+    }
+
+    /// One connection made and closed outside the pool, to learn at once why the server cannot be used
+    /// (the pool retries a failing login for a minute and then reports only that it gave up): a refused
+    /// login or a missing database is not transient; no server is.
+    package func probe() async throws(PostgresStoreError) {
+        var configuration: PostgresConnection.Configuration
+        switch target.endpoint {
+        case .socket(let path):
+            configuration = .init(
+                unixSocketPath: path,
+                username: target.user,
+                password: password,
+                database: target.database
+            )
+        case .tcp(let name, let port):
+            let tls: PostgresConnection.Configuration.TLS
+            do {
+                switch target.tls {
+                case .disable: tls = .disable
+                case .prefer, .require:
+                    var settings = TLSConfiguration.makeClientConfiguration()
+                    settings.certificateVerification = .none
+                    let context = try NIOSSLContext(configuration: settings)
+                    tls = target.tls == .prefer ? .prefer(context) : .require(context)
+                case .verifyFull: tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+                }
+            } catch {
+                throw PostgresStoreError(description: "PostgreSQL: TLS cannot be set up: \(error)", transient: false)
+            }
+            configuration = .init(
+                host: name,
+                port: port,
+                username: target.user,
+                password: password,
+                database: target.database,
+                tls: tls
+            )
+        }
+        configuration.options.connectTimeout = .seconds(10)
+        do {
+            let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+            try await connection.close()
+        } catch {
+            throw PostgresStoreError(error)
+        }
+    }
+
+    // MARK: - Migrations
+
+    package struct AppliedMigration: Sendable, Equatable {
+        package var version: Int
+        package var name: String
+        package var digest: String
+        package var appliedBy: String
+    }
+
+    /// Applies the migrations the database lacks, under the advisory lock, in one transaction (PostgreSQL's
+    /// DDL is transactional: a host killed half-way leaves nothing half-made). Returns the versions this
+    /// call applied; none when another host got there first. A database whose record names a migration
+    /// this build lacks (a newer build's) or whose digest differs from the frozen SQL is refused, untouched.
+    @discardableResult
+    package func migrate() async throws(PostgresStoreError) -> [Int] {
+        let host = host
+        return try await transaction { connection in
+            try await connection.query(
+                "SELECT pg_advisory_xact_lock(\(PostgresMigrations.advisoryLock))",
+                logger: logger
+            )
+            try await connection.query(PostgresQuery(unsafeSQL: PostgresMigrations.ledger), logger: logger)
+            let recorded = try await Self.applied(connection, logger: logger)
+            try Self.check(recorded)
+            var applied: [Int] = []
+            for migration in PostgresMigrations.all where !recorded.contains(where: { $0.version == migration.version })
+            {
+                for statement in migration.statements {
+                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                }
+                try await connection.query(
+                    """
+                    INSERT INTO carespool_migrations (version, name, digest, applied_by)
+                    VALUES (\(migration.version), \(migration.name), \(migration.digest), \(host))
+                    """,
+                    logger: logger
+                )
+                applied.append(migration.version)
+            }
+            return applied
+        }
+    }
+
+    /// What the database records as applied, oldest first (empty before the first migration).
+    package func appliedMigrations() async throws(PostgresStoreError) -> [AppliedMigration] {
+        try await transaction { connection in
+            let exists = try await connection.query(
+                "SELECT to_regclass('carespool_migrations') IS NOT NULL",
+                logger: logger
+            )
+            var found = false
+            for try await (flag) in exists.decode(Bool.self) { found = flag }
+            guard found else { return [] }
+            return try await Self.applied(connection, logger: logger)
+        }
+    }
+
+    /// The schema is this build's: every frozen migration applied, none unknown, every digest the same.
+    package func checkSchema() async throws(PostgresStoreError) {
+        let recorded = try await appliedMigrations()
+        try Self.check(recorded)
+        let missing = PostgresMigrations.all.filter { migration in
+            !recorded.contains { $0.version == migration.version }
+        }
+        if let first = missing.first {
+            var error = PostgresStoreError(
+                description:
+                    "the database \(target.display) lacks migration v\(first.version): run `carespool migrate`",
+                transient: false
+            )
+            error.missingMigration = true
+            throw error
+        }
+    }
+
+    static func applied(_ connection: PostgresConnection, logger: Logger) async throws -> [AppliedMigration] {
+        let rows = try await connection.query(
+            "SELECT version, name, digest, applied_by FROM carespool_migrations ORDER BY version",
+            logger: logger
+        )
+        var list: [AppliedMigration] = []
+        for try await (version, name, digest, by) in rows.decode((Int, String, String, String).self) {
+            list.append(AppliedMigration(version: version, name: name, digest: digest, appliedBy: by))
+        }
+        return list
+    }
+
+    static func check(_ recorded: [AppliedMigration]) throws(PostgresStoreError) {
+        for entry in recorded {
+            guard let frozen = PostgresMigrations.all.first(where: { $0.version == entry.version }) else {
+                throw PostgresStoreError(
+                    description: "the database has migration v\(entry.version) (\(entry.name)), which this build "
+                        + "does not know: a newer carespool migrated it; run that version",
+                    transient: false
+                )
+            }
+            guard frozen.digest == entry.digest else {
+                throw PostgresStoreError(
+                    description: "migration v\(entry.version) in the database differs from this build's (digest "
+                        + "\(entry.digest.prefix(12))… against \(frozen.digest.prefix(12))…): a shipped migration "
+                        + "was edited; nothing was changed",
+                    transient: false
+                )
+            }
+        }
+    }
+}
+
+/// A PostgreSQL store's failure: transient (the server is down or restarting, the connection dropped: a
+/// file waits and is tried again) or not (a refused login, a missing database, a schema from elsewhere).
+/// Never carries a row's values: only the server's primary message and SQLSTATE.
+package struct PostgresStoreError: Error, Sendable, CustomStringConvertible {
+    package var description: String
+    package var transient: Bool
+    package var sqlState: String?
+    /// The schema is older than this build's: `carespool migrate` brings it up to date.
+    package var missingMigration = false
+
+    /// Serialization failure or deadlock: the transaction is worth running again at once.
+    package var retryable: Bool { sqlState == "40001" || sqlState == "40P01" }
+
+    package init(description: String, transient: Bool, sqlState: String? = nil) {
+        self.description = description
+        self.transient = transient
+        self.sqlState = sqlState
+    }
+
+    package init(_ error: any Error) {
+        if let error = error as? PostgresStoreError {
+            self = error
+            return
+        }
+        if error is ConnectionPoolError {
+            // The pool gave up on making connections (or was shut down): the server is unreachable for now.
+            self.init(description: "PostgreSQL: cannot reach the server (connections keep failing)", transient: true)
+            return
+        }
+        guard let error = error as? PSQLError else {
+            self.init(description: "\(error)", transient: true)
+            return
+        }
+        if let server = error.serverInfo {
+            let state = server[.sqlState]
+            let message = server[.message] ?? "error"
+            // Class 08 (connection), 53 (resources), 57P01–57P03 (shutdown, cannot connect now), and the two
+            // that a retry settles.
+            let transient =
+                state.map {
+                    $0.hasPrefix("08") || $0.hasPrefix("53") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03"
+                        || $0 == "40001" || $0 == "40P01"
+                } ?? false
+            self.init(
+                description: "PostgreSQL: \(message) (SQLSTATE \(state ?? "?"))",
+                transient: transient,
+                sqlState: state
+            )
+            return
+        }
+        switch error.code {
+        case .connectionError, .serverClosedConnection, .clientClosedConnection, .poolClosed, .uncleanShutdown:
+            let cause = error.underlying.map { " (\($0))" } ?? ""
+            self.init(description: "PostgreSQL: cannot reach the server: \(error.code)\(cause)", transient: true)
+        case .sslUnsupported:
+            self.init(
+                description: "PostgreSQL: the server does not offer TLS, which sslmode requires",
+                transient: false
+            )
+        default:
+            self.init(description: "PostgreSQL: \(error.code)", transient: false)
+        }
+    }
+}

@@ -1,0 +1,579 @@
+import Config
+import Crypto
+import Foundation
+import GRDB
+import Kinds
+import Logging
+import PostgresNIO
+import PostgresStore
+import Store
+import Subprocess
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The store's location: SQLite paths, PostgreSQL URLs in libpq's forms, and what is refused.
+@Suite struct DatabaseURLTests {
+    @Test func sqlitePathsStayPaths() throws {
+        #expect(
+            try DatabaseLocation.parse("/var/lib/carespool/carespool.sqlite3")
+                == .sqlite(path: "/var/lib/carespool/carespool.sqlite3")
+        )
+        #expect(try DatabaseLocation.parse("spool/x.sqlite3") == .sqlite(path: "spool/x.sqlite3"))
+        // A colon in a file name is a file name; a scheme is not.
+        #expect(try DatabaseLocation.parse("db:1.sqlite3") == .sqlite(path: "db:1.sqlite3"))
+        for wrong in ["mysql://u@h/db", "sqlite://x", "http://h/db"] {
+            #expect(throws: DatabaseURLError.self) { try DatabaseLocation.parse(wrong) }
+        }
+    }
+
+    @Test func postgresURLsInLibpqsForms() throws {
+        func target(_ url: String) throws -> PostgresTarget {
+            guard case .postgres(let target) = try DatabaseLocation.parse(url) else {
+                Issue.record("\(url) is not a PostgreSQL URL")
+                throw PostgresServerError(message: "not PostgreSQL")
+            }
+            return target
+        }
+        let tcp = try target("postgres://carespool@db.clinic.example:6432/carespool")
+        #expect(tcp.user == "carespool" && tcp.database == "carespool")
+        #expect(tcp.endpoint == .tcp(host: "db.clinic.example", port: 6432))
+        #expect(tcp.tls == .prefer)
+        let other = try target("postgresql://svc@10.0.0.5/spool?sslmode=verify-full")
+        #expect(other.endpoint == .tcp(host: "10.0.0.5", port: 5432) && other.tls == .verifyFull)
+        let v6 = try target("postgres://svc@[::1]:5433/db?sslmode=require")
+        #expect(v6.endpoint == .tcp(host: "::1", port: 5433) && v6.tls == .require)
+        let socket = try target("postgres:///carespool?host=/run/postgresql")
+        #expect(socket.endpoint == .socket(path: "/run/postgresql/.s.PGSQL.5432"))
+        #expect(socket.user == PostgresTarget.processUser)
+        let socketPort = try target("postgres://svc@/db?host=/tmp/pg%20dir&port=6000")
+        #expect(socketPort.endpoint == .socket(path: "/tmp/pg dir/.s.PGSQL.6000"))
+        let noHost = try target("postgres://svc@/db")
+        #expect(noHost.endpoint == .socket(path: "/run/postgresql/.s.PGSQL.5432"))
+        let escaped = try target("postgres://se%C3%B1or@h/caf%C3%A9")
+        #expect(escaped.user == "señor" && escaped.database == "café")
+    }
+
+    @Test func aPasswordInTheURLIsRefusedWithoutBeingRepeated() {
+        for url in [
+            "postgres://carespool:hunter2@db/carespool", "postgres://carespool@db/carespool?password=hunter2",
+            "postgresql://u:p%40ss@h:5432/d",
+        ] {
+            do {
+                _ = try DatabaseLocation.parse(url)
+                Issue.record("\(url) accepted")
+            } catch {
+                #expect(error.description.contains("password_file"), "\(error)")
+                #expect(!error.description.contains("hunter2") && !error.description.contains("p%40ss"), "\(error)")
+            }
+        }
+    }
+
+    @Test func malformedURLsAreNamedWithTheirRule() {
+        let cases: [(String, String)] = [
+            ("postgres://u@h/", "name the database"),
+            ("postgres://u@h:99999/db", "port"),
+            ("postgres://u@h:x/db", "port"),
+            ("postgres://u@h/db/extra", "database's name alone"),
+            ("postgres://u@h/db?sslmode=allow", "sslmode"),
+            ("postgres://u@h/db?options=-c%20x", "not a parameter"),
+            ("postgres://u@h/db?host=a&host=b", "twice"),
+            ("postgres://u@[::1/db", "IPv6"),
+            ("postgres://u@h/d%zz", "hex"),
+            ("postgres://u@h/d%ff", "UTF-8"),
+            ("postgres:///db?host=/run/postgresql&sslmode=require", "Unix socket"),
+        ]
+        for (url, rule) in cases {
+            do {
+                _ = try DatabaseLocation.parse(url)
+                Issue.record("\(url) accepted")
+            } catch {
+                #expect(error.description.contains(rule), "\(url): \(error)")
+            }
+        }
+    }
+
+    @Test func theConfigurationNamesTheStoreAsAStringOrATable() throws {
+        let kinds = ["appointments", "zoom", "intake"]
+        let plain = try ConfigFile(text: "database = \"/var/lib/c.sqlite3\"\n", path: "c.toml", kinds: kinds)
+        #expect(plain.database == "/var/lib/c.sqlite3" && plain.databasePasswordFile == nil)
+        let table = try ConfigFile(
+            text: "[database]\nurl = \"postgres://carespool@db/carespool\"\npassword_file = \"/etc/carespool/db.pw\"\n",
+            path: "c.toml",
+            kinds: kinds
+        )
+        #expect(table.database == "postgres://carespool@db/carespool")
+        #expect(table.databasePasswordFile == "/etc/carespool/db.pw")
+        let refusals: [(String, String)] = [
+            ("[database]\nurl = \"postgres://u:pw@db/c\"\n", "database.url"),
+            ("[database]\npassword_file = \"/x\"\n", "needs its url"),
+            ("[database]\nurl = \"/x.sqlite3\"\npassword_file = \"/x\"\n", "SQLite file has no password"),
+            ("[database]\nurl = \"postgres://u@db/c\"\nuser = \"x\"\n", "unknown key"),
+            ("database = \"mysql://u@db/c\"\n", "not a store"),
+        ]
+        for (text, rule) in refusals {
+            do {
+                _ = try ConfigFile(text: text, path: "c.toml", kinds: kinds)
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect(error.description.contains(rule), "\(text): \(error)")
+                #expect(!error.description.contains(":pw@"), "\(error)")
+            }
+        }
+    }
+}
+
+/// The PostgreSQL store's migrations, frozen: their digests are the ones that shipped.
+@Suite struct PostgresMigrationsFrozenTests {
+    @Test func theMigrationsAreTheTextsThatShipped() {
+        // Computed independently of the code's digest: SHA-256 of each statement followed by ";\n".
+        for migration in PostgresMigrations.all {
+            let text = migration.statements.map { $0 + ";\n" }.joined()
+            let digest = SHA256.hash(data: Array(text.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }
+                .joined()
+            #expect(migration.digest == digest)
+        }
+        #expect(PostgresMigrations.all.map(\.version) == Array(1...PostgresMigrations.all.count))
+        #expect(
+            PostgresMigrations.all[0].digest == "bf0db4fc8545b5e13d4bba03e45e2126b131869242c1ddefae99b16b0ada630d"
+        )
+    }
+}
+
+/// Against a real PostgreSQL server started for each test (initdb + pg_ctl, Unix socket only).
+@Suite(.serialized) struct PostgresStoreTests {
+    static func migrate(_ server: PostgresServer, _ url: String, passwordFile: String, check: Bool = false) async throws
+        -> (status: TerminationStatus, out: String, err: String)
+    {
+        try await Daemon.command(
+            ["migrate", "--db", url, "--db-password-file", passwordFile] + (check ? ["--check"] : [])
+        )
+    }
+
+    @Test func hostsStartingTogetherOnAnEmptyDatabaseMigrateItOnce() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            let file = try server.passwordFile(password)
+            let url = server.url("site", role: "carespool")
+            let check = try await Self.migrate(server, url, passwordFile: file, check: true)
+            #expect(check.status == .exited(1), "\(check)")
+            #expect(check.err.contains("lacks migration v1"), "\(check.err)")
+            // Four hosts at the same moment.
+            let results = try await withThrowingTaskGroup(of: (TerminationStatus, String, String).self) { group in
+                for _ in 0..<4 { group.addTask { try await Self.migrate(server, url, passwordFile: file) } }
+                var all: [(TerminationStatus, String, String)] = []
+                for try await result in group { all.append(result) }
+                return all
+            }
+            for result in results { #expect(result.0 == .exited(0), "\(result)") }
+            #expect(results.filter { $0.1.contains("applied v1") }.count == 1, "\(results)")
+            #expect(results.filter { $0.1.contains("up to date at v1") }.count == 3, "\(results)")
+            #expect(try await server.psql("SELECT count(*) FROM carespool_migrations", database: "site") == "1")
+            #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "0")
+            let after = try await Self.migrate(server, url, passwordFile: file, check: true)
+            #expect(after.status == .exited(0) && after.out.contains("up to date at v1"), "\(after)")
+        }
+    }
+
+    @Test func theSchemaHasSQLitesTablesColumnsAndKeys() async throws {
+        let sqlite = TempDir("pg-parity")
+        let path = sqlite.file("parity.sqlite3")
+        _ = try AppDatabase.open(path: path)
+        let queue = try DatabaseQueue(path: path)
+        let (liteColumns, liteIndexes) = try await queue.read { db in
+            var columns: [String: Set<String>] = [:]
+            var indexes: [String: Bool] = [:]
+            for table in try String.fetchAll(
+                db,
+                sql:
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'grdb_migrations'"
+            ) {
+                columns[table] = Set(
+                    try Row.fetchAll(db, sql: "PRAGMA table_info(\(table))").map { $0["name"] as String }
+                )
+                for index in try Row.fetchAll(db, sql: "PRAGMA index_list(\(table))") {
+                    let name: String = index["name"]
+                    if name.hasPrefix("sqlite_autoindex") { continue }
+                    indexes[name] = (index["unique"] as Int) == 1
+                }
+            }
+            return (columns, indexes)
+        }
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("parity", role: "carespool")
+            let result = try await Self.migrate(
+                server,
+                server.url("parity", role: "carespool"),
+                passwordFile: try server.passwordFile(password)
+            )
+            #expect(result.status == .exited(0), "\(result)")
+            let columnRows = try await server.psql(
+                "SELECT table_name || '.' || column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                    + "AND table_name != 'carespool_migrations'",
+                database: "parity"
+            )
+            var pgColumns: [String: Set<String>] = [:]
+            for line in columnRows.split(separator: "\n") {
+                let parts = line.split(separator: ".", maxSplits: 1)
+                pgColumns[String(parts[0]), default: []].insert(String(parts[1]))
+            }
+            // One column more, on purpose: the host that gave each file its verdict.
+            var expected = liteColumns
+            expected["files"]?.insert("host")
+            #expect(pgColumns == expected)
+            let indexRows = try await server.psql(
+                """
+                SELECT c.relname || '|' || i.indisunique FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = 'public' AND NOT i.indisprimary AND c.relname NOT LIKE '%_key'
+                   OR (n.nspname = 'public' AND c.relname IN ('zoom_events_key', 'zoom_report_key'))
+                """,
+                database: "parity"
+            )
+            var pgIndexes: [String: Bool] = [:]
+            for line in indexRows.split(separator: "\n") {
+                let parts = line.split(separator: "|")
+                pgIndexes[String(parts[0])] = parts[1] == "true"
+            }
+            var expectedIndexes = liteIndexes
+            expectedIndexes["files_by_host"] = false
+            #expect(pgIndexes == expectedIndexes)
+            // The natural keys SQLite declares inline (UNIQUE columns, composite UNIQUE) exist too.
+            let constraints = try await server.psql(
+                "SELECT conrelid::regclass || ':' || conname FROM pg_constraint WHERE contype = 'u' "
+                    + "AND connamespace = 'public'::regnamespace ORDER BY 1",
+                database: "parity"
+            )
+            #expect(
+                constraints.split(separator: "\n").map(String.init)
+                    == [
+                        "appointment_events:appointment_events_appointment_id_instant_key", "patients:patients_mrn_key",
+                        "visits:visits_visit_account_number_key",
+                    ]
+            )
+        }
+    }
+
+    @Test func aSchemaEditedOrNewerIsRefusedUntouched() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            let file = try server.passwordFile(password)
+            let url = server.url("site", role: "carespool")
+            #expect(try await Self.migrate(server, url, passwordFile: file).status == .exited(0))
+            try await server.psql("UPDATE carespool_migrations SET digest = repeat('0', 64)", database: "site")
+            let edited = try await Self.migrate(server, url, passwordFile: file)
+            #expect(edited.status == .exited(65), "\(edited)")
+            #expect(edited.err.contains("migration v1 in the database differs"), "\(edited.err)")
+            let digest = PostgresMigrations.all[0].digest
+            try await server.psql(
+                "UPDATE carespool_migrations SET digest = '\(digest)';"
+                    + "INSERT INTO carespool_migrations (version, name, digest, applied_by) VALUES (99, 'v99: later', repeat('a', 64), 'h')",
+                database: "site"
+            )
+            let newer = try await Self.migrate(server, url, passwordFile: file)
+            #expect(newer.status == .exited(65), "\(newer)")
+            #expect(newer.err.contains("v99") && newer.err.contains("newer carespool"), "\(newer.err)")
+            #expect(try await server.psql("SELECT count(*) FROM carespool_migrations", database: "site") == "2")
+        }
+    }
+
+    @Test func aWrongPasswordOrNoServerIsNamedAndNoPasswordIsShown() async throws {
+        try await PostgresServer.with { server in
+            _ = try await server.createDatabase("site", role: "carespool")
+            let wrong = try server.passwordFile("not-the-password-42")
+            let refused = try await Self.migrate(server, server.url("site", role: "carespool"), passwordFile: wrong)
+            #expect(refused.status == .exited(65), "\(refused)")
+            #expect(refused.err.contains("28P01"), "\(refused.err)")
+            #expect(!refused.err.contains("not-the-password-42") && !refused.out.contains("not-the-password-42"))
+            // Nobody listens on this socket folder: transient, exit 69.
+            let nowhere = "postgres://carespool@/site?host=\(server.folder)-nowhere"
+            let down = try await Self.migrate(server, nowhere, passwordFile: wrong)
+            #expect(down.status == .exited(69), "\(down)")
+            #expect(down.err.contains("cannot reach"), "\(down.err)")
+        }
+    }
+
+    @Test func serveAndTheOperatorCommandsSayThePostgresStoreIsNotServedYet() async throws {
+        let dir = TempDir("pg-serve")
+        for command in [["serve"], ["status"], ["failed"]] {
+            let result = try await Daemon.command(
+                command + ["--spool", dir.path, "--db", "postgres://carespool@/site?host=/nonexistent"]
+            )
+            #expect(result.status != .exited(0), "\(command)")
+            #expect(result.err.contains("PostgreSQL store is not yet served"), "\(command): \(result.err)")
+        }
+    }
+
+    @Test func aDeadlockedTransactionIsRunAgainByItself() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            guard case .postgres(let target) = try DatabaseLocation.parse(server.url("site", role: "carespool")) else {
+                Issue.record("not a PostgreSQL URL")
+                return
+            }
+            let database = try SiteDatabase(target: target, password: password, host: "test-host")
+            do {
+                try await database.migrate()
+                _ = try await database.transaction { connection in
+                    try await connection.query(
+                        "CREATE TABLE pair (k INTEGER PRIMARY KEY, v INTEGER NOT NULL)",
+                        logger: Logger(label: "t")
+                    )
+                    try await connection.query("INSERT INTO pair VALUES (1, 0), (2, 0)", logger: Logger(label: "t"))
+                }
+                let attempts = Attempts()
+                // Two transactions take the same two rows in opposite orders, each pausing between: the
+                // server breaks the deadlock by aborting one (40P01), which runs again and succeeds.
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for (first, second) in [(1, 2), (2, 1)] {
+                        group.addTask {
+                            try await database.transaction { connection in
+                                attempts.add()
+                                let log = Logger(label: "t")
+                                try await connection.query("UPDATE pair SET v = v + 1 WHERE k = \(first)", logger: log)
+                                try await Task.sleep(for: .milliseconds(300))
+                                try await connection.query("UPDATE pair SET v = v + 1 WHERE k = \(second)", logger: log)
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                #expect(attempts.count == 3, "one of the two ran twice")
+                #expect(
+                    try await server.psql("SELECT string_agg(v::text, ',' ORDER BY k) FROM pair", database: "site")
+                        == "2,2"
+                )
+                #expect(
+                    try await server.psql("SELECT applied_by FROM carespool_migrations", database: "site")
+                        == "test-host"
+                )
+            } catch {
+                await database.close()
+                throw error
+            }
+            await database.close()
+        }
+    }
+}
+
+final class Attempts: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func add() { lock.withLock { value += 1 } }
+    var count: Int { lock.withLock { value } }
+}
+
+/// The ledger and appointments in PostgreSQL: SQLite's verdicts, and exactly once across hosts.
+@Suite(.serialized) struct PostgresLedgerTests {
+    static func sha(_ text: String) -> String {
+        SHA256.hash(data: Array(text.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+
+    static func file(_ id: String, _ text: String, name: String? = nil) throws -> PreparedFile {
+        var file = PreparedFile(
+            id: id,
+            kind: .appointments,
+            originalName: name ?? id + ".ndjson",
+            sha256: sha(text),
+            size: text.utf8.count,
+            receivedAt: "2026-12-06T00:00:00.000Z",
+            content: .appointments(try projectCatalog().appointments.read(Array(text.utf8)))
+        )
+        file.sender = "partner-a"
+        return file
+    }
+
+    /// Two hosts' stores on one new database, migrated; `body` runs with them, closed afterwards.
+    static func withHosts<R: Sendable>(
+        _ body: (PostgresServer, SiteDatabase, SiteDatabase) async throws -> R
+    ) async throws -> R {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            guard case .postgres(let target) = try DatabaseLocation.parse(server.url("site", role: "carespool")) else {
+                throw PostgresServerError(message: "not PostgreSQL")
+            }
+            let one = try SiteDatabase(target: target, password: password, host: "h1")
+            let two = try SiteDatabase(target: target, password: password, host: "h2")
+            do {
+                try await one.migrate()
+                let result = try await body(server, one, two)
+                await one.close()
+                await two.close()
+                return result
+            } catch {
+                await one.close()
+                await two.close()
+                throw error
+            }
+        }
+    }
+
+    @Test func aHostsBatchesGetTheVerdictsSQLiteGives() async throws {
+        let notes = "Dr. Müller, 2nd floor — Zoë's follow-up"
+        // Keys in no order, repeats, conflicts, a bad record, a byte-identical copy, an empty file.
+        let batches: [[(String, String)]] = [
+            [
+                (
+                    "f01",
+                    [
+                        event("A-7", "2026-03-01T10:00:00Z", patient: "P-Ø1", notes: notes),
+                        event("A-2", "2026-03-01T09:00:00+01:00"),
+                        event("A-7", "2026-03-02T10:00:00Z", type: "cancelled", patient: "P-Ø1"),
+                        event("A-2", "2026-03-01T09:00:00+01:00"),
+                    ].joined(separator: "\n")
+                ),
+                ("f02", event("A-9", "2026-03-05T08:00:00Z") + "\n{\"event_type\":\"appointment.scheduled\"}\n"),
+            ],
+            [
+                (
+                    "f03",
+                    [
+                        event("A-2", "2026-03-01T08:00:00Z", patient: "P-other"),
+                        event("A-7", "2026-03-03T10:00:00Z", type: "updated", patient: "P-Ø1"),
+                        event("A-1", "2026-02-28T23:59:59.5Z"),
+                    ].joined(separator: "\n")
+                ),
+                ("f04", event("A-9", "2026-03-05T08:00:00Z") + "\n{\"event_type\":\"appointment.scheduled\"}\n"),
+                ("f05", ""),
+                ("f06", "{not json"),
+            ],
+        ]
+        let dir = TempDir("pg-verdicts")
+        defer { dir.cleanup() }
+        let lite = try AppDatabase.open(path: dir.file("v.sqlite3"))
+        var liteReports: [String] = []
+        for batch in batches {
+            let files = try batch.map { try Self.file($0.0, $0.1) }
+            liteReports += try lite.commit(files, finishedAt: "2026-12-06T00:00:01.000Z").map { $0.report.json() }
+        }
+        let liteState = try await lite.writer.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT appointment_id, patient_id, status, notes, event_type, event_instant, event_timestamp, file_id
+                    FROM appointments ORDER BY 1
+                    """
+            ).map { row in (0..<row.count).map { "\(row[$0] as DatabaseValue)" }.joined(separator: "|") }
+        }
+        try await Self.withHosts { server, one, _ in
+            var reports: [String] = []
+            for batch in batches {
+                let files = try batch.map { try Self.file($0.0, $0.1) }
+                reports += try await one.commit(files, finishedAt: "2026-12-06T00:00:01.000Z").map { $0.report.json() }
+            }
+            #expect(reports == liteReports)
+            #expect(reports.count == 6)
+            #expect(reports[3].contains("\"duplicate\""), "f04 is f02's bytes: \(reports[3])")
+            #expect(reports[2].contains("conflicts with the event stored from file f01"), "\(reports[2])")
+            let state = try await server.psql(
+                """
+                SELECT appointment_id || '|' || patient_id || '|' || status || '|' || coalesce(notes, 'NULL') || '|' ||
+                       event_type || '|' || event_instant || '|' || event_timestamp || '|' || file_id
+                FROM appointments ORDER BY 1
+                """,
+                database: "site"
+            )
+            let expected = liteState.map { $0.replacingOccurrences(of: "\"", with: "") }
+            #expect(state.split(separator: "\n").map(String.init) == expected)
+            #expect(try await server.psql("SELECT DISTINCT host FROM files", database: "site") == "h1")
+            #expect(
+                try await server.psql("SELECT count(*) FROM audit WHERE actor = 'partner-a'", database: "site") == "6"
+            )
+        }
+    }
+
+    @Test func theSameBytesOnTwoHostsAtOnceAreAcceptedOnceAndADuplicateOnce() async throws {
+        try await Self.withHosts { server, one, two in
+            for round in 0..<25 {
+                let text = (0..<20).map { event("R\(round)-\($0 % 7)", "2026-04-0\(1 + $0 % 9)T10:00:0\($0 % 10)Z") }
+                    .shuffled().joined(separator: "\n")
+                let first = try Self.file("r\(round)-h1", text)
+                let second = try Self.file("r\(round)-h2", text)
+                async let a = one.commit([first], finishedAt: "2026-12-06T00:00:02.000Z")
+                async let b = two.commit([second], finishedAt: "2026-12-06T00:00:02.000Z")
+                let (left, right) = try await (a[0].report, b[0].report)
+                let outcomes = [left.outcome, right.outcome].map(\.rawValue).sorted()
+                #expect(outcomes == ["accepted", "duplicate"], "round \(round): \(left.json()) \(right.json())")
+                let duplicate = left.outcome == .duplicate ? left : right
+                #expect(duplicate.duplicateOf == (left.outcome == .duplicate ? second.id : first.id))
+            }
+            #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "50")
+            // Every natural key once.
+            #expect(
+                try await server.psql(
+                    "SELECT count(*) = count(DISTINCT (appointment_id, instant)) FROM appointment_events",
+                    database: "site"
+                ) == "t"
+            )
+            #expect(try await server.psql("SELECT count(DISTINCT host) FROM files", database: "site") == "2")
+        }
+    }
+
+    @Test func overlappingFilesFromTwoHostsStoreEveryKeyOnce() async throws {
+        try await Self.withHosts { server, one, two in
+            var stored = 0
+            var duplicates = 0
+            for round in 0..<10 {
+                let events = (0..<60).map {
+                    event("O\(round)-\($0)", "2026-05-01T10:\(String(format: "%02d", $0)):00Z", patient: "Pé\($0 % 5)")
+                }
+                // The same keys in opposite orders, in files that differ (so no byte-identity lock serialises
+                // them): their key locks would cross if written in file order.
+                let forward = try Self.file("o\(round)-h1", events.joined(separator: "\n"))
+                let backward = try Self.file("o\(round)-h2", events.reversed().joined(separator: "\n"))
+                async let a = one.commit([forward], finishedAt: "2026-12-06T00:00:03.000Z")
+                async let b = two.commit([backward], finishedAt: "2026-12-06T00:00:03.000Z")
+                for report in try await [a[0].report, b[0].report] {
+                    stored += report.stored
+                    duplicates += report.duplicates
+                    #expect(report.rejected == 0, "\(report.json())")
+                }
+            }
+            #expect(stored == 600 && duplicates == 600)
+            #expect(try await server.psql("SELECT count(*) FROM appointment_events", database: "site") == "600")
+            #expect(try await server.psql("SELECT count(*) FROM appointments", database: "site") == "600")
+        }
+    }
+
+    @Test func aFileTheSharedLedgerHasIsReplayedOnAnotherHostNotWrittenAgain() async throws {
+        try await Self.withHosts { server, one, two in
+            let file = try Self.file("replay-1", event("Z-1", "2026-06-01T10:00:00Z"))
+            let first = try await one.commit([file], finishedAt: "2026-12-06T00:00:04.000Z")[0]
+            #expect(!first.replayed && first.report.outcome == .accepted)
+            // A host that claimed it too (a restart finishing processing/) consults the shared ledger by id.
+            #expect(try await two.hasLedgerRow(id: "replay-1"))
+            let again = try await two.commit([file], finishedAt: "2026-12-06T00:00:05.000Z")[0]
+            #expect(again.replayed && again.report == first.report)
+            #expect(again.finishedAt == "2026-12-06T00:00:04.000Z")
+            #expect(try await two.ledgerHost(id: "replay-1") == "h1")
+            #expect(try await server.psql("SELECT count(*) FROM audit", database: "site") == "1")
+            #expect(
+                try await one.earlierFile(kind: .appointments, sha256: file.sha256, excluding: "other") == "replay-1"
+            )
+        }
+    }
+
+    @Test func theKindsWithoutAPostgresWriterAreRefusedAndNothingIsStored() async throws {
+        try await Self.withHosts { server, one, _ in
+            let good = try Self.file("k-1", event("K-1", "2026-06-01T10:00:00Z"))
+            let intake = PreparedFile(
+                id: "k-2",
+                kind: .intake,
+                originalName: "k.csv",
+                sha256: Self.sha("x"),
+                size: 1,
+                receivedAt: "2026-12-06T00:00:00.000Z",
+                content: .intake(ParsedFile(items: [], fileProblem: nil))
+            )
+            do {
+                _ = try await one.commit([good, intake], finishedAt: "2026-12-06T00:00:06.000Z")
+                Issue.record("an intake file was committed")
+            } catch let error as PostgresStoreError {
+                #expect(!error.transient && error.description.contains("does not write intake"), "\(error)")
+            }
+            #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "0")
+        }
+    }
+}
