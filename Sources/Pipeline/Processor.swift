@@ -119,7 +119,7 @@ package final class Processor: Service {
     /// five minutes, past systemd's start timeout).
     package init(
         spool: Spool,
-        database: AppDatabase,
+        database: any PipelineStore,
         catalog: Catalog,
         configuration: PipelineConfiguration = .init(),
         logger: Logger,
@@ -220,7 +220,7 @@ extension Processor {
 /// The processor's state; used only on the processor's serial queue.
 final class Engine: @unchecked Sendable {
     let spool: Spool
-    let database: AppDatabase
+    let database: any PipelineStore
     let catalog: Catalog
     var configuration: PipelineConfiguration
     let logger: Logger
@@ -290,7 +290,7 @@ final class Engine: @unchecked Sendable {
 
     init(
         spool: Spool,
-        database: AppDatabase,
+        database: any PipelineStore,
         catalog: Catalog,
         configuration: PipelineConfiguration,
         logger: Logger,

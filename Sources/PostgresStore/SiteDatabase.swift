@@ -1,6 +1,7 @@
 package import Config
 package import Logging
 package import PostgresNIO
+import Synchronization
 import _ConnectionPoolModule
 
 #if canImport(Glibc)
@@ -90,20 +91,20 @@ package final class SiteDatabase: Sendable {
     /// failure or a deadlock (after a short random pause that doubles each time: the hosts that collided
     /// do not collide again in step). Any other error ends it; the transaction is rolled back.
     package func transaction<Result: Sendable>(
-        _ body: (PostgresConnection) async throws -> Result
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> Result
     ) async throws(PostgresStoreError) -> Result {
         var pause = 5
         for attempt in 1...Self.transactionTries {
             do {
-                return try await client.withConnection { connection in
-                    try await connection.query("BEGIN", logger: logger)
+                return try await leased { connection in
+                    try await connection.query("BEGIN", logger: self.logger)
                     do {
                         let result = try await body(connection)
-                        try await connection.query("COMMIT", logger: logger)
+                        try await connection.query("COMMIT", logger: self.logger)
                         return result
                     } catch {
                         // A connection that is gone has no transaction to roll back.
-                        _ = try? await connection.query("ROLLBACK", logger: logger)
+                        _ = try? await connection.query("ROLLBACK", logger: self.logger)
                         throw error
                     }
                 }
@@ -116,6 +117,44 @@ package final class SiteDatabase: Sendable {
             }
         }
         throw PostgresStoreError(description: "unreachable", transient: false)
+    }
+
+    /// How long a transaction waits for a connection of the pool: past it the server counts as down (the
+    /// pool, left alone, waits for a new connection for as long as it keeps retrying, a minute or more,
+    /// and the pipeline with it). Once it has a connection, a transaction takes as long as its work.
+    package static let connectionWait: Duration = .seconds(10)
+
+    /// `body` with a connection of the pool, or a transient error when none is had within
+    /// ``connectionWait``.
+    private func leased<Result: Sendable>(
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> Result
+    ) async throws -> Result {
+        let acquired = Flag()
+        let client = client
+        return try await withThrowingTaskGroup(of: Result?.self) { group in
+            group.addTask {
+                try await client.withConnection { connection in
+                    acquired.set()
+                    return try await body(connection)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: Self.connectionWait)
+                if acquired.isSet { return nil }
+                throw PostgresStoreError(
+                    description: "PostgreSQL: no connection within \(Self.connectionWait) (the server is down or "
+                        + "unreachable)",
+                    transient: true
+                )
+            }
+            while let next = try await group.next() {
+                if let value = next {
+                    group.cancelAll()
+                    return value
+                }
+            }
+            throw PostgresStoreError(description: "PostgreSQL: the transaction ended without a result", transient: true)
+        }
     }
 
     /// One connection made and closed outside the pool, to learn at once why the server cannot be used
@@ -180,6 +219,7 @@ package final class SiteDatabase: Sendable {
     @discardableResult
     package func migrate() async throws(PostgresStoreError) -> [Int] {
         let host = host
+        let logger = logger
         return try await transaction { connection in
             try await connection.query(
                 "SELECT pg_advisory_xact_lock(\(PostgresMigrations.advisoryLock))",
@@ -209,7 +249,8 @@ package final class SiteDatabase: Sendable {
 
     /// What the database records as applied, oldest first (empty before the first migration).
     package func appliedMigrations() async throws(PostgresStoreError) -> [AppliedMigration] {
-        try await transaction { connection in
+        let logger = logger
+        return try await transaction { connection -> [AppliedMigration] in
             let exists = try await connection.query(
                 "SELECT to_regclass('carespool_migrations') IS NOT NULL",
                 logger: logger
@@ -335,4 +376,11 @@ package struct PostgresStoreError: Error, Sendable, CustomStringConvertible {
             self.init(description: "PostgreSQL: \(error.code)", transient: false)
         }
     }
+}
+
+/// A flag set once, read from another task.
+final class Flag: Sendable {
+    private let state = Mutex(false)
+    func set() { state.withLock { $0 = true } }
+    var isSet: Bool { state.withLock { $0 } }
 }

@@ -306,6 +306,11 @@ package struct StoreError: Error, Sendable, CustomStringConvertible {
     package var isTransient: Bool
     package var description: String
 
+    package init(transient: Bool, description: String) {
+        isTransient = transient
+        self.description = description
+    }
+
     init(_ error: any Error) {
         if let db = error as? DatabaseError {
             let transient: [ResultCode] = [

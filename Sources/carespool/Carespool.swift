@@ -13,6 +13,7 @@ import Logging
 import Metrics
 import Notify
 import Pipeline
+import PostgresStore
 import Prometheus
 import ServiceLifecycle
 import Spool
@@ -121,7 +122,7 @@ struct SpoolOptions: ParsableArguments {
 
     /// The spool and database paths in effect, the configuration file, and the spool with its extra
     /// inboxes.
-    func resolved() throws -> (spool: Spool, database: String, config: ConfigFile) {
+    func resolved(allowingPostgres: Bool = false) throws -> (spool: Spool, database: String, config: ConfigFile) {
         let config = try configOption.load()
         let root = spool ?? config.spool ?? "spool"
         // A folder is one inbox: the spool's own inboxes and the configured ones, trailing slashes aside
@@ -154,12 +155,15 @@ struct SpoolOptions: ParsableArguments {
             if spool.inboxes[index].note == nil { spool.inboxes[index].note = LocalTimes(config.zoomReportTimes).note }
         }
         spool.decompression = config.decompressionLimits
-        guard case .sqlite(let path) = try location().location else {
+        let location = try location().location
+        if allowingPostgres, case .postgres(let target) = location { return (spool, target.display, config) }
+        guard case .sqlite(let path) = location else {
             // The PostgreSQL store is migrated and checked (`carespool migrate`); the pipeline and the
             // operator commands do not read or write it yet.
             throw ValidationError(
-                "the PostgreSQL store is not yet served by this build: `carespool migrate` prepares and checks "
-                    + "its schema; serve and the operator commands use a SQLite file (--db PATH)"
+                "the PostgreSQL store is not yet read by the operator commands of this build: `carespool serve` "
+                    + "writes it and `carespool migrate` prepares and checks it; the other commands use a SQLite "
+                    + "file (--db PATH)"
             )
         }
         return (spool, path, config)
@@ -232,6 +236,14 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Milliseconds a file found by rescan must hold still (size and mtime) before it is claimed (2000).")
     var settleMs: Int?
+
+    @Option(
+        help: """
+            This host's name in a PostgreSQL store's ledger, which names the host of every file (default: the \
+            machine's host name; give each host of a site its own).
+            """
+    )
+    var hostName: String?
 
     @Option(
         help: """
@@ -369,7 +381,8 @@ struct Serve: AsyncParsableCommand {
         // Files the daemon creates are its own and its group's (operators) only: at least umask 027, as
         // the unit's UMask= sets it (docs/SECURITY.md), also when started by hand.
         umask(umask(0o027) | 0o027)
-        let (resolvedSpool, databasePath, config) = try spoolOptions.resolved()
+        let (resolvedSpool, databasePath, config) = try spoolOptions.resolved(allowingPostgres: true)
+        let (location, passwordFile) = try spoolOptions.location()
         var faulty = resolvedSpool
         // Test-only: the file layer fails writes with ENOSPC while this file exists (SpoolFaults).
         faulty.faults.enospcWhile = testEnospcWhile
@@ -423,22 +436,59 @@ struct Serve: AsyncParsableCommand {
                 )
             }
         }
-        var opened = try AppDatabase.open(
-            path: databasePath,
-            busyTimeout: .milliseconds(settings.busyTimeoutMs),
-            cacheBytes: settings.pipeline.memoryBudget / 8,
-            chunkCommit: .milliseconds(settings.chunkCommitMs)
-        )
-        if let notifier = settings.notifier, let notify = config.notify {
-            opened.notify = NotifyPolicy(outcomes: Set(notify.outcomes), targets: notifier.targets)
+        let store: any PipelineStore
+        let door: any DoorStore
+        var sqlite: AppDatabase?
+        // The processor's spool: with the PostgreSQL store, only the inboxes of the kinds it writes.
+        var processorSpool = spool
+        switch location {
+        case .sqlite:
+            var opened = try AppDatabase.open(
+                path: databasePath,
+                busyTimeout: .milliseconds(settings.busyTimeoutMs),
+                cacheBytes: settings.pipeline.memoryBudget / 8,
+                chunkCommit: .milliseconds(settings.chunkCommitMs)
+            )
+            if let notifier = settings.notifier, let notify = config.notify {
+                opened.notify = NotifyPolicy(outcomes: Set(notify.outcomes), targets: notifier.targets)
+            }
+            store = opened
+            door = SQLiteDoor(database: opened)
+            sqlite = opened
+        case .postgres(let target):
+            let site = try await Self.openSite(
+                target,
+                passwordFile: passwordFile,
+                hostName: hostName,
+                settings: settings,
+                logger: logger
+            )
+            store = SiteStore(site: site)
+            door = SiteDoor(site: site)
+            let written = SiteStore.writtenKinds
+            var limited = Spool(
+                root: spool.root,
+                kinds: spool.kinds.filter(written.contains),
+                extraInboxes: spool.inboxes.dropFirst(spool.kinds.count).filter { written.contains($0.kind) }
+            )
+            limited.decompression = spool.decompression
+            limited.faults = spool.faults
+            processorSpool = limited
+            let waiting = spool.inboxes.filter { !written.contains($0.kind) }.map(\.path)
+            logger.warning(
+                "PostgreSQL store: only these kinds are processed by this build; the other inboxes are not watched and their files wait",
+                metadata: [
+                    "store.kinds": "\(written.sorted().joined(separator: ","))",
+                    "store.waiting_inboxes": "\(waiting.count)",
+                ]
+            )
         }
-        let database = opened
         let readiness = Readiness(http: settings.http != nil)
         var pipeline = settings.pipeline
         pipeline.testCrashOn = testCrashOn
         let processor = Processor(
-            spool: spool,
-            database: database,
+            spool: processorSpool,
+            database: store,
             catalog: catalog,
             configuration: pipeline,
             logger: logger,
@@ -449,9 +499,9 @@ struct Serve: AsyncParsableCommand {
         )
         let health = HealthCache()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: processor)]
-        if let notifier = settings.notifier {
+        if let notifier = settings.notifier, let database = sqlite {
             services.append(.init(service: Notifier(database: database, configuration: notifier, logger: logger)))
-        } else if let dropped = try? database.dropNotifications(except: []), dropped > 0 {
+        } else if let database = sqlite, let dropped = try? database.dropNotifications(except: []), dropped > 0 {
             // [notify] removed: what was owed would show in `status` for ever.
             logger.warning(
                 "notifications dropped: their target is no longer configured",
@@ -465,7 +515,7 @@ struct Serve: AsyncParsableCommand {
                     service: Self.httpApplication(
                         http,
                         spool: spool,
-                        database: database,
+                        database: door,
                         health: health,
                         registry: registry,
                         logger: logger,
@@ -479,7 +529,7 @@ struct Serve: AsyncParsableCommand {
                 service: SystemdNotifier(
                     readiness: readiness,
                     status: {
-                        let report = await health.report { await Self.health(spool: spool, database: database) }
+                        let report = await health.report { await Self.health(spool: spool, database: door) }
                         return "inbox \(report.inbox), processing \(report.processing), failed \(report.failed)"
                             + (report.databaseUp ? "" : ", database down")
                     },
@@ -506,7 +556,7 @@ extension Serve {
     static func httpApplication(
         _ configuration: HTTPConfiguration,
         spool: Spool,
-        database: AppDatabase,
+        database: any DoorStore,
         health cache: HealthCache,
         registry: PrometheusCollectorRegistry,
         logger: Logger,
@@ -537,7 +587,7 @@ extension Serve {
                 return registry.emitToString()
             },
             verdict: { id, kind in
-                guard let (report, sender) = (try? database.verdict(id: id, kind: kind)) ?? nil else { return nil }
+                guard let (report, sender) = await database.verdict(id: id, kind: kind) else { return nil }
                 return SpoolVerdict(
                     sender: sender,
                     outcome: report.outcome.rawValue,
@@ -573,8 +623,8 @@ extension Serve {
     }
 
     /// Database reachable, Zoom events received and inserted, and queue depths.
-    static func health(spool: Spool, database: AppDatabase) async -> HealthReport {
-        let counters = try? database.zoomCounters()
+    static func health(spool: Spool, database: any DoorStore) async -> HealthReport {
+        let counters = await database.counters()
         /// `count` of each kind's folder, summed.
         func total(_ count: (String) throws -> Int) -> Int {
             spool.kinds.reduce(0) { sum, kind in sum + ((try? count(kind)) ?? 0) }

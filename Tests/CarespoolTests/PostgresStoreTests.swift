@@ -295,14 +295,15 @@ import Testing
         }
     }
 
-    @Test func serveAndTheOperatorCommandsSayThePostgresStoreIsNotServedYet() async throws {
-        let dir = TempDir("pg-serve")
-        for command in [["serve"], ["status"], ["failed"]] {
+    @Test func theOperatorCommandsSayThePostgresStoreIsNotReadByThemYet() async throws {
+        let dir = TempDir("pg-operators")
+        defer { dir.cleanup() }
+        for command in [["status"], ["failed"], ["report"], ["audit"], ["show", "x"], ["query", "visits"]] {
             let result = try await Daemon.command(
                 command + ["--spool", dir.path, "--db", "postgres://carespool@/site?host=/nonexistent"]
             )
             #expect(result.status != .exited(0), "\(command)")
-            #expect(result.err.contains("PostgreSQL store is not yet served"), "\(command): \(result.err)")
+            #expect(result.err.contains("not yet read by the operator commands"), "\(command): \(result.err)")
         }
     }
 
@@ -574,6 +575,275 @@ final class Attempts: @unchecked Sendable {
                 #expect(!error.transient && error.description.contains("does not write intake"), "\(error)")
             }
             #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "0")
+        }
+    }
+}
+
+/// Real `carespool serve` processes, each on its own spool, against one PostgreSQL database.
+@Suite(.serialized) struct PostgresServeTests {
+    /// `carespool serve` on `spool` while `body` runs; then SIGTERM. A daemon that does not stop within 30 s
+    /// has its threads' stacks written to /tmp/carespool-hang-PID.txt (gdb) and is killed: a daemon that
+    /// hangs fails its test (its status is then SIGKILL), it never hangs the suite. A body that throws
+    /// kills the daemon first (else the run would wait for it for ever).
+    static func serving<R: Sendable>(
+        spool: String,
+        arguments: [String],
+        _ body: @escaping @Sendable (pid_t) async throws -> R
+    ) async throws -> (result: R, status: TerminationStatus, log: String) {
+        try await Daemon.serve(spool: spool, arguments: arguments) { pid in
+            let result: R
+            do {
+                result = try await body(pid)
+            } catch {
+                kill(pid, SIGKILL)
+                throw error
+            }
+            kill(pid, SIGTERM)
+            Task.detached {
+                try? await Task.sleep(for: .seconds(30))
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                    let close = stat.lastIndex(of: ")"), stat[stat.index(close, offsetBy: 2)] != "Z"
+                else { return }
+                _ = try? await PostgresServer.shell(
+                    "gdb -p \(pid) -batch -ex 'thread apply all bt' > /tmp/carespool-hang-\(pid).txt 2>&1",
+                    asServer: false
+                )
+                kill(pid, SIGKILL)
+            }
+            return result
+        }
+    }
+
+    /// The stacks of a daemon that did not stop, if one was recorded.
+    static func hang(_ log: String) -> String {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []
+        let stacks = files.filter { $0.hasPrefix("carespool-hang-") }.compactMap {
+            try? String(contentsOfFile: "/tmp/" + $0, encoding: .utf8)
+        }
+        return log + "\n" + stacks.joined(separator: "\n---\n")
+    }
+
+    /// Names of the regular files under `folder` (recursively), dot-files aside.
+    static func files(_ folder: String) -> [String] {
+        guard let walker = FileManager.default.enumerator(atPath: folder) else { return [] }
+        var names: [String] = []
+        for case let path as String in walker {
+            var isDirectory: ObjCBool = false
+            let name = (path as NSString).lastPathComponent
+            if FileManager.default.fileExists(atPath: folder + "/" + path, isDirectory: &isDirectory),
+                !isDirectory.boolValue, !name.hasPrefix(".")
+            {
+                names.append(path)
+            }
+        }
+        return names
+    }
+
+    @Test func twoHostsStoreEveryFileOnceThroughAKillAndARestart() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            let passwordFile = try server.passwordFile(password)
+            let url = server.url("site", role: "carespool")
+            let one = TempDir("pg-host1")
+            let two = TempDir("pg-host2")
+            defer {
+                one.cleanup()
+                two.cleanup()
+            }
+            let arguments1 = ["--db", url, "--db-password-file", passwordFile, "--host-name", "host-one"]
+            let arguments2 = ["--db", url, "--db-password-file", passwordFile, "--host-name", "host-two"]
+            // What was sent: the same bytes to both hosts, and files of each host's own whose keys overlap.
+            var keys = Set<String>()
+            func text(_ prefix: String, _ range: Range<Int>) -> String {
+                range.map { n -> String in
+                    keys.insert("M-\(n % 40)|2026-07-\(String(format: "%02d", 1 + n % 28))")
+                    return event(
+                        "M-\(n % 40)",
+                        "2026-07-\(String(format: "%02d", 1 + n % 28))T09:00:00Z",
+                        patient: "Pé-\(n % 9)"
+                    )
+                }.joined(separator: "\n") + "\n"
+            }
+            let shared = (0..<12).map { ("same-\($0).ndjson", text("s", ($0 * 5)..<($0 * 5 + 9))) }
+            let own1 = (0..<10).map { ("a-\($0).ndjson", text("a", ($0 * 7)..<($0 * 7 + 11))) }
+            let own2 = (0..<10).map { ("b-\($0).ndjson", text("b", ($0 * 3 + 100)..<($0 * 3 + 113))) }
+            let own2Late = (10..<30).map { ("b-\($0).ndjson", text("b", ($0 * 3 + 100)..<($0 * 3 + 113))) }
+            let dropped = (one: shared.count + own1.count, two: shared.count + own2.count + own2Late.count)
+
+            let first = try await Self.serving(spool: one.path, arguments: arguments1) { pid1 in
+                try await waitUntilServing(one.path)
+                let second = try await Self.serving(spool: two.path, arguments: arguments2) { pid2 in
+                    try await waitUntilServing(two.path)
+                    for (name, body) in shared {
+                        try dropLikeRsync(body, into: one.path + "/inbox/appointments", name: name)
+                        try dropLikeRsync(body, into: two.path + "/inbox/appointments", name: name)
+                    }
+                    for (name, body) in own1 {
+                        try dropLikeRsync(body, into: one.path + "/inbox/appointments", name: name)
+                    }
+                    for (name, body) in own2 {
+                        try dropLikeRsync(body, into: two.path + "/inbox/appointments", name: name)
+                    }
+                    // A second wave to host two, killed -9 as soon as it has claimed some of it.
+                    for (name, body) in own2Late {
+                        try dropLikeRsync(body, into: two.path + "/inbox/appointments", name: name)
+                    }
+                    let twoPath = two.path
+                    _ = await signal(pid2, SIGKILL, when: { !Self.files(twoPath + "/processing/appointments").isEmpty })
+                    return pid1
+                }
+                #expect(second.status == .signaled(SIGKILL), "\(second.log)")
+                // Host one finishes its files meanwhile.
+                let onePath = one.path
+                let done1 = await eventually(timeout: .seconds(60)) {
+                    Self.files(onePath + "/done/appointments").count == dropped.one
+                }
+                #expect(done1, "host one: \(Self.files(onePath))")
+                return ()
+            }
+            #expect(first.status == .exited(0), "\(Self.hang(first.log))")
+            // Host two again: it finishes what it had in processing/ from the shared ledger or anew.
+            let restarted = try await Self.serving(spool: two.path, arguments: arguments2) { pid in
+                let twoPath = two.path
+                let done = await eventually(timeout: .seconds(60)) {
+                    Self.files(twoPath + "/done/appointments").count == dropped.two
+                        && Self.files(twoPath + "/processing/appointments").isEmpty
+                }
+                #expect(done, "host two: \(Self.files(twoPath))")
+            }
+            #expect(restarted.status == .exited(0), "\(Self.hang(restarted.log))")
+            for dir in [one, two] {
+                #expect(Self.files(dir.path + "/failed").isEmpty, "\(Self.files(dir.path + "/failed"))")
+                #expect(Self.files(dir.path + "/inbox").isEmpty)
+            }
+            // The database: one ledger row per file each host took, every key stored once.
+            #expect(
+                try await server.psql("SELECT count(*) FROM files", database: "site") == "\(dropped.one + dropped.two)"
+            )
+            #expect(
+                try await server.psql("SELECT count(*) FROM appointment_events", database: "site") == "\(keys.count)"
+            )
+            #expect(
+                try await server.psql(
+                    "SELECT string_agg(DISTINCT host, ',' ORDER BY host) FROM files",
+                    database: "site"
+                )
+                    == "host-one,host-two"
+            )
+            // Each shared file: accepted (or partial) once, a duplicate on the other host.
+            let pairs = try await server.psql(
+                """
+                SELECT original_name || ':' || string_agg(outcome, ',' ORDER BY outcome) FROM files
+                WHERE original_name LIKE 'same-%' GROUP BY original_name ORDER BY 1
+                """,
+                database: "site"
+            )
+            for line in pairs.split(separator: "\n") {
+                let outcomes = line.split(separator: ":")[1].split(separator: ",").map(String.init)
+                #expect(outcomes.count == 2 && outcomes.filter { $0 == "duplicate" }.count >= 1, "\(line)")
+            }
+            #expect(pairs.split(separator: "\n").count == shared.count)
+        }
+    }
+
+    @Test func filesWaitInProcessingWhileTheDatabaseIsDownAndNoneFails() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            let passwordFile = try server.passwordFile(password)
+            let spool = TempDir("pg-down")
+            defer { spool.cleanup() }
+            let path = spool.path
+            let result = try await Self.serving(
+                spool: spool.path,
+                arguments: ["--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile]
+            ) { pid in
+                try await waitUntilServing(path)
+                try dropLikeRsync(
+                    event("D-0", "2026-08-01T10:00:00Z"),
+                    into: path + "/inbox/appointments",
+                    name: "d0.json"
+                )
+                #expect(await eventually { Self.files(path + "/done/appointments").count == 1 })
+                try await server.pause()
+                for n in 1...5 {
+                    try dropLikeRsync(
+                        event("D-\(n)", "2026-08-01T10:00:00Z"),
+                        into: path + "/inbox/appointments",
+                        name: "d\(n).json"
+                    )
+                }
+                // Claimed, tried, kept: in processing/, never in failed/.
+                #expect(await eventually { Self.files(path + "/processing/appointments").count >= 5 })
+                try await Task.sleep(for: .seconds(3))
+                #expect(Self.files(path + "/failed").isEmpty, "\(Self.files(path + "/failed"))")
+                do {
+                    try await server.startAgain()
+                } catch {
+                    Issue.record("start again: \(error)")
+                }
+                // d1 waits for its retry (the backoff after the first transient trouble), the others go at once.
+                let done = await eventually(timeout: .seconds(90)) {
+                    Self.files(path + "/done/appointments").count == 6
+                        && Self.files(path + "/processing/appointments").isEmpty
+                }
+                #expect(done, "\(Self.files(path))")
+            }
+            #expect(result.status == .exited(0), "\(Self.hang(result.log))")
+            #expect(Self.files(spool.path + "/failed").isEmpty)
+            let ledger = try await server.psql(
+                "SELECT original_name || ':' || outcome FROM files ORDER BY 1",
+                database: "site"
+            )
+            #expect(ledger.split(separator: "\n").count == 6, "\(ledger)\n\(Self.files(spool.path))")
+        }
+    }
+
+    @Test func theKindsThePostgresStoreDoesNotWriteWaitInTheirInboxes() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            let passwordFile = try server.passwordFile(password)
+            let spool = TempDir("pg-kinds")
+            defer { spool.cleanup() }
+            let result = try await Self.serving(
+                spool: spool.path,
+                arguments: ["--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile]
+            ) { pid in
+                try await waitUntilServing(spool.path)
+                try dropLikeRsync("mrn,first_name\n", into: spool.path + "/inbox/intake", name: "i.csv")
+                try dropLikeRsync(
+                    event("W-1", "2026-08-01T10:00:00Z"),
+                    into: spool.path + "/inbox/appointments",
+                    name: "w.json"
+                )
+                let path = spool.path
+                let done = await eventually { Self.files(path + "/done/appointments").count == 1 }
+                #expect(done)
+                try await Task.sleep(for: .seconds(2))
+            }
+            #expect(result.status == .exited(0), "\(Self.hang(result.log))")
+            #expect(result.log.contains("only these kinds are processed"), "\(result.log)")
+            #expect(Self.files(spool.path + "/inbox/intake") == ["i.csv"])
+            #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "1")
+        }
+    }
+
+    @Test func aDatabaseThatCannotBeReachedEndsTheStartWith69AndARefusedLoginWith78() async throws {
+        try await PostgresServer.with { server in
+            _ = try await server.createDatabase("site", role: "carespool")
+            let wrong = try server.passwordFile("wrong-password-7")
+            let spool = TempDir("pg-start")
+            defer { spool.cleanup() }
+            let refused = try await Daemon.command([
+                "serve", "--spool", spool.path, "--schema", TestPaths.schemaJSON.path, "--http", "off", "--db",
+                server.url("site", role: "carespool"), "--db-password-file", wrong,
+            ])
+            #expect(refused.status == .exited(78), "\(refused)")
+            #expect(refused.err.contains("28P01") && !refused.err.contains("wrong-password-7"), "\(refused.err)")
+            let down = try await Daemon.command([
+                "serve", "--spool", spool.path, "--schema", TestPaths.schemaJSON.path, "--http", "off", "--db",
+                "postgres://carespool@/site?host=\(server.folder)-none", "--db-password-file", wrong,
+            ])
+            #expect(down.status == .exited(69), "\(down)")
         }
     }
 }

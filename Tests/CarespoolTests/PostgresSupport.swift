@@ -70,18 +70,20 @@ struct PostgresServer: Sendable {
         if runningAsRoot {
             try await shell("chown -R postgres:postgres '\(folder)' && chmod 0700 '\(folder)'", asServer: false)
         }
-        let options = [
-            "-c listen_addresses=''", "-c unix_socket_directories='\(folder)'", "-c port=5432",
+        // In postgresql.conf, so that every later start (restart, startAgain) listens the same way.
+        let settings = [
+            "listen_addresses = ''", "unix_socket_directories = '\(folder)'", "port = 5432",
             // A test server: its own durability is not what the tests prove (the spool's is).
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
-            "-c max_connections=100", "-c shared_buffers=32MB",
-        ].joined(separator: " ")
+            "fsync = off", "synchronous_commit = off", "full_page_writes = off",
+            "max_connections = 100", "shared_buffers = 32MB",
+        ].joined(separator: "\n")
         try await shell(
             """
             set -e
             '\(bin)/initdb' -D '\(folder)/data' -U postgres -E UTF8 --no-locale --no-instructions \
               --auth-local=scram-sha-256 --auth-host=reject --pwfile='\(folder)/superuser.pw' >'\(folder)/initdb.log' 2>&1
-            '\(bin)/pg_ctl' -D '\(folder)/data' -l '\(folder)/server.log' -w -t 60 -o "\(options)" start >/dev/null
+            printf '%s\\n' "\(settings)" >> '\(folder)/data/postgresql.conf'
+            '\(bin)/pg_ctl' -D '\(folder)/data' -l '\(folder)/server.log' -w -t 60 start >/dev/null
             """
         )
         return PostgresServer(folder: folder, superuserPassword: password)
@@ -108,6 +110,18 @@ struct PostgresServer: Sendable {
         try await Self.shell(
             "'\(bin)/pg_ctl' -D '\(folder)/data' -l '\(folder)/server.log' -w -t 60 start >/dev/null"
         )
+    }
+
+    /// Stops the server (fast: connections are closed) and leaves its data for ``startAgain()``.
+    func pause() async throws {
+        guard let bin = Self.binaries else { return }
+        try await Self.shell("'\(bin)/pg_ctl' -D '\(folder)/data' -m fast -w -t 60 stop >/dev/null")
+    }
+
+    /// Starts a server stopped by ``pause()`` or ``restart(pauseMs:)`` again.
+    func startAgain() async throws {
+        guard let bin = Self.binaries else { return }
+        try await Self.shell("'\(bin)/pg_ctl' -D '\(folder)/data' -l '\(folder)/server.log' -w -t 60 start >/dev/null")
     }
 
     /// Runs SQL as the superuser through psql; returns its unaligned, tuples-only output.
