@@ -39,16 +39,11 @@ package final class SiteDatabase: Sendable {
                 database: target.database
             )
         case .tcp(let name, let port):
-            let tls: PostgresClient.Configuration.TLS
-            switch target.tls {
-            case .disable: tls = .disable
-            case .prefer, .require:
-                // libpq's `prefer` and `require` encrypt without checking whose certificate it is.
-                var settings = TLSConfiguration.makeClientConfiguration()
-                settings.certificateVerification = .none
-                tls = target.tls == .prefer ? .prefer(settings) : .require(settings)
-            case .verifyFull: tls = .require(TLSConfiguration.makeClientConfiguration())
-            }
+            let tls: PostgresClient.Configuration.TLS =
+                switch Self.tlsSettings(target.tls) {
+                case nil: .disable
+                case let (settings, required)?: required ? .require(settings) : .prefer(settings)
+                }
             configuration = .init(
                 host: name,
                 port: port,
@@ -157,6 +152,20 @@ package final class SiteDatabase: Sendable {
         }
     }
 
+    /// The TLS settings of libpq's `sslmode` over TCP, and whether TLS is required; nil: no TLS. `prefer`
+    /// and `require` encrypt without checking whose certificate it is (as libpq's do); `verify-full`
+    /// checks the server's name against the system's trusted certificates.
+    package static func tlsSettings(_ mode: PostgresTarget.TLSMode) -> (TLSConfiguration, required: Bool)? {
+        var settings = TLSConfiguration.makeClientConfiguration()
+        switch mode {
+        case .disable: return nil
+        case .prefer, .require:
+            settings.certificateVerification = .none
+            return (settings, mode == .require)
+        case .verifyFull: return (settings, true)
+        }
+    }
+
     /// One connection made and closed outside the pool, to learn at once why the server cannot be used
     /// (the pool retries a failing login for a minute and then reports only that it gave up): a refused
     /// login or a missing database is not transient; no server is.
@@ -173,14 +182,11 @@ package final class SiteDatabase: Sendable {
         case .tcp(let name, let port):
             let tls: PostgresConnection.Configuration.TLS
             do {
-                switch target.tls {
-                case .disable: tls = .disable
-                case .prefer, .require:
-                    var settings = TLSConfiguration.makeClientConfiguration()
-                    settings.certificateVerification = .none
+                if let (settings, required) = Self.tlsSettings(target.tls) {
                     let context = try NIOSSLContext(configuration: settings)
-                    tls = target.tls == .prefer ? .prefer(context) : .require(context)
-                case .verifyFull: tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+                    tls = required ? .require(context) : .prefer(context)
+                } else {
+                    tls = .disable
                 }
             } catch {
                 throw PostgresStoreError(description: "PostgreSQL: TLS cannot be set up: \(error)", transient: false)

@@ -56,6 +56,16 @@ import Testing
         #expect(escaped.user == "señor" && escaped.database == "café")
     }
 
+    @Test func sslmodesAreLibpqs() throws {
+        #expect(SiteDatabase.tlsSettings(.disable) == nil)
+        let prefer = try #require(SiteDatabase.tlsSettings(.prefer))
+        #expect(!prefer.required && prefer.0.certificateVerification == .none)
+        let require = try #require(SiteDatabase.tlsSettings(.require))
+        #expect(require.required && require.0.certificateVerification == .none)
+        let verify = try #require(SiteDatabase.tlsSettings(.verifyFull))
+        #expect(verify.required && verify.0.certificateVerification == .fullVerification)
+    }
+
     @Test func aPasswordInTheURLIsRefusedWithoutBeingRepeated() {
         for url in [
             "postgres://carespool:hunter2@db/carespool", "postgres://carespool@db/carespool?password=hunter2",
