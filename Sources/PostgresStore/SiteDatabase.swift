@@ -116,39 +116,59 @@ package final class SiteDatabase: Sendable {
 
     /// How long a transaction waits for a connection of the pool: past it the server counts as down (the
     /// pool, left alone, waits for a new connection for as long as it keeps retrying, a minute or more,
-    /// and the pipeline with it). Once it has a connection, a transaction takes as long as its work.
+    /// and the pipeline with it). Once it has a connection, a transaction takes as long as its work — unless
+    /// that connection closes.
     package static let connectionWait: Duration = .seconds(10)
 
-    /// `body` with a connection of the pool, or a transient error when none is had within
-    /// ``connectionWait``.
+    /// `body` with a connection of the pool. Ends with a transient error when no connection is had within
+    /// ``connectionWait``, or as soon as the connection closes under the work (the server stopped or
+    /// ended the backend): postgres-nio's query on a channel that closed may never answer, and a task
+    /// group would wait for it for ever. So the work runs in a task of its own, left behind when either
+    /// happens (its connection is closed; it holds nothing else), and the caller is answered at once.
     private func leased<Result: Sendable>(
         _ body: @escaping @Sendable (PostgresConnection) async throws -> Result
     ) async throws -> Result {
-        let acquired = Flag()
+        let answer = Answer<Result>()
         let client = client
-        return try await withThrowingTaskGroup(of: Result?.self) { group in
-            group.addTask {
-                try await client.withConnection { connection in
-                    acquired.set()
-                    return try await body(connection)
+        let held = Held()
+        return try await withCheckedThrowingContinuation { continuation in
+            answer.arm(continuation)
+            let work = Task(executorPreference: SiteStore.executor) {
+                do {
+                    let result = try await client.withConnection { connection in
+                        held.set(connection)
+                        return try await body(connection)
+                    }
+                    answer.succeed(result)
+                } catch {
+                    answer.fail(error)
                 }
             }
-            group.addTask {
-                try await Task.sleep(for: Self.connectionWait)
-                if acquired.isSet { return nil }
-                throw PostgresStoreError(
-                    description: "PostgreSQL: no connection within \(Self.connectionWait) (the server is down or "
-                        + "unreachable)",
-                    transient: true
-                )
-            }
-            while let next = try await group.next() {
-                if let value = next {
-                    group.cancelAll()
-                    return value
+            // Watches the work until it is answered: no connection in time, or the one it has closed.
+            Task(executorPreference: SiteStore.executor) {
+                let start = ContinuousClock.now
+                while !answer.given {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    if let connection = held.connection {
+                        guard connection.isClosed else { continue }
+                        answer.fail(
+                            PostgresStoreError(
+                                description: "PostgreSQL: the connection closed during the transaction",
+                                transient: true
+                            )
+                        )
+                    } else if ContinuousClock.now - start >= Self.connectionWait {
+                        answer.fail(
+                            PostgresStoreError(
+                                description: "PostgreSQL: no connection within \(Self.connectionWait) (the server is "
+                                    + "down or unreachable)",
+                                transient: true
+                            )
+                        )
+                        work.cancel()
+                    }
                 }
             }
-            throw PostgresStoreError(description: "PostgreSQL: the transaction ended without a result", transient: true)
         }
     }
 
@@ -384,9 +404,24 @@ package struct PostgresStoreError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// A flag set once, read from another task.
-final class Flag: Sendable {
-    private let state = Mutex(false)
-    func set() { state.withLock { $0 = true } }
-    var isSet: Bool { state.withLock { $0 } }
+/// The one answer of ``SiteDatabase/leased(_:)``: the first of the work's result, a closed connection
+/// and the connection wait resumes the caller; the others are dropped.
+final class Answer<Value: Sendable>: Sendable {
+    private let state = Mutex<CheckedContinuation<Value, any Error>?>(nil)
+
+    func arm(_ continuation: CheckedContinuation<Value, any Error>) { state.withLock { $0 = continuation } }
+
+    /// Whether the caller was answered.
+    var given: Bool { state.withLock { $0 == nil } }
+
+    func succeed(_ value: Value) { state.withLock { $0.take() }?.resume(returning: value) }
+
+    func fail(_ error: any Error) { state.withLock { $0.take() }?.resume(throwing: error) }
+}
+
+/// The connection a transaction has, once it has one, for the task that watches it.
+final class Held: Sendable {
+    private let state = Mutex<PostgresConnection?>(nil)
+    func set(_ connection: PostgresConnection) { state.withLock { $0 = connection } }
+    var connection: PostgresConnection? { state.withLock { $0 } }
 }

@@ -566,6 +566,32 @@ final class Attempts: @unchecked Sendable {
         }
     }
 
+    @Test func aBackendEndedMidTransactionIsTransientTroubleAtOnce() async throws {
+        try await Self.withHosts { server, one, _ in
+            let started = ContinuousClock.now
+            async let ended: Void = {
+                try await Task.sleep(for: .milliseconds(700))
+                try await server.psql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'carespool' "
+                        + "AND state = 'active'"
+                )
+            }()
+            do {
+                _ = try await one.transaction { connection in
+                    try await connection.query("SELECT pg_sleep(20)", logger: Logger(label: "t"))
+                }
+                Issue.record("the transaction outlived its backend")
+            } catch let error as PostgresStoreError {
+                #expect(error.transient, "\(error)")
+            }
+            try await ended
+            #expect(ContinuousClock.now - started < .seconds(10))
+            // The store goes on with a new connection.
+            let file = try Self.file("after-1", event("T-1", "2026-06-01T10:00:00Z"))
+            #expect(try await one.commit([file], finishedAt: "2026-12-06T00:00:07.000Z")[0].report.outcome == .accepted)
+        }
+    }
+
     @Test func theKindsWithoutAPostgresWriterAreRefusedAndNothingIsStored() async throws {
         try await Self.withHosts { server, one, _ in
             let good = try Self.file("k-1", event("K-1", "2026-06-01T10:00:00Z"))
@@ -774,6 +800,17 @@ final class Attempts: @unchecked Sendable {
                     name: "d0.json"
                 )
                 #expect(await eventually { Self.files(path + "/done/appointments").count == 1 })
+                // Files in flight when the server stops (fast: it ends every backend): their batch ends as
+                // transient trouble, never hangs, never fails.
+                for n in 0..<30 {
+                    let body = (0..<150).map { event("F-\(n)-\($0)", "2026-08-02T10:00:00Z", patient: "Pé") }
+                    try dropLikeRsync(
+                        body.joined(separator: "\n"),
+                        into: path + "/inbox/appointments",
+                        name: "f\(n).json"
+                    )
+                }
+                _ = await eventually(timeout: .seconds(5)) { !Self.files(path + "/processing/appointments").isEmpty }
                 try await server.pause()
                 for n in 1...5 {
                     try dropLikeRsync(
@@ -784,6 +821,7 @@ final class Attempts: @unchecked Sendable {
                 }
                 // Claimed, tried, kept: in processing/, never in failed/.
                 #expect(await eventually { Self.files(path + "/processing/appointments").count >= 5 })
+                #expect(Self.files(path + "/failed").isEmpty)
                 try await Task.sleep(for: .seconds(3))
                 #expect(Self.files(path + "/failed").isEmpty, "\(Self.files(path + "/failed"))")
                 do {
@@ -793,7 +831,7 @@ final class Attempts: @unchecked Sendable {
                 }
                 // d1 waits for its retry (the backoff after the first transient trouble), the others go at once.
                 let done = await eventually(timeout: .seconds(90)) {
-                    Self.files(path + "/done/appointments").count == 6
+                    Self.files(path + "/done/appointments").count == 36
                         && Self.files(path + "/processing/appointments").isEmpty
                 }
                 #expect(done, "\(Self.files(path))")
@@ -804,7 +842,8 @@ final class Attempts: @unchecked Sendable {
                 "SELECT original_name || ':' || outcome FROM files ORDER BY 1",
                 database: "site"
             )
-            #expect(ledger.split(separator: "\n").count == 6, "\(ledger)\n\(Self.files(spool.path))")
+            #expect(ledger.split(separator: "\n").count == 36, "\(ledger)\n\(Self.files(spool.path))")
+            #expect(try await server.psql("SELECT count(*) FROM appointment_events", database: "site") == "4506")
         }
     }
 
