@@ -64,7 +64,6 @@ package struct PostgresTarget: Sendable, Equatable {
     /// The URL as given (it holds no secret), for messages.
     package var display: String
 
-
     package init(url: String) throws(DatabaseURLError) {
         display = url
         var rest = url[(url.range(of: "://")?.upperBound ?? url.endIndex)...]
@@ -105,7 +104,9 @@ package struct PostgresTarget: Sendable, Equatable {
                 host = String(hostPart[hostPart.index(after: hostPart.startIndex)..<close])
                 let tail = hostPart[hostPart.index(after: close)...]
                 if !tail.isEmpty {
-                    guard tail.hasPrefix(":") else { throw DatabaseURLError("the database URL: after [host] comes :PORT or /") }
+                    guard tail.hasPrefix(":") else {
+                        throw DatabaseURLError("the database URL: after [host] comes :PORT or /")
+                    }
                     port = try Self.port(tail.dropFirst(), url: url)
                 }
             } else if let colon = hostPart.lastIndex(of: ":") {
@@ -164,7 +165,9 @@ package struct PostgresTarget: Sendable, Equatable {
         if let host, host.hasPrefix("/") {
             endpoint = .socket(path: (host.hasSuffix("/") ? host : host + "/") + ".s.PGSQL.\(port_)")
             guard mode == nil || mode == .disable || mode == .prefer else {
-                throw DatabaseURLError("the database URL: sslmode=\(mode!.rawValue) over a Unix socket, which has no TLS")
+                throw DatabaseURLError(
+                    "the database URL: sslmode=\(mode!.rawValue) over a Unix socket, which has no TLS"
+                )
             }
             tls = .disable
         } else if let host {

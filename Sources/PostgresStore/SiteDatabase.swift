@@ -321,14 +321,14 @@ package final class SiteDatabase: Sendable {
     static func check(_ recorded: [AppliedMigration]) throws(PostgresStoreError) {
         for entry in recorded {
             guard let frozen = PostgresMigrations.all.first(where: { $0.version == entry.version }) else {
-                throw PostgresStoreError(
+                throw PostgresStoreError.foreign(
                     description: "the database has migration v\(entry.version) (\(entry.name)), which this build "
                         + "does not know: a newer carespool migrated it; run that version",
                     transient: false
                 )
             }
             guard frozen.digest == entry.digest else {
-                throw PostgresStoreError(
+                throw PostgresStoreError.foreign(
                     description: "migration v\(entry.version) in the database differs from this build's (digest "
                         + "\(entry.digest.prefix(12))… against \(frozen.digest.prefix(12))…): a shipped migration "
                         + "was edited; nothing was changed",
@@ -348,6 +348,15 @@ package struct PostgresStoreError: Error, Sendable, CustomStringConvertible {
     package var sqlState: String?
     /// The schema is older than this build's: `carespool migrate` brings it up to date.
     package var missingMigration = false
+    /// The schema's record is not this build's (a migration edited or unknown): nothing may be written.
+    package var foreignSchema = false
+
+    /// A schema record this build cannot use.
+    static func foreign(description: String, transient: Bool) -> PostgresStoreError {
+        var error = PostgresStoreError(description: description, transient: transient)
+        error.foreignSchema = true
+        return error
+    }
 
     /// Serialization failure or deadlock: the transaction is worth running again at once.
     package var retryable: Bool { sqlState == "40001" || sqlState == "40P01" }
@@ -393,6 +402,12 @@ package struct PostgresStoreError: Error, Sendable, CustomStringConvertible {
         case .connectionError, .serverClosedConnection, .clientClosedConnection, .poolClosed, .uncleanShutdown:
             let cause = error.underlying.map { " (\($0))" } ?? ""
             self.init(description: "PostgreSQL: cannot reach the server: \(error.code)\(cause)", transient: true)
+        case .authMechanismRequiresPassword:
+            self.init(
+                description: "PostgreSQL: the server asks for a password: name the file that holds it with "
+                    + "[database] password_file or --db-password-file",
+                transient: false
+            )
         case .sslUnsupported:
             self.init(
                 description: "PostgreSQL: the server does not offer TLS, which sslmode requires",

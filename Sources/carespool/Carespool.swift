@@ -382,7 +382,7 @@ struct Serve: AsyncParsableCommand {
         // the unit's UMask= sets it (docs/SECURITY.md), also when started by hand.
         umask(umask(0o027) | 0o027)
         let (resolvedSpool, databasePath, config) = try spoolOptions.resolved(allowingPostgres: true)
-        let (location, passwordFile) = try spoolOptions.location()
+        let (location, _) = try spoolOptions.location()
         var faulty = resolvedSpool
         // Test-only: the file layer fails writes with ENOSPC while this file exists (SpoolFaults).
         faulty.faults.enospcWhile = testEnospcWhile
@@ -458,7 +458,6 @@ struct Serve: AsyncParsableCommand {
         case .postgres(let target):
             let site = try await Self.openSite(
                 target,
-                passwordFile: passwordFile,
                 hostName: hostName,
                 settings: settings,
                 logger: logger
@@ -545,7 +544,7 @@ struct Serve: AsyncParsableCommand {
                 logger: logger
             )
         )
-        logger.notice("carespool serving", metadata: ["spool.inboxes": "\(spool.inboxes.count)"])
+        logger.notice("carespool serving", metadata: ["spool.inboxes": "\(processorSpool.inboxes.count)"])
         try await group.run()
         logger.notice("carespool stopped")
     }

@@ -24,7 +24,7 @@ struct Migrate: AsyncParsableCommand {
     var check = false
 
     func run() async throws {
-        let (location, passwordFile) = try spoolOptions.location()
+        let (location, _) = try spoolOptions.location()
         switch location {
         case .sqlite(let path):
             if check {
@@ -46,8 +46,14 @@ struct Migrate: AsyncParsableCommand {
                 before.map { $0.isEmpty ? "up to date" : "applied " + $0.joined(separator: ", ") } ?? "created"
             print("SQLite \(path): \(applied)")
         case .postgres(let target):
-            let password = try passwordFile.map {
-                try SecretFile.read($0, key: "database password_file", credentials: SecretFile.credentialsDirectory)
+            let password: String?
+            do {
+                password = try Settings.databasePassword(
+                    flag: spoolOptions.dbPasswordFile,
+                    config: spoolOptions.configOption.load()
+                )
+            } catch let error as ConfigError {
+                throw ConfigOption.fail(error)
             }
             var logger = Logger(label: "carespool.postgres")
             logger.logLevel = .critical
@@ -78,7 +84,8 @@ struct Migrate: AsyncParsableCommand {
             case .failure(let error):
                 FileHandle.standardError.write(Data("carespool migrate: \(error.description)\n".utf8))
                 if error.missingMigration { throw ExitCode(1) }
-                throw ExitCode(error.transient ? 69 : 65)
+                // 65: a schema this build cannot use; 69: no server now; 78: the login or the database named.
+                throw ExitCode(error.transient ? 69 : error.foreignSchema ? 65 : 78)
             }
         }
     }

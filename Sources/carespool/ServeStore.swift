@@ -40,19 +40,11 @@ extension Serve {
     /// later; a refused login, a missing database, a schema this build cannot use: exit 78 (EX_CONFIG).
     static func openSite(
         _ target: PostgresTarget,
-        passwordFile: String?,
         hostName: String?,
         settings: Settings,
         logger: Logger
     ) async throws -> SiteDatabase {
-        if settings.notifier != nil {
-            throw ValidationError(
-                "[notify] is not yet delivered from the PostgreSQL store: remove it, or use a SQLite database"
-            )
-        }
-        let password = try passwordFile.map {
-            try SecretFile.read($0, key: "database password_file", credentials: SecretFile.credentialsDirectory)
-        }
+        let password = settings.databasePassword
         // postgres-nio logs queries (their values among them) at debug and trace: never patient data in
         // the daemon's logs, so its logger stops at warning, whatever log_level says.
         var quiet = logger

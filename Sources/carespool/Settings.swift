@@ -32,10 +32,33 @@ struct Settings {
     var http: HTTPConfiguration?
     /// `[notify]`'s targets (the webhook's secret read); nil when nothing is notified.
     var notifier: NotifierConfiguration?
+    /// The PostgreSQL role's password, read from `--db-password-file` or `[database] password_file`.
+    var databasePassword: String?
     /// The outcomes that owe a notification.
     var notifyOutcomes: Set<String> = []
 
     /// `serve` nil: the file and the defaults only (`carespool config check`).
+    /// The PostgreSQL role's password: from the flag's file (a usage error when it cannot be used), else
+    /// from `[database] password_file` (a configuration error naming the file's line, exit 78, which
+    /// `config check` finds too). Empty is refused: no server takes it.
+    static func databasePassword(flag: String?, config: ConfigFile) throws -> String? {
+        let credentials = SecretFile.credentialsDirectory
+        if let flag {
+            let password = try SecretFile.read(flag, key: "--db-password-file", credentials: credentials)
+            if password.isEmpty { throw ValidationError("--db-password-file: \(flag) is empty") }
+            return password
+        }
+        guard let file = config.databasePasswordFile else { return nil }
+        let key = "database.password_file"
+        do {
+            let password = try SecretFile.read(file, key: key, credentials: credentials)
+            if password.isEmpty { throw config.error(key, "\(file) is empty") }
+            return password
+        } catch let error as ValidationError {
+            throw config.error(key, error.message.replacingPrefix(key + ": "))
+        }
+    }
+
     init(serve: Serve?, config: ConfigFile) throws {
         let level = serve?.logLevel ?? config.logLevel ?? "info"
         guard let parsed = Logger.Level(rawValue: level) else {
@@ -196,6 +219,13 @@ struct Settings {
             config: config
         )
         notifier = try Self.notifier(config, credentials: credentials)
+        databasePassword = try Self.databasePassword(flag: serve?.spoolOptions.dbPasswordFile, config: config)
+        let store = serve?.spoolOptions.db ?? config.database
+        if notifier != nil, let store, case .postgres = try? DatabaseLocation.parse(store) {
+            let refusal = "[notify] is not yet delivered from the PostgreSQL store: remove it, or use a SQLite database"
+            if config.notify != nil { throw config.error("notify", refusal) }
+            throw ValidationError(refusal)
+        }
         guard listen != "off" else {
             http = nil
             return

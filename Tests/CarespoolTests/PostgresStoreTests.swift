@@ -312,7 +312,7 @@ import Testing
             _ = try await server.createDatabase("site", role: "carespool")
             let wrong = try server.passwordFile("not-the-password-42")
             let refused = try await Self.migrate(server, server.url("site", role: "carespool"), passwordFile: wrong)
-            #expect(refused.status == .exited(65), "\(refused)")
+            #expect(refused.status == .exited(78), "\(refused)")
             #expect(refused.err.contains("28P01"), "\(refused.err)")
             #expect(!refused.err.contains("not-the-password-42") && !refused.out.contains("not-the-password-42"))
             // Nobody listens on this socket folder: transient, exit 69.
@@ -321,6 +321,45 @@ import Testing
             #expect(down.status == .exited(69), "\(down)")
             #expect(down.err.contains("cannot reach"), "\(down.err)")
         }
+    }
+
+    @Test func aPasswordFileOrANotifyTheStoreCannotUseIsAConfigurationError() async throws {
+        let dir = TempDir("pg-config")
+        defer { dir.cleanup() }
+        let open = dir.file("open.pw")
+        try Data("secret-password\n".utf8).write(to: URL(fileURLWithPath: open))
+        chmod(open, 0o644)
+        let config = dir.file("c.toml")
+        try """
+        spool = "\(dir.path)/spool"
+        schema = "\(TestPaths.schemaJSON.path)"
+        [database]
+        url = "postgres://carespool@/site?host=\(dir.path)"
+        password_file = "\(open)"
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let check = try await Daemon.command(["config", "check", config])
+        #expect(check.status == .exited(78), "\(check)")
+        #expect(
+            check.err.contains("database.password_file") && check.err.contains("readable by everyone"),
+            "\(check.err)"
+        )
+        let serve = try await Daemon.command(["serve", "--config", config, "--http", "off"])
+        #expect(serve.status == .exited(78), "\(serve)")
+        let migrate = try await Daemon.command(["migrate", "--config", config])
+        #expect(migrate.status == .exited(78), "\(migrate)")
+        chmod(open, 0o600)
+        try """
+        spool = "\(dir.path)/spool"
+        schema = "\(TestPaths.schemaJSON.path)"
+        [notify]
+        command = "/bin/true"
+        [database]
+        url = "postgres://carespool@/site?host=\(dir.path)"
+        password_file = "\(open)"
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let notify = try await Daemon.command(["config", "check", config])
+        #expect(notify.status == .exited(78) && notify.err.contains("notify"), "\(notify)")
+        #expect(!check.err.contains("secret-password") && !notify.out.contains("secret-password"))
     }
 
     @Test func theOperatorCommandsSayThePostgresStoreIsNotReadByThemYet() async throws {
