@@ -14,7 +14,8 @@ struct Migrate: AsyncParsableCommand {
         discussion: """
             Exit status: 0 when the schema is this build's, 1 with --check when migrations are missing, \
             69 (EX_UNAVAILABLE) when the database cannot be reached, 65 (EX_DATAERR) when its schema is \
-            not one this build can use (edited or newer migrations).
+            not one this build can use (edited or newer migrations), 78 (EX_CONFIG) when the login, the \
+            database named or the password file is wrong.
             """
     )
 
