@@ -269,7 +269,7 @@ extension Engine {
         } catch let error as StoreError {
             scheduleRetry(file, reason: error.description)
         } catch {
-            scheduleRetry(file, reason: "\(error)")
+            scheduleRetry(file, reason: "\(error)", logged: false)
         }
     }
 

@@ -1126,8 +1126,9 @@ final class Engine: @unchecked Sendable {
     }
 
     /// Schedules another try of `file` after transient trouble, with a backoff that doubles with each
-    /// attempt up to `retryMax`. `reason` names the operation and errno, never a path or name.
-    func scheduleRetry(_ file: Spool.Claimed, reason: String) {
+    /// attempt up to `retryMax`. `reason` names the operation and errno, never a path or name; it is logged
+    /// unless `logged` is false (an error of an unknown kind, whose text is not known to hold no value).
+    func scheduleRetry(_ file: Spool.Claimed, reason: String, logged: Bool = true) {
         let attempts = (self.attempts[file.id] ?? 0) + 1
         self.attempts[file.id] = attempts
         let base = configuration.retryInitial.nanoseconds
@@ -1135,7 +1136,12 @@ final class Engine: @unchecked Sendable {
         retries[file.id] = Retry(file: file, attempts: attempts, due: Clock.monotonicNanos() + delay, lastError: reason)
         logger.warning(
             "transient trouble, file stays in processing",
-            metadata: ["file.id": "\(file.id)", "file.kind": "\(file.kind)", "retry.attempt": "\(attempts)"]
+            metadata: [
+                "file.id": "\(file.id)", "file.kind": "\(file.kind)", "retry.attempt": "\(attempts)",
+                // The operation and errno, or the store's error (its code and message, never a value):
+                // an expired password must not look like an outage.
+                "retry.reason": "\(logged ? reason : "in processing/retrying.json")",
+            ]
         )
     }
 

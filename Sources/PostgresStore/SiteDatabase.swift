@@ -391,8 +391,13 @@ package struct PostgresStoreError: Error, Sendable, CustomStringConvertible {
                     $0.hasPrefix("08") || $0.hasPrefix("53") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03"
                         || $0 == "40001" || $0 == "40P01"
                 } ?? false
+            // A data exception's or a constraint's message may quote a value (`invalid input syntax for
+            // type …: "…"`): only its SQLSTATE is kept, so that the description may be logged.
+            let quotesValues = state.map { $0.hasPrefix("22") || $0.hasPrefix("23") } ?? false
             self.init(
-                description: "PostgreSQL: \(message) (SQLSTATE \(state ?? "?"))",
+                description: quotesValues
+                    ? "PostgreSQL: a data or constraint error (SQLSTATE \(state ?? "?"))"
+                    : "PostgreSQL: \(message) (SQLSTATE \(state ?? "?"))",
                 transient: transient,
                 sqlState: state
             )

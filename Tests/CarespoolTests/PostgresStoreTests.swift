@@ -895,6 +895,8 @@ final class Attempts: @unchecked Sendable {
             }
             #expect(result.status == .exited(0), "\(Self.hang(result.log))")
             #expect(Self.files(spool.path + "/failed").isEmpty)
+            // The warning says why: the store's own words, never a value.
+            #expect(result.log.contains("retry.reason=PostgreSQL: "), "\(result.log)")
             let ledger = try await server.psql(
                 "SELECT original_name || ':' || outcome FROM files ORDER BY 1",
                 database: "site"
