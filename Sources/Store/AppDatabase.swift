@@ -110,7 +110,6 @@ package struct AppDatabase: Sendable {
         }
     }
 
-    /// Migrations are frozen once shipped: add new ones, never edit these.
     /// The migrations the SQLite file at `path` lacks, by name, oldest first; the file is only read.
     package static func pendingMigrations(path: String) throws -> [String] {
         var config = Configuration()
@@ -120,6 +119,7 @@ package struct AppDatabase: Sendable {
         return migrator.migrations.filter { !applied.contains($0) }
     }
 
+    /// Migrations are frozen once shipped: add new ones, never edit these.
     package static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1: files ledger, appointment events and state") { db in

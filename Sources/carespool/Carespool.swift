@@ -101,10 +101,10 @@ struct SpoolOptions: ParsableArguments {
     )
     var dbPasswordFile: String?
 
-    /// The store in effect: `--db`, else the configuration's, else the spool's SQLite file; with the
-    /// password file for a PostgreSQL role.
-    func location() throws -> (location: DatabaseLocation, passwordFile: String?) {
-        let config = try configOption.load()
+    /// The store in effect: `--db`, else the configuration's, else the spool's SQLite file. (The
+    /// PostgreSQL role's password is read by `Settings.databasePassword`.)
+    func location(_ loaded: ConfigFile? = nil) throws -> DatabaseLocation {
+        let config = try loaded ?? configOption.load()
         let root = spool ?? config.spool ?? "spool"
         let text = db ?? config.database ?? (root + "/carespool.sqlite3")
         let location: DatabaseLocation
@@ -113,11 +113,10 @@ struct SpoolOptions: ParsableArguments {
         } catch {
             throw ValidationError("--db: \(error.description)")
         }
-        let passwordFile = dbPasswordFile ?? config.databasePasswordFile
         if case .sqlite = location, dbPasswordFile != nil {
             throw ValidationError("--db-password-file: a SQLite file has no password")
         }
-        return (location, passwordFile)
+        return location
     }
 
     /// The spool and database paths in effect, the configuration file, and the spool with its extra
@@ -155,11 +154,11 @@ struct SpoolOptions: ParsableArguments {
             if spool.inboxes[index].note == nil { spool.inboxes[index].note = LocalTimes(config.zoomReportTimes).note }
         }
         spool.decompression = config.decompressionLimits
-        let location = try location().location
+        let location = try location(config)
         if allowingPostgres, case .postgres(let target) = location { return (spool, target.display, config) }
         guard case .sqlite(let path) = location else {
-            // The PostgreSQL store is migrated and checked (`carespool migrate`); the pipeline and the
-            // operator commands do not read or write it yet.
+            // `serve` writes the PostgreSQL store and `migrate` prepares it; the operator commands do not
+            // read it yet.
             throw ValidationError(
                 "the PostgreSQL store is not yet read by the operator commands of this build: `carespool serve` "
                     + "writes it and `carespool migrate` prepares and checks it; the other commands use a SQLite "
@@ -382,7 +381,7 @@ struct Serve: AsyncParsableCommand {
         // the unit's UMask= sets it (docs/SECURITY.md), also when started by hand.
         umask(umask(0o027) | 0o027)
         let (resolvedSpool, databasePath, config) = try spoolOptions.resolved(allowingPostgres: true)
-        let (location, _) = try spoolOptions.location()
+        let location = try spoolOptions.location(config)
         var faulty = resolvedSpool
         // Test-only: the file layer fails writes with ENOSPC while this file exists (SpoolFaults).
         faulty.faults.enospcWhile = testEnospcWhile

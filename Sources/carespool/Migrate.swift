@@ -25,7 +25,7 @@ struct Migrate: AsyncParsableCommand {
     var check = false
 
     func run() async throws {
-        let (location, _) = try spoolOptions.location()
+        let location = try spoolOptions.location()
         switch location {
         case .sqlite(let path):
             if check {
