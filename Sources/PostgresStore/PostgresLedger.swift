@@ -24,7 +24,7 @@ extension SiteDatabase {
     /// Commits a batch of files in one transaction, each file's records with its ledger row (which names
     /// this host), its notification owed and its audit row; a file whose ledger row exists (on any host)
     /// is not written again and its stored verdict is returned. Kinds whose PostgreSQL writer does not
-    /// exist yet (Zoom, Zoom reports, intake) are refused, not transient; nothing of the batch is stored.
+    /// exist yet (Zoom, Zoom reports) are refused, not transient; nothing of the batch is stored.
     package func commit(
         _ files: [PreparedFile],
         finishedAt: String,
@@ -32,8 +32,9 @@ extension SiteDatabase {
     ) async throws(PostgresStoreError) -> [CommittedFile] {
         for file in files {
             switch file.content {
-            case .appointments, .unreadable: continue
-            case .zoom, .intake, .zoomReport, .streamed:
+            case .appointments, .intake, .unreadable: continue
+            case .streamed where Self.streamedKinds.contains(file.kind): continue
+            case .zoom, .zoomReport, .streamed:
                 throw PostgresStoreError(
                     description: "the PostgreSQL store does not write \(file.kind.rawValue) files yet",
                     transient: false
@@ -98,6 +99,65 @@ extension SiteDatabase {
         }
     }
 
+    /// The kinds whose large files this store takes chunk by chunk.
+    static let streamedKinds: Set<Kind> = [.appointments, .intake]
+
+    /// Records of one chunk of a large file, in a transaction of their own (run again by itself on a
+    /// serialization failure or a deadlock, as any). The file's row is made first, as `processing`
+    /// (its records' foreign keys need it; it is no ledger row to `existing`), and becomes the ledger
+    /// row with the file's verdict. A crash between chunks loses none of the committed ones: the replay
+    /// finds its own records (same file id and record number) and counts them stored, writing nothing.
+    package func writeChunk(_ chunk: AppDatabase.Chunk, fileID: String) async throws(PostgresStoreError)
+        -> FileReport
+    {
+        switch chunk {
+        case .appointments, .intake: break
+        case .zoom, .zoomReport:
+            throw PostgresStoreError(
+                description:
+                    "the PostgreSQL store does not take this kind's large files in chunks yet: split the file below "
+                    + "stream_threshold, or raise stream_threshold within memory_budget",
+                transient: false
+            )
+        }
+        let host = host
+        let logger = logger
+        return try await transaction { connection in
+            // Not flushed at its commit: the file's ledger row, committed last and synchronously, flushes
+            // the write-ahead log up to it, every chunk before it included (a crash of the server before
+            // that loses chunks of a file still in processing/, which its replay stores again).
+            try await connection.query("SET LOCAL synchronous_commit = off", logger: logger)
+            try await connection.query(
+                """
+                INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome, report,
+                                   host)
+                VALUES (\(fileID), '', '', repeat('0', 64), 0, '', '', 'processing', '{}', \(host))
+                ON CONFLICT (id) DO NOTHING
+                """,
+                logger: logger
+            )
+            switch chunk {
+            case .intake(let items):
+                return try await IntakeInPostgres.write(items, fileID: fileID, connection, logger)
+            case .appointments(let items):
+                var touched = Set<String>()
+                let report = try await AppointmentsInPostgres.write(
+                    items,
+                    fileID: fileID,
+                    touched: &touched,
+                    connection,
+                    logger
+                )
+                for appointment in touched.sorted() {
+                    try await AppointmentsInPostgres.refreshState(appointment, connection, logger)
+                }
+                return report
+            case .zoom, .zoomReport:
+                return FileReport(outcome: .rejected)  // refused above
+            }
+        }
+    }
+
     // MARK: - One file
 
     /// The advisory locks of the batch's distinct byte identities, ascending. A 64-bit key from SHA-256
@@ -119,7 +179,10 @@ extension SiteDatabase {
     static func existing(id: String, _ connection: PostgresConnection, _ logger: Logger) async throws
         -> CommittedFile?
     {
-        let rows = try await connection.query("SELECT report, finished_at FROM files WHERE id = \(id)", logger: logger)
+        let rows = try await connection.query(
+            "SELECT report, finished_at FROM files WHERE id = \(id) AND outcome <> 'processing'",
+            logger: logger
+        )
         for try await (text, finishedAt) in rows.decode((String, String).self) {
             guard let report = FileReport(json: text) else { return nil }
             return CommittedFile(report: report, finishedAt: finishedAt, replayed: true)
@@ -157,12 +220,19 @@ extension SiteDatabase {
         _ logger: Logger
     ) async throws -> CommittedFile {
         if file.mayHaveLedgerRow, let done = try await existing(id: file.id, connection, logger) { return done }
+        // A large file's chunks made its row already, as `processing` (writeChunk): it becomes the ledger row.
         try await connection.query(
             """
             INSERT INTO files (id, kind, original_name, sha256, size, decompressed_size, received_at, finished_at,
                                outcome, report, host)
             VALUES (\(file.id), \(file.kind.rawValue), \(file.originalName), \(file.sha256), \(file.size),
                     \(file.decompressedSize), \(file.receivedAt), \(finishedAt), 'rejected', '{}', \(host))
+            ON CONFLICT (id) DO UPDATE SET
+                kind = EXCLUDED.kind, original_name = EXCLUDED.original_name, sha256 = EXCLUDED.sha256,
+                size = EXCLUDED.size, decompressed_size = EXCLUDED.decompressed_size,
+                received_at = EXCLUDED.received_at, finished_at = EXCLUDED.finished_at, outcome = 'rejected',
+                report = '{}', host = EXCLUDED.host
+            WHERE files.outcome = 'processing'
             """,
             logger: logger
         )
@@ -194,7 +264,25 @@ extension SiteDatabase {
                 for note in parsed.notes where !report.notes.contains(note) { report.notes.append(note) }
                 if parsed.items.isEmpty { report.outcome = .accepted }
             }
-        case .zoom, .intake, .zoomReport, .streamed:
+        case .intake(let parsed):
+            if let earlier = try await sameBytes(
+                kind: file.kind,
+                sha256: file.sha256,
+                excluding: file.id,
+                connection,
+                logger
+            ) {
+                report = FileReport(outcome: .duplicate, duplicateOf: earlier)
+            } else if let problem = parsed.fileProblem {
+                report = FileReport(outcome: .rejected, errors: [problem])
+            } else {
+                report = try await IntakeInPostgres.write(parsed.items, fileID: file.id, connection, logger)
+                for note in parsed.notes where !report.notes.contains(note) { report.notes.append(note) }
+                if parsed.items.isEmpty { report.outcome = .accepted }
+            }
+        case .streamed(let totals) where streamedKinds.contains(file.kind):
+            report = totals
+        case .zoom, .zoomReport, .streamed:
             throw PostgresStoreError(
                 description: "the PostgreSQL store does not write \(file.kind.rawValue) files yet",
                 transient: false

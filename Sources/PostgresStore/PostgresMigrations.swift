@@ -54,7 +54,7 @@ package enum PostgresMigrations {
                 size              BIGINT NOT NULL CHECK (size >= 0),
                 received_at       TEXT NOT NULL,
                 finished_at       TEXT NOT NULL,
-                outcome           TEXT NOT NULL CHECK (outcome IN ('accepted', 'duplicate', 'partial', 'rejected')),
+                outcome           TEXT NOT NULL CHECK (outcome IN ('accepted', 'duplicate', 'partial', 'rejected', 'processing')),
                 stored            BIGINT NOT NULL DEFAULT 0,
                 duplicates        BIGINT NOT NULL DEFAULT 0,
                 rejected          BIGINT NOT NULL DEFAULT 0,

@@ -10,15 +10,14 @@ import Synchronization
 /// task), their failures as `StoreError`s — transient when the server is down or the connection dropped,
 /// so that the pipeline keeps the files in processing/ and tries again with backoff.
 ///
-/// Kinds: the PostgreSQL store writes appointments (and rejects unreadable files) so far. `serve` watches
-/// only the inboxes of ``writtenKinds``; a large file's chunks (a file past `stream_threshold`) are not
-/// streamed into PostgreSQL yet and such a file is rejected naming why.
+/// Kinds: the PostgreSQL store writes appointments and intake (and rejects unreadable files) so far,
+/// large files of both chunk by chunk. `serve` watches only the inboxes of ``writtenKinds``.
 package final class SiteStore: PipelineStore {
     package let site: SiteDatabase
     package let notify: NotifyPolicy
 
     /// The kinds whose records this store writes.
-    package static let writtenKinds: Set<String> = [Kind.appointments.rawValue]
+    package static let writtenKinds: Set<String> = [Kind.appointments.rawValue, Kind.intake.rawValue]
 
     package init(site: SiteDatabase, notify: NotifyPolicy = NotifyPolicy()) {
         self.site = site
@@ -79,14 +78,11 @@ package final class SiteStore: PipelineStore {
     }
 
     package func writeChunk(_ chunk: AppDatabase.Chunk, fileID: String) throws(StoreError) -> FileReport {
-        throw StoreError(
-            transient: false,
-            description:
-                "the PostgreSQL store does not take a file this large in chunks yet: split it below stream_threshold, "
-                + "or raise stream_threshold within memory_budget"
-        )
+        let site = site
+        return try waiting { () async throws(PostgresStoreError) in try await site.writeChunk(chunk, fileID: fileID) }
     }
 
+    /// Each chunk commits by itself (``SiteDatabase/writeChunk(_:fileID:)``).
     package func commitChunks() throws(StoreError) {}
 
     package func rollbackChunks() {}

@@ -127,7 +127,9 @@ final class LoopbackReceiver: @unchecked Sendable {
         let spool = dir.file("spool")
         let hook = try Self.hook(in: dir)
         try "1\n2\n".write(toFile: hook.fail, atomically: true, encoding: .utf8)
-        let config = try Self.config(dir, "[notify]\ncommand = \"\(hook.path)\"\nretry_initial_ms = 300\n")
+        // Backoff 2 s then 4 s: the notification is owed for six seconds, long enough for `status` to see it
+        // even on a loaded machine (CI missed a window of 300 + 600 ms once).
+        let config = try Self.config(dir, "[notify]\ncommand = \"\(hook.path)\"\nretry_initial_ms = 2000\n")
         let view = SpoolView(root: spool)
         let run = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
             try await waitUntilServing(spool)
@@ -144,14 +146,15 @@ final class LoopbackReceiver: @unchecked Sendable {
             try dropLikeRsync(partial, into: spool + "/inbox/appointments", name: "secret-name.ndjson")
             // While the hook fails, status shows the notification owed and the last error.
             var owed = false
-            for _ in 0..<100 where !owed {
+            let seeing = ContinuousClock.now + .seconds(20)
+            while !owed && ContinuousClock.now < seeing {
                 let status = try await Daemon.command(["status", "--spool", spool])
                 owed = status.out.contains("notifications: 1 undelivered") && status.out.contains("exit status 1")
                 if !owed { try await Task.sleep(for: .milliseconds(20)) }
             }
             #expect(owed, "status never showed the notification owed")
             let delivered = await eventually { Self.lines(hook.log).contains { $0.hasPrefix("delivered") } }
-            // Backoff 300 ms, 600 ms: well past it, no further call.
+            // Delivered: no further call, however long we wait (a fourth would be a redelivery).
             try await Task.sleep(for: .milliseconds(2_500))
             kill(pid, SIGTERM)
             return delivered

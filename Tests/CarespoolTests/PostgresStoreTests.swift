@@ -165,7 +165,7 @@ import Testing
         }
         #expect(PostgresMigrations.all.map(\.version) == Array(1...PostgresMigrations.all.count))
         #expect(
-            PostgresMigrations.all[0].digest == "bf0db4fc8545b5e13d4bba03e45e2126b131869242c1ddefae99b16b0ada630d"
+            PostgresMigrations.all[0].digest == "69295e5e3c46f15e23456e9d6e648e6bb4586115c4a312fff3708bd2eb92c1c5"
         )
     }
 }
@@ -652,20 +652,26 @@ final class Attempts: @unchecked Sendable {
     @Test func theKindsWithoutAPostgresWriterAreRefusedAndNothingIsStored() async throws {
         try await Self.withHosts { server, one, _ in
             let good = try Self.file("k-1", event("K-1", "2026-06-01T10:00:00Z"))
-            let intake = PreparedFile(
+            let zoom = PreparedFile(
                 id: "k-2",
-                kind: .intake,
-                originalName: "k.csv",
+                kind: .zoom,
+                originalName: "k.json",
                 sha256: Self.sha("x"),
                 size: 1,
                 receivedAt: "2026-12-06T00:00:00.000Z",
-                content: .intake(ParsedFile(items: [], fileProblem: nil))
+                content: .zoom(ParsedFile(items: [], fileProblem: nil))
             )
             do {
-                _ = try await one.commit([good, intake], finishedAt: "2026-12-06T00:00:06.000Z")
-                Issue.record("an intake file was committed")
+                _ = try await one.commit([good, zoom], finishedAt: "2026-12-06T00:00:06.000Z")
+                Issue.record("a Zoom file was committed")
             } catch let error as PostgresStoreError {
-                #expect(!error.transient && error.description.contains("does not write intake"), "\(error)")
+                #expect(!error.transient && error.description.contains("does not write zoom"), "\(error)")
+            }
+            do {
+                _ = try await one.writeChunk(.zoom([]), fileID: "k-3")
+                Issue.record("a Zoom chunk was written")
+            } catch let error as PostgresStoreError {
+                #expect(!error.transient && error.description.contains("stream_threshold"), "\(error)")
             }
             #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "0")
         }
@@ -917,7 +923,7 @@ final class Attempts: @unchecked Sendable {
                 arguments: ["--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile]
             ) { pid in
                 try await waitUntilServing(spool.path)
-                try dropLikeRsync("mrn,first_name\n", into: spool.path + "/inbox/intake", name: "i.csv")
+                try dropLikeRsync("{}", into: spool.path + "/inbox/zoom", name: "z.json")
                 try dropLikeRsync(
                     event("W-1", "2026-08-01T10:00:00Z"),
                     into: spool.path + "/inbox/appointments",
@@ -930,7 +936,7 @@ final class Attempts: @unchecked Sendable {
             }
             #expect(result.status == .exited(0), "\(Self.hang(result.log))")
             #expect(result.log.contains("only these kinds are processed"), "\(result.log)")
-            #expect(Self.files(spool.path + "/inbox/intake") == ["i.csv"])
+            #expect(Self.files(spool.path + "/inbox/zoom") == ["z.json"])
             #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "1")
         }
     }

@@ -1,0 +1,266 @@
+import Kinds
+import Logging
+import PostgresNIO
+
+/// Intake rows in PostgreSQL: IntakeWriter's rules (patients by MRN, one person each with every change
+/// kept in `person_history`, visits unique on their account number; a visit seen again is a duplicate when
+/// its MRN, date and reason are the same, else a conflict naming the file that stored it), written set by
+/// set: a chunk of rows costs a handful of statements whatever its size, each taking the chunk's columns
+/// as arrays (`unnest`), never a statement a row.
+///
+/// The statements, in this order, in the caller's transaction:
+/// 1. patients: each MRN of the chunk's first rows of a visit number the database does not have yet,
+///    inserted unless there (`ON CONFLICT DO NOTHING … RETURNING`: the ones created);
+/// 2. visits: the chunk's first row of each visit number, in key order (two hosts writing overlapping
+///    files wait on each other's keys in one order), `ON CONFLICT DO NOTHING … RETURNING` the records
+///    stored — a visit another host inserted and has not committed is waited for, then is there;
+/// 3. a patient created for no stored visit (another host stored the visit between 1 and 2) goes again;
+/// 4. the persons of the stored rows' patients, locked (`FOR UPDATE`, in patient order) and folded row
+///    by row in record order as IntakeWriter does one row at a time: a new person, or each changed field
+///    into `person_history`; then written, a statement each for the new, the changed and the history;
+/// 5. the rows not stored are judged against the visit stored under their number (one look-up).
+enum IntakeInPostgres {
+    private struct Row {
+        let number: Int
+        let line: Int
+        let record: IntakeRecord
+    }
+
+    private struct Person {
+        var id: Int64
+        var fields: [String]  // first name, last name, birth date
+        var new: Bool
+        var changed = false
+    }
+
+    private static let personFields = ["first_name", "last_name", "birth_date"]
+
+    static func write(
+        _ items: [Item<IntakeRecord>],
+        fileID: String,
+        _ connection: PostgresConnection,
+        _ logger: Logger
+    ) async throws -> FileReport {
+        var report = FileReport(outcome: .accepted)
+        var problems: [RecordProblem] = []
+        var rows: [Row] = []
+        rows.reserveCapacity(items.count)
+        for item in items {
+            switch item.result {
+            case .failure(let found):
+                report.rejected += 1
+                found.append(to: &problems)
+            case .success(let record): rows.append(Row(number: item.number, line: item.line, record: record))
+            }
+        }
+        // The first row of each visit number (in record order) is the one that may store it; a later row of
+        // the same number is judged against what is stored, as one row after another would be.
+        var seen = Set<String>(minimumCapacity: rows.count)
+        var firsts: [Int] = []
+        for (index, row) in rows.enumerated() where seen.insert(row.record.visitAccountNumber).inserted {
+            firsts.append(index)
+        }
+        firsts.sort { rows[$0].record.visitAccountNumber < rows[$1].record.visitAccountNumber }
+
+        // 1. Patients.
+        var created: [String: Int64] = [:]
+        if !firsts.isEmpty {
+            let mrns = firsts.map { rows[$0].record.mrn }
+            let numbers = firsts.map { rows[$0].record.visitAccountNumber }
+            let inserted = try await connection.query(
+                """
+                INSERT INTO patients (mrn, file_id)
+                SELECT DISTINCT c.mrn, \(fileID)::text FROM unnest(\(mrns)::text[], \(numbers)::text[]) AS c (mrn, van)
+                WHERE NOT EXISTS (SELECT 1 FROM visits v WHERE v.visit_account_number = c.van)
+                ORDER BY c.mrn
+                ON CONFLICT (mrn) DO NOTHING
+                RETURNING mrn, id
+                """,
+                logger: logger
+            )
+            for try await (mrn, id) in inserted.decode((String, Int64).self) { created[mrn] = id }
+        }
+
+        // 2. Visits.
+        var stored = Set<Int>()
+        if !firsts.isEmpty {
+            let records = firsts.map { rows[$0].record }
+            let numbers = firsts.map { Int64(rows[$0].number) }
+            let inserted = try await connection.query(
+                """
+                INSERT INTO visits (visit_account_number, patient_id, visit_date, reason, file_id, record)
+                SELECT c.van, p.id, c.visit_date, CASE WHEN c.has_reason THEN c.reason END, \(fileID)::text, c.record
+                FROM unnest(\(records.map(\.visitAccountNumber))::text[], \(records.map(\.mrn))::text[],
+                            \(records.map(\.visitDate))::text[], \(records.map { $0.reason ?? "" })::text[],
+                            \(records.map { $0.reason != nil })::bool[], \(numbers)::int8[])
+                     WITH ORDINALITY AS c (van, mrn, visit_date, reason, has_reason, record, ord)
+                JOIN patients p ON p.mrn = c.mrn
+                ORDER BY c.ord
+                ON CONFLICT (visit_account_number) DO NOTHING
+                RETURNING record
+                """,
+                logger: logger
+            )
+            for try await record in inserted.decode(Int64.self) { stored.insert(Int(record)) }
+        }
+
+        // 3. A patient created for no stored visit.
+        var storedMRNs = Set<String>()
+        for row in rows where stored.contains(row.number) { storedMRNs.insert(row.record.mrn) }
+        let orphans = created.filter { !storedMRNs.contains($0.key) }.map(\.value).sorted()
+        if !orphans.isEmpty {
+            try await connection.query("DELETE FROM patients WHERE id = ANY(\(orphans)::int8[])", logger: logger)
+        }
+
+        // 4. Persons.
+        var persons: [String: Person] = [:]
+        for (mrn, id) in created where storedMRNs.contains(mrn) { persons[mrn] = Person(id: id, fields: [], new: true) }
+        let existing = storedMRNs.filter { created[$0] == nil }.sorted()
+        if !existing.isEmpty {
+            let found = try await connection.query(
+                """
+                SELECT p.mrn, p.id, s.first_name, s.last_name, s.birth_date
+                FROM patients p JOIN persons s ON s.patient_id = p.id
+                WHERE p.mrn = ANY(\(existing)::text[])
+                ORDER BY p.id
+                FOR UPDATE OF s
+                """,
+                logger: logger
+            )
+            for try await (mrn, id, first, last, birth) in found.decode((String, Int64, String, String, String).self) {
+                persons[mrn] = Person(id: id, fields: [first, last, birth], new: false)
+            }
+        }
+        var history: (patients: [Int64], fields: [String], old: [String], new: [String], records: [Int64]) = (
+            [], [], [], [], []
+        )
+        var patientsCreated = 0
+        var patientsUpdated = 0
+        for row in rows where stored.contains(row.number) {
+            let fields = [row.record.firstName, row.record.lastName, row.record.birthDate]
+            guard var person = persons[row.record.mrn] else {
+                throw PostgresStoreError(
+                    description: "a stored visit's patient has no person (database edited by hand?)",
+                    transient: false
+                )
+            }
+            if person.fields.isEmpty {
+                person.fields = fields
+                patientsCreated += 1
+            } else if person.fields != fields {
+                for index in 0..<3 where person.fields[index] != fields[index] {
+                    history.patients.append(person.id)
+                    history.fields.append(personFields[index])
+                    history.old.append(person.fields[index])
+                    history.new.append(fields[index])
+                    history.records.append(Int64(row.number))
+                }
+                person.fields = fields
+                person.changed = true
+                patientsUpdated += 1
+            }
+            persons[row.record.mrn] = person
+        }
+        let written = persons.values.sorted { $0.id < $1.id }
+        let new = written.filter(\.new)
+        if !new.isEmpty {
+            try await connection.query(
+                """
+                INSERT INTO persons (patient_id, first_name, last_name, birth_date, file_id)
+                SELECT c.id, c.first_name, c.last_name, c.birth_date, \(fileID)::text
+                FROM unnest(\(new.map(\.id))::int8[], \(new.map { $0.fields[0] })::text[],
+                            \(new.map { $0.fields[1] })::text[], \(new.map { $0.fields[2] })::text[])
+                     AS c (id, first_name, last_name, birth_date)
+                """,
+                logger: logger
+            )
+        }
+        let changed = written.filter { !$0.new && $0.changed }
+        if !changed.isEmpty {
+            try await connection.query(
+                """
+                UPDATE persons s SET first_name = c.first_name, last_name = c.last_name, birth_date = c.birth_date,
+                       file_id = \(fileID)::text
+                FROM unnest(\(changed.map(\.id))::int8[], \(changed.map { $0.fields[0] })::text[],
+                            \(changed.map { $0.fields[1] })::text[], \(changed.map { $0.fields[2] })::text[])
+                     AS c (id, first_name, last_name, birth_date)
+                WHERE s.patient_id = c.id
+                """,
+                logger: logger
+            )
+        }
+        if !history.patients.isEmpty {
+            try await connection.query(
+                """
+                INSERT INTO person_history (patient_id, field, old_value, new_value, file_id, record)
+                SELECT c.id, c.field, c.old_value, c.new_value, \(fileID)::text, c.record
+                FROM unnest(\(history.patients)::int8[], \(history.fields)::text[], \(history.old)::text[],
+                            \(history.new)::text[], \(history.records)::int8[])
+                     WITH ORDINALITY AS c (id, field, old_value, new_value, record, ord)
+                ORDER BY c.ord
+                """,
+                logger: logger
+            )
+        }
+
+        // 5. The rows not stored, against the visit stored under their number.
+        var duplicates = 0
+        var ours = 0
+        let others = rows.filter { !stored.contains($0.number) }
+        if !others.isEmpty {
+            let numbers = Array(Set(others.map(\.record.visitAccountNumber))).sorted()
+            let found = try await connection.query(
+                """
+                SELECT v.visit_account_number, p.mrn, v.visit_date, v.reason, v.file_id, v.record
+                FROM visits v JOIN patients p ON p.id = v.patient_id
+                WHERE v.visit_account_number = ANY(\(numbers)::text[])
+                """,
+                logger: logger
+            )
+            var visits: [String: (mrn: String, date: String, reason: String?, file: String, record: Int64)] = [:]
+            for try await (number, mrn, date, reason, file, record) in found.decode(
+                (String, String, String, String?, String, Int64).self
+            ) {
+                visits[number] = (mrn, date, reason, file, record)
+            }
+            for row in others {
+                guard let visit = visits[row.record.visitAccountNumber] else {
+                    throw PostgresStoreError(
+                        description: "a visit was neither stored nor found (database edited by hand?)",
+                        transient: false
+                    )
+                }
+                let same =
+                    visit.mrn == row.record.mrn && visit.date == row.record.visitDate
+                    && visit.reason == row.record.reason
+                if !same {
+                    report.rejected += 1
+                    problems.append(
+                        RecordProblem(
+                            record: row.number,
+                            line: row.line,
+                            pointer: "/visit_account_number",
+                            message:
+                                "conflicts with the visit stored from file \(visit.file) (another MRN, date or reason)"
+                        )
+                    )
+                } else if visit.file == fileID && visit.record == Int64(row.number) {
+                    ours += 1  // this very row, committed by an earlier chunk before a crash: stored, not again
+                } else {
+                    duplicates += 1
+                }
+            }
+        }
+        report.stored = stored.count + ours
+        report.duplicates = duplicates
+        // Problems in record order, as the file lists them.
+        report.errors = problems.enumerated().sorted {
+            ($0.element.record ?? 0, $0.offset) < ($1.element.record ?? 0, $1.offset)
+        }.map(\.element)
+        report.outcome = FileReport.outcome(stored: report.stored, duplicates: duplicates, rejected: report.rejected)
+        report.details = [
+            "patients_created": patientsCreated, "patients_updated": patientsUpdated, "visits_created": report.stored,
+        ]
+        return report
+    }
+}
