@@ -845,6 +845,59 @@ final class Attempts: @unchecked Sendable {
         }
     }
 
+    @Test func aLargeIntakeFileStreamsInChunksAndAKillMinus9MidFileStoresEveryRowOnce() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            let passwordFile = try server.passwordFile(password)
+            let spool = TempDir("pg-stream")
+            defer { spool.cleanup() }
+            let count = 30_000
+            let text = await offThePool { intakeCSV(count: count) }
+            // Past a 64 KiB threshold the file is read and stored chunk by chunk, each chunk committed.
+            let arguments = [
+                "--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile, "--host-name",
+                "host-one", "--stream-threshold", "65536",
+            ]
+            let path = spool.path
+            let killed = try await Self.serving(spool: path, arguments: arguments) { pid in
+                try await waitUntilServing(path)
+                try dropLikeRsync(text, into: path + "/inbox/intake", name: "big.csv")
+                let deadline = ContinuousClock.now + .seconds(60)
+                while ContinuousClock.now < deadline {
+                    let visits = Int(try await server.psql("SELECT count(*) FROM visits", database: "site")) ?? 0
+                    if visits >= 4_000 { break }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                kill(pid, SIGKILL)
+            }
+            #expect(killed.status == .signaled(SIGKILL))
+            let stored = Int(try await server.psql("SELECT count(*) FROM visits", database: "site")) ?? 0
+            #expect(stored >= 4_000 && stored < count, "the kill landed after \(stored) of \(count) rows")
+            let processing = Self.files(path + "/processing/intake")
+            #expect(processing.count == 1 && processing.allSatisfy { $0.hasSuffix("--big.csv") }, "\(processing)")
+            // Its row says processing, on this host: no ledger row yet.
+            let row = try await server.psql("SELECT outcome || '|' || host FROM files", database: "site")
+            #expect(row == "processing|host-one")
+            let restarted = try await Self.serving(spool: path, arguments: arguments) { _ in
+                await eventually(timeout: .seconds(120)) { Self.files(path + "/done/intake").count == 1 }
+            }
+            #expect(restarted.result && restarted.status == .exited(0), "\(Self.hang(restarted.log))")
+            let verdict = try await server.psql(
+                "SELECT outcome || '|' || stored || '|' || duplicates || '|' || rejected || '|' || host FROM files",
+                database: "site"
+            )
+            #expect(verdict == "accepted|\(count)|0|0|host-one")
+            #expect(try await server.psql("SELECT count(*) FROM visits", database: "site") == "\(count)")
+            let mrns = Set(text.split(separator: "\n").dropFirst().map { $0.split(separator: ",")[0] })
+            #expect(try await server.psql("SELECT count(*) FROM patients", database: "site") == "\(mrns.count)")
+            #expect(try await server.psql("SELECT count(*) FROM persons", database: "site") == "\(mrns.count)")
+            // Repeated MRNs carry other names: each change in the history once, replay or not.
+            let history = try await server.psql("SELECT count(*) FROM person_history", database: "site")
+            #expect(history == "\(try IntakeDaemonTests.expectedHistory(text))")
+            #expect(!killed.log.contains("MRN1") && !restarted.log.contains("MRN1"))
+        }
+    }
+
     @Test func filesWaitInProcessingWhileTheDatabaseIsDownAndNoneFails() async throws {
         try await PostgresServer.with { server in
             let password = try await server.createDatabase("site", role: "carespool")
