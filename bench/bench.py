@@ -25,6 +25,9 @@ carespool's 32 MiB page cache): what key order costs SQLite itself. --long adds 
 file.
 Phase 8 ("gzip") drops one 1,000,000-row realistic intake file (scrambled keys) plain and as .csv.gz into
 fresh daemons: rows/s of each, their ratio (target at least 0.8) and each one's peak RSS.
+Phase 9 ("postgres", bench/postgres.py) starts a PostgreSQL server of its own: files/s with one host and
+with two hosts against one database, and the 1,000,000-row realistic intake (ascending and scrambled keys)
+into PostgreSQL against `psql \\copy` of the same file into one unindexed table, with the peak RSS.
 Phase 6 drops each adversarial shape of bench/shapes.py (8 MB) and the plain file of its kind into a fresh
 daemon: MB/s to its verdict, the ratio to the plain file's, and the peak RSS. docs/PERFORMANCE.md has the
 details.
@@ -582,7 +585,7 @@ def main():
     ap.add_argument("--intake-rows", type=int, default=1000000)
     ap.add_argument("--csv-parse-bench", help="path of the csv-parse-bench binary (parsing-only speed)")
     ap.add_argument("--http-seconds", type=int, default=20)
-    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes, keys, gzip, report")
+    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes, keys, gzip, report, postgres")
     ap.add_argument("--report-rows", type=int, default=200000, help="rows of the report phase's export")
     ap.add_argument("--shape-bytes", type=int, default=8000000)
     ap.add_argument("--shape-runs", type=int, default=3, help="runs of each shape; the fastest is kept")
@@ -591,8 +594,8 @@ def main():
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
-    if args.only not in (None, "files", "zoom", "intake", "http", "shapes", "keys", "gzip", "report"):
-        sys.exit("--only: one of files, zoom, intake, http, shapes, keys, gzip, report")
+    if args.only not in (None, "files", "zoom", "intake", "http", "shapes", "keys", "gzip", "report", "postgres"):
+        sys.exit("--only: one of files, zoom, intake, http, shapes, keys, gzip, report, postgres")
 
     def want(phase):
         return args.only in (None, phase)
@@ -799,6 +802,11 @@ def main():
         if want("shapes"):
             print()
             shapes_phase(args.binary, schema, args.shape_bytes, args.shape_runs)
+        if want("postgres"):
+            print()
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            import postgres
+            postgres.phase(args.binary, schema, args.files, args.intake_rows, event)
     finally:
         for daemon in daemons:
             if daemon.poll() is None:

@@ -28,7 +28,7 @@ package final class SiteStore: PipelineStore {
     static let executor = QueueExecutor(label: "carespool.postgres")
 
     /// Runs `body` to its end and waits for it on this (non-cooperative) thread.
-    private func waiting<T: Sendable>(
+    static func waiting<T: Sendable>(
         _ body: @escaping @Sendable () async throws(PostgresStoreError) -> T
     ) throws(StoreError) -> T {
         let outcome = Mutex<Result<T, PostgresStoreError>?>(nil)
@@ -55,31 +55,33 @@ package final class SiteStore: PipelineStore {
     package func commit(_ files: [PreparedFile], finishedAt: String) throws(StoreError) -> [CommittedFile] {
         let site = site
         let notify = notify
-        return try waiting { () async throws(PostgresStoreError) in
+        return try Self.waiting { () async throws(PostgresStoreError) in
             try await site.commit(files, finishedAt: finishedAt, notify: notify)
         }
     }
 
     package func hasLedgerRow(id: String) throws(StoreError) -> Bool {
         let site = site
-        return try waiting { () async throws(PostgresStoreError) in try await site.hasLedgerRow(id: id) }
+        return try Self.waiting { () async throws(PostgresStoreError) in try await site.hasLedgerRow(id: id) }
     }
 
     package func ledgerReport(id: String) throws(StoreError) -> CommittedFile? {
         let site = site
-        return try waiting { () async throws(PostgresStoreError) in try await site.ledgerReport(id: id) }
+        return try Self.waiting { () async throws(PostgresStoreError) in try await site.ledgerReport(id: id) }
     }
 
     package func earlierFile(kind: Kind, sha256: String, excluding id: String) throws(StoreError) -> String? {
         let site = site
-        return try waiting { () async throws(PostgresStoreError) in
+        return try Self.waiting { () async throws(PostgresStoreError) in
             try await site.earlierFile(kind: kind, sha256: sha256, excluding: id)
         }
     }
 
     package func writeChunk(_ chunk: AppDatabase.Chunk, fileID: String) throws(StoreError) -> FileReport {
         let site = site
-        return try waiting { () async throws(PostgresStoreError) in try await site.writeChunk(chunk, fileID: fileID) }
+        return try Self.waiting { () async throws(PostgresStoreError) in
+            try await site.writeChunk(chunk, fileID: fileID)
+        }
     }
 
     /// Each chunk commits by itself (``SiteDatabase/writeChunk(_:fileID:)``).

@@ -21,6 +21,15 @@ package struct AuditEntry: Sendable {
     package var action: String
     package var target: String?
     package var detail: String?
+
+    package init(seq: Int64, at: String, actor: String, action: String, target: String?, detail: String?) {
+        self.seq = seq
+        self.at = at
+        self.actor = actor
+        self.action = action
+        self.target = target
+        self.detail = detail
+    }
 }
 
 /// A file's ledger row, for operators.
@@ -38,12 +47,49 @@ package struct LedgerEntry: Sendable {
     package var duplicates: Int
     package var rejected: Int
     package var report: FileReport?
+    /// The host whose verdict it is (a store several hosts share; nil in one host's SQLite file).
+    package var host: String?
+
+    package init(
+        id: String,
+        kind: String,
+        originalName: String,
+        size: Int,
+        decompressedSize: Int?,
+        receivedAt: String,
+        finishedAt: String,
+        outcome: String,
+        stored: Int,
+        duplicates: Int,
+        rejected: Int,
+        report: FileReport?,
+        host: String? = nil
+    ) {
+        self.id = id
+        self.kind = kind
+        self.originalName = originalName
+        self.size = size
+        self.decompressedSize = decompressedSize
+        self.receivedAt = receivedAt
+        self.finishedAt = finishedAt
+        self.outcome = outcome
+        self.stored = stored
+        self.duplicates = duplicates
+        self.rejected = rejected
+        self.report = report
+        self.host = host
+    }
 }
 
 /// A page of rows and how many there are in all.
 package struct Page<Row: Sendable>: Sendable {
     package var total: Int
     package var rows: [Row]
+
+    package init(total: Int, rows: [Row]) {
+        self.total = total
+        self.rows = rows
+    }
 }
 
 extension AppDatabase {
@@ -315,6 +361,24 @@ extension AppDatabase {
         package var notes: String?
         /// When the file that brought it was received (the ledger's `received_at`).
         package var receivedAt: String
+
+        package init(
+            id: Int64,
+            eventType: String,
+            appointmentID: String,
+            patientID: String,
+            timestamp: String,
+            notes: String?,
+            receivedAt: String
+        ) {
+            self.id = id
+            self.eventType = eventType
+            self.appointmentID = appointmentID
+            self.patientID = patientID
+            self.timestamp = timestamp
+            self.notes = notes
+            self.receivedAt = receivedAt
+        }
     }
 
     /// Stored appointment events, in the order they were stored, filtered and paged like
@@ -351,7 +415,7 @@ extension AppDatabase {
     }
 
     /// `text%` for LIKE, with `%`, `_` and `\` in `text` taken literally.
-    static func likePrefix(_ text: String) -> String {
+    package static func likePrefix(_ text: String) -> String {
         var escaped = ""
         for character in text {
             if character == "%" || character == "_" || character == "\\" { escaped.append("\\") }

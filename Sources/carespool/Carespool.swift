@@ -121,7 +121,7 @@ struct SpoolOptions: ParsableArguments {
 
     /// The spool and database paths in effect, the configuration file, and the spool with its extra
     /// inboxes.
-    func resolved(allowingPostgres: Bool = false) throws -> (spool: Spool, database: String, config: ConfigFile) {
+    func resolved() throws -> (spool: Spool, database: String, config: ConfigFile) {
         let config = try configOption.load()
         let root = spool ?? config.spool ?? "spool"
         // A folder is one inbox: the spool's own inboxes and the configured ones, trailing slashes aside
@@ -154,18 +154,13 @@ struct SpoolOptions: ParsableArguments {
             if spool.inboxes[index].note == nil { spool.inboxes[index].note = LocalTimes(config.zoomReportTimes).note }
         }
         spool.decompression = config.decompressionLimits
-        let location = try location(config)
-        if allowingPostgres, case .postgres(let target) = location { return (spool, target.display, config) }
-        guard case .sqlite(let path) = location else {
-            // `serve` writes the PostgreSQL store and `migrate` prepares it; the operator commands do not
-            // read it yet.
-            throw ValidationError(
-                "the PostgreSQL store is not yet read by the operator commands of this build: `carespool serve` "
-                    + "writes it and `carespool migrate` prepares and checks it; the other commands use a SQLite "
-                    + "file (--db PATH)"
-            )
+        // A PostgreSQL store is named without secrets; the commands read it through OperatorStore.
+        let database: String
+        switch try location(config) {
+        case .sqlite(let path): database = path
+        case .postgres(let target): database = target.display
         }
-        return (spool, path, config)
+        return (spool, database, config)
     }
 }
 
@@ -380,7 +375,7 @@ struct Serve: AsyncParsableCommand {
         // Files the daemon creates are its own and its group's (operators) only: at least umask 027, as
         // the unit's UMask= sets it (docs/SECURITY.md), also when started by hand.
         umask(umask(0o027) | 0o027)
-        let (resolvedSpool, databasePath, config) = try spoolOptions.resolved(allowingPostgres: true)
+        let (resolvedSpool, databasePath, config) = try spoolOptions.resolved()
         let location = try spoolOptions.location(config)
         var faulty = resolvedSpool
         // Test-only: the file layer fails writes with ENOSPC while this file exists (SpoolFaults).
@@ -786,7 +781,7 @@ struct Retry: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (spool, databasePath, _) = try spoolOptions.resolved()
+        let spool = try spoolOptions.resolved().spool
         var targets = ids
         if all, let kind {
             guard spool.kinds.contains(kind) else { throw ValidationError("unknown kind \(kind)") }
@@ -844,7 +839,12 @@ struct Retry: AsyncParsableCommand {
                         "requeued \(Terminal.safe(id)) to \(Terminal.safe(spool.inboxPath(moved.kind) + "/" + moved.name))"
                     )
                 }
-                try? Operator.audit(databasePath, action: "retry", target: id, detail: moved.kind + "/" + moved.name)
+                await OperatorStore.auditQuietly(
+                    spoolOptions,
+                    action: "retry",
+                    target: id,
+                    detail: moved.kind + "/" + moved.name
+                )
             } catch {
                 FileHandle.standardError.write(Data("cannot requeue \(id): \(error.description)\n".utf8))
                 failures += 1
@@ -892,8 +892,8 @@ struct Purge: AsyncParsableCommand {
                 for folder in removed.folders { print((dryRun ? "would remove done/" : "removed done/") + folder) }
             }
             if !dryRun && !removed.folders.isEmpty {
-                try? Operator.audit(
-                    spoolOptions.resolved().database,
+                await OperatorStore.auditQuietly(
+                    spoolOptions,
                     action: "purge",
                     target: "done before \(cutoff)",
                     detail: "\(removed.files) files in \(removed.folders.count) day folders"

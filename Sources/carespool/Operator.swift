@@ -72,6 +72,7 @@ enum Operator {
                 value: .array((entry.report?.errors ?? []).prefix(20).map { .string($0.text) })
             ),
         ]
+        if let host = entry.host { members.append(.init(key: "host", value: .string(host))) }
         if let location { members.append(.init(key: "location", value: .string(location))) }
         return .object(members)
     }
@@ -93,12 +94,24 @@ struct Failed: AsyncParsableCommand {
     @Option(help: "At most this many files.")
     var limit: Int = 50
 
+    @OptionGroup var hostOption: HostOption
+
     @Flag(help: "Print JSON.")
     var json = false
 
     func run() async throws {
-        let database = try Operator.database(try spoolOptions.resolved().database, readonly: true)
-        let entries = try database.ledger(outcomes: ["rejected", "partial"], kind: kind, since: since, limit: limit)
+        let (entries, hosts) = try await OperatorStore.reading(spoolOptions, host: hostOption.host) { store in
+            (
+                try store.reads.ledger(
+                    outcomes: ["rejected", "partial"],
+                    kind: kind,
+                    since: since,
+                    host: hostOption.host,
+                    limit: limit
+                ),
+                store.reads.knowsHosts
+            )
+        }
         if json {
             print(JSONValue.object([.init(key: "files", value: .array(entries.map { Operator.json($0) }))]).compactText)
             return
@@ -107,17 +120,21 @@ struct Failed: AsyncParsableCommand {
             print("no failed files")
             return
         }
+        // A store several hosts share says which host holds each file (its spool has the file).
+        let header = ["ID", "KIND", "OUTCOME", "FINISHED", "STORED", "REJECTED"] + (hosts ? ["HOST"] : [])
         print(
             Operator.table(
-                ["ID", "KIND", "OUTCOME", "FINISHED", "STORED", "REJECTED", "NAME / FIRST ERROR"],
-                entries.flatMap { entry in
-                    [
-                        [
-                            entry.id, entry.kind, entry.outcome, entry.finishedAt, "\(entry.stored)",
-                            "\(entry.rejected)",
-                            entry.originalName,
-                        ]
-                    ] + (entry.report?.errors ?? []).prefix(3).map { ["", "", "", "", "", "", "  " + $0.text] }
+                header + ["NAME / FIRST ERROR"],
+                entries.flatMap { entry -> [[String]] in
+                    var row: [String] = [
+                        entry.id, entry.kind, entry.outcome, entry.finishedAt, "\(entry.stored)", "\(entry.rejected)",
+                    ]
+                    if hosts { row.append(entry.host ?? "") }
+                    row.append(entry.originalName)
+                    let errors: [[String]] = (entry.report?.errors ?? []).prefix(3).map {
+                        Array(repeating: "", count: header.count) + ["  " + $0.text]
+                    }
+                    return [row] + errors
                 }
             )
         )
@@ -138,7 +155,7 @@ struct Show: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let (spool, databasePath, _) = try spoolOptions.resolved()
+        let spool = try spoolOptions.resolved().spool
         var places: [String] = []
         for kind in spool.kinds {
             // An operator may not enter processing/: what it may not read, it does not list.
@@ -155,7 +172,17 @@ struct Show: AsyncParsableCommand {
                 }
             }
         }
-        let entry = try? Operator.database(databasePath, readonly: true).ledgerEntry(id: id)
+        // No store yet (nothing processed): the file may still be waiting somewhere.
+        var entry: LedgerEntry?
+        if let store = try await OperatorStore.open(spoolOptions, missingIsNil: true) {
+            do {
+                entry = try store.reads.ledgerEntry(id: id)
+                await store.close()
+            } catch {
+                await store.close()
+                throw error
+            }
+        }
         if entry == nil && places.isEmpty { throw ValidationError("no file with id \(id)") }
         if json {
             var members: [JSONMember] = [.init(key: "id", value: .string(id))]
@@ -167,6 +194,7 @@ struct Show: AsyncParsableCommand {
         print("file \(id)")
         if let entry {
             print("  kind       \(entry.kind)")
+            if let host = entry.host { print("  host       \(Terminal.safe(host))") }
             print(
                 "  name       \(Terminal.safe(entry.originalName)) (\(entry.size) bytes"
                     + (entry.decompressedSize.map { ", gzip: \($0) bytes decompressed" } ?? "") + ")"
@@ -232,7 +260,7 @@ struct Drop: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (spool, databasePath, _) = try spoolOptions.resolved()
+        let spool = try spoolOptions.resolved().spool
         guard let inbox = spool.inboxes.first(where: { $0.kind == kind }) else {
             throw ValidationError("unknown kind \(kind); one of \(spool.kinds.joined(separator: ", "))")
         }
@@ -265,8 +293,8 @@ struct Drop: AsyncParsableCommand {
                 } else {
                     print("dropped \(Terminal.safe(file)) into \(Terminal.safe(inbox.path + "/" + name)) as \(id)")
                 }
-                try? Operator.audit(
-                    databasePath,
+                await OperatorStore.auditQuietly(
+                    spoolOptions,
                     action: "drop",
                     target: kind + "/" + name,
                     detail: "\(data.count) bytes from " + (file == "-" ? "standard input" : file)
@@ -290,30 +318,38 @@ struct Report: AsyncParsableCommand {
     @Option(help: "From this day (2026-11-01) or time on.")
     var since: String?
 
+    @OptionGroup var hostOption: HostOption
+
     @Flag(help: "Print JSON.")
     var json = false
 
     func run() async throws {
-        let rows = try Operator.database(try spoolOptions.resolved().database, readonly: true).dailyReport(since: since)
+        let (rows, hosts) = try await OperatorStore.reading(spoolOptions, host: hostOption.host) {
+            (try $0.reads.dailyReport(since: since, host: hostOption.host), $0.reads.knowsHosts)
+        }
         if json {
             let values: [JSONValue] = rows.map { row in
-                .object([
-                    .init(key: "day", value: .string(row.day)), .init(key: "kind", value: .string(row.kind)),
-                    .init(key: "outcome", value: .string(row.outcome)),
-                    .init(key: "files", value: Operator.number(row.files)),
-                    .init(key: "stored", value: Operator.number(row.stored)),
-                    .init(key: "duplicates", value: Operator.number(row.duplicates)),
-                    .init(key: "rejected", value: Operator.number(row.rejected)),
-                ])
+                .object(
+                    [
+                        .init(key: "day", value: .string(row.day)), .init(key: "kind", value: .string(row.kind)),
+                        .init(key: "outcome", value: .string(row.outcome)),
+                    ] + (row.host.map { [.init(key: "host", value: .string($0))] } ?? []) + [
+                        .init(key: "files", value: Operator.number(row.files)),
+                        .init(key: "stored", value: Operator.number(row.stored)),
+                        .init(key: "duplicates", value: Operator.number(row.duplicates)),
+                        .init(key: "rejected", value: Operator.number(row.rejected)),
+                    ]
+                )
             }
             print(JSONValue.object([.init(key: "days", value: .array(values))]).compactText)
             return
         }
         print(
             Operator.table(
-                ["DAY", "KIND", "OUTCOME", "FILES", "STORED", "DUPLICATES", "REJECTED"],
+                ["DAY", "KIND", "OUTCOME"] + (hosts ? ["HOST"] : []) + ["FILES", "STORED", "DUPLICATES", "REJECTED"],
                 rows.map {
-                    [$0.day, $0.kind, $0.outcome, "\($0.files)", "\($0.stored)", "\($0.duplicates)", "\($0.rejected)"]
+                    [$0.day, $0.kind, $0.outcome] + (hosts ? [$0.host ?? ""] : [])
+                        + ["\($0.files)", "\($0.stored)", "\($0.duplicates)", "\($0.rejected)"]
                 }
             )
         )
@@ -337,8 +373,9 @@ struct Audit: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let entries = try Operator.database(try spoolOptions.resolved().database, readonly: true)
-            .auditEntries(since: since, limit: limit)
+        let entries = try await OperatorStore.reading(spoolOptions) {
+            try $0.reads.auditEntries(since: since, limit: limit)
+        }
         if json {
             let values: [JSONValue] = entries.map { entry in
                 .object([
@@ -400,9 +437,10 @@ struct PatientsQuery: AsyncParsableCommand {
     @Flag(help: "Print JSON.")
     var json = false
 
-    func run() async throws {
-        let databasePath = try spoolOptions.resolved().database
-        let database = try Operator.database(databasePath, readonly: true)
+    func run() async throws { try await OperatorStore.reading(spoolOptions) { try run($0) } }
+
+    func run(_ store: OperatorStore) throws {
+        let database = store.reads
         let result = try database.patients(
             id: id,
             mrn: mrn,
@@ -413,8 +451,7 @@ struct PatientsQuery: AsyncParsableCommand {
         )
         let filter = [("id", id.map(String.init)), ("mrn", mrn), ("first_name", firstName), ("last_name", lastName)]
             .compactMap { key, value in value.map { "\(key)=\($0)" } }.joined(separator: " ")
-        try Operator.audit(
-            databasePath,
+        try store.audit(
             action: "query.patients",
             target: filter.isEmpty ? nil : filter,
             detail: "page \(paging.page), \(result.rows.count) of \(result.total) rows"
@@ -493,15 +530,15 @@ struct VisitsQuery: AsyncParsableCommand {
     @Flag(help: "Print JSON.")
     var json = false
 
-    func run() async throws {
-        let databasePath = try spoolOptions.resolved().database
-        let result = try Operator.database(databasePath, readonly: true).visits(
+    func run() async throws { try await OperatorStore.reading(spoolOptions) { try run($0) } }
+
+    func run(_ store: OperatorStore) throws {
+        let result = try store.reads.visits(
             mrn: mrn,
             page: paging.page,
             pageSize: paging.pageSize
         )
-        try Operator.audit(
-            databasePath,
+        try store.audit(
             action: "query.visits",
             target: mrn.map { "mrn=\($0)" },
             detail: "page \(paging.page), \(result.rows.count) of \(result.total) rows"
@@ -570,14 +607,14 @@ struct AppointmentsQuery: AsyncParsableCommand {
         if current && events { throw ValidationError("--current and --events exclude each other") }
     }
 
-    func run() async throws {
-        let databasePath = try spoolOptions.resolved().database
-        let database = try Operator.database(databasePath, readonly: true)
+    func run() async throws { try await OperatorStore.reading(spoolOptions) { try run($0) } }
+
+    func run(_ store: OperatorStore) throws {
+        let database = store.reads
         let filter = [("id", id), ("patient", patient)].compactMap { key, value in value.map { "\(key)=\($0)" } }
             .joined(separator: " ")
         func audit(_ what: String, shown: Int, of total: Int) throws {
-            try Operator.audit(
-                databasePath,
+            try store.audit(
                 action: "query.appointments",
                 target: filter.isEmpty ? nil : filter,
                 detail: "\(what)page \(paging.page), \(shown) of \(total) rows"

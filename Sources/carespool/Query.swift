@@ -1,4 +1,5 @@
 import ArgumentParser
+import Config
 import Foundation
 import JSONSchema
 import Kinds
@@ -28,6 +29,11 @@ struct ZoomQuery: AsyncParsableCommand {
 
     func run() async throws {
         let databasePath = try spoolOptions.resolved().database
+        if case .postgres = try spoolOptions.location() as DatabaseLocation {
+            throw ValidationError(
+                "the PostgreSQL store does not hold Zoom visits yet (serve writes Zoom to SQLite only)"
+            )
+        }
         guard FileManager.default.fileExists(atPath: databasePath) else {
             throw ValidationError("no database at \(databasePath)")
         }

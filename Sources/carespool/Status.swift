@@ -13,12 +13,14 @@ struct Status: AsyncParsableCommand {
 
     @OptionGroup var spoolOptions: SpoolOptions
 
+    @OptionGroup var hostOption: HostOption
+
     @Flag(help: "Print JSON.")
     var json = false
 
     func run() async throws {
         let kinds = Kind.allCases.map(\.rawValue)
-        let (spool, databasePath, _) = try spoolOptions.resolved()
+        let spool = try spoolOptions.resolved().spool
         // The daemon's verdicts on entries it cannot claim: not counted as waiting, here as in /health.
         let unclaimable = spool.loadUnclaimable()
         var counts: [(folder: String, kind: String, files: Int?)] = []
@@ -61,13 +63,33 @@ struct Status: AsyncParsableCommand {
         var failures: [[String: String?]] = []
         var zoom: [(event: String, received: Int, inserted: Int)] = []
         var backlog = NotificationBacklog(count: 0, mostAttempts: 0)
-        if FileManager.default.fileExists(atPath: databasePath) {
-            let database = try AppDatabase.open(path: databasePath, readonly: true)
-            failures = try database.lastFailures(limit: 10)
-            zoom = try database.zoomCounters()
-            // A database from before migration v9 has no queue: nothing is owed.
-            backlog = (try? database.notificationBacklog()) ?? backlog
+        // A store that does not answer (a PostgreSQL server down) is said, after what the spool shows.
+        var unanswered: ExitCode?
+        var hosts = false
+        do {
+            if let store = try await OperatorStore.open(spoolOptions, host: hostOption.host, missingIsNil: true) {
+                do {
+                    let database = store.reads
+                    hosts = database.knowsHosts
+                    failures = try database.lastFailures(limit: 10, host: hostOption.host)
+                    zoom = try database.zoomCounters()
+                    // A database from before migration v9 has no queue: nothing is owed.
+                    backlog = (try? database.notificationBacklog()) ?? backlog
+                    await store.close()
+                } catch {
+                    await store.close()
+                    throw error
+                }
+            }
+        } catch let error as StoreError where error.isTransient {
+            FileHandle.standardError.write(
+                Data("carespool status: the store did not answer: \(error.description)\n".utf8)
+            )
+            unanswered = ExitCode(69)
+        } catch let code as ExitCode where code.rawValue == 69 {
+            unanswered = code
         }
+        defer { if let unanswered { Status.exit(withError: unanswered) } }
         if json {
             var out = "{\"folders\":["
             out += counts.map { count in
@@ -87,10 +109,12 @@ struct Status: AsyncParsableCommand {
             out += ",\"last_failures\":["
             out += failures.map { row in
                 "{"
-                    + ["id", "kind", "original_name", "outcome", "finished_at", "error"].map { key in
-                        let value = row[key] ?? nil
-                        return "\"\(key)\":" + (value.map { JSONValue.quoted($0) } ?? "null")
-                    }.joined(separator: ",") + "}"
+                    + (["id", "kind", "original_name", "outcome", "finished_at", "error"] + (hosts ? ["host"] : [])).map
+                {
+                    key in
+                    let value = row[key] ?? nil
+                    return "\"\(key)\":" + (value.map { JSONValue.quoted($0) } ?? "null")
+                }.joined(separator: ",") + "}"
             }.joined(separator: ",")
             out += "],\"zoom_events\":{\"received\":\(zoom.reduce(0) { $0 + $1.received }),"
             out += "\"inserted\":\(zoom.reduce(0) { $0 + $1.inserted }),\"by_event\":["
@@ -139,7 +163,9 @@ struct Status: AsyncParsableCommand {
         print("last failures:")
         if failures.isEmpty { print("  none") }
         for row in failures {
-            let fields = ["finished_at", "id", "kind", "outcome", "original_name"].map { (row[$0] ?? nil) ?? "" }
+            let fields = (["finished_at", "id", "kind", "outcome"] + (hosts ? ["host"] : []) + ["original_name"]).map {
+                (row[$0] ?? nil) ?? ""
+            }
             print("  " + Terminal.safe(fields.joined(separator: "  ")))
             print("    " + Terminal.safe((row["error"] ?? nil) ?? ""))
         }

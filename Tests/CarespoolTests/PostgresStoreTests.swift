@@ -362,16 +362,108 @@ import Testing
         #expect(!check.err.contains("secret-password") && !notify.out.contains("secret-password"))
     }
 
-    @Test func theOperatorCommandsSayThePostgresStoreIsNotReadByThemYet() async throws {
-        let dir = TempDir("pg-operators")
-        defer { dir.cleanup() }
-        for command in [["status"], ["failed"], ["report"], ["audit"], ["show", "x"], ["query", "visits"]] {
-            let result = try await Daemon.command(
-                command + ["--spool", dir.path, "--db", "postgres://carespool@/site?host=/nonexistent"]
+    @Test func theOperatorCommandsReadTheWholeSiteAndSayWhichHostHoldsEachFile() async throws {
+        try await PostgresLedgerTests.withHosts { server, one, two in
+            // Host h1: a good file and a partial one; host h2: a rejected one and an intake file.
+            _ = try await one.commit(
+                [
+                    PostgresLedgerTests.file("op-1", event("OP-1", "2026-09-01T10:00:00Z", patient: "P-Zoë")),
+                    PostgresLedgerTests.file(
+                        "op-2",
+                        event("OP-2", "2026-09-01T11:00:00Z") + "\n{\"event_type\":\"appointment.scheduled\"}\n",
+                        name: "mixed-bag.ndjson"
+                    ),
+                ],
+                finishedAt: "2026-12-06T10:00:00.000Z"
             )
-            #expect(result.status != .exited(0), "\(command)")
-            #expect(result.err.contains("not yet read by the operator commands"), "\(command): \(result.err)")
+            _ = try await two.commit(
+                [
+                    PostgresLedgerTests.file("op-3", "{not json", name: "broken.ndjson"),
+                    PostgresIntakeTests.file("op-4", intakeHeader + "\nM-Ø1,Zoë,Ålander,1980-02-29,V-1,2025-01-02,\n"),
+                ],
+                finishedAt: "2026-12-06T11:00:00.000Z"
+            )
+            let dir = TempDir("pg-operators")
+            defer { dir.cleanup() }
+            // An operator's own role, a member of carespool's.
+            let password = "Rd-\(UUID().uuidString)"
+            try await server.psql("CREATE ROLE reader LOGIN PASSWORD '\(password)'; GRANT carespool TO reader")
+            let passwordFile = try server.passwordFile(password)
+            let store = [
+                "--spool", dir.path, "--db", server.url("site", role: "reader"), "--db-password-file", passwordFile,
+            ]
+            func run(_ command: [String]) async throws -> (status: TerminationStatus, out: String, err: String) {
+                try await Daemon.command(command + store)
+            }
+            let failed = try await run(["failed"])
+            #expect(failed.status == .exited(0), "\(failed.err)")
+            #expect(failed.out.contains("HOST"), "\(failed.out)")
+            let lines = failed.out.split(separator: "\n")
+            #expect(
+                lines.contains { $0.contains("op-2") && $0.contains("partial") && $0.contains("h1") },
+                "\(failed.out)"
+            )
+            #expect(
+                lines.contains { $0.contains("op-3") && $0.contains("rejected") && $0.contains("h2") },
+                "\(failed.out)"
+            )
+            let narrowed = try await run(["failed", "--host", "h2", "--json"])
+            #expect(narrowed.out.contains("\"id\":\"op-3\"") && narrowed.out.contains("\"host\":\"h2\""))
+            #expect(!narrowed.out.contains("op-2"), "\(narrowed.out)")
+            let show = try await run(["show", "op-4"])
+            #expect(show.status == .exited(0), "\(show.err)")
+            #expect(show.out.contains("host       h2") && show.out.contains("outcome    accepted"), "\(show.out)")
+            let report = try await run(["report", "--json"])
+            #expect(report.out.contains("\"host\":\"h1\"") && report.out.contains("\"host\":\"h2\""), "\(report.out)")
+            let reportOne = try await run(["report", "--host", "h1"])
+            #expect(reportOne.out.contains("h1") && !reportOne.out.contains("h2"), "\(reportOne.out)")
+            let patients = try await run(["query", "patients", "--json"])
+            #expect(patients.out.contains("\"mrn\":\"M-Ø1\"") && patients.out.contains("Ålander"), "\(patients.out)")
+            let visits = try await run(["query", "visits", "--mrn", "M-Ø1"])
+            #expect(visits.out.contains("V-1") && visits.out.contains("op-4"), "\(visits.out)")
+            let appointments = try await run(["query", "appointments"])
+            #expect(appointments.out.contains("OP-1") && appointments.out.contains("P-Zoë"), "\(appointments.out)")
+            let events = try await run(["query", "appointments", "--json"])
+            #expect(events.out.contains("\"appointment_id\":\"OP-2\""), "\(events.out)")
+            let status = try await run(["status"])
+            #expect(status.status == .exited(0), "\(status.err)")
+            #expect(status.out.contains("op-3") && status.out.contains("h2"), "\(status.out)")
+            // Reading patient data is in the shared audit trail, with who and from which host.
+            let audit = try await run(["audit", "--json"])
+            #expect(audit.out.contains("\"action\":\"query.patients\""), "\(audit.out)")
+            #expect(audit.out.contains(" on \(SiteDatabase.hostName)"), "\(audit.out)")
+            #expect(audit.out.contains("\"action\":\"file.partial\""), "\(audit.out)")
+            // No password, no patient data in what the commands say on stderr.
+            for result in [failed, show, report, patients, status, audit] { #expect(!result.err.contains(password)) }
+            // What PostgreSQL cannot answer: Zoom visits (not written there yet), `--host` of a SQLite file.
+            let zoom = try await run(["query", "zoom", "--meeting", "123"])
+            #expect(zoom.status != .exited(0) && zoom.err.contains("does not hold Zoom visits yet"), "\(zoom.err)")
+            let sqliteHost = try await Daemon.command(["failed", "--spool", dir.path, "--host", "h1"])
+            #expect(sqliteHost.status != .exited(0) && sqliteHost.err.contains("--host"), "\(sqliteHost.err)")
         }
+    }
+
+    @Test func theOperatorCommandsSayWhenTheSiteDoesNotAnswer() async throws {
+        let dir = TempDir("pg-operators-down")
+        defer { dir.cleanup() }
+        let password = dir.file("pw")
+        try "not-the-password".write(toFile: password, atomically: true, encoding: .utf8)
+        chmod(password, 0o600)
+        let url = "postgres://carespool@/site?host=\(dir.path)"
+        for command in [["failed"], ["report"], ["audit"], ["query", "visits"]] {
+            let result = try await Daemon.command(
+                command + ["--spool", dir.path, "--db", url, "--db-password-file", password]
+            )
+            #expect(result.status == .exited(69), "\(command): \(result.status) \(result.err)")
+            #expect(result.err.contains("/site"), "\(command): the store is named: \(result.err)")
+            #expect(!result.err.contains("not-the-password"))
+        }
+        // status still shows the spool, then says the store did not answer.
+        let status = try await Daemon.command(
+            ["status", "--spool", dir.path, "--db", url, "--db-password-file", password]
+        )
+        #expect(status.status == .exited(69), "\(status.err)")
+        #expect(status.out.contains("folder") && status.out.contains("inbox"), "\(status.out)")
     }
 
     @Test func aDeadlockedTransactionIsRunAgainByItself() async throws {
