@@ -27,6 +27,12 @@ Campaigns (bounded by default; --full runs the long form):
             nesting, huge CSV fields and rows; 8 MB, 32 MB with --full) dropped and posted while ordinary
             files and webhooks flow beside them: each ordinary file in done/ within 10 s, every 202
             stored, the daemon under its memory budget (256 MiB), nothing crashed.
+  multihost three hosts, each its own spool, against one PostgreSQL database started by the campaign:
+            the same files dropped to two hosts at once, different files to each (keys overlapping), intake
+            files, posts to all three, kill -9 of any host at random moments with restarts, one restart
+            of the PostgreSQL server mid-run. Checked against a model of what was sent: every key stored
+            once, every 202 stored, every file in one place on its host, none in failed/, each file
+            dropped to two hosts stored by one and a duplicate on the other.
   fuzz      the libFuzzer targets (fuzz/build.sh, fuzz/run.sh) for the CSV reader, the JSON Schema
             validator with the appointment parser, and the Zoom normaliser.
 
@@ -937,6 +943,172 @@ def campaign_cost(binary, work, full):
     return r
 
 
+def campaign_multihost(binary, work, full):
+    """Three hosts, each with its own spool, against one PostgreSQL database (a server of the campaign's
+    own): the same files dropped to two hosts at once, different files to each, posts to all three, kill -9
+    of any host at random moments with restarts, one restart of the PostgreSQL server mid-run. Checked
+    against a model of what was sent."""
+    r = Result("multihost")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import postgres
+    seconds = 240 if full else 60
+    server = postgres.Server()
+    try:
+        url, password_file = server.fresh_database()
+        hosts = 3
+        spools = [os.path.join(work, "h%d" % n, "spool") for n in range(hosts)]
+        ports = [free_port() for _ in range(hosts)]
+        for spool in spools:
+            os.makedirs(spool)
+
+        def start(n):
+            daemon = Daemon(binary, spools[n], http=ports[n],
+                            extra=["--db", url, "--db-password-file", password_file, "--host-name", "h%d" % n])
+            return daemon
+
+        daemons = [start(n) for n in range(hosts)]
+        for n, daemon in enumerate(daemons):
+            daemon.wait_listening(ports[n])
+        inbox = lambda n, kind: os.path.join(spools[n], "inbox", kind)
+        must = set()        # appointment ids that must be stored: dropped, or answered 202
+        maybe = set()       # posted without an answer (the host was killed): stored or not
+        visits = set()      # visit numbers dropped
+        dropped = [[] for _ in range(hosts)]  # (kind, name) per host
+        shared = []         # names dropped to two hosts
+        counter = [0]
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def load():
+            rng = random.Random(7)
+            while not stop.is_set():
+                counter[0] += 1
+                n = counter[0]
+                choice = n % 5
+                try:
+                    if choice == 0:
+                        host = rng.randrange(hosts)
+                        key = "HP%d" % n
+                        status, _ = post(ports[host], event(key))
+                        with lock:
+                            (must if status == 202 else maybe).add(key)
+                        r.sent += 1
+                    elif choice == 1:
+                        # The same bytes to two hosts at once.
+                        a, b = rng.sample(range(hosts), 2)
+                        ids = ["S%d-%d" % (n, k) for k in range(4)]
+                        text = "\n".join(event(i) for i in ids) + "\n"
+                        name = "same%d.ndjson" % n
+                        rsync_drop(inbox(a, "appointments"), name, text)
+                        rsync_drop(inbox(b, "appointments"), name, text)
+                        with lock:
+                            must.update(ids)
+                            dropped[a].append(("appointments", name))
+                            dropped[b].append(("appointments", name))
+                            shared.append(name)
+                        r.sent += 2
+                    elif choice in (2, 3):
+                        # A host's own file whose keys overlap the file before it (another host's).
+                        host = n % hosts
+                        ids = ["O%d" % k for k in range(n - 3, n + 3)]
+                        text = "\n".join(event(i) for i in rng.sample(ids, len(ids))) + "\n"
+                        name = "own%d.ndjson" % n
+                        rsync_drop(inbox(host, "appointments"), name, text)
+                        with lock:
+                            must.update(ids)
+                            dropped[host].append(("appointments", name))
+                        r.sent += 1
+                    else:
+                        # Intake: a host's own file, visits overlapping the one before, patients repeating.
+                        host = rng.randrange(hosts)
+                        rows = ["mrn,first_name,last_name,birth_date,visit_account_number,visit_date,reason"]
+                        for k in range(n - 20, n + 20):
+                            rows.append("MH%d,Zoë,Müller,1970-01-%02d,VH%d,2025-05-01,suivi" % (k % 50, 1 + k % 28, k))
+                            with lock:
+                                visits.add("VH%d" % k)
+                        name = "intake%d.csv" % n
+                        rsync_drop(inbox(host, "intake"), name, "\n".join(rows) + "\n")
+                        with lock:
+                            dropped[host].append(("intake", name))
+                        r.sent += 1
+                except OSError:
+                    pass
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        rng = random.Random(11)
+        began = time.monotonic()
+        restarted_server = False
+        while time.monotonic() - began < seconds:
+            time.sleep(rng.uniform(1.0, 3.0))
+            if not restarted_server and time.monotonic() - began > seconds / 2:
+                # The database restarts as after a crash: every host's connections drop.
+                server.run([server.bin + "/pg_ctl", "-D", server.folder + "/data", "-m", "immediate", "-w", "stop"])
+                time.sleep(2)
+                server.run([server.bin + "/pg_ctl", "-D", server.folder + "/data", "-l",
+                            server.folder + "/server.log", "-w", "start"])
+                restarted_server = True
+                r.faults += 1
+                continue
+            victim = rng.randrange(hosts)
+            daemons[victim].kill()
+            r.faults += 1
+            time.sleep(rng.uniform(0.05, 0.5))
+            daemons[victim] = start(victim)
+        stop.set()
+        thread.join()
+        for n in range(hosts):
+            if not settled(spools[n], kinds=("appointments", "intake"), timeout=300):
+                r.fail("host h%d did not settle" % n)
+        for daemon in daemons:
+            if daemon.stop() != 0:
+                r.fail("a host did not stop cleanly after SIGTERM")
+        # Every file in exactly one place on its host, none in failed/ (all were valid).
+        for n in range(hosts):
+            for kind in ("appointments", "intake"):
+                counts = places(spools[n], kind)
+                for k, name in dropped[n]:
+                    if k == kind and counts.get(name, 0) != 1:
+                        r.fail("h%d: %s in %d places" % (n, name, counts.get(name, 0)))
+                failed = [x for x in names(os.path.join(spools[n], "failed", kind))]
+                if failed:
+                    r.fail("h%d: %d entries in failed/%s, e.g. %s" % (n, len(failed), kind, failed[0]))
+        q = lambda sql: server.psql(sql, "site")
+        stored = set(q("SELECT appointment_id FROM appointment_events").split())
+        twice = int(q("SELECT count(*) - count(DISTINCT (appointment_id, instant)) FROM appointment_events"))
+        stored_visits = set(q("SELECT visit_account_number FROM visits").split())
+        twice += int(q("SELECT count(*) - count(DISTINCT visit_account_number) FROM visits"))
+        r.twice = twice
+        r.lost = len(must - stored) + len(visits - stored_visits)
+        unknown = stored - must - maybe
+        if r.lost:
+            r.fail("%d keys sent and not stored, e.g. %s" % (r.lost, sorted((must - stored) | (visits - stored_visits))[:3]))
+        if unknown or stored_visits - visits:
+            r.fail("keys stored that were never sent: %s" % sorted(unknown | (stored_visits - visits))[:3])
+        if twice:
+            r.fail("%d keys stored twice" % twice)
+        processing = int(q("SELECT count(*) FROM files WHERE outcome = 'processing'"))
+        if processing:
+            r.fail("%d ledger rows left as processing" % processing)
+        # The same bytes on two hosts: stored by one, a duplicate of it on the other.
+        pairs = q("SELECT original_name || ' ' || string_agg(outcome, ',' ORDER BY outcome) FROM files "
+                  "WHERE original_name LIKE 'same%' GROUP BY original_name").splitlines()
+        for line in pairs:
+            name, outcomes = line.split(" ")
+            if outcomes.split(",").count("duplicate") != len(outcomes.split(",")) - 1:
+                r.fail("%s: %s" % (name, outcomes))
+                break
+        if len(pairs) != len(shared):
+            r.fail("%d shared files in the ledger, %d sent" % (len(pairs), len(shared)))
+        hosts_seen = q("SELECT string_agg(DISTINCT host, ',' ORDER BY host) FROM files")
+        r.notes.append("%d kills, 1 PostgreSQL restart, %d shared files, %d keys; ledger hosts %s"
+                       % (r.faults - 1, len(shared), len(must) + len(visits), hosts_seen))
+    finally:
+        server.stop()
+    return r
+
+
 def campaign_fuzz(binary, work, full, seconds):
     r = Result("fuzz")
     build = subprocess.run([os.path.join(ROOT, "fuzz", "build.sh"), ".build-fuzz"] + (["asan"] if full else []),
@@ -966,7 +1138,7 @@ def main():
     ap.add_argument("--fuzz-seconds", type=int)
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
-    order = ["crash", "diskfull", "overflow", "locked", "hostile", "slow", "cost", "fuzz"]
+    order = ["crash", "diskfull", "overflow", "locked", "hostile", "slow", "cost", "multihost", "fuzz"]
     chosen = args.only.split(",") if args.only else order
     fuzz_seconds = args.fuzz_seconds or (600 if args.full else 60)
     results = []
