@@ -25,6 +25,11 @@ extension SiteDatabase {
     /// this host), its notification owed and its audit row; a file whose ledger row exists (on any host)
     /// is not written again and its stored verdict is returned. Kinds whose PostgreSQL writer does not
     /// exist yet (Zoom, Zoom reports) are refused, not transient; nothing of the batch is stored.
+    ///
+    /// Set by set, not file by file: a batch costs about ten statements whatever its number of files
+    /// (the ledger rows, every file's events, their look-ups, the verdicts, the audit rows: one statement
+    /// each, with arrays), since a round trip to the server costs more than the work of a small file. The
+    /// verdicts are those of one file after another, as `AppDatabase.commit` gives them.
     package func commit(
         _ files: [PreparedFile],
         finishedAt: String,
@@ -45,25 +50,8 @@ extension SiteDatabase {
         let logger = logger
         return try await transaction { connection in
             try await Self.lockBytes(files, connection, logger)
-            var results: [CommittedFile] = []
-            var touched = Set<String>()
-            for file in files {
-                results.append(
-                    try await Self.commitOne(
-                        file,
-                        finishedAt: finishedAt,
-                        host: host,
-                        notify: notify,
-                        touched: &touched,
-                        connection,
-                        logger
-                    )
-                )
-            }
-            for appointment in touched.sorted() {
-                try await AppointmentsInPostgres.refreshState(appointment, connection, logger)
-            }
-            return results
+            return try await LedgerBatch(files: files, finishedAt: finishedAt, host: host, notify: notify)
+                .commit(connection, logger)
         }
     }
 
@@ -148,9 +136,7 @@ extension SiteDatabase {
                     connection,
                     logger
                 )
-                for appointment in touched.sorted() {
-                    try await AppointmentsInPostgres.refreshState(appointment, connection, logger)
-                }
+                try await AppointmentsInPostgres.refreshStates(touched, connection, logger)
                 return report
             case .zoom, .zoomReport:
                 return FileReport(outcome: .rejected)  // refused above
@@ -210,123 +196,12 @@ extension SiteDatabase {
         return nil
     }
 
-    static func commitOne(
-        _ file: PreparedFile,
-        finishedAt: String,
-        host: String,
-        notify: NotifyPolicy,
-        touched: inout Set<String>,
-        _ connection: PostgresConnection,
-        _ logger: Logger
-    ) async throws -> CommittedFile {
-        if file.mayHaveLedgerRow, let done = try await existing(id: file.id, connection, logger) { return done }
-        // A large file's chunks made its row already, as `processing` (writeChunk): it becomes the ledger row.
-        try await connection.query(
-            """
-            INSERT INTO files (id, kind, original_name, sha256, size, decompressed_size, received_at, finished_at,
-                               outcome, report, host)
-            VALUES (\(file.id), \(file.kind.rawValue), \(file.originalName), \(file.sha256), \(file.size),
-                    \(file.decompressedSize), \(file.receivedAt), \(finishedAt), 'rejected', '{}', \(host))
-            ON CONFLICT (id) DO UPDATE SET
-                kind = EXCLUDED.kind, original_name = EXCLUDED.original_name, sha256 = EXCLUDED.sha256,
-                size = EXCLUDED.size, decompressed_size = EXCLUDED.decompressed_size,
-                received_at = EXCLUDED.received_at, finished_at = EXCLUDED.finished_at, outcome = 'rejected',
-                report = '{}', host = EXCLUDED.host
-            WHERE files.outcome = 'processing'
-            """,
-            logger: logger
-        )
-        var report: FileReport
-        switch file.content {
-        case .unreadable(let problem):
-            report = FileReport(outcome: .rejected, errors: [problem])
-        case .appointments(let parsed):
-            if file.kind != .zoomReport,
-                let earlier = try await sameBytes(
-                    kind: file.kind,
-                    sha256: file.sha256,
-                    excluding: file.id,
-                    connection,
-                    logger
-                )
-            {
-                report = FileReport(outcome: .duplicate, duplicateOf: earlier)
-            } else if let problem = parsed.fileProblem {
-                report = FileReport(outcome: .rejected, errors: [problem])
-            } else {
-                report = try await AppointmentsInPostgres.write(
-                    parsed.items,
-                    fileID: file.id,
-                    touched: &touched,
-                    connection,
-                    logger
-                )
-                for note in parsed.notes where !report.notes.contains(note) { report.notes.append(note) }
-                if parsed.items.isEmpty { report.outcome = .accepted }
-            }
-        case .intake(let parsed):
-            if let earlier = try await sameBytes(
-                kind: file.kind,
-                sha256: file.sha256,
-                excluding: file.id,
-                connection,
-                logger
-            ) {
-                report = FileReport(outcome: .duplicate, duplicateOf: earlier)
-            } else if let problem = parsed.fileProblem {
-                report = FileReport(outcome: .rejected, errors: [problem])
-            } else {
-                report = try await IntakeInPostgres.write(parsed.items, fileID: file.id, connection, logger)
-                for note in parsed.notes where !report.notes.contains(note) { report.notes.append(note) }
-                if parsed.items.isEmpty { report.outcome = .accepted }
-            }
-        case .streamed(let totals) where streamedKinds.contains(file.kind):
-            report = totals
-        case .zoom, .zoomReport, .streamed:
-            throw PostgresStoreError(
-                description: "the PostgreSQL store does not write \(file.kind.rawValue) files yet",
-                transient: false
-            )
-        }
-        try await connection.query(
-            """
-            UPDATE files SET outcome = \(report.outcome.rawValue), stored = \(report.stored),
-                   duplicates = \(report.duplicates), rejected = \(report.rejected), error = \(report.summary),
-                   report = \(report.json())
-            WHERE id = \(file.id)
-            """,
-            logger: logger
-        )
-        if notify.outcomes.contains(report.outcome.rawValue) {
-            for target in notify.targets {
-                try await connection.query(
-                    """
-                    INSERT INTO notifications (file_id, target, kind, outcome, stored, duplicates, rejected,
-                                               original_name, finished_at, next_attempt)
-                    VALUES (\(file.id), \(target), \(file.kind.rawValue), \(report.outcome.rawValue), \(report.stored),
-                            \(report.duplicates), \(report.rejected), \(file.originalName), \(finishedAt), 0)
-                    ON CONFLICT DO NOTHING
-                    """,
-                    logger: logger
-                )
-            }
-        }
-        let detail =
-            "kind=\(file.kind.rawValue) stored=\(report.stored) duplicates=\(report.duplicates) rejected=\(report.rejected)"
-        try await connection.query(
-            """
-            INSERT INTO audit (at, actor, action, target, detail)
-            VALUES (\(finishedAt), \(file.sender), \("file." + report.outcome.rawValue), \(file.id), \(detail))
-            """,
-            logger: logger
-        )
-        return CommittedFile(report: report, finishedAt: finishedAt, replayed: false)
-    }
 }
 
 /// Appointment events in PostgreSQL: AppointmentWriter's rules (append-only events unique on
 /// (appointment_id, instant); each appointment's state from its newest event).
 enum AppointmentsInPostgres {
+    /// One file's records (a large file's chunk).
     static func write(
         _ items: [Item<AppointmentEvent>],
         fileID: String,
@@ -334,96 +209,165 @@ enum AppointmentsInPostgres {
         _ connection: PostgresConnection,
         _ logger: Logger
     ) async throws -> FileReport {
-        var stored = 0
-        var duplicates = 0
-        var rejected = 0
-        var errors: [RecordProblem] = []
-        var events: [(number: Int, line: Int?, event: AppointmentEvent)] = []
-        for item in items {
-            switch item.result {
-            case .failure(let problems):
-                rejected += 1
-                problems.append(to: &errors)
-            case .success(let event): events.append((item.number, item.line, event))
-            }
+        try await write(files: [(fileID, items)], touched: &touched, connection, logger)[0]
+    }
+
+    /// The records of several files, in two statements whatever their number: every record inserted in
+    /// key order (`ON CONFLICT DO NOTHING`: the first of a key in file order wins, as one file after
+    /// another would have it; two hosts take the keys' locks in one order), then one look-up of the keys
+    /// not stored, each judged as AppointmentWriter judges it (same → duplicate, or this very record
+    /// committed before a crash → stored; else a conflict naming the file that stored the key).
+    static func write(
+        files: [(id: String, items: [Item<AppointmentEvent>])],
+        touched: inout Set<String>,
+        _ connection: PostgresConnection,
+        _ logger: Logger
+    ) async throws -> [FileReport] {
+        struct Row {
+            let file: Int
+            let number: Int
+            let line: Int?
+            let event: AppointmentEvent
         }
-        // Key order (stable: a file's repeats of one key keep their order, the first is the one stored).
-        let ordered = events.enumerated().sorted {
-            ($0.element.event.appointmentID, $0.element.event.instant, $0.offset)
-                < ($1.element.event.appointmentID, $1.element.event.instant, $1.offset)
-        }.map(\.element)
-        for (number, line, event) in ordered {
-            let inserted = try await connection.query(
-                """
-                INSERT INTO appointment_events
-                    (appointment_id, instant, timestamp, event_type, patient_id, notes, file_id, record)
-                VALUES (\(event.appointmentID), \(event.instant), \(event.timestamp), \(event.eventType),
-                        \(event.patientID), \(event.notes), \(fileID), \(number))
-                ON CONFLICT (appointment_id, instant) DO NOTHING
-                RETURNING seq
-                """,
-                logger: logger
-            )
-            var wasInserted = false
-            for try await _ in inserted { wasInserted = true }
-            if wasInserted {
-                stored += 1
-                touched.insert(event.appointmentID)
-                continue
-            }
-            let rows = try await connection.query(
-                """
-                SELECT event_type, patient_id, notes, file_id, record FROM appointment_events
-                WHERE appointment_id = \(event.appointmentID) AND instant = \(event.instant)
-                """,
-                logger: logger
-            )
-            for try await (type, patient, notes, earlier, record) in rows.decode(
-                (String, String, String?, String, Int).self
-            ) {
-                let same = type == event.eventType && patient == event.patientID && notes == event.notes
-                if same && earlier == fileID && record == number {
-                    stored += 1  // this very record, committed by an earlier chunk before a crash
-                } else if same {
-                    duplicates += 1
-                } else {
-                    rejected += 1
-                    errors.append(
-                        RecordProblem(
-                            record: number,
-                            line: line,
-                            pointer: nil,
-                            message:
-                                "conflicts with the event stored from file \(earlier) under the same appointment_id and timestamp"
-                        )
-                    )
+        var stored = Array(repeating: 0, count: files.count)
+        var duplicates = Array(repeating: 0, count: files.count)
+        var rejected = Array(repeating: 0, count: files.count)
+        var errors = Array(repeating: [RecordProblem](), count: files.count)
+        var rows: [Row] = []
+        for (index, file) in files.enumerated() {
+            for item in file.items {
+                switch item.result {
+                case .failure(let problems):
+                    rejected[index] += 1
+                    problems.append(to: &errors[index])
+                case .success(let event):
+                    rows.append(Row(file: index, number: item.number, line: item.line, event: event))
                 }
             }
         }
-        // Problems in record order, as the file lists them (the writes went in key order).
-        let listed = errors.enumerated().sorted {
-            ($0.element.record ?? 0, $0.offset) < ($1.element.record ?? 0, $1.offset)
+        // Key order, stable: a key's rows keep their file order, the first is the one stored.
+        let ordered = rows.enumerated().sorted {
+            ($0.element.event.appointmentID, $0.element.event.instant, $0.offset)
+                < ($1.element.event.appointmentID, $1.element.event.instant, $1.offset)
         }.map(\.element)
-        return FileReport(
-            outcome: FileReport.outcome(stored: stored, duplicates: duplicates, rejected: rejected),
-            stored: stored,
-            duplicates: duplicates,
-            rejected: rejected,
-            errors: listed
-        )
+        var inserted = Set<String>()  // "record\u{0}file id" of the rows stored now
+        if !ordered.isEmpty {
+            let events = ordered.map(\.event)
+            let result = try await connection.query(
+                """
+                INSERT INTO appointment_events
+                    (appointment_id, instant, timestamp, event_type, patient_id, notes, file_id, record)
+                SELECT c.appointment_id, c.instant, c.timestamp, c.event_type, c.patient_id,
+                       CASE WHEN c.has_notes THEN c.notes END, c.file_id, c.record
+                FROM unnest(\(events.map(\.appointmentID))::text[], \(events.map(\.instant))::text[],
+                            \(events.map(\.timestamp))::text[], \(events.map(\.eventType))::text[],
+                            \(events.map(\.patientID))::text[], \(events.map { $0.notes ?? "" })::text[],
+                            \(events.map { $0.notes != nil })::bool[], \(ordered.map { files[$0.file].id })::text[],
+                            \(ordered.map { Int64($0.number) })::int8[])
+                     WITH ORDINALITY AS c (appointment_id, instant, timestamp, event_type, patient_id, notes,
+                                           has_notes, file_id, record, ord)
+                ORDER BY c.ord
+                ON CONFLICT (appointment_id, instant) DO NOTHING
+                RETURNING record, file_id, appointment_id
+                """,
+                logger: logger
+            )
+            for try await (record, file, appointment) in result.decode((Int64, String, String).self) {
+                inserted.insert("\(record)\u{0}\(file)")
+                touched.insert(appointment)
+            }
+        }
+        let others = ordered.filter { !inserted.contains("\($0.number)\u{0}\(files[$0.file].id)") }
+        var found: [String: (type: String, patient: String, notes: String?, file: String, record: Int)] = [:]
+        if !others.isEmpty {
+            var keys = Set<String>()
+            var ids: [String] = []
+            var instants: [String] = []
+            for row in others where keys.insert(row.event.appointmentID + "\u{0}" + row.event.instant).inserted {
+                ids.append(row.event.appointmentID)
+                instants.append(row.event.instant)
+            }
+            let result = try await connection.query(
+                """
+                SELECT e.appointment_id, e.instant, e.event_type, e.patient_id, e.notes, e.file_id, e.record
+                FROM appointment_events e
+                JOIN unnest(\(ids)::text[], \(instants)::text[]) AS k (appointment_id, instant)
+                  ON e.appointment_id = k.appointment_id AND e.instant = k.instant
+                """,
+                logger: logger
+            )
+            for try await (id, instant, type, patient, notes, file, record) in result.decode(
+                (String, String, String, String, String?, String, Int).self
+            ) {
+                found[id + "\u{0}" + instant] = (type, patient, notes, file, record)
+            }
+        }
+        for row in ordered {
+            let fileID = files[row.file].id
+            if inserted.contains("\(row.number)\u{0}\(fileID)") {
+                stored[row.file] += 1
+                continue
+            }
+            guard let earlier = found[row.event.appointmentID + "\u{0}" + row.event.instant] else {
+                throw PostgresStoreError(
+                    description: "an event was neither stored nor found (database edited by hand?)",
+                    transient: false
+                )
+            }
+            let same =
+                earlier.type == row.event.eventType && earlier.patient == row.event.patientID
+                && earlier.notes == row.event.notes
+            if same && earlier.file == fileID && earlier.record == row.number {
+                stored[row.file] += 1  // this very record, committed by an earlier chunk before a crash
+            } else if same {
+                duplicates[row.file] += 1
+            } else {
+                rejected[row.file] += 1
+                errors[row.file].append(
+                    RecordProblem(
+                        record: row.number,
+                        line: row.line,
+                        pointer: nil,
+                        message:
+                            "conflicts with the event stored from file \(earlier.file) under the same appointment_id and timestamp"
+                    )
+                )
+            }
+        }
+        return files.indices.map { index in
+            // Problems in record order, as the file lists them (the writes went in key order).
+            let listed = errors[index].enumerated().sorted {
+                ($0.element.record ?? 0, $0.offset) < ($1.element.record ?? 0, $1.offset)
+            }.map(\.element)
+            return FileReport(
+                outcome: FileReport.outcome(
+                    stored: stored[index],
+                    duplicates: duplicates[index],
+                    rejected: rejected[index]
+                ),
+                stored: stored[index],
+                duplicates: duplicates[index],
+                rejected: rejected[index],
+                errors: listed
+            )
+        }
     }
 
-    /// The appointment's state from its newest event, its status from its newest scheduled or cancelled
-    /// event. First the row is made or locked; then the state is computed in a statement of its own, which
-    /// sees every event committed until the lock was had.
-    static func refreshState(_ appointmentID: String, _ connection: PostgresConnection, _ logger: Logger) async throws {
+    /// The appointments' states from their newest events, their status from their newest scheduled or
+    /// cancelled event. First the rows are made or locked, in id order (two hosts lock alike); then the
+    /// states are computed in a statement of its own, which sees every event committed until the locks
+    /// were had: a transaction that commits later refreshes again, so the last word counts every event.
+    static func refreshStates(_ touched: Set<String>, _ connection: PostgresConnection, _ logger: Logger) async throws {
+        guard !touched.isEmpty else { return }
+        let ids = touched.sorted()
         try await connection.query(
             """
             INSERT INTO appointments
                 (appointment_id, patient_id, status, notes, event_type, event_instant, event_timestamp, file_id)
-            SELECT e.appointment_id, e.patient_id, 'scheduled', e.notes, e.event_type, e.instant, e.timestamp, e.file_id
-            FROM appointment_events e WHERE e.appointment_id = \(appointmentID)
-            ORDER BY e.instant DESC LIMIT 1
+            SELECT DISTINCT ON (e.appointment_id)
+                   e.appointment_id, e.patient_id, 'scheduled', e.notes, e.event_type, e.instant, e.timestamp, e.file_id
+            FROM appointment_events e WHERE e.appointment_id = ANY(\(ids)::text[])
+            ORDER BY e.appointment_id, e.instant DESC
             ON CONFLICT (appointment_id) DO UPDATE SET appointment_id = EXCLUDED.appointment_id
             """,
             logger: logger
@@ -442,7 +386,7 @@ enum AppointmentsInPostgres {
                 FROM appointment_events e
                 WHERE e.appointment_id = a.appointment_id
                 ORDER BY e.instant DESC LIMIT 1)
-            WHERE a.appointment_id = \(appointmentID)
+            WHERE a.appointment_id = ANY(\(ids)::text[])
             """,
             logger: logger
         )
