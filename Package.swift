@@ -125,7 +125,7 @@ let package = Package(
         .target(
             name: "PostgresStore",
             dependencies: [
-                "Store", "Config",
+                "Store", "Config", "Kinds", "JSONSchema",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -6,7 +6,8 @@ in the same run as the SQLite phases.
 - intake at scale: a realistic 1,000,000-row intake CSV (bench/intake_data.py: accented names, quoted
   reasons, repeated patients, columns in an order of their own), with ascending and with scrambled MRNs
   and visit numbers, into a fresh database by carespool, against `psql \\copy` of the same file into one
-  unindexed table (the near-limit) as a ratio, and carespool's peak RSS.
+  unindexed table (the near-limit) as a ratio, and carespool's peak RSS; and PostgreSQL's own floor for the
+  data model (the same rows loaded set-based by plain SQL into carespool's tables).
 
 The server is Debian's PostgreSQL, started here (initdb + pg_ctl as the postgres user, a Unix socket in a
 temporary folder only) with its defaults: fsync on, synchronous_commit on (a real site's durability).
@@ -167,6 +168,36 @@ def intake_run(binary, schema, server, work, path, rows):
     return copy_seconds, seconds, peak
 
 
+def floor_run(binary, server, path):
+    """PostgreSQL's floor for this data model: the file's rows, already in a raw table, loaded set-based by
+    plain SQL into carespool's migrated tables (patients, one person each, visits; no validation, no
+    history, no duplicate or conflict handling): what any writer of this model pays PostgreSQL. Seconds."""
+    url, password_file = server.fresh_database()
+    subprocess.run([binary, "migrate", "--db", url, "--db-password-file", password_file], check=True,
+                   capture_output=True)
+    with open(path, encoding="utf-8") as f:
+        columns = f.readline().strip().split(",")
+    server.psql("CREATE TABLE raw (%s)" % ", ".join("%s text" % c for c in columns), "site")
+    env = dict(os.environ, PGPASSWORD=server.password)
+    subprocess.run([server.bin + "/psql", "-X", "-q", "-h", server.folder, "-U", "postgres", "-d", "site",
+                    "-c", "\\copy raw FROM '%s' WITH (FORMAT csv, HEADER true)" % path], check=True, env=env)
+    server.psql("ANALYZE raw", "site")
+    start = time.monotonic()
+    server.psql(
+        "BEGIN;"
+        "INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome, report, host)"
+        " VALUES ('floor', 'intake', 'floor.csv', repeat('0', 64), 0, '', '', 'accepted', '{}', 'floor');"
+        "INSERT INTO patients (mrn, file_id) SELECT DISTINCT mrn, 'floor' FROM raw;"
+        "INSERT INTO persons (patient_id, first_name, last_name, birth_date, file_id)"
+        " SELECT DISTINCT ON (r.mrn) p.id, r.first_name, r.last_name, r.birth_date, 'floor'"
+        " FROM raw r JOIN patients p ON p.mrn = r.mrn ORDER BY r.mrn;"
+        "INSERT INTO visits (visit_account_number, patient_id, visit_date, reason, file_id, record)"
+        " SELECT r.visit_account_number, p.id, r.visit_date, nullif(r.reason, ''), 'floor', 0"
+        " FROM raw r JOIN patients p ON p.mrn = r.mrn;"
+        "COMMIT;", "site")
+    return time.monotonic() - start
+
+
 def phase(binary, schema, files, rows, event):
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
@@ -186,6 +217,7 @@ def phase(binary, schema, files, rows, event):
             path = os.path.join(work, "intake.csv")
             intake_data.write(path, rows, ascending=ascending)
             megabytes = os.path.getsize(path) / 1e6
+            floor = floor_run(binary, server, path)
             copy_seconds, seconds, peak = intake_run(binary, schema, server, work, path, rows)
             label = "ascending" if ascending else "scrambled"
             print("| intake, %s rows (%.0f MB), %s keys: psql \\copy into one unindexed table | %.1f s, %.0f rows/s |"
@@ -193,6 +225,9 @@ def phase(binary, schema, files, rows, event):
             print("| same file, carespool into PostgreSQL (validate, normalise, dedupe, history) | %.1f s, %.0f rows/s, "
                   "ratio to \\copy %.2f, peak RSS %.1f MiB |"
                   % (seconds, rows / seconds, copy_seconds / seconds, peak / 1024.0))
+            print("| PostgreSQL's floor for this data model: the same rows set-based by SQL from the raw table into "
+                  "carespool's tables (no validation, no history) | %.1f s, ratio to \\copy %.2f; carespool / floor %.2f |"
+                  % (floor, copy_seconds / floor, floor / seconds))
             os.remove(path)
     finally:
         server.stop()

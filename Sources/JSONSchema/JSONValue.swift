@@ -17,24 +17,47 @@ package struct JSONMember: Sendable, Equatable {
     }
 }
 
-/// An object member's name compared and hashed as JSON compares names: by their Unicode scalars (their
-/// UTF-8 bytes), not by Swift's canonical equivalence, so that "é" precomposed and decomposed are two
-/// names, as ``JSONValue``'s equality has them. For duplicate checks and lookups in linear time.
-package struct JSONKey: Hashable, Sendable {
-    package var name: String
+/// Text compared, hashed and ordered by its UTF-8 bytes (its Unicode scalars), as JSON compares names and
+/// strings and as SQLite and PostgreSQL compare text — never by Swift's `String` equality, which is
+/// canonical equivalence ("é" precomposed equals "e" followed by U+0301, "K" the Kelvin sign U+212A).
+/// Keys a database keeps apart must stay apart in memory: a sender could otherwise make two patients,
+/// visits or appointments one in a writer's bookkeeping. For duplicate checks and lookups in linear time.
+package struct ExactText: Hashable, Comparable, Sendable, CustomStringConvertible {
+    package var text: String
 
-    package init(_ name: String) { self.name = name }
+    package init(_ text: String) { self.text = text }
 
-    package static func == (lhs: JSONKey, rhs: JSONKey) -> Bool { lhs.name.hasSameUTF8(as: rhs.name) }
+    /// The text, as an object member's name.
+    package var name: String { text }
+
+    package static func == (lhs: ExactText, rhs: ExactText) -> Bool { lhs.text.hasSameUTF8(as: rhs.text) }
+
+    package static func < (lhs: ExactText, rhs: ExactText) -> Bool {
+        lhs.text.utf8.lexicographicallyPrecedes(rhs.text.utf8)
+    }
 
     package func hash(into hasher: inout Hasher) {
         // Native strings keep their UTF-8 contiguous: hashed as one buffer, not byte by byte.
-        let done: Void? = name.utf8.withContiguousStorageIfAvailable {
+        let done: Void? = text.utf8.withContiguousStorageIfAvailable {
             hasher.combine(bytes: UnsafeRawBufferPointer($0))
         }
         if done == nil {
-            for byte in name.utf8 { hasher.combine(byte) }
+            for byte in text.utf8 { hasher.combine(byte) }
         }
+    }
+
+    package var description: String { text }
+}
+
+/// An object member's name, compared as JSON compares names (``ExactText``).
+package typealias JSONKey = ExactText
+
+/// Whether two texts are the same bytes (both absent counts as the same): a database's equality.
+package func sameText(_ lhs: String?, _ rhs: String?) -> Bool {
+    switch (lhs, rhs) {
+    case (nil, nil): true
+    case (let left?, let right?): left.hasSameUTF8(as: right)
+    default: false
     }
 }
 

@@ -1,3 +1,4 @@
+import JSONSchema
 import Kinds
 import Logging
 import PostgresNIO
@@ -55,15 +56,16 @@ enum IntakeInPostgres {
         }
         // The first row of each visit number (in record order) is the one that may store it; a later row of
         // the same number is judged against what is stored, as one row after another would be.
-        var seen = Set<String>(minimumCapacity: rows.count)
+        // Keys by their bytes (ExactText), as the database tells them apart.
+        var seen = Set<ExactText>(minimumCapacity: rows.count)
         var firsts: [Int] = []
-        for (index, row) in rows.enumerated() where seen.insert(row.record.visitAccountNumber).inserted {
+        for (index, row) in rows.enumerated() where seen.insert(ExactText(row.record.visitAccountNumber)).inserted {
             firsts.append(index)
         }
-        firsts.sort { rows[$0].record.visitAccountNumber < rows[$1].record.visitAccountNumber }
+        firsts.sort { ExactText(rows[$0].record.visitAccountNumber) < ExactText(rows[$1].record.visitAccountNumber) }
 
         // 1. Patients.
-        var created: [String: Int64] = [:]
+        var created: [ExactText: Int64] = [:]
         if !firsts.isEmpty {
             let mrns = firsts.map { rows[$0].record.mrn }
             let numbers = firsts.map { rows[$0].record.visitAccountNumber }
@@ -78,7 +80,7 @@ enum IntakeInPostgres {
                 """,
                 logger: logger
             )
-            for try await (mrn, id) in inserted.decode((String, Int64).self) { created[mrn] = id }
+            for try await (mrn, id) in inserted.decode((String, Int64).self) { created[ExactText(mrn)] = id }
         }
 
         // 2. Visits.
@@ -105,17 +107,17 @@ enum IntakeInPostgres {
         }
 
         // 3. A patient created for no stored visit.
-        var storedMRNs = Set<String>()
-        for row in rows where stored.contains(row.number) { storedMRNs.insert(row.record.mrn) }
+        var storedMRNs = Set<ExactText>()
+        for row in rows where stored.contains(row.number) { storedMRNs.insert(ExactText(row.record.mrn)) }
         let orphans = created.filter { !storedMRNs.contains($0.key) }.map(\.value).sorted()
         if !orphans.isEmpty {
             try await connection.query("DELETE FROM patients WHERE id = ANY(\(orphans)::int8[])", logger: logger)
         }
 
         // 4. Persons.
-        var persons: [String: Person] = [:]
+        var persons: [ExactText: Person] = [:]
         for (mrn, id) in created where storedMRNs.contains(mrn) { persons[mrn] = Person(id: id, fields: [], new: true) }
-        let existing = storedMRNs.filter { created[$0] == nil }.sorted()
+        let existing = storedMRNs.filter { created[$0] == nil }.sorted().map(\.text)
         if !existing.isEmpty {
             let found = try await connection.query(
                 """
@@ -128,7 +130,7 @@ enum IntakeInPostgres {
                 logger: logger
             )
             for try await (mrn, id, first, last, birth) in found.decode((String, Int64, String, String, String).self) {
-                persons[mrn] = Person(id: id, fields: [first, last, birth], new: false)
+                persons[ExactText(mrn)] = Person(id: id, fields: [first, last, birth], new: false)
             }
         }
         var history: (patients: [Int64], fields: [String], old: [String], new: [String], records: [Int64]) = (
@@ -138,7 +140,7 @@ enum IntakeInPostgres {
         var patientsUpdated = 0
         for row in rows where stored.contains(row.number) {
             let fields = [row.record.firstName, row.record.lastName, row.record.birthDate]
-            guard var person = persons[row.record.mrn] else {
+            guard var person = persons[ExactText(row.record.mrn)] else {
                 throw PostgresStoreError(
                     description: "a stored visit's patient has no person (database edited by hand?)",
                     transient: false
@@ -147,8 +149,8 @@ enum IntakeInPostgres {
             if person.fields.isEmpty {
                 person.fields = fields
                 patientsCreated += 1
-            } else if person.fields != fields {
-                for index in 0..<3 where person.fields[index] != fields[index] {
+            } else if !zip(person.fields, fields).allSatisfy(sameText) {
+                for index in 0..<3 where !sameText(person.fields[index], fields[index]) {
                     history.patients.append(person.id)
                     history.fields.append(personFields[index])
                     history.old.append(person.fields[index])
@@ -159,7 +161,7 @@ enum IntakeInPostgres {
                 person.changed = true
                 patientsUpdated += 1
             }
-            persons[row.record.mrn] = person
+            persons[ExactText(row.record.mrn)] = person
         }
         let written = persons.values.sorted { $0.id < $1.id }
         let new = written.filter(\.new)
@@ -208,7 +210,7 @@ enum IntakeInPostgres {
         var ours = 0
         let others = rows.filter { !stored.contains($0.number) }
         if !others.isEmpty {
-            let numbers = Array(Set(others.map(\.record.visitAccountNumber))).sorted()
+            let numbers = Set(others.map { ExactText($0.record.visitAccountNumber) }).sorted().map(\.text)
             let found = try await connection.query(
                 """
                 SELECT v.visit_account_number, p.mrn, v.visit_date, v.reason, v.file_id, v.record
@@ -217,22 +219,22 @@ enum IntakeInPostgres {
                 """,
                 logger: logger
             )
-            var visits: [String: (mrn: String, date: String, reason: String?, file: String, record: Int64)] = [:]
+            var visits: [ExactText: (mrn: String, date: String, reason: String?, file: String, record: Int64)] = [:]
             for try await (number, mrn, date, reason, file, record) in found.decode(
                 (String, String, String, String?, String, Int64).self
             ) {
-                visits[number] = (mrn, date, reason, file, record)
+                visits[ExactText(number)] = (mrn, date, reason, file, record)
             }
             for row in others {
-                guard let visit = visits[row.record.visitAccountNumber] else {
+                guard let visit = visits[ExactText(row.record.visitAccountNumber)] else {
                     throw PostgresStoreError(
                         description: "a visit was neither stored nor found (database edited by hand?)",
                         transient: false
                     )
                 }
                 let same =
-                    visit.mrn == row.record.mrn && visit.date == row.record.visitDate
-                    && visit.reason == row.record.reason
+                    sameText(visit.mrn, row.record.mrn) && sameText(visit.date, row.record.visitDate)
+                    && sameText(visit.reason, row.record.reason)
                 if !same {
                     report.rejected += 1
                     problems.append(
@@ -244,7 +246,7 @@ enum IntakeInPostgres {
                                 "conflicts with the visit stored from file \(visit.file) (another MRN, date or reason)"
                         )
                     )
-                } else if visit.file == fileID && visit.record == Int64(row.number) {
+                } else if sameText(visit.file, fileID) && visit.record == Int64(row.number) {
                     ours += 1  // this very row, committed by an earlier chunk before a crash: stored, not again
                 } else {
                     duplicates += 1

@@ -1,3 +1,4 @@
+import JSONSchema
 import Kinds
 import Logging
 import PostgresNIO
@@ -52,7 +53,7 @@ struct LedgerBatch {
         var earliest = try await storedBytes(fresh, connection, logger)
         try await insertRows(fresh, connection, logger)
         var reports = [FileReport?](repeating: nil, count: files.count)
-        var touched = Set<String>()
+        var touched = Set<ExactText>()
         while true {
             var waiting = Set<Bytes>()
             var appointments: [(index: Int, parsed: ParsedFile<AppointmentEvent>)] = []

@@ -1,4 +1,5 @@
 import Crypto
+import JSONSchema
 package import Kinds
 import Logging
 import PostgresNIO
@@ -128,7 +129,7 @@ extension SiteDatabase {
             case .intake(let items):
                 return try await IntakeInPostgres.write(items, fileID: fileID, connection, logger)
             case .appointments(let items):
-                var touched = Set<String>()
+                var touched = Set<ExactText>()
                 let report = try await AppointmentsInPostgres.write(
                     items,
                     fileID: fileID,
@@ -205,7 +206,7 @@ enum AppointmentsInPostgres {
     static func write(
         _ items: [Item<AppointmentEvent>],
         fileID: String,
-        touched: inout Set<String>,
+        touched: inout Set<ExactText>,
         _ connection: PostgresConnection,
         _ logger: Logger
     ) async throws -> FileReport {
@@ -219,7 +220,7 @@ enum AppointmentsInPostgres {
     /// committed before a crash → stored; else a conflict naming the file that stored the key).
     static func write(
         files: [(id: String, items: [Item<AppointmentEvent>])],
-        touched: inout Set<String>,
+        touched: inout Set<ExactText>,
         _ connection: PostgresConnection,
         _ logger: Logger
     ) async throws -> [FileReport] {
@@ -245,12 +246,13 @@ enum AppointmentsInPostgres {
                 }
             }
         }
-        // Key order, stable: a key's rows keep their file order, the first is the one stored.
+        // Key order (by bytes, as the database tells keys apart), stable: a key's rows keep their file
+        // order, the first is the one stored.
         let ordered = rows.enumerated().sorted {
-            ($0.element.event.appointmentID, $0.element.event.instant, $0.offset)
-                < ($1.element.event.appointmentID, $1.element.event.instant, $1.offset)
+            (ExactText($0.element.event.appointmentID), ExactText($0.element.event.instant), $0.offset)
+                < (ExactText($1.element.event.appointmentID), ExactText($1.element.event.instant), $1.offset)
         }.map(\.element)
-        var inserted = Set<String>()  // "record\u{0}file id" of the rows stored now
+        var inserted = Set<ExactText>()  // "record\u{0}file id" of the rows stored now
         if !ordered.isEmpty {
             let events = ordered.map(\.event)
             let result = try await connection.query(
@@ -273,17 +275,17 @@ enum AppointmentsInPostgres {
                 logger: logger
             )
             for try await (record, file, appointment) in result.decode((Int64, String, String).self) {
-                inserted.insert("\(record)\u{0}\(file)")
-                touched.insert(appointment)
+                inserted.insert(ExactText("\(record)\u{0}\(file)"))
+                touched.insert(ExactText(appointment))
             }
         }
-        let others = ordered.filter { !inserted.contains("\($0.number)\u{0}\(files[$0.file].id)") }
-        var found: [String: (type: String, patient: String, notes: String?, file: String, record: Int)] = [:]
+        let others = ordered.filter { !inserted.contains(ExactText("\($0.number)\u{0}\(files[$0.file].id)")) }
+        var found: [ExactText: (type: String, patient: String, notes: String?, file: String, record: Int)] = [:]
         if !others.isEmpty {
-            var keys = Set<String>()
+            var keys = Set<ExactText>()
             var ids: [String] = []
             var instants: [String] = []
-            for row in others where keys.insert(row.event.appointmentID + "\u{0}" + row.event.instant).inserted {
+            for row in others where keys.insert(ExactText(row.event.appointmentID + "\u{0}" + row.event.instant)).inserted {
                 ids.append(row.event.appointmentID)
                 instants.append(row.event.instant)
             }
@@ -299,25 +301,25 @@ enum AppointmentsInPostgres {
             for try await (id, instant, type, patient, notes, file, record) in result.decode(
                 (String, String, String, String, String?, String, Int).self
             ) {
-                found[id + "\u{0}" + instant] = (type, patient, notes, file, record)
+                found[ExactText(id + "\u{0}" + instant)] = (type, patient, notes, file, record)
             }
         }
         for row in ordered {
             let fileID = files[row.file].id
-            if inserted.contains("\(row.number)\u{0}\(fileID)") {
+            if inserted.contains(ExactText("\(row.number)\u{0}\(fileID)")) {
                 stored[row.file] += 1
                 continue
             }
-            guard let earlier = found[row.event.appointmentID + "\u{0}" + row.event.instant] else {
+            guard let earlier = found[ExactText(row.event.appointmentID + "\u{0}" + row.event.instant)] else {
                 throw PostgresStoreError(
                     description: "an event was neither stored nor found (database edited by hand?)",
                     transient: false
                 )
             }
             let same =
-                earlier.type == row.event.eventType && earlier.patient == row.event.patientID
-                && earlier.notes == row.event.notes
-            if same && earlier.file == fileID && earlier.record == row.number {
+                sameText(earlier.type, row.event.eventType) && sameText(earlier.patient, row.event.patientID)
+                && sameText(earlier.notes, row.event.notes)
+            if same && sameText(earlier.file, fileID) && earlier.record == row.number {
                 stored[row.file] += 1  // this very record, committed by an earlier chunk before a crash
             } else if same {
                 duplicates[row.file] += 1
@@ -357,9 +359,9 @@ enum AppointmentsInPostgres {
     /// cancelled event. First the rows are made or locked, in id order (two hosts lock alike); then the
     /// states are computed in a statement of its own, which sees every event committed until the locks
     /// were had: a transaction that commits later refreshes again, so the last word counts every event.
-    static func refreshStates(_ touched: Set<String>, _ connection: PostgresConnection, _ logger: Logger) async throws {
+    static func refreshStates(_ touched: Set<ExactText>, _ connection: PostgresConnection, _ logger: Logger) async throws {
         guard !touched.isEmpty else { return }
-        let ids = touched.sorted()
+        let ids = touched.sorted().map(\.text)
         try await connection.query(
             """
             INSERT INTO appointments

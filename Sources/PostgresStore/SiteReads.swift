@@ -5,7 +5,8 @@ package import Store
 
 /// What the operator commands read of the site's PostgreSQL database: every host's rows, each naming
 /// its host (`host` narrows to one); the same answers as SQLite's ``AppDatabase`` gives one host.
-/// A file whose chunks are being written (its row `processing`) has no ledger row yet: never listed.
+/// A file whose chunks are being written (its row `processing`) has no verdict yet: never listed, and
+/// shown by id as what it is (a conflict may name it).
 package final class SiteReads: OperatorReads {
     package let site: SiteDatabase
 
@@ -81,7 +82,7 @@ package final class SiteReads: OperatorReads {
         try read { connection, logger in
             try await Self.entries(
                 connection.query(
-                    "SELECT \(unescaped: Self.ledgerColumns) FROM files WHERE id = \(id) AND outcome <> 'processing'",
+                    "SELECT \(unescaped: Self.ledgerColumns) FROM files WHERE id = \(id)",
                     logger: logger
                 )
             ).first

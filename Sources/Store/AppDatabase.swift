@@ -5,6 +5,7 @@
 // Never logs, and keeps statement arguments out of errors (`publicStatementArguments` stays false).
 
 import CSQLiteTuning
+import JSONSchema
 package import GRDB
 package import Kinds
 import Synchronization
@@ -650,7 +651,7 @@ struct AppointmentWriter {
         var duplicates = 0
         var rejectedRecords = 0  // each item is one record, judged once: a count, no set
         var errors: [RecordProblem] = []
-        var touched = Set<String>()
+        var touched = Set<ExactText>()  // by bytes: ids the database tells apart are refreshed apart
         for item in items {
             switch item.result {
             case .failure(let problems):
@@ -667,10 +668,12 @@ struct AppointmentWriter {
                     arguments: [event.appointmentID, event.instant]
                 )
                 if let existing {
+                    // Compared by bytes, as the database compares text (not by canonical equivalence).
                     let same =
-                        existing["event_type"] == event.eventType && existing["patient_id"] == event.patientID
-                        && (existing["notes"] as String?) == event.notes
-                    if same && existing["file_id"] == fileID && existing["record"] == item.number {
+                        sameText(existing["event_type"], event.eventType)
+                        && sameText(existing["patient_id"], event.patientID)
+                        && sameText(existing["notes"], event.notes)
+                    if same && sameText(existing["file_id"], fileID) && existing["record"] == item.number {
                         // This very record, committed by an earlier chunk before a crash: ours, not a duplicate.
                         stored += 1
                     } else if same {
@@ -701,10 +704,10 @@ struct AppointmentWriter {
                     fileID, item.number,
                 ])
                 stored += 1
-                touched.insert(event.appointmentID)
+                touched.insert(ExactText(event.appointmentID))
             }
         }
-        for appointmentID in touched { try refreshState(appointmentID) }
+        for appointmentID in touched { try refreshState(appointmentID.text) }
         let rejected = rejectedRecords
         return FileReport(
             outcome: FileReport.outcome(stored: stored, duplicates: duplicates, rejected: rejected),

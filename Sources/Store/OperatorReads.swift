@@ -8,7 +8,8 @@ package protocol OperatorReads: Sendable {
     var knowsHosts: Bool { get }
     /// Ledger rows with these outcomes (of `kind`, of `host`, finished at or after `since`), newest first.
     func ledger(outcomes: [String], kind: String?, since: String?, host: String?, limit: Int) throws -> [LedgerEntry]
-    /// The ledger row of file `id`.
+    /// The ledger row of file `id` (in a shared store, also a large file's row while its chunks are stored
+    /// on some host: outcome `processing`).
     func ledgerEntry(id: String) throws -> LedgerEntry?
     /// Files and records per day (UTC, by finish), kind and outcome (and host), at or after `since`.
     func dailyReport(since: String?, host: String?) throws -> [DailyReportRow]

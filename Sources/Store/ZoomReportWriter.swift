@@ -5,29 +5,30 @@ import Kinds
 /// What a transaction's Zoom writes touched: the visits to refresh, and per meeting the span of time
 /// (seconds) in which its report rows are to be resolved to visits again — each once per transaction.
 struct ZoomTouched {
-    var visits = Set<String>()
-    var meetings: [String: (low: Int64, high: Int64)] = [:]
+    // By bytes (ExactText): ids the database tells apart are refreshed apart.
+    var visits = Set<ExactText>()
+    var meetings: [ExactText: (low: Int64, high: Int64)] = [:]
 
-    init(visits: Set<String> = []) { self.visits = visits }
+    init(visits: Set<ExactText> = []) { self.visits = visits }
 
     mutating func touch(meeting: String, from low: Int64, to high: Int64) {
         guard !meeting.isEmpty else { return }
-        let old = meetings[meeting]
-        meetings[meeting] = (min(old?.low ?? low, low), max(old?.high ?? high, high))
+        let old = meetings[ExactText(meeting)]
+        meetings[ExactText(meeting)] = (min(old?.low ?? low, low), max(old?.high ?? high, high))
     }
 
     /// Refreshes every touched visit, then resolves the report rows of every touched meeting that has any,
     /// around what changed: the rows' joins, the refreshed visits' spans.
     func refresh(db: Database) throws {
         let writer = ZoomWriter(db: db, fileID: "")
-        for uuid in visits.sorted() { try writer.refreshVisit(uuid) }
+        for uuid in visits.sorted() { try writer.refreshVisit(uuid.text) }
         var touched = self
         for uuid in visits {
             guard
                 let visit = try Row.fetchOne(
                     db,
                     sql: "SELECT meeting_id, first_s, last_s FROM zoom_visits WHERE visit_uuid = ?",
-                    arguments: [uuid]
+                    arguments: [uuid.text]
                 ), let first = visit["first_s"] as Int64?, let last = visit["last_s"] as Int64?
             else { continue }
             let meeting: String = visit["meeting_id"]
@@ -41,7 +42,7 @@ struct ZoomTouched {
         }
         let reports = ZoomReportWriter(db: db, fileID: "")
         for (meeting, span) in touched.meetings.sorted(by: { $0.key < $1.key }) {
-            try reports.resolve(meeting: meeting, from: span.low, to: span.high)
+            try reports.resolve(meeting: meeting.text, from: span.low, to: span.high)
         }
     }
 }
@@ -281,7 +282,7 @@ struct ZoomReportWriter {
             windows.append((visit["visit_uuid"], first - Self.margin, max(high, first)))
         }
         let webhookVisits = Set(windows.map(\.uuid))
-        var refresh = Set<String>()
+        var refresh = Set<ExactText>()
         var clusterKey: String?
         var clusterEnd = Int64.min
         var clusterStart = Int64.max
@@ -359,8 +360,8 @@ struct ZoomReportWriter {
             }
             let old: String? = row["visit_key"]
             if old != key {
-                refresh.insert(key)
-                if let old { refresh.insert(old) }
+                refresh.insert(ExactText(key))
+                if let old { refresh.insert(ExactText(old)) }
                 changes.append((row["seq"], key))
             }
         }
@@ -370,7 +371,7 @@ struct ZoomReportWriter {
         }
         // A visit that lost all its rows goes (refreshVisit deletes a visit with neither events nor rows).
         let writer = ZoomWriter(db: db, fileID: "")
-        for key in refresh.sorted() { try writer.refreshVisit(key) }
+        for key in refresh.sorted() { try writer.refreshVisit(key.text) }
     }
 
     /// Resolves and refreshes what the rows of file `fileID` touched (a streamed file's, at its ledger row).

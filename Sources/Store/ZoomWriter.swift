@@ -13,19 +13,19 @@ struct ZoomWriter {
     var refreshVisits = true
 
     func write(_ items: [Item<ZoomRecord>]) throws -> FileReport {
-        var touched = Set<String>()
+        var touched = Set<ExactText>()
         return try write(items, touchedVisits: &touched)
     }
 
     /// As ``write(_:)``, adding the visits whose events it inserted to `touched` (refreshed here only
     /// with `refreshVisits`; a group commit refreshes each visit once for all its files).
-    func write(_ items: [Item<ZoomRecord>], touchedVisits touched: inout Set<String>) throws -> FileReport {
+    func write(_ items: [Item<ZoomRecord>], touchedVisits touched: inout Set<ExactText>) throws -> FileReport {
         var stored = 0
         var duplicates = 0
         var skipped = 0
         var rejectedRecords = 0  // each item is one record, judged once: a count, no set
         var errors: [RecordProblem] = []
-        var mine = Set<String>()
+        var mine = Set<ExactText>()  // by bytes: uuids the database tells apart are refreshed apart
         for item in items {
             switch item.result {
             case .failure(let problems):
@@ -39,7 +39,7 @@ struct ZoomWriter {
                     stored += 1
                 case .inserted:
                     stored += 1
-                    if let uuid = event.visitUUID { mine.insert(uuid) }
+                    if let uuid = event.visitUUID { mine.insert(ExactText(uuid)) }
                 case .duplicate:
                     duplicates += 1
                 case .conflict(let earlier):
@@ -57,7 +57,7 @@ struct ZoomWriter {
             }
         }
         if refreshVisits {
-            for uuid in mine { try refreshVisit(uuid) }
+            for uuid in mine { try refreshVisit(uuid.text) }
         }
         touched.formUnion(mine)
         var report = FileReport(
@@ -104,7 +104,8 @@ struct ZoomWriter {
         }
         if let existing {
             let raw: String = existing["raw_json"]
-            let same = raw == event.raw || (try? JSONParser.parse(raw)).map(ZoomReader.canonical) == event.value
+            let same =
+                sameText(raw, event.raw) || (try? JSONParser.parse(raw)).map(ZoomReader.canonical) == event.value
             outcome = same ? .duplicate : .conflict(existing["file_id"])
         } else {
             try db.cachedStatement(
@@ -139,7 +140,7 @@ struct ZoomWriter {
             arguments: [fileID]
         )
         // And the report rows of their meetings resolved again (a visit's span may have grown).
-        try ZoomTouched(visits: Set(uuids)).refresh(db: db)
+        try ZoomTouched(visits: Set(uuids.map(ExactText.init))).refresh(db: db)
     }
 
     /// Recomputes one visit's timeline from all of its events and the report rows resolved to it: the same
@@ -356,11 +357,11 @@ struct VisitTimeline {
             var name: String?
             var email: String?
         }
-        var edges: [String: [Edge]] = [:]
+        var edges: [ExactText: [Edge]] = [:]
         for event in events {
             guard let id = event.participantID else { continue }
             if event.name.hasSuffix("participant_joined") {
-                edges[id, default: []].append(
+                edges[ExactText(id), default: []].append(
                     Edge(
                         at: millis(event.joinTime, event.timestamp),
                         join: true,
@@ -369,7 +370,7 @@ struct VisitTimeline {
                     )
                 )
             } else if event.name.hasSuffix("participant_left") {
-                edges[id, default: []].append(
+                edges[ExactText(id), default: []].append(
                     Edge(
                         at: millis(event.leaveTime, event.timestamp),
                         join: false,
@@ -391,9 +392,10 @@ struct VisitTimeline {
                 source: .webhook
             )
         }
-        for id in edges.keys.sorted() {
+        for key in edges.keys.sorted() {
+            let id = key.text
             // Same instant: the join first, so a zero-length visit is one interval.
-            let sorted = edges[id]!.sorted { ($0.at, $0.join ? 0 : 1) < ($1.at, $1.join ? 0 : 1) }
+            let sorted = edges[key]!.sorted { ($0.at, $0.join ? 0 : 1) < ($1.at, $1.join ? 0 : 1) }
             var open: Edge?
             for edge in sorted {
                 if edge.join {

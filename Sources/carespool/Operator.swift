@@ -192,7 +192,12 @@ struct Show: AsyncParsableCommand {
             return
         }
         print("file \(id)")
-        if let entry {
+        if let entry, entry.outcome == "processing" {
+            // A large file some host is storing chunk by chunk: no verdict, its name and size not known yet.
+            print(
+                "  in processing on host \(Terminal.safe(entry.host ?? "?")): its records are being stored (no verdict yet)"
+            )
+        } else if let entry {
             print("  kind       \(entry.kind)")
             if let host = entry.host { print("  host       \(Terminal.safe(host))") }
             print(

@@ -142,6 +142,77 @@ import Testing
         }
     }
 
+    @Test func keysThatUnicodeCallsEquivalentStayApartAsTheDatabasesKeepThem() async throws {
+        // "é" precomposed and decomposed, "K" and the Kelvin sign: Swift's `==` calls them equal, SQLite and
+        // PostgreSQL do not. Two patients, two visits, a change of name, a conflicting note — in both.
+        let nfc = "M\u{E9}"
+        let nfd = "Me\u{301}"
+        let files = [
+            ("u1", "\(intakeHeader)\n\(nfc),Alice,Smith,1980-01-01,V1,2025-01-01,\n"),
+            ("u2", "\(intakeHeader)\n\(nfd),Bob,Jones,1990-02-02,V2,2025-01-01,\n"),
+            (
+                "u3",
+                "\(intakeHeader)\n\(nfc),Alice,Smith,1980-01-01,V3,2025-01-01,\n\(nfd),Bob,Jones,1990-02-02,V4,2025-01-01,\n"
+                    + "K200,Dan,Lee,1970-01-01,A1,2025-01-01,\n\u{212A}200,Eve,Ng,1971-01-01,A2,2025-01-01,\n"
+                    + "Z1,Jos\u{E9},Ruiz,1960-01-01,VK9,2025-01-01,\nZ1,Jose\u{301},Ruiz,1960-01-01,V\u{212A}9,2025-01-01,\n"
+            ),
+        ]
+        let events = [
+            ("e1", event("AP-\u{E9}", "2026-05-01T10:00:00Z", notes: "caf\u{E9}")),
+            ("e2", event("AP-e\u{301}", "2026-05-01T10:00:00Z", notes: "caf\u{E9}")),
+            ("e3", event("AP-\u{E9}", "2026-05-01T10:00:00Z", notes: "cafe\u{301}")),
+        ]
+        let dir = TempDir("pg-exact")
+        defer { dir.cleanup() }
+        let lite = try AppDatabase.open(path: dir.file("x.sqlite3"))
+        var liteReports: [String] = []
+        for (id, csv) in files {
+            liteReports += try lite.commit([Self.file(id, csv)], finishedAt: "2026-12-06T00:00:01.000Z").map {
+                $0.report.json()
+            }
+        }
+        liteReports += try lite.commit(
+            try events.map { try PostgresLedgerTests.file($0.0, $0.1) },
+            finishedAt: "2026-12-06T00:00:02.000Z"
+        ).map { $0.report.json() }
+        let appointments = "SELECT appointment_id || '|' || notes FROM appointments ORDER BY appointment_id"
+        let liteTables = try await lite.writer.read { db in
+            try (Self.tables + [appointments]).map { try String.fetchAll(db, sql: $0) }
+        }
+        try await PostgresLedgerTests.withHosts { server, one, _ in
+            var reports: [String] = []
+            for (id, csv) in files {
+                reports += try await one.commit([Self.file(id, csv)], finishedAt: "2026-12-06T00:00:01.000Z").map {
+                    $0.report.json()
+                }
+            }
+            reports += try await one.commit(
+                try events.map { try PostgresLedgerTests.file($0.0, $0.1) },
+                finishedAt: "2026-12-06T00:00:02.000Z"
+            ).map { $0.report.json() }
+            #expect(reports == liteReports)
+            for (table, query) in (Self.tables + [appointments]).enumerated() {
+                let rows = try await server.psql(query, database: "site").split(separator: "\n").map(String.init)
+                #expect(rows == liteTables[table], "\(query)")
+            }
+            let persons = try await server.psql(Self.tables[1], database: "site").split(separator: "\n")
+            #expect(persons.count == 5, "\(persons)")  // Mé, Mé (NFD), K200, K200 (Kelvin), Z1
+            #expect(
+                persons.contains { $0.hasPrefix("\(nfc)|Alice|Smith") }
+                    && persons.contains { $0.hasPrefix("\(nfd)|Bob") }
+            )
+            let history = try await server.psql(Self.tables[2], database: "site")
+            #expect(
+                history.split(separator: "\n").count == 1 && history.contains("first_name|Jos\u{E9}|Jose\u{301}"),
+                "\(history)"
+            )
+            #expect(try await server.psql("SELECT count(*) FROM visits", database: "site") == "8")
+            #expect(reports[4].contains("\"accepted\""), "AP-e\u{301} is another appointment: \(reports[4])")
+            #expect(reports[5].contains("conflicts with the event stored from file e1"), "\(reports[5])")
+            #expect(try await server.psql("SELECT count(*) FROM appointments", database: "site") == "2")
+        }
+    }
+
     @Test func overlappingIntakeFromTwoHostsStoresEveryKeyOnce() async throws {
         try await PostgresLedgerTests.withHosts { server, one, two in
             var stored = 0

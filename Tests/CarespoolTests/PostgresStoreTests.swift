@@ -987,6 +987,11 @@ final class Attempts: @unchecked Sendable {
             // Its row says processing, on this host: no ledger row yet.
             let row = try await server.psql("SELECT outcome || '|' || host FROM files", database: "site")
             #expect(row == "processing|host-one")
+            // An operator asking for it (a conflict elsewhere may name it) learns where it is being stored.
+            let fileID =
+                (processing.first ?? "").components(separatedBy: "/").last?.components(separatedBy: "--")[0] ?? ""
+            let show = try await Daemon.command(["show", fileID] + arguments.prefix(4) + ["--spool", path])
+            #expect(show.out.contains("in processing on host host-one"), "\(show.out)\(show.err)")
             let restarted = try await Self.serving(spool: path, arguments: arguments) { _ in
                 await eventually(timeout: .seconds(120)) { Self.files(path + "/done/intake").count == 1 }
             }
