@@ -285,7 +285,8 @@ enum AppointmentsInPostgres {
             var keys = Set<ExactText>()
             var ids: [String] = []
             var instants: [String] = []
-            for row in others where keys.insert(ExactText(row.event.appointmentID + "\u{0}" + row.event.instant)).inserted {
+            for row in others
+            where keys.insert(ExactText(row.event.appointmentID + "\u{0}" + row.event.instant)).inserted {
                 ids.append(row.event.appointmentID)
                 instants.append(row.event.instant)
             }
@@ -359,7 +360,9 @@ enum AppointmentsInPostgres {
     /// cancelled event. First the rows are made or locked, in id order (two hosts lock alike); then the
     /// states are computed in a statement of its own, which sees every event committed until the locks
     /// were had: a transaction that commits later refreshes again, so the last word counts every event.
-    static func refreshStates(_ touched: Set<ExactText>, _ connection: PostgresConnection, _ logger: Logger) async throws {
+    static func refreshStates(_ touched: Set<ExactText>, _ connection: PostgresConnection, _ logger: Logger)
+        async throws
+    {
         guard !touched.isEmpty else { return }
         let ids = touched.sorted().map(\.text)
         try await connection.query(

@@ -5,8 +5,8 @@
 // Never logs, and keeps statement arguments out of errors (`publicStatementArguments` stays false).
 
 import CSQLiteTuning
-import JSONSchema
 package import GRDB
+import JSONSchema
 package import Kinds
 import Synchronization
 
