@@ -46,7 +46,7 @@ package struct NotifierConfiguration: Sendable {
 }
 
 package final class Notifier: Service, Sendable {
-    private let database: AppDatabase
+    private let database: any OwedNotifications
     private let configuration: NotifierConfiguration
     private let logger: Logger
     private let commandQueue = DispatchQueue(label: "carespool.notify.command")
@@ -56,7 +56,7 @@ package final class Notifier: Service, Sendable {
     /// The journal's MESSAGE_ID of `notification not delivered`: frozen, like the outcomes' own.
     package static let undeliveredMessageID = "f4433425c7cc8c83fa10207deaedae2b"
 
-    package init(database: AppDatabase, configuration: NotifierConfiguration, logger: Logger) {
+    package init(database: any OwedNotifications, configuration: NotifierConfiguration, logger: Logger) {
         self.database = database
         self.configuration = configuration
         self.logger = logger
@@ -67,7 +67,7 @@ package final class Notifier: Service, Sendable {
     }
 
     package func run() async throws {
-        if let dropped = try? database.dropNotifications(except: configuration.targets), dropped > 0 {
+        if let dropped = try? await database.dropNotifications(except: configuration.targets), dropped > 0 {
             logger.warning(
                 "notifications dropped: their target is no longer configured",
                 metadata: ["notify.dropped": "\(dropped)"]
@@ -103,7 +103,7 @@ package final class Notifier: Service, Sendable {
         while !stopping.withLock({ $0 }) && !Task.isCancelled {
             for (key, entry) in unsaved {
                 do {
-                    try save(entry.note, entry.state)
+                    try await save(entry.note, entry.state)
                     unsaved[key] = nil
                 } catch {
                     break
@@ -112,7 +112,7 @@ package final class Notifier: Service, Sendable {
             let now = Self.nowMillis()
             let due: [PendingNotification]
             do {
-                due = try database.dueNotifications(target: target, nowMillis: now, limit: 16)
+                due = try await database.dueNotifications(target: target, nowMillis: now, limit: 16)
                     .filter { unsaved[$0.fileID] == nil }
             } catch {
                 due = []
@@ -123,7 +123,7 @@ package final class Notifier: Service, Sendable {
                 if stopping.withLock({ $0 }) { return }
                 guard let state = await deliver(note) else { return }
                 do {
-                    try save(note, state)
+                    try await save(note, state)
                     warned = false
                 } catch {
                     unsaved[note.fileID] = (note, state)
@@ -138,17 +138,18 @@ package final class Notifier: Service, Sendable {
             }
             if due.isEmpty {
                 // New verdicts are looked for four times a second; a retry is waited for no longer.
-                let next = (try? database.nextNotificationDue(target: target)) ?? nil
+                let next = (try? await database.nextNotificationDue(target: target)) ?? nil
                 let wait = min(250, max(10, (next ?? Int64.max) - Self.nowMillis()))
                 try? await Task.sleep(for: .milliseconds(wait))
             }
         }
     }
 
-    private func save(_ note: PendingNotification, _ state: Unsaved) throws {
+    private func save(_ note: PendingNotification, _ state: Unsaved) async throws {
         switch state {
-        case .delivered: try database.notificationDelivered(note)
-        case .failed(let next, let error): try database.notificationFailed(note, nextMillis: next, error: error)
+        case .delivered: try await database.notificationDelivered(note)
+        case .failed(let next, let error):
+            try await database.notificationFailed(note, nextMillis: next, error: error)
         }
     }
 

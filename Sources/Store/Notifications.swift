@@ -2,7 +2,7 @@
 // deleted once delivered. The queue is durable because the ledger is: a kill -9 between a verdict and its
 // delivery leaves the row, and the next start delivers it.
 
-package import GRDB
+import GRDB
 import Kinds
 
 /// Which outcomes owe a notification, and to which targets (`command`, `webhook`).
@@ -29,7 +29,49 @@ package struct PendingNotification: Sendable, Equatable {
     package var finishedAt: String
     /// Attempts made so far.
     package var attempts: Int
+
+    package init(
+        fileID: String,
+        target: String,
+        kind: String,
+        outcome: String,
+        stored: Int,
+        duplicates: Int,
+        rejected: Int,
+        originalName: String,
+        finishedAt: String,
+        attempts: Int
+    ) {
+        self.fileID = fileID
+        self.target = target
+        self.kind = kind
+        self.outcome = outcome
+        self.stored = stored
+        self.duplicates = duplicates
+        self.rejected = rejected
+        self.originalName = originalName
+        self.finishedAt = finishedAt
+        self.attempts = attempts
+    }
 }
+
+/// The queue of notifications owed, as the notifier sees it: SQLite's (`AppDatabase`), or the share of a
+/// PostgreSQL database's queue that is this host's (the notifications of the files it gave verdicts).
+package protocol OwedNotifications: Sendable {
+    /// At most `limit` of `target`'s notifications due at `nowMillis`: never tried first, then the retries
+    /// longest due.
+    func dueNotifications(target: String, nowMillis: Int64, limit: Int) async throws -> [PendingNotification]
+    /// When `target`'s next notification is due; nil when none is owed.
+    func nextNotificationDue(target: String) async throws -> Int64?
+    /// Delivered: no longer owed.
+    func notificationDelivered(_ note: PendingNotification) async throws
+    /// Not delivered: tried again at `nextMillis`, `error` kept for `status`.
+    func notificationFailed(_ note: PendingNotification, nextMillis: Int64, error: String) async throws
+    /// Drops what is owed to targets no longer configured; returns how many.
+    func dropNotifications(except targets: [String]) async throws -> Int
+}
+
+extension AppDatabase: OwedNotifications {}
 
 /// What `status` says of the queue.
 package struct NotificationBacklog: Sendable {

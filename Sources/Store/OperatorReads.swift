@@ -1,4 +1,4 @@
-package import Kinds
+import Kinds
 
 /// What the operator commands read of a store (and the audit rows they add): one API over SQLite (one
 /// host's ledger) and the PostgreSQL database several hosts share (every host's, each row naming its

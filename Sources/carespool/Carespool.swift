@@ -432,7 +432,12 @@ struct Serve: AsyncParsableCommand {
         }
         let store: any PipelineStore
         let door: any DoorStore
-        var sqlite: AppDatabase?
+        // The notification queue the notifier works through: the SQLite file's, or this host's share of the
+        // PostgreSQL database's.
+        var queue: (any OwedNotifications)?
+        let policy = settings.notifier.flatMap { notifier in
+            config.notify.map { NotifyPolicy(outcomes: Set($0.outcomes), targets: notifier.targets) }
+        }
         // The processor's spool: with the PostgreSQL store, only the inboxes of the kinds it writes.
         var processorSpool = spool
         switch location {
@@ -443,12 +448,10 @@ struct Serve: AsyncParsableCommand {
                 cacheBytes: settings.pipeline.memoryBudget / 8,
                 chunkCommit: .milliseconds(settings.chunkCommitMs)
             )
-            if let notifier = settings.notifier, let notify = config.notify {
-                opened.notify = NotifyPolicy(outcomes: Set(notify.outcomes), targets: notifier.targets)
-            }
+            if let policy { opened.notify = policy }
             store = opened
             door = SQLiteDoor(database: opened)
-            sqlite = opened
+            queue = opened
         case .postgres(let target):
             let site = try await Self.openSite(
                 target,
@@ -456,8 +459,9 @@ struct Serve: AsyncParsableCommand {
                 settings: settings,
                 logger: logger
             )
-            store = SiteStore(site: site)
+            store = SiteStore(site: site, notify: policy ?? NotifyPolicy())
             door = SiteDoor(site: site)
+            queue = SiteNotifications(site: site)
             let written = SiteStore.writtenKinds
             var limited = Spool(
                 root: spool.root,
@@ -492,9 +496,9 @@ struct Serve: AsyncParsableCommand {
         )
         let health = HealthCache()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: processor)]
-        if let notifier = settings.notifier, let database = sqlite {
-            services.append(.init(service: Notifier(database: database, configuration: notifier, logger: logger)))
-        } else if let database = sqlite, let dropped = try? database.dropNotifications(except: []), dropped > 0 {
+        if let notifier = settings.notifier, let queue {
+            services.append(.init(service: Notifier(database: queue, configuration: notifier, logger: logger)))
+        } else if let queue, let dropped = try? await queue.dropNotifications(except: []), dropped > 0 {
             // [notify] removed: what was owed would show in `status` for ever.
             logger.warning(
                 "notifications dropped: their target is no longer configured",

@@ -220,12 +220,6 @@ struct Settings {
         )
         notifier = try Self.notifier(config, credentials: credentials)
         databasePassword = try Self.databasePassword(flag: serve?.spoolOptions.dbPasswordFile, config: config)
-        let store = serve?.spoolOptions.db ?? config.database
-        if notifier != nil, let store, case .postgres = try? DatabaseLocation.parse(store) {
-            let refusal = "[notify] is not yet delivered from the PostgreSQL store: remove it, or use a SQLite database"
-            if config.notify != nil { throw config.error("notify", refusal) }
-            throw ValidationError(refusal)
-        }
         guard listen != "off" else {
             http = nil
             return

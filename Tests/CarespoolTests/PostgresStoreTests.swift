@@ -323,7 +323,7 @@ import Testing
         }
     }
 
-    @Test func aPasswordFileOrANotifyTheStoreCannotUseIsAConfigurationError() async throws {
+    @Test func aPasswordFileTheStoreCannotUseIsAConfigurationErrorAndNotifyIsAccepted() async throws {
         let dir = TempDir("pg-config")
         defer { dir.cleanup() }
         let open = dir.file("open.pw")
@@ -357,8 +357,9 @@ import Testing
         url = "postgres://carespool@/site?host=\(dir.path)"
         password_file = "\(open)"
         """.write(toFile: config, atomically: true, encoding: .utf8)
+        // [notify] with PostgreSQL: each host delivers its own verdicts (PostgresServeTests).
         let notify = try await Daemon.command(["config", "check", config])
-        #expect(notify.status == .exited(78) && notify.err.contains("notify"), "\(notify)")
+        #expect(notify.status == .exited(0), "\(notify)")
         #expect(!check.err.contains("secret-password") && !notify.out.contains("secret-password"))
     }
 
@@ -1077,6 +1078,96 @@ final class Attempts: @unchecked Sendable {
             )
             #expect(ledger.split(separator: "\n").count == 36, "\(ledger)\n\(Self.files(spool.path))")
             #expect(try await server.psql("SELECT count(*) FROM appointment_events", database: "site") == "4506")
+        }
+    }
+
+    @Test func eachHostDeliversTheNotificationsOfItsOwnVerdictsOnce() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            let passwordFile = try server.passwordFile(password)
+            let url = server.url("site", role: "carespool")
+            let one = TempDir("pg-notify1")
+            let two = TempDir("pg-notify2")
+            defer {
+                one.cleanup()
+                two.cleanup()
+            }
+            // Each host's hook appends what it is told to its own log; its first call fails (a retry).
+            func hook(_ dir: TempDir) throws -> (config: String, log: String) {
+                let log = dir.file("hook.log")
+                let fail = dir.file("fail")
+                try "1\n".write(toFile: fail, atomically: true, encoding: .utf8)
+                let script = dir.file("hook")
+                try """
+                #!/bin/sh
+                input=$(cat)
+                if [ -s \(fail) ]; then sed -i 1d \(fail); exit 1; fi
+                echo "$CARESPOOL_FILE_ID $CARESPOOL_OUTCOME $CARESPOOL_ATTEMPT" >> \(log)
+                """.write(toFile: script, atomically: true, encoding: .utf8)
+                chmod(script, 0o755)
+                let config = dir.file("carespool.toml")
+                try "[notify]\ncommand = \"\(script)\"\nretry_initial_ms = 200\n".write(
+                    toFile: config,
+                    atomically: true,
+                    encoding: .utf8
+                )
+                return (config, log)
+            }
+            let hooks = [try hook(one), try hook(two)]
+            let dirs = [one, two]
+            let arguments = (0..<2).map { n in
+                ["--config", hooks[n].config, "--db", url, "--db-password-file", passwordFile, "--host-name", "h\(n)"]
+            }
+            let bad = "{\"event_type\":\"appointment.scheduled\"}\n"
+            _ = try await Self.serving(spool: one.path, arguments: arguments[0]) { _ in
+                try await waitUntilServing(one.path)
+                _ = try await Self.serving(spool: two.path, arguments: arguments[1]) { _ in
+                    try await waitUntilServing(two.path)
+                    for n in 0..<2 {
+                        // A partial and a rejected file to each host, and the same partial bytes to both.
+                        let inbox = dirs[n].path + "/inbox/appointments"
+                        try dropLikeRsync(
+                            event("N\(n)", "2026-10-01T10:00:00Z") + "\n" + bad,
+                            into: inbox,
+                            name: "p.json"
+                        )
+                        try dropLikeRsync(bad, into: inbox, name: "r.json")
+                        try dropLikeRsync(event("NS", "2026-10-02T10:00:00Z") + "\n" + bad, into: inbox, name: "s.json")
+                    }
+                    // Until all six have a verdict and every verdict owed (not a duplicate) was told.
+                    var delivered = false
+                    let deadline = ContinuousClock.now + .seconds(30)
+                    while !delivered && ContinuousClock.now < deadline {
+                        let counts = try await server.psql(
+                            "SELECT count(*) || ' ' || count(*) FILTER (WHERE outcome <> 'duplicate') FROM files",
+                            database: "site"
+                        )
+                        let told = hooks.map { NotifyDaemonTests.lines($0.log).count }.reduce(0, +)
+                        delivered = counts == "6 \(told)"
+                        if !delivered { try await Task.sleep(for: .milliseconds(100)) }
+                    }
+                    #expect(delivered, "\(hooks.map { NotifyDaemonTests.lines($0.log) })")
+                    try await Task.sleep(for: .seconds(1))
+                }
+            }
+            // Each host was told of its own three verdicts, once each (the shared bytes: partial on one host,
+            // a duplicate — not notified — on the other, or partial on both if neither had finished first).
+            let ledger = try await server.psql(
+                "SELECT host || ' ' || id || ' ' || outcome FROM files ORDER BY 1",
+                database: "site"
+            ).split(separator: "\n").map(String.init)
+            for n in 0..<2 {
+                let told = NotifyDaemonTests.lines(hooks[n].log)
+                let owed = ledger.filter { $0.hasPrefix("h\(n) ") && !$0.hasSuffix(" duplicate") }
+                #expect(Set(told.map { $0.split(separator: " ").prefix(2).joined(separator: " ") }).count == told.count)
+                #expect(
+                    told.map { String($0.split(separator: " ")[0]) }.sorted()
+                        == owed.map { String($0.split(separator: " ")[1]) }.sorted(),
+                    "host h\(n) told \(told), owed \(owed)"
+                )
+                #expect(told.contains { $0.hasSuffix(" 2") }, "the first delivery failed, the second is attempt 2")
+            }
+            #expect(try await server.psql("SELECT count(*) FROM notifications", database: "site") == "0")
         }
     }
 
