@@ -186,7 +186,15 @@ struct Show: AsyncParsableCommand {
         if entry == nil && places.isEmpty { throw ValidationError("no file with id \(id)") }
         if json {
             var members: [JSONMember] = [.init(key: "id", value: .string(id))]
-            members.append(.init(key: "ledger", value: entry.map { Operator.json($0) } ?? .null))
+            // A large file some host is still storing has no ledger row yet: `ledger` stays null, and
+            // `processing` says which host holds it.
+            let processing = entry?.outcome == "processing"
+            members.append(.init(key: "ledger", value: processing ? .null : entry.map { Operator.json($0) } ?? .null))
+            if processing {
+                members.append(
+                    .init(key: "processing", value: .object([.init(key: "host", value: Operator.text(entry?.host))]))
+                )
+            }
             members.append(.init(key: "paths", value: .array(places.sorted().map { .string($0) })))
             print(JSONValue.object(members).compactText)
             return

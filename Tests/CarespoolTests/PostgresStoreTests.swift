@@ -993,6 +993,11 @@ final class Attempts: @unchecked Sendable {
                 (processing.first ?? "").components(separatedBy: "/").last?.components(separatedBy: "--")[0] ?? ""
             let show = try await Daemon.command(["show", fileID] + arguments.prefix(4) + ["--spool", path])
             #expect(show.out.contains("in processing on host host-one"), "\(show.out)\(show.err)")
+            let shown = try await Daemon.command(["show", fileID, "--json"] + arguments.prefix(4) + ["--spool", path])
+            #expect(
+                shown.out.contains("\"ledger\":null") && shown.out.contains("\"processing\":{\"host\":\"host-one\"}"),
+                "\(shown.out)"
+            )
             let restarted = try await Self.serving(spool: path, arguments: arguments) { _ in
                 await eventually(timeout: .seconds(120)) { Self.files(path + "/done/intake").count == 1 }
             }
