@@ -227,10 +227,7 @@ enum IntakeInPostgres {
             }
             for row in others {
                 guard let visit = visits[ExactText(row.record.visitAccountNumber)] else {
-                    throw PostgresStoreError(
-                        description: "a visit was neither stored nor found (database edited by hand?)",
-                        transient: false
-                    )
+                    throw PostgresStoreError.neitherStoredNorFound("a visit")
                 }
                 let same =
                     sameText(visit.mrn, row.record.mrn) && sameText(visit.date, row.record.visitDate)

@@ -199,6 +199,17 @@ extension SiteDatabase {
 
 }
 
+extension PostgresStoreError {
+    /// A record whose key `ON CONFLICT DO NOTHING` skipped and whose stored row is not there: only a
+    /// database changed by hand under the writer does that. Not transient: trying again cannot help.
+    static func neitherStoredNorFound(_ what: String) -> PostgresStoreError {
+        PostgresStoreError(
+            description: "\(what) was neither stored nor found (database edited by hand?)",
+            transient: false
+        )
+    }
+}
+
 /// Appointment events in PostgreSQL: AppointmentWriter's rules (append-only events unique on
 /// (appointment_id, instant); each appointment's state from its newest event).
 enum AppointmentsInPostgres {
@@ -312,10 +323,7 @@ enum AppointmentsInPostgres {
                 continue
             }
             guard let earlier = found[ExactText(row.event.appointmentID + "\u{0}" + row.event.instant)] else {
-                throw PostgresStoreError(
-                    description: "an event was neither stored nor found (database edited by hand?)",
-                    transient: false
-                )
+                throw PostgresStoreError.neitherStoredNorFound("an event")
             }
             let same =
                 sameText(earlier.type, row.event.eventType) && sameText(earlier.patient, row.event.patientID)

@@ -227,13 +227,9 @@ import Testing
                     "i\(round)-h2",
                     ([intakeHeader] + rows.reversed()).joined(separator: "\n")
                 )
-                async let a = one.commit([forward], finishedAt: "2026-12-06T00:00:03.000Z")
-                async let b = two.commit([backward], finishedAt: "2026-12-06T00:00:03.000Z")
-                for report in try await [a[0].report, b[0].report] {
-                    stored += report.stored
-                    duplicates += report.duplicates
-                    #expect(report.rejected == 0, "\(report.json())")
-                }
+                let counts = try await PostgresLedgerTests.commitAtOnce(one, [forward], two, [backward])
+                stored += counts.stored
+                duplicates += counts.duplicates
             }
             #expect(stored == 2_400 && duplicates == 2_400)
             #expect(try await server.psql("SELECT count(*) FROM visits", database: "site") == "2400")

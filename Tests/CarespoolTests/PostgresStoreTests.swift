@@ -662,6 +662,25 @@ final class Attempts: @unchecked Sendable {
         }
     }
 
+    /// `first` committed by `one` and `second` by `two` at the same moment; their records stored and
+    /// duplicates in all, none rejected.
+    static func commitAtOnce(
+        _ one: SiteDatabase,
+        _ first: [PreparedFile],
+        _ two: SiteDatabase,
+        _ second: [PreparedFile]
+    ) async throws -> (stored: Int, duplicates: Int) {
+        async let a = one.commit(first, finishedAt: "2026-12-06T00:00:03.000Z")
+        async let b = two.commit(second, finishedAt: "2026-12-06T00:00:03.000Z")
+        var counts = (stored: 0, duplicates: 0)
+        for report in try await (a + b).map(\.report) {
+            counts.stored += report.stored
+            counts.duplicates += report.duplicates
+            #expect(report.rejected == 0, "\(report.json())")
+        }
+        return counts
+    }
+
     @Test func theSameBytesOnTwoHostsAtOnceAreAcceptedOnceAndADuplicateOnce() async throws {
         try await Self.withHosts { server, one, two in
             for round in 0..<25 {
@@ -701,13 +720,9 @@ final class Attempts: @unchecked Sendable {
                 // them): their key locks would cross if written in file order.
                 let forward = try Self.file("o\(round)-h1", events.joined(separator: "\n"))
                 let backward = try Self.file("o\(round)-h2", events.reversed().joined(separator: "\n"))
-                async let a = one.commit([forward], finishedAt: "2026-12-06T00:00:03.000Z")
-                async let b = two.commit([backward], finishedAt: "2026-12-06T00:00:03.000Z")
-                for report in try await [a[0].report, b[0].report] {
-                    stored += report.stored
-                    duplicates += report.duplicates
-                    #expect(report.rejected == 0, "\(report.json())")
-                }
+                let counts = try await Self.commitAtOnce(one, [forward], two, [backward])
+                stored += counts.stored
+                duplicates += counts.duplicates
             }
             #expect(stored == 600 && duplicates == 600)
             #expect(try await server.psql("SELECT count(*) FROM appointment_events", database: "site") == "600")

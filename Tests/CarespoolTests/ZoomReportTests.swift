@@ -481,9 +481,17 @@ extension ZoomReportStoreTests {
             let elapsed = ContinuousClock.now - start
             return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         }
-        let spread = try seconds(false, "spread.sqlite3")
-        let crowded = try seconds(true, "crowded.sqlite3")
-        #expect(crowded < spread * 5 + 1, "crowded \(crowded) s, spread \(spread) s")
+        // A ratio of two timings: a busy machine can slow one of them (CI failed it once while another
+        // process loaded both cores). Up to three rounds, each pair measured back to back: a cost that
+        // grows with the square fails every round, a moment of load does not.
+        var rounds: [(spread: Double, crowded: Double)] = []
+        for round in 0..<3 {
+            let spread = try seconds(false, "spread\(round).sqlite3")
+            let crowded = try seconds(true, "crowded\(round).sqlite3")
+            rounds.append((spread, crowded))
+            if crowded < spread * 5 + 1 { break }
+        }
+        #expect(rounds.contains { $0.crowded < $0.spread * 5 + 1 }, "seconds (spread, crowded): \(rounds)")
     }
 }
 
