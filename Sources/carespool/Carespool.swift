@@ -786,6 +786,7 @@ struct Retry: AsyncParsableCommand {
 
     func run() async throws {
         let spool = try spoolOptions.resolved().spool
+        let auditStore = await OperatorStore.forAudit(spoolOptions)
         var targets = ids
         if all, let kind {
             guard spool.kinds.contains(kind) else { throw ValidationError("unknown kind \(kind)") }
@@ -843,8 +844,7 @@ struct Retry: AsyncParsableCommand {
                         "requeued \(Terminal.safe(id)) to \(Terminal.safe(spool.inboxPath(moved.kind) + "/" + moved.name))"
                     )
                 }
-                await OperatorStore.auditQuietly(
-                    spoolOptions,
+                auditStore?.recordQuietly(
                     action: "retry",
                     target: id,
                     detail: moved.kind + "/" + moved.name
@@ -854,6 +854,7 @@ struct Retry: AsyncParsableCommand {
                 failures += 1
             }
         }
+        await auditStore?.close()
         if failures > 0 { throw ExitCode(1) }
     }
 }
@@ -895,13 +896,13 @@ struct Purge: AsyncParsableCommand {
             } else {
                 for folder in removed.folders { print((dryRun ? "would remove done/" : "removed done/") + folder) }
             }
-            if !dryRun && !removed.folders.isEmpty {
-                await OperatorStore.auditQuietly(
-                    spoolOptions,
+            if !dryRun && !removed.folders.isEmpty, let auditStore = await OperatorStore.forAudit(spoolOptions) {
+                auditStore.recordQuietly(
                     action: "purge",
                     target: "done before \(cutoff)",
                     detail: "\(removed.files) files in \(removed.folders.count) day folders"
                 )
+                await auditStore.close()
             }
             if !json {
                 print(

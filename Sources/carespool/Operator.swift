@@ -274,6 +274,7 @@ struct Drop: AsyncParsableCommand {
 
     func run() async throws {
         let spool = try spoolOptions.resolved().spool
+        let auditStore = await OperatorStore.forAudit(spoolOptions)
         guard let inbox = spool.inboxes.first(where: { $0.kind == kind }) else {
             throw ValidationError("unknown kind \(kind); one of \(spool.kinds.joined(separator: ", "))")
         }
@@ -306,8 +307,7 @@ struct Drop: AsyncParsableCommand {
                 } else {
                     print("dropped \(Terminal.safe(file)) into \(Terminal.safe(inbox.path + "/" + name)) as \(id)")
                 }
-                await OperatorStore.auditQuietly(
-                    spoolOptions,
+                auditStore?.recordQuietly(
                     action: "drop",
                     target: kind + "/" + name,
                     detail: "\(data.count) bytes from " + (file == "-" ? "standard input" : file)
@@ -317,6 +317,7 @@ struct Drop: AsyncParsableCommand {
                 failures += 1
             }
         }
+        await auditStore?.close()
         if failures > 0 { throw ExitCode(1) }
     }
 }

@@ -68,10 +68,21 @@ final class OperatorStore {
         }
     }
 
+    /// The SQLite file opened for writing, once per command (its audit rows).
+    private var writable: AppDatabase?
+
     /// Adds an operator action to the audit trail: who (in a shared store, on which host), what, when.
     func audit(action: String, target: String?, detail: String?) throws {
         if let sqlitePath {
-            try Operator.audit(sqlitePath, action: action, target: target, detail: detail)
+            let database = try writable ?? Operator.database(sqlitePath, readonly: false)
+            writable = database
+            try database.audit(
+                at: Clock.timestamp(),
+                actor: Operator.actor,
+                action: action,
+                target: target,
+                detail: detail
+            )
             return
         }
         try reads.audit(
@@ -102,12 +113,16 @@ final class OperatorStore {
         }
     }
 
-    /// Records an action of a command that acts on the local spool (drop, retry, purge): the action is
-    /// done whether or not the store answers.
-    static func auditQuietly(_ options: SpoolOptions, action: String, target: String?, detail: String?) async {
-        guard let store = try? await open(options, missingIsNil: true) else { return }
-        try? store.audit(action: action, target: target, detail: detail)
-        await store.close()
+    /// The store a command that acts on the local spool (drop, retry, purge) adds its audit rows to,
+    /// opened once for all its files; nil when there is none yet or it does not answer (the action is done
+    /// whether or not it is recorded, as ``recordQuietly(action:target:detail:)`` says).
+    static func forAudit(_ options: SpoolOptions) async -> OperatorStore? {
+        try? await open(options, missingIsNil: true)
+    }
+
+    /// Adds an audit row if the store takes it; the action it records is done either way.
+    func recordQuietly(action: String, target: String?, detail: String?) {
+        try? audit(action: action, target: target, detail: detail)
     }
 }
 
