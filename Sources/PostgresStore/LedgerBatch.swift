@@ -12,8 +12,8 @@ import Store
 /// or earlier in it; a record whose key an earlier file of the batch stored is judged against it. So the
 /// files are judged in rounds: in each, every file not yet judged whose byte group (kind, sha256) has no
 /// earlier file waiting is either judged at once (unreadable, a duplicate of bytes stored, a file-level
-/// problem) or written — the round's appointment files together, in key order then file order, intake
-/// files one after another. A second round is needed only when a file of the same bytes as an earlier
+/// problem) or written — the round's appointment files together and its Zoom files together, each in key
+/// order then file order, intake files one after another. A second round is needed only when a file of the same bytes as an earlier
 /// one of the batch was written and stored nothing (rare: it was all conflicts or bad records).
 struct LedgerBatch {
     let files: [PreparedFile]
@@ -54,10 +54,20 @@ struct LedgerBatch {
         try await insertRows(fresh, connection, logger)
         var reports = [FileReport?](repeating: nil, count: files.count)
         var touched = Set<ExactText>()
+        // Zoom: the visits to refresh once for the batch (a large file's all, with its verdict), the counters.
+        var visits = try await ZoomInPostgres.visits(
+            ofFiles: fresh.filter {
+                if case .streamed = files[$0].content { files[$0].kind == .zoom } else { false }
+            }.map { files[$0].id },
+            connection,
+            logger
+        )
+        var counts = ZoomInPostgres.Counts()
         while true {
             var waiting = Set<Bytes>()
             var appointments: [(index: Int, parsed: ParsedFile<AppointmentEvent>)] = []
             var intake: [(index: Int, parsed: ParsedFile<IntakeRecord>)] = []
+            var zoom: [(index: Int, parsed: ParsedFile<ZoomRecord>)] = []
             for index in fresh where reports[index] == nil {
                 let file = files[index]
                 let bytes = Bytes(kind: file.kind.rawValue, sha256: file.sha256)
@@ -71,7 +81,8 @@ struct LedgerBatch {
                     continue
                 case .appointments(let parsed): fileProblem = parsed.fileProblem
                 case .intake(let parsed): fileProblem = parsed.fileProblem
-                case .zoom, .zoomReport:
+                case .zoom(let parsed): fileProblem = parsed.fileProblem
+                case .zoomReport:
                     throw PostgresStoreError(
                         description: "the PostgreSQL store does not write \(file.kind.rawValue) files yet",
                         transient: false
@@ -91,10 +102,11 @@ struct LedgerBatch {
                 switch file.content {
                 case .appointments(let parsed): appointments.append((index, parsed))
                 case .intake(let parsed): intake.append((index, parsed))
+                case .zoom(let parsed): zoom.append((index, parsed))
                 default: break
                 }
             }
-            if appointments.isEmpty && intake.isEmpty { break }
+            if appointments.isEmpty && intake.isEmpty && zoom.isEmpty { break }
             var written: [(index: Int, report: FileReport)] = []
             if !appointments.isEmpty {
                 let reports = try await AppointmentsInPostgres.write(
@@ -104,6 +116,18 @@ struct LedgerBatch {
                     logger
                 )
                 for (entry, report) in zip(appointments, reports) {
+                    written.append((entry.index, Self.finished(report, entry.parsed)))
+                }
+            }
+            if !zoom.isEmpty {
+                let reports = try await ZoomInPostgres.write(
+                    files: zoom.map { (files[$0.index].id, $0.parsed.items) },
+                    touched: &visits,
+                    counts: &counts,
+                    connection,
+                    logger
+                )
+                for (entry, report) in zip(zoom, reports) {
                     written.append((entry.index, Self.finished(report, entry.parsed)))
                 }
             }
@@ -126,6 +150,8 @@ struct LedgerBatch {
             }
         }
         try await AppointmentsInPostgres.refreshStates(touched, connection, logger)
+        try await ZoomInPostgres.refreshVisits(visits, connection, logger)
+        try await ZoomInPostgres.addCounts(counts, connection, logger)
         let judged = fresh.map { (index: $0, report: reports[$0]!) }
         try await recordVerdicts(judged, connection, logger)
         for (index, report) in judged {
@@ -148,7 +174,7 @@ struct LedgerBatch {
     {
         let readable = fresh.filter {
             switch files[$0].content {
-            case .appointments, .intake: true
+            case .appointments, .intake, .zoom: true
             default: false
             }
         }

@@ -24,8 +24,8 @@ package import Store
 extension SiteDatabase {
     /// Commits a batch of files in one transaction, each file's records with its ledger row (which names
     /// this host), its notification owed and its audit row; a file whose ledger row exists (on any host)
-    /// is not written again and its stored verdict is returned. Kinds whose PostgreSQL writer does not
-    /// exist yet (Zoom, Zoom reports) are refused, not transient; nothing of the batch is stored.
+    /// is not written again and its stored verdict is returned. Zoom reports, whose PostgreSQL writer does
+    /// not exist yet, are refused, not transient; nothing of the batch is stored.
     ///
     /// Set by set, not file by file: a batch costs about ten statements whatever its number of files
     /// (the ledger rows, every file's events, their look-ups, the verdicts, the audit rows: one statement
@@ -38,9 +38,9 @@ extension SiteDatabase {
     ) async throws(PostgresStoreError) -> [CommittedFile] {
         for file in files {
             switch file.content {
-            case .appointments, .intake, .unreadable: continue
+            case .appointments, .intake, .zoom, .unreadable: continue
             case .streamed where Self.streamedKinds.contains(file.kind): continue
-            case .zoom, .zoomReport, .streamed:
+            case .zoomReport, .streamed:
                 throw PostgresStoreError(
                     description: "the PostgreSQL store does not write \(file.kind.rawValue) files yet",
                     transient: false
@@ -89,7 +89,7 @@ extension SiteDatabase {
     }
 
     /// The kinds whose large files this store takes chunk by chunk.
-    static let streamedKinds: Set<Kind> = [.appointments, .intake]
+    static let streamedKinds: Set<Kind> = [.appointments, .intake, .zoom]
 
     /// Records of one chunk of a large file, in a transaction of their own (run again by itself on a
     /// serialization failure or a deadlock, as any). The file's row is made first, as `processing`
@@ -100,8 +100,8 @@ extension SiteDatabase {
         -> FileReport
     {
         switch chunk {
-        case .appointments, .intake: break
-        case .zoom, .zoomReport:
+        case .appointments, .intake, .zoom: break
+        case .zoomReport:
             throw PostgresStoreError(
                 description:
                     "the PostgreSQL store does not take this kind's large files in chunks yet: split the file below "
@@ -139,7 +139,21 @@ extension SiteDatabase {
                 )
                 try await AppointmentsInPostgres.refreshStates(touched, connection, logger)
                 return report
-            case .zoom, .zoomReport:
+            case .zoom(let items):
+                // Its visits are refreshed once, with its verdict (LedgerBatch): per chunk, a visit of many
+                // events would be read again for every chunk.
+                var visits = Set<ExactText>()
+                var counts = ZoomInPostgres.Counts()
+                let report = try await ZoomInPostgres.write(
+                    files: [(fileID, items)],
+                    touched: &visits,
+                    counts: &counts,
+                    connection,
+                    logger
+                )[0]
+                try await ZoomInPostgres.addCounts(counts, connection, logger)
+                return report
+            case .zoomReport:
                 return FileReport(outcome: .rejected)  // refused above
             }
         }

@@ -1,3 +1,4 @@
+import JSONSchema
 import Kinds
 import Logging
 import PostgresNIO
@@ -366,6 +367,58 @@ package final class SiteReads: OperatorReads {
                 ])
             }
             return out
+        }
+    }
+
+    /// Ordered as SQLite orders them (text by bytes: COLLATE "C").
+    package func zoomVisits(meeting id: String) throws -> [AppDatabase.ZoomVisit] {
+        try read { connection, logger in
+            let rows = try await connection.query(
+                """
+                SELECT visit_uuid, meeting_id, started_at, ended_at, duration_seconds, max_latency_ms,
+                       interpreter_requested, events
+                FROM zoom_visits WHERE meeting_id = \(id) OR visit_uuid = \(id)
+                ORDER BY started_at IS NULL, started_at COLLATE "C", visit_uuid COLLATE "C"
+                """,
+                logger: logger
+            )
+            var visits: [AppDatabase.ZoomVisit] = []
+            for try await (uuid, meeting, started, ended, duration, latency, interpreter, events) in rows.decode(
+                (String, String, String?, String?, Int?, Double?, Int64, Int).self
+            ) {
+                visits.append(
+                    AppDatabase.ZoomVisit(
+                        visitUUID: uuid,
+                        meetingID: meeting,
+                        startedAt: started,
+                        endedAt: ended,
+                        durationSeconds: duration,
+                        maxLatencyMs: latency,
+                        interpreterRequested: interpreter == 1,
+                        events: events,
+                        intervals: []
+                    )
+                )
+            }
+            // Every visit's intervals in one look-up, each visit's in SQLite's order.
+            var position: [ExactText: Int] = [:]
+            for (index, visit) in visits.enumerated() { position[ExactText(visit.visitUUID)] = index }
+            let intervals = try await connection.query(
+                """
+                SELECT visit_uuid, participant_id, participant_name, joined_at, left_at, source FROM zoom_visit_intervals
+                WHERE visit_uuid = ANY(\(visits.map(\.visitUUID))::text[])
+                ORDER BY joined_at IS NULL, joined_at COLLATE "C", participant_id COLLATE "C"
+                """,
+                logger: logger
+            )
+            for try await (uuid, id, name, joined, left, source) in intervals.decode(
+                (String, String, String?, String?, String?, String).self
+            ) {
+                if let index = position[ExactText(uuid)] {
+                    visits[index].intervals.append((id, name, joined, left, source))
+                }
+            }
+            return visits
         }
     }
 

@@ -10,14 +10,16 @@ import Synchronization
 /// task), their failures as `StoreError`s — transient when the server is down or the connection dropped,
 /// so that the pipeline keeps the files in processing/ and tries again with backoff.
 ///
-/// Kinds: the PostgreSQL store writes appointments and intake (and rejects unreadable files) so far,
-/// large files of both chunk by chunk. `serve` watches only the inboxes of ``writtenKinds``.
+/// Kinds: the PostgreSQL store writes appointments, intake and Zoom events (and rejects unreadable
+/// files), large files of each chunk by chunk; not Zoom participants reports yet. `serve` watches only the inboxes of ``writtenKinds``.
 package final class SiteStore: PipelineStore {
     package let site: SiteDatabase
     package let notify: NotifyPolicy
 
     /// The kinds whose records this store writes.
-    package static let writtenKinds: Set<String> = [Kind.appointments.rawValue, Kind.intake.rawValue]
+    package static let writtenKinds: Set<String> = [
+        Kind.appointments.rawValue, Kind.intake.rawValue, Kind.zoom.rawValue,
+    ]
 
     package init(site: SiteDatabase, notify: NotifyPolicy = NotifyPolicy()) {
         self.site = site

@@ -796,6 +796,30 @@ extension AppDatabase {
         /// saw one end, a report gave the other).
         package var intervals:
             [(participantID: String, participantName: String?, joinedAt: String?, leftAt: String?, source: String)]
+
+        package init(
+            visitUUID: String,
+            meetingID: String,
+            startedAt: String?,
+            endedAt: String?,
+            durationSeconds: Int?,
+            maxLatencyMs: Double?,
+            interpreterRequested: Bool,
+            events: Int,
+            intervals: [(
+                participantID: String, participantName: String?, joinedAt: String?, leftAt: String?, source: String
+            )]
+        ) {
+            self.visitUUID = visitUUID
+            self.meetingID = meetingID
+            self.startedAt = startedAt
+            self.endedAt = endedAt
+            self.durationSeconds = durationSeconds
+            self.maxLatencyMs = maxLatencyMs
+            self.interpreterRequested = interpreterRequested
+            self.events = events
+            self.intervals = intervals
+        }
     }
 
     /// The visits of meeting `id` (a meeting id, or one visit's uuid), oldest first.

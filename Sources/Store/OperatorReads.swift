@@ -33,6 +33,8 @@ package protocol OperatorReads: Sendable {
     func lastFailures(limit: Int, host: String?) throws -> [[String: String?]]
     /// Zoom's webhook counters.
     func zoomCounters() throws -> [(event: String, received: Int, inserted: Int)]
+    /// The visits of Zoom meeting `id` (a meeting id, or one visit's uuid), oldest first, with their intervals.
+    func zoomVisits(meeting id: String) throws -> [AppDatabase.ZoomVisit]
     /// The notifications owed.
     func notificationBacklog() throws -> NotificationBacklog
 }

@@ -226,11 +226,11 @@ struct ZoomWriter {
                 """,
             arguments: [
                 uuid, meeting, timeline.startedAt, timeline.endedAt, timeline.durationSeconds, timeline.maxLatencyMs,
-                timeline.interpreterRequested ? 1 : 0, Set(timeline.intervals.map(\.participantID)).count, eventCount,
-                timeline.span?.first, timeline.span?.last,
+                timeline.interpreterRequested ? 1 : 0, timeline.participantCount, eventCount, timeline.span?.first,
+                timeline.span?.last,
             ]
         )
-        for interval in timeline.intervals {
+        for row in timeline.intervalRows {
             try db.cachedStatement(
                 sql: """
                     INSERT INTO zoom_visit_intervals
@@ -239,19 +239,17 @@ struct ZoomWriter {
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """
             ).execute(arguments: [
-                uuid, interval.participantID, interval.participantName,
-                interval.joinedMs.map { RFC3339.format(epochMilliseconds: $0) },
-                interval.leftMs.map { RFC3339.format(epochMilliseconds: $0) }, meeting, interval.email,
-                interval.joinedMs.map { VisitTimeline.seconds($0) }, interval.leftMs.map { VisitTimeline.seconds($0) },
-                interval.source.rawValue, interval.joinedMs.map { VisitTimeline.floor($0, 60_000) },
+                uuid, row.participantID, row.participantName, row.joinedAt, row.leftAt, meeting, row.email,
+                row.joinedS, row.leftS, row.source, row.joinedM,
             ])
         }
     }
 }
 
-/// A visit's timeline, computed from its events and its report rows alone (order-independent).
-struct VisitTimeline {
-    struct Event {
+/// A visit's timeline, computed from its events and its report rows alone (order-independent); both
+/// stores write what it computes (``participantCount``, ``intervalRows``).
+package struct VisitTimeline {
+    package struct Event {
         var name: String
         var timestamp: Int64
         var participantID: String?
@@ -263,10 +261,36 @@ struct VisitTimeline {
         var endTime: String?
         var latencyMs: Double?
         var interpreterRequested: Bool
+
+        package init(
+            name: String,
+            timestamp: Int64,
+            participantID: String?,
+            participantName: String?,
+            participantEmail: String?,
+            joinTime: String?,
+            leaveTime: String?,
+            startTime: String?,
+            endTime: String?,
+            latencyMs: Double?,
+            interpreterRequested: Bool
+        ) {
+            self.name = name
+            self.timestamp = timestamp
+            self.participantID = participantID
+            self.participantName = participantName
+            self.participantEmail = participantEmail
+            self.joinTime = joinTime
+            self.leaveTime = leaveTime
+            self.startTime = startTime
+            self.endTime = endTime
+            self.latencyMs = latencyMs
+            self.interpreterRequested = interpreterRequested
+        }
     }
 
     /// One row of a participants report (seconds since the epoch).
-    struct Report {
+    package struct Report {
         var participantID: String?
         var email: String?
         var name: String?
@@ -276,6 +300,59 @@ struct VisitTimeline {
         var meetingEnd: Int64?
         /// Its times were given to the minute only: it matches a join in that minute.
         var toTheMinute = false
+
+        package init(
+            participantID: String?,
+            email: String?,
+            name: String?,
+            joined: Int64,
+            left: Int64?,
+            meetingStart: Int64?,
+            meetingEnd: Int64?,
+            toTheMinute: Bool
+        ) {
+            self.participantID = participantID
+            self.email = email
+            self.name = name
+            self.joined = joined
+            self.left = left
+            self.meetingStart = meetingStart
+            self.meetingEnd = meetingEnd
+            self.toTheMinute = toTheMinute
+        }
+    }
+
+    /// One row of `zoom_visit_intervals` (besides its visit and meeting).
+    package struct IntervalRow {
+        package var participantID: String
+        package var participantName: String?
+        package var joinedAt: String?
+        package var leftAt: String?
+        package var email: String?
+        package var joinedS: Int64?
+        package var leftS: Int64?
+        package var joinedM: Int64?
+        package var source: String
+    }
+
+    /// The participants of its intervals, told apart by bytes as the databases tell ids apart.
+    package var participantCount: Int { Set(intervals.map { ExactText($0.participantID) }).count }
+
+    /// Its intervals as the stores write them.
+    package var intervalRows: [IntervalRow] {
+        intervals.map { interval in
+            IntervalRow(
+                participantID: interval.participantID,
+                participantName: interval.participantName,
+                joinedAt: interval.joinedMs.map { RFC3339.format(epochMilliseconds: $0) },
+                leftAt: interval.leftMs.map { RFC3339.format(epochMilliseconds: $0) },
+                email: interval.email,
+                joinedS: interval.joinedMs.map { Self.seconds($0) },
+                leftS: interval.leftMs.map { Self.seconds($0) },
+                joinedM: interval.joinedMs.map { Self.floor($0, 60_000) },
+                source: interval.source.rawValue
+            )
+        }
     }
 
     enum Source: String {
@@ -299,15 +376,15 @@ struct VisitTimeline {
         var leaveToTheMinute = false
     }
 
-    var startedAt: String?
-    var endedAt: String?
-    var durationSeconds: Int?
-    var maxLatencyMs: Double?
-    var interpreterRequested: Bool
+    package var startedAt: String?
+    package var endedAt: String?
+    package var durationSeconds: Int?
+    package var maxLatencyMs: Double?
+    package var interpreterRequested: Bool
     var intervals: [Interval]
     /// The first and last instant its webhook events name (seconds), which report rows are resolved
     /// against; nil for a visit known from reports alone.
-    var span: (first: Int64, last: Int64)?
+    package var span: (first: Int64, last: Int64)?
 
     /// Whole seconds of milliseconds since the epoch (rounded down, before 1970 as after).
     static func seconds(_ ms: Int64) -> Int64 { floor(ms, 1_000) }
@@ -315,7 +392,7 @@ struct VisitTimeline {
     /// `value / unit` rounded down (before 1970 as after).
     static func floor(_ value: Int64, _ unit: Int64) -> Int64 { value >= 0 ? value / unit : (value - unit + 1) / unit }
 
-    init(events: [Event], reports: [Report] = []) {
+    package init(events: [Event], reports: [Report] = []) {
         /// Milliseconds of an ISO time, else of `event_ts`.
         func millis(_ iso: String?, _ fallback: Int64) -> Int64 {
             iso.flatMap(RFC3339.epochMilliseconds) ?? fallback

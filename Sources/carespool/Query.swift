@@ -28,18 +28,9 @@ struct ZoomQuery: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let databasePath = try spoolOptions.resolved().database
-        if case .postgres = try spoolOptions.location() as DatabaseLocation {
-            throw ValidationError(
-                "the PostgreSQL store does not hold Zoom visits yet (serve writes Zoom to SQLite only)"
-            )
-        }
-        guard FileManager.default.fileExists(atPath: databasePath) else {
-            throw ValidationError("no database at \(databasePath)")
-        }
-        let database = try AppDatabase.open(path: databasePath, readonly: true)
         // A meeting id as Zoom prints it (`852 1848 6288`) is its digits.
-        let visits = try database.zoomVisits(meeting: zoomMeetingDigits(meeting) ?? meeting)
+        let id = zoomMeetingDigits(meeting) ?? meeting
+        let visits = try await OperatorStore.reading(spoolOptions) { store in try store.reads.zoomVisits(meeting: id) }
         if json {
             let values: [JSONValue] = visits.map { visit in
                 func text(_ s: String?) -> JSONValue { s.map { .string($0) } ?? .null }

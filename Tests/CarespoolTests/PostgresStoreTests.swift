@@ -381,6 +381,10 @@ import Testing
                 [
                     PostgresLedgerTests.file("op-3", "{not json", name: "broken.ndjson"),
                     PostgresIntakeTests.file("op-4", intakeHeader + "\nM-Ø1,Zoë,Ålander,1980-02-29,V-1,2025-01-02,\n"),
+                    PostgresZoomTests.file(
+                        "op-5",
+                        PostgresZoomTests.joined(1_764_000_000_000, "u-1", "Zoë Ålander", uuid: "OPV==")
+                    ),
                 ],
                 finishedAt: "2026-12-06T11:00:00.000Z"
             )
@@ -436,9 +440,13 @@ import Testing
             #expect(audit.out.contains("\"action\":\"file.partial\""), "\(audit.out)")
             // No password, no patient data in what the commands say on stderr.
             for result in [failed, show, report, patients, status, audit] { #expect(!result.err.contains(password)) }
-            // What PostgreSQL cannot answer: Zoom visits (not written there yet), `--host` of a SQLite file.
-            let zoom = try await run(["query", "zoom", "--meeting", "123"])
-            #expect(zoom.status != .exited(0) && zoom.err.contains("does not hold Zoom visits yet"), "\(zoom.err)")
+            // A Zoom meeting's visits, as Zoom prints its id.
+            let zoom = try await run(["query", "zoom", "--meeting", "852 1848 6288"])
+            #expect(zoom.status == .exited(0), "\(zoom.err)")
+            #expect(zoom.out.contains("visit OPV==") && zoom.out.contains("u-1 (Zoë Ålander)"), "\(zoom.out)")
+            let none = try await run(["query", "zoom", "--meeting", "123"])
+            #expect(none.status == .exited(1) && none.out.contains("no visits of meeting 123"), "\(none.out)")
+            // What a SQLite file cannot answer: `--host`.
             let sqliteHost = try await Daemon.command(["failed", "--spool", dir.path, "--host", "h1"])
             #expect(sqliteHost.status != .exited(0) && sqliteHost.err.contains("--host"), "\(sqliteHost.err)")
         }
@@ -777,24 +785,24 @@ final class Attempts: @unchecked Sendable {
     @Test func theKindsWithoutAPostgresWriterAreRefusedAndNothingIsStored() async throws {
         try await Self.withHosts { server, one, _ in
             let good = try Self.file("k-1", event("K-1", "2026-06-01T10:00:00Z"))
-            let zoom = PreparedFile(
+            let report = PreparedFile(
                 id: "k-2",
-                kind: .zoom,
-                originalName: "k.json",
+                kind: .zoomReport,
+                originalName: "k.csv",
                 sha256: Self.sha("x"),
                 size: 1,
                 receivedAt: "2026-12-06T00:00:00.000Z",
-                content: .zoom(ParsedFile(items: [], fileProblem: nil))
+                content: .zoomReport(ParsedFile(items: [], fileProblem: nil))
             )
             do {
-                _ = try await one.commit([good, zoom], finishedAt: "2026-12-06T00:00:06.000Z")
-                Issue.record("a Zoom file was committed")
+                _ = try await one.commit([good, report], finishedAt: "2026-12-06T00:00:06.000Z")
+                Issue.record("a Zoom report was committed")
             } catch let error as PostgresStoreError {
-                #expect(!error.transient && error.description.contains("does not write zoom"), "\(error)")
+                #expect(!error.transient && error.description.contains("does not write zoom-report"), "\(error)")
             }
             do {
-                _ = try await one.writeChunk(.zoom([]), fileID: "k-3")
-                Issue.record("a Zoom chunk was written")
+                _ = try await one.writeChunk(.zoomReport([]), fileID: "k-3")
+                Issue.record("a Zoom report chunk was written")
             } catch let error as PostgresStoreError {
                 #expect(!error.transient && error.description.contains("stream_threshold"), "\(error)")
             }
@@ -1202,7 +1210,7 @@ final class Attempts: @unchecked Sendable {
                 arguments: ["--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile]
             ) { pid in
                 try await waitUntilServing(spool.path)
-                try dropLikeRsync("{}", into: spool.path + "/inbox/zoom", name: "z.json")
+                try dropLikeRsync("Meeting ID\n", into: spool.path + "/inbox/zoom-report", name: "r.csv")
                 try dropLikeRsync(
                     event("W-1", "2026-08-01T10:00:00Z"),
                     into: spool.path + "/inbox/appointments",
@@ -1215,7 +1223,7 @@ final class Attempts: @unchecked Sendable {
             }
             #expect(result.status == .exited(0), "\(Self.hang(result.log))")
             #expect(result.log.contains("only these kinds are processed"), "\(result.log)")
-            #expect(Self.files(spool.path + "/inbox/zoom") == ["z.json"])
+            #expect(Self.files(spool.path + "/inbox/zoom-report") == ["r.csv"])
             #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "1")
         }
     }

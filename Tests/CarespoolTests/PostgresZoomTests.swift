@@ -1,0 +1,271 @@
+import Foundation
+import GRDB
+import JSONSchema
+import Kinds
+import PostgresStore
+import Store
+import Testing
+
+/// Zoom events in PostgreSQL: the verdicts, events, timelines and counters SQLite's writer gives, by
+/// batch and by chunk, the outside test data whole; and one timeline of every event when two hosts
+/// write the same visit at the same moment.
+@Suite(.serialized) struct PostgresZoomTests {
+    static func file(_ id: String, _ text: String) throws -> PreparedFile {
+        var file = PreparedFile(
+            id: id,
+            kind: .zoom,
+            originalName: id + ".json",
+            sha256: PostgresLedgerTests.sha(text),
+            size: text.utf8.count,
+            receivedAt: "2026-12-07T00:00:00.000Z",
+            content: .zoom(try projectCatalog().zoom.read(Array(text.utf8)))
+        )
+        file.sender = "zoom"
+        return file
+    }
+
+    /// The Zoom tables as rows of text (a line each: the events' JSON with its newlines escaped), the same
+    /// query in both databases, sorted by bytes here (the databases' text orders differ).
+    static let tables = [
+        """
+        SELECT meeting_id || '|' || coalesce(visit_uuid, 'NULL') || '|' || event_name || '|' || event_ts || '|'
+               || coalesce(participant_id, 'NULL') || '|' || coalesce(participant_name, 'NULL') || '|'
+               || coalesce(participant_email, 'NULL') || '|' || coalesce(join_time, 'NULL') || '|'
+               || coalesce(leave_time, 'NULL') || '|' || interpreter_requested || '|' || file_id || '|' || record
+               || '|' || replace(raw_json, '\n', '\\n')
+        FROM zoom_events
+        """,
+        """
+        SELECT visit_uuid || '|' || meeting_id || '|' || coalesce(started_at, 'NULL') || '|'
+               || coalesce(ended_at, 'NULL') || '|' || coalesce(duration_seconds, -1) || '|'
+               || coalesce(CAST(max_latency_ms * 1000 AS INTEGER), -1) || '|' || interpreter_requested || '|'
+               || participants || '|' || events || '|' || coalesce(first_s, -1) || '|' || coalesce(last_s, -1)
+        FROM zoom_visits
+        """,
+        """
+        SELECT visit_uuid || '|' || participant_id || '|' || coalesce(participant_name, 'NULL') || '|'
+               || coalesce(joined_at, 'NULL') || '|' || coalesce(left_at, 'NULL') || '|' || coalesce(meeting_id, 'NULL')
+               || '|' || coalesce(participant_email, 'NULL') || '|' || coalesce(joined_s, -1) || '|'
+               || coalesce(left_s, -1) || '|' || coalesce(joined_m, -1) || '|' || source
+        FROM zoom_visit_intervals
+        """,
+        "SELECT event_name || '|' || received || '|' || inserted FROM zoom_counters",
+    ]
+
+    static func sorted(_ rows: [String]) -> [String] { rows.map(ExactText.init).sorted().map(\.text) }
+
+    static func liteTables(_ lite: AppDatabase) async throws -> [[String]] {
+        try await lite.writer.read { db in try Self.tables.map { Self.sorted(try String.fetchAll(db, sql: $0)) } }
+    }
+
+    static func siteTables(_ server: PostgresServer) async throws -> [[String]] {
+        var out: [[String]] = []
+        for query in tables {
+            let text = try await server.psql(query, database: "site")
+            out.append(Self.sorted(text.isEmpty ? [] : text.split(separator: "\n").map(String.init)))
+        }
+        return out
+    }
+
+    static func joined(_ ts: Int64, _ id: String, _ name: String, uuid: String = "V1==", email: String? = nil) -> String
+    {
+        let mail = email.map { ",\"email\":\"\($0)\"" } ?? ""
+        return zoomEvent(
+            "meeting.participant_joined",
+            ts: ts,
+            meeting: "85218486288",
+            uuid: uuid,
+            participant: "\"user_id\":\"\(id)\",\"user_name\":\"\(name)\"\(mail)"
+        )
+    }
+
+    static func left(_ ts: Int64, _ id: String, _ name: String, uuid: String = "V1==") -> String {
+        zoomEvent(
+            "meeting.participant_left",
+            ts: ts,
+            meeting: "85218486288",
+            uuid: uuid,
+            participant: "\"user_id\":\"\(id)\",\"user_name\":\"\(name)\""
+        )
+    }
+
+    @Test func batchesAndChunksGetTheVerdictsTimelinesAndCountersSQLiteGives() async throws {
+        // The outside data whole (real deliveries, documentation samples, files that are no events).
+        let root = TestPaths.testdata.appendingPathComponent("zoom").path
+        let outside = try FileManager.default.subpathsOfDirectory(atPath: root)
+            .filter { $0.hasSuffix(".json") || $0.hasSuffix(".body") }.sorted()
+        #expect(outside.count == 21)
+        var first: [(String, String)] = []
+        for (n, path) in outside.enumerated() {
+            first.append(("t\(n)", try String(contentsOfFile: root + "/" + path, encoding: .utf8)))
+        }
+        let t0: Int64 = 1_764_000_000_000
+        let started = zoomEvent(
+            "meeting.started",
+            ts: t0,
+            meeting: "85218486288",
+            uuid: "V1==",
+            extra: ",\"start_time\":\"2025-11-24T16:00:00Z\",\"latency_ms\":12.5"
+        )
+        // Participants in no order, accents, a rejoin, a leave with no join, a meeting-level event twice
+        // with no participant (NULL-safe: one), the same event written otherwise (a duplicate), the same
+        // key with other content (a conflict), a validation challenge, a bad record, a byte-identical copy.
+        let batches: [[(String, String)]] = [
+            first,
+            [
+                (
+                    "z1",
+                    [
+                        Self.joined(t0 + 5_000, "u-9", "Zoë Ålander", email: "Zoe@Example.org"),
+                        started,
+                        Self.joined(t0 + 2_000, "u-1", "José Núñez"),
+                        Self.left(t0 + 60_000, "u-1", "José Núñez"),
+                        Self.joined(t0 + 90_000, "u-1", "José Núñez"),
+                        zoomEvent("meeting.sharing_started", ts: t0 + 7_000, meeting: "85218486288", uuid: "V1=="),
+                        zoomEvent("meeting.sharing_started", ts: t0 + 7_000, meeting: "85218486288", uuid: "V1=="),
+                    ].joined(separator: "\n")
+                ),
+                (
+                    "z2",
+                    [
+                        Self.left(t0 + 30_000, "u-4", "Ünal Öz"),
+                        "{\"event\":\"endpoint.url_validation\",\"payload\":{\"plainToken\":\"abc\"},\"event_ts\":1}",
+                        "{\"event\":\"meeting.started\"}",
+                        Self.joined(t0 + 2_000, "u-1", "José Núñez").replacingOccurrences(of: ",", with: ", "),
+                    ].joined(separator: "\n")
+                ),
+            ],
+            [
+                ("z3", Self.joined(t0 + 2_000, "u-1", "Jose Nunez")),  // the same key, another name: conflict
+                ("z4", Self.left(t0 + 300_000, "u-9", "Zoë Ålander")),
+                ("z5", Self.left(t0 + 300_000, "u-9", "Zoë Ålander")),  // z4's bytes
+                (
+                    "z6",
+                    zoomEvent(
+                        "meeting.ended",
+                        ts: t0 + 400_000,
+                        meeting: "85218486288",
+                        uuid: "V1==",
+                        extra: ",\"end_time\":\"2025-11-24T16:06:40Z\""
+                    )
+                ),
+                ("z7", Self.joined(t0 + 9_000, "u-2", "Ana", uuid: "V2==")),
+                ("z8", ""),
+            ],
+        ]
+        // A large export of another visit, in chunks, one of them committed again (a replay after a crash).
+        let export = (0..<12).map { n in
+            n % 2 == 0
+                ? Self.joined(t0 + Int64(n) * 1_000, "e-\(n % 5)", "Éloïse \(n % 5)", uuid: "V3==")
+                : Self.left(t0 + Int64(n) * 1_000 + 500, "e-\((n - 1) % 5)", "Éloïse \((n - 1) % 5)", uuid: "V3==")
+        }
+        let exportItems = try projectCatalog().zoom.read(Array(export.joined(separator: "\n").utf8)).items
+        let chunks = stride(from: 0, to: exportItems.count, by: 5).map {
+            Array(exportItems[$0..<min($0 + 5, exportItems.count)])
+        }
+        var streamed = try Self.file("x1", export.joined(separator: "\n"))
+        streamed.content = .streamed(FileReport(outcome: .accepted, stored: 12, duplicates: 0, rejected: 0))
+
+        let dir = TempDir("pg-zoom-verdicts")
+        defer { dir.cleanup() }
+        let lite = try AppDatabase.open(path: dir.file("v.sqlite3"))
+        var liteReports: [String] = []
+        for batch in batches {
+            let files = try batch.map { try Self.file($0.0, $0.1) }
+            liteReports += try lite.commit(files, finishedAt: "2026-12-07T00:00:01.000Z").map { $0.report.json() }
+        }
+        for chunk in chunks { liteReports.append(try lite.commitChunk(.zoom(chunk), fileID: "x1").json()) }
+        liteReports.append(try lite.commitChunk(.zoom(chunks[1]), fileID: "x1").json())
+        liteReports += try lite.commit([streamed], finishedAt: "2026-12-07T00:00:02.000Z").map { $0.report.json() }
+        let liteTables = try await Self.liteTables(lite)
+        let liteQuery = try lite.zoomVisits(meeting: "85218486288")
+
+        try await PostgresLedgerTests.withHosts { server, one, _ in
+            var reports: [String] = []
+            for batch in batches {
+                let files = try batch.map { try Self.file($0.0, $0.1) }
+                reports += try await one.commit(files, finishedAt: "2026-12-07T00:00:01.000Z").map { $0.report.json() }
+            }
+            for chunk in chunks { reports.append(try await one.writeChunk(.zoom(chunk), fileID: "x1").json()) }
+            reports.append(try await one.writeChunk(.zoom(chunks[1]), fileID: "x1").json())
+            // Before its verdict, a large file's visit has no timeline yet (refreshed once, with the verdict).
+            #expect(
+                try await server.psql("SELECT count(*) FROM zoom_visits WHERE visit_uuid = 'V3=='", database: "site")
+                    == "0"
+            )
+            reports += try await one.commit([streamed], finishedAt: "2026-12-07T00:00:02.000Z").map {
+                $0.report.json()
+            }
+            #expect(reports == liteReports)
+            let z = outside.count
+            #expect(reports[z].contains("\"accepted\""), "\(reports[z])")
+            #expect(
+                reports[z + 1].contains("\"partial\"") && reports[z + 1].contains("url_validation"),
+                "\(reports[z + 1])"
+            )
+            #expect(reports[z + 2].contains("conflicts with the event stored from file z1"), "\(reports[z + 2])")
+            #expect(reports[z + 4].contains("\"duplicate_of\":\"z4\""), "\(reports[z + 4])")
+            let tables = try await Self.siteTables(server)
+            for (index, rows) in tables.enumerated() {
+                #expect(rows == liteTables[index], "\(Self.tables[index])")
+                #expect(!rows.isEmpty, "\(Self.tables[index])")
+            }
+            let site = SiteReads(site: one)
+            let query = try site.zoomVisits(meeting: "85218486288")
+            #expect(query.map(\.visitUUID) == liteQuery.map(\.visitUUID))
+            #expect(query.count == 3)
+            for (mine, theirs) in zip(query, liteQuery) {
+                #expect(mine.intervals.map { "\($0)" } == theirs.intervals.map { "\($0)" })
+                #expect(mine.startedAt == theirs.startedAt && mine.durationSeconds == theirs.durationSeconds)
+            }
+        }
+    }
+
+    @Test func oneVisitWrittenByTwoHostsAtOnceHasTheTimelineOfAllItsEvents() async throws {
+        let t0: Int64 = 1_764_100_000_000
+        // 40 rounds of two files each, one per host at the same moment, all of one visit: each file a join
+        // and a leave of its own participant, and one event both files carry (stored once).
+        var rounds: [(String, String)] = []
+        for round in 0..<40 {
+            let shared = zoomEvent("meeting.sharing_started", ts: t0 + Int64(round), meeting: "9", uuid: "ONE==")
+            func text(_ host: Int) -> String {
+                let who = "p-\(round)-\(host)"
+                return [
+                    Self.joined(t0 + Int64(round * 10 + host), who, "Zoë \(round)", uuid: "ONE=="),
+                    shared,
+                    Self.left(t0 + 100_000 + Int64(round * 10 + host), who, "Zoë \(round)", uuid: "ONE=="),
+                ].joined(separator: "\n")
+            }
+            rounds.append((text(1), text(2)))
+        }
+        let dir = TempDir("pg-zoom-two")
+        defer { dir.cleanup() }
+        let lite = try AppDatabase.open(path: dir.file("v.sqlite3"))
+        for (round, texts) in rounds.enumerated() {
+            _ = try lite.commit(
+                [try Self.file("a\(round)", texts.0), try Self.file("b\(round)", texts.1)],
+                finishedAt: "2026-12-07T00:00:03.000Z"
+            )
+        }
+        let liteTables = try await Self.liteTables(lite)
+        try await PostgresLedgerTests.withHosts { server, one, two in
+            for (round, texts) in rounds.enumerated() {
+                let counts = try await PostgresLedgerTests.commitAtOnce(
+                    one,
+                    [try Self.file("a\(round)", texts.0)],
+                    two,
+                    [try Self.file("b\(round)", texts.1)]
+                )
+                #expect(counts.stored == 5 && counts.duplicates == 1, "round \(round)")
+            }
+            let tables = try await Self.siteTables(server)
+            // The visit's row and intervals, and the counters, as one host writing every file gives them
+            // (the events table differs only in which file stored each shared event).
+            #expect(tables[1] == liteTables[1])
+            #expect(tables[2] == liteTables[2])
+            #expect(tables[3] == liteTables[3])
+            #expect(tables[2].count == 80)
+            #expect(try await server.psql("SELECT count(*) FROM zoom_events", database: "site") == "200")
+        }
+    }
+}
