@@ -57,6 +57,17 @@ def zoom_event(meeting, ts):
                                                                    "start_time": "2025-01-10T12:00:00Z"}}})
 
 
+def zoom_presence(meeting, visit, participant, joined, ts):
+    """A participant's join (or leave) of one visit, as Zoom posts it."""
+    name = "meeting.participant_joined" if joined else "meeting.participant_left"
+    key = "join_time" if joined else "leave_time"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1736510400 + ts))
+    return json.dumps({"event": name, "event_ts": 1736510400000 + ts * 1000,
+                       "payload": {"account_id": "acc", "object": {
+                           "id": meeting, "uuid": visit,
+                           "participant": {"user_id": participant, "user_name": "Zoë Müller", key: stamp}}}})
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -975,6 +986,9 @@ def campaign_multihost(binary, work, full):
         visits = set()      # visit numbers dropped
         dropped = [[] for _ in range(hosts)]  # (kind, name) per host
         shared = []         # names dropped to two hosts
+        zoom_visits = {}    # visit uuid -> participants whose join and leave were both sent
+        zoom_must = set()   # (participant, join or leave) of the events that must be stored
+        zoom_maybe = set()  # posted without an answer
         counter = [0]
         stop = threading.Event()
         lock = threading.Lock()
@@ -984,7 +998,7 @@ def campaign_multihost(binary, work, full):
             while not stop.is_set():
                 counter[0] += 1
                 n = counter[0]
-                choice = n % 5
+                choice = n % 6
                 try:
                     if choice == 0:
                         host = rng.randrange(hosts)
@@ -1018,6 +1032,28 @@ def campaign_multihost(binary, work, full):
                             must.update(ids)
                             dropped[host].append(("appointments", name))
                         r.sent += 1
+                    elif choice == 5:
+                        # One visit's events spread over the hosts: a participant's join posted to one host,
+                        # the leave dropped to another, and the visit's start dropped to two hosts at once.
+                        visit = "ZV%d==" % (n // 120)
+                        who = "zp%d" % n
+                        a, b = rng.sample(range(hosts), 2)
+                        status, _ = post(ports[a], zoom_presence(777, visit, who, True, n), "/zoom_events/events")
+                        rsync_drop(inbox(b, "zoom"), "leave%d.json" % n, zoom_presence(777, visit, who, False, n + 30))
+                        text = zoom_presence(777, visit, "host-" + visit, True, n // 120 * 120) + "\n"
+                        name = "zstart%d.json" % n
+                        rsync_drop(inbox(a, "zoom"), name, text)
+                        rsync_drop(inbox(b, "zoom"), name, text)
+                        with lock:
+                            (zoom_must if status == 200 else zoom_maybe).add((who, "join"))
+                            zoom_must.add((who, "leave"))
+                            zoom_must.add(("host-" + visit, "join"))
+                            if status == 200:
+                                zoom_visits.setdefault(visit, set()).add(who)
+                            dropped[b].append(("zoom", "leave%d.json" % n))
+                            dropped[a].append(("zoom", name))
+                            dropped[b].append(("zoom", name))
+                        r.sent += 4
                     else:
                         # Intake: a host's own file, visits overlapping the one before, patients repeating.
                         host = rng.randrange(hosts)
@@ -1059,14 +1095,14 @@ def campaign_multihost(binary, work, full):
         stop.set()
         thread.join()
         for n in range(hosts):
-            if not settled(spools[n], kinds=("appointments", "intake"), timeout=300):
+            if not settled(spools[n], kinds=("appointments", "intake", "zoom"), timeout=300):
                 r.fail("host h%d did not settle" % n)
         for daemon in daemons:
             if daemon.stop() != 0:
                 r.fail("a host did not stop cleanly after SIGTERM")
         # Every file in exactly one place on its host, none in failed/ (all were valid).
         for n in range(hosts):
-            for kind in ("appointments", "intake"):
+            for kind in ("appointments", "intake", "zoom"):
                 counts = places(spools[n], kind)
                 for k, name in dropped[n]:
                     if k == kind and counts.get(name, 0) != 1:
@@ -1088,6 +1124,30 @@ def campaign_multihost(binary, work, full):
             r.fail("keys stored that were never sent: %s" % sorted(unknown | (stored_visits - visits))[:3])
         if twice:
             r.fail("%d keys stored twice" % twice)
+        # Zoom: every event once; each visit's timeline has every participant whose join and leave were
+        # both accepted, joined and left, whichever hosts stored them and in whatever order.
+        zoom_stored = set(tuple(line.split("|")) for line in q(
+            "SELECT participant_id || '|' || CASE WHEN event_name LIKE '%joined' THEN 'join' ELSE 'leave' END "
+            "FROM zoom_events").split())
+        zoom_twice = int(q("SELECT count(*) - count(DISTINCT (visit_uuid, event_name, event_ts, participant_id)) "
+                           "FROM zoom_events"))
+        zoom_lost = zoom_must - zoom_stored
+        r.lost += len(zoom_lost)
+        r.twice += zoom_twice
+        if zoom_lost:
+            r.fail("%d Zoom events sent and not stored, e.g. %s" % (len(zoom_lost), sorted(zoom_lost)[:3]))
+        if zoom_stored - zoom_must - zoom_maybe:
+            r.fail("Zoom events stored that were never sent: %s" % sorted(zoom_stored - zoom_must - zoom_maybe)[:3])
+        if zoom_twice:
+            r.fail("%d Zoom events stored twice" % zoom_twice)
+        for visit, people in sorted(zoom_visits.items()):
+            whole = set(q("SELECT participant_id FROM zoom_visit_intervals WHERE visit_uuid = '%s' "
+                          "AND joined_at IS NOT NULL AND left_at IS NOT NULL" % visit).split())
+            events = q("SELECT v.events = (SELECT count(*) FROM zoom_events e WHERE e.visit_uuid = v.visit_uuid) "
+                       "FROM zoom_visits v WHERE v.visit_uuid = '%s'" % visit)
+            if people - whole or events != "t":
+                r.fail("visit %s: timeline lacks %s (events counted: %s)" % (visit, sorted(people - whole)[:3], events))
+                break
         processing = int(q("SELECT count(*) FROM files WHERE outcome = 'processing'"))
         if processing:
             r.fail("%d ledger rows left as processing" % processing)
@@ -1102,8 +1162,9 @@ def campaign_multihost(binary, work, full):
         if len(pairs) != len(shared):
             r.fail("%d shared files in the ledger, %d sent" % (len(pairs), len(shared)))
         hosts_seen = q("SELECT string_agg(DISTINCT host, ',' ORDER BY host) FROM files")
-        r.notes.append("%d kills, 1 PostgreSQL restart, %d shared files, %d keys; ledger hosts %s"
-                       % (r.faults - 1, len(shared), len(must) + len(visits), hosts_seen))
+        r.notes.append("%d kills, 1 PostgreSQL restart, %d shared files, %d keys, %d Zoom events in %d visits; "
+                       "ledger hosts %s" % (r.faults - 1, len(shared), len(must) + len(visits), len(zoom_must),
+                                            len(zoom_visits), hosts_seen))
     finally:
         server.stop()
     return r

@@ -1,5 +1,5 @@
 import GRDB
-import JSONSchema
+package import JSONSchema
 import Kinds
 
 /// What a transaction's Zoom writes touched: the visits to refresh, and per meeting the span of time
@@ -260,7 +260,7 @@ struct ZoomReportWriter {
     /// the rows and visits of that window, not in the meeting's whole history (a personal meeting id
     /// gathers thousands of visits).
     func resolve(meeting: String, from low: Int64, to high: Int64) throws {
-        let (from, to) = (low - Self.reach, high + Self.reach)
+        let (from, to) = ReportResolver.window(low, high)
         let visits = try Row.fetchAll(
             db.cachedStatement(
                 sql: """
@@ -269,28 +269,11 @@ struct ZoomReportWriter {
                     """
             ),
             arguments: [meeting, from - Self.reach, to]
-        )
-        var windows: [(uuid: String, low: Int64, high: Int64)] = []
-        for (index, visit) in visits.enumerated() {
-            let first: Int64 = visit["first_s"]
-            let last: Int64 = visit["last_s"]
-            let ended = (visit["ended_at"] as String?).flatMap(RFC3339.epochMilliseconds).map {
-                VisitTimeline.floor($0, 1_000)
-            }
-            var high = ended.map { max($0, last) + Self.margin } ?? last + Self.openEnded
-            if index + 1 < visits.count { high = min(high, (visits[index + 1]["first_s"] as Int64) - 1) }
-            windows.append((visit["visit_uuid"], first - Self.margin, max(high, first)))
-        }
-        let webhookVisits = Set(windows.map(\.uuid))
-        var refresh = Set<ExactText>()
-        var clusterKey: String?
-        var clusterEnd = Int64.min
-        var clusterStart = Int64.max
-        var clusterRows = 0
-        var clusterPart = 0
-        // The run of the report's own rows that reaches into the window from before it goes on in it (else
-        // a report of today would split yesterday's visit, depending on what came first).
-        if let before = try Row.fetchOne(
+        ).map { (uuid: $0["visit_uuid"] as String, first: $0["first_s"] as Int64, last: $0["last_s"] as Int64,
+            endedAt: $0["ended_at"] as String?) }
+        // The run of the report's own rows that reaches into the window from before it.
+        var before: ReportResolver.Run?
+        if let row = try Row.fetchOne(
             db.cachedStatement(
                 sql: """
                     SELECT visit_key FROM zoom_report_intervals
@@ -298,8 +281,8 @@ struct ZoomReportWriter {
                     """
             ),
             arguments: [meeting, from]
-        ), let key = before["visit_key"] as String?, key.hasPrefix("report:") {
-            if let run = try Row.fetchOne(
+        ), let key = row["visit_key"] as String?, key.hasPrefix("report:"),
+            let run = try Row.fetchOne(
                 db.cachedStatement(
                     sql: """
                         SELECT min(joined_s) AS start, max(ifnull(left_s, joined_s)) AS end, count(*) AS rows
@@ -307,15 +290,11 @@ struct ZoomReportWriter {
                         """
                 ),
                 arguments: [key, from]
-            ), let start = run["start"] as Int64? {
-                clusterKey = key
-                clusterPart = key.split(separator: "+").last.flatMap { Int($0) } ?? 0
-                clusterStart = start
-                clusterEnd = run["end"]
-                clusterRows = run["rows"]
-            }
+            ), let start = run["start"] as Int64?
+        {
+            before = ReportResolver.Run(key: key, start: start, end: run["end"], rows: run["rows"])
         }
-        var window = 0
+        var resolver = ReportResolver(meeting: meeting, visits: visits, before: before)
         // Read through a cursor, the changes kept compact and written after it (a window of 130,000 rows held
         // as GRDB rows took tens of MB; a table is not written while a statement reads it).
         var changes: [(seq: Int64, key: String)] = []
@@ -329,39 +308,9 @@ struct ZoomReportWriter {
             arguments: [meeting, from, to]
         )
         while let row = try rows.next() {
-            let joined: Int64 = row["joined_s"]
-            // Windows are ordered and do not overlap; rows come in join order.
-            while window < windows.count && windows[window].high < joined { window += 1 }
-            let key: String
-            if let uuid = row["meeting_uuid"] as String?, webhookVisits.contains(uuid) {
-                // The visit the report names, where the webhooks have it (else the uuid is only a hint).
-                key = uuid
-            } else if window < windows.count && windows[window].low <= joined {
-                key = windows[window].uuid
-            } else {
-                // A visit of the report's own ends at a gap, after a day (no Zoom meeting lasts longer), or at
-                // `maxOwnRows` rows: a hostile run of rows never makes one visit that memory cannot hold.
-                if clusterKey == nil || joined > clusterEnd + Self.reportGap || joined > clusterStart + 86_400
-                    || clusterRows >= Self.maxOwnRows
-                {
-                    // Split at `maxOwnRows` within one second, the next part is told apart by its count.
-                    let part = joined == clusterStart && clusterRows >= Self.maxOwnRows ? clusterPart + 1 : 0
-                    clusterKey =
-                        "report:\(meeting):" + RFC3339.format(epochMilliseconds: joined * 1_000)
-                        + (part > 0 ? "+\(part)" : "")
-                    clusterPart = part
-                    clusterEnd = joined
-                    clusterStart = joined
-                    clusterRows = 0
-                }
-                clusterRows += 1
-                clusterEnd = max(clusterEnd, (row["left_s"] as Int64?) ?? joined)
-                key = clusterKey!
-            }
-            let old: String? = row["visit_key"]
-            if old != key {
-                refresh.insert(ExactText(key))
-                if let old { refresh.insert(ExactText(old)) }
+            if let key = resolver.key(joined: row["joined_s"], left: row["left_s"], meetingUUID: row["meeting_uuid"],
+                was: row["visit_key"])
+            {
                 changes.append((row["seq"], key))
             }
         }
@@ -371,7 +320,7 @@ struct ZoomReportWriter {
         }
         // A visit that lost all its rows goes (refreshVisit deletes a visit with neither events nor rows).
         let writer = ZoomWriter(db: db, fileID: "")
-        for key in refresh.sorted() { try writer.refreshVisit(key.text) }
+        for key in resolver.refresh.sorted() { try writer.refreshVisit(key.text) }
     }
 
     /// Resolves and refreshes what the rows of file `fileID` touched (a streamed file's, at its ledger row).
@@ -388,5 +337,103 @@ struct ZoomReportWriter {
             touched.touch(meeting: row["meeting_id"], from: row["low"], to: row["high"])
         }
         try touched.refresh(db: db)
+    }
+}
+
+/// Which visit each report row of a meeting belongs to, around what changed (ZoomReportWriter's
+/// `resolve`; both stores feed it the same rows): the webhook visit the row's uuid names, else the webhook
+/// visit whose window holds its join, else a visit of the report's own. The rows come in join order; each
+/// row's new key is returned when it differs from the one it has, and both keys are to be refreshed.
+package struct ReportResolver {
+    /// A run of the report's own rows: its key, first join, last instant and rows.
+    package struct Run {
+        var key: String
+        var start: Int64
+        var end: Int64
+        var rows: Int
+
+        package init(key: String, start: Int64, end: Int64, rows: Int) {
+            self.key = key
+            self.start = start
+            self.end = end
+            self.rows = rows
+        }
+    }
+
+    /// The joins looked at around `low`…`high`; visits are looked for from `from - reach`.
+    package static func window(_ low: Int64, _ high: Int64) -> (from: Int64, to: Int64) {
+        (low - ZoomReportWriter.reach, high + ZoomReportWriter.reach)
+    }
+
+    private let meeting: String
+    private var windows: [(uuid: String, low: Int64, high: Int64)] = []
+    private let webhookVisits: Set<ExactText>
+    private var cluster: Run?
+    private var clusterPart = 0
+    private var window = 0
+    /// The visits that gained or lost rows.
+    package private(set) var refresh = Set<ExactText>()
+
+    /// - Parameters:
+    ///   - visits: the meeting's webhook visits from `from - reach` to `to`, by first instant then uuid.
+    ///   - before: the run of the report's own rows that reaches into the window from before it, which
+    ///     goes on in it (else a report of today would split yesterday's visit, depending on what came first).
+    package init(
+        meeting: String,
+        visits: [(uuid: String, first: Int64, last: Int64, endedAt: String?)],
+        before: Run?
+    ) {
+        self.meeting = meeting
+        for (index, visit) in visits.enumerated() {
+            let ended = visit.endedAt.flatMap(RFC3339.epochMilliseconds).map { VisitTimeline.floor($0, 1_000) }
+            var high =
+                ended.map { max($0, visit.last) + ZoomReportWriter.margin } ?? visit.last + ZoomReportWriter.openEnded
+            if index + 1 < visits.count { high = min(high, visits[index + 1].first - 1) }
+            windows.append((visit.uuid, visit.first - ZoomReportWriter.margin, max(high, visit.first)))
+        }
+        webhookVisits = Set(windows.map { ExactText($0.uuid) })
+        if let before {
+            cluster = before
+            clusterPart = before.key.split(separator: "+").last.flatMap { Int($0) } ?? 0
+        }
+    }
+
+    /// The key of the next row (in join order): nil when it keeps the one it has.
+    package mutating func key(joined: Int64, left: Int64?, meetingUUID: String?, was old: String?) -> String? {
+        // Windows are ordered and do not overlap; rows come in join order.
+        while window < windows.count && windows[window].high < joined { window += 1 }
+        let key: String
+        if let uuid = meetingUUID, webhookVisits.contains(ExactText(uuid)) {
+            // The visit the report names, where the webhooks have it (else the uuid is only a hint).
+            key = uuid
+        } else if window < windows.count && windows[window].low <= joined {
+            key = windows[window].uuid
+        } else {
+            // A visit of the report's own ends at a gap, after a day (no Zoom meeting lasts longer), or at
+            // `maxOwnRows` rows: a hostile run of rows never makes one visit that memory cannot hold.
+            if cluster == nil || joined > cluster!.end + ZoomReportWriter.reportGap
+                || joined > cluster!.start + 86_400 || cluster!.rows >= ZoomReportWriter.maxOwnRows
+            {
+                // Split at `maxOwnRows` within one second, the next part is told apart by its count.
+                let part =
+                    cluster.map { joined == $0.start && $0.rows >= ZoomReportWriter.maxOwnRows } == true
+                    ? clusterPart + 1 : 0
+                cluster = Run(
+                    key: "report:\(meeting):" + RFC3339.format(epochMilliseconds: joined * 1_000)
+                        + (part > 0 ? "+\(part)" : ""),
+                    start: joined,
+                    end: joined,
+                    rows: 0
+                )
+                clusterPart = part
+            }
+            cluster!.rows += 1
+            cluster!.end = max(cluster!.end, left ?? joined)
+            key = cluster!.key
+        }
+        guard !sameText(old, key) else { return nil }
+        refresh.insert(ExactText(key))
+        if let old { refresh.insert(ExactText(old)) }
+        return key
     }
 }
