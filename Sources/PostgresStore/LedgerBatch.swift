@@ -54,20 +54,53 @@ struct LedgerBatch {
         try await insertRows(fresh, connection, logger)
         var reports = [FileReport?](repeating: nil, count: files.count)
         var touched = Set<ExactText>()
-        // Zoom: the visits to refresh once for the batch (a large file's all, with its verdict), the counters.
-        var visits = try await ZoomInPostgres.visits(
-            ofFiles: fresh.filter {
-                if case .streamed = files[$0].content { files[$0].kind == .zoom } else { false }
-            }.map { files[$0].id },
+        // Zoom: every meeting the batch writes locked first (one writer of a meeting at a time, across
+        // hosts); the visits to refresh and the meetings whose report rows to resolve once for the batch
+        // (a large file's, with its verdict); the counters.
+        let streamedZoom = fresh.filter {
+            if case .streamed = files[$0].content {
+                files[$0].kind == .zoom || files[$0].kind == .zoomReport
+            } else {
+                false
+            }
+        }.map { files[$0].id }
+        var events: [ZoomEvent] = []
+        var rows: [ZoomReportRow] = []
+        for index in fresh {
+            switch files[index].content {
+            case .zoom(let parsed):
+                for item in parsed.items { if case .success(.event(let event)) = item.result { events.append(event) } }
+            case .zoomReport(let parsed):
+                for item in parsed.items { if case .success(let row) = item.result { rows.append(row) } }
+            default: break
+            }
+        }
+        try await ZoomReportsInPostgres.lockMeetings(
+            try await ZoomReportsInPostgres.meetings(
+                events: events,
+                rows: rows,
+                files: streamedZoom,
+                connection,
+                logger
+            ),
             connection,
             logger
         )
+        events = []
+        rows = []
+        var zoomTouched = try await ZoomReportsInPostgres.touched(ofFiles: streamedZoom, connection, logger)
+        zoomTouched.visits = try await ZoomInPostgres.visits(ofFiles: streamedZoom, connection, logger)
         var counts = ZoomInPostgres.Counts()
         while true {
             var waiting = Set<Bytes>()
             var appointments: [(index: Int, parsed: ParsedFile<AppointmentEvent>)] = []
             var intake: [(index: Int, parsed: ParsedFile<IntakeRecord>)] = []
             var zoom: [(index: Int, parsed: ParsedFile<ZoomRecord>)] = []
+            var zoomReports: [(index: Int, parsed: ParsedFile<ZoomReportRow>)] = []
+            // A report's rows are judged against the webhook events stored before it: a round takes Zoom
+            // files in batch order up to the first events file that follows a report (written before the
+            // round's reports, events would be seen by a report that came before them).
+            var zoomCut = false
             for index in fresh where reports[index] == nil {
                 let file = files[index]
                 let bytes = Bytes(kind: file.kind.rawValue, sha256: file.sha256)
@@ -82,11 +115,20 @@ struct LedgerBatch {
                 case .appointments(let parsed): fileProblem = parsed.fileProblem
                 case .intake(let parsed): fileProblem = parsed.fileProblem
                 case .zoom(let parsed): fileProblem = parsed.fileProblem
-                case .zoomReport:
-                    throw PostgresStoreError(
-                        description: "the PostgreSQL store does not write \(file.kind.rawValue) files yet",
-                        transient: false
-                    )
+                case .zoomReport(let parsed):
+                    // A report's bytes are not all it says (its meeting may come from its name, its times
+                    // from its inbox's zone): never a duplicate by bytes, its rows decide (as in SQLite).
+                    if zoomCut { continue }
+                    if let fileProblem = parsed.fileProblem {
+                        reports[index] = FileReport(outcome: .rejected, errors: [fileProblem])
+                    } else {
+                        zoomReports.append((index, parsed))
+                    }
+                    continue
+                }
+                if file.kind == .zoom && (zoomCut || !zoomReports.isEmpty) {
+                    zoomCut = true
+                    continue
                 }
                 if waiting.contains(bytes) { continue }  // an earlier file of these bytes is being written
                 if let earlier = earliest[bytes] {
@@ -106,7 +148,7 @@ struct LedgerBatch {
                 default: break
                 }
             }
-            if appointments.isEmpty && intake.isEmpty && zoom.isEmpty { break }
+            if appointments.isEmpty && intake.isEmpty && zoom.isEmpty && zoomReports.isEmpty { break }
             var written: [(index: Int, report: FileReport)] = []
             if !appointments.isEmpty {
                 let reports = try await AppointmentsInPostgres.write(
@@ -122,7 +164,7 @@ struct LedgerBatch {
             if !zoom.isEmpty {
                 let reports = try await ZoomInPostgres.write(
                     files: zoom.map { (files[$0.index].id, $0.parsed.items) },
-                    touched: &visits,
+                    touched: &zoomTouched.visits,
                     counts: &counts,
                     connection,
                     logger
@@ -140,17 +182,27 @@ struct LedgerBatch {
                 )
                 written.append((entry.index, Self.finished(report, entry.parsed)))
             }
+            for entry in zoomReports {
+                let report = try await ZoomReportsInPostgres.write(
+                    entry.parsed.items,
+                    fileID: files[entry.index].id,
+                    touched: &zoomTouched,
+                    connection,
+                    logger
+                )
+                written.append((entry.index, Self.finished(report, entry.parsed)))
+            }
             for (index, report) in written {
                 reports[index] = report
                 let file = files[index]
                 let bytes = Bytes(kind: file.kind.rawValue, sha256: file.sha256)
-                if Self.storedOutcomes.contains(report.outcome) {
+                if file.kind != .zoomReport && Self.storedOutcomes.contains(report.outcome) {
                     earliest[bytes] = earliest[bytes].map { min($0, file.id) } ?? file.id
                 }
             }
         }
         try await AppointmentsInPostgres.refreshStates(touched, connection, logger)
-        try await ZoomInPostgres.refreshVisits(visits, connection, logger)
+        try await ZoomReportsInPostgres.refresh(zoomTouched, connection, logger)
         try await ZoomInPostgres.addCounts(counts, connection, logger)
         let judged = fresh.map { (index: $0, report: reports[$0]!) }
         try await recordVerdicts(judged, connection, logger)

@@ -24,8 +24,7 @@ package import Store
 extension SiteDatabase {
     /// Commits a batch of files in one transaction, each file's records with its ledger row (which names
     /// this host), its notification owed and its audit row; a file whose ledger row exists (on any host)
-    /// is not written again and its stored verdict is returned. Zoom reports, whose PostgreSQL writer does
-    /// not exist yet, are refused, not transient; nothing of the batch is stored.
+    /// is not written again and its stored verdict is returned.
     ///
     /// Set by set, not file by file: a batch costs about ten statements whatever its number of files
     /// (the ledger rows, every file's events, their look-ups, the verdicts, the audit rows: one statement
@@ -36,17 +35,6 @@ extension SiteDatabase {
         finishedAt: String,
         notify: NotifyPolicy = NotifyPolicy()
     ) async throws(PostgresStoreError) -> [CommittedFile] {
-        for file in files {
-            switch file.content {
-            case .appointments, .intake, .zoom, .unreadable: continue
-            case .streamed where Self.streamedKinds.contains(file.kind): continue
-            case .zoomReport, .streamed:
-                throw PostgresStoreError(
-                    description: "the PostgreSQL store does not write \(file.kind.rawValue) files yet",
-                    transient: false
-                )
-            }
-        }
         let host = host
         let logger = logger
         return try await transaction { connection in
@@ -88,9 +76,6 @@ extension SiteDatabase {
         }
     }
 
-    /// The kinds whose large files this store takes chunk by chunk.
-    static let streamedKinds: Set<Kind> = [.appointments, .intake, .zoom]
-
     /// Records of one chunk of a large file, in a transaction of their own (run again by itself on a
     /// serialization failure or a deadlock, as any). The file's row is made first, as `processing`
     /// (its records' foreign keys need it; it is no ledger row to `existing`), and becomes the ledger
@@ -99,16 +84,6 @@ extension SiteDatabase {
     package func writeChunk(_ chunk: AppDatabase.Chunk, fileID: String) async throws(PostgresStoreError)
         -> FileReport
     {
-        switch chunk {
-        case .appointments, .intake, .zoom: break
-        case .zoomReport:
-            throw PostgresStoreError(
-                description:
-                    "the PostgreSQL store does not take this kind's large files in chunks yet: split the file below "
-                    + "stream_threshold, or raise stream_threshold within memory_budget",
-                transient: false
-            )
-        }
         let host = host
         let logger = logger
         return try await transaction { connection in
@@ -142,6 +117,14 @@ extension SiteDatabase {
             case .zoom(let items):
                 // Its visits are refreshed once, with its verdict (LedgerBatch): per chunk, a visit of many
                 // events would be read again for every chunk.
+                let events = items.compactMap { item -> ZoomEvent? in
+                    if case .success(.event(let event)) = item.result { event } else { nil }
+                }
+                try await ZoomReportsInPostgres.lockMeetings(
+                    try await ZoomReportsInPostgres.meetings(events: events, rows: [], files: [], connection, logger),
+                    connection,
+                    logger
+                )
                 var visits = Set<ExactText>()
                 var counts = ZoomInPostgres.Counts()
                 let report = try await ZoomInPostgres.write(
@@ -153,8 +136,24 @@ extension SiteDatabase {
                 )[0]
                 try await ZoomInPostgres.addCounts(counts, connection, logger)
                 return report
-            case .zoomReport:
-                return FileReport(outcome: .rejected)  // refused above
+            case .zoomReport(let items):
+                // Resolved and merged into the timelines once, with the file's ledger row (LedgerBatch).
+                let rows = items.compactMap { item -> ZoomReportRow? in
+                    if case .success(let row) = item.result { row } else { nil }
+                }
+                try await ZoomReportsInPostgres.lockMeetings(
+                    try await ZoomReportsInPostgres.meetings(events: [], rows: rows, files: [], connection, logger),
+                    connection,
+                    logger
+                )
+                var touched = ZoomTouched()
+                return try await ZoomReportsInPostgres.write(
+                    items,
+                    fileID: fileID,
+                    touched: &touched,
+                    connection,
+                    logger
+                )
             }
         }
     }

@@ -8,18 +8,11 @@ import Synchronization
 /// The pipeline's store over the site's PostgreSQL database: `SiteDatabase`'s async calls made from the
 /// pipeline's own queue (a Dispatch thread, never Swift's cooperative pool, so waiting there blocks no
 /// task), their failures as `StoreError`s — transient when the server is down or the connection dropped,
-/// so that the pipeline keeps the files in processing/ and tries again with backoff.
-///
-/// Kinds: the PostgreSQL store writes appointments, intake and Zoom events (and rejects unreadable
-/// files), large files of each chunk by chunk; not Zoom participants reports yet. `serve` watches only the inboxes of ``writtenKinds``.
+/// so that the pipeline keeps the files in processing/ and tries again with backoff. Every kind, large
+/// files chunk by chunk.
 package final class SiteStore: PipelineStore {
     package let site: SiteDatabase
     package let notify: NotifyPolicy
-
-    /// The kinds whose records this store writes.
-    package static let writtenKinds: Set<String> = [
-        Kind.appointments.rawValue, Kind.intake.rawValue, Kind.zoom.rawValue,
-    ]
 
     package init(site: SiteDatabase, notify: NotifyPolicy = NotifyPolicy()) {
         self.site = site

@@ -4,14 +4,14 @@ import Kinds
 
 /// What a transaction's Zoom writes touched: the visits to refresh, and per meeting the span of time
 /// (seconds) in which its report rows are to be resolved to visits again — each once per transaction.
-struct ZoomTouched {
+package struct ZoomTouched {
     // By bytes (ExactText): ids the database tells apart are refreshed apart.
-    var visits = Set<ExactText>()
-    var meetings: [ExactText: (low: Int64, high: Int64)] = [:]
+    package var visits = Set<ExactText>()
+    package var meetings: [ExactText: (low: Int64, high: Int64)] = [:]
 
-    init(visits: Set<ExactText> = []) { self.visits = visits }
+    package init(visits: Set<ExactText> = []) { self.visits = visits }
 
-    mutating func touch(meeting: String, from low: Int64, to high: Int64) {
+    package mutating func touch(meeting: String, from low: Int64, to high: Int64) {
         guard !meeting.isEmpty else { return }
         let old = meetings[ExactText(meeting)]
         meetings[ExactText(meeting)] = (min(old?.low ?? low, low), max(old?.high ?? high, high))
@@ -269,8 +269,12 @@ struct ZoomReportWriter {
                     """
             ),
             arguments: [meeting, from - Self.reach, to]
-        ).map { (uuid: $0["visit_uuid"] as String, first: $0["first_s"] as Int64, last: $0["last_s"] as Int64,
-            endedAt: $0["ended_at"] as String?) }
+        ).map {
+            (
+                uuid: $0["visit_uuid"] as String, first: $0["first_s"] as Int64, last: $0["last_s"] as Int64,
+                endedAt: $0["ended_at"] as String?
+            )
+        }
         // The run of the report's own rows that reaches into the window from before it.
         var before: ReportResolver.Run?
         if let row = try Row.fetchOne(
@@ -308,9 +312,12 @@ struct ZoomReportWriter {
             arguments: [meeting, from, to]
         )
         while let row = try rows.next() {
-            if let key = resolver.key(joined: row["joined_s"], left: row["left_s"], meetingUUID: row["meeting_uuid"],
-                was: row["visit_key"])
-            {
+            if let key = resolver.key(
+                joined: row["joined_s"],
+                left: row["left_s"],
+                meetingUUID: row["meeting_uuid"],
+                was: row["visit_key"]
+            ) {
                 changes.append((row["seq"], key))
             }
         }
@@ -359,6 +366,9 @@ package struct ReportResolver {
             self.rows = rows
         }
     }
+
+    /// How far before the window's first join visits are looked for (``ZoomReportWriter/reach``).
+    package static let reach = ZoomReportWriter.reach
 
     /// The joins looked at around `low`…`high`; visits are looked for from `from - reach`.
     package static func window(_ low: Int64, _ high: Int64) -> (from: Int64, to: Int64) {

@@ -390,7 +390,9 @@ package struct VisitTimeline {
     static func seconds(_ ms: Int64) -> Int64 { floor(ms, 1_000) }
 
     /// `value / unit` rounded down (before 1970 as after).
-    static func floor(_ value: Int64, _ unit: Int64) -> Int64 { value >= 0 ? value / unit : (value - unit + 1) / unit }
+    package static func floor(_ value: Int64, _ unit: Int64) -> Int64 {
+        value >= 0 ? value / unit : (value - unit + 1) / unit
+    }
 
     package init(events: [Event], reports: [Report] = []) {
         /// Milliseconds of an ISO time, else of `event_ts`.

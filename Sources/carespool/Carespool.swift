@@ -439,7 +439,6 @@ struct Serve: AsyncParsableCommand {
             config.notify.map { NotifyPolicy(outcomes: Set($0.outcomes), targets: notifier.targets) }
         }
         // The processor's spool: with the PostgreSQL store, only the inboxes of the kinds it writes.
-        var processorSpool = spool
         switch location {
         case .sqlite:
             var opened = try AppDatabase.open(
@@ -462,29 +461,12 @@ struct Serve: AsyncParsableCommand {
             store = SiteStore(site: site, notify: policy ?? NotifyPolicy())
             door = SiteDoor(site: site)
             queue = SiteNotifications(site: site)
-            let written = SiteStore.writtenKinds
-            var limited = Spool(
-                root: spool.root,
-                kinds: spool.kinds.filter(written.contains),
-                extraInboxes: spool.inboxes.dropFirst(spool.kinds.count).filter { written.contains($0.kind) }
-            )
-            limited.decompression = spool.decompression
-            limited.faults = spool.faults
-            processorSpool = limited
-            let waiting = spool.inboxes.filter { !written.contains($0.kind) }.map(\.path)
-            logger.warning(
-                "PostgreSQL store: only these kinds are processed by this build; the other inboxes are not watched and their files wait",
-                metadata: [
-                    "store.kinds": "\(written.sorted().joined(separator: ","))",
-                    "store.waiting_inboxes": "\(waiting.count)",
-                ]
-            )
         }
         let readiness = Readiness(http: settings.http != nil)
         var pipeline = settings.pipeline
         pipeline.testCrashOn = testCrashOn
         let processor = Processor(
-            spool: processorSpool,
+            spool: spool,
             database: store,
             catalog: catalog,
             configuration: pipeline,
@@ -542,7 +524,7 @@ struct Serve: AsyncParsableCommand {
                 logger: logger
             )
         )
-        logger.notice("carespool serving", metadata: ["spool.inboxes": "\(processorSpool.inboxes.count)"])
+        logger.notice("carespool serving", metadata: ["spool.inboxes": "\(spool.inboxes.count)"])
         try await group.run()
         logger.notice("carespool stopped")
     }

@@ -781,34 +781,6 @@ final class Attempts: @unchecked Sendable {
             #expect(try await one.commit([file], finishedAt: "2026-12-06T00:00:07.000Z")[0].report.outcome == .accepted)
         }
     }
-
-    @Test func theKindsWithoutAPostgresWriterAreRefusedAndNothingIsStored() async throws {
-        try await Self.withHosts { server, one, _ in
-            let good = try Self.file("k-1", event("K-1", "2026-06-01T10:00:00Z"))
-            let report = PreparedFile(
-                id: "k-2",
-                kind: .zoomReport,
-                originalName: "k.csv",
-                sha256: Self.sha("x"),
-                size: 1,
-                receivedAt: "2026-12-06T00:00:00.000Z",
-                content: .zoomReport(ParsedFile(items: [], fileProblem: nil))
-            )
-            do {
-                _ = try await one.commit([good, report], finishedAt: "2026-12-06T00:00:06.000Z")
-                Issue.record("a Zoom report was committed")
-            } catch let error as PostgresStoreError {
-                #expect(!error.transient && error.description.contains("does not write zoom-report"), "\(error)")
-            }
-            do {
-                _ = try await one.writeChunk(.zoomReport([]), fileID: "k-3")
-                Issue.record("a Zoom report chunk was written")
-            } catch let error as PostgresStoreError {
-                #expect(!error.transient && error.description.contains("stream_threshold"), "\(error)")
-            }
-            #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "0")
-        }
-    }
 }
 
 /// Real `carespool serve` processes, each on its own spool, against one PostgreSQL database.
@@ -1199,32 +1171,77 @@ final class Attempts: @unchecked Sendable {
         }
     }
 
-    @Test func theKindsThePostgresStoreDoesNotWriteWaitInTheirInboxes() async throws {
+    /// Every kind's inbox is watched with PostgreSQL too: Zoom webhooks, reports in the default inbox's
+    /// zone and in a partner inbox's own (its settings travel with the file), the same timelines and
+    /// `query zoom` answers as a SQLite host given the same drops.
+    @Test func zoomWebhooksAndReportsInTheirInboxesZonesMakeTheTimelinesSQLiteMakes() async throws {
         try await PostgresServer.with { server in
             let password = try await server.createDatabase("site", role: "carespool")
             let passwordFile = try server.passwordFile(password)
-            let spool = TempDir("pg-kinds")
-            defer { spool.cleanup() }
-            let result = try await Self.serving(
-                spool: spool.path,
-                arguments: ["--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile]
-            ) { pid in
-                try await waitUntilServing(spool.path)
-                try dropLikeRsync("Meeting ID\n", into: spool.path + "/inbox/zoom-report", name: "r.csv")
-                try dropLikeRsync(
-                    event("W-1", "2026-08-01T10:00:00Z"),
-                    into: spool.path + "/inbox/appointments",
-                    name: "w.json"
-                )
-                let path = spool.path
-                let done = await eventually { Self.files(path + "/done/appointments").count == 1 }
-                #expect(done)
-                try await Task.sleep(for: .seconds(2))
+            let dir = TempDir("pg-kinds")
+            defer { dir.cleanup() }
+            func run(_ name: String, _ store: [String]) async throws -> (status: TerminationStatus, zoom: [String]) {
+                let spool = dir.path + "/" + name + "/spool"
+                let partner = dir.path + "/" + name + "/partner-eu"
+                try FileManager.default.createDirectory(atPath: partner, withIntermediateDirectories: true)
+                let config = dir.path + "/" + name + "/carespool.toml"
+                try """
+                [zoom_report]
+                timezone = "America/Chicago"
+
+                [[inbox]]
+                path = "\(partner)"
+                kind = "zoom-report"
+                timezone = "Europe/London"
+                date_order = "DD/MM/YYYY"
+                clock = "24h"
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+                let drops: [(String, String, String)] = [
+                    ("events.ndjson", ZoomReportStoreTests.webhooks, spool + "/inbox/zoom"),
+                    (
+                        "participants_93812345678.csv", try ReportFixtures.text("participants_93812345678.csv"),
+                        spool + "/inbox/zoom-report"
+                    ),
+                    (
+                        "reports-api-pages.json", try ReportFixtures.text("reports-api-pages.json"),
+                        spool + "/inbox/zoom-report"
+                    ),
+                    ("layout-b-flattened.csv", try ReportFixtures.text("layout-b-flattened.csv"), partner),
+                ]
+                let result = try await Self.serving(
+                    spool: spool,
+                    arguments: ["--config", config, "--settle-ms", "200"] + store
+                ) { _ in
+                    try await waitUntilServing(spool)
+                    let view = SpoolView(root: spool)
+                    for (index, (file, text, folder)) in drops.enumerated() {
+                        try dropLikeRsync(text, into: folder, name: file)
+                        let done = await eventually {
+                            view.done("zoom").count + view.done("zoom-report").count + view.failed("zoom-report").count
+                                == index + 1
+                        }
+                        #expect(done, "\(name): \(file)")
+                    }
+                    #expect(view.failed("zoom-report").isEmpty && view.failed("zoom").isEmpty)
+                }
+                var answers: [String] = []
+                for meeting in ["93812345678", "973 0329 0176"] {
+                    let query = try await Daemon.command(
+                        ["query", "zoom", "--spool", spool, "--meeting", meeting, "--json"] + store
+                    )
+                    #expect(query.status == .exited(0), "\(query.err)")
+                    answers.append(query.out)
+                }
+                return (result.status, answers)
             }
-            #expect(result.status == .exited(0), "\(Self.hang(result.log))")
-            #expect(result.log.contains("only these kinds are processed"), "\(result.log)")
-            #expect(Self.files(spool.path + "/inbox/zoom-report") == ["r.csv"])
-            #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "1")
+            let lite = try await run("lite", [])
+            let site = try await run(
+                "site",
+                ["--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile]
+            )
+            #expect(lite.status == .exited(0) && site.status == .exited(0))
+            #expect(site.zoom == lite.zoom)
+            #expect(site.zoom[0].contains("webhook+report") && site.zoom[1].contains("Łukasz"), "\(site.zoom)")
         }
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import JSONSchema
 import Kinds
+import Pipeline
 import PostgresStore
 import Store
 import Testing
@@ -267,5 +268,231 @@ import Testing
             #expect(tables[2].count == 80)
             #expect(try await server.psql("SELECT count(*) FROM zoom_events", database: "site") == "200")
         }
+    }
+}
+
+/// Zoom participants reports in PostgreSQL: SQLite's verdicts and tables (report rows and their visits,
+/// timelines) whatever order webhooks and reports arrive in, one file a batch or all in one, and a large
+/// report in chunks.
+@Suite(.serialized) struct PostgresZoomReportTests {
+    /// A report file as the pipeline prepares it, read in a Chicago inbox.
+    static func report(_ id: String, _ text: String, name: String) -> PreparedFile {
+        let (parsed, _) = ZoomReportReader().read(
+            Array(text.utf8),
+            fileName: name,
+            times: LocalTimeReader(ReportFixtures.chicago)
+        )
+        return PreparedFile(
+            id: id,
+            kind: .zoomReport,
+            originalName: name,
+            sha256: PostgresLedgerTests.sha(text),
+            size: text.utf8.count,
+            receivedAt: "2026-12-07T00:00:00.000Z",
+            content: .zoomReport(parsed)
+        )
+    }
+
+    static let header = ZoomReportStoreTests.header
+
+    /// Webhooks, every fixture, and the rows the SQLite tests judge: a repeat, a later leave completing an
+    /// open row, another leave (a conflict), a contradiction of the webhooks, a uuid of another meeting, a
+    /// page naming only a uuid, one of carespool's own keys, a row to the minute, another day's report.
+    static func files() throws -> [PreparedFile] {
+        let meeting = "participants_93812345678.csv"
+        return [
+            try PostgresZoomTests.file("w1", ZoomReportStoreTests.webhooks),
+            Self.report("r1", try ReportFixtures.text(meeting), name: meeting),
+            Self.report("r2", try ReportFixtures.text("reports-api-pages.json"), name: "reports-api-pages.json"),
+            Self.report("r3", try ReportFixtures.text("layout-a-meeting-data.csv"), name: "layout-a.csv"),
+            Self.report("r4", try ReportFixtures.text("layout-b-flattened.csv"), name: "layout-b.csv"),
+            Self.report("e1", header + "Kim Lê,kim@example.org,11/20/2026 09:00:00 AM,,\n", name: meeting),
+            Self.report(
+                "e2",
+                header + "Kim Lê,kim@example.org,11/20/2026 09:00:00 AM,11/20/2026 09:10:00 AM,10\n",
+                name: meeting
+            ),
+            Self.report(
+                "e3",
+                header + "Kim Lê,kim@example.org,11/20/2026 09:00:00 AM,11/20/2026 09:12:00 AM,12\n",
+                name: meeting
+            ),
+            Self.report(
+                "h1",
+                header + "Dr. Zoë Okafor,ZOE.OKAFOR@clinic.example,11/20/2026 09:00:05 AM,11/20/2026 11:00:00 AM,120\n",
+                name: meeting
+            ),
+            Self.report(
+                "u1",
+                """
+                {"meeting_id": 111111111, "meeting_uuid": "visitB==", "participants": [{"user_id": "evil",
+                 "name": "Mallory", "join_time": "2026-11-20T15:10:00Z", "leave_time": "2026-11-20T15:11:00Z"}]}
+                """,
+                name: "p.json"
+            ),
+            Self.report(
+                "q1",
+                "{\"meeting_uuid\": \"visitB==\", \"participants\": [{\"name\": \"Mallory\", "
+                    + "\"join_time\": \"2026-11-20T15:10:00Z\", \"leave_time\": \"2026-11-20T15:11:00Z\"}]}",
+                name: "p.json"
+            ),
+            Self.report(
+                "q2",
+                "{\"meeting_uuid\": \"report:93812345678:2026-11-20T15:00:05.000Z\", \"participants\": "
+                    + "[{\"name\": \"Eve\", \"join_time\": \"2026-11-20T15:10:00Z\"}]}",
+                name: "p.json"
+            ),
+            Self.report(
+                "m1",
+                header + "Dr. Zoë Okafor,zoe.okafor@clinic.example,11/20/2026 09:00,11/20/2026 09:30,30\n",
+                name: meeting
+            ),
+            Self.report(
+                "d2",
+                header + "Cy,cy@example.org,11/21/2026 09:00:00 AM,11/21/2026 09:30:00 AM,30\n",
+                name: meeting
+            ),
+        ]
+    }
+
+    static let tables =
+        [
+            """
+            SELECT meeting_id || '|' || coalesce(meeting_uuid, 'NULL') || '|' || participant_key || '|' || joined_s
+                   || '|' || join_precision || '|' || coalesce(participant_id, 'NULL') || '|'
+                   || coalesce(participant_email, 'NULL') || '|' || coalesce(participant_name, 'NULL') || '|'
+                   || coalesce(left_s, -1) || '|' || coalesce(duration_seconds, -1) || '|'
+                   || coalesce(meeting_start_s, -1) || '|' || coalesce(meeting_end_s, -1) || '|' || source || '|'
+                   || coalesce(visit_key, 'NULL') || '|' || file_id || '|' || record
+            FROM zoom_report_intervals
+            """
+        ] + PostgresZoomTests.tables
+
+    static func liteTables(_ lite: AppDatabase) async throws -> [[String]] {
+        try await lite.writer.read { db in
+            try Self.tables.map { PostgresZoomTests.sorted(try String.fetchAll(db, sql: $0)) }
+        }
+    }
+
+    static func siteTables(_ server: PostgresServer) async throws -> [[String]] {
+        var out: [[String]] = []
+        for query in tables {
+            let text = try await server.psql(query, database: "site")
+            out.append(PostgresZoomTests.sorted(text.isEmpty ? [] : text.split(separator: "\n").map(String.init)))
+        }
+        return out
+    }
+
+    @Test func reportsInAnyOrderGetTheVerdictsAndTimelinesSQLiteGives() async throws {
+        let files = try Self.files()
+        var rng = SeededGenerator(seed: 18)
+        // The given order, webhooks last, and four shuffles; each as one file a batch, and as one batch.
+        var orders = [Array(files.indices), Array(files.indices.dropFirst()) + [0]]
+        for _ in 0..<4 { orders.append(files.indices.shuffled(using: &rng)) }
+        let dir = TempDir("pg-zoom-reports")
+        defer { dir.cleanup() }
+        try await PostgresLedgerTests.withHosts { server, one, _ in
+            for (number, order) in orders.enumerated() {
+                for together in [false, true] {
+                    let lite = try AppDatabase.open(path: dir.file("o\(number)-\(together).sqlite3"))
+                    try await server.psql(
+                        "TRUNCATE files, zoom_events, zoom_visits, zoom_visit_intervals, zoom_counters, "
+                            + "zoom_report_intervals, audit CASCADE",
+                        database: "site"
+                    )
+                    let batches = together ? [order] : order.map { [$0] }
+                    var liteReports: [String] = []
+                    var reports: [String] = []
+                    for batch in batches {
+                        let chosen = batch.map { files[$0] }
+                        liteReports += try lite.commit(chosen, finishedAt: "2026-12-07T00:00:01.000Z").map {
+                            $0.report.json()
+                        }
+                        reports += try await one.commit(chosen, finishedAt: "2026-12-07T00:00:01.000Z").map {
+                            $0.report.json()
+                        }
+                    }
+                    let what = "order \(order.map { files[$0].id }) in \(together ? "one batch" : "batches of one")"
+                    #expect(reports == liteReports, "\(what)")
+                    let mine = try await Self.siteTables(server)
+                    let theirs = try await Self.liteTables(lite)
+                    for index in Self.tables.indices {
+                        #expect(mine[index] == theirs[index], "\(what): \(Self.tables[index])")
+                    }
+                    #expect(!mine[0].isEmpty && !mine[2].isEmpty)
+                    let query = try SiteReads(site: one).zoomVisits(meeting: "93812345678")
+                    let liteQuery = try lite.zoomVisits(meeting: "93812345678")
+                    #expect(query.map(\.visitUUID) == liteQuery.map(\.visitUUID), "\(what)")
+                }
+            }
+        }
+    }
+
+    @Test func aLargeReportInChunksIsResolvedOnceWithItsVerdict() async throws {
+        let name = "participants_93812345678.csv"
+        let rows = (0..<40).map { n in
+            "Pérez \(n % 13),p\(n % 13)@example.org,11/20/2026 09:\(String(format: "%02d", n)):00 AM,"
+                + "11/20/2026 10:\(String(format: "%02d", n)):00 AM,60"
+        }
+        let text = Self.header + rows.joined(separator: "\n") + "\n"
+        let whole = Self.report("big", text, name: name)
+        guard case .zoomReport(let parsed) = whole.content else { throw PostgresServerError(message: "not a report") }
+        let chunks = stride(from: 0, to: parsed.items.count, by: 7).map {
+            Array(parsed.items[$0..<min($0 + 7, parsed.items.count)])
+        }
+        var streamed = whole
+        streamed.content = .streamed(FileReport(outcome: .accepted, stored: 40, duplicates: 0, rejected: 0))
+        let webhooks = try PostgresZoomTests.file("w1", ZoomReportStoreTests.webhooks)
+        let dir = TempDir("pg-zoom-report-chunks")
+        defer { dir.cleanup() }
+        let lite = try AppDatabase.open(path: dir.file("c.sqlite3"))
+        var liteReports = try lite.commit([webhooks], finishedAt: "2026-12-07T00:00:01.000Z").map { $0.report.json() }
+        for chunk in chunks { liteReports.append(try lite.commitChunk(.zoomReport(chunk), fileID: "big").json()) }
+        liteReports.append(try lite.commitChunk(.zoomReport(chunks[2]), fileID: "big").json())
+        liteReports += try lite.commit([streamed], finishedAt: "2026-12-07T00:00:02.000Z").map { $0.report.json() }
+        let theirs = try await Self.liteTables(lite)
+        try await PostgresLedgerTests.withHosts { server, one, _ in
+            var reports = try await one.commit([webhooks], finishedAt: "2026-12-07T00:00:01.000Z").map {
+                $0.report.json()
+            }
+            for chunk in chunks { reports.append(try await one.writeChunk(.zoomReport(chunk), fileID: "big").json()) }
+            reports.append(try await one.writeChunk(.zoomReport(chunks[2]), fileID: "big").json())
+            // Not resolved to visits until the verdict.
+            #expect(
+                try await server.psql(
+                    "SELECT count(*) FROM zoom_report_intervals WHERE visit_key IS NULL",
+                    database: "site"
+                )
+                    == "40"
+            )
+            reports += try await one.commit([streamed], finishedAt: "2026-12-07T00:00:02.000Z").map {
+                $0.report.json()
+            }
+            #expect(reports == liteReports)
+            let mine = try await Self.siteTables(server)
+            for index in Self.tables.indices { #expect(mine[index] == theirs[index], "\(Self.tables[index])") }
+            #expect(
+                try await server.psql(
+                    "SELECT count(*) FROM zoom_report_intervals WHERE visit_key = 'visitB=='",
+                    database: "site"
+                )
+                    == "40"
+            )
+        }
+    }
+}
+
+/// SplitMix64: the same shuffles on every run.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
