@@ -1013,6 +1013,76 @@ final class Attempts: @unchecked Sendable {
         }
     }
 
+    @Test func aLargeZoomExportStreamsInChunksAndAKillMinus9MidFileStoresEveryEventOnce() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            let passwordFile = try server.passwordFile(password)
+            let spool = TempDir("pg-zoom-stream")
+            defer { spool.cleanup() }
+            // 30,000 events of five visits: each participant joins and leaves once.
+            let count = 30_000
+            let text =
+                (0..<count).map { n in
+                    let who = n / 2
+                    let at = 1_764_000_000_000 + Int64(who) * 1_000
+                    return n % 2 == 0
+                        ? PostgresZoomTests.joined(at, "p-\(who)", "Zoë \(who % 97)", uuid: "X\(who % 5)==")
+                        : PostgresZoomTests.left(at + 500, "p-\(who)", "Zoë \(who % 97)", uuid: "X\(who % 5)==")
+                }.joined(separator: "\n") + "\n"
+            let arguments = [
+                "--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile, "--host-name",
+                "host-one", "--stream-threshold", "65536",
+            ]
+            let path = spool.path
+            let killed = try await Self.serving(spool: path, arguments: arguments) { pid in
+                try await waitUntilServing(path)
+                try dropLikeRsync(text, into: path + "/inbox/zoom", name: "export.ndjson")
+                let deadline = ContinuousClock.now + .seconds(60)
+                while ContinuousClock.now < deadline {
+                    let events = Int(try await server.psql("SELECT count(*) FROM zoom_events", database: "site")) ?? 0
+                    if events >= 4_000 { break }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                kill(pid, SIGKILL)
+            }
+            #expect(killed.status == .signaled(SIGKILL))
+            let stored = Int(try await server.psql("SELECT count(*) FROM zoom_events", database: "site")) ?? 0
+            #expect(stored >= 4_000 && stored < count, "the kill landed after \(stored) of \(count) events")
+            let restarted = try await Self.serving(spool: path, arguments: arguments) { _ in
+                await eventually(timeout: .seconds(120)) { Self.files(path + "/done/zoom").count == 1 }
+            }
+            #expect(restarted.result && restarted.status == .exited(0), "\(Self.hang(restarted.log))")
+            let verdict = try await server.psql(
+                "SELECT outcome || '|' || stored || '|' || duplicates || '|' || rejected FROM files",
+                database: "site"
+            )
+            #expect(verdict == "accepted|\(count)|0|0")
+            #expect(try await server.psql("SELECT count(*) FROM zoom_events", database: "site") == "\(count)")
+            // Every event counted once, replayed chunks not again; every visit whole, refreshed with the verdict.
+            #expect(
+                try await server.psql(
+                    "SELECT sum(received) || '|' || sum(inserted) FROM zoom_counters",
+                    database: "site"
+                )
+                    == "\(count)|\(count)"
+            )
+            let visits = try await server.psql(
+                """
+                SELECT string_agg(visit_uuid || ':' || participants || ':' || events, ',' ORDER BY visit_uuid)
+                FROM zoom_visits
+                """,
+                database: "site"
+            )
+            #expect(visits == "X0==:3000:6000,X1==:3000:6000,X2==:3000:6000,X3==:3000:6000,X4==:3000:6000")
+            #expect(
+                try await server.psql(
+                    "SELECT count(*) FROM zoom_visit_intervals WHERE joined_at IS NOT NULL AND left_at IS NOT NULL",
+                    database: "site"
+                ) == "\(count / 2)"
+            )
+        }
+    }
+
     @Test func filesWaitInProcessingWhileTheDatabaseIsDownAndNoneFails() async throws {
         try await PostgresServer.with { server in
             let password = try await server.createDatabase("site", role: "carespool")
