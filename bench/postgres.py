@@ -7,7 +7,8 @@ in the same run as the SQLite phases.
   reasons, repeated patients, columns in an order of their own), with ascending and with scrambled MRNs
   and visit numbers, into a fresh database by carespool, against `psql \\copy` of the same file into one
   unindexed table (the near-limit) as a ratio, and carespool's peak RSS; and PostgreSQL's own floor for the
-  data model (the same rows loaded set-based by plain SQL into carespool's tables).
+  data model (the same rows loaded set-based by plain SQL into carespool's tables); and the issue's choice
+  of staging, COPY into a temporary table or `unnest` arrays, chunk by chunk (staging_run).
 
 The server is Debian's PostgreSQL, started here (initdb + pg_ctl as the postgres user, a Unix socket in a
 temporary folder only) with its defaults: fsync on, synchronous_commit on (a real site's durability).
@@ -198,6 +199,69 @@ def floor_run(binary, server, path):
     return time.monotonic() - start
 
 
+def staging_run(binary, server, work, path, method):
+    """The issue's question, COPY into a temporary table or `unnest` arrays: the same file's patients and
+    visits written in chunks of 2,000 rows, each chunk its own transaction (synchronous_commit off, as
+    carespool's chunks), staged by `COPY stage FROM STDIN` then `INSERT … SELECT … ON CONFLICT`, or
+    inserted straight from `unnest` of the chunk's columns. The same statements after the staging, the
+    data sent as text both ways (psql), the script made before the clock starts. Seconds."""
+    import csv
+    url, password_file = server.fresh_database()
+    subprocess.run([binary, "migrate", "--db", url, "--db-password-file", password_file], check=True,
+                   capture_output=True)
+    script = os.path.join(work, "staging-%s.sql" % method)
+    quote = lambda text: "'" + text.replace("'", "''") + "'"
+    array = lambda values: "ARRAY[%s]::text[]" % ",".join(quote(v) for v in values)
+    with open(path, encoding="utf-8", newline="") as f, open(script, "w", encoding="utf-8") as out:
+        rows = csv.DictReader(f)
+        out.write("SET synchronous_commit = off;\n"
+                  "INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome,"
+                  " report, host) VALUES ('stage', 'intake', 'stage.csv', repeat('0', 64), 0, '', '', 'accepted',"
+                  " '{}', 'stage');\n")
+        if method == "copy":
+            out.write("CREATE TEMPORARY TABLE stage (mrn text, visit_account_number text, visit_date text,"
+                      " reason text) ON COMMIT DELETE ROWS;\n")
+        chunk = []
+
+        def flush():
+            if method == "copy":
+                out.write("BEGIN;\nCOPY stage FROM STDIN WITH (FORMAT csv);\n")
+                writer = csv.writer(out, lineterminator="\n")
+                for r in chunk:
+                    writer.writerow([r["mrn"], r["visit_account_number"], r["visit_date"], r["reason"]])
+                out.write("\\.\n"
+                          "INSERT INTO patients (mrn, file_id) SELECT DISTINCT mrn, 'stage' FROM stage"
+                          " ON CONFLICT DO NOTHING;\n"
+                          "INSERT INTO visits (visit_account_number, patient_id, visit_date, reason, file_id, record)"
+                          " SELECT s.visit_account_number, p.id, s.visit_date, nullif(s.reason, ''), 'stage', 0"
+                          " FROM stage s JOIN patients p ON p.mrn = s.mrn ON CONFLICT DO NOTHING;\nCOMMIT;\n")
+            else:
+                mrns = array(r["mrn"] for r in chunk)
+                out.write("BEGIN;\n"
+                          "INSERT INTO patients (mrn, file_id) SELECT DISTINCT m, 'stage' FROM unnest(%s) AS m"
+                          " ON CONFLICT DO NOTHING;\n"
+                          "INSERT INTO visits (visit_account_number, patient_id, visit_date, reason, file_id, record)"
+                          " SELECT c.v, p.id, c.d, nullif(c.r, ''), 'stage', 0 FROM unnest(%s, %s, %s, %s)"
+                          " AS c (m, v, d, r) JOIN patients p ON p.mrn = c.m ON CONFLICT DO NOTHING;\nCOMMIT;\n"
+                          % (mrns, mrns, array(r["visit_account_number"] for r in chunk),
+                             array(r["visit_date"] for r in chunk), array(r["reason"] for r in chunk)))
+            chunk.clear()
+
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == 2000:
+                flush()
+        if chunk:
+            flush()
+    env = dict(os.environ, PGPASSWORD=server.password)
+    start = time.monotonic()
+    subprocess.run([server.bin + "/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", server.folder, "-U", "postgres",
+                    "-d", "site", "-f", script], check=True, env=env, stdout=subprocess.DEVNULL)
+    seconds = time.monotonic() - start
+    os.remove(script)
+    return seconds
+
+
 def phase(binary, schema, files, rows, event):
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
@@ -228,6 +292,11 @@ def phase(binary, schema, files, rows, event):
             print("| PostgreSQL's floor for this data model: the same rows set-based by SQL from the raw table into "
                   "carespool's tables (no validation, no history) | %.1f s, ratio to \\copy %.2f; carespool / floor %.2f |"
                   % (floor, copy_seconds / floor, floor / seconds))
+            copied = staging_run(binary, server, work, path, "copy")
+            unnested = staging_run(binary, server, work, path, "unnest")
+            print("| staging, %s keys, chunks of 2,000 rows (patients + visits, a transaction each): COPY into a "
+                  "temporary table then INSERT ... SELECT / unnest arrays | %.1f s / %.1f s (unnest / COPY %.2f) |"
+                  % (label, copied, unnested, unnested / copied))
             os.remove(path)
     finally:
         server.stop()
