@@ -359,20 +359,11 @@ enum AppointmentsInPostgres {
             }
         }
         return files.indices.map { index in
-            // Problems in record order, as the file lists them (the writes went in key order).
-            let listed = errors[index].enumerated().sorted {
-                ($0.element.record ?? 0, $0.offset) < ($1.element.record ?? 0, $1.offset)
-            }.map(\.element)
-            return FileReport(
-                outcome: FileReport.outcome(
-                    stored: stored[index],
-                    duplicates: duplicates[index],
-                    rejected: rejected[index]
-                ),
+            FileReport.setBased(
                 stored: stored[index],
                 duplicates: duplicates[index],
                 rejected: rejected[index],
-                errors: listed
+                errors: errors[index]
             )
         }
     }
@@ -415,6 +406,24 @@ enum AppointmentsInPostgres {
             WHERE a.appointment_id = ANY(\(ids)::text[])
             """,
             logger: logger
+        )
+    }
+}
+
+extension FileReport {
+    /// A set-based writer's report of one file: its problems put back in record order, as the file lists
+    /// them (the writes went in key order).
+    static func setBased(stored: Int, duplicates: Int, rejected: Int, skipped: Int = 0, errors: [RecordProblem])
+        -> FileReport
+    {
+        FileReport(
+            outcome: FileReport.outcome(stored: stored, duplicates: duplicates, rejected: rejected, skipped: skipped),
+            stored: stored,
+            duplicates: duplicates,
+            rejected: rejected,
+            errors: errors.enumerated().sorted {
+                ($0.element.record ?? 0, $0.offset) < ($1.element.record ?? 0, $1.offset)
+            }.map(\.element)
         )
     }
 }

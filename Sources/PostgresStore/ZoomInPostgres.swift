@@ -201,21 +201,12 @@ enum ZoomInPostgres {
             }
         }
         return files.indices.map { index in
-            // Problems in record order, as the file lists them (the writes went in key order).
-            let listed = errors[index].enumerated().sorted {
-                ($0.element.record ?? 0, $0.offset) < ($1.element.record ?? 0, $1.offset)
-            }.map(\.element)
-            var report = FileReport(
-                outcome: FileReport.outcome(
-                    stored: stored[index],
-                    duplicates: duplicates[index],
-                    rejected: rejected[index],
-                    skipped: skipped[index]
-                ),
+            var report = FileReport.setBased(
                 stored: stored[index],
                 duplicates: duplicates[index],
                 rejected: rejected[index],
-                errors: listed
+                skipped: skipped[index],
+                errors: errors[index]
             )
             if skipped[index] > 0 {
                 report.notes.append(

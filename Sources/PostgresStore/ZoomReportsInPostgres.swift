@@ -79,85 +79,37 @@ enum ZoomReportsInPostgres {
         _ connection: PostgresConnection,
         _ logger: Logger
     ) async throws -> FileReport {
-        var stored = 0
-        var duplicates = 0
-        var rejected = 0
-        var errors: [RecordProblem] = []
-        func reject(_ item: Item<ZoomReportRow>, _ message: String) {
-            rejected += 1
-            errors.append(RecordProblem(record: item.number, line: item.line, pointer: nil, message: message))
-        }
+        var tally = ReportTally()
         for item in items {
             switch item.result {
             case .failure(let problems):
-                rejected += 1
-                problems.append(to: &errors)
+                tally.failed(problems)
             case .success(var row):
                 if let uuid = row.meetingUUID {
                     // A uuid is the report's word: never one of carespool's own visit keys, and without a
                     // meeting id only one the webhooks know (whose meeting it then is).
                     guard !uuid.hasPrefix("report:") else {
-                        reject(item, "meeting_uuid \"\(uuid)\" is not a Zoom visit uuid")
+                        tally.reject(item, ReportTally.notAVisitUUID(uuid))
                         continue
                     }
                     if row.meetingID.isEmpty {
                         guard let meeting = try await meetingOfVisit(uuid, connection, logger) else {
-                            reject(
-                                item,
-                                "the page names no meeting_id, and its meeting_uuid is no visit the webhooks have: "
-                                    + "add meeting_id beside participants"
-                            )
+                            tally.rejectForNoMeeting(item)
                             continue
                         }
                         row.meetingID = meeting
                     }
                 }
-                switch try await insert(row, record: item.number, fileID: fileID, connection, logger) {
-                case .inserted:
-                    stored += 1
+                let insertion = try await insert(row, record: item.number, fileID: fileID, connection, logger)
+                if tally.add(insertion, item, row, fileID: fileID) {
                     touched.touch(meeting: row.meetingID, from: row.joined, to: row.left ?? row.joined)
-                case .ours:
-                    stored += 1
-                case .duplicate:
-                    duplicates += 1
-                case .conflict(let earlier, let record):
-                    reject(
-                        item,
-                        (sameText(earlier, fileID)
-                            ? "conflicts with record \(record) of this file"
-                            : "conflicts with the row stored from file \(earlier)")
-                            + " for the same meeting, participant and join time: a different leave time"
-                    )
-                case .contradicts:
-                    reject(
-                        item,
-                        "conflicts with the webhooks: they have this participant joining at this time and leaving at "
-                            + "another; not taken over them"
-                    )
-                case .otherMeeting(let meeting):
-                    reject(
-                        item,
-                        "meeting_uuid is a visit of meeting \(meeting) (its webhooks say so), not of meeting "
-                            + "\(row.meetingID)"
-                    )
                 }
             }
         }
-        return FileReport(
-            outcome: FileReport.outcome(stored: stored, duplicates: duplicates, rejected: rejected),
-            stored: stored,
-            duplicates: duplicates,
-            rejected: rejected,
-            errors: errors
-        )
+        return tally.report
     }
 
-    private enum Insertion {
-        case inserted, duplicate, ours
-        case conflict(String, record: Int64)
-        case contradicts
-        case otherMeeting(String)
-    }
+    private typealias Insertion = ReportTally.Insertion
 
     private static func meetingOfVisit(_ uuid: String, _ connection: PostgresConnection, _ logger: Logger)
         async throws -> String?
@@ -193,7 +145,7 @@ enum ZoomReportsInPostgres {
         if let found {
             if sameText(found.file, fileID) && found.record == Int64(record) { return .ours }
             if found.left == row.left || row.left == nil { return .duplicate }
-            guard found.left == nil else { return .conflict(found.file, record: found.record) }
+            guard found.left == nil else { return .conflict(found.file, record: Int(found.record)) }
             // An earlier report exported while the participant was still in: this one completes it. Its
             // visit is resolved again, and so refreshed.
             try await connection.query(
@@ -248,67 +200,32 @@ enum ZoomReportsInPostgres {
         let leftSecond: Int64? = row.toTheMinute ? nil : left
         let leftMinute: Int64? = row.toTheMinute ? left.map { VisitTimeline.floor($0, 60) } : nil
         let anyLeave = left == nil
-        func exists(_ rows: PostgresRowSequence) async throws -> Bool {
-            for try await found in rows.decode(Bool.self) { return found }
-            return false
-        }
-        // Each person's shape its own statement, so that each uses its partial index.
-        if let id = row.participantID {
-            return try await exists(
-                try await connection.query(
-                    """
-                    SELECT EXISTS (SELECT 1 FROM zoom_visit_intervals
-                    WHERE source = 'webhook' AND meeting_id = \(row.meetingID) AND joined_m = \(minute)
-                      AND participant_id = \(id)
-                      AND (\(second)::int8 IS NULL OR joined_s = \(second))
-                      AND (\(anyLeave) AND left_s IS NOT NULL OR left_s = \(leftSecond) OR left_s / 60 = \(leftMinute)))
-                    """,
-                    logger: logger
-                )
-            )
-        }
-        if let email = row.email {
-            if try await exists(
-                try await connection.query(
-                    """
-                    SELECT EXISTS (SELECT 1 FROM zoom_visit_intervals
-                    WHERE source = 'webhook' AND meeting_id = \(row.meetingID) AND joined_m = \(minute)
-                      AND participant_email IS NOT NULL AND lower(participant_email) = \(email.lowercased())
-                      AND (\(second)::int8 IS NULL OR joined_s = \(second))
-                      AND (\(anyLeave) AND left_s IS NOT NULL OR left_s = \(leftSecond) OR left_s / 60 = \(leftMinute)))
-                    """,
-                    logger: logger
-                )
-            ) {
-                return true
-            }
-            guard let name = row.name else { return false }
-            return try await exists(
-                try await connection.query(
-                    """
-                    SELECT EXISTS (SELECT 1 FROM zoom_visit_intervals
-                    WHERE source = 'webhook' AND meeting_id = \(row.meetingID) AND joined_m = \(minute)
-                      AND participant_email IS NULL AND participant_name = \(name)
-                      AND (\(second)::int8 IS NULL OR joined_s = \(second))
-                      AND (\(anyLeave) AND left_s IS NOT NULL OR left_s = \(leftSecond) OR left_s / 60 = \(leftMinute)))
-                    """,
-                    logger: logger
-                )
-            )
-        }
-        guard let name = row.name else { return false }
-        return try await exists(
-            try await connection.query(
+        // Each person's shape its own statement (`who` is one of the constant texts below), so that each
+        // uses its partial index.
+        func holds(_ who: String, _ value: String) async throws -> Bool {
+            let rows = try await connection.query(
                 """
                 SELECT EXISTS (SELECT 1 FROM zoom_visit_intervals
                 WHERE source = 'webhook' AND meeting_id = \(row.meetingID) AND joined_m = \(minute)
-                  AND participant_name = \(name)
+                  AND \(unescaped: who) = \(value)
                   AND (\(second)::int8 IS NULL OR joined_s = \(second))
                   AND (\(anyLeave) AND left_s IS NOT NULL OR left_s = \(leftSecond) OR left_s / 60 = \(leftMinute)))
                 """,
                 logger: logger
             )
-        )
+            for try await found in rows.decode(Bool.self) { return found }
+            return false
+        }
+        if let id = row.participantID { return try await holds("participant_id", id) }
+        if let email = row.email {
+            if try await holds("participant_email IS NOT NULL AND lower(participant_email)", email.lowercased()) {
+                return true
+            }
+            guard let name = row.name else { return false }
+            return try await holds("participant_email IS NULL AND participant_name", name)
+        }
+        guard let name = row.name else { return false }
+        return try await holds("participant_name", name)
     }
 
     /// What the report rows of files `ids` touched (large files', resolved with their verdicts).

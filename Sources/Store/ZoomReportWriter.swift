@@ -1,6 +1,6 @@
 import GRDB
 package import JSONSchema
-import Kinds
+package import Kinds
 
 /// What a transaction's Zoom writes touched: the visits to refresh, and per meeting the span of time
 /// (seconds) in which its report rows are to be resolved to visits again — each once per transaction.
@@ -58,25 +58,17 @@ struct ZoomReportWriter {
     let fileID: String
 
     func write(_ items: [Item<ZoomReportRow>], touched: inout ZoomTouched) throws -> FileReport {
-        var stored = 0
-        var duplicates = 0
-        var rejected = 0
-        var errors: [RecordProblem] = []
-        func reject(_ item: Item<ZoomReportRow>, _ message: String) {
-            rejected += 1
-            errors.append(RecordProblem(record: item.number, line: item.line, pointer: nil, message: message))
-        }
+        var tally = ReportTally()
         for item in items {
             switch item.result {
             case .failure(let problems):
-                rejected += 1
-                problems.append(to: &errors)
+                tally.failed(problems)
             case .success(var row):
                 if let uuid = row.meetingUUID {
                     // A uuid is the report's word: never one of carespool's own visit keys, and without a
                     // meeting id only one the webhooks know (whose meeting it then is).
                     guard !uuid.hasPrefix("report:") else {
-                        reject(item, "meeting_uuid \"\(uuid)\" is not a Zoom visit uuid")
+                        tally.reject(item, ReportTally.notAVisitUUID(uuid))
                         continue
                     }
                     if row.meetingID.isEmpty {
@@ -88,64 +80,22 @@ struct ZoomReportWriter {
                                 arguments: [uuid]
                             )
                         else {
-                            reject(
-                                item,
-                                "the page names no meeting_id, and its meeting_uuid is no visit the webhooks have: "
-                                    + "add meeting_id beside participants"
-                            )
+                            tally.rejectForNoMeeting(item)
                             continue
                         }
                         row.meetingID = meeting
                     }
                 }
-                switch try insert(row, record: item.number) {
-                case .inserted:
-                    stored += 1
+                let insertion = try insert(row, record: item.number)
+                if tally.add(insertion, item, row, fileID: fileID) {
                     touched.touch(meeting: row.meetingID, from: row.joined, to: row.left ?? row.joined)
-                case .ours:
-                    stored += 1
-                case .duplicate:
-                    duplicates += 1
-                case .conflict(let earlier, let record):
-                    reject(
-                        item,
-                        (earlier == fileID
-                            ? "conflicts with record \(record) of this file"
-                            : "conflicts with the row stored from file \(earlier)")
-                            + " for the same meeting, participant and join time: a different leave time"
-                    )
-                case .contradicts:
-                    reject(
-                        item,
-                        "conflicts with the webhooks: they have this participant joining at this time and leaving at "
-                            + "another; not taken over them"
-                    )
-                case .otherMeeting(let meeting):
-                    reject(
-                        item,
-                        "meeting_uuid is a visit of meeting \(meeting) (its webhooks say so), not of meeting "
-                            + "\(row.meetingID)"
-                    )
                 }
             }
         }
-        return FileReport(
-            outcome: FileReport.outcome(stored: stored, duplicates: duplicates, rejected: rejected),
-            stored: stored,
-            duplicates: duplicates,
-            rejected: rejected,
-            errors: errors
-        )
+        return tally.report
     }
 
-    private enum Insertion {
-        case inserted, duplicate, ours
-        case conflict(String, record: Int)
-        /// The webhooks have this join with another leave.
-        case contradicts
-        /// The visit uuid the row names is another meeting's.
-        case otherMeeting(String)
-    }
+    private typealias Insertion = ReportTally.Insertion
 
     private func insert(_ row: ZoomReportRow, record: Int) throws -> Insertion {
         let key = row.participantKey
@@ -445,5 +395,96 @@ package struct ReportResolver {
         refresh.insert(ExactText(key))
         if let old { refresh.insert(ExactText(old)) }
         return key
+    }
+}
+
+/// A report file's verdicts, row by row, with their messages: both stores' report writers count here.
+package struct ReportTally {
+    /// What storing one row came to.
+    package enum Insertion {
+        case inserted, duplicate
+        /// This very row, stored by an earlier chunk of this file before a crash.
+        case ours
+        /// Another leave than the stored row's (its file and record).
+        case conflict(String, record: Int)
+        /// The webhooks have this join with another leave.
+        case contradicts
+        /// The visit uuid the row names is another meeting's.
+        case otherMeeting(String)
+    }
+
+    private var stored = 0
+    private var duplicates = 0
+    private var rejected = 0
+    private var errors: [RecordProblem] = []
+
+    package init() {}
+
+    package static func notAVisitUUID(_ uuid: String) -> String { "meeting_uuid \"\(uuid)\" is not a Zoom visit uuid" }
+
+    /// A row the reader refused.
+    package mutating func failed(_ problems: Problems) {
+        rejected += 1
+        problems.append(to: &errors)
+    }
+
+    package mutating func reject(_ item: Item<ZoomReportRow>, _ message: String) {
+        rejected += 1
+        errors.append(RecordProblem(record: item.number, line: item.line, pointer: nil, message: message))
+    }
+
+    /// A row whose page names no meeting and whose uuid the webhooks do not know.
+    package mutating func rejectForNoMeeting(_ item: Item<ZoomReportRow>) {
+        reject(
+            item,
+            "the page names no meeting_id, and its meeting_uuid is no visit the webhooks have: add meeting_id "
+                + "beside participants"
+        )
+    }
+
+    /// Counts `insertion` of `item` (`row` as stored, of file `fileID`); true when it changed what the
+    /// timelines hold (its meeting is to be resolved again).
+    package mutating func add(_ insertion: Insertion, _ item: Item<ZoomReportRow>, _ row: ZoomReportRow, fileID: String)
+        -> Bool
+    {
+        switch insertion {
+        case .inserted:
+            stored += 1
+            return true
+        case .ours:
+            stored += 1
+        case .duplicate:
+            duplicates += 1
+        case .conflict(let earlier, let record):
+            reject(
+                item,
+                (sameText(earlier, fileID)
+                    ? "conflicts with record \(record) of this file"
+                    : "conflicts with the row stored from file \(earlier)")
+                    + " for the same meeting, participant and join time: a different leave time"
+            )
+        case .contradicts:
+            reject(
+                item,
+                "conflicts with the webhooks: they have this participant joining at this time and leaving at "
+                    + "another; not taken over them"
+            )
+        case .otherMeeting(let meeting):
+            reject(
+                item,
+                "meeting_uuid is a visit of meeting \(meeting) (its webhooks say so), not of meeting \(row.meetingID)"
+            )
+        }
+        return false
+    }
+
+    package var report: FileReport {
+        FileReport(
+            outcome: FileReport.outcome(stored: stored, duplicates: duplicates, rejected: rejected),
+            stored: stored,
+            duplicates: duplicates,
+            rejected: rejected,
+            errors: errors
+        )
     }
 }
