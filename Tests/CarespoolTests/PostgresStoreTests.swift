@@ -950,53 +950,85 @@ final class Attempts: @unchecked Sendable {
         }
     }
 
+    /// A large file (past a 64 KiB stream threshold: read and stored chunk by chunk, each chunk committed)
+    /// dropped as `name` into inbox/`kind` of a new host on `server`'s database "site"; the daemon killed
+    /// (-9) once `table` holds 4,000 rows, `between` run on what it left, then served again until the file
+    /// is in done/. Checks that the kill landed mid-file and that the second run ended cleanly; returns
+    /// both runs' logs.
+    static func killedMidFileThenFinished(
+        _ server: PostgresServer,
+        kind: String,
+        name: String,
+        text: String,
+        rows: Int,
+        table: String,
+        between: (_ spool: String, _ arguments: [String]) async throws -> Void = { _, _ in }
+    ) async throws -> (killed: String, restarted: String) {
+        let password = try await server.createDatabase("site", role: "carespool")
+        let passwordFile = try server.passwordFile(password)
+        let spool = TempDir("pg-stream-\(kind)")
+        defer { spool.cleanup() }
+        let arguments = [
+            "--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile, "--host-name",
+            "host-one", "--stream-threshold", "65536",
+        ]
+        let path = spool.path
+        let killed = try await Self.serving(spool: path, arguments: arguments) { pid in
+            try await waitUntilServing(path)
+            try dropLikeRsync(text, into: path + "/inbox/" + kind, name: name)
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                let stored = Int(try await server.psql("SELECT count(*) FROM \(table)", database: "site")) ?? 0
+                if stored >= 4_000 { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            kill(pid, SIGKILL)
+        }
+        #expect(killed.status == .signaled(SIGKILL))
+        let stored = Int(try await server.psql("SELECT count(*) FROM \(table)", database: "site")) ?? 0
+        #expect(stored >= 4_000 && stored < rows, "the kill landed after \(stored) of \(rows) rows")
+        try await between(path, arguments)
+        let restarted = try await Self.serving(spool: path, arguments: arguments) { _ in
+            await eventually(timeout: .seconds(120)) { Self.files(path + "/done/" + kind).count == 1 }
+        }
+        #expect(restarted.result && restarted.status == .exited(0), "\(Self.hang(restarted.log))")
+        return (killed.log, restarted.log)
+    }
+
     @Test func aLargeIntakeFileStreamsInChunksAndAKillMinus9MidFileStoresEveryRowOnce() async throws {
         try await PostgresServer.with { server in
-            let password = try await server.createDatabase("site", role: "carespool")
-            let passwordFile = try server.passwordFile(password)
-            let spool = TempDir("pg-stream")
-            defer { spool.cleanup() }
             let count = 30_000
             let text = await offThePool { intakeCSV(count: count) }
-            // Past a 64 KiB threshold the file is read and stored chunk by chunk, each chunk committed.
-            let arguments = [
-                "--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile, "--host-name",
-                "host-one", "--stream-threshold", "65536",
-            ]
-            let path = spool.path
-            let killed = try await Self.serving(spool: path, arguments: arguments) { pid in
-                try await waitUntilServing(path)
-                try dropLikeRsync(text, into: path + "/inbox/intake", name: "big.csv")
-                let deadline = ContinuousClock.now + .seconds(60)
-                while ContinuousClock.now < deadline {
-                    let visits = Int(try await server.psql("SELECT count(*) FROM visits", database: "site")) ?? 0
-                    if visits >= 4_000 { break }
-                    try await Task.sleep(for: .milliseconds(10))
-                }
-                kill(pid, SIGKILL)
+            let logs = try await Self.killedMidFileThenFinished(
+                server,
+                kind: "intake",
+                name: "big.csv",
+                text: text,
+                rows: count,
+                table: "visits"
+            ) { path, arguments in
+                let processing = Self.files(path + "/processing/intake")
+                #expect(
+                    processing.count == 1 && processing.allSatisfy { $0.hasSuffix("--big.csv") },
+                    "\(processing)"
+                )
+                // Its row says processing, on this host: no ledger row yet.
+                let row = try await server.psql("SELECT outcome || '|' || host FROM files", database: "site")
+                #expect(row == "processing|host-one")
+                // An operator asking for it (a conflict elsewhere may name it) learns where it is being stored.
+                let fileID =
+                    (processing.first ?? "").components(separatedBy: "/").last?.components(separatedBy: "--")[0] ?? ""
+                let show = try await Daemon.command(["show", fileID] + arguments.prefix(4) + ["--spool", path])
+                #expect(show.out.contains("in processing on host host-one"), "\(show.out)\(show.err)")
+                let shown = try await Daemon.command(
+                    ["show", fileID, "--json"] + arguments.prefix(4) + ["--spool", path]
+                )
+                #expect(
+                    shown.out.contains("\"ledger\":null")
+                        && shown.out.contains("\"processing\":{\"host\":\"host-one\"}"),
+                    "\(shown.out)"
+                )
             }
-            #expect(killed.status == .signaled(SIGKILL))
-            let stored = Int(try await server.psql("SELECT count(*) FROM visits", database: "site")) ?? 0
-            #expect(stored >= 4_000 && stored < count, "the kill landed after \(stored) of \(count) rows")
-            let processing = Self.files(path + "/processing/intake")
-            #expect(processing.count == 1 && processing.allSatisfy { $0.hasSuffix("--big.csv") }, "\(processing)")
-            // Its row says processing, on this host: no ledger row yet.
-            let row = try await server.psql("SELECT outcome || '|' || host FROM files", database: "site")
-            #expect(row == "processing|host-one")
-            // An operator asking for it (a conflict elsewhere may name it) learns where it is being stored.
-            let fileID =
-                (processing.first ?? "").components(separatedBy: "/").last?.components(separatedBy: "--")[0] ?? ""
-            let show = try await Daemon.command(["show", fileID] + arguments.prefix(4) + ["--spool", path])
-            #expect(show.out.contains("in processing on host host-one"), "\(show.out)\(show.err)")
-            let shown = try await Daemon.command(["show", fileID, "--json"] + arguments.prefix(4) + ["--spool", path])
-            #expect(
-                shown.out.contains("\"ledger\":null") && shown.out.contains("\"processing\":{\"host\":\"host-one\"}"),
-                "\(shown.out)"
-            )
-            let restarted = try await Self.serving(spool: path, arguments: arguments) { _ in
-                await eventually(timeout: .seconds(120)) { Self.files(path + "/done/intake").count == 1 }
-            }
-            #expect(restarted.result && restarted.status == .exited(0), "\(Self.hang(restarted.log))")
             let verdict = try await server.psql(
                 "SELECT outcome || '|' || stored || '|' || duplicates || '|' || rejected || '|' || host FROM files",
                 database: "site"
@@ -1009,16 +1041,12 @@ final class Attempts: @unchecked Sendable {
             // Repeated MRNs carry other names: each change in the history once, replay or not.
             let history = try await server.psql("SELECT count(*) FROM person_history", database: "site")
             #expect(history == "\(try IntakeDaemonTests.expectedHistory(text))")
-            #expect(!killed.log.contains("MRN1") && !restarted.log.contains("MRN1"))
+            #expect(!logs.killed.contains("MRN1") && !logs.restarted.contains("MRN1"))
         }
     }
 
     @Test func aLargeZoomExportStreamsInChunksAndAKillMinus9MidFileStoresEveryEventOnce() async throws {
         try await PostgresServer.with { server in
-            let password = try await server.createDatabase("site", role: "carespool")
-            let passwordFile = try server.passwordFile(password)
-            let spool = TempDir("pg-zoom-stream")
-            defer { spool.cleanup() }
             // 30,000 events of five visits: each participant joins and leaves once.
             let count = 30_000
             let text =
@@ -1029,29 +1057,14 @@ final class Attempts: @unchecked Sendable {
                         ? PostgresZoomTests.joined(at, "p-\(who)", "Zoë \(who % 97)", uuid: "X\(who % 5)==")
                         : PostgresZoomTests.left(at + 500, "p-\(who)", "Zoë \(who % 97)", uuid: "X\(who % 5)==")
                 }.joined(separator: "\n") + "\n"
-            let arguments = [
-                "--db", server.url("site", role: "carespool"), "--db-password-file", passwordFile, "--host-name",
-                "host-one", "--stream-threshold", "65536",
-            ]
-            let path = spool.path
-            let killed = try await Self.serving(spool: path, arguments: arguments) { pid in
-                try await waitUntilServing(path)
-                try dropLikeRsync(text, into: path + "/inbox/zoom", name: "export.ndjson")
-                let deadline = ContinuousClock.now + .seconds(60)
-                while ContinuousClock.now < deadline {
-                    let events = Int(try await server.psql("SELECT count(*) FROM zoom_events", database: "site")) ?? 0
-                    if events >= 4_000 { break }
-                    try await Task.sleep(for: .milliseconds(10))
-                }
-                kill(pid, SIGKILL)
-            }
-            #expect(killed.status == .signaled(SIGKILL))
-            let stored = Int(try await server.psql("SELECT count(*) FROM zoom_events", database: "site")) ?? 0
-            #expect(stored >= 4_000 && stored < count, "the kill landed after \(stored) of \(count) events")
-            let restarted = try await Self.serving(spool: path, arguments: arguments) { _ in
-                await eventually(timeout: .seconds(120)) { Self.files(path + "/done/zoom").count == 1 }
-            }
-            #expect(restarted.result && restarted.status == .exited(0), "\(Self.hang(restarted.log))")
+            _ = try await Self.killedMidFileThenFinished(
+                server,
+                kind: "zoom",
+                name: "export.ndjson",
+                text: text,
+                rows: count,
+                table: "zoom_events"
+            )
             let verdict = try await server.psql(
                 "SELECT outcome || '|' || stored || '|' || duplicates || '|' || rejected FROM files",
                 database: "site"
