@@ -1,6 +1,7 @@
 package import Config
 package import Logging
 package import PostgresNIO
+import Store
 import Synchronization
 import _ConnectionPoolModule
 
@@ -72,12 +73,7 @@ package final class SiteDatabase: Sendable {
     }
 
     /// The machine's host name (`gethostname`), what the ledger's `host` says by default.
-    package static var hostName: String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "unknown" }
-        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return name.isEmpty ? "unknown" : name
-    }
+    package static var hostName: String { AppDatabase.machineName }
 
     /// The most tries of one transaction that fails on serialization (40001) or deadlock (40P01).
     static let transactionTries = 8

@@ -10,6 +10,10 @@ import JSONSchema
 package import Kinds
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// SQLite's memory statistics, off before the process's first connection: Debian's build counts every
 /// allocation under one global mutex (it has no lookaside allocator), which the intake's chunk writer
 /// paid on every row. Nothing in carespool reads the statistics. Too late (SQLite already initialised,
@@ -26,6 +30,16 @@ package struct AppDatabase: Sendable {
     private let chunkTransaction = ChunkTransaction()
     /// Which verdicts owe a notification, to which targets (none: nothing is queued).
     package var notify = NotifyPolicy()
+    /// The host named in each verdict's ledger row (`serve --host-name`, else the machine's name).
+    package var host = Self.machineName
+
+    /// This machine's host name (`gethostname`), "unknown" when it has none.
+    package static var machineName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "unknown" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "unknown" : name
+    }
     /// How long it stays open at most (``chunkTransactionSpan`` unless ``open(path:readonly:busyTimeout:cacheBytes:chunkCommit:)`` said).
     private var chunkSpan: Duration = Self.chunkTransactionSpan
 
@@ -229,6 +243,10 @@ package struct AppDatabase: Sendable {
         }
         migrator.registerMigration("v10: Zoom participants reports in the visit timelines") { db in
             try db.execute(sql: FrozenMigrations.zoomReportsV10)
+        }
+        migrator.registerMigration("v11: the host of each verdict in the ledger") { db in
+            // NULL in the rows before it (their host was not recorded).
+            try db.execute(sql: "ALTER TABLE files ADD COLUMN host TEXT")
         }
         return migrator
     }
@@ -547,12 +565,12 @@ extension AppDatabase {
         try db.cachedStatement(
             sql: """
                 INSERT INTO files (id, kind, original_name, sha256, size, decompressed_size, received_at, finished_at,
-                                   outcome, report)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'rejected', '{}')
+                                   outcome, report, host)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'rejected', '{}', ?)
                 """
         ).execute(arguments: [
             file.id, file.kind.rawValue, file.originalName, file.sha256, file.size, file.decompressedSize,
-            file.receivedAt, finishedAt,
+            file.receivedAt, finishedAt, host,
         ])
         var report: FileReport
         switch file.content {

@@ -47,7 +47,7 @@ package struct LedgerEntry: Sendable {
     package var duplicates: Int
     package var rejected: Int
     package var report: FileReport?
-    /// The host whose verdict it is (a store several hosts share; nil in one host's SQLite file).
+    /// The host whose verdict it is (nil in a SQLite file's rows from before migration v11).
     package var host: String?
 
     package init(
@@ -132,7 +132,7 @@ extension AppDatabase {
 
     private static let ledgerColumns =
         "id, kind, original_name, size, decompressed_size, received_at, finished_at, outcome, stored, duplicates, "
-        + "rejected, report"
+        + "rejected, report, host"
 
     private static func ledgerEntry(_ row: Row) -> LedgerEntry {
         LedgerEntry(
@@ -147,7 +147,8 @@ extension AppDatabase {
             stored: row["stored"],
             duplicates: row["duplicates"],
             rejected: row["rejected"],
-            report: FileReport(json: row["report"])
+            report: FileReport(json: row["report"]),
+            host: row["host"]
         )
     }
 

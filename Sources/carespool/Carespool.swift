@@ -233,8 +233,8 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help: """
-            This host's name in a PostgreSQL store's ledger, which names the host of every file (default: the \
-            machine's host name; give each host of a site its own).
+            This host's name in the ledger, which names the host of every verdict (default: the machine's host \
+            name; give each host of a site sharing a PostgreSQL store its own).
             """
     )
     var hostName: String?
@@ -439,6 +439,9 @@ struct Serve: AsyncParsableCommand {
             config.notify.map { NotifyPolicy(outcomes: Set($0.outcomes), targets: notifier.targets) }
         }
         // The processor's spool: with the PostgreSQL store, only the inboxes of the kinds it writes.
+        if let hostName, hostName.isEmpty || hostName.utf8.count > 255 || hostName.contains(where: \.isNewline) {
+            throw ValidationError("--host-name: one line of 1 to 255 bytes")
+        }
         switch location {
         case .sqlite:
             var opened = try AppDatabase.open(
@@ -448,6 +451,7 @@ struct Serve: AsyncParsableCommand {
                 chunkCommit: .milliseconds(settings.chunkCommitMs)
             )
             if let policy { opened.notify = policy }
+            opened.host = hostName ?? AppDatabase.machineName
             store = opened
             door = SQLiteDoor(database: opened)
             queue = opened

@@ -49,9 +49,6 @@ extension Serve {
         // the daemon's logs, so its logger stops at warning, whatever log_level says.
         var quiet = logger
         quiet.logLevel = max(logger.logLevel, .warning)
-        if let hostName, hostName.isEmpty || hostName.utf8.count > 255 || hostName.contains(where: \.isNewline) {
-            throw ValidationError("--host-name: one line of 1 to 255 bytes")
-        }
         let site = try SiteDatabase(
             target: target,
             password: password,

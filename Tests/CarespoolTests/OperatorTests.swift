@@ -78,7 +78,10 @@ import Testing
         try intakeCSV(count: 20).write(toFile: dir.path + "/patients.csv", atomically: true, encoding: .utf8)
         let run = try await Daemon.serve(
             spool: spool,
-            arguments: ["--http", "127.0.0.1:\(port)", "--http-token", "scheduler:s3cret-s3cret-s3cret:*"]
+            arguments: [
+                "--http", "127.0.0.1:\(port)", "--http-token", "scheduler:s3cret-s3cret-s3cret:*", "--host-name",
+                "clinic-é1",
+            ]
         ) { pid in
             try await waitUntilServing(spool)
             // Atomic drops for scripts; one bad file among them.
@@ -111,6 +114,9 @@ import Testing
 
         let shown = try await json(["show", id, "--json"] + base)
         #expect((shown["ledger"] as? [String: Any])?["outcome"] as? String == "rejected")
+        // The ledger names the host of each verdict, in one host's SQLite file too.
+        #expect((shown["ledger"] as? [String: Any])?["host"] as? String == "clinic-é1")
+        #expect(try await Daemon.command(["show", id] + base).out.contains("host       clinic-é1"))
         #expect(
             (shown["paths"] as? [String])?.contains { $0.hasSuffix("/failed/appointments/\(id)--bad.json") } == true
         )

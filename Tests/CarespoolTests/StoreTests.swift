@@ -308,3 +308,41 @@ import Testing
         #expect(interval["source"] == "webhook")
     }
 }
+
+/// Migration v11: the ledger names the host of each verdict; rows from before it name none.
+@Suite struct LedgerHostMigrationTests {
+    @Test func rowsBeforeV11NameNoHostAndEachVerdictAfterItNamesItsHost() throws {
+        let dir = TempDir("v11")
+        defer { dir.cleanup() }
+        let path = dir.file("old.sqlite3")
+        let queue = try DatabaseQueue(path: path)
+        try AppDatabase.migrator.migrate(queue, upTo: "v10: Zoom participants reports in the visit timelines")
+        try queue.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome, report)
+                    VALUES ('old', 'appointments', 'e.json', ?, 1, 't', 't', 'accepted', '{}')
+                    """,
+                arguments: [String(repeating: "a", count: 64)]
+            )
+        }
+        try queue.close()
+        var database = try AppDatabase.open(path: path)
+        database.host = "clinic-b"
+        let text = event("H-1", "2026-12-07T10:00:00Z")
+        let file = PreparedFile(
+            id: "new",
+            kind: .appointments,
+            originalName: "h.json",
+            sha256: PostgresLedgerTests.sha(text),
+            size: text.utf8.count,
+            receivedAt: "t",
+            content: .appointments(try projectCatalog().appointments.read(Array(text.utf8)))
+        )
+        #expect(try database.commit([file], finishedAt: "t")[0].report.outcome == .accepted)
+        #expect(try database.ledgerEntry(id: "new")?.host == "clinic-b")
+        #expect(try database.ledgerEntry(id: "old")?.host == nil)
+        let listed = try database.ledger(outcomes: ["accepted"], kind: nil, since: nil, limit: 10)
+        #expect(Set(listed.map { "\($0.id):\($0.host ?? "-")" }) == ["new:clinic-b", "old:-"])
+    }
+}
