@@ -229,3 +229,29 @@ package struct ParsedFile<Record: Sendable>: Sendable {
 package struct KindsError: Error, Sendable, CustomStringConvertible {
     package var description: String
 }
+
+/// Text that becomes part of a database key (an index entry): a Zoom meeting id, visit uuid, event name,
+/// participant id, name or e-mail. At most ``maxBytes`` bytes of UTF-8, whatever the schema in use says:
+/// PostgreSQL refuses an index entry over about 2.7 KB (SQLSTATE 54000), and a key holds up to four such
+/// texts — a longer one stored nowhere and retried for ever (found by the hostile review). No real id,
+/// name or e-mail comes near it. The same rule in both stores, so both give the same verdict.
+package enum KeyText {
+    package static let maxBytes = 512
+
+    /// A problem for each of `fields` (its name in the message, its pointer, its text) that is longer.
+    package static func problems(
+        _ fields: [(name: String, pointer: String?, text: String?)],
+        record: Int?,
+        line: Int?
+    ) -> [RecordProblem] {
+        fields.compactMap { field in
+            guard let text = field.text, text.utf8.count > maxBytes else { return nil }
+            return RecordProblem(
+                record: record,
+                line: line,
+                pointer: field.pointer,
+                message: "\(field.name) is \(text.utf8.count) bytes long: at most \(maxBytes) (part of a stored key)"
+            )
+        }
+    }
+}

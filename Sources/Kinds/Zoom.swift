@@ -79,6 +79,23 @@ package struct ZoomReader: Sendable {
         let object = value["payload"]?["object"]
         let participant = object?["participant"]
         let name = value["event"]?.stringValue ?? ""
+        let participantKey = ["user_id", "id", "participant_uuid"].first { Self.idText(participant?[$0]) != nil }
+        let participantPointer = "/payload/object/participant/"
+        let tooLong = KeyText.problems(
+            [
+                ("event", "/event", name), ("the meeting id", "/payload/object/id", Self.idText(object?["id"])),
+                ("uuid", "/payload/object/uuid", object?["uuid"]?.stringValue),
+                (
+                    "the participant id", participantKey.map { participantPointer + $0 },
+                    participantKey.flatMap { Self.idText(participant?[$0]) }
+                ),
+                ("user_name", participantPointer + "user_name", participant?["user_name"]?.stringValue),
+                ("email", participantPointer + "email", participant?["email"]?.stringValue),
+            ],
+            record: raw.number,
+            line: raw.line
+        )
+        if !tooLong.isEmpty { return .failure(Problems(tooLong)) }
         return .success(
             .event(
                 ZoomEvent(

@@ -605,6 +605,15 @@ package struct ZoomReportCSV: Sendable {
         if name == nil && email == nil {
             add(columns.name ?? columns.email!, "missing: a participant needs a name or an e-mail")
         }
+        problems += KeyText.problems(
+            [
+                ("the meeting id", nil, meetingID),
+                ("the name", columns.name.map { "/" + columns.names[$0] }, name),
+                ("the e-mail", columns.email.map { "/" + columns.names[$0] }, email),
+            ],
+            record: rows,
+            line: record.line
+        )
         if !problems.isEmpty { return .failure(Problems(problems)) }
         var row = ZoomReportRow(
             meetingID: meetingID,
@@ -824,6 +833,22 @@ package struct ZoomReportReader: Sendable {
         if id == nil && name == nil && email == nil {
             add("", "a participant needs an id, a user_email or a name")
         }
+        let idField = ["user_id", "id", "participant_user_id"].first { field in
+            switch value[field] {
+            case .string(let s): !s.isEmpty
+            case .number: true
+            default: false
+            }
+        }
+        problems += KeyText.problems(
+            [
+                ("the meeting id", nil, meetingID), ("meeting_uuid", nil, uuid),
+                ("the participant id", idField.map { pointer + "/" + $0 }, id),
+                ("name", pointer + "/name", name), ("user_email", pointer + "/user_email", email),
+            ],
+            record: number,
+            line: line
+        )
         if !problems.isEmpty { return .failure(Problems(problems)) }
         return .success(
             ZoomReportRow(

@@ -400,14 +400,15 @@ package final class SiteReads: OperatorReads {
                     )
                 )
             }
-            // Every visit's intervals in one look-up, each visit's in SQLite's order.
+            // Every visit's intervals in one look-up, each visit's in SQLite's order (ties broken alike).
             var position: [ExactText: Int] = [:]
             for (index, visit) in visits.enumerated() { position[ExactText(visit.visitUUID)] = index }
             let intervals = try await connection.query(
                 """
                 SELECT visit_uuid, participant_id, participant_name, joined_at, left_at, source FROM zoom_visit_intervals
                 WHERE visit_uuid = ANY(\(visits.map(\.visitUUID))::text[])
-                ORDER BY joined_at IS NULL, joined_at COLLATE "C", participant_id COLLATE "C"
+                ORDER BY joined_at IS NULL, joined_at COLLATE "C", participant_id COLLATE "C", left_at IS NULL,
+                         left_at COLLATE "C", participant_name IS NULL, participant_name COLLATE "C", source COLLATE "C"
                 """,
                 logger: logger
             )

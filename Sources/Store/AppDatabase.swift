@@ -584,7 +584,7 @@ extension AppDatabase {
             report = try Self.judge(file, parsed, db: db) {
                 try ZoomWriter(db: db, fileID: file.id, refreshVisits: false).write(
                     parsed.items,
-                    touchedVisits: &touched.visits
+                    touched: &touched
                 )
             }
         case .intake(let parsed):
@@ -857,7 +857,9 @@ extension AppDatabase {
                     db,
                     sql: """
                         SELECT participant_id, participant_name, joined_at, left_at, source FROM zoom_visit_intervals
-                        WHERE visit_uuid = ? ORDER BY joined_at IS NULL, joined_at, participant_id
+                        WHERE visit_uuid = ?
+                        ORDER BY joined_at IS NULL, joined_at, participant_id, left_at IS NULL, left_at,
+                                 participant_name IS NULL, participant_name, source
                         """,
                     arguments: [uuid]
                 ).map { interval in

@@ -8,6 +8,9 @@ package struct ZoomTouched {
     // By bytes (ExactText): ids the database tells apart are refreshed apart.
     package var visits = Set<ExactText>()
     package var meetings: [ExactText: (low: Int64, high: Int64)] = [:]
+    /// The stored events that the transaction's records met, parsed (by seq): each parsed once however
+    /// many records meet it (a large stored event met by thousands cost their product: hostile review).
+    var parsedEvents: [Int64: JSONValue?] = [:]
 
     package init(visits: Set<ExactText> = []) { self.visits = visits }
 
@@ -125,7 +128,7 @@ struct ZoomReportWriter {
             let meeting = try String.fetchOne(
                 db.cachedStatement(sql: "SELECT meeting_id FROM zoom_events WHERE visit_uuid = ? LIMIT 1"),
                 arguments: [uuid]
-            ), meeting != row.meetingID
+            ), !sameText(meeting, row.meetingID)
         {
             return .otherMeeting(meeting)
         }

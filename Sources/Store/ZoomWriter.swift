@@ -13,13 +13,13 @@ struct ZoomWriter {
     var refreshVisits = true
 
     func write(_ items: [Item<ZoomRecord>]) throws -> FileReport {
-        var touched = Set<ExactText>()
-        return try write(items, touchedVisits: &touched)
+        var touched = ZoomTouched()
+        return try write(items, touched: &touched)
     }
 
     /// As ``write(_:)``, adding the visits whose events it inserted to `touched` (refreshed here only
     /// with `refreshVisits`; a group commit refreshes each visit once for all its files).
-    func write(_ items: [Item<ZoomRecord>], touchedVisits touched: inout Set<ExactText>) throws -> FileReport {
+    func write(_ items: [Item<ZoomRecord>], touched: inout ZoomTouched) throws -> FileReport {
         var stored = 0
         var duplicates = 0
         var skipped = 0
@@ -34,7 +34,7 @@ struct ZoomWriter {
             case .success(.urlValidation):
                 skipped += 1
             case .success(.event(let event)):
-                switch try insert(event, record: item.number) {
+                switch try insert(event, record: item.number, parsed: &touched.parsedEvents) {
                 case .ours:
                     stored += 1
                 case .inserted:
@@ -59,7 +59,7 @@ struct ZoomWriter {
         if refreshVisits {
             for uuid in mine { try refreshVisit(uuid.text) }
         }
-        touched.formUnion(mine)
+        touched.visits.formUnion(mine)
         var report = FileReport(
             outcome: FileReport.outcome(
                 stored: stored,
@@ -85,11 +85,11 @@ struct ZoomWriter {
         case ours
     }
 
-    private func insert(_ event: ZoomEvent, record: Int) throws -> Insertion {
+    private func insert(_ event: ZoomEvent, record: Int, parsed: inout [Int64: JSONValue?]) throws -> Insertion {
         let existing = try Row.fetchOne(
             db.cachedStatement(
                 sql: """
-                    SELECT raw_json, file_id, record FROM zoom_events
+                    SELECT seq, raw_json, file_id, record FROM zoom_events
                     WHERE meeting_id = ? AND ifnull(visit_uuid, '') = ? AND event_name = ? AND event_ts = ?
                       AND ifnull(participant_id, '') = ?
                     """
@@ -104,8 +104,17 @@ struct ZoomWriter {
         }
         if let existing {
             let raw: String = existing["raw_json"]
-            let same =
-                sameText(raw, event.raw) || (try? JSONParser.parse(raw)).map(ZoomReader.canonical) == event.value
+            let seq: Int64 = existing["seq"]
+            // The stored event parsed once, however many records of the file meet it (a large stored event
+            // met by thousands of records cost their product: found by the hostile review).
+            let same: Bool
+            if sameText(raw, event.raw) {
+                same = true
+            } else {
+                let stored = parsed[seq] ?? (try? JSONParser.parse(raw)).map(ZoomReader.canonical)
+                parsed[seq] = .some(stored)
+                same = stored == event.value
+            }
             outcome = same ? .duplicate : .conflict(existing["file_id"])
         } else {
             try db.cachedStatement(
@@ -164,7 +173,7 @@ struct ZoomWriter {
             arguments: [uuid]
         )
         while let row = try eventRows.next() {
-            meetingID = meetingID ?? row["meeting_id"]
+            meetingID = VisitTimeline.smaller(meetingID, row["meeting_id"])
             events.append(
                 VisitTimeline.Event(
                     name: row["event_name"],
@@ -193,7 +202,9 @@ struct ZoomWriter {
             arguments: [uuid]
         )
         while let row = try reportRows.next() {
-            if meetingID == nil, let meeting = row["meeting_id"] as String?, !meeting.isEmpty { meetingID = meeting }
+            if events.isEmpty, let meeting = row["meeting_id"] as String?, !meeting.isEmpty {
+                meetingID = VisitTimeline.smaller(meetingID, meeting)
+            }
             reports.append(
                 VisitTimeline.Report(
                     participantID: row["participant_id"],
@@ -386,6 +397,13 @@ package struct VisitTimeline {
     /// against; nil for a visit known from reports alone.
     package var span: (first: Int64, last: Int64)?
 
+    /// Of two meeting ids, the smaller by bytes: a visit's meeting whatever order its events were stored
+    /// in (one uuid under two meeting ids is a hostile sender's; either way, the same answer).
+    package static func smaller(_ kept: String?, _ next: String) -> String {
+        guard let kept else { return next }
+        return ExactText(next) < ExactText(kept) ? next : kept
+    }
+
     /// Whole seconds of milliseconds since the epoch (rounded down, before 1970 as after).
     static func seconds(_ ms: Int64) -> Int64 { floor(ms, 1_000) }
 
@@ -473,8 +491,12 @@ package struct VisitTimeline {
         }
         for key in edges.keys.sorted() {
             let id = key.text
-            // Same instant: the join first, so a zero-length visit is one interval.
-            let sorted = edges[key]!.sorted { ($0.at, $0.join ? 0 : 1) < ($1.at, $1.join ? 0 : 1) }
+            // Same instant: the join first, so a zero-length visit is one interval; then by name and e-mail
+            // (bytes), so that the same events give the same names whatever order they were stored in.
+            let sorted = edges[key]!.sorted {
+                ($0.at, $0.join ? 0 : 1, ExactText($0.name ?? ""), ExactText($0.email ?? ""))
+                    < ($1.at, $1.join ? 0 : 1, ExactText($1.name ?? ""), ExactText($1.email ?? ""))
+            }
             var open: Edge?
             for edge in sorted {
                 if edge.join {

@@ -49,7 +49,11 @@ struct ZoomQuery: AsyncParsableCommand {
                     .init(key: "started_at", value: text(visit.startedAt)),
                     .init(key: "ended_at", value: text(visit.endedAt)),
                     .init(key: "duration_seconds", value: visit.durationSeconds.map { .number(String($0)) } ?? .null),
-                    .init(key: "max_latency_ms", value: visit.maxLatencyMs.map { .number(String($0)) } ?? .null),
+                    // JSON has no infinity: a latency beyond a double's range (1e400) is null here.
+                    .init(
+                        key: "max_latency_ms",
+                        value: visit.maxLatencyMs.flatMap { $0.isFinite ? .number(String($0)) : nil } ?? .null
+                    ),
                     .init(key: "interpreter_requested", value: .bool(visit.interpreterRequested)),
                     .init(key: "events", value: .number(String(visit.events))),
                     .init(key: "participants", value: .array(intervals)),
@@ -63,7 +67,7 @@ struct ZoomQuery: AsyncParsableCommand {
             throw ExitCode(1)
         }
         for visit in visits {
-            print("meeting \(visit.meetingID)  visit \(visit.visitUUID)")
+            print("meeting \(Terminal.safe(visit.meetingID))  visit \(Terminal.safe(visit.visitUUID))")
             print("  started   \(visit.startedAt ?? "-")")
             print("  ended     \(visit.endedAt ?? "-")")
             print("  duration  \(visit.durationSeconds.map { "\($0) s" } ?? "-")")

@@ -496,3 +496,122 @@ struct SeededGenerator: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// Texts that become keys: at most 512 bytes, so that PostgreSQL's index entries (about 2.7 KB) always
+/// hold them — a longer one was refused by the index and its file retried for ever (hostile review).
+@Suite(.serialized) struct KeyTextLimitTests {
+    @Test func textsAtTheLimitAreStoredAndLongerOnesRejectedAlikeInBothStores() async throws {
+        let limit = String(repeating: "é", count: 256)  // 512 bytes
+        let over = limit + "x"
+        let t0: Int64 = 1_764_200_000_000
+        func joined(meeting: String, uuid: String, id: String, name: String, email: String) -> String {
+            zoomEvent(
+                "meeting.participant_joined",
+                ts: t0,
+                meeting: "\"\(meeting)\"",
+                uuid: uuid,
+                participant: "\"user_id\":\"\(id)\",\"user_name\":\"\(name)\",\"email\":\"\(email)\""
+            )
+        }
+        let events = [
+            joined(meeting: limit, uuid: limit, id: limit, name: limit, email: limit),
+            joined(meeting: "1", uuid: over, id: "p", name: "n", email: "e@x"),
+            zoomEvent("meeting.started", ts: t0, meeting: "\"\(over)\"", uuid: "u=="),
+            joined(meeting: "1", uuid: "u==", id: "p", name: String(repeating: "Z", count: 3_000), email: "e@x"),
+            joined(meeting: "1", uuid: "u==", id: over, name: "n", email: "e@x"),
+        ].joined(separator: "\n")
+        let header = ZoomReportStoreTests.header
+        let csv =
+            header + "\(limit),\(String(repeating: "é", count: 244))@example.org,11/20/2026 09:00:00 AM,"
+            + "11/20/2026 09:10:00 AM,10\n"
+            + "\(over),o@example.org,11/20/2026 09:01:00 AM,11/20/2026 09:10:00 AM,9\n"
+        let page =
+            "{\"meeting_id\": \"93812345678\", \"meeting_uuid\": \"\(over)\", \"participants\": [{\"name\": \"A\", "
+            + "\"join_time\": \"2026-11-20T15:10:00Z\"}]}"
+        let files = [
+            try PostgresZoomTests.file("k1", events),
+            PostgresZoomReportTests.report("k2", csv, name: "participants_93812345678.csv"),
+            PostgresZoomReportTests.report("k3", page, name: "p.json"),
+        ]
+        let dir = TempDir("key-limit")
+        defer { dir.cleanup() }
+        let lite = try AppDatabase.open(path: dir.file("k.sqlite3"))
+        let liteReports = try lite.commit(files, finishedAt: "2026-12-07T00:00:01.000Z").map(\.report)
+        #expect(liteReports.map(\.outcome) == [.partial, .partial, .rejected])
+        let pointers = liteReports[0].errors.map { $0.pointer ?? "-" }
+        #expect(
+            pointers == [
+                "/payload/object/uuid", "/payload/object/id", "/payload/object/participant/user_name",
+                "/payload/object/participant/user_id",
+            ],
+            "\(liteReports[0].json())"
+        )
+        #expect(
+            liteReports[0].errors.allSatisfy { $0.message.contains("at most 512") },
+            "\(liteReports[0].errors.map(\.message))"
+        )
+        #expect(liteReports[1].errors.first?.pointer == "/Name (Original Name)", "\(liteReports[1].json())")
+        try await PostgresLedgerTests.withHosts { server, one, _ in
+            let reports = try await one.commit(files, finishedAt: "2026-12-07T00:00:01.000Z").map(\.report)
+            #expect(reports.map { $0.json() } == liteReports.map { $0.json() })
+            // The longest texts allowed are in every key and index: the event, its visit's interval, the row.
+            let intervals = try await server.psql(
+                "SELECT octet_length(participant_name) || '|' || octet_length(visit_uuid) FROM zoom_visit_intervals",
+                database: "site"
+            )
+            #expect(intervals.contains("512|512"), "\(intervals)")
+            #expect(
+                try await server.psql(
+                    "SELECT count(*) FROM zoom_report_intervals WHERE octet_length(participant_name) = 512",
+                    database: "site"
+                ) == "1"
+            )
+        }
+    }
+}
+
+/// What a visit's timeline says does not depend on the order its events were stored in (PostgreSQL
+/// stores a batch's events in key order, SQLite in file order; hosts race): one uuid under two meeting
+/// ids, two names for one join at one instant (found by the hostile review).
+@Suite(.serialized) struct TimelineOrderTests {
+    @Test func eventsInEitherOrderAndEitherStoreGiveOneTimeline() async throws {
+        let t0: Int64 = 1_764_300_000_000
+        let events = [
+            zoomEvent("meeting.started", ts: t0, meeting: "\"999\"", uuid: "U1=="),
+            zoomEvent(
+                "meeting.participant_joined",
+                ts: t0 + 5_000,
+                meeting: "\"111\"",
+                uuid: "U1==",
+                participant: "\"user_id\":\"p\",\"user_name\":\"Zed\",\"join_time\":\"2025-11-28T03:20:10Z\""
+            ),
+            zoomEvent(
+                "meeting.participant_joined",
+                ts: t0 + 4_000,
+                meeting: "\"111\"",
+                uuid: "U1==",
+                participant: "\"user_id\":\"p\",\"user_name\":\"Amy\",\"join_time\":\"2025-11-28T03:20:10Z\""
+            ),
+        ]
+        let dir = TempDir("timeline-order")
+        defer { dir.cleanup() }
+        var tables: [[[String]]] = []
+        for (n, order) in [events, events.reversed()].enumerated() {
+            let lite = try AppDatabase.open(path: dir.file("o\(n).sqlite3"))
+            for (k, text) in order.enumerated() {
+                _ = try lite.commit([try PostgresZoomTests.file("e\(n)-\(k)", text)], finishedAt: "t")
+            }
+            tables.append(Array(try await PostgresZoomTests.liteTables(lite)[1...2]))
+        }
+        #expect(tables[0] == tables[1])
+        #expect(tables[0][0].first?.hasPrefix("U1==|111|") == true, "\(tables[0])")
+        #expect(tables[0][1].first?.contains("|Amy|") == true, "\(tables[0])")
+        try await PostgresLedgerTests.withHosts { server, one, _ in
+            _ = try await one.commit(
+                try events.enumerated().map { try PostgresZoomTests.file("p\($0.offset)", $0.element) },
+                finishedAt: "t"
+            )
+            #expect(Array(try await PostgresZoomTests.siteTables(server)[1...2]) == tables[0])
+        }
+    }
+}
