@@ -76,7 +76,7 @@ package final class SiteDatabase: Sendable {
     package static var hostName: String { AppDatabase.machineName }
 
     /// The most tries of one transaction that fails on serialization (40001) or deadlock (40P01).
-    static let transactionTries = 8
+    package static let transactionTries = 8
 
     /// `body` in one transaction, run again from the start when PostgreSQL aborts it for a serialization
     /// failure or a deadlock (after a short random pause that doubles each time: the hosts that collided

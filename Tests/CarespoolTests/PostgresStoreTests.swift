@@ -508,7 +508,9 @@ import Testing
                     }
                     try await group.waitForAll()
                 }
-                #expect(attempts.count == 3, "one of the two ran twice")
+                // One of the two ran again (a loaded machine may deadlock them once more: still by itself,
+                // within the tries allowed); each one's updates counted once.
+                #expect((3...SiteDatabase.transactionTries * 2).contains(attempts.count), "\(attempts.count) attempts")
                 #expect(
                     try await server.psql("SELECT string_agg(v::text, ',' ORDER BY k) FROM pair", database: "site")
                         == "2,2"
