@@ -242,7 +242,9 @@ package final class SiteDatabase: Sendable {
     package func migrate() async throws(PostgresStoreError) -> [Int] {
         let host = host
         let logger = logger
+        let target = target
         return try await transaction { connection in
+            try await Self.checkCharacterType(connection, target, logger)
             try await connection.query(
                 "SELECT pg_advisory_xact_lock(\(PostgresMigrations.advisoryLock))",
                 logger: logger
@@ -269,10 +271,33 @@ package final class SiteDatabase: Sendable {
         }
     }
 
+    /// The database's character type must be C (or POSIX): `lower()` then changes ASCII letters only and
+    /// text compares by bytes, as in SQLite — under another locale PostgreSQL lower-cases "É" too, and a
+    /// report row's e-mail matched a webhook's in one store and not the other (found by the hostile
+    /// review). Refused with the way to make one, not worked around.
+    static func checkCharacterType(_ connection: PostgresConnection, _ target: PostgresTarget, _ logger: Logger)
+        async throws
+    {
+        let rows = try await connection.query(
+            "SELECT datctype FROM pg_database WHERE datname = current_database()",
+            logger: logger
+        )
+        for try await ctype in rows.decode(String.self) where ctype != "C" && ctype != "POSIX" {
+            throw PostgresStoreError(
+                description:
+                    "the database \(target.display) has LC_CTYPE '\(ctype)': carespool needs 'C' (text lower-cased and "
+                    + "compared by bytes, as in SQLite); create it with `createdb --locale=C --template=template0`",
+                transient: false
+            )
+        }
+    }
+
     /// What the database records as applied, oldest first (empty before the first migration).
     package func appliedMigrations() async throws(PostgresStoreError) -> [AppliedMigration] {
         let logger = logger
+        let target = target
         return try await transaction { connection -> [AppliedMigration] in
+            try await Self.checkCharacterType(connection, target, logger)
             let exists = try await connection.query(
                 "SELECT to_regclass('carespool_migrations') IS NOT NULL",
                 logger: logger

@@ -1,4 +1,3 @@
-import Crypto
 import JSONSchema
 import Kinds
 import Logging
@@ -15,21 +14,11 @@ import Store
 /// so a meeting's rows, visits and their spans change under one writer at a time: the resolution of its
 /// rows to visits reads what the last transaction left, as on one host.
 enum ZoomReportsInPostgres {
-    /// The advisory locks of `meetings`, ascending (a 64-bit key from SHA-256 of "zoom-meeting/ID"; a
-    /// collision only makes two meetings' writes wait for each other).
+    /// The locks of `meetings` (``SiteDatabase/lockSlots(_:space:_:_:)``: 256 slots, ascending).
     static func lockMeetings(_ meetings: Set<ExactText>, _ connection: PostgresConnection, _ logger: Logger)
         async throws
     {
-        var keys = Set<Int64>()
-        for meeting in meetings {
-            let digest = Array(SHA256.hash(data: Array("zoom-meeting/\(meeting.text)".utf8)))
-            keys.insert(digest.prefix(8).reduce(Int64(0)) { $0 << 8 | Int64($1) })
-        }
-        guard !keys.isEmpty else { return }
-        try await connection.query(
-            "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(\(keys.sorted())::int8[]) AS k",
-            logger: logger
-        )
+        try await SiteDatabase.lockSlots(meetings.map(\.text), space: 2, connection, logger)
     }
 
     /// The meetings a batch's or a chunk's Zoom records belong to: each event's, each report row's (a row

@@ -283,6 +283,36 @@ import Testing
         }
     }
 
+    /// Under another character type PostgreSQL lower-cases "É" and SQLite does not: a database that is not
+    /// C is refused, with the way to make one, by `migrate` and by every command that opens the store.
+    @Test func aDatabaseWhoseCharacterTypeIsNotCIsRefusedSayingHowToMakeOne() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            try await server.psql("CREATE DATABASE wide OWNER carespool LOCALE 'C.utf8' TEMPLATE template0")
+            let passwordFile = try server.passwordFile(password)
+            let refused = try await Self.migrate(
+                server,
+                server.url("wide", role: "carespool"),
+                passwordFile: passwordFile
+            )
+            #expect(refused.status == .exited(78), "\(refused)")
+            #expect(
+                refused.err.contains("LC_CTYPE 'C.utf8'") && refused.err.contains("--locale=C"),
+                "\(refused.err)"
+            )
+            #expect(try await server.psql("SELECT to_regclass('files') IS NULL", database: "wide") == "t")
+            let status = try await Daemon.command(
+                [
+                    "status", "--spool", TempDir("wide").path, "--db", server.url("wide", role: "carespool"),
+                    "--db-password-file", passwordFile,
+                ]
+            )
+            #expect(status.err.contains("LC_CTYPE"), "\(status)")
+            let fine = try await Self.migrate(server, server.url("site", role: "carespool"), passwordFile: passwordFile)
+            #expect(fine.status == .exited(0), "\(fine)")
+        }
+    }
+
     @Test func aSchemaEditedOrNewerIsRefusedUntouched() async throws {
         try await PostgresServer.with { server in
             let password = try await server.createDatabase("site", role: "carespool")
