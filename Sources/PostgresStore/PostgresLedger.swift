@@ -273,17 +273,13 @@ enum AppointmentsInPostgres {
             let line: Int?
             let event: AppointmentEvent
         }
-        var stored = Array(repeating: 0, count: files.count)
-        var duplicates = Array(repeating: 0, count: files.count)
-        var rejected = Array(repeating: 0, count: files.count)
-        var errors = Array(repeating: [RecordProblem](), count: files.count)
+        var tally = FileTallies(files.count)
         var rows: [Row] = []
         for (index, file) in files.enumerated() {
             for item in file.items {
                 switch item.result {
                 case .failure(let problems):
-                    rejected[index] += 1
-                    problems.append(to: &errors[index])
+                    tally.failed(index, problems)
                 case .success(let event):
                     rows.append(Row(file: index, number: item.number, line: item.line, event: event))
                 }
@@ -351,7 +347,7 @@ enum AppointmentsInPostgres {
         for row in ordered {
             let fileID = files[row.file].id
             if inserted.contains(ExactText("\(row.number)\u{0}\(fileID)")) {
-                stored[row.file] += 1
+                tally.stored[row.file] += 1
                 continue
             }
             guard let earlier = found[ExactText(row.event.appointmentID + "\u{0}" + row.event.instant)] else {
@@ -361,30 +357,19 @@ enum AppointmentsInPostgres {
                 sameText(earlier.type, row.event.eventType) && sameText(earlier.patient, row.event.patientID)
                 && sameText(earlier.notes, row.event.notes)
             if same && sameText(earlier.file, fileID) && earlier.record == row.number {
-                stored[row.file] += 1  // this very record, committed by an earlier chunk before a crash
+                tally.stored[row.file] += 1  // this very record, committed by an earlier chunk before a crash
             } else if same {
-                duplicates[row.file] += 1
+                tally.duplicates[row.file] += 1
             } else {
-                rejected[row.file] += 1
-                errors[row.file].append(
-                    RecordProblem(
-                        record: row.number,
-                        line: row.line,
-                        pointer: nil,
-                        message:
-                            "conflicts with the event stored from file \(earlier.file) under the same appointment_id and timestamp"
-                    )
+                tally.conflict(
+                    row.file,
+                    record: row.number,
+                    line: row.line,
+                    "conflicts with the event stored from file \(earlier.file) under the same appointment_id and timestamp"
                 )
             }
         }
-        return files.indices.map { index in
-            FileReport.setBased(
-                stored: stored[index],
-                duplicates: duplicates[index],
-                rejected: rejected[index],
-                errors: errors[index]
-            )
-        }
+        return files.indices.map { tally.report($0) }
     }
 
     /// The appointments' states from their newest events, their status from their newest scheduled or
@@ -429,18 +414,48 @@ enum AppointmentsInPostgres {
     }
 }
 
-extension FileReport {
-    /// A set-based writer's report of one file: its problems put back in record order, as the file lists
-    /// them (the writes went in key order).
-    static func setBased(stored: Int, duplicates: Int, rejected: Int, skipped: Int = 0, errors: [RecordProblem])
-        -> FileReport
-    {
+/// Each file's counts and problems in a set-based write of several files, and its report.
+struct FileTallies {
+    var stored: [Int]
+    var duplicates: [Int]
+    var rejected: [Int]
+    var skipped: [Int]
+    var errors: [[RecordProblem]]
+
+    init(_ files: Int) {
+        stored = Array(repeating: 0, count: files)
+        duplicates = stored
+        rejected = stored
+        skipped = stored
+        errors = Array(repeating: [], count: files)
+    }
+
+    /// A record of file `index` that conflicts with what the database holds under its key.
+    mutating func conflict(_ index: Int, record: Int, line: Int?, _ message: String) {
+        rejected[index] += 1
+        errors[index].append(RecordProblem(record: record, line: line, pointer: nil, message: message))
+    }
+
+    /// A record of file `index` its reader refused.
+    mutating func failed(_ index: Int, _ problems: Problems) {
+        rejected[index] += 1
+        problems.append(to: &errors[index])
+    }
+
+    /// File `index`'s report: its problems put back in record order, as the file lists them (the writes
+    /// went in key order).
+    func report(_ index: Int) -> FileReport {
         FileReport(
-            outcome: FileReport.outcome(stored: stored, duplicates: duplicates, rejected: rejected, skipped: skipped),
-            stored: stored,
-            duplicates: duplicates,
-            rejected: rejected,
-            errors: errors.enumerated().sorted {
+            outcome: FileReport.outcome(
+                stored: stored[index],
+                duplicates: duplicates[index],
+                rejected: rejected[index],
+                skipped: skipped[index]
+            ),
+            stored: stored[index],
+            duplicates: duplicates[index],
+            rejected: rejected[index],
+            errors: errors[index].enumerated().sorted {
                 ($0.element.record ?? 0, $0.offset) < ($1.element.record ?? 0, $1.offset)
             }.map(\.element)
         )

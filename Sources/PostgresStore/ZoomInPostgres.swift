@@ -52,20 +52,15 @@ enum ZoomInPostgres {
                 ]
             }
         }
-        var stored = Array(repeating: 0, count: files.count)
-        var duplicates = Array(repeating: 0, count: files.count)
-        var rejected = Array(repeating: 0, count: files.count)
-        var skipped = Array(repeating: 0, count: files.count)
-        var errors = Array(repeating: [RecordProblem](), count: files.count)
+        var tally = FileTallies(files.count)
         var rows: [Row] = []
         for (index, file) in files.enumerated() {
             for item in file.items {
                 switch item.result {
                 case .failure(let problems):
-                    rejected[index] += 1
-                    problems.append(to: &errors[index])
+                    tally.failed(index, problems)
                 case .success(.urlValidation):
-                    skipped[index] += 1
+                    tally.skipped[index] += 1
                 case .success(.event(let event)):
                     rows.append(Row(file: index, number: item.number, line: item.line, event: event))
                 }
@@ -172,14 +167,14 @@ enum ZoomInPostgres {
             let fileID = files[row.file].id
             let name = ExactText(row.event.name)
             if inserted.contains(ExactText("\(row.number)\u{0}\(fileID)")) {
-                stored[row.file] += 1
+                tally.stored[row.file] += 1
                 counts.received[name, default: 0] += 1
                 counts.inserted[name, default: 0] += 1
                 continue
             }
             guard let earlier = found[key(row)] else { throw PostgresStoreError.neitherStoredNorFound("a Zoom event") }
             if sameText(earlier.file, fileID) && earlier.record == Int64(row.number) {
-                stored[row.file] += 1  // this very record, committed (and counted) by an earlier chunk
+                tally.stored[row.file] += 1  // this very record, committed (and counted) by an earlier chunk
                 continue
             }
             counts.received[name, default: 0] += 1
@@ -194,31 +189,22 @@ enum ZoomInPostgres {
                 same = stored == row.event.value
             }
             if same {
-                duplicates[row.file] += 1
+                tally.duplicates[row.file] += 1
             } else {
-                rejected[row.file] += 1
-                errors[row.file].append(
-                    RecordProblem(
-                        record: row.number,
-                        line: row.line,
-                        pointer: nil,
-                        message:
-                            "conflicts with the event stored from file \(earlier.file) under the same meeting id, visit uuid, event, event_ts and participant"
-                    )
+                tally.conflict(
+                    row.file,
+                    record: row.number,
+                    line: row.line,
+                    "conflicts with the event stored from file \(earlier.file) under the same meeting id, visit uuid, "
+                        + "event, event_ts and participant"
                 )
             }
         }
         return files.indices.map { index in
-            var report = FileReport.setBased(
-                stored: stored[index],
-                duplicates: duplicates[index],
-                rejected: rejected[index],
-                skipped: skipped[index],
-                errors: errors[index]
-            )
-            if skipped[index] > 0 {
+            var report = tally.report(index)
+            if tally.skipped[index] > 0 {
                 report.notes.append(
-                    "\(skipped[index]) endpoint.url_validation event(s) skipped: the HTTP endpoint answers these"
+                    "\(tally.skipped[index]) endpoint.url_validation event(s) skipped: the HTTP endpoint answers these"
                 )
             }
             return report
