@@ -381,12 +381,13 @@ def gzip_phase(binary, schema, rows):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report_phase(binary, schema, rows):
+def report_phase(binary, schema, rows, site=None):
     """A Zoom participants report as the portal exports it for an account (the one-table layout, US
     dates, 12-hour clock), `rows` joins over 300 clinic days of 40 recurring meetings — names with
     accents from a small pool (people come back), rejoins, a few guests without e-mail — dropped after the
     webhooks of every other day's visits, so that half its joins merge with webhooks and half make the
-    reports' own visits: rows/s, peak RSS, and how the rows ended (stored, duplicates)."""
+    reports' own visits: rows/s, peak RSS, and how the rows ended (stored, duplicates). `site`: a PostgreSQL
+    store instead of the spool's SQLite file (bench/postgres.py's Server)."""
     import random
     rnd = random.Random(19)
     first = ["María José", "Zoë", "Łukasz", "Søren", "Amélie", "Chidi", "Nguyễn", "Ana", "Björn", "Siobhán",
@@ -450,8 +451,12 @@ def report_phase(binary, schema, rows):
         with open(config, "w") as f:
             f.write('[zoom_report]\ntimezone = "America/Chicago"\n')
         log = open(os.path.join(root, "daemon.log"), "w")
+        store = []
+        if site is not None:
+            url, password_file = site.fresh_database()
+            store = ["--db", url, "--db-password-file", password_file, "--host-name", "host-0"]
         daemon = subprocess.Popen([binary, "serve", "--config", config, "--spool", spool, "--schema", schema,
-                                   "--log-level", "warning", "--http", "off"], stderr=log)
+                                   "--log-level", "warning", "--http", "off"] + store, stderr=log)
         deadline = time.monotonic() + 30
         while not os.path.exists(os.path.join(spool, "processing", "retrying.json")):
             if time.monotonic() > deadline or daemon.poll() is not None:
@@ -483,15 +488,21 @@ def report_phase(binary, schema, rows):
             time.sleep(0.05)
         seconds = time.monotonic() - start
         peak = stop_with_peak(daemon)
-        db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
-        stored, duplicates, rejected = db.execute(
-            "SELECT stored, duplicates, rejected FROM files WHERE kind = 'zoom-report'").fetchone()
-        sources = dict(db.execute("SELECT source, count(*) FROM zoom_visit_intervals GROUP BY source").fetchall())
-        db.close()
+        if site is None:
+            db = sqlite3.connect(os.path.join(spool, "carespool.sqlite3"))
+            stored, duplicates, rejected = db.execute(
+                "SELECT stored, duplicates, rejected FROM files WHERE kind = 'zoom-report'").fetchone()
+            sources = dict(db.execute("SELECT source, count(*) FROM zoom_visit_intervals GROUP BY source").fetchall())
+            db.close()
+        else:
+            stored, duplicates, rejected = (int(v) for v in site.psql(
+                "SELECT stored, duplicates, rejected FROM files WHERE kind = 'zoom-report'", "site").split("|"))
+            sources = dict((source, int(count)) for source, count in (line.split("|") for line in site.psql(
+                "SELECT source, count(*) FROM zoom_visit_intervals GROUP BY source", "site").splitlines()))
         if stored + duplicates != rows or rejected:
             sys.exit("report phase: %d stored + %d duplicates + %d rejected of %d rows" % (stored, duplicates, rejected, rows))
-        print("| report phase: one-table export, %d rows, %.1f MB, %d webhook events first | s | rows/s | peak RSS MiB |"
-              % (rows, len(text.encode()) / 1e6, len(events)))
+        print("| report phase%s: one-table export, %d rows, %.1f MB, %d webhook events first | s | rows/s | peak RSS MiB |"
+              % ("" if site is None else " into PostgreSQL", rows, len(text.encode()) / 1e6, len(events)))
         print("| --- | --- | --- | --- |")
         print("| stored %d, duplicates %d; intervals %s | %.1f | %.0f | %.1f |"
               % (stored, duplicates, ", ".join("%s %d" % kv for kv in sorted(sources.items())), seconds, rows / seconds,
@@ -806,7 +817,8 @@ def main():
             print()
             sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
             import postgres
-            postgres.phase(args.binary, schema, args.files, args.intake_rows, event)
+            postgres.phase(args.binary, schema, args.files, args.intake_rows, event,
+                           lambda site: report_phase(args.binary, schema, args.report_rows, site=site))
     finally:
         for daemon in daemons:
             if daemon.poll() is None:

@@ -9,6 +9,7 @@ in the same run as the SQLite phases.
   unindexed table (the near-limit) as a ratio, and carespool's peak RSS; and PostgreSQL's own floor for the
   data model (the same rows loaded set-based by plain SQL into carespool's tables); and the issue's choice
   of staging, COPY into a temporary table or `unnest` arrays, chunk by chunk (staging_run).
+- the report phase of bench.py (a Zoom participants report after its webhooks) into PostgreSQL.
 
 The server is Debian's PostgreSQL, started here (initdb + pg_ctl as the postgres user, a Unix socket in a
 temporary folder only) with its defaults: fsync on, synchronous_commit on (a real site's durability).
@@ -262,7 +263,8 @@ def staging_run(binary, server, work, path, method):
     return seconds
 
 
-def phase(binary, schema, files, rows, event):
+def phase(binary, schema, files, rows, event, report):
+    """The PostgreSQL rows of `make bench`; `report(server)` runs the report phase against the server."""
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
     import intake_data
@@ -298,6 +300,8 @@ def phase(binary, schema, files, rows, event):
                   "temporary table then INSERT ... SELECT / unnest arrays | %.1f s / %.1f s (unnest / COPY %.2f) |"
                   % (label, copied, unnested, unnested / copied))
             os.remove(path)
+        print()
+        report(server)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

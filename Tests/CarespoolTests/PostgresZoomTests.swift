@@ -297,7 +297,8 @@ import Testing
 
     /// Webhooks, every fixture, and the rows the SQLite tests judge: a repeat, a later leave completing an
     /// open row, another leave (a conflict), a contradiction of the webhooks, a uuid of another meeting, a
-    /// page naming only a uuid, one of carespool's own keys, a row to the minute, another day's report.
+    /// page naming only a uuid, one of carespool's own keys, a row to the minute, rows of one key within one
+    /// file, another day's report.
     static func files() throws -> [PreparedFile] {
         let meeting = "participants_93812345678.csv"
         return [
@@ -345,6 +346,18 @@ import Testing
             Self.report(
                 "m1",
                 header + "Dr. Zoë Okafor,zoe.okafor@clinic.example,11/20/2026 09:00,11/20/2026 09:30,30\n",
+                name: meeting
+            ),
+            // Within one file: an open row, its completion, another leave (a conflict with record 1 of this
+            // file), a repeat; a person known by name only.
+            Self.report(
+                "s1",
+                header + "Élodie Brun,elodie@example.org,11/20/2026 09:05:00 AM,,\n"
+                    + "Élodie Brun,ELODIE@example.org,11/20/2026 09:05:00 AM,11/20/2026 09:20:00 AM,15\n"
+                    + "Élodie Brun,elodie@example.org,11/20/2026 09:05:00 AM,11/20/2026 09:25:00 AM,20\n"
+                    + "Élodie Brun,elodie@example.org,11/20/2026 09:05:00 AM,11/20/2026 09:20:00 AM,15\n"
+                    + "Bo Ørsted,,11/20/2026 09:06:00 AM,11/20/2026 09:07:00 AM,1\n"
+                    + "Bo Ørsted,,11/20/2026 09:06:00 AM,11/20/2026 09:07:00 AM,1\n",
                 name: meeting
             ),
             Self.report(
