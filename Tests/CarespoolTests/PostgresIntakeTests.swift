@@ -213,6 +213,41 @@ import Testing
         }
     }
 
+    /// The rows that may store a visit reach PostgreSQL by COPY's text format: every byte a reason can hold
+    /// — a backslash, `\N`, `\.`, a tab, a line break or carriage return inside quotes, an empty reason, none
+    /// — is stored as SQLite stores it (an empty one as none) (compared as hex, since they span lines).
+    @Test func textThatCopyEscapesIsStoredByteForByte() async throws {
+        let reasons = [
+            "C:\\temp\\x", "\\N", "\\.", "tab\there", "\"line\nbreak\"", "\"carriage\r\nreturn\"", "",
+            "\"quoted \"\"word\"\", and a comma\"", "trailing backslash \\", "\"\"",
+        ]
+        let rows = reasons.enumerated().map { n, reason in "M-\(n),Zoë,Ñ\\\(n),1980-01-01,V-\(n),2025-01-01,\(reason)" }
+        let csv = ([intakeHeader] + rows).joined(separator: "\n") + "\n"
+        let query = """
+            SELECT v.visit_account_number || '|' || CASE WHEN v.reason IS NULL THEN 'NULL' ELSE 'x' || hex(v.reason) END
+                   || '|' || hex(s.last_name)
+            FROM visits v JOIN persons s ON s.patient_id = v.patient_id ORDER BY v.visit_account_number
+            """
+        let dir = TempDir("pg-intake-copy")
+        defer { dir.cleanup() }
+        let lite = try AppDatabase.open(path: dir.file("c.sqlite3"))
+        let liteReport = try lite.commit([Self.file("c1", csv)], finishedAt: "2026-12-06T00:00:01.000Z")[0].report
+        let liteRows = try await lite.writer.read { db in try String.fetchAll(db, sql: query) }
+        #expect(liteReport.stored == reasons.count, "\(liteReport.json())")
+        try await PostgresLedgerTests.withHosts { server, one, _ in
+            let report = try await one.commit([Self.file("c1", csv)], finishedAt: "2026-12-06T00:00:01.000Z")[0].report
+            #expect(report.json() == liteReport.json())
+            func hex(_ column: String) -> String { "upper(encode(convert_to(\(column), 'UTF8'), 'hex'))" }
+            let site =
+                query
+                .replacingOccurrences(of: "hex(v.reason)", with: hex("v.reason"))
+                .replacingOccurrences(of: "hex(s.last_name)", with: hex("s.last_name"))
+            let rows = try await server.psql(site, database: "site").split(separator: "\n").map(String.init)
+            #expect(rows == liteRows)
+            #expect(rows.count == reasons.count)
+        }
+    }
+
     @Test func overlappingIntakeFromTwoHostsStoresEveryKeyOnce() async throws {
         try await PostgresLedgerTests.withHosts { server, one, two in
             var stored = 0
