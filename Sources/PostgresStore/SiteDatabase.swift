@@ -267,7 +267,44 @@ package final class SiteDatabase: Sendable {
                 )
                 applied.append(migration.version)
             }
+            try await Self.checkTables(connection, target, logger)
             return applied
+        }
+    }
+
+    /// The live tables are those the migrations make (``LiveTables``): refused, naming the differences,
+    /// when a table was changed by hand. Run by `migrate` (and so at every `serve` start) and by
+    /// `migrate --check`.
+    package func checkTables() async throws(PostgresStoreError) {
+        let logger = logger
+        let target = target
+        try await transaction { connection in
+            try await Self.checkCharacterType(connection, target, logger)
+            try await Self.checkTables(connection, target, logger)
+        }
+    }
+
+    static func checkTables(_ connection: PostgresConnection, _ target: PostgresTarget, _ logger: Logger)
+        async throws
+    {
+        let differences: [String]
+        do {
+            differences = try await LiveTables.differences(connection, logger)
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42501" {
+            throw PostgresStoreError(
+                description: "the role may not create temporary tables in \(target.display) (it needs TEMP, which "
+                    + "PostgreSQL grants to PUBLIC by default: `GRANT TEMP ON DATABASE … TO …`): carespool checks its "
+                    + "tables and stages intake rows in them",
+                transient: false
+            )
+        }
+        guard differences.isEmpty else {
+            throw PostgresStoreError.foreign(
+                description: "the tables of \(target.display) are not those its migrations made (changed by hand?): "
+                    + differences.joined(separator: "; ") + ". Nothing was written; restore them as "
+                    + "docs/OPERATIONS.md says (or the database from its backup)",
+                transient: false
+            )
         }
     }
 

@@ -14,14 +14,15 @@ struct Migrate: AsyncParsableCommand {
         discussion: """
             Exit status: 0 when the schema is this build's, 1 with --check when migrations are missing, \
             69 (EX_UNAVAILABLE) when the database cannot be reached, 65 (EX_DATAERR) when its schema is \
-            not one this build can use (edited or newer migrations), 78 (EX_CONFIG) when the login, the \
-            database named or the password file is wrong.
+            not one this build can use (edited or newer migrations, or PostgreSQL tables changed by hand: \
+            the difference is named), 78 (EX_CONFIG) when the login, the database named or the password file \
+            is wrong.
             """
     )
 
     @OptionGroup var spoolOptions: SpoolOptions
 
-    @Flag(help: "Apply nothing: say which migrations are missing (exit 1 when any is).")
+    @Flag(help: "Apply nothing: say which migrations are missing (exit 1 when any is), or how tables differ from them.")
     var check = false
 
     func run() async throws {
@@ -64,6 +65,7 @@ struct Migrate: AsyncParsableCommand {
                 try await database.probe()
                 if check {
                     try await database.checkSchema()
+                    try await database.checkTables()
                     let version = try await database.appliedMigrations().last?.version ?? 0
                     outcome = .success("\(target.display): up to date at v\(version)")
                 } else {

@@ -336,6 +336,63 @@ import Testing
         }
     }
 
+    /// The record of migrations says what was run; the tables say what is there. A key dropped, a column
+    /// changed or a unique index added by hand is refused by `migrate` (and so by `serve` at start) and by
+    /// `migrate --check`, naming the change; a plain index added is not; put back, all is well again.
+    @Test func tablesChangedByHandAreRefusedNamingTheChange() async throws {
+        try await PostgresServer.with { server in
+            let password = try await server.createDatabase("site", role: "carespool")
+            let file = try server.passwordFile(password)
+            let url = server.url("site", role: "carespool")
+            #expect(try await Self.migrate(server, url, passwordFile: file).status == .exited(0))
+            func both(_ what: String, status: Int32, saying expected: [String]) async throws {
+                for check in [false, true] {
+                    let result = try await Self.migrate(server, url, passwordFile: file, check: check)
+                    #expect(result.status == .exited(status), "\(what), check \(check): \(result)")
+                    for text in expected { #expect(result.err.contains(text), "\(what): \(result.err)") }
+                }
+            }
+            try await server.psql("CREATE INDEX by_date ON visits (visit_date)", database: "site")
+            try await both("a plain index added", status: 0, saying: [])
+            try await server.psql(
+                "ALTER TABLE visits DROP CONSTRAINT visits_visit_account_number_key",
+                database: "site"
+            )
+            try await both(
+                "a unique key dropped",
+                status: 65,
+                saying: [
+                    "not those its migrations made", "visits lacks constraint UNIQUE (visit_account_number)",
+                    "visits lacks unique index btree (visit_account_number)", "Nothing was written",
+                ]
+            )
+            try await server.psql(
+                "ALTER TABLE visits ADD CONSTRAINT renamed UNIQUE (visit_account_number)",
+                database: "site"
+            )
+            try await both("the key put back under another name", status: 0, saying: [])
+            try await server.psql("ALTER TABLE patients ALTER COLUMN mrn DROP NOT NULL", database: "site")
+            try await both(
+                "a column changed",
+                status: 65,
+                saying: ["patients lacks column mrn text NOT NULL", "patients has an added column mrn text"]
+            )
+            try await server.psql("ALTER TABLE patients ALTER COLUMN mrn SET NOT NULL", database: "site")
+            try await server.psql("CREATE UNIQUE INDEX one_a_day ON visits (visit_date)", database: "site")
+            try await both(
+                "a unique index added",
+                status: 65,
+                saying: ["visits has an added unique index btree (visit_date)"]
+            )
+            try await server.psql("DROP INDEX one_a_day", database: "site")
+            try await both("as it was", status: 0, saying: [])
+            // Without TEMP (intake stages its rows in a temporary table): said, with the grant that gives it.
+            try await server.psql("REVOKE TEMP ON DATABASE site FROM PUBLIC, carespool")
+            try await both("no TEMP", status: 78, saying: ["may not create temporary tables", "GRANT TEMP"])
+            #expect(try await server.psql("SELECT count(*) FROM files", database: "site") == "0")
+        }
+    }
+
     @Test func aWrongPasswordOrNoServerIsNamedAndNoPasswordIsShown() async throws {
         try await PostgresServer.with { server in
             _ = try await server.createDatabase("site", role: "carespool")
