@@ -269,8 +269,14 @@ enum IntakeInPostgres {
                 """,
                 logger: logger
             )
+            // The previous file's rows of this batch's transaction (emptied at commit only).
+            try await connection.query("DELETE FROM pg_temp.carespool_intake_stage", logger: logger)
+            // Named in the temporary schema, whatever the search path says: with `pg_temp` listed after
+            // `public` (as PostgreSQL advises), an unqualified name would find a table another role made
+            // there first and give it the rows (hostile review). postgres-nio quotes the name it is given
+            // as one identifier; these quotes make it `"pg_temp"."carespool_intake_stage"`.
             try await connection.copyFrom(
-                table: "carespool_intake_stage",
+                table: #"pg_temp"."carespool_intake_stage"#,
                 columns: ["ord", "van", "mrn", "visit_date", "reason", "record"],
                 logger: logger
             ) { writer in

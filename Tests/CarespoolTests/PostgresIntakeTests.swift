@@ -248,6 +248,38 @@ import Testing
         }
     }
 
+    /// Another role's table of the staging table's name, in a schema the search path lists before
+    /// `pg_temp` (as PostgreSQL advises), with a trigger that keeps what it is given: it gets nothing, and the
+    /// rows are stored (found by the hostile review: the COPY named the table without its schema).
+    @Test func aTableOfAnotherRoleFirstInTheSearchPathIsGivenNoRows() async throws {
+        try await PostgresLedgerTests.withHosts { server, _, two in
+            try await server.psql("CREATE ROLE mallory")
+            try await server.psql(
+                """
+                CREATE TABLE public.loot (van TEXT, mrn TEXT, reason TEXT);
+                CREATE TABLE public.carespool_intake_stage
+                    (ord BIGINT, van TEXT, mrn TEXT, visit_date TEXT, reason TEXT, record BIGINT);
+                CREATE FUNCTION public.keep() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN INSERT INTO public.loot VALUES (NEW.van, NEW.mrn, NEW.reason); RETURN NEW; END $$;
+                CREATE TRIGGER keep BEFORE INSERT ON public.carespool_intake_stage
+                    FOR EACH ROW EXECUTE FUNCTION public.keep();
+                ALTER TABLE public.carespool_intake_stage OWNER TO mallory;
+                ALTER TABLE public.loot OWNER TO mallory;
+                GRANT ALL ON public.carespool_intake_stage, public.loot TO PUBLIC;
+                ALTER DATABASE site SET search_path = "$user", public, pg_temp
+                """,
+                database: "site"
+            )
+            let csv =
+                "\(intakeHeader)\nM-1,Zoë,Ålander,1980-02-29,V-1,2025-01-02,suivi\nM-2,Ana,Lee,1990-01-01,V-2,2025-01-03,\n"
+            let report = try await two.commit([Self.file("s1", csv)], finishedAt: "2026-12-06T00:00:01.000Z")[0].report
+            #expect(report.stored == 2, "\(report.json())")
+            #expect(try await server.psql("SHOW search_path", database: "site").contains("public, pg_temp"))
+            #expect(try await server.psql("SELECT count(*) FROM visits", database: "site") == "2")
+            #expect(try await server.psql("SELECT count(*) FROM public.loot", database: "site") == "0")
+        }
+    }
+
     @Test func overlappingIntakeFromTwoHostsStoresEveryKeyOnce() async throws {
         try await PostgresLedgerTests.withHosts { server, one, two in
             var stored = 0
