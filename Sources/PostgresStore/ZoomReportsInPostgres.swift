@@ -186,7 +186,7 @@ enum ZoomReportsInPostgres {
 
     /// A report row under its natural key (meeting, visit uuid, participant, join second): stored before
     /// this batch, or new in it.
-    private struct StoredRow {
+    struct StoredRow {
         struct Key: Hashable {
             let meeting: ExactText
             let uuid: ExactText
@@ -216,26 +216,17 @@ enum ZoomReportsInPostgres {
         let record: Int64
     }
 
-    /// The stored rows under the natural keys of `rows`, in one look-up by the key's index.
-    private static func storedRows(_ rows: [ZoomReportRow], _ connection: PostgresConnection, _ logger: Logger)
+    /// The stored rows under the natural keys of `rows`, in one look-up by the key's index. Each key is
+    /// found as the first row at or after it in the key's order (`LIMIT 1`, a row comparison), a shape only
+    /// the key's index answers: with equalities, a planner whose statistics predate a burst of rows at one
+    /// join second chose `zoom_report_by_join` and scanned every row of that second for each key — seconds
+    /// a chunk, under the meeting's lock (hostile review: 60,000 joins at 09:00:00).
+    static func storedRows(_ rows: [ZoomReportRow], _ connection: PostgresConnection, _ logger: Logger)
         async throws -> [StoredRow.Key: StoredRow]
     {
         var stored: [StoredRow.Key: StoredRow] = [:]
         guard !rows.isEmpty else { return stored }
-        let found = try await connection.query(
-            """
-            SELECT r.seq, r.meeting_id, coalesce(r.meeting_uuid, ''), r.participant_key, r.joined_s, r.left_s,
-                   r.file_id, r.record
-            FROM (SELECT DISTINCT * FROM unnest(\(rows.map(\.meetingID))::text[],
-                                                \(rows.map { $0.meetingUUID ?? "" })::text[],
-                                                \(rows.map(\.participantKey))::text[], \(rows.map(\.joined))::int8[])
-                                         AS u (meeting_id, meeting_uuid, participant_key, joined_s)) c
-            JOIN zoom_report_intervals r
-              ON r.meeting_id = c.meeting_id AND coalesce(r.meeting_uuid, '') = c.meeting_uuid
-             AND r.participant_key = c.participant_key AND r.joined_s = c.joined_s
-            """,
-            logger: logger
-        )
+        let found = try await connection.query(storedRowsQuery(rows), logger: logger)
         for try await (seq, meeting, uuid, participant, joined, left, file, record) in found.decode(
             (Int64, String, String, String, Int64, Int64?, String, Int64).self
         ) {
@@ -247,6 +238,27 @@ enum ZoomReportsInPostgres {
             )
         }
         return stored
+    }
+
+    /// ``storedRows(_:_:_:)``'s statement (its plan is tested).
+    static func storedRowsQuery(_ rows: [ZoomReportRow]) -> PostgresQuery {
+        """
+        SELECT r.seq, r.meeting_id, coalesce(r.meeting_uuid, ''), r.participant_key, r.joined_s, r.left_s,
+               r.file_id, r.record
+        FROM (SELECT DISTINCT * FROM unnest(\(rows.map(\.meetingID))::text[],
+                                            \(rows.map { $0.meetingUUID ?? "" })::text[],
+                                            \(rows.map(\.participantKey))::text[], \(rows.map(\.joined))::int8[])
+                                     AS u (meeting_id, meeting_uuid, participant_key, joined_s)) c
+        CROSS JOIN LATERAL (
+            SELECT * FROM zoom_report_intervals r
+            WHERE (r.meeting_id, coalesce(r.meeting_uuid, ''), r.participant_key, r.joined_s)
+                  >= (c.meeting_id, c.meeting_uuid, c.participant_key, c.joined_s)
+            ORDER BY r.meeting_id, coalesce(r.meeting_uuid, ''), r.participant_key, r.joined_s
+            LIMIT 1
+        ) r
+        WHERE r.meeting_id = c.meeting_id AND coalesce(r.meeting_uuid, '') = c.meeting_uuid
+          AND r.participant_key = c.participant_key AND r.joined_s = c.joined_s
+        """
     }
 
     /// Stored rows completed by a later leave, in one statement (in seq order).

@@ -2,10 +2,13 @@ import Foundation
 import GRDB
 import JSONSchema
 import Kinds
+import Logging
 import Pipeline
-import PostgresStore
+import PostgresNIO
 import Store
 import Testing
+
+@testable import PostgresStore
 
 /// Zoom events in PostgreSQL: the verdicts, events, timelines and counters SQLite's writer gives, by
 /// batch and by chunk, the outside test data whole; and one timeline of every event when two hosts
@@ -438,6 +441,48 @@ import Testing
                     #expect(query.map(\.visitUUID) == liteQuery.map(\.visitUUID), "\(what)")
                 }
             }
+        }
+    }
+
+    /// The stored rows of a chunk are looked up by the key's index whatever the planner's statistics say:
+    /// 20,000 rows at one join second of one meeting, the statistics taken before them (found by the
+    /// hostile review: the join-time index was chosen and every row of that second scanned for each key,
+    /// seconds a chunk under the meeting's lock).
+    @Test func storedRowsAreLookedUpByTheirKeyWhateverTheStatistics() async throws {
+        try await PostgresLedgerTests.withHosts { server, one, _ in
+            try await server.psql(
+                """
+                ALTER TABLE zoom_report_intervals SET (autovacuum_enabled = false);
+                ANALYZE zoom_report_intervals;
+                INSERT INTO files (id, kind, original_name, sha256, size, received_at, finished_at, outcome, report,
+                                   host)
+                VALUES ('f', 'zoom-report', 'p.csv', repeat('0', 64), 0, '', '', 'accepted', '{}', 'h1');
+                INSERT INTO zoom_report_intervals (meeting_id, meeting_uuid, participant_key, joined_s, join_precision,
+                                                   participant_name, source, file_id, record)
+                SELECT '93812345678', NULL, 'name:p' || g, 1795186800, 1, 'p' || g, 'report-csv', 'f', g
+                FROM generate_series(1, 20000) g
+                """,
+                database: "site"
+            )
+            let text = Self.header + (19_900..<20_100).map { "p\($0),,11/20/2026 09:00:00 AM,,\n" }.joined()
+            guard case .zoomReport(let parsed) = Self.report("p", text, name: "participants_93812345678.csv").content
+            else { throw PostgresServerError(message: "not a report") }
+            let rows = parsed.items.compactMap { try? $0.result.get() }
+            #expect(rows.count == 200 && rows.allSatisfy { $0.joined == 1_795_186_800 })
+            let (plan, found) = try await one.transaction { connection in
+                let query = ZoomReportsInPostgres.storedRowsQuery(rows)
+                var plan: [String] = []
+                for try await line in try await connection.query(
+                    PostgresQuery(unsafeSQL: "EXPLAIN (COSTS OFF) " + query.sql, binds: query.binds),
+                    logger: Logger(label: "test")
+                ).decode(String.self) {
+                    plan.append(line)
+                }
+                return (plan, try await ZoomReportsInPostgres.storedRows(rows, connection, Logger(label: "test")))
+            }
+            #expect(plan.contains { $0.contains("zoom_report_key") }, "\(plan.joined(separator: "\n"))")
+            #expect(!plan.contains { $0.contains("zoom_report_by_join") }, "\(plan.joined(separator: "\n"))")
+            #expect(found.count == 101)  // p19900 … p20000
         }
     }
 
