@@ -511,6 +511,45 @@ def report_phase(binary, schema, rows, site=None):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def backlog_phase(binary, schema, files):
+    """`files` small intake CSV files (intake is always streamed, one file a step) already in the inbox when
+    the daemon starts, as after an outage of the daemon while partners kept dropping: seconds from the
+    start to the last in done/. Each step took one of them and the next waited for a tick (200 ms) until
+    a step that leaves files queued was followed by the next at once."""
+    import random
+    rnd = random.Random(20)
+    names = ["Zoë Núñez", "José Ålander", "Siobhán O'Brien", "Łukasz Wróbel", "Amélie Dubois"]
+    root = tempfile.mkdtemp(prefix="carespool-bench-backlog-")
+    try:
+        spool = os.path.join(root, "spool")
+        inbox = os.path.join(spool, "inbox", "intake")
+        os.makedirs(inbox)
+        for n in range(files):
+            first, last = rnd.choice(names).split(" ", 1)
+            with open(os.path.join(inbox, "visits-%04d.csv" % n), "w", encoding="utf-8") as f:
+                f.write("visit_date,mrn,last_name,first_name,reason,birth_date,visit_account_number\n")
+                for k in range(rnd.randrange(1, 20)):
+                    f.write('2025-0%d-1%d,M-%d,%s,%s,"suivi, contrôle",1980-01-0%d,V-%d-%d\n'
+                            % (1 + k % 9, k % 10, rnd.randrange(files), last, first, 1 + k % 9, n, k))
+        start = time.monotonic()
+        daemon = subprocess.Popen([binary, "serve", "--spool", spool, "--schema", schema, "--log-level", "warning",
+                                   "--http", "off"], stderr=subprocess.DEVNULL)
+        done = os.path.join(spool, "done", "intake")
+        count = lambda: sum(len([x for x in os.listdir(os.path.join(done, d)) if x.endswith(".csv")])
+                            for d in os.listdir(done)) if os.path.isdir(done) else 0
+        deadline = time.monotonic() + 600
+        while count() < files:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                sys.exit("backlog phase: the files were not finished")
+            time.sleep(0.02)
+        seconds = time.monotonic() - start
+        stop_with_peak(daemon)
+        print("| backlog: %d small intake files in the inbox at start | %.1f s, %.0f files/s |"
+              % (files, seconds, files / seconds))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def shapes_phase(binary, schema, size, runs):
     """Each adversarial shape of bench/shapes.py (and the plain file of its kind it is measured against),
     dropped alone into a fresh daemon: MB/s from the drop to its verdict (done/ or failed/), the daemon's
@@ -596,7 +635,8 @@ def main():
     ap.add_argument("--intake-rows", type=int, default=1000000)
     ap.add_argument("--csv-parse-bench", help="path of the csv-parse-bench binary (parsing-only speed)")
     ap.add_argument("--http-seconds", type=int, default=20)
-    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes, keys, gzip, report, postgres")
+    ap.add_argument("--only", help="run only this phase: files, zoom, intake, http, shapes, keys, gzip, report, backlog, "
+                    "postgres")
     ap.add_argument("--report-rows", type=int, default=200000, help="rows of the report phase's export")
     ap.add_argument("--shape-bytes", type=int, default=8000000)
     ap.add_argument("--shape-runs", type=int, default=3, help="runs of each shape; the fastest is kept")
@@ -605,7 +645,8 @@ def main():
     args = ap.parse_args()
 
     schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "schema.json")
-    if args.only not in (None, "files", "zoom", "intake", "http", "shapes", "keys", "gzip", "report", "postgres"):
+    if args.only not in (None, "files", "zoom", "intake", "http", "shapes", "keys", "gzip", "report", "backlog",
+                         "postgres"):
         sys.exit("--only: one of files, zoom, intake, http, shapes, keys, gzip, report, postgres")
 
     def want(phase):
@@ -810,6 +851,9 @@ def main():
         if want("report"):
             print()
             report_phase(args.binary, schema, args.report_rows)
+        if want("backlog"):
+            print()
+            backlog_phase(args.binary, schema, 500)
         if want("shapes"):
             print()
             shapes_phase(args.binary, schema, args.shape_bytes, args.shape_runs)
