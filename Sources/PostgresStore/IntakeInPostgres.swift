@@ -9,7 +9,7 @@ import PostgresNIO
 /// set: a chunk of rows costs a handful of statements whatever its size, never a statement a row. The
 /// chunk's first row of each visit number goes by COPY into a temporary table (``Stage``), which the
 /// statements of patients and visits read; the others take their columns as arrays (`unnest`). COPY was
-/// measured against `unnest` here: 4 % faster on ascending keys, 17 % on scrambled ones.
+/// measured against `unnest` here: 4–17 % faster (docs/PERFORMANCE.md, twentieth session).
 ///
 /// The statements, in this order, in the caller's transaction:
 /// 0. the stage: the chunk's first rows of each visit number, in key order;
