@@ -318,7 +318,9 @@ final class LoopbackReceiver: @unchecked Sendable {
             return (failed, hooked, waited)
         }
         #expect(run.result.0 && run.result.1)
-        #expect(run.result.2 < .seconds(4), "the hook's deliveries waited \(run.result.2) behind the webhook")
+        // Behind the webhook they would take eight seconds at least; 4 s was once missed by a loaded machine
+        // running the whole suite (5.9 s in a clean clone's `make test`).
+        #expect(run.result.2 < .seconds(7), "the hook's deliveries waited \(run.result.2) behind the webhook")
     }
 
     @Test func aDeliveryWhoseQueueRowCannotBeWrittenIsNotRepeatedAndSigtermAbandonsAHangingHook() async throws {
