@@ -52,7 +52,8 @@ import Testing
 
         // Start 2: every named file goes alone; the poison crashes the daemon again, alone.
         let second = try await Daemon.serve(spool: spool, arguments: arguments, environment: environment) { pid in
-            await eventually { Self.ended(pid) }
+            // Each named file is a commit of its own before the poison: room for a loaded machine's fsyncs.
+            await eventually(timeout: .seconds(120)) { Self.ended(pid) }
         }
         #expect(second.result, "the daemon survived the poison on its own")
         #expect(second.log.contains("processed alone"))

@@ -72,7 +72,13 @@ import Testing
                     kill(pid, SIGKILL)
                 } else {
                     let view = SpoolView(root: spool)
-                    _ = await signal(pid, SIGKILL, when: { !view.processing().isEmpty }, timeout: .seconds(2))
+                    // A round with files waits for one long enough for a slow start on a loaded machine.
+                    _ = await signal(
+                        pid,
+                        SIGKILL,
+                        when: { !view.processing().isEmpty },
+                        timeout: range.isEmpty ? .seconds(2) : .seconds(20)
+                    )
                 }
             }
             #expect(run.status == .signaled(SIGKILL) || run.status == .exited(0), "round \(round): \(run.status)")

@@ -91,7 +91,7 @@ import Testing
         }
         let view = SpoolView(root: spool)
         let run = try await Daemon.serve(spool: spool, arguments: ["--settle-ms", "200", "--rescan-ms", "300"]) { pid in
-            let done = await eventually(timeout: .seconds(15)) { view.done().count == 2 }
+            let done = await eventually(timeout: .seconds(60)) { view.done().count == 2 }
             kill(pid, SIGTERM)
             return done
         }

@@ -308,7 +308,7 @@ final class Counter: Sendable {
             )
             holders[0].close()
             let served = try await curl(
-                post + ["--max-time", "10", "--data-binary", event("OK3", "2025-01-10T12:30:00Z"), url]
+                post + ["--max-time", "60", "--data-binary", event("OK3", "2025-01-10T12:30:00Z"), url]
             )
             for holder in holders.dropFirst() { holder.close() }
             let view = SpoolView(root: spool)

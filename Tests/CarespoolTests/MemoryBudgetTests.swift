@@ -106,10 +106,11 @@ import Testing
         }
         #expect(run.result.0)
         // What was read, by the kernel's count (the file is 2 GiB; its verdict needs its first bytes): a
-        // measure no busy machine stretches. And the time, with room (the bug held every inbox 8 s).
+        // measure no busy machine stretches. And the time, with room for the fsyncs of two verdicts on a
+        // machine busy with other writers (the bug held every inbox 8 s; its read would be 2 GiB).
         let read = try #require(run.result.2, "/proc/<pid>/io unreadable")
         #expect(read < 64 << 20, "the daemon read \(read >> 20) MiB")
-        #expect(run.result.1 < .seconds(20), "\(run.result.1)")
+        #expect(run.result.1 < .seconds(45), "\(run.result.1)")
         let view = SpoolView(root: spool)
         let sidecar = try #require(view.sidecars().first { $0.hasSuffix("zeros.ndjson.error.json") })
         let reason = try String(contentsOfFile: spool + "/failed/appointments/" + sidecar, encoding: .utf8)
@@ -185,9 +186,9 @@ import Testing
         #expect(run.result.0 && run.result.3)
         print("small file beside a 4.5 MB file of 1,500,000 records: done after \(run.result.1)")
         #expect(run.result.2, "the small file was done only with the big one")
-        // Within the interleave's reach (a second between chunks), with room for a busy machine; the big
-        // file takes far longer.
-        #expect(run.result.1 < .seconds(20), "\(run.result.1)")
+        // Within the interleave's reach (a second between chunks), with room for the fsyncs of a machine busy
+        // with other writers; that it came first is shown by the big file still in hand.
+        #expect(run.result.1 < .seconds(45), "\(run.result.1)")
     }
 
     /// A small file of many lines whose first line is no JSON value (NDJSON after a blank line, a CSV in a

@@ -89,6 +89,8 @@ final class LoopbackReceiver: @unchecked Sendable {
 @Suite(.serialized) struct NotifyDaemonTests {
     /// A hook that logs each call (its environment and stdin) to `log`, failing while `fail` has lines
     /// left (one taken per call), and blocking 20 s after logging "blocked" while `block` exists.
+    /// A hook that logs each call. It hangs while `block` exists, fails (once a line) while `fail` has lines,
+    /// and waits while `gate` exists before it delivers.
     static func hook(in dir: TempDir) throws -> (path: String, log: String, fail: String, block: String) {
         let path = dir.file("page-oncall")
         let log = dir.file("hook.log")
@@ -103,6 +105,7 @@ final class LoopbackReceiver: @unchecked Sendable {
               echo "failed $CARESPOOL_FILE_ID $CARESPOOL_ATTEMPT" >> \(log)
               exit 1
             fi
+            while [ -e \(dir.file("gate")) ]; do sleep 0.05; done
             leaked=$(ls -l /proc/$$/fd | grep -c -E 'socket:|anon_inode:|[.]sqlite3')
             echo "delivered leaked=$leaked $CARESPOOL_FILE_ID $CARESPOOL_KIND $CARESPOOL_OUTCOME $CARESPOOL_STORED $CARESPOOL_REJECTED $CARESPOOL_ATTEMPT name=${CARESPOOL_FILE_NAME-none} path=$PATH home=${HOME-none} $input" >> \(log)
             """
@@ -127,8 +130,10 @@ final class LoopbackReceiver: @unchecked Sendable {
         let spool = dir.file("spool")
         let hook = try Self.hook(in: dir)
         try "1\n2\n".write(toFile: hook.fail, atomically: true, encoding: .utf8)
-        // Backoff 2 s then 4 s: the notification is owed for six seconds, long enough for `status` to see it
-        // even on a loaded machine (CI missed a window of 300 + 600 ms once).
+        // Backoff 2 s then 4 s; and the third call waits at the gate until `status` has seen the notification
+        // owed, however slow the machine (CI missed a window of 300 + 600 ms once).
+        let gate = dir.file("gate")
+        try "".write(toFile: gate, atomically: true, encoding: .utf8)
         let config = try Self.config(dir, "[notify]\ncommand = \"\(hook.path)\"\nretry_initial_ms = 2000\n")
         let view = SpoolView(root: spool)
         let run = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
@@ -153,6 +158,7 @@ final class LoopbackReceiver: @unchecked Sendable {
                 if !owed { try await Task.sleep(for: .milliseconds(20)) }
             }
             #expect(owed, "status never showed the notification owed")
+            try FileManager.default.removeItem(atPath: gate)
             let delivered = await eventually { Self.lines(hook.log).contains { $0.hasPrefix("delivered") } }
             // Delivered: no further call, however long we wait (a fourth would be a redelivery).
             try await Task.sleep(for: .milliseconds(2_500))
@@ -329,12 +335,14 @@ final class LoopbackReceiver: @unchecked Sendable {
         let spool = dir.file("spool")
         let hook = try Self.hook(in: dir)
         let slow = dir.file("slow-hook")
-        // Logs "started", takes a second, then delivers: the test locks the database meanwhile.
-        try "#!/bin/sh\necho started >> \(hook.log)\nsleep 1\nexec \(hook.path)\n".write(
-            toFile: slow,
-            atomically: true,
-            encoding: .utf8
-        )
+        // Logs "started", waits for the test to hold the database locked (the file `go`), then delivers.
+        let go = dir.file("go")
+        try "#!/bin/sh\necho started >> \(hook.log)\nwhile [ ! -e \(go) ]; do sleep 0.05; done\nexec \(hook.path)\n"
+            .write(
+                toFile: slow,
+                atomically: true,
+                encoding: .utf8
+            )
         chmod(slow, 0o755)
         let config = try Self.config(dir, "[notify]\ncommand = \"\(slow)\"\nretry_initial_ms = 100\ntimeout_s = 60\n")
         let view = SpoolView(root: spool)
@@ -343,7 +351,8 @@ final class LoopbackReceiver: @unchecked Sendable {
             try await waitUntilServing(spool)
             try dropLikeRsync("{x", into: spool + "/inbox/appointments", name: "bad.json")
             _ = await eventually { Self.lines(hook.log).contains("started") }
-            // An exclusive lock on the database for 3 s: the delivered row cannot be deleted.
+            // An exclusive lock on the database from before the hook delivers until 3 s after: the delivered
+            // row cannot be deleted (a handshake, not a race with the hook, however slow the machine).
             let locked = await offThePool {
                 var configuration = Configuration()
                 configuration.busyMode = .timeout(5)
@@ -351,6 +360,8 @@ final class LoopbackReceiver: @unchecked Sendable {
                 else { return false }
                 return
                     (try? queue.inTransaction(.exclusive) { _ in
+                        FileManager.default.createFile(atPath: go, contents: nil)
+                        _ = pollUntil(.seconds(60)) { Self.lines(hook.log).contains { $0.hasPrefix("delivered") } }
                         usleep(3_000_000)
                         return .commit
                     }) != nil
@@ -371,7 +382,9 @@ final class LoopbackReceiver: @unchecked Sendable {
         #expect(run.result.0, "the database was never locked")
         #expect(run.result.1)
         #expect(run.status == .exited(0))
-        #expect(stopped - run.result.2 < .seconds(5), "SIGTERM waited for the hanging hook")
+        // Waiting for the hook would take its 20 s sleep; the stop itself closes the database (an fsync a loaded
+        // machine may stretch to seconds).
+        #expect(stopped - run.result.2 < .seconds(12), "SIGTERM waited for the hanging hook")
         #expect(Self.lines(hook.log).filter { $0.hasPrefix("delivered") }.count == 1)
         #expect(run.log.contains("notification queue cannot be written"))
         #expect(run.log.contains("notification abandoned"))

@@ -41,8 +41,10 @@ import Testing
             return Double(took.components.seconds) + Double(took.components.attoseconds) / 1e18
         }
         let stoppedWithin = try #require(first.result, "20,000 events were not stored within a minute")
-        // Seconds, not the file's minutes (a commit and a checkpoint on a busy machine: room to 15 s).
-        #expect(stoppedWithin < 15, "SIGTERM took \(stoppedWithin) s mid-file")
+        // Not the file's end: the stop message and the file left in processing/ below show it stopped mid-file.
+        // The time, with room: a commit and a checkpoint, each an fsync that other tests' writes on a
+        // loaded machine can stretch to seconds.
+        #expect(stoppedWithin < 45, "SIGTERM took \(stoppedWithin) s mid-file")
         #expect(first.status == .exited(0))
         #expect(first.log.contains("stopped in the middle of a large file"))
         let view = SpoolView(root: spool)

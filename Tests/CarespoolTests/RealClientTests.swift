@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Subprocess
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -310,7 +311,7 @@ import Testing
             mkdir("/run/sshd", 0o755)  // its privilege separation folder
             let started = try await RealClientTests.client("/usr/sbin/sshd", ["-f", dir + "/sshd_config"])
             #expect(started.status.isSuccess, "sshd: \(started.err)")
-            let listening = await eventually(timeout: .seconds(10)) {
+            let listening = await eventually(timeout: .seconds(30)) {
                 FileManager.default.fileExists(atPath: dir + "/sshd.pid")
             }
             #expect(listening, "sshd wrote its pid file")
@@ -333,6 +334,11 @@ import Testing
         }
     }
 
+    /// The size of the put's file when last looked at.
+    final class Seen: Sendable {
+        let size = Mutex(0)
+    }
+
     /// Runs `sftp` with `arguments` and kills it (SIGKILL) once `path` holds at least `bytes`: a partner's
     /// upload interrupted part way. Returns how many bytes were there when it was killed.
     static func killedPut(_ arguments: [String], path: String, bytes: Int) async throws -> Int {
@@ -344,13 +350,19 @@ import Testing
             error: .discarded
         ) { execution in
             let pid = execution.processIdentifier.value
-            var size = 0
-            _ = await eventually(timeout: .seconds(30)) {
-                size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-                return size >= bytes
-            }
-            kill(pid, SIGKILL)
-            return size
+            // Watched from a thread of its own, which a busy test pool cannot hold back until the put ends.
+            let seen = Seen()
+            _ = await signal(
+                pid,
+                SIGKILL,
+                when: {
+                    let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+                    seen.size.withLock { $0 = size }
+                    return size >= bytes
+                },
+                timeout: .seconds(30)
+            )
+            return seen.size.withLock { $0 }
         }
         return outcome.closureResult
     }

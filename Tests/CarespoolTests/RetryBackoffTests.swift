@@ -17,18 +17,27 @@ import Testing
         let spool = dir.path + "/spool"
         let run = try await Daemon.serve(spool: spool, arguments: ["--busy-timeout-ms", "100"]) { pid in
             try await waitUntilServing(spool)
-            // Another writer holds the write lock for six seconds: an operator's sqlite3 session, a process
-            // of its own (a transaction held from a test task would also hold one of the few threads every
-            // test shares, and start late on a busy machine). The session itself drops the file once it
-            // holds the lock, so the file meets six seconds of it however late this task runs.
+            // Another writer holds the write lock for six seconds after the first attempt: an operator's
+            // sqlite3 session, a process of its own (a transaction held from a test task would also hold one
+            // of the few threads every test shares, and start late on a busy machine). The session itself
+            // drops the file once it holds the lock, then waits for the first attempt in the retry state (a
+            // claim's fsyncs on a loaded machine could use up six seconds counted from the drop).
             let staged = dir.file("b.json")
             try Data(event("BUSY-1", "2025-01-10T12:30:00Z").utf8).write(to: URL(fileURLWithPath: staged))
+            let firstAttempt = dir.file("first-attempt.sh")
+            try """
+            i=0
+            until grep -q '"attempts":1' '\(spool)/processing/retrying.json' 2>/dev/null || [ $i -ge 1200 ]; do
+              sleep 0.05; i=$((i+1))
+            done
+            """.write(toFile: firstAttempt, atomically: true, encoding: .utf8)
             let operatorSession = Task {
                 try await Subprocess.run(
                     .name("sqlite3"),
                     arguments: [
                         spool + "/carespool.sqlite3", "BEGIN IMMEDIATE;",
-                        ".shell mv '\(staged)' '\(spool)/inbox/appointments/b.json'", ".shell sleep 6", "COMMIT;",
+                        ".shell mv '\(staged)' '\(spool)/inbox/appointments/b.json'", ".shell sh '\(firstAttempt)'",
+                        ".shell sleep 6", "COMMIT;",
                     ],
                     output: .discarded,
                     error: .string(limit: 1 << 16)
