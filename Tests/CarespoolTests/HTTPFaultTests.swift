@@ -259,14 +259,12 @@ final class Counter: Sendable {
             let started = ContinuousClock.now
             // Each slow connection is read from now, on its own, so its time is the daemon's cut and not
             // the POST's fsyncs, which a machine busy with other writers may stretch to seconds.
-            async let bodyRead = { () async -> ((text: String, closed: Bool), Duration) in
-                let reply = await body.readUntilClosed()
+            @Sendable func closedAfter(_ connection: RawConnection) async -> ((text: String, closed: Bool), Duration) {
+                let reply = await connection.readUntilClosed()
                 return (reply, ContinuousClock.now - started)
-            }()
-            async let headRead = { () async -> ((text: String, closed: Bool), Duration) in
-                let reply = await head.readUntilClosed()
-                return (reply, ContinuousClock.now - started)
-            }()
+            }
+            async let bodyRead = closedAfter(body)
+            async let headRead = closedAfter(head)
             // Two slow connections open, one more allowed: a normal sender is served meanwhile.
             let meanwhile = try await curl(post + ["--data-binary", event("OK1", "2025-01-10T12:30:00Z"), url])
             let (bodyReply, bodyTime) = await bodyRead

@@ -88,14 +88,14 @@ final class LoopbackReceiver: @unchecked Sendable {
 /// queue in the database, retried with backoff, never repeated after success, never carrying a value.
 @Suite(.serialized) struct NotifyDaemonTests {
     /// A hook that logs each call (its environment and stdin) to `log`, failing while `fail` has lines
-    /// left (one taken per call), and blocking 20 s after logging "blocked" while `block` exists.
-    /// A hook that logs each call. It hangs while `block` exists, fails (once a line) while `fail` has lines,
-    /// and waits while `gate` exists before it delivers.
-    static func hook(in dir: TempDir) throws -> (path: String, log: String, fail: String, block: String) {
+    /// left (one taken per call), blocking 20 s after logging "blocked" while `block` exists, and waiting
+    /// before it delivers while `gate` exists.
+    static func hook(in dir: TempDir) throws -> (path: String, log: String, fail: String, block: String, gate: String) {
         let path = dir.file("page-oncall")
         let log = dir.file("hook.log")
         let fail = dir.file("fail")
         let block = dir.file("block")
+        let gate = dir.file("gate")
         let script = """
             #!/bin/sh
             input=$(cat)
@@ -105,13 +105,13 @@ final class LoopbackReceiver: @unchecked Sendable {
               echo "failed $CARESPOOL_FILE_ID $CARESPOOL_ATTEMPT" >> \(log)
               exit 1
             fi
-            while [ -e \(dir.file("gate")) ]; do sleep 0.05; done
+            while [ -e \(gate) ]; do sleep 0.05; done
             leaked=$(ls -l /proc/$$/fd | grep -c -E 'socket:|anon_inode:|[.]sqlite3')
             echo "delivered leaked=$leaked $CARESPOOL_FILE_ID $CARESPOOL_KIND $CARESPOOL_OUTCOME $CARESPOOL_STORED $CARESPOOL_REJECTED $CARESPOOL_ATTEMPT name=${CARESPOOL_FILE_NAME-none} path=$PATH home=${HOME-none} $input" >> \(log)
             """
         try script.write(toFile: path, atomically: true, encoding: .utf8)
         chmod(path, 0o755)
-        return (path, log, fail, block)
+        return (path, log, fail, block, gate)
     }
 
     static func lines(_ path: String) -> [String] {
@@ -132,8 +132,7 @@ final class LoopbackReceiver: @unchecked Sendable {
         try "1\n2\n".write(toFile: hook.fail, atomically: true, encoding: .utf8)
         // Backoff 2 s then 4 s; and the third call waits at the gate until `status` has seen the notification
         // owed, however slow the machine (CI missed a window of 300 + 600 ms once).
-        let gate = dir.file("gate")
-        try "".write(toFile: gate, atomically: true, encoding: .utf8)
+        try "".write(toFile: hook.gate, atomically: true, encoding: .utf8)
         let config = try Self.config(dir, "[notify]\ncommand = \"\(hook.path)\"\nretry_initial_ms = 2000\n")
         let view = SpoolView(root: spool)
         let run = try await Daemon.serve(spool: spool, arguments: ["--config", config]) { pid in
@@ -158,7 +157,7 @@ final class LoopbackReceiver: @unchecked Sendable {
                 if !owed { try await Task.sleep(for: .milliseconds(20)) }
             }
             #expect(owed, "status never showed the notification owed")
-            try FileManager.default.removeItem(atPath: gate)
+            try FileManager.default.removeItem(atPath: hook.gate)
             let delivered = await eventually { Self.lines(hook.log).contains { $0.hasPrefix("delivered") } }
             // Delivered: no further call, however long we wait (a fourth would be a redelivery).
             try await Task.sleep(for: .milliseconds(2_500))
@@ -337,12 +336,9 @@ final class LoopbackReceiver: @unchecked Sendable {
         let slow = dir.file("slow-hook")
         // Logs "started", waits for the test to hold the database locked (the file `go`), then delivers.
         let go = dir.file("go")
-        try "#!/bin/sh\necho started >> \(hook.log)\nwhile [ ! -e \(go) ]; do sleep 0.05; done\nexec \(hook.path)\n"
-            .write(
-                toFile: slow,
-                atomically: true,
-                encoding: .utf8
-            )
+        let script =
+            "#!/bin/sh\necho started >> \(hook.log)\nwhile [ ! -e \(go) ]; do sleep 0.05; done\nexec \(hook.path)\n"
+        try script.write(toFile: slow, atomically: true, encoding: .utf8)
         chmod(slow, 0o755)
         let config = try Self.config(dir, "[notify]\ncommand = \"\(slow)\"\nretry_initial_ms = 100\ntimeout_s = 60\n")
         let view = SpoolView(root: spool)
